@@ -1,0 +1,59 @@
+"""The ``semcode`` command: one subcommand per stage plus the user-facing verbs.
+
+Subcommands are imported lazily so that, for example, ``semcode search`` never imports torch.
+Each subcommand's module has ``main(argv) -> int`` with its own parser, --help and an example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with main(argv), one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("semcode.local_run", "run the whole job locally on the embedded default (or your sources)"),
+    "ingest": ("semcode.stages.ingest", "extract, clean and split (query, code) pairs from sources"),
+    "train-tokenizer": ("semcode.stages.train_tokenizer", "train a byte-level BPE tokenizer on a corpus"),
+}
+
+EPILOG = """examples:
+  semcode run                                   # the whole job on this machine's Python
+  semcode ingest --source python:stdlib --out runs/ingest
+  semcode train-tokenizer --corpus runs/ingest/corpus --out runs/tokenizer
+  semcode <command> --help                      # flags and an example for each command
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semcode",
+        description="Train natural-language-to-code search models end to end.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from semcode import __version__
+
+        print(__version__)
+        return 0
+    parser.print_help()
+    return 0 if not argv else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Stage configs: frozen dataclasses, their CLI flags, presets and the resolved copy saved in every output.
+
+Every stage declares one ``@dataclass(frozen=True)`` config whose fields have real defaults and a
+``help`` in their metadata. The helpers here turn such a class into argparse flags, build it from a
+dict (a preset section or parsed flags) with clear errors for unknown keys, and save it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ConfigT = TypeVar("ConfigT")
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+RESOLVED_CONFIG_NAME = "config.json"
+
+
+class ConfigError(ValueError):
+    """A config value, preset or flag is wrong; the message names it."""
+
+
+def field(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and the help text shown by --help (and later the KFP UI)."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple for sequence defaults so configs stay immutable")
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a value from YAML/JSON/argparse into the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config '{name}': expected a list, got {value!r}")
+        return tuple(_coerce(name, v, args[0]) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config '{name}': expected true/false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"config '{name}': expected {annotation.__name__}, got {value!r}"
+            ) from None
+    return value
+
+
+def from_dict(cls: type[ConfigT], values: dict[str, Any], *, source: str = "config") -> ConfigT:
+    """Build ``cls`` from a dict; unknown keys and wrong types raise ConfigError naming the source."""
+    types = _field_types(cls)
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"known: {', '.join(sorted(types))}"
+        )
+    kwargs = {k: _coerce(k, v, types[k]) for k, v in values.items()}
+    config = cls(**kwargs)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def save_resolved(config: Any, out_dir: str | Path, name: str = RESOLVED_CONFIG_NAME) -> Path:
+    """Write the resolved config into an output directory, so every artifact says how it was made."""
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"config_class": type(config).__name__, "config": to_dict(config)}
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_yaml(path_or_preset: str | Path) -> dict[str, Any]:
+    """Read a YAML file, or a preset by name from configs/ (``tiny`` -> configs/tiny.yaml)."""
+    path = Path(path_or_preset)
+    if not path.exists() and not path.suffix:
+        path = CONFIGS_DIR / f"{path_or_preset}.yaml"
+    if not path.exists():
+        presets = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.exists() else []
+        raise ConfigError(f"config file or preset '{path_or_preset}' not found; presets: {presets}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--flag`` per config field (dashes for underscores); defaults come from the class."""
+    types = _field_types(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (defaults shown)")
+    for f in dataclasses.fields(cls):
+        annotation = types[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default
+        if typing.get_origin(annotation) is tuple:
+            group.add_argument(flag, action="append", default=None, metavar="VALUE",
+                               help=f"{help_text} (repeatable; default: {list(default)})")
+        elif annotation is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{help_text} (default: {default})")
+        else:
+            group.add_argument(flag, default=None, metavar=f.name.upper(),
+                               help=f"{help_text} (default: {default})")
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="YAML file with config values; flags given on the command line win")
+
+
+def from_args(cls: type[ConfigT], args: argparse.Namespace, section: str | None = None) -> ConfigT:
+    """Build a config from ``--config`` YAML (optionally one section of it) overlaid with explicit flags."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        data = load_yaml(args.config)
+        if section and section in data:
+            data = data[section]
+        values.update(data)
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return from_dict(cls, values, source=getattr(args, "config", None) or "command line")

@@ -1,0 +1,1 @@
+"""Data: the pair schema and its Parquet shards, source readers, extraction, cleaning, splitting."""
