@@ -1,0 +1,443 @@
+"""Read, write, list and copy files that live on local disk or on S3 (``s3://bucket/key``).
+
+Every function takes a local path or an ``s3://`` URI and does the same thing for both, so a stage
+never branches on where its inputs live. S3 goes through boto3 and works with AWS, MinIO, SeaweedFS
+and ``rclone serve s3``; the connection is configured from the environment, re-read on every call:
+
+- ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or ``S3_ENDPOINT_URL``: the S3 endpoint (first set
+  wins); unset means AWS itself. With an endpoint, requests use path-style addressing
+  (``http://host/bucket/key``), which every S3-compatible server understands.
+- ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``: credentials; unset means
+  boto3's usual chain (profile, instance or pod role).
+- ``AWS_REGION`` or ``AWS_DEFAULT_REGION``: the region (default ``us-east-1``).
+- ``SEMCODE_S3_MAX_ATTEMPTS``: attempts per request, with exponential backoff between them, for
+  throttling, 5xx answers and connection errors (default 5).
+- ``SEMCODE_S3_MULTIPART_MB``: objects at least this big (MiB) go up and down in parallel parts of
+  this size (default 64, at least 5: the S3 minimum part size).
+
+Errors say what to fix: a missing object raises ``FileNotFoundError`` naming the URI; a missing
+bucket, rejected credentials or an unreachable endpoint raise ``StorageError`` naming the bucket and
+the endpoint, and the environment variables to check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from semcode.config import ConfigError
+
+S3_PREFIX = "s3://"
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
+DEFAULT_REGION = "us-east-1"
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_MULTIPART_MB = 64
+MIN_MULTIPART_MB = 5  # S3 refuses parts smaller than 5 MiB (except the last one)
+MAX_SINGLE_COPY_BYTES = 5 * 1024**3  # CopyObject copies up to 5 GiB in one request
+CREDENTIAL_VARIABLES = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if you use one)"
+
+PathOrUri = str | os.PathLike[str]
+
+
+class StorageError(OSError):
+    """S3 is misconfigured or unreachable: a missing bucket, rejected credentials, a dead endpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# URIs
+
+
+def is_s3(uri: PathOrUri) -> bool:
+    return os.fspath(uri).startswith(S3_PREFIX)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b.txt`` -> ``("bucket", "a/b.txt")``; the key is ``""`` for a bare bucket."""
+    if not is_s3(uri):
+        raise ValueError(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
+    bucket, _, key = uri[len(S3_PREFIX) :].partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI has no bucket name: {uri!r}")
+    return bucket, key
+
+
+def join(base: PathOrUri, *parts: str) -> str:
+    """Join path parts onto a local path or an S3 URI (always ``/`` inside S3 keys)."""
+    base = os.fspath(base)
+    if not is_s3(base):
+        return os.path.join(base, *parts)
+    pieces = [base.rstrip("/")] + [part.strip("/") for part in parts if part.strip("/")]
+    return "/".join(pieces)
+
+
+def _object_key(uri: str) -> tuple[str, str]:
+    """The bucket and key of an S3 URI that must name an object, not a bucket or a folder."""
+    bucket, key = split_s3(uri)
+    if not key or key.endswith("/"):
+        raise ValueError(f"S3 URI names a bucket or a folder, not a file: {uri!r}")
+    return bucket, key
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection settings, read from the environment on every call
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str | None
+    region: str
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None
+    max_attempts: int
+    multipart_bytes: int
+
+    def endpoint_name(self) -> str:
+        return self.endpoint_url or f"the AWS default endpoint (none of {', '.join(ENDPOINT_VARIABLES)} set)"
+
+
+def _int_from_env(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def s3_settings() -> S3Settings:
+    """The S3 connection as the environment describes it right now."""
+    endpoint = next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
+    return S3Settings(
+        endpoint_url=endpoint,
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+        max_attempts=_int_from_env("SEMCODE_S3_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1),
+        multipart_bytes=_int_from_env("SEMCODE_S3_MULTIPART_MB", DEFAULT_MULTIPART_MB, MIN_MULTIPART_MB)
+        * 1024**2,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_client(
+    endpoint_url: str | None,
+    region: str,
+    access_key: str | None,
+    secret_key: str | None,
+    session_token: str | None,
+    max_attempts: int,
+) -> Any:
+    config = botocore.config.Config(
+        # "standard" retries throttling, 5xx answers and connection errors with exponential backoff;
+        # total_max_attempts counts the first try too (botocore's max_attempts does not).
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=10,
+        read_timeout=60,
+        # Custom endpoints (MinIO, SeaweedFS, rclone) serve buckets as paths, not as subdomains.
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        # Only checksum when S3 requires it: several S3-compatible servers refuse the newer
+        # default CRC checksum headers.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    # A session of its own: boto3's default session is shared global state and not thread-safe.
+    session = boto3.session.Session(
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        aws_session_token=session_token,
+        region_name=region,
+    )
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def s3_client(settings: S3Settings | None = None) -> Any:
+    """The boto3 S3 client for the current environment, cached per endpoint and credentials."""
+    s = settings or s3_settings()
+    return _cached_client(
+        s.endpoint_url, s.region, s.access_key, s.secret_key, s.session_token, s.max_attempts
+    )
+
+
+def _transfer_config(settings: S3Settings) -> TransferConfig:
+    return TransferConfig(
+        multipart_threshold=settings.multipart_bytes, multipart_chunksize=settings.multipart_bytes
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning botocore errors into errors that say what to fix
+
+
+def _is_not_found(error: botocore.exceptions.ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    return code in ("NoSuchKey", "NotFound", "404")
+
+
+def _bucket_exists(client: Any, bucket: str) -> bool:
+    try:
+        client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            return False
+    return True  # exists, or we cannot tell: let the original error speak
+
+
+def _missing_bucket(bucket: str, uri: str, settings: S3Settings) -> StorageError:
+    return StorageError(
+        f"S3 bucket '{bucket}' does not exist at {settings.endpoint_name()} (while accessing {uri}): "
+        f"create the bucket, or check the URI and {' / '.join(ENDPOINT_VARIABLES)}"
+    )
+
+
+def _translate(error: Exception, uri: str, settings: S3Settings) -> OSError:
+    endpoint = settings.endpoint_name()
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return StorageError(f"no AWS credentials found for {uri} at {endpoint}: set {CREDENTIAL_VARIABLES}")
+    if isinstance(error, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
+        return StorageError(
+            f"cannot reach S3 endpoint {endpoint} for {uri} after {settings.max_attempts} attempts "
+            f"({error}): check {' / '.join(ENDPOINT_VARIABLES)} and that the server is running"
+        )
+    if not isinstance(error, botocore.exceptions.ClientError):
+        return StorageError(f"S3 request for {uri} at {endpoint} failed: {error}")
+
+    details = error.response.get("Error", {})
+    code = details.get("Code", "")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    bucket, _ = split_s3(uri)
+    if code == "NoSuchBucket":
+        return _missing_bucket(bucket, uri, settings)
+    if _is_not_found(error):
+        # HEAD answers carry no error code, so "404" may mean a missing key or a missing bucket.
+        if not _bucket_exists(s3_client(settings), bucket):
+            return _missing_bucket(bucket, uri, settings)
+        return FileNotFoundError(f"S3 object not found: {uri} (at {endpoint})")
+    if code == "AccessDenied":
+        return StorageError(
+            f"S3 endpoint {endpoint} denied access to {uri} (AccessDenied): the credentials in "
+            f"{CREDENTIAL_VARIABLES} lack permission for bucket '{bucket}'"
+        )
+    if status == 403:
+        return StorageError(
+            f"S3 endpoint {endpoint} rejected the credentials for {uri} ({code or 'HTTP 403'}): "
+            f"check {CREDENTIAL_VARIABLES}, and that they may access bucket '{bucket}'"
+        )
+    return StorageError(
+        f"S3 request for {uri} at {endpoint} failed: {code} {details.get('Message', '')}".strip()
+    )
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, settings: S3Settings) -> Iterator[None]:
+    try:
+        yield
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        raise _translate(error, uri, settings) from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def read_bytes(uri: PathOrUri) -> bytes:
+    uri = os.fspath(uri)
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    bucket, key = _object_key(uri)
+    settings = s3_settings()
+    buffer = io.BytesIO()
+    with _s3_errors(uri, settings):
+        # download_fileobj (not get_object) retries broken streams and fetches big objects in parts.
+        s3_client(settings).download_fileobj(bucket, key, buffer, Config=_transfer_config(settings))
+    return buffer.getvalue()
+
+
+def read_text(uri: PathOrUri, encoding: str = "utf-8") -> str:
+    return read_bytes(uri).decode(encoding)
+
+
+def write_bytes(uri: PathOrUri, data: bytes) -> None:
+    """Write ``data`` to a file (parent folders are created) or an S3 object (multipart when big)."""
+    uri = os.fspath(uri)
+    if not is_s3(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_bytes(data)
+        return
+    bucket, key = _object_key(uri)
+    settings = s3_settings()
+    with _s3_errors(uri, settings):
+        s3_client(settings).upload_fileobj(io.BytesIO(data), bucket, key, Config=_transfer_config(settings))
+
+
+def write_text(uri: PathOrUri, text: str, encoding: str = "utf-8") -> None:
+    write_bytes(uri, text.encode(encoding))
+
+
+def exists(uri: PathOrUri) -> bool:
+    """True for an existing file or folder; on S3 a "folder" is a prefix with at least one object.
+
+    A missing bucket is a configuration error, not a missing file: it raises ``StorageError``.
+    """
+    uri = os.fspath(uri)
+    if not is_s3(uri):
+        return os.path.exists(uri)
+    bucket, key = split_s3(uri)
+    settings = s3_settings()
+    client = s3_client(settings)
+    with _s3_errors(uri, settings):
+        if key and not key.endswith("/"):
+            try:
+                client.head_object(Bucket=bucket, Key=key)
+                return True
+            except botocore.exceptions.ClientError as error:
+                if not _is_not_found(error):
+                    raise
+        folder = key.rstrip("/") + "/" if key else ""
+        # A missing bucket makes this listing fail with NoSuchBucket, which _s3_errors reports.
+        listing = client.list_objects_v2(Bucket=bucket, Prefix=folder, MaxKeys=1)
+        return not key or listing.get("KeyCount", 0) > 0
+
+
+def _relative_files(prefix: str, recursive: bool) -> list[str]:
+    """Paths (with ``/``) of the files under a local folder or an S3 prefix, relative to it, sorted."""
+    if not is_s3(prefix):
+        root = Path(prefix)
+        if not root.exists():
+            raise FileNotFoundError(f"folder not found: {prefix}")
+        if not root.is_dir():
+            raise NotADirectoryError(f"not a folder: {prefix}")
+        pattern = "**/*" if recursive else "*"
+        return sorted(path.relative_to(root).as_posix() for path in root.glob(pattern) if path.is_file())
+
+    bucket, key = split_s3(prefix)
+    folder = key.rstrip("/") + "/" if key.rstrip("/") else ""  # "s3://b/data" means the folder data/
+    settings = s3_settings()
+    arguments = {"Bucket": bucket, "Prefix": folder}
+    if not recursive:
+        arguments["Delimiter"] = "/"
+    names: list[str] = []
+    with _s3_errors(prefix, settings):
+        for page in s3_client(settings).get_paginator("list_objects_v2").paginate(**arguments):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(folder) :]
+                if name and not name.endswith("/"):  # skip "folder marker" objects some tools create
+                    names.append(name)
+    return sorted(names)
+
+
+def list_files(prefix: PathOrUri, recursive: bool = True) -> list[str]:
+    """Full paths or URIs of the files under a folder or S3 prefix, sorted.
+
+    An S3 prefix is a folder: ``s3://b/data`` lists ``data/...``, not ``data2/...``. A missing local
+    folder raises ``FileNotFoundError``; an S3 prefix with no objects lists as empty (S3 has no folders).
+    """
+    prefix = os.fspath(prefix)
+    return [join(prefix, name) for name in _relative_files(prefix, recursive)]
+
+
+def copy(src: PathOrUri, dst: PathOrUri) -> None:
+    """Copy one file to another; each side a local path or an S3 URI. Parent folders are created."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    settings = s3_settings()
+    transfer = _transfer_config(settings)
+
+    if not is_s3(src) and not is_s3(dst):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    elif not is_s3(src):  # local -> S3
+        bucket, key = _object_key(dst)
+        with open(src, "rb") as source, _s3_errors(dst, settings):
+            s3_client(settings).upload_fileobj(source, bucket, key, Config=transfer)
+    elif not is_s3(dst):  # S3 -> local, through a temporary file so a failed download leaves nothing
+        bucket, key = _object_key(src)
+        target = Path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with open(partial, "wb") as sink, _s3_errors(src, settings):
+                s3_client(settings).download_fileobj(bucket, key, sink, Config=transfer)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    else:  # S3 -> S3, server-side: the data never passes through this machine
+        src_bucket, src_key = _object_key(src)
+        dst_bucket, dst_key = _object_key(dst)
+        client = s3_client(settings)
+        with _s3_errors(src, settings):
+            size = client.head_object(Bucket=src_bucket, Key=src_key)["ContentLength"]
+        source = {"Bucket": src_bucket, "Key": src_key}
+        with _s3_errors(dst, settings):
+            if size <= MAX_SINGLE_COPY_BYTES:
+                client.copy_object(CopySource=source, Bucket=dst_bucket, Key=dst_key)
+            else:  # bigger objects need a multipart copy
+                client.copy(source, dst_bucket, dst_key, Config=transfer)
+
+
+def copy_tree(src_prefix: PathOrUri, dst_prefix: PathOrUri) -> list[str]:
+    """Copy every file under a folder or S3 prefix to the same relative paths under another one.
+
+    Any mix of local and S3 works (upload, download, S3 to S3, local to local). Returns the
+    destination paths/URIs, sorted. Nothing to copy is an error: it usually means a wrong source.
+    """
+    src_prefix, dst_prefix = os.fspath(src_prefix), os.fspath(dst_prefix)
+    names = _relative_files(src_prefix, recursive=True)
+    if not names:
+        raise FileNotFoundError(f"no files to copy under {src_prefix}")
+    copied = []
+    for name in names:
+        destination = join(dst_prefix, name)
+        copy(join(src_prefix, name), destination)
+        copied.append(destination)
+    return copied
+
+
+@contextlib.contextmanager
+def local_file(uri: PathOrUri) -> Iterator[Path]:
+    """A local path for a file: the path itself, or a temporary download of an S3 object.
+
+    For readers that need a real file (pyarrow, tokenizers, FAISS); the download is removed on exit.
+    """
+    uri = os.fspath(uri)
+    if not is_s3(uri):
+        if not os.path.isfile(uri):
+            raise FileNotFoundError(f"file not found: {uri}")
+        yield Path(uri)
+        return
+    _, key = _object_key(uri)
+    with tempfile.TemporaryDirectory(prefix="semcode-s3-") as tmp:
+        path = Path(tmp) / key.rsplit("/", 1)[-1]
+        copy(uri, path)
+        yield path
+
+
+@contextlib.contextmanager
+def local_dir(prefix: PathOrUri) -> Iterator[Path]:
+    """A local folder for a folder: the folder itself, or a temporary download of an S3 prefix."""
+    prefix = os.fspath(prefix)
+    if not is_s3(prefix):
+        if not os.path.isdir(prefix):
+            raise FileNotFoundError(f"folder not found: {prefix}")
+        yield Path(prefix)
+        return
+    with tempfile.TemporaryDirectory(prefix="semcode-s3-") as tmp:
+        copy_tree(prefix, tmp)
+        yield Path(tmp)

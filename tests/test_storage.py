@@ -1,0 +1,222 @@
+"""semcode.storage against local folders and a real S3 server (rclone serve s3, see conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from semcode import storage
+from semcode.storage import StorageError
+
+
+@pytest.fixture(params=["local", "s3"])
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests on a local folder and on a fresh S3 bucket."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_env")
+
+
+def test_uri_helpers() -> None:
+    assert storage.is_s3("s3://b/k") and not storage.is_s3("/tmp/s3://x") and not storage.is_s3(Path("a"))
+    assert storage.split_s3("s3://bucket/a/b.txt") == ("bucket", "a/b.txt")
+    assert storage.split_s3("s3://bucket") == ("bucket", "")
+    assert storage.join("s3://bucket/", "/a/", "b.txt") == "s3://bucket/a/b.txt"
+    assert storage.join("/data", "a", "b.txt") == "/data/a/b.txt"
+    with pytest.raises(ValueError, match="no bucket"):
+        storage.split_s3("s3:///key")
+
+
+def test_write_read_exists_round_trip(base: str) -> None:
+    blob = bytes(range(256)) * 10
+    storage.write_bytes(f"{base}/deep/er/blob.bin", blob)
+    storage.write_text(f"{base}/notes.txt", "héllo\n")
+
+    assert storage.read_bytes(f"{base}/deep/er/blob.bin") == blob
+    assert storage.read_text(f"{base}/notes.txt") == "héllo\n"
+    assert storage.exists(f"{base}/notes.txt")
+    assert storage.exists(f"{base}/deep")  # a folder (on S3: a prefix with objects)
+    assert not storage.exists(f"{base}/missing.txt")
+    assert not storage.exists(f"{base}/dee")  # a key prefix that is not a folder
+
+
+def test_list_files_nested(base: str) -> None:
+    for name in ["a.py", "pkg/b.py", "pkg/sub/c.py", "pkg2/d.py"]:
+        storage.write_text(f"{base}/{name}", name)
+
+    assert storage.list_files(base) == [
+        f"{base}/a.py",
+        f"{base}/pkg/b.py",
+        f"{base}/pkg/sub/c.py",
+        f"{base}/pkg2/d.py",
+    ]
+    # "pkg" is a folder: pkg2/ is not under it, with or without the trailing slash.
+    assert storage.list_files(f"{base}/pkg") == [f"{base}/pkg/b.py", f"{base}/pkg/sub/c.py"]
+    assert storage.list_files(f"{base}/pkg/") == [f"{base}/pkg/b.py", f"{base}/pkg/sub/c.py"]
+    assert storage.list_files(f"{base}/pkg", recursive=False) == [f"{base}/pkg/b.py"]
+
+
+def test_copy_local_to_s3_to_local(s3_env: str, tmp_path: Path) -> None:
+    source = tmp_path / "in" / "model.bin"
+    source.parent.mkdir()
+    source.write_bytes(b"\x00weights\xff" * 1000)
+
+    storage.copy(source, f"{s3_env}/models/model.bin")
+    storage.copy(f"{s3_env}/models/model.bin", f"{s3_env}/models/copy.bin")  # server-side
+    storage.copy(f"{s3_env}/models/copy.bin", tmp_path / "out" / "nested" / "model.bin")
+    storage.copy(tmp_path / "out" / "nested" / "model.bin", tmp_path / "again.bin")
+
+    assert (tmp_path / "out" / "nested" / "model.bin").read_bytes() == source.read_bytes()
+    assert (tmp_path / "again.bin").read_bytes() == source.read_bytes()
+    assert not list((tmp_path / "out" / "nested").glob("*.partial"))
+
+
+def test_copy_tree_any_mix(s3_env: str, tmp_path: Path) -> None:
+    local = tmp_path / "bundle"
+    for name in ["bundle.json", "encoder/config.json", "encoder/model.safetensors"]:
+        storage.write_text(local / name, f"content of {name}")
+
+    uploaded = storage.copy_tree(local, f"{s3_env}/registry/v1")
+    assert uploaded == [
+        f"{s3_env}/registry/v1/bundle.json",
+        f"{s3_env}/registry/v1/encoder/config.json",
+        f"{s3_env}/registry/v1/encoder/model.safetensors",
+    ]
+    storage.copy_tree(f"{s3_env}/registry/v1", f"{s3_env}/registry/latest")
+    downloaded = storage.copy_tree(f"{s3_env}/registry/latest", tmp_path / "back")
+
+    assert downloaded == [
+        str(tmp_path / "back" / n)
+        for n in ["bundle.json", "encoder/config.json", "encoder/model.safetensors"]
+    ]
+    assert (
+        storage.read_text(tmp_path / "back" / "encoder" / "config.json") == "content of encoder/config.json"
+    )
+    with pytest.raises(FileNotFoundError, match="no files to copy"):
+        storage.copy_tree(f"{s3_env}/registry/nothing", tmp_path / "empty")
+
+
+def test_local_file_and_dir(s3_env: str) -> None:
+    storage.write_text(f"{s3_env}/shards/part-0.txt", "zero")
+    storage.write_text(f"{s3_env}/shards/sub/part-1.txt", "one")
+
+    with storage.local_file(f"{s3_env}/shards/part-0.txt") as path:
+        assert path.read_text() == "zero"
+    assert not path.exists()  # the temporary download is gone
+    with storage.local_dir(f"{s3_env}/shards") as folder:
+        assert (folder / "sub" / "part-1.txt").read_text() == "one"
+
+
+def test_multipart_upload_and_download_are_intact(
+    s3_env: str, s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMCODE_S3_MULTIPART_MB", "5")
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(12 * 1024 * 1024))  # 5 + 5 + 2 MiB parts
+    parts: list[int] = []
+    events = storage.s3_client().meta.events
+
+    def count_part(params: dict, **kwargs) -> None:
+        parts.append(params["PartNumber"])
+
+    events.register("before-parameter-build.s3.UploadPart", count_part)
+    try:
+        storage.copy(source, f"{s3_env}/big/big.bin")
+    finally:
+        events.unregister("before-parameter-build.s3.UploadPart", count_part)
+    storage.copy(f"{s3_env}/big/big.bin", tmp_path / "big.back")
+
+    assert sorted(parts) == [1, 2, 3]
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert hashlib.sha256((tmp_path / "big.back").read_bytes()).hexdigest() == digest
+    bucket, _ = storage.split_s3(s3_env)
+    assert hashlib.sha256((s3_server.root / bucket / "big" / "big.bin").read_bytes()).hexdigest() == digest
+
+
+def test_missing_key_is_file_not_found(s3_env: str, tmp_path: Path) -> None:
+    missing = f"{s3_env}/no/such.txt"
+    with pytest.raises(FileNotFoundError, match="no/such.txt"):
+        storage.read_bytes(missing)
+    with pytest.raises(FileNotFoundError, match="no/such.txt"):
+        storage.copy(missing, tmp_path / "x.txt")
+    with pytest.raises(FileNotFoundError, match="no/such.txt"):
+        storage.copy(missing, f"{s3_env}/x.txt")
+    assert not (tmp_path / "x.txt").exists() and not (tmp_path / "x.txt.partial").exists()
+
+
+def test_missing_bucket_names_bucket_and_endpoint(s3_env: str, s3_server) -> None:
+    for action in [
+        lambda: storage.read_bytes("s3://no-such-bucket/a.txt"),
+        lambda: storage.write_text("s3://no-such-bucket/a.txt", "x"),
+        lambda: storage.exists("s3://no-such-bucket/a.txt"),
+        lambda: storage.list_files("s3://no-such-bucket/data"),
+    ]:
+        with pytest.raises(StorageError) as caught:
+            action()
+        assert "no-such-bucket" in str(caught.value) and s3_server.endpoint_url in str(caught.value)
+        assert "does not exist" in str(caught.value)
+
+
+def test_bad_credentials_name_endpoint_and_variables(
+    s3_env: str, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.write_text(f"{s3_env}/a.txt", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    for action in [
+        lambda: storage.read_text(f"{s3_env}/a.txt"),
+        lambda: storage.exists(f"{s3_env}/a.txt"),
+        lambda: storage.write_text(f"{s3_env}/b.txt", "y"),
+    ]:
+        with pytest.raises(StorageError, match="rejected the credentials") as caught:
+            action()
+        assert s3_server.endpoint_url in str(caught.value)
+        assert "AWS_ACCESS_KEY_ID" in str(caught.value) and "AWS_SECRET_ACCESS_KEY" in str(caught.value)
+
+
+def test_unreachable_endpoint_is_retried_then_named(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("SEMCODE_S3_MAX_ATTEMPTS", "2")
+    sends: list[str] = []
+    events = storage.s3_client().meta.events
+
+    def count_send(**kwargs) -> None:
+        sends.append(kwargs["event_name"])
+
+    events.register("before-send.s3", count_send)
+    try:
+        with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {dead}"):
+            storage.read_text(f"{s3_env}/a.txt")
+    finally:
+        events.unregister("before-send.s3", count_send)
+    assert len(sends) == 2  # one retry after the first refused connection
+
+
+def test_endpoint_from_s3_endpoint_url_and_client_cache(
+    s3_env: str, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = storage.s3_client()
+    assert storage.s3_client() is first  # cached per endpoint and credentials
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("S3_ENDPOINT_URL", s3_server.endpoint_url)
+
+    storage.write_text(f"{s3_env}/fallback.txt", "via S3_ENDPOINT_URL")
+    assert storage.read_text(f"{s3_env}/fallback.txt") == "via S3_ENDPOINT_URL"
+    assert storage.s3_settings().endpoint_url == s3_server.endpoint_url
+
+
+def test_bad_settings_and_uris_are_clear(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMCODE_S3_MULTIPART_MB", "1")
+    with pytest.raises(ValueError, match="SEMCODE_S3_MULTIPART_MB must be at least 5"):
+        storage.write_text(f"{s3_env}/a.txt", "x")
+    monkeypatch.delenv("SEMCODE_S3_MULTIPART_MB")
+    with pytest.raises(ValueError, match="not a file"):
+        storage.read_bytes(s3_env)
+    with pytest.raises(FileNotFoundError, match="folder not found"):
+        storage.list_files("/no/such/folder")
