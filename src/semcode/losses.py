@@ -1,0 +1,261 @@
+"""The contrastive loss for query/code pairs: symmetric in-batch InfoNCE, plus an optional hard-negative term.
+
+Notation: B rows on this rank (pair i = query i with its code i), W ranks, N = W * B rows in the global
+batch, D the embedding size, H hard negatives per row. Embeddings are expected L2-normalised (the
+encoder does it), so a dot product is a cosine similarity; logits are ``cosine / temperature``.
+
+- Contrastive term: query i must pick code i among the N codes of the global batch (cross entropy over
+  a [B, N] logit matrix); symmetric (the default) also makes code i pick query i among the N queries,
+  and averages the two directions.
+- In-batch false negatives: the same code (or query) can appear in two rows, e.g. a function copied
+  into several repositories. Given per-row keys (``text_keys`` of the query and code texts), an
+  off-diagonal entry whose query key or code key equals the row's own is masked to -inf, so the model
+  is not pushed away from a correct answer. The row's own positive is never masked.
+- Hard-negative term: for each row with at least one valid hard negative, a separate cross entropy
+  over [positive, its H hard negatives] (label 0). ``total = contrastive + hard_negative_weight * hard``.
+  Both parts are reported. With weight 0 the hard term is still computed and reported (to monitor it)
+  but does not train the model.
+- Temperature: fixed, or learnable (stored as log(1/T), as CLIP does, and clamped to
+  [min_temperature, max_temperature] in every forward; at a bound its gradient is zero).
+- Across ranks: when torch.distributed is initialised with W > 1, embeddings (and keys) are gathered
+  with torch.distributed.nn.functional.all_gather, which keeps gradients, so each rank scores its B
+  rows against all N candidates, with labels offset by rank * B. Each rank's loss is the mean over
+  its own rows; the mean over ranks (what data-parallel gradient averaging optimises) equals the loss
+  of one process on the whole global batch, and so do the gradients. Every rank must pass the same B
+  (drop the last incomplete batch). Hard negatives stay local: they belong to their row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LossOutput(NamedTuple):
+    total: Tensor  # scalar: contrastive + hard_negative_weight * hard; call backward() on this
+    contrastive: Tensor  # scalar, the in-batch InfoNCE
+    hard: Tensor  # scalar, the hard-negative InfoNCE (0 when no row has a hard negative)
+    temperature: float  # the temperature used (after clamping)
+
+
+def text_keys(texts: list[str]) -> torch.LongTensor:
+    """A stable 63-bit hash of each text (blake2b), as int64 [len(texts)], for false-negative masking.
+
+    Stable across processes and runs (unlike ``hash()``); texts must be equal exactly to share a key.
+    """
+    keys = [
+        int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") & (2**63 - 1)
+        for text in texts
+    ]
+    return torch.tensor(keys, dtype=torch.int64)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world_size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ContrastiveLoss(nn.Module):
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        learnable_temperature: bool = False,
+        min_temperature: float = 0.01,
+        max_temperature: float = 1.0,
+        hard_negative_weight: float = 0.0,
+        symmetric: bool = True,
+        gather_across_ranks: bool = True,
+    ) -> None:
+        super().__init__()
+        if min_temperature <= 0:
+            raise ValueError(f"min_temperature must be > 0, got {min_temperature}")
+        if min_temperature > max_temperature:
+            raise ValueError(
+                f"min_temperature ({min_temperature}) must be <= max_temperature ({max_temperature})"
+            )
+        if not min_temperature <= temperature <= max_temperature:
+            raise ValueError(
+                f"temperature {temperature} is outside [min_temperature, max_temperature] = "
+                f"[{min_temperature}, {max_temperature}]"
+            )
+        if hard_negative_weight < 0:
+            raise ValueError(f"hard_negative_weight must be >= 0, got {hard_negative_weight}")
+        self.min_temperature = min_temperature
+        self.max_temperature = max_temperature
+        self.hard_negative_weight = hard_negative_weight
+        self.symmetric = symmetric
+        self.gather_across_ranks = gather_across_ranks
+        self.learnable_temperature = learnable_temperature
+        # log(1/T): the scale multiplies the cosines. A parameter only when learnable.
+        initial_log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
+        if learnable_temperature:
+            self.log_scale = nn.Parameter(initial_log_scale)
+        else:
+            self.register_buffer("log_scale", initial_log_scale, persistent=False)
+
+    def scale(self) -> Tensor:
+        """1 / temperature, clamped to the bounds (a 0-dim tensor that carries the gradient when learnable)."""
+        log_scale = self.log_scale.float().clamp(
+            min=math.log(1.0 / self.max_temperature), max=math.log(1.0 / self.min_temperature)
+        )
+        return log_scale.exp()
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.scale().detach())
+
+    def forward(
+        self,
+        query_emb: Tensor,
+        code_emb: Tensor,
+        query_keys: Tensor | None = None,
+        code_keys: Tensor | None = None,
+        hard_negative_emb: Tensor | None = None,
+        hard_negative_mask: Tensor | None = None,
+    ) -> LossOutput:
+        """query_emb, code_emb [B, D] (row i is a pair); keys [B] int64; hard negatives [B, H, D], mask [B, H]."""
+        rank, world_size = _world() if self.gather_across_ranks else (0, 1)
+        self._check_inputs(
+            query_emb, code_emb, query_keys, code_keys, hard_negative_emb, hard_negative_mask, world_size
+        )
+        local_batch = query_emb.shape[0]
+        query_emb, code_emb = query_emb.float(), code_emb.float()
+        all_queries, all_codes = query_emb, code_emb  # [N, D]
+        if world_size > 1:
+            all_queries = torch.cat(dist_nn.all_gather(query_emb), dim=0)
+            all_codes = torch.cat(dist_nn.all_gather(code_emb), dim=0)
+        # [B]: the column of row i's positive among the N global candidates.
+        labels = torch.arange(local_batch, device=query_emb.device) + rank * local_batch
+        scale = self.scale()
+
+        logits_query_to_code = scale * query_emb @ all_codes.T  # [B, N]
+        logits_code_to_query = scale * code_emb @ all_queries.T  # [B, N]
+        false_negatives = self._false_negative_mask(query_keys, code_keys, labels, world_size)  # [B, N]
+        if false_negatives is not None:
+            logits_query_to_code = logits_query_to_code.masked_fill(false_negatives, float("-inf"))
+            logits_code_to_query = logits_code_to_query.masked_fill(false_negatives, float("-inf"))
+        contrastive = F.cross_entropy(logits_query_to_code, labels)
+        if self.symmetric:
+            contrastive = (contrastive + F.cross_entropy(logits_code_to_query, labels)) / 2
+
+        hard = self._hard_negative_loss(query_emb, code_emb, hard_negative_emb, hard_negative_mask, scale)
+        total = contrastive + self.hard_negative_weight * hard
+        return LossOutput(total, contrastive, hard, float(1.0 / scale.detach()))
+
+    def _false_negative_mask(
+        self, query_keys: Tensor | None, code_keys: Tensor | None, labels: Tensor, world_size: int
+    ) -> Tensor | None:
+        """[B, N] bool: True where column j repeats row i's query or code (never at row i's own column)."""
+        if query_keys is None and code_keys is None:
+            return None
+        local_batch = labels.shape[0]
+        mask = torch.zeros(local_batch, local_batch * world_size, dtype=torch.bool, device=labels.device)
+        for keys in (query_keys, code_keys):
+            if keys is None:
+                continue
+            keys = keys.to(labels.device)
+            all_keys = keys
+            if world_size > 1:  # keys carry no gradient: a plain all_gather
+                gathered = [torch.empty_like(keys) for _ in range(world_size)]
+                dist.all_gather(gathered, keys)
+                all_keys = torch.cat(gathered)
+            mask |= keys[:, None] == all_keys[None, :]  # [B, 1] == [1, N] -> [B, N]
+        mask[torch.arange(local_batch, device=labels.device), labels] = False  # the positive stays
+        return mask
+
+    def _hard_negative_loss(
+        self,
+        query_emb: Tensor,
+        code_emb: Tensor,
+        hard_negative_emb: Tensor | None,
+        hard_negative_mask: Tensor | None,
+        scale: Tensor,
+    ) -> Tensor:
+        """InfoNCE over [positive, hard negatives] for the rows that have at least one hard negative."""
+        if hard_negative_emb is None:
+            return query_emb.new_zeros(())
+        hard_negative_emb = hard_negative_emb.float()
+        positive = (query_emb * code_emb).sum(dim=-1, keepdim=True)  # [B, 1]
+        negatives = torch.einsum("bd,bhd->bh", query_emb, hard_negative_emb)  # [B, H]
+        logits = scale * torch.cat([positive, negatives], dim=1)  # [B, 1 + H], the positive in column 0
+        if hard_negative_mask is None:
+            hard_negative_mask = torch.ones(negatives.shape, dtype=torch.bool, device=negatives.device)
+        hard_negative_mask = hard_negative_mask.to(negatives.device)
+        # [B, 1 + H]: the positive is always kept.
+        keep = torch.cat([torch.ones_like(hard_negative_mask[:, :1]), hard_negative_mask], dim=1)
+        logits = logits.masked_fill(~keep, float("-inf"))
+        rows = hard_negative_mask.any(dim=1)  # [B], rows with at least one hard negative
+        if not bool(rows.any()):
+            return query_emb.new_zeros(())
+        labels = torch.zeros(int(rows.sum()), dtype=torch.long, device=logits.device)
+        return F.cross_entropy(logits[rows], labels)
+
+    @staticmethod
+    def _check_inputs(
+        query_emb: Tensor,
+        code_emb: Tensor,
+        query_keys: Tensor | None,
+        code_keys: Tensor | None,
+        hard_negative_emb: Tensor | None,
+        hard_negative_mask: Tensor | None,
+        world_size: int,
+    ) -> None:
+        for name, emb in (("query_emb", query_emb), ("code_emb", code_emb)):
+            if emb.dim() != 2:
+                raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(emb.shape)}")
+            if not emb.is_floating_point():
+                raise ValueError(f"{name} must be a floating point tensor, got {emb.dtype}")
+        if query_emb.shape != code_emb.shape:
+            raise ValueError(
+                f"query_emb and code_emb must have the same shape [batch, dim], got {tuple(query_emb.shape)} "
+                f"and {tuple(code_emb.shape)}"
+            )
+        batch, dim = query_emb.shape
+        if batch * world_size < 2:
+            raise ValueError(
+                f"in-batch contrastive loss needs at least 2 pairs in the (global) batch, got {batch * world_size}"
+            )
+        for name, keys in (("query_keys", query_keys), ("code_keys", code_keys)):
+            if keys is None:
+                continue
+            if keys.shape != (batch,):
+                raise ValueError(
+                    f"{name} must have shape [{batch}] (one key per row), got {tuple(keys.shape)}"
+                )
+            if keys.dtype != torch.int64:
+                raise ValueError(f"{name} must be int64 (see text_keys), got {keys.dtype}")
+        if hard_negative_emb is None:
+            if hard_negative_mask is not None:
+                raise ValueError("hard_negative_mask given without hard_negative_emb")
+            return
+        if (
+            hard_negative_emb.dim() != 3
+            or hard_negative_emb.shape[0] != batch
+            or hard_negative_emb.shape[2] != dim
+        ):
+            raise ValueError(
+                f"hard_negative_emb must have shape [{batch}, H, {dim}] (batch, hard negatives per row, dim), "
+                f"got {tuple(hard_negative_emb.shape)}"
+            )
+        if not hard_negative_emb.is_floating_point():
+            raise ValueError(
+                f"hard_negative_emb must be a floating point tensor, got {hard_negative_emb.dtype}"
+            )
+        if hard_negative_mask is not None:
+            expected = tuple(hard_negative_emb.shape[:2])
+            if tuple(hard_negative_mask.shape) != expected:
+                raise ValueError(
+                    f"hard_negative_mask must have shape {list(expected)} (batch, hard negatives per row), "
+                    f"got {tuple(hard_negative_mask.shape)}"
+                )
+            if hard_negative_mask.dtype != torch.bool:
+                raise ValueError(f"hard_negative_mask must be bool, got {hard_negative_mask.dtype}")
