@@ -1,0 +1,403 @@
+"""Retrieval evaluation: ranks, metrics, the two protocols and the BM25 baseline; numpy in, numpy out.
+
+Vocabulary: ``Q`` queries, ``C`` candidate codes, scores ``[Q, C]`` (higher = more relevant) and
+``gold [Q]``, the index of each query's one relevant candidate.
+
+Ties count against the gold: rank = 1 + the number of other candidates whose score is >= the gold's.
+A model that scores everything the same gets the worst rank, never the best.
+
+Exclusions: ``exclude`` is an int array ``[E, 2]`` of (query index, candidate index) pairs that are
+removed from that query's candidates (e.g. another pair whose docstring is this very query: its code is
+a second right answer, not a distractor). A query's gold is never excluded; such pairs are dropped.
+
+Protocols (``PROTOCOLS``):
+- ``full``: each query ranks its gold among all ``C`` candidates (minus its exclusions).
+- ``csn``: the CodeSearchNet protocol: each query ranks its gold among ``n_distractors`` candidates
+  drawn at random without replacement (from the non-excluded, non-gold ones); with fewer available,
+  all of them. The draw for query ``i`` depends only on ``(seed, i)`` and its exclusions, so the model
+  and every baseline are ranked on exactly the same candidates.
+
+Scores are computed block by block over queries (``[block_size, C]`` at a time), and both protocols
+are read off the same block, so memory stays bounded for large test corpora.
+
+Systems are embedding callables (``EmbedFn``: texts and kind "query"/"code" -> L2-normalised
+``[N, D]``), so this module never loads a model itself and is testable without one; BM25 (``bm25s``)
+is the lexical baseline beside them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from semcode.progress import log
+
+if TYPE_CHECKING:
+    from semcode.suites import Suite
+
+EmbedFn = Callable[[list[str], str], np.ndarray]  # (texts, "query" | "code") -> float32 [N, D]
+ScoreBlockFn = Callable[[int, int], np.ndarray]  # (start, end) -> scores [end - start, C] of those queries
+
+PROTOCOLS = ("csn", "full")
+RECALL_AT = (1, 5, 10)
+NDCG_AT = 10
+DEFAULT_BLOCK_SIZE = 256
+
+
+# ---------------------------------------------------------------- ranks and metrics
+
+
+def _check_gold(gold: np.ndarray, n_queries: int, n_codes: int) -> np.ndarray:
+    gold = np.asarray(gold)
+    if gold.shape != (n_queries,):
+        raise ValueError(f"gold must have shape ({n_queries},), got {gold.shape}")
+    if not np.issubdtype(gold.dtype, np.integer):
+        raise ValueError(f"gold must hold integer candidate indices, got dtype {gold.dtype}")
+    if n_queries and (gold.min() < 0 or gold.max() >= n_codes):
+        raise ValueError(f"gold indices must lie in [0, {n_codes}), got [{gold.min()}, {gold.max()}]")
+    return gold.astype(np.int64)
+
+
+def ranks_from_scores(
+    scores: np.ndarray, gold: np.ndarray, exclude_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The gold's 1-based rank per query: 1 + #other non-excluded candidates scoring >= the gold.
+
+    scores [Q, C] float, gold [Q] int, exclude_mask [Q, C] bool (True = not a candidate; ignored at
+    the gold) -> ranks [Q] int64.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [queries, candidates], got shape {scores.shape}")
+    n_queries, n_codes = scores.shape
+    gold = _check_gold(gold, n_queries, n_codes)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN: a NaN would rank as a tie-free match; fix the embeddings")
+    rows = np.arange(n_queries)
+    at_least_gold = scores >= scores[rows, gold][:, None]  # [Q, C]
+    at_least_gold[rows, gold] = False
+    if exclude_mask is not None:
+        exclude_mask = np.asarray(exclude_mask, dtype=bool)
+        if exclude_mask.shape != scores.shape:
+            raise ValueError(f"exclude_mask shape {exclude_mask.shape} != scores shape {scores.shape}")
+        at_least_gold &= ~exclude_mask
+    return 1 + at_least_gold.sum(axis=1, dtype=np.int64)
+
+
+def retrieval_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """MRR, Recall@1/5/10, NDCG@10 (one relevant item: 1/log2(rank+1) within the top 10), median rank."""
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
+    if ranks.min() < 1:
+        raise ValueError(f"ranks are 1-based; got a rank of {ranks.min()}")
+    ranks = ranks.astype(np.float64)
+    metrics = {"mrr": float(np.mean(1.0 / ranks))}
+    for k in RECALL_AT:
+        metrics[f"recall@{k}"] = float(np.mean(ranks <= k))
+    gains = np.where(ranks <= NDCG_AT, 1.0 / np.log2(ranks + 1.0), 0.0)
+    metrics[f"ndcg@{NDCG_AT}"] = float(np.mean(gains))
+    metrics["median_rank"] = float(np.median(ranks))
+    metrics["n_queries"] = int(ranks.size)
+    return metrics
+
+
+# ---------------------------------------------------------------- exclusions and candidates
+
+
+def check_exclude(exclude: np.ndarray | None, gold: np.ndarray, n_codes: int) -> np.ndarray:
+    """Validated exclusion pairs [E, 2] int64, sorted by query, without (query, its gold) pairs."""
+    if exclude is None:
+        return np.zeros((0, 2), dtype=np.int64)
+    exclude = np.asarray(exclude)
+    if exclude.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if exclude.ndim != 2 or exclude.shape[1] != 2 or not np.issubdtype(exclude.dtype, np.integer):
+        raise ValueError(
+            f"exclude must be integer (query, candidate) pairs [E, 2], got {exclude.shape} {exclude.dtype}"
+        )
+    exclude = exclude.astype(np.int64)
+    if exclude[:, 0].min() < 0 or exclude[:, 0].max() >= len(gold):
+        raise ValueError(f"exclude query indices must lie in [0, {len(gold)})")
+    if exclude[:, 1].min() < 0 or exclude[:, 1].max() >= n_codes:
+        raise ValueError(f"exclude candidate indices must lie in [0, {n_codes})")
+    exclude = exclude[exclude[:, 1] != gold[exclude[:, 0]]]
+    exclude = np.unique(exclude, axis=0)  # sorted by query, then candidate
+    return exclude
+
+
+def exclusion_mask(exclude: np.ndarray, start: int, end: int, n_codes: int) -> np.ndarray:
+    """Dense bool mask [end - start, C] of the checked exclusion pairs of queries start..end-1."""
+    mask = np.zeros((end - start, n_codes), dtype=bool)
+    lo, hi = np.searchsorted(exclude[:, 0], [start, end])
+    block = exclude[lo:hi]
+    mask[block[:, 0] - start, block[:, 1]] = True
+    return mask
+
+
+def csn_candidates(
+    gold: np.ndarray,
+    n_codes: int,
+    n_distractors: int = 999,
+    seed: int = 0,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Candidate indices [Q, 1 + n_distractors'] per query: the gold in column 0, then distractors.
+
+    Distractors are drawn without replacement from the candidates that are neither the gold nor
+    excluded, with a generator seeded by ``(seed, query index)``. When fewer are available, the query
+    gets all of them and its row is padded with -1. ``n_distractors' = min(n_distractors, C - 1)``.
+    """
+    if n_distractors < 1:
+        raise ValueError(f"n_distractors must be >= 1, got {n_distractors}")
+    gold = _check_gold(gold, len(np.asarray(gold)), n_codes)
+    exclude = check_exclude(exclude, gold, n_codes)
+    width = 1 + min(n_distractors, n_codes - 1)
+    candidates = np.full((len(gold), width), -1, dtype=np.int64)
+    candidates[:, 0] = gold
+    bounds = np.searchsorted(exclude[:, 0], np.arange(len(gold) + 1))
+    for i, gold_i in enumerate(gold):
+        not_allowed = np.append(exclude[bounds[i] : bounds[i + 1], 1], gold_i)
+        n_allowed = n_codes - len(not_allowed)
+        if n_allowed <= n_distractors:
+            distractors = np.setdiff1d(np.arange(n_codes), not_allowed, assume_unique=True)
+        else:
+            # Draw enough distinct indices that, after dropping the not-allowed ones, n_distractors remain.
+            rng = np.random.default_rng((seed, i))
+            draw = rng.choice(n_codes, size=min(n_codes, n_distractors + len(not_allowed)), replace=False)
+            distractors = draw[~np.isin(draw, not_allowed)][:n_distractors]
+        candidates[i, 1 : 1 + len(distractors)] = distractors
+    return candidates
+
+
+# ---------------------------------------------------------------- protocols
+
+
+class ProtocolRanks(NamedTuple):
+    ranks: np.ndarray  # [Q] int64, 1 = the gold scored highest
+    n_candidates: np.ndarray  # [Q] int64, how many candidates (the gold included) each query was ranked among
+
+
+def protocol_ranks(
+    score_block: ScoreBlockFn,
+    n_queries: int,
+    n_codes: int,
+    gold: np.ndarray,
+    protocols: Sequence[str] = PROTOCOLS,
+    exclude: np.ndarray | None = None,
+    n_distractors: int = 999,
+    seed: int = 0,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> dict[str, ProtocolRanks]:
+    """Ranks under each protocol, from score blocks ``score_block(start, end) -> [end - start, C]``."""
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {list(protocols)}")
+    if n_queries < 1 or n_codes < 1:
+        raise ValueError(f"need at least one query and one candidate, got {n_queries} and {n_codes}")
+    gold = _check_gold(gold, n_queries, n_codes)
+    exclude = check_exclude(exclude, gold, n_codes)
+    candidates = csn_candidates(gold, n_codes, n_distractors, seed, exclude) if "csn" in protocols else None
+    out = {p: ProtocolRanks(np.zeros(n_queries, np.int64), np.zeros(n_queries, np.int64)) for p in protocols}
+    for start in range(0, n_queries, block_size):
+        end = min(start + block_size, n_queries)
+        scores = np.asarray(score_block(start, end))
+        if scores.shape != (end - start, n_codes):
+            raise ValueError(
+                f"score block {start}:{end} has shape {scores.shape}, expected {(end - start, n_codes)}"
+            )
+        if "full" in protocols:
+            mask = exclusion_mask(exclude, start, end, n_codes)
+            out["full"].ranks[start:end] = ranks_from_scores(scores, gold[start:end], mask)
+            out["full"].n_candidates[start:end] = n_codes - mask.sum(axis=1)
+        if candidates is not None:
+            block = candidates[start:end]
+            valid = block >= 0
+            picked = np.take_along_axis(scores, np.where(valid, block, 0), axis=1)  # gold in column 0
+            if np.isnan(picked).any():
+                raise ValueError(
+                    "scores contain NaN: a NaN would rank as a tie-free match; fix the embeddings"
+                )
+            at_least_gold = (picked[:, 1:] >= picked[:, :1]) & valid[:, 1:]
+            out["csn"].ranks[start:end] = 1 + at_least_gold.sum(axis=1)
+            out["csn"].n_candidates[start:end] = valid.sum(axis=1)
+    return out
+
+
+def dot_score_blocks(query_emb: np.ndarray, code_emb: np.ndarray) -> ScoreBlockFn:
+    """Score blocks by inner product (cosine for L2-normalised embeddings): [b, D] @ [D, C]."""
+    query_emb = np.asarray(query_emb, dtype=np.float32)
+    code_emb = np.asarray(code_emb, dtype=np.float32)
+    if query_emb.ndim != 2 or code_emb.ndim != 2 or query_emb.shape[1] != code_emb.shape[1]:
+        raise ValueError(f"embeddings must be [Q, D] and [C, D], got {query_emb.shape} and {code_emb.shape}")
+    code_t = np.ascontiguousarray(code_emb.T)
+    return lambda start, end: query_emb[start:end] @ code_t
+
+
+def full_corpus_ranks(
+    query_emb: np.ndarray,
+    code_emb: np.ndarray,
+    gold: np.ndarray,
+    exclude: np.ndarray | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> np.ndarray:
+    """Full-corpus protocol: each query's gold ranked among all candidates; ranks [Q]."""
+    result = protocol_ranks(
+        dot_score_blocks(query_emb, code_emb),
+        len(query_emb),
+        len(code_emb),
+        gold,
+        protocols=("full",),
+        exclude=exclude,
+        block_size=block_size,
+    )
+    return result["full"].ranks
+
+
+def csn_ranks(
+    query_emb: np.ndarray,
+    code_emb: np.ndarray,
+    gold: np.ndarray,
+    n_distractors: int = 999,
+    seed: int = 0,
+    exclude: np.ndarray | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> np.ndarray:
+    """CodeSearchNet protocol: each query's gold ranked among n_distractors random candidates; ranks [Q]."""
+    result = protocol_ranks(
+        dot_score_blocks(query_emb, code_emb),
+        len(query_emb),
+        len(code_emb),
+        gold,
+        protocols=("csn",),
+        exclude=exclude,
+        n_distractors=n_distractors,
+        seed=seed,
+        block_size=block_size,
+    )
+    return result["csn"].ranks
+
+
+def full_corpus_metrics(
+    query_emb: np.ndarray, code_emb: np.ndarray, exclude: np.ndarray | None = None
+) -> dict:
+    """Metrics of aligned pairs (query i's gold is code i) under the full-corpus protocol: the validator."""
+    if len(code_emb) < len(query_emb):
+        raise ValueError(
+            f"aligned pairs need at least as many codes as queries, got {len(code_emb)} < {len(query_emb)}"
+        )
+    gold = np.arange(len(query_emb))
+    return retrieval_metrics(full_corpus_ranks(query_emb, code_emb, gold, exclude))
+
+
+# ---------------------------------------------------------------- BM25 baseline
+
+# Words are runs of letters and digits (underscores and punctuation separate them); an ASCII word
+# splits further into camelCase parts: an acronym (HTTP in HTTPResponse), a word, a number.
+_WORD = re.compile(r"[^\W_]+")
+_CAMEL_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def split_identifiers(text: str) -> list[str]:
+    """Lowercased word parts, identifiers split on camelCase and underscores: getHTTP_url2 -> get http url 2."""
+    parts: list[str] = []
+    for word in _WORD.findall(text):
+        parts.extend(_CAMEL_PART.findall(word) if word.isascii() else [word])
+    return [part.lower() for part in parts]
+
+
+class BM25Index:
+    """BM25 (bm25s, its defaults: Lucene variant, k1=1.5, b=0.75) over codes; queries and codes share the splitter."""
+
+    def __init__(self, codes: Sequence[str], stopwords: bool = False) -> None:
+        import bm25s
+        from bm25s.stopwords import STOPWORDS_EN
+
+        self.n_codes = len(codes)
+        self.stopwords = frozenset(STOPWORDS_EN) if stopwords else frozenset()
+        self.retriever = bm25s.BM25()
+        self.retriever.index([self.tokens(code) for code in codes], show_progress=False)
+
+    def tokens(self, text: str) -> list[str]:
+        return [t for t in split_identifiers(text) if t not in self.stopwords]
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """BM25 scores [len(queries), C]; a query with no known token scores 0 everywhere."""
+        out = np.zeros((len(queries), self.n_codes), dtype=np.float32)
+        for row, query in enumerate(queries):
+            ids = self.retriever.get_tokens_ids(self.tokens(query))
+            if ids:
+                out[row] = self.retriever.get_scores_from_ids(ids)
+        return out
+
+
+def bm25_scores(queries: Sequence[str], codes: Sequence[str], stopwords: bool = False) -> np.ndarray:
+    """BM25 scores [Q, C] of every query against every code."""
+    return BM25Index(codes, stopwords=stopwords).scores(queries)
+
+
+# ---------------------------------------------------------------- one suite, several systems
+
+
+def evaluate_suite(
+    suite: Suite,
+    systems: Mapping[str, EmbedFn],
+    bm25: bool = True,
+    bm25_stopwords: bool = False,
+    protocols: Sequence[str] = PROTOCOLS,
+    n_distractors: int = 999,
+    seed: int = 0,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> dict:
+    """Metrics of each system (and BM25) on one suite under each protocol, on the same candidates.
+
+    Returns ``{protocol: {system: metrics}, "n_queries", "n_candidates", "candidates_per_query":
+    {protocol: {min, max, mean}}, "seconds": {system: s}}``; the BM25 system is named "bm25".
+    """
+    n_queries, n_codes = len(suite.queries), len(suite.codes)
+    result: dict = {p: {} for p in protocols}
+    result.update(
+        n_queries=n_queries,
+        n_candidates=n_codes,
+        n_excluded_pairs=int(len(suite.exclude)),
+        candidates_per_query={},
+        seconds={},
+    )
+
+    def record(system: str, score_block: ScoreBlockFn, started: float) -> None:
+        ranked = protocol_ranks(
+            score_block,
+            n_queries,
+            n_codes,
+            suite.gold,
+            protocols,
+            suite.exclude,
+            n_distractors,
+            seed,
+            block_size,
+        )
+        for protocol, (ranks, n_candidates) in ranked.items():
+            result[protocol][system] = retrieval_metrics(ranks)
+            result["candidates_per_query"][protocol] = {
+                "min": int(n_candidates.min()),
+                "max": int(n_candidates.max()),
+                "mean": round(float(n_candidates.mean()), 2),
+            }
+        result["seconds"][system] = round(time.perf_counter() - started, 3)
+        summary = ", ".join(f"{p} MRR {result[p][system]['mrr']:.4f}" for p in protocols)
+        log("evaluate", f"{suite.name}: {system}: {summary} ({result['seconds'][system]:.1f}s)")
+
+    for system, embed in systems.items():
+        started = time.perf_counter()
+        query_emb = embed(list(suite.queries), "query")
+        code_emb = embed(list(suite.codes), "code")
+        record(system, dot_score_blocks(query_emb, code_emb), started)
+    if bm25:
+        started = time.perf_counter()
+        index = BM25Index(suite.codes, stopwords=bm25_stopwords)
+        record("bm25", lambda start, end: index.scores(suite.queries[start:end]), started)
+    return result

