@@ -1,0 +1,478 @@
+"""Stage train_encoder: contrastive training of the code search encoder with DeepSpeed.
+
+Reads the ingest ``pairs/`` (train, and valid for model selection) and a tokenizer, or starts from a
+checkpoint (``init_from``: a saved semcode encoder, any transformers / sentence-transformers directory,
+an s3:// prefix, or ``minilm`` for all-MiniLM-L6-v2; its tokenizer then replaces ours). Writes::
+
+    out/encoder/                 the final encoder (CodeSearchEncoder.save: sentence-transformers loadable)
+    out/checkpoints/step-NNNNNN/ resumable checkpoints (see semcode.train.engine), and `latest`
+    out/best/model.safetensors   weights at the best validation MRR so far (+ best.json)
+    out/history.json             per step: loss, contrastive (+ hard, temperature when used), lr; evaluations
+    out/metrics.json             steps, seconds, pairs/s, best / final / zero-shot validation MRR
+    out/config.json, out/deepspeed_config.json
+
+The final encoder is the one with the best validation MRR (full-corpus protocol on up to
+``max_valid_pairs`` valid pairs, evaluated every ``eval_every`` steps and at the end), not simply the
+last step: on small data contrastive training overfits, and the pipeline evaluates what it ships on
+the test split anyway. Without a valid split the last step is shipped.
+
+The loop (``train``) is one flat function: each micro-batch is encoded by both towers, the loss is
+symmetric in-batch InfoNCE (plus a hard-negative term for rows whose ``hard_negatives`` column is
+filled, when ``hard_negative_weight`` > 0), DeepSpeed does backward, accumulation, clipping and the
+update, and the LR follows linear warmup then cosine decay. With gradient accumulation the in-batch
+negatives are those of each micro-batch. Everything is seeded, and the data order is a function of
+(seed, epoch), so ``--resume`` continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from semcode import config as cfg
+from semcode.config import ConfigError, field
+from semcode.progress import log
+
+TAG = "train-encoder"
+SIZES = ("tiny", "small", "base")  # semcode.models.encoder.ENCODER_SIZES (not imported: keeps --help fast)
+TOWERS = ("shared", "separate")
+VALID_METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
+
+
+@dataclass(frozen=True)
+class TrainEncoderConfig:
+    size: str = field("small", f"encoder size when training from scratch: {'|'.join(SIZES)}")
+    init_from: str = field(
+        "", "start from a checkpoint: a directory, s3://..., or 'minilm' ('' = from scratch)"
+    )
+    towers: str = field("shared", "one tower for queries and code (shared) or one each (separate)")
+    embedding_dim: int = field(
+        0, "output dimension (0 = the size's default, or the checkpoint's hidden size)"
+    )
+    max_length: int = field(128, "tokens per query or code; longer texts are truncated")
+    epochs: int = field(3, "passes over the training pairs (ignored when max_steps > 0)")
+    max_steps: int = field(0, "optimizer steps to train (0 = as many as `epochs` gives)")
+    batch_size: int = field(32, "pairs per micro-batch (per GPU); the in-batch negatives are the others")
+    grad_accum: int = field(1, "micro-batches per optimizer step")
+    lr: float = field(5e-4, "peak learning rate (about 5e-4 from scratch, 2e-5..5e-5 when fine-tuning)")
+    weight_decay: float = field(0.01, "AdamW weight decay (not applied to biases and norms)")
+    warmup_steps: int = field(0, "linear warmup steps (0 = warmup_ratio of the total steps)")
+    warmup_ratio: float = field(0.05, "warmup as a fraction of the total steps when warmup_steps is 0")
+    min_lr_ratio: float = field(0.1, "the cosine decay ends at lr * min_lr_ratio")
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    temperature: float = field(0.05, "InfoNCE temperature (the start value when learnable)")
+    learnable_temperature: bool = field(False, "learn the temperature, clamped to [min, max]_temperature")
+    min_temperature: float = field(0.01, "lower bound of a learnable temperature")
+    max_temperature: float = field(1.0, "upper bound of a learnable temperature")
+    hard_negative_weight: float = field(0.0, "weight of the hard-negative term (needs mined hard_negatives)")
+    max_hard_negatives: int = field(4, "hard negatives per pair used when hard_negative_weight > 0")
+    seed: int = field(0, "seed for initialisation, data order and dropout")
+    eval_every: int = field(100, "validate every this many steps (0 = only at the end)")
+    checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
+    keep_checkpoints: int = field(2, "keep the newest this many checkpoints (0 = all)")
+    resume: bool = field(False, "continue from out/checkpoints/latest when it exists")
+    zero_stage: int = field(0, "DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs)")
+    max_train_pairs: int = field(0, "train on a seeded sample of this many pairs (0 = all)")
+    max_valid_pairs: int = field(1000, "validate on a seeded sample of this many pairs (0 = all)")
+    eval_batch_size: int = field(64, "texts per batch when encoding the validation pairs")
+    query_prefix: str = field("", "text prepended to every query ('' keeps a checkpoint's own prefix)")
+    code_prefix: str = field("", "text prepended to every code snippet ('' keeps a checkpoint's own prefix)")
+    time_budget_minutes: float = field(
+        0.0, "stop after this much training, with a final checkpoint (0 = none)"
+    )
+    num_workers: int = field(0, "tokenizer worker processes feeding batches (0 = in the training process)")
+    log_every: int = field(10, "print a progress line every this many steps (when not on a terminal)")
+
+    def validate(self) -> None:
+        if self.size not in SIZES:
+            raise ConfigError(f"size must be one of {SIZES}, got {self.size!r}")
+        if self.towers not in TOWERS:
+            raise ConfigError(f"towers must be one of {TOWERS}, got {self.towers!r}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length must be >= 8, got {self.max_length}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(
+                f"min_lr_ratio must be in [0, 1] and warmup_ratio in [0, 1), got {self.min_lr_ratio}, "
+                f"{self.warmup_ratio}"
+            )
+        if not 0 < self.min_temperature <= self.temperature <= self.max_temperature:
+            raise ConfigError(
+                f"need 0 < min_temperature <= temperature <= max_temperature, got {self.min_temperature}, "
+                f"{self.temperature}, {self.max_temperature}"
+            )
+        for name in ("epochs", "grad_accum", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "embedding_dim", "max_steps", "weight_decay", "warmup_steps", "grad_clip", "hard_negative_weight",
+            "max_hard_negatives", "eval_every", "checkpoint_every", "keep_checkpoints", "max_train_pairs",
+            "max_valid_pairs", "time_budget_minutes", "num_workers",
+        ):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+class EncoderWithLoss(nn.Module):
+    """What DeepSpeed trains: the encoder and the loss (whose temperature may be a parameter)."""
+
+    def __init__(self, encoder: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.loss = encoder, loss
+
+    def forward(self, batch: dict[str, Tensor]) -> Any:
+        query_emb = self.encoder.encode_query(
+            batch["query_input_ids"], batch["query_attention_mask"]
+        )  # [B, D]
+        code_emb = self.encoder.encode_code(batch["code_input_ids"], batch["code_attention_mask"])  # [B, D]
+        hard_emb = hard_mask = None
+        if "hard_negative_input_ids" in batch:
+            negatives = self.encoder.encode_code(
+                batch["hard_negative_input_ids"], batch["hard_negative_attention_mask"]
+            )  # [N, D]: every hard negative of the batch once
+            index = batch["hard_negative_index"]  # [B, H], -1 = none
+            padded = torch.cat([negatives, negatives.new_zeros(1, negatives.shape[1])])  # row N is zeros
+            hard_emb = padded[torch.where(index >= 0, index, negatives.shape[0])]  # [B, H, D]
+            hard_mask = index >= 0  # [B, H]
+        return self.loss(query_emb, code_emb, batch["query_keys"], batch["code_keys"], hard_emb, hard_mask)
+
+
+def validation_metrics(
+    model: Any, tokenizer: Any, valid: Any, batch_size: int, device: Any
+) -> dict[str, float]:
+    """Full-corpus retrieval metrics of the valid pairs: each query ranks its code among all valid codes."""
+    from semcode.evaluation import full_corpus_metrics
+    from semcode.models.encoder import encode_texts
+
+    query_emb = encode_texts(model, tokenizer, valid.queries, "query", batch_size=batch_size, device=device)
+    code_emb = encode_texts(model, tokenizer, valid.codes, "code", batch_size=batch_size, device=device)
+    metrics = full_corpus_metrics(query_emb, code_emb)
+    return {name: metrics[name] for name in VALID_METRICS}
+
+
+def train(
+    config: TrainEncoderConfig, model: Any, tokenizer: Any, train_pairs: Any, valid_pairs: Any, out_dir: Path
+) -> dict[str, Any]:
+    """The training loop: DeepSpeed set-up, optional resume, steps, evaluations, checkpoints.
+
+    Leaves the best (or last) weights in ``model`` (float32, on the CPU) and returns the run's metrics.
+    """
+    from semcode.losses import ContrastiveLoss
+    from semcode.train import engine as ds
+    from semcode.train.data import PairBatches, batch_loader, batches_per_epoch, epoch_batches
+
+    checkpoints_dir, best_dir = out_dir / "checkpoints", out_dir / "best"
+    ds.setup_distributed()
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    micro_per_epoch = batches_per_epoch(len(train_pairs), config.batch_size, world_size)
+    total_steps = config.max_steps or (config.epochs * micro_per_epoch) // config.grad_accum
+    if micro_per_epoch == 0 or total_steps == 0:
+        raise ValueError(
+            f"{len(train_pairs)} training pairs make no optimizer step with batch_size {config.batch_size}, "
+            f"grad_accum {config.grad_accum} and {world_size} rank(s); use more pairs or smaller batches"
+        )
+    total_micro = total_steps * config.grad_accum
+    epochs = math.ceil(total_micro / micro_per_epoch)
+    warmup_steps = config.warmup_steps or round(config.warmup_ratio * total_steps)
+    run_shape = {  # a resumed run must have the same shape, or it would not continue the same run
+        "total_steps": total_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+        "seed": config.seed, "train_pairs": len(train_pairs), "warmup_steps": warmup_steps,
+        "world_size": world_size,
+    }  # fmt: skip
+
+    loss_fn = ContrastiveLoss(
+        temperature=config.temperature,
+        learnable_temperature=config.learnable_temperature,
+        min_temperature=config.min_temperature,
+        max_temperature=config.max_temperature,
+        hard_negative_weight=config.hard_negative_weight,
+    )
+    net = EncoderWithLoss(model, loss_fn)
+    optimizer = ds.adamw(net, config.lr, config.weight_decay)
+    scheduler = ds.warmup_cosine_schedule(optimizer, warmup_steps, total_steps, config.min_lr_ratio)
+    ds_config = ds.deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
+    if ds.is_main_process():
+        ds.save_deepspeed_config(ds_config, out_dir)
+    started = time.perf_counter()
+    engine = ds.initialize(net, optimizer, scheduler, ds_config)
+    init_seconds = time.perf_counter() - started
+
+    state = ds.load_latest_checkpoint(checkpoints_dir, engine) if config.resume else None
+    if state is not None and state["run"] != run_shape:
+        raise ConfigError(
+            f"cannot resume from {state['path']}: it was trained with {state['run']}, this run has {run_shape}"
+        )
+    step = state["step"] if state else 0
+    log_ = ds.TrainingLog(
+        "encoder", "pairs", total_steps, epochs, config.log_every, metric="mrr",
+        history=state["history"] if state else None,
+    )  # fmt: skip
+    if state is not None:
+        log_.message(f"resumed from {state['path']} at step {step}/{total_steps}")
+    elif config.resume:
+        log_.message(f"resume: no checkpoint in {checkpoints_dir} yet, starting from step 0")
+    log_.message(
+        f"{len(train_pairs)} train / {len(valid_pairs)} valid pairs | {total_steps} steps x "
+        f"{config.batch_size * config.grad_accum * world_size} pairs | {epochs} epoch(s) | "
+        f"device {engine.device} | deepspeed init {init_seconds:.1f}s"
+    )
+
+    def evaluate(at_step: int) -> None:
+        if len(valid_pairs) == 0:
+            return
+        eval_started = time.perf_counter()
+        metrics = validation_metrics(model, tokenizer, valid_pairs, config.eval_batch_size, engine.device)
+        if log_.evaluate(at_step, metrics, time.perf_counter() - eval_started):
+            ds.save_weights(engine, best_dir / ds.WEIGHTS_FILE)
+            if ds.is_main_process():
+                (best_dir / "best.json").write_text(json.dumps({"step": at_step, **metrics}, indent=2) + "\n")
+        log_.restart_clock()
+
+    if step == 0 and config.init_from:
+        evaluate(0)  # zero-shot: what the checkpoint does before any training
+
+    budget_seconds = config.time_budget_minutes * 60
+    run_started = time.perf_counter()
+    micro_step = step * config.grad_accum  # the data position: global index of the next micro-batch
+    stopped_by = "steps"
+    sums = {"loss": 0.0, "contrastive": 0.0, "hard": 0.0}
+    while micro_step < total_micro and stopped_by == "steps":
+        epoch, position = divmod(micro_step, micro_per_epoch)
+        batches = epoch_batches(len(train_pairs), config.batch_size, config.seed, epoch, rank, world_size)
+        batches = batches[position : position + total_micro - micro_step]
+        dataset = PairBatches(
+            train_pairs, batches, tokenizer, model.max_length, model.query_prefix, model.code_prefix,
+            config.max_hard_negatives if config.hard_negative_weight > 0 else 0,
+        )  # fmt: skip
+        for batch in batch_loader(dataset, config.num_workers, seed=config.seed + epoch):
+            batch = {name: tensor.to(engine.device) for name, tensor in batch.items()}
+            output = engine(batch)
+            engine.backward(output.total)
+            for name, value in zip(sums, (output.total, output.contrastive, output.hard), strict=True):
+                sums[name] += float(value.detach()) / config.grad_accum
+            boundary = engine.is_gradient_accumulation_boundary()
+            lr = ds.current_lr(engine)  # the LR of this update: the scheduler steps after it
+            engine.step()
+            micro_step += 1
+            if not boundary:
+                continue
+
+            step += 1
+            if not math.isfinite(sums["loss"]):
+                raise FloatingPointError(
+                    f"loss is {sums['loss']} at step {step}; try a lower lr or grad_clip"
+                )
+            values = {"loss": sums["loss"], "contrastive": sums["contrastive"]}
+            if config.hard_negative_weight > 0:
+                values["hard"] = sums["hard"]
+            if config.learnable_temperature:
+                values["temperature"] = output.temperature
+            log_.step(step, epoch + 1, values, lr, config.batch_size * config.grad_accum * world_size)
+            sums = dict.fromkeys(sums, 0.0)
+
+            last = step == total_steps
+            if budget_seconds and not last:
+                elapsed = torch.tensor(float(time.perf_counter() - run_started))
+                if world_size > 1:  # every rank must stop at the same step
+                    elapsed = elapsed.to(engine.device)
+                    torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
+                if float(elapsed) > budget_seconds:
+                    stopped_by = "time_budget"
+                    log_.message(f"time budget of {config.time_budget_minutes} min reached at step {step}")
+            final = last or stopped_by != "steps"
+            if final or (config.eval_every and step % config.eval_every == 0):
+                evaluate(step)
+            if final or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
+                path = ds.save_checkpoint(checkpoints_dir, engine, step, train_state, config.keep_checkpoints)
+                log_.message(f"checkpoint {path}")
+                log_.restart_clock()
+            if final:
+                break
+    log_.close()
+    log_.save(out_dir / "history.json")
+
+    # The shipped weights: the best validation MRR, or the last step without validation.
+    final_state = ds.full_state_dict(engine)  # a collective under ZeRO: every rank takes part
+    best = log_.history["best"]
+    net.float().cpu()
+    if best is not None and (best_dir / ds.WEIGHTS_FILE).exists():
+        ds.load_weights(net, best_dir / ds.WEIGHTS_FILE)
+    else:
+        net.load_state_dict(final_state)
+    evals = log_.history["evals"]
+    zero_shot = next((e["mrr"] for e in evals if e["step"] == 0), None)
+    return {
+        "steps": step,
+        "total_steps": total_steps,
+        "steps_this_run": log_.steps_this_run,
+        "epochs": epochs,
+        "stopped_by": stopped_by if step < total_steps else "steps",
+        "train_seconds": round(log_.train_seconds, 3),
+        "pairs_per_second": round(log_.items_per_second(), 2),
+        "deepspeed_init_seconds": round(init_seconds, 3),
+        "train_pairs": len(train_pairs),
+        "valid_pairs": len(valid_pairs),
+        "world_size": world_size,
+        "device": str(engine.device),
+        "bf16": bool(ds_config["bf16"]["enabled"]),
+        "warmup_steps": warmup_steps,
+        "final_loss": log_.history["steps"][-1]["loss"] if log_.history["steps"] else None,
+        "zero_shot_valid_mrr": zero_shot,
+        "final_valid_mrr": evals[-1]["mrr"] if evals and evals[-1]["step"] > 0 else None,
+        "best_valid_mrr": best["mrr"] if best else None,
+        "best_step": best["step"] if best else None,
+        "final_model": "best" if best is not None else "last",
+        "temperature": float(loss_fn.temperature),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _check_inputs(
+    config: TrainEncoderConfig, pairs_dir: Path, tokenizer_dir: str | Path | None, out_dir: Path
+) -> None:
+    """Fail fast, before DeepSpeed and the model, on inputs that cannot work."""
+    train_dir = pairs_dir / "train"
+    if not train_dir.is_dir() or not sorted(train_dir.glob("part-*.parquet")):
+        hint = f"; did you mean {pairs_dir / 'pairs'}?" if (pairs_dir / "pairs" / "train").is_dir() else ""
+        raise FileNotFoundError(f"pairs directory {pairs_dir} has no train/part-*.parquet shards{hint}")
+    if not config.init_from:
+        if tokenizer_dir is None:
+            raise ValueError("a tokenizer directory is required when training from scratch (no init_from)")
+        if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
+    if not config.resume and (out_dir / "checkpoints" / "latest").exists():
+        # Never mix two runs' checkpoints (pruning would then delete the new ones), never delete a run.
+        raise ValueError(
+            f"{out_dir}/checkpoints holds an earlier run's checkpoints; pass --resume to continue it, "
+            "or use a new --out directory"
+        )
+
+
+def run(
+    config: TrainEncoderConfig,
+    pairs_dir: str | Path,
+    tokenizer_dir: str | Path | None,
+    out_dir: str | Path,
+) -> dict:
+    """Train an encoder on ``pairs_dir`` and write encoder/, checkpoints/, history and metrics to ``out_dir``.
+
+    ``tokenizer_dir`` may be None when ``config.init_from`` is set (the checkpoint's tokenizer is used).
+    """
+    from transformers import AutoTokenizer
+
+    from semcode.models.encoder import build_encoder, load_pretrained, resolve_checkpoint
+    from semcode.train.data import PairSet, load_pairs
+    from semcode.train.engine import is_main_process, seed_everything
+
+    config.validate()
+    pairs_dir, out = Path(pairs_dir), Path(out_dir)
+    _check_inputs(config, pairs_dir, tokenizer_dir, out)
+    train_pairs = load_pairs(pairs_dir, "train", config.max_train_pairs, config.seed)
+    if len(train_pairs) < config.batch_size:
+        raise ValueError(
+            f"{pairs_dir}/train has {len(train_pairs)} usable pairs (non-empty query and code), fewer than "
+            f"batch_size {config.batch_size}"
+        )
+    valid_pairs = PairSet([], [], [])
+    if sorted((pairs_dir / "valid").glob("part-*.parquet")):
+        valid_pairs = load_pairs(pairs_dir, "valid", config.max_valid_pairs, config.seed, unique_codes=True)
+    if len(valid_pairs) == 0:
+        log(TAG, f"warning: {pairs_dir}/valid has no pairs: no validation, the last step is shipped")
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save_resolved(config, out)
+    seed_everything(config.seed)
+    with tempfile.TemporaryDirectory(prefix="semcode-init-") as download_dir:
+        if config.init_from:
+            local = resolve_checkpoint(config.init_from, download_dir)
+            tokenizer = AutoTokenizer.from_pretrained(str(local))
+            model = load_pretrained(
+                local, config.towers, config.embedding_dim or None, max_length=config.max_length,
+                query_prefix=config.query_prefix or None, code_prefix=config.code_prefix or None,
+            )  # fmt: skip
+            model.source = config.init_from
+            tokenizer_source: Any = tokenizer
+            if tokenizer_dir is not None:
+                log(TAG, f"init_from {config.init_from}: its tokenizer replaces {tokenizer_dir}")
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+            model = build_encoder(
+                config.size, len(tokenizer), tokenizer.pad_token_id, config.towers,
+                config.embedding_dim or None, config.max_length,
+                query_prefix=config.query_prefix, code_prefix=config.code_prefix,
+            )  # fmt: skip
+            tokenizer_source = str(tokenizer_dir)
+        if tokenizer.pad_token is None:
+            raise ValueError(f"the tokenizer of {config.init_from or tokenizer_dir} has no pad token")
+
+        metrics = train(config, model, tokenizer, train_pairs, valid_pairs, out)
+        metrics["init_from"] = config.init_from
+        if not is_main_process():  # with several ranks, rank 0 writes the outputs
+            return metrics
+        encoder_dir = out / "encoder"
+        shutil.rmtree(encoder_dir, ignore_errors=True)
+        model.save(encoder_dir, tokenizer_source)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    best = metrics["best_valid_mrr"]
+    log(
+        TAG,
+        f"{metrics['steps']} steps in {metrics['train_seconds']:.0f}s ({metrics['pairs_per_second']:.0f} pairs/s)"
+        + (f" | best valid mrr {best:.4f} at step {metrics['best_step']}" if best is not None else "")
+        + f" -> {encoder_dir}",
+    )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="semcode train-encoder",
+        description="Train the code search encoder (contrastive, DeepSpeed; CPU or GPUs) on ingest pairs.",
+        epilog=(
+            "examples:\n"
+            "  semcode train-encoder --pairs runs/ingest/pairs --tokenizer runs/tokenizer --out runs/encoder \\\n"
+            "      --size small --epochs 3 --batch-size 32 --lr 5e-4\n"
+            "  semcode train-encoder --pairs runs/ingest/pairs --init-from minilm --lr 3e-5 --out runs/encoder\n"
+            "  semcode train-encoder ... --out runs/encoder --resume     # continue from the latest checkpoint"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--pairs", required=True, metavar="DIR", help="ingest pairs/ directory (train, valid)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
+        help="tokenizer directory (train-tokenizer output); not needed with --init-from",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    cfg.add_arguments(parser, TrainEncoderConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.from_args(TrainEncoderConfig, args, section="train_encoder")
+        run(config, args.pairs, args.tokenizer, args.out)
+    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
+        print(f"semcode train-encoder: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,503 @@
+"""The DeepSpeed training engine shared by the encoder and decoder stages: a few plain functions.
+
+Every run goes through ``deepspeed.initialize``, on a laptop CPU (gloo, one process, fp32) and on GPUs
+(NCCL, bf16, ZeRO stage 1 or 2) alike. The training loop itself lives in the stage; it calls::
+
+    setup_distributed()                                   # env defaults for one process, process group
+    seed_everything(seed)
+    optimizer = adamw(model, lr, weight_decay)            # a torch optimizer: DeepSpeed builds no C++ Adam
+    scheduler = warmup_cosine_schedule(optimizer, warmup_steps, total_steps, min_lr_ratio)
+    engine = initialize(model, optimizer, scheduler, deepspeed_config(...))
+    state = load_latest_checkpoint(checkpoints_dir, engine)       # resume: None when there is none
+    for ...: out = engine(batch); engine.backward(out.total); engine.step()   # steps LR, clips, accumulates
+    save_checkpoint(checkpoints_dir, engine, step, state, keep=3)
+    log = TrainingLog("encoder", "pairs", total_steps, epochs)     # history.json and progress lines
+
+Checkpoint layout (one directory per optimizer step)::
+
+    checkpoints/
+      step-000120/
+        model.safetensors   full fp32 weights, loadable without DeepSpeed (load_weights). Under ZeRO 1/2
+                            or bf16 they come from the optimizer's fp32 master copy, gathered across ranks
+        trainer_state.pt    the caller's state (step, data position, history, ...)
+        rng_state_rank0.pt  python, numpy and torch RNG states, one file per rank
+        deepspeed/          engine.save_checkpoint: module, optimizer and LR scheduler state; DeepSpeed
+                            partitions the optimizer per rank under ZeRO, so any stage resumes the same way
+      latest                the name of the newest complete checkpoint, written only after it is complete
+
+A checkpoint is written to ``step-000120.partial/`` and renamed when complete, so a crash mid-write never
+leaves a directory that ``latest`` could point to.
+
+On CPU the first ``deepspeed.init_distributed`` in a fresh environment compiles DeepSpeed's shared-memory
+communication op (about 40 s on 2 cores); it is cached under ``TORCH_EXTENSIONS_DIR`` (torch's default:
+``~/.cache/torch_extensions``), after which set-up takes well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from semcode.progress import Progress, format_seconds, log
+
+CHECKPOINT_PREFIX = "step-"
+LATEST_FILE = "latest"
+WEIGHTS_FILE = "model.safetensors"
+TRAINER_STATE_FILE = "trainer_state.pt"
+DEEPSPEED_TAG = "deepspeed"
+DEEPSPEED_CONFIG_FILE = "deepspeed_config.json"
+ZERO_STAGES = (0, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distributed set-up and DeepSpeed
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_distributed() -> str:
+    """Initialise the process group DeepSpeed needs; returns the backend ("nccl" or "gloo").
+
+    Launched by the deepspeed launcher or torchrun the environment already names rank and world size;
+    a plain ``python``/``semcode`` process becomes rank 0 of a world of 1 on a free local port.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skips DeepSpeed's accelerator probing warning
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would drown our progress
+    if not os.environ.get("MASTER_PORT"):
+        os.environ["MASTER_PORT"] = str(_free_port())
+    for name, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
+        os.environ.setdefault(name, value)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend=backend)
+    return backend
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def deepspeed_config(
+    micro_batch_size: int,
+    grad_accum: int = 1,
+    grad_clip: float = 1.0,
+    zero_stage: int = 0,
+    bf16: bool | None = None,
+) -> dict[str, Any]:
+    """The DeepSpeed config for one run; ``bf16`` defaults to on with CUDA, off on CPU.
+
+    No optimizer or scheduler section: both are passed to ``initialize`` as torch objects.
+    """
+    if zero_stage not in ZERO_STAGES:
+        raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, got {zero_stage}")
+    if micro_batch_size < 1 or grad_accum < 1:
+        raise ValueError(
+            f"micro_batch_size and grad_accum must be >= 1, got {micro_batch_size}, {grad_accum}"
+        )
+    use_bf16 = torch.cuda.is_available() if bf16 is None else bf16
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": grad_clip,
+        "bf16": {"enabled": use_bf16},
+        "zero_optimization": {"stage": zero_stage},
+        "steps_per_print": 10**9,  # our TrainingLog prints progress; DeepSpeed's own lines stay silent
+        "wall_clock_breakdown": False,
+    }
+    if zero_stage > 0:
+        config["zero_optimization"].update({"overlap_comm": True, "contiguous_gradients": True})
+    return config
+
+
+def save_deepspeed_config(config: dict[str, Any], out_dir: str | Path) -> Path:
+    path = Path(out_dir) / DEEPSPEED_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def initialize(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ds_config: dict[str, Any],
+) -> Any:
+    """``deepspeed.initialize`` with our torch optimizer and scheduler; returns the DeepSpeedEngine.
+
+    The engine moves the model to the device, casts it to bf16 when configured, steps the scheduler
+    at each gradient-accumulation boundary and clips gradients. Call ``setup_distributed()`` first.
+    """
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Seeds, optimizer, schedule
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices); data order is seeded separately, per epoch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms and scalars (parameters with fewer than 2 dims)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """LR multiplier for the update after ``step`` updates: linear warmup, then cosine down to min_lr_ratio.
+
+    The first update uses 1/warmup_steps of the peak (never 0), update ``warmup_steps - 1`` the peak,
+    the last one (``total_steps - 1``) close to ``min_lr_ratio``; past the end it stays there.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    if warmup_steps < 0 or total_steps < 1 or not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(
+            f"bad schedule: warmup_steps={warmup_steps} (>= 0), total_steps={total_steps} (>= 1), "
+            f"min_lr_ratio={min_lr_ratio} (0..1)"
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
+    )
+
+
+def current_lr(engine: Any) -> float:
+    """The LR the next update will use (the first param group's)."""
+    return float(engine.optimizer.param_groups[0]["lr"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weights and checkpoints
+
+
+def unwrap(model: Any) -> torch.nn.Module:
+    """The plain module inside a DeepSpeedEngine (or the module itself)."""
+    return getattr(model, "module", model)
+
+
+def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """A CPU state dict with full fp32 weights, every key present (tied weights as separate copies).
+
+    Under ZeRO 1/2 and bf16 the module holds low-precision or partitioned weights; DeepSpeed's
+    ``safe_get_full_fp32_param`` returns the fp32 master copy (a collective: every rank must call this).
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = unwrap(model)
+    masters: dict[str, torch.Tensor] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        master = safe_get_full_fp32_param(param)
+        masters[name] = master if master is not None else param.detach()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in module.state_dict().items():
+        value = masters.get(name, tensor)
+        if value.is_floating_point():
+            value = value.float()
+        out[name] = value.detach().to("cpu").contiguous().clone()  # clone: safetensors refuses shared storage
+    return out
+
+
+def save_weights(model: Any, path: str | Path) -> Path:
+    """Write full fp32 weights as safetensors (rank 0 writes; every rank must call)."""
+    state = full_state_dict(model)
+    path = Path(path)
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path))
+    return path
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load a ``model.safetensors`` written by save_weights into a plain module (no DeepSpeed needed)."""
+    state = load_file(str(path))
+    unwrap(model).load_state_dict(state, strict=strict)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first."""
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    found = [
+        p for p in found if not p.name.endswith(".partial") and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The checkpoint the ``latest`` pointer names, or None when there is no pointer."""
+    pointer = Path(checkpoints_dir) / LATEST_FILE
+    if not pointer.exists():
+        return None
+    path = Path(checkpoints_dir) / pointer.read_text().strip()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def rng_state_file(rank: int) -> str:
+    return f"rng_state_rank{rank}.pt"
+
+
+def _rng_state() -> dict[str, Any]:
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        "numpy": (np_name, np_keys.tolist(), np_pos, np_has_gauss, np_gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    checkpoints_dir: str | Path, engine: Any, step: int, state: dict[str, Any], keep: int = 3
+) -> Path:
+    """Write ``checkpoints_dir/step-NNNNNN/`` (weights, DeepSpeed state, ``state`` + RNG), then ``latest``.
+
+    ``state`` is the caller's resumable state: plain Python values and tensors (step, data position,
+    history, best metric). Keeps the newest ``keep`` checkpoints (0 keeps all). Every rank must call.
+    """
+    root = Path(checkpoints_dir)
+    final = root / checkpoint_name(step)
+    partial = root / (final.name + ".partial")
+    if is_main_process():
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    barrier()
+    engine.save_checkpoint(str(partial), tag=DEEPSPEED_TAG, save_latest=False)
+    save_weights(engine, partial / WEIGHTS_FILE)
+    torch.save(_rng_state(), partial / rng_state_file(rank()))  # each rank draws its own dropout masks
+    if is_main_process():
+        torch.save({**state, "step": step}, partial / TRAINER_STATE_FILE)
+    barrier()
+    if is_main_process():
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        pointer_tmp = root / (LATEST_FILE + ".tmp")
+        pointer_tmp.write_text(final.name + "\n")
+        os.replace(pointer_tmp, root / LATEST_FILE)  # atomic: `latest` always names a complete checkpoint
+        if keep > 0:
+            for old in list_checkpoints(root)[:-keep]:
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_latest_checkpoint(checkpoints_dir: str | Path, engine: Any) -> dict[str, Any] | None:
+    """Restore module, optimizer, LR scheduler and RNG states from ``latest``; returns the saved state.
+
+    Returns None when there is no checkpoint yet (a fresh run). Call after ``initialize`` with an
+    engine built exactly as before (same model, optimizer, schedule and DeepSpeed config).
+    """
+    path = latest_checkpoint(checkpoints_dir)
+    if path is None:
+        return None
+    load_path, _ = engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / DEEPSPEED_TAG}")
+    state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+    rng_file = path / rng_state_file(rank())
+    if not rng_file.is_file():
+        raise FileNotFoundError(f"{rng_file} is missing: was {path.name} written with fewer ranks?")
+    _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    state["path"] = str(path)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# History and progress
+
+
+def _format_value(value: float) -> str:
+    return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+
+
+class TrainingLog:
+    """Per-step history (losses, LR, throughput), evaluations, the best metric, and progress on stderr.
+
+    On a terminal a progress bar carries the latest values; otherwise (logs, CI, KFP pods) one line
+    every ``log_every`` steps, shaped like::
+
+        [encoder] epoch 1/3 step 120/700 | loss 2.3100 (contrastive 2.1000 hard 0.2100) | lr 4.8e-04 | 512 pairs/s | eta 3m12s
+
+    Throughput and ETA count training time only: the clock restarts after each evaluation and
+    checkpoint. ``history`` (a dict) is what ``history.json`` holds; pass a saved one back to resume.
+    """
+
+    def __init__(
+        self,
+        tag: str,
+        unit: str,
+        total_steps: int,
+        epochs: int,
+        log_every: int = 10,
+        metric: str = "mrr",
+        history: dict[str, Any] | None = None,
+        force_plain: bool | None = None,
+    ) -> None:
+        self.tag, self.unit, self.total_steps, self.epochs = tag, unit, total_steps, epochs
+        self.log_every, self.metric = max(1, log_every), metric
+        self.history: dict[str, Any] = history or {"steps": [], "evals": [], "best": None}
+        self.steps_this_run = 0
+        self.items_this_run = 0
+        self.train_seconds = 0.0
+        self._clock = time.perf_counter()
+        self.quiet = not is_main_process()  # one process speaks for all ranks
+        plain = not sys.stderr.isatty() if force_plain is None else force_plain
+        start = self.history["steps"][-1]["step"] if self.history["steps"] else 0
+        self._bar = None
+        if not plain and not self.quiet:
+            self._bar = Progress(tag, total=max(0, total_steps - start), unit="steps")
+
+    def restart_clock(self) -> None:
+        """Exclude the time since the last step (evaluation, checkpoint) from throughput and ETA."""
+        self._clock = time.perf_counter()
+
+    def step(self, step: int, epoch: int, values: dict[str, float], lr: float, items: int) -> None:
+        """Record optimizer step ``step`` (1-based) of ``epoch`` (1-based); ``values``' first key is the loss."""
+        now = time.perf_counter()
+        seconds = now - self._clock
+        self._clock = now
+        self.steps_this_run += 1
+        self.items_this_run += items
+        self.train_seconds += seconds
+        entry = {"step": step, "epoch": epoch, "lr": lr, **{k: float(v) for k, v in values.items()}}
+        entry.update({"items": items, "seconds": round(seconds, 4)})
+        self.history["steps"].append(entry)
+        text = self.step_line(step, epoch, values, lr)
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.update(1, postfix=text)
+        elif step % self.log_every == 0 or self.steps_this_run == 1 or step >= self.total_steps:
+            log(self.tag, text)
+
+    def step_line(self, step: int, epoch: int, values: dict[str, float], lr: float) -> str:
+        names = list(values)
+        loss = f"{names[0]} {_format_value(values[names[0]])}" if names else ""
+        if len(names) > 1:
+            loss += " (" + " ".join(f"{k} {_format_value(values[k])}" for k in names[1:]) + ")"
+        rate = self.items_this_run / self.train_seconds if self.train_seconds > 0 else 0.0
+        seconds_per_step = self.train_seconds / max(1, self.steps_this_run)
+        eta = format_seconds(max(0, self.total_steps - step) * seconds_per_step)
+        return (
+            f"epoch {epoch}/{self.epochs} step {step}/{self.total_steps} | {loss} | lr {lr:.1e} | "
+            f"{rate:.0f} {self.unit}/s | eta {eta}"
+        )
+
+    def evaluate(self, step: int, metrics: dict[str, float], seconds: float = 0.0) -> bool:
+        """Record an evaluation; returns True when ``metrics[metric]`` is the best so far (higher wins)."""
+        value = float(metrics[self.metric])
+        best = self.history["best"]
+        is_best = best is None or value > best[self.metric]
+        entry = {"step": step, **{k: float(v) for k, v in metrics.items()}, "seconds": round(seconds, 3)}
+        self.history["evals"].append(entry)
+        if is_best:
+            self.history["best"] = {"step": step, self.metric: value}
+        best = self.history["best"]
+        others = " ".join(f"{k} {_format_value(float(v))}" for k, v in metrics.items() if k != self.metric)
+        self.message(
+            f"eval step {step} | {self.metric} {value:.4f}{' ' + others if others else ''} | "
+            f"best {best[self.metric]:.4f} (step {best['step']})" + (" *" if is_best else "")
+        )
+        self.restart_clock()
+        return is_best
+
+    def message(self, text: str) -> None:
+        """A line on stderr that does not break the progress bar."""
+        if self.quiet:
+            return
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(f"[{self.tag}] {text}", file=sys.stderr)
+        else:
+            log(self.tag, text)
+
+    def items_per_second(self) -> float:
+        return self.items_this_run / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if is_main_process():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.history, indent=1) + "\n")
+        return path
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

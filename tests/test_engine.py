@@ -1,0 +1,190 @@
+"""The DeepSpeed engine on CPU with a toy model: LR schedule, checkpoints, identical resume, best, history.
+
+The toy loop below has the shape of the stages' loops (micro-batches, accumulation, evaluations,
+checkpoints), so these tests pin what the engine promises them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from semcode.train import engine as ds
+
+TOTAL_STEPS = 8
+MICRO_BATCH = 4
+GRAD_ACCUM = 2
+PEAK_LR = 1e-2
+WARMUP = 2
+EVAL_METRICS = {2: 0.2, 4: 0.6, 6: 0.4, 8: 0.5}  # step -> the "mrr" the toy validator reports
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        # Dropout makes every step depend on torch's RNG: resume must restore it.
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def toy_run(out_dir, stop_at: int = TOTAL_STEPS, resume: bool = False, zero_stage: int = 0, keep: int = 0):
+    """Train the toy model up to step ``stop_at`` (of TOTAL_STEPS), checkpointing every 2 steps."""
+    ds.setup_distributed()
+    ds.seed_everything(0)
+    model = Toy()
+    optimizer = ds.adamw(model, PEAK_LR, weight_decay=0.01)
+    scheduler = ds.warmup_cosine_schedule(optimizer, WARMUP, TOTAL_STEPS, min_lr_ratio=0.1)
+    config = ds.deepspeed_config(MICRO_BATCH, GRAD_ACCUM, grad_clip=1.0, zero_stage=zero_stage)
+    engine = ds.initialize(model, optimizer, scheduler, config)
+    state = ds.load_latest_checkpoint(out_dir / "checkpoints", engine) if resume else None
+    step = state["step"] if state else 0
+    history = state["history"] if state else None
+    log = ds.TrainingLog("toy", "rows", TOTAL_STEPS, epochs=1, log_every=4, history=history, force_plain=True)
+
+    data = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 8, generator=data)
+    y = x.sum(dim=1, keepdim=True)
+    best_weights = {}
+    while step < stop_at:
+        loss_sum = 0.0
+        for micro in range(GRAD_ACCUM):
+            start = ((step * GRAD_ACCUM + micro) * MICRO_BATCH) % len(x)
+            loss = nn.functional.mse_loss(
+                engine(x[start : start + MICRO_BATCH]), y[start : start + MICRO_BATCH]
+            )
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            assert boundary == (micro == GRAD_ACCUM - 1)
+            lr = ds.current_lr(engine)
+            engine.step()
+            loss_sum += loss.item() / GRAD_ACCUM
+        step += 1
+        log.step(step, 1, {"loss": loss_sum, "part": loss_sum / 2}, lr, items=MICRO_BATCH * GRAD_ACCUM)
+        if step in EVAL_METRICS and log.evaluate(step, {"mrr": EVAL_METRICS[step]}):
+            ds.save_weights(engine, out_dir / "best" / ds.WEIGHTS_FILE)
+            best_weights = ds.full_state_dict(engine)
+        if step % 2 == 0:
+            ds.save_checkpoint(out_dir / "checkpoints", engine, step, {"history": log.history}, keep=keep)
+    log.close()
+    log.save(out_dir / "history.json")
+    return log.history, ds.full_state_dict(engine), best_weights
+
+
+def losses(history):
+    return [entry["loss"] for entry in history["steps"]]
+
+
+def test_warmup_cosine_shape():
+    values = [ds.warmup_cosine(s, warmup_steps=4, total_steps=20, min_lr_ratio=0.1) for s in range(20)]
+    assert values[0] == pytest.approx(0.25)  # the first update already learns
+    assert values[3] == pytest.approx(1.0)  # the peak at the end of warmup
+    assert all(a < b for a, b in zip(values[:4], values[1:4], strict=False))
+    assert all(a >= b for a, b in zip(values[4:], values[5:], strict=False))  # then only down
+    assert values[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 15 / 16)))
+    assert ds.warmup_cosine(100, 4, 20, 0.1) == pytest.approx(0.1)  # past the end: the floor
+    assert ds.warmup_cosine(0, 0, 10, 0.0) == pytest.approx(1.0)  # no warmup
+    with pytest.raises(ValueError, match="total_steps"):
+        ds.warmup_cosine_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 0, 0)
+
+
+def test_deepspeed_config_is_plain_and_checked(tmp_path):
+    config = ds.deepspeed_config(16, grad_accum=4, grad_clip=0.5, zero_stage=2, bf16=False)
+    assert config["train_micro_batch_size_per_gpu"] == 16
+    assert config["gradient_accumulation_steps"] == 4
+    assert config["gradient_clipping"] == 0.5
+    assert config["zero_optimization"]["stage"] == 2
+    assert config["bf16"] == {"enabled": False}
+    assert ds.deepspeed_config(8)["bf16"]["enabled"] is torch.cuda.is_available()
+    path = ds.save_deepspeed_config(config, tmp_path)
+    assert json.loads(path.read_text()) == config
+    with pytest.raises(ValueError, match="zero_stage"):
+        ds.deepspeed_config(8, zero_stage=3)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_resume_continues_identically(tmp_path, zero_stage):
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    full_history, full_weights, _ = toy_run(full_dir, zero_stage=zero_stage)
+    toy_run(split_dir, stop_at=TOTAL_STEPS // 2, zero_stage=zero_stage)  # "interrupted" after step 4
+    assert ds.latest_checkpoint(split_dir / "checkpoints").name == "step-000004"
+    resumed_history, resumed_weights, _ = toy_run(split_dir, resume=True, zero_stage=zero_stage)
+
+    assert losses(resumed_history) == losses(full_history)  # bit-identical on CPU
+    assert [e["lr"] for e in resumed_history["steps"]] == [e["lr"] for e in full_history["steps"]]
+    assert resumed_weights.keys() == full_weights.keys()
+    for name, tensor in full_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+    assert resumed_history["evals"] == full_history["evals"]
+    assert resumed_history["best"] == full_history["best"]
+
+
+def test_checkpoints_layout_keep_and_weights_without_deepspeed(tmp_path):
+    history, final_weights, _ = toy_run(tmp_path, keep=2)
+    checkpoints = tmp_path / "checkpoints"
+    assert [p.name for p in ds.list_checkpoints(checkpoints)] == ["step-000006", "step-000008"]
+    assert (checkpoints / "latest").read_text().strip() == "step-000008"
+    latest = ds.latest_checkpoint(checkpoints)
+    assert (latest / ds.WEIGHTS_FILE).is_file()
+    assert (latest / ds.TRAINER_STATE_FILE).is_file()
+    assert (latest / ds.DEEPSPEED_TAG).is_dir()
+    assert not list(checkpoints.glob("*.partial"))
+
+    plain = Toy()  # a plain module, no engine: the safetensors weights are the trained ones
+    ds.load_weights(plain, latest / ds.WEIGHTS_FILE)
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(tensor, final_weights[name]), name
+
+    state = torch.load(latest / ds.TRAINER_STATE_FILE, weights_only=True)
+    assert state["step"] == 8 and len(state["history"]["steps"]) == 8
+    assert (checkpoints / "step-000006").exists()
+    # LR per step follows the schedule the engine steps at accumulation boundaries.
+    expected = [PEAK_LR * ds.warmup_cosine(s, WARMUP, TOTAL_STEPS, 0.1) for s in range(TOTAL_STEPS)]
+    assert [e["lr"] for e in history["steps"]] == pytest.approx(expected)
+
+
+def test_best_checkpoint_and_history(tmp_path, capsys):
+    history, _, best_weights = toy_run(tmp_path)
+    assert history["best"] == {"step": 4, "mrr": 0.6}
+    assert [e["step"] for e in history["evals"]] == sorted(EVAL_METRICS)
+    assert [e["mrr"] for e in history["evals"]] == [EVAL_METRICS[s] for s in sorted(EVAL_METRICS)]
+    best = Toy()
+    ds.load_weights(best, tmp_path / "best" / ds.WEIGHTS_FILE)
+    for name, tensor in best.state_dict().items():
+        assert torch.equal(tensor, best_weights[name]), name
+
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["best"] == history["best"]
+    first = saved["steps"][0]
+    assert set(first) >= {"step", "epoch", "lr", "loss", "part", "items", "seconds"}
+    assert [e["step"] for e in saved["steps"]] == list(range(1, TOTAL_STEPS + 1))
+
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[toy] epoch")]
+    assert [line.split(" step ")[1].split(" ")[0] for line in lines] == ["1/8", "4/8", "8/8"]
+    assert "| loss " in lines[0] and "(part " in lines[0] and " rows/s | eta " in lines[0]
+    assert "[toy] eval step 4 | mrr 0.6000 | best 0.6000 (step 4) *" in err
+
+
+def test_training_log_progress_line_format():
+    log = ds.TrainingLog("encoder", "pairs", total_steps=700, epochs=3, force_plain=True)
+    log.items_this_run, log.train_seconds, log.steps_this_run = 512 * 10, 10.0, 120
+    line = log.step_line(120, 1, {"loss": 2.31, "contrastive": 2.1, "hard": 0.21}, 4.8e-4)
+    assert line.startswith(
+        "epoch 1/3 step 120/700 | loss 2.3100 (contrastive 2.1000 hard 0.2100) | lr 4.8e-04 |"
+    )
+    assert " 512 pairs/s | eta " in line
