@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("semcode.stages.evaluate", "retrieval metrics of an encoder vs BM25 and baselines"),
     "build-index": ("semcode.stages.build_index", "embed the corpus and build its FAISS index"),
     "export-onnx": ("semcode.stages.export_onnx", "export the encoder to fp32 and int8 ONNX with parity checks"),
+    "gate": ("semcode.stages.gate", "assemble the release bundle and compare it with the registry's champion"),
+    "publish": ("semcode.stages.publish", "publish a validated bundle to the registry and move its latest pointer"),
 }
 
 EPILOG = """examples:

@@ -1,0 +1,332 @@
+"""The release bundle's model card (markdown) and report (one self-contained HTML file).
+
+Both are made from bundle.json's content and the bundle's metrics.json (``{"primary", "evaluate",
+"export_onnx", "build_index", optional "train_decoder", "ingest", "train_encoder", ...}``) and say the
+same things: what the model is, what it was trained on, how it ranks against BM25 and the zero-shot
+baseline per suite and protocol, whether int8 kept its accuracy, what the index holds, and what the
+model is and is not for. The HTML has no external assets (inline CSS, an inline SVG bar chart of MRR
+per suite/protocol and system), so it opens anywhere, including the KFP UI's HTML viewer; every text
+taken from the inputs is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+SYSTEMS = ("model", "bm25", "zero_shot")
+SYSTEM_LABELS = {"model": "model", "bm25": "BM25", "zero_shot": "zero-shot"}
+SYSTEM_COLOURS = {"model": "#3b6fd6", "bm25": "#d98c2b", "zero_shot": "#7a9a5a"}
+PROTOCOLS = ("csn", "full")
+PROTOCOL_LABELS = {"csn": "CodeSearchNet (gold + distractors)", "full": "full corpus"}
+
+INTENDED_USE = (
+    "Ranking source code (functions) for a natural-language query, and finding code similar to "
+    "other code, over the corpus indexed in this bundle or a corpus of the same kind."
+)
+LIMITATIONS = (
+    "Trained on (docstring, function) pairs: queries phrased unlike docstrings may rank worse.",
+    "Evaluated on the suites listed above only; quality on other languages, domains and query styles is "
+    "not measured.",
+    "Code is truncated to max_length tokens: long functions are embedded from their beginning only.",
+    "The index is a snapshot of the corpus at build time; code changed since is not reflected.",
+    "Not for security, licensing or correctness decisions: a high score means similar text, not correct code.",
+)
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def metric_rows(metrics: dict) -> list[dict]:
+    """One row per suite and protocol: suite, protocol, queries, candidates, and {system: {metric: value}}."""
+    evaluation = metrics.get("evaluate") or {}
+    rows = []
+    for suite_name, suite in (evaluation.get("suites") or {}).items():
+        for protocol in PROTOCOLS:
+            systems = suite.get(protocol)
+            if not isinstance(systems, dict):
+                continue
+            per_query = (suite.get("candidates_per_query") or {}).get(protocol) or {}
+            low, high = per_query.get("min"), per_query.get("max")
+            candidates = str(high) if low == high else f"{low}-{high}"
+            rows.append(
+                {
+                    "suite": str(suite_name),
+                    "protocol": protocol,
+                    "queries": suite.get("n_queries"),
+                    "candidates": candidates if high is not None else "-",
+                    "systems": {s: systems[s] for s in SYSTEMS if isinstance(systems.get(s), dict)},
+                }
+            )
+    return rows
+
+
+def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
+    """The tables both documents show, as (label, value) pairs per section."""
+    encoder_config = (bundle.get("source") or {}).get("encoder_config") or {}
+    model = [
+        ("towers", str(bundle.get("towers"))),
+        ("embedding dimension", str(bundle.get("dim"))),
+        ("max length (tokens)", str(bundle.get("max_length"))),
+        ("query prefix", repr(bundle.get("query_prefix", ""))),
+        ("code prefix", repr(bundle.get("code_prefix", ""))),
+        (
+            "encoder size / initialised from",
+            f"{encoder_config.get('size', '-')} / {encoder_config.get('source', '-')}",
+        ),
+        ("default encoder", f"{bundle.get('default_encoder')} ({bundle.get('default_precision')})"),
+        ("decoder", "decoder/" if bundle.get("decoder") else "none"),
+    ]
+    train = metrics.get("train_encoder") or {}
+    if train:
+        model += [
+            ("training steps", _number(train.get("steps"))),
+            ("training pairs", _number(train.get("train_pairs"))),
+            ("best validation MRR", _number(train.get("best_valid_mrr"))),
+        ]
+
+    data: list[tuple[str, str]] = []
+    ingest = metrics.get("ingest") or {}
+    if ingest:
+        for spec, source in (ingest.get("sources") or {}).items():
+            data.append(
+                (
+                    f"source {spec}",
+                    f"{_number(source.get('pairs'))} pairs, {_number(source.get('corpus_rows'))} corpus rows",
+                )
+            )
+        totals = ingest.get("totals") or {}
+        data.append(
+            (
+                "total",
+                f"{_number(totals.get('pairs'))} pairs, {_number(totals.get('corpus_rows'))} corpus rows",
+            )
+        )
+        split = ingest.get("split") or {}
+        sizes = split.get("sizes") or {}
+        if sizes:
+            data.append(
+                (
+                    f"split by {split.get('unit', '?')}",
+                    ", ".join(f"{name} {count}" for name, count in sizes.items()),
+                )
+            )
+
+    parity = (bundle.get("metrics") or {}).get("int8_parity") or {}
+    int8 = [
+        ("int8 parity", "held" if parity.get("held") else "FAILED: the default encoder is fp32"),
+        ("test MRR fp32 / int8", f"{_number(parity.get('mrr_fp32'))} / {_number(parity.get('mrr_int8'))}"),
+        ("MRR loss (allowed)", f"{_number(parity.get('mrr_loss'))} ({_number(parity.get('max_mrr_loss'))})"),
+        ("min cosine int8 vs fp32", _number(parity.get("cosine_min"), digits=6)),
+    ]
+    if parity.get("reason"):
+        int8.append(("why", str(parity["reason"])))
+
+    index_metrics = metrics.get("build_index") or {}
+    latency = index_metrics.get("search_latency") or {}
+    index = [
+        ("vectors", _number(index_metrics.get("ntotal"))),
+        ("index", f"{index_metrics.get('factory', '-')} ({index_metrics.get('index_type', '-')})"),
+        ("recall@10 vs exact search", _number(index_metrics.get("recall@10"))),
+        (
+            "search latency p50 / p99 (ms)",
+            f"{_number(latency.get('p50_ms'))} / {_number(latency.get('p99_ms'))}",
+        ),
+    ]
+    return {"Model": model, "Training data": data, "int8 encoder": int8, "Index": index}
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _md(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _metric_table_rows(rows: list[dict], metric: str) -> list[list[str]]:
+    return [
+        [
+            row["suite"],
+            row["protocol"],
+            _number(row["queries"]),
+            row["candidates"],
+            *(_number(row["systems"].get(s, {}).get(metric)) for s in SYSTEMS),
+        ]
+        for row in rows
+    ]
+
+
+def model_card(bundle: dict, metrics: dict) -> str:
+    """model_card.md of a bundle."""
+    primary = (bundle.get("metrics") or {}).get("primary") or {}
+    rows = metric_rows(metrics)
+    header = ["suite", "protocol", "queries", "candidates", *(SYSTEM_LABELS[s] for s in SYSTEMS)]
+    parts = [
+        f"# {_md(bundle.get('name'))} {_md(bundle.get('version'))}",
+        "",
+        "A natural-language-to-code search encoder: queries and code are embedded into one space "
+        f"({bundle.get('dim')} dimensions, cosine similarity) and the corpus is searched with a FAISS index. "
+        f"Made by semcode {_md(bundle.get('semcode_version'))} on {_md(bundle.get('created_at'))}.",
+        "",
+        f"Primary metric: **{_md(primary.get('name'))} = {_number(primary.get('value'))}**",
+    ]
+    for title, facts in _facts(bundle, metrics).items():
+        parts += ["", f"## {title}", ""]
+        parts.append(
+            _md_table(["", ""], [[label, value] for label, value in facts]) if facts else "Not recorded."
+        )
+        if title == "Model":
+            parts += [
+                "",
+                "## Evaluation",
+                "",
+                "MRR per suite and protocol (csn: each query ranks its gold among random distractors; full: "
+                "among the whole suite corpus). BM25 and the zero-shot baseline rank the same queries "
+                "and candidates.",
+                "",
+                _md_table(header, _metric_table_rows(rows, "mrr")) if rows else "No evaluation recorded.",
+                "",
+                "Recall@10:",
+                "",
+                _md_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
+            ]
+    parts += ["", "## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
+    parts += [f"- {item}" for item in LIMITATIONS]
+    parts += [
+        "",
+        "## Files",
+        "",
+        "bundle.json (metadata and sha256 of every file), tokenizer.json, "
+        + ", ".join(
+            sorted({f for per_kind in (bundle.get("encoders") or {}).values() for f in per_kind.values()})
+        )
+        + ", encoder/ (sentence-transformers), "
+        + ("decoder/, " if bundle.get("decoder") else "")
+        + "index.faiss, index_meta.parquet, metrics.json, report.html.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def mrr_chart_svg(rows: list[dict], bar_width: int = 18, height: int = 200) -> str:
+    """Grouped bars: one group per suite/protocol, one bar per system, MRR on a 0..1 axis."""
+    if not rows:
+        return ""
+    systems = [s for s in SYSTEMS if any(s in row["systems"] for row in rows)]
+    left, top, bottom, gap = 40, 10, 40, 24
+    group_width = bar_width * len(systems) + gap
+    width = left + group_width * len(rows) + 10
+    total_height = top + height + bottom + 20
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_height}" '
+        f'role="img" aria-label="MRR per suite, protocol and system">'
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = top + height * (1 - tick)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>')
+        parts.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{tick:.2f}</text>'
+        )
+    for g, row in enumerate(rows):
+        x0 = left + g * group_width + gap / 2
+        for s, system in enumerate(systems):
+            value = row["systems"].get(system, {}).get("mrr")
+            if not isinstance(value, int | float):
+                continue
+            bar = height * max(0.0, min(1.0, float(value)))
+            x = x0 + s * bar_width
+            parts.append(
+                f'<rect x="{x:.1f}" y="{top + height - bar:.1f}" width="{bar_width - 2}" height="{bar:.1f}" '
+                f'fill="{SYSTEM_COLOURS[system]}"><title>{_e(row["suite"])}/{_e(row["protocol"])} '
+                f"{_e(SYSTEM_LABELS[system])}: {float(value):.4f}</title></rect>"
+            )
+        label_x = x0 + bar_width * len(systems) / 2
+        parts.append(
+            f'<text x="{label_x:.1f}" y="{top + height + 14}" font-size="10" text-anchor="middle">'
+            f"{_e(row['suite'])}</text>"
+            f'<text x="{label_x:.1f}" y="{top + height + 26}" font-size="10" text-anchor="middle">'
+            f"{_e(row['protocol'])}</text>"
+        )
+    legend_y = top + height + bottom + 10
+    for s, system in enumerate(systems):
+        x = left + s * 90
+        parts.append(
+            f'<rect x="{x}" y="{legend_y - 9}" width="10" height="10" fill="{SYSTEM_COLOURS[system]}"/>'
+            f'<text x="{x + 14}" y="{legend_y}" font-size="11">{_e(SYSTEM_LABELS[system])}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }
+th { background: #f3f3f3; }
+.failed { color: #b00020; font-weight: bold; }
+"""
+
+
+def report_html(bundle: dict, metrics: dict) -> str:
+    """report.html of a bundle: self-contained, every input text escaped."""
+    primary = (bundle.get("metrics") or {}).get("primary") or {}
+    rows = metric_rows(metrics)
+    header = ["suite", "protocol", "queries", "candidates", *(SYSTEM_LABELS[s] for s in SYSTEMS)]
+    title = f"{bundle.get('name')} {bundle.get('version')}"
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f"<p>Natural-language-to-code search encoder made by semcode {_e(bundle.get('semcode_version'))} "
+        f"on {_e(bundle.get('created_at'))}. Primary metric: <b>{_e(primary.get('name'))} = "
+        f"{_e(_number(primary.get('value')))}</b></p>",
+        "<h2>Evaluation: MRR</h2>",
+        mrr_chart_svg(rows),
+        _html_table(header, _metric_table_rows(rows, "mrr")) if rows else "<p>No evaluation recorded.</p>",
+        "<h2>Evaluation: Recall@10</h2>",
+        _html_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
+    ]
+    parity = (bundle.get("metrics") or {}).get("int8_parity") or {}
+    for section, facts in _facts(bundle, metrics).items():
+        body.append(f"<h2>{_e(section)}</h2>")
+        if section == "int8 encoder" and not parity.get("held", True):
+            body.append('<p class="failed">int8 parity failed: the bundle serves the fp32 encoder.</p>')
+        body.append(
+            _html_table(["", ""], [[label, value] for label, value in facts])
+            if facts
+            else "<p>Not recorded.</p>"
+        )
+    body += ["<h2>Intended use</h2>", f"<p>{_e(INTENDED_USE)}</p>", "<h2>Limitations</h2>", "<ul>"]
+    body += [f"<li>{_e(item)}</li>" for item in LIMITATIONS]
+    body.append("</ul>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

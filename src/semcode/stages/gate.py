@@ -1,0 +1,307 @@
+"""Stage gate: assemble the release bundle and decide whether it may replace the published champion.
+
+Reads the candidate's stage outputs (encoder, ONNX export, index, evaluation metrics, optional
+decoder) and the champion's metrics from the registry: ``<registry>/<name>/latest`` names the
+champion's version folder, whose ``metrics.json`` (or bundle.json's metrics summary) holds its primary
+metric. The candidate passes when
+
+1. there is no champion (no registry given, or nothing published under ``name`` yet), or its primary
+   metric is at most ``tolerance`` (absolute) below the champion's: higher is better; and
+2. int8 parity held in the export (export_onnx kept int8 as the default encoder), unless
+   ``require_int8_parity`` is off, in which case a bundle that serves the fp32 encoder may pass too.
+
+Writes, whether it passed or not (a refused candidate can still be inspected)::
+
+    out/bundle/         the release bundle (semcode.bundle has the contract)
+    out/decision.json   {passed, reasons[], candidate, champion, primary_metric, tolerance, ...}
+    out/config.json     the resolved config
+
+``semcode gate`` prints the decision and exits 0 when the candidate passed, 3 when it was refused and 2
+on bad input; the pipeline reads ``passed`` from decision.json (or from ``run``'s return value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from semcode import bundle as bundles
+from semcode import config as cfg
+from semcode import storage
+from semcode.config import ConfigError, field
+from semcode.progress import log
+
+TAG = "gate"
+EXIT_PASSED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 2, 3
+DECISION_FILE = "decision.json"
+BUNDLE_SUBDIR = "bundle"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    name: str = field("semcode", "model name: the registry folder <registry>/<name>/")
+    primary_metric: str = field(
+        "test/full/model/mrr",
+        "metric compared with the champion, suite/protocol/system/metric (higher is better)",
+    )
+    tolerance: float = field(
+        0.005, "the candidate may be at most this much (absolute) worse than the champion"
+    )
+    require_int8_parity: bool = field(
+        True, "refuse a candidate whose int8 encoder lost too much accuracy (export-onnx fell back to fp32)"
+    )
+    registry: str = field(
+        "", "registry holding the champion: a local folder or s3://bucket/prefix ('' = none)"
+    )
+    version: str = field(
+        "", "version of the candidate bundle ('' = UTC timestamp + short hash of the weights)"
+    )
+
+    def validate(self) -> None:
+        if not bundles.VERSION_PATTERN.fullmatch(self.name) or self.name == bundles.LATEST:
+            raise ConfigError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (a folder name)")
+        if len(self.primary_metric.split("/")) != 4:
+            raise ConfigError(
+                f"primary_metric {self.primary_metric!r} must be suite/protocol/system/metric, "
+                "e.g. test/full/model/mrr"
+            )
+        if self.tolerance < 0:
+            raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.version:
+            try:
+                bundles.check_version(self.version)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+
+
+def read_metrics_file(path_or_dir: str | Path, what: str) -> dict:
+    """metrics.json given as the file or the stage output folder that holds it."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        path = path / bundles.METRICS_FILE
+    return bundles.read_json(path, what)
+
+
+def champion_metrics(registry: str, name: str) -> tuple[str, dict] | None:
+    """(version folder, metrics) of the published champion, or None when there is none."""
+    if not registry:
+        return None
+    folder = bundles.resolve_latest(registry, name)
+    if folder is None:
+        return None
+    metrics_uri = storage.join(folder, bundles.METRICS_FILE)
+    if storage.exists(metrics_uri):
+        return folder, bundles.read_json(metrics_uri, "champion metrics")
+    return folder, bundles.read_json(storage.join(folder, bundles.BUNDLE_JSON), "champion bundle.json")[
+        "metrics"
+    ]
+
+
+def compare(
+    config: GateConfig, candidate: float, champion: float | None, champion_version: str | None
+) -> tuple[bool, str]:
+    """(passed, the reason as a sentence) for the primary metric."""
+    metric = config.primary_metric
+    if champion_version is None:
+        where = f"registry {config.registry}" if config.registry else "no registry given"
+        return True, f"{metric} {candidate:.4f}: no champion to compare with ({where})"
+    if champion is None:
+        return False, (
+            f"{metric} {candidate:.4f}: the champion {champion_version} has no {metric}, so the two cannot be "
+            "compared; publish by hand or gate on a metric both have"
+        )
+    delta = candidate - champion
+    comparison = f"{metric} {candidate:.4f} vs champion {champion_version} {champion:.4f} ({delta:+.4f})"
+    if delta >= -config.tolerance:
+        return True, f"{comparison}: not worse than -{config.tolerance}"
+    return False, f"{comparison}: worse than the tolerance -{config.tolerance}"
+
+
+def parity_reason(config: GateConfig, parity: dict) -> tuple[bool, str]:
+    """(passed, the reason) for the int8 encoder's accuracy."""
+    loss = parity.get("mrr_loss")
+    detail = parity.get("reason") or (
+        f"int8 MRR loss {loss:.4f}" if isinstance(loss, float) else "no MRR check"
+    )
+    if parity["held"]:
+        return True, f"int8 parity held ({detail}): the default encoder is int8"
+    if config.require_int8_parity:
+        return False, (
+            f"int8 parity failed ({detail}); require_int8_parity is on (turn it off to release with the "
+            "fp32 default encoder)"
+        )
+    return True, f"int8 parity failed ({detail}), but require_int8_parity is off: the bundle serves fp32"
+
+
+def run(
+    config: GateConfig,
+    encoder_dir: str | Path,
+    onnx_dir: str | Path,
+    index_dir: str | Path,
+    eval_metrics: str | Path,
+    out_dir: str | Path,
+    decoder_dir: str | Path | None = None,
+    extra_metrics: dict | None = None,
+) -> dict:
+    """Assemble ``out_dir/bundle`` and decide; returns the decision (also ``out_dir/decision.json``).
+
+    ``eval_metrics``: evaluate's metrics.json or its output folder. ``extra_metrics``: more stages'
+    metrics for the bundle's metrics.json and model card, e.g. {"ingest": manifest, "train_encoder": ...}.
+    """
+    config.validate()
+    started = time.perf_counter()
+    out = Path(out_dir)
+    bundle_dir = out / BUNDLE_SUBDIR
+    if bundle_dir.exists() and any(bundle_dir.iterdir()):
+        raise FileExistsError(f"{bundle_dir} already holds a bundle; gate into a new --out directory")
+
+    # 1. The candidate's metrics and its int8 parity, checked before anything is copied.
+    candidate_metrics = read_metrics_file(eval_metrics, "evaluation metrics (evaluate output)")
+    candidate_value = bundles.metric_value(candidate_metrics, config.primary_metric)
+    if candidate_value is None:
+        known = sorted(bundles.flat_metrics(candidate_metrics.get("suites") or {}))
+        raise ValueError(
+            f"evaluation metrics {eval_metrics} have no {config.primary_metric}; they have {known[:12]}"
+            + (" ..." if len(known) > 12 else "")
+        )
+    _, export_metrics, _ = bundles.check_bundle_inputs(
+        encoder_dir, onnx_dir, index_dir, candidate_metrics, decoder_dir
+    )
+    parity = bundles.int8_parity(export_metrics)
+
+    # 2. The champion, from the registry's latest pointer.
+    champion = champion_metrics(config.registry, config.name)
+    champion_folder, champion_version, champion_value = None, None, None
+    if champion is not None:
+        champion_folder, metrics = champion
+        champion_version = champion_folder.rstrip("/").rsplit("/", 1)[-1]
+        champion_value = bundles.metric_value(metrics, config.primary_metric)
+
+    # 3. The decision.
+    metric_passed, metric_reason = compare(config, candidate_value, champion_value, champion_version)
+    parity_passed, parity_why = parity_reason(config, parity)
+    passed = metric_passed and parity_passed
+    version = config.version or bundles.default_version(
+        bundles.model_dir(encoder_dir, bundles.ENCODER_DIR, bundles.ENCODER_CONFIG_FILE)
+    )
+    decision = {
+        "passed": passed,
+        "reasons": [metric_reason, parity_why],
+        "name": config.name,
+        "primary_metric": config.primary_metric,
+        "tolerance": config.tolerance,
+        "require_int8_parity": config.require_int8_parity,
+        "candidate": {"version": version, "value": candidate_value, "int8_parity": parity},
+        "champion": None
+        if champion is None
+        else {"version": champion_version, "path": champion_folder, "value": champion_value},
+        "registry": config.registry,
+        "bundle": str(bundle_dir),
+    }
+
+    # 4. The bundle, passed or not.
+    gate_summary = {
+        key: decision[key] for key in ("passed", "reasons", "champion", "primary_metric", "tolerance")
+    }
+    bundles.assemble_bundle(
+        bundle_dir,
+        name=config.name,
+        version=version,
+        encoder_dir=encoder_dir,
+        onnx_dir=onnx_dir,
+        index_dir=index_dir,
+        metrics=candidate_metrics,
+        decoder_dir=decoder_dir,
+        extra={"gate": gate_summary},
+        stage_metrics=extra_metrics,
+    )
+    decision["seconds"] = round(time.perf_counter() - started, 3)
+    (out / DECISION_FILE).write_text(json.dumps(decision, indent=2) + "\n")
+    cfg.save_resolved(config, out)
+    verdict = "PASSED" if passed else "REFUSED"
+    for reason in decision["reasons"]:
+        log(TAG, reason)
+    log(TAG, f"{verdict}: {config.name} {version} -> {bundle_dir}")
+    return decision
+
+
+def parse_stage_metrics(specs: list[str] | None) -> dict[str, dict]:
+    """``["ingest=runs/x/ingest", ...]`` -> {"ingest": its manifest.json or metrics.json}."""
+    result: dict[str, dict] = {}
+    for spec in specs or []:
+        stage, sep, path = spec.partition("=")
+        if not sep or not stage or not path:
+            raise ValueError(f"--stage-metrics {spec!r}: expected STAGE=PATH, e.g. ingest=runs/x/ingest")
+        location = Path(path)
+        if location.is_dir():
+            found = [location / n for n in ("metrics.json", "manifest.json") if (location / n).is_file()]
+            if not found:
+                raise FileNotFoundError(
+                    f"--stage-metrics {spec}: {location} has no metrics.json or manifest.json"
+                )
+            location = found[0]
+        result[stage] = bundles.read_json(location, f"--stage-metrics {stage}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="semcode gate",
+        description="Assemble the release bundle (model card, report) and compare the candidate with the "
+        "champion in the registry. Exit code 0: passed, 3: refused, 2: bad input; decision.json says why.",
+        epilog=(
+            "examples:\n"
+            "  semcode gate --encoder runs/r1/train_encoder/encoder --onnx runs/r1/onnx --index runs/r1/index \\\n"
+            "      --metrics runs/r1/evaluate --out runs/r1/gate --registry s3://models/registry \\\n"
+            "      --stage-metrics ingest=runs/r1/ingest --stage-metrics train_encoder=runs/r1/train_encoder"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--encoder", required=True, metavar="DIR", help="encoder directory (train-encoder output)"
+    )
+    parser.add_argument("--onnx", required=True, metavar="DIR", help="export-onnx output directory")
+    parser.add_argument("--index", required=True, metavar="DIR", help="build-index output directory")
+    parser.add_argument(
+        "--metrics", required=True, metavar="DIR|FILE", help="evaluate output directory or its metrics.json"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory: bundle/ and decision.json"
+    )
+    parser.add_argument(
+        "--decoder", default=None, metavar="DIR", help="train-decoder output directory (optional)"
+    )
+    parser.add_argument(
+        "--stage-metrics",
+        action="append",
+        default=None,
+        metavar="STAGE=PATH",
+        help="more metrics for the bundle and model card, e.g. ingest=runs/r1/ingest (repeatable)",
+    )
+    cfg.add_arguments(parser, GateConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.from_args(GateConfig, args, section="gate")
+        decision = run(
+            config,
+            args.encoder,
+            args.onnx,
+            args.index,
+            args.metrics,
+            args.out,
+            decoder_dir=args.decoder,
+            extra_metrics=parse_stage_metrics(args.stage_metrics),
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, storage.StorageError) as error:
+        print(f"semcode gate: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps({k: decision[k] for k in ("passed", "reasons", "candidate", "champion")}, indent=2))
+    return EXIT_PASSED if decision["passed"] else EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Stage publish: copy a validated release bundle into the registry and point ``latest`` at it.
+
+The registry is a local folder or an ``s3://bucket/prefix``; storage.py does the copying either way::
+
+    <registry>/<name>/<version>/                every file of the bundle (bundle.json last)
+    <registry>/<name>/<version>/_COMPLETE.json  written once every file is there
+    <registry>/<name>/latest                    {"version", "path", "published_at", "primary_metric", ...}
+
+The steps, in this order, so that ``latest`` never names a partial copy:
+
+1. validate the bundle (semcode.bundle.validate_bundle): a broken bundle is refused before any copy;
+2. refuse a version that is already published (its folder has the marker): versions are immutable,
+   a new model gets a new version. A folder without the marker is the debris of a failed publish and
+   is copied over;
+3. copy the files, bundle.json last, check that they are all there, write the marker;
+4. replace ``latest`` in one atomic step (one PUT on S3, a temporary file and os.replace on disk).
+
+A failure anywhere before step 4 leaves ``latest`` where it was. Writes out/manifest.json (what was
+copied where, the previous and new pointers, seconds) and out/config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from semcode import bundle as bundles
+from semcode import config as cfg
+from semcode import storage
+from semcode.bundle import BundleError
+from semcode.bundle import resolve_latest as resolve_latest  # re-exported: publish.resolve_latest
+from semcode.config import ConfigError, field
+from semcode.progress import Progress, log
+
+TAG = "publish"
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    registry: str = field("", "registry to publish into: a local folder or s3://bucket/prefix (required)")
+    name: str = field("semcode", "model name: the registry folder <registry>/<name>/; must match bundle.json")
+
+    def validate(self) -> None:
+        if not self.registry:
+            raise ConfigError("registry is required: a local folder or s3://bucket/prefix")
+        if not bundles.VERSION_PATTERN.fullmatch(self.name) or self.name == bundles.LATEST:
+            raise ConfigError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (a folder name)")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def copy_bundle(local_bundle: Path, target: str) -> list[dict]:
+    """Copy every file of the bundle under ``target``, bundle.json last; returns what was copied."""
+    names = sorted(p.relative_to(local_bundle).as_posix() for p in local_bundle.rglob("*") if p.is_file())
+    names = [n for n in names if n != bundles.BUNDLE_JSON] + [bundles.BUNDLE_JSON]
+    copied = []
+    with Progress(TAG, total=len(names), unit="files") as progress:
+        for name in names:
+            destination = storage.join(target, name)
+            storage.copy(local_bundle / name, destination)
+            copied.append({"file": name, "to": destination, "bytes": (local_bundle / name).stat().st_size})
+            progress.update(1)
+    present = set(storage.list_files(target))
+    missing = [entry["to"] for entry in copied if entry["to"] not in present]
+    if missing:
+        raise OSError(f"publishing to {target}: {len(missing)} file(s) missing after the copy: {missing[:5]}")
+    return copied
+
+
+def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> dict:
+    """Publish ``bundle_dir`` (local or s3://) to ``config.registry``; returns the manifest."""
+    config.validate()
+    started = time.perf_counter()
+    with storage.local_dir(bundle_dir) as local_bundle:
+        # 1. The bundle must meet the contract before anything is copied.
+        summary = bundles.validate_bundle(local_bundle)
+        bundle = bundles.read_bundle_json(local_bundle)
+        if bundle["name"] != config.name:
+            raise ValueError(
+                f"bundle {bundle_dir} is named {bundle['name']!r} but publish --name is {config.name!r}; "
+                "gate and publish must use the same name"
+            )
+        version = bundle["version"]
+        target = bundles.version_uri(config.registry, config.name, version)
+        marker = storage.join(target, bundles.COMPLETE_MARKER)
+
+        # 2. Versions are immutable.
+        if storage.exists(marker):
+            raise FileExistsError(
+                f"{config.name} {version} is already published at {target}; a new model needs a new version"
+            )
+        if storage.exists(target):
+            log(
+                TAG,
+                f"{target} holds an incomplete earlier attempt (no {bundles.COMPLETE_MARKER}); copying over it",
+            )
+        previous = bundles.read_latest(config.registry, config.name)
+
+        # 3. Copy, check, mark complete.
+        log(
+            TAG,
+            f"{config.name} {version}: {summary['files'] + 1} files, {summary['bytes'] / 1e6:.1f} MB -> {target}",
+        )
+        copy_started = time.perf_counter()
+        copied = copy_bundle(local_bundle, target)
+        copy_seconds = time.perf_counter() - copy_started
+        published_at = utc_now()
+        completion = {
+            "name": config.name,
+            "version": version,
+            "published_at": published_at,
+            "files": len(copied),
+            "bytes": sum(entry["bytes"] for entry in copied),
+            "bundle_json_sha256": bundles.sha256_file(local_bundle / bundles.BUNDLE_JSON),
+        }
+        storage.write_text(marker, json.dumps(completion, indent=2) + "\n")
+
+    # 4. Only now does latest move.
+    pointer = {
+        "version": version,
+        "path": target,
+        "published_at": published_at,
+        "primary_metric": bundle["metrics"].get("primary"),
+        "previous_version": None if previous is None else previous.get("version"),
+    }
+    bundles.write_latest(config.registry, config.name, pointer)
+
+    manifest = {
+        "registry": config.registry,
+        "name": config.name,
+        "version": version,
+        "destination": target,
+        "latest": bundles.latest_uri(config.registry, config.name),
+        "pointer": pointer,
+        "previous_latest": previous,
+        "files": copied,
+        "bytes": completion["bytes"],
+        "copy_seconds": round(copy_seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    cfg.save_resolved(config, out)
+    log(
+        TAG,
+        f"published {config.name} {version} to {target}; latest -> {version} in {manifest['seconds']:.1f}s",
+    )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="semcode publish",
+        description="Validate a release bundle, copy it to <registry>/<name>/<version>/ and point "
+        "<registry>/<name>/latest at it (only once the copy is complete).",
+        epilog=(
+            "examples:\n"
+            "  semcode publish --bundle runs/r1/gate/bundle --registry s3://models/registry --out runs/r1/publish\n"
+            "  semcode publish --bundle runs/r1/gate/bundle --registry ./registry --out runs/r1/publish"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bundle", required=True, metavar="DIR", help="the bundle directory (gate output bundle/)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory for manifest.json")
+    cfg.add_arguments(parser, PublishConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.from_args(PublishConfig, args, section="publish")
+        run(config, args.bundle, args.out)
+    except (BundleError, ConfigError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
+        print(f"semcode publish: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""A tiny but real release bundle, built once per test session by the real stages.
+
+``make_tiny_run(root)`` runs ingest (a sample of the stdlib), train-tokenizer, a freshly initialised tiny
+encoder (seeded; training is not what these tests are about, and DeepSpeed would cost ~40 s), evaluate,
+build-index and export-onnx, into ``root``; ``make_tiny_bundle(root)`` also assembles the bundle from
+them. About 10 s on one core. In a test module::
+
+    from bundle_fixture import TinyRun, cached_tiny_run
+
+    @pytest.fixture(scope="session")
+    def tiny_run(tmp_path_factory) -> TinyRun:
+        return cached_tiny_run(tmp_path_factory)
+
+``cached_tiny_run`` builds the run once per session even when several modules ask for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from semcode import bundle as bundles
+from semcode import config as cfg
+
+# export-onnx's max_mrr_loss: a random encoder's int8 copy may lose a few hundredths of MRR on a handful
+# of test queries; the fixture wants int8 to be the default (parity held), the tests change that by hand.
+FIXTURE_MAX_MRR_LOSS = 1.0
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    root: Path
+    ingest: Path  # manifest.json, pairs/, corpus/
+    encoder: Path  # the encoder directory (semcode_encoder.json, sentence-transformers layout)
+    evaluate: Path  # metrics.json
+    index: Path  # index.faiss, index_meta.parquet, metrics.json
+    onnx: Path  # encoder.onnx, encoder.int8.onnx, tokenizer.json, metrics.json
+
+    def eval_metrics(self) -> dict:
+        return json.loads((self.evaluate / "metrics.json").read_text())
+
+    def stage_metrics(self) -> dict:
+        return {"ingest": json.loads((self.ingest / "manifest.json").read_text())}
+
+
+def make_tiny_run(root: str | Path) -> TinyRun:
+    import torch
+    from tokenizers import Tokenizer
+
+    from semcode.models.encoder import build_encoder
+    from semcode.stages import build_index, evaluate, export_onnx, ingest, train_tokenizer
+
+    root = Path(root)
+    ingest_dir = root / "ingest"
+    ingest.run(
+        cfg.from_dict(
+            ingest.IngestConfig,
+            {"sources": ["python:stdlib"], "max_files_per_source": 40, "corpus_near_dup": False},
+        ),
+        ingest_dir,
+    )
+    pairs, corpus = ingest_dir / "pairs", ingest_dir / "corpus"
+    train_tokenizer.run(
+        cfg.from_dict(train_tokenizer.TrainTokenizerConfig, {"vocab_size": 600, "fertility_rows": 50}),
+        corpus,
+        root / "tokenizer",
+    )
+    tokenizer = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = build_encoder("tiny", tokenizer.get_vocab_size(), tokenizer.token_to_id("<pad>"), max_length=64)
+    encoder = model.save(root / "train_encoder" / "encoder", root / "tokenizer")
+    evaluate.run(
+        cfg.from_dict(
+            evaluate.EvaluateConfig,
+            {"suites": ["test", "humaneval"], "max_queries": 30, "n_distractors": 20, "device": "cpu"},
+        ),
+        encoder,
+        pairs,
+        root / "evaluate",
+    )
+    build_index.run(
+        cfg.from_dict(build_index.BuildIndexConfig, {"recall_queries": 20, "device": "cpu", "use_gpu": "no"}),
+        encoder,
+        corpus,
+        root / "index",
+    )
+    export_onnx.run(
+        cfg.from_dict(
+            export_onnx.ExportOnnxConfig,
+            {
+                "parity_texts": 16,
+                "latency_shapes": ["1x16"],
+                "latency_repeats": 1,
+                "latency_warmup": 0,
+                "threads": 1,
+                "max_mrr_loss": FIXTURE_MAX_MRR_LOSS,
+            },
+        ),
+        encoder,
+        root / "onnx",
+        pairs_dir=pairs,
+    )
+    return TinyRun(root, ingest_dir, encoder, root / "evaluate", root / "index", root / "onnx")
+
+
+def assemble_tiny_bundle(run: TinyRun, out: str | Path, version: str = "v1", name: str = "semcode") -> Path:
+    bundles.assemble_bundle(
+        out,
+        name=name,
+        version=version,
+        encoder_dir=run.encoder,
+        onnx_dir=run.onnx,
+        index_dir=run.index,
+        metrics=run.eval_metrics(),
+        stage_metrics=run.stage_metrics(),
+        extra={"run": "tiny-fixture"},
+    )
+    return Path(out)
+
+
+def make_tiny_bundle(tmp_root: str | Path) -> Path:
+    """Run the tiny stages into ``tmp_root`` and assemble ``tmp_root/bundle``; returns the bundle folder."""
+    run = make_tiny_run(Path(tmp_root) / "run")
+    return assemble_tiny_bundle(run, Path(tmp_root) / "bundle")
+
+
+_RUNS: dict[int, TinyRun] = {}
+
+
+def cached_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """One TinyRun per test session, whichever module asks first."""
+    key = id(tmp_path_factory)
+    if key not in _RUNS:
+        _RUNS[key] = make_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+    return _RUNS[key]

@@ -1,0 +1,306 @@
+"""The release bundle contract, checked the way an external tool reads a bundle, and validate_bundle's errors.
+
+The bundle is real: the tiny stages (tests/bundle_fixture.py) run once per session and
+semcode.bundle.assemble_bundle puts their outputs together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run
+
+from semcode import bundle as bundles
+from semcode import report
+from semcode.bundle import BundleError
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    return cached_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return assemble_tiny_bundle(tiny_run, tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the bundle that a test may break."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract, from outside: only json, tokenizers, onnxruntime, faiss, pyarrow, sentence-transformers
+
+
+def test_an_external_tool_can_search_with_the_bundle(tiny_bundle: Path):
+    import faiss
+    import onnxruntime as ort
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert meta["bundle_format"] == 1 and meta["name"] == "semcode" and meta["version"] == "v1"
+    assert meta["towers"] == "shared" and meta["dim"] == 64 and meta["max_length"] == 64
+    assert meta["default_encoder"] == "encoder.int8.onnx"  # export kept int8 (parity held)
+    assert meta["metrics"]["primary"]["name"] == "test/full/model/mrr"
+    for name in ("encoder.onnx", "encoder.int8.onnx", "tokenizer.json", "index.faiss", "index_meta.parquet"):
+        assert (tiny_bundle / name).is_file(), name
+
+    # Integrity: every file's sha256 is in bundle.json.
+    for name, entry in meta["files"].items():
+        assert hashlib.sha256((tiny_bundle / name).read_bytes()).hexdigest() == entry["sha256"], name
+
+    # Tokenize as a tool would: truncate to max_length, pad the batch.
+    tokenizer = Tokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=meta["max_length"])
+    tokenizer.enable_padding(pad_id=tokenizer.token_to_id("<pad>"), pad_token="<pad>")
+
+    def embed(session: ort.InferenceSession, texts: list[str]) -> np.ndarray:
+        encodings = tokenizer.encode_batch(texts)
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+        return session.run(["embedding"], feeds)[0]
+
+    rows = pq.read_table(tiny_bundle / meta["index"]["meta"]).to_pylist()
+    assert {"code", "path", "func_name", "url"} <= set(rows[0])
+    codes = [meta["code_prefix"] + rows[i]["code"] for i in (0, 5, 9)]
+    index = faiss.read_index(str(tiny_bundle / meta["index"]["file"]))
+    assert index.ntotal == len(rows) == meta["index"]["ntotal"] and index.d == meta["dim"]
+
+    for name in (meta["encoders"]["fp32"]["code"], meta["default_files"]["query"]):
+        session = ort.InferenceSession(str(tiny_bundle / name), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+        assert all(i.type == "tensor(int64)" for i in session.get_inputs())
+        vectors = embed(session, codes)  # a padded batch: dynamic batch and sequence axes
+        assert vectors.shape == (3, meta["dim"]) and vectors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+        query = embed(session, [meta["query_prefix"] + "read a configuration file"])
+        assert query.shape == (1, meta["dim"])
+
+    # The index holds the fp32 code vectors: each function's own code finds itself first.
+    session = ort.InferenceSession(str(tiny_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    scores, ids = index.search(embed(session, codes), 3)
+    for position, row in enumerate((0, 5, 9)):
+        assert rows[ids[position][0]]["code"] == rows[row]["code"] and scores[position][0] > 0.999
+
+
+def test_the_encoder_folder_loads_with_sentence_transformers(tiny_bundle: Path):
+    import onnxruntime as ort
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    model = SentenceTransformer(str(tiny_bundle / "encoder"), device="cpu")
+    text = "def add(a, b):\n    return a + b\n"
+    st_vector = model.encode([meta["code_prefix"] + text], normalize_embeddings=False)
+
+    tokenizer = Tokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=meta["max_length"])
+    encoding = tokenizer.encode(meta["code_prefix"] + text)
+    session = ort.InferenceSession(str(tiny_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {
+        "input_ids": np.array([encoding.ids], dtype=np.int64),
+        "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+    }
+    onnx_vector = session.run(["embedding"], feeds)[0]
+    assert st_vector.shape == (1, meta["dim"])
+    np.testing.assert_allclose(st_vector, onnx_vector, atol=1e-4)
+
+
+def test_model_card_and_report_are_self_contained(tiny_bundle: Path):
+    card = (tiny_bundle / "model_card.md").read_text()
+    for heading in (
+        "# semcode v1",
+        "## Evaluation",
+        "## Training data",
+        "## int8 encoder",
+        "## Index",
+        "## Limitations",
+    ):
+        assert heading in card
+    assert "| test | full |" in card and "python:stdlib" in card
+    page = (tiny_bundle / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "<table>" in page
+    for external in ("<script", "<link", 'src="http', "url(http"):
+        assert external not in page
+
+
+def test_report_escapes_every_text():
+    bundle = {
+        "name": "<script>alert(1)</script>",
+        "version": "v&1",
+        "metrics": {"primary": {"name": "test/full/model/mrr", "value": 0.5}},
+    }
+    metrics = {
+        "evaluate": {
+            "suites": {
+                "<b>suite</b>": {
+                    "n_queries": 3,
+                    "candidates_per_query": {"full": {"min": 3, "max": 3}},
+                    "full": {"model": {"mrr": 0.5, "recall@10": 1.0}, "bm25": {"mrr": 0.25}},
+                }
+            }
+        },
+        "ingest": {"sources": {"dir:<evil>": {"pairs": 1, "corpus_rows": 2}}},
+    }
+    page = report.report_html(bundle, metrics)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>suite</b>" not in page and "&lt;b&gt;suite&lt;/b&gt;" in page and "dir:&lt;evil&gt;" in page
+    assert page.count("<rect") == 2 + 2  # one bar per system with an MRR, one legend square per system
+    card = report.model_card(bundle, metrics)
+    assert "| <b>suite</b> | full | 3 | 3 | 0.5000 | 0.2500 | - |" in card
+
+
+# ---------------------------------------------------------------------------------------------
+# validate_bundle: every problem, each one a clear message
+
+
+def test_validate_accepts_the_bundle(tiny_bundle: Path):
+    summary = bundles.validate_bundle(tiny_bundle)
+    assert summary["version"] == "v1" and summary["dim"] == 64 and summary["index_ntotal"] > 0
+    assert summary["default_encoder"] == "encoder.int8.onnx" and summary["decoder"] is False
+
+
+def rehash(bundle_dir: Path) -> None:
+    """Recompute bundle.json's checksums, so a test sees only the problem it made."""
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    meta["files"] = bundles.file_checksums(bundle_dir)
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+
+
+def problems_of(bundle_dir: Path) -> list[str]:
+    with pytest.raises(BundleError) as caught:
+        bundles.validate_bundle(bundle_dir)
+    assert "breaks the release bundle contract" in str(caught.value)
+    return caught.value.problems
+
+
+def test_validate_reports_a_missing_file(bundle_copy: Path):
+    (bundle_copy / "encoder.int8.onnx").unlink()
+    assert problems_of(bundle_copy) == [
+        "encoder.int8.onnx is missing",
+        "encoder.int8.onnx is listed in bundle.json files but missing from the bundle",
+    ]
+
+
+def test_validate_reports_a_wrong_onnx_input_name(bundle_copy: Path):
+    import onnx
+
+    path = bundle_copy / "encoder.onnx"
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        node.input[:] = ["token_ids" if name == "input_ids" else name for name in node.input]
+    next(value for value in model.graph.input if value.name == "input_ids").name = "token_ids"
+    onnx.save(model, str(path))
+    rehash(bundle_copy)
+    assert problems_of(bundle_copy) == [
+        "encoder.onnx: inputs are ['token_ids', 'attention_mask'], the contract says ['input_ids', 'attention_mask']"
+    ]
+
+
+def test_validate_reports_a_checksum_mismatch(bundle_copy: Path):
+    card = bundle_copy / "model_card.md"
+    text = card.read_text()
+    card.write_text(text.replace("semcode", "SEMCODE", 1))  # same size, other bytes
+    assert problems_of(bundle_copy) == [
+        "model_card.md: sha256 does not match bundle.json (the file changed after assembly)"
+    ]
+
+
+def test_validate_reports_an_index_meta_mismatch(bundle_copy: Path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(bundle_copy / "index_meta.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 1), bundle_copy / "index_meta.parquet")
+    rehash(bundle_copy)
+    assert problems_of(bundle_copy) == [
+        f"index.faiss holds {table.num_rows} vectors but index_meta.parquet has {table.num_rows - 1} rows: "
+        "FAISS id i must be row i"
+    ]
+
+
+def test_validate_lists_every_problem_of_bundle_json(bundle_copy: Path):
+    meta = json.loads((bundle_copy / "bundle.json").read_text())
+    meta["dim"] = "64"
+    meta["bundle_format"] = 2
+    del meta["created_at"]
+    (bundle_copy / "bundle.json").write_text(json.dumps(meta))
+    (bundle_copy / "stray.txt").write_text("not part of the bundle")
+    problems = problems_of(bundle_copy)
+    assert "bundle.json has no key 'created_at'" in problems
+    assert "bundle.json 'dim' is str '64', expected int" in problems
+    assert "bundle.json bundle_format is 2; this semcode reads format 1" in problems
+    assert "stray.txt is in the bundle but not listed in bundle.json files" in problems
+
+
+def test_validate_reports_a_missing_bundle_json(bundle_copy: Path):
+    (bundle_copy / "bundle.json").unlink()
+    assert problems_of(bundle_copy) == [f"bundle.json: {bundle_copy / 'bundle.json'} does not exist"]
+
+
+# ---------------------------------------------------------------------------------------------
+# assemble_bundle checks its inputs before copying anything
+
+
+def test_assemble_lists_bad_inputs_before_copying(tiny_run: TinyRun, tmp_path: Path):
+    onnx_dir = Path(shutil.copytree(tiny_run.onnx, tmp_path / "onnx"))
+    (onnx_dir / "encoder.int8.onnx").unlink()
+    index_dir = Path(shutil.copytree(tiny_run.index, tmp_path / "index"))
+    index_metrics = json.loads((index_dir / "metrics.json").read_text())
+    (index_dir / "metrics.json").write_text(json.dumps({**index_metrics, "dim": 32}))
+    out = tmp_path / "bundle"
+    with pytest.raises(BundleError) as caught:
+        bundles.assemble_bundle(
+            out,
+            name="semcode",
+            version="v2",
+            encoder_dir=tiny_run.encoder,
+            onnx_dir=onnx_dir,
+            index_dir=index_dir,
+            metrics={"suites": {}},
+        )
+    problems = "\n".join(caught.value.problems)
+    assert "encoder.int8.onnx does not exist" in problems
+    assert "no primary" in problems
+    assert "embedding dimensions differ: {'encoder': 64, 'ONNX export': 64, 'index': 32}" in problems
+    assert not out.exists()
+
+
+def test_assemble_refuses_a_non_empty_output_and_a_bad_version(tiny_run: TinyRun, tmp_path: Path):
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "old.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        assemble_tiny_bundle(tiny_run, tmp_path / "bundle")
+    with pytest.raises(ValueError, match="not be 'latest'"):
+        assemble_tiny_bundle(tiny_run, tmp_path / "other", version="latest")
+
+
+def test_metric_lookup_reads_every_metrics_shape(tiny_bundle: Path, tiny_run: TinyRun):
+    evaluation = tiny_run.eval_metrics()
+    expected = evaluation["suites"]["humaneval"]["full"]["bm25"]["mrr"]
+    bundle_metrics = json.loads((tiny_bundle / "metrics.json").read_text())
+    summary = bundles.read_bundle_json(tiny_bundle)["metrics"]
+    for metrics in (evaluation, bundle_metrics, summary):
+        assert bundles.metric_value(metrics, "humaneval/full/bm25/mrr") == pytest.approx(expected)
+        assert bundles.metric_value(metrics, "test/full/model/mrr") == evaluation["primary"]["value"]
+        assert bundles.metric_value(metrics, "nosuite/full/model/mrr") is None
+
+
+def test_encoder_file_names_follow_the_towers():
+    assert bundles.encoder_files("separate")["int8"] == {
+        "query": "query_encoder.int8.onnx",
+        "code": "code_encoder.int8.onnx",
+    }
+    assert bundles.encoder_files("shared")["fp32"] == {"query": "encoder.onnx", "code": "encoder.onnx"}
+    with pytest.raises(ValueError, match="towers"):
+        bundles.encoder_files("three")
