@@ -693,3 +693,50 @@ def encode_texts(
         if progress is not None:
             progress.close()
     return embeddings
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders as embedding callables, for the stages that only embed (evaluate, build_index)
+
+
+def check_encoder_spec(spec: str, what: str = "encoder") -> None:
+    """``minilm`` or an encoder directory; raises FileNotFoundError before any model is loaded."""
+    if spec == MINILM_ALIAS or str(spec).startswith("s3://"):
+        return
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {spec}: not a directory nor the alias {MINILM_ALIAS!r}")
+    if not any((path / name).is_file() for name in ("semcode_encoder.json", "config.json")):
+        inner = [p.parent for p in sorted(path.glob("*/semcode_encoder.json"))]
+        hint = f"; did you mean {inner[0]}?" if inner else ""
+        raise FileNotFoundError(
+            f"{what} {spec}: neither semcode_encoder.json nor config.json inside; expected an encoder "
+            f"directory (the train-encoder output's encoder/, or a transformers checkpoint){hint}"
+        )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else cpu; anything else as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_embed_fn(
+    spec: str, batch_size: int = 64, max_length: int | None = None, device: str = "auto",
+    show_progress: bool = False,
+) -> tuple[Any, int]:
+    """``(texts, kind) -> float32 unit vectors [N, D]`` over the encoder ``spec``, and D.
+
+    A semcode encoder directory loads as saved (prefixes included); another checkpoint (``minilm``)
+    loads as its normalised mean pooling, the sentence-transformers recipe.
+    """
+    device = resolve_device(device)
+    model = load_pretrained(spec).to(device).eval()
+    tokenizer = load_hf_tokenizer(spec)
+
+    def embed(texts: list[str], kind: str) -> np.ndarray:
+        return encode_texts(model, tokenizer, texts, kind, batch_size=batch_size, max_length=max_length,
+                            device=device, show_progress=show_progress)
+
+    return embed, model.embedding_dim

@@ -55,7 +55,6 @@ META_COLUMNS = ("code", "repo", "path", "func_name", "url")
 META_SCHEMA = pa.schema([PAIR_SCHEMA.field(name) for name in META_COLUMNS])
 RECALL_K = 10
 CHUNK_BATCHES = 32  # rows per embedding call = encode_batch_size * CHUNK_BATCHES (sorted by length inside)
-PRETRAINED_ALIASES = ("minilm",)
 
 
 @dataclass(frozen=True)
@@ -131,22 +130,6 @@ def corpus_shards(corpus_dir: str | Path) -> list[Path]:
     return shards
 
 
-def check_encoder(spec: str) -> None:
-    """An alias or an encoder directory; raises before the model is loaded."""
-    if spec in PRETRAINED_ALIASES:
-        return
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"encoder {spec}: not a directory nor one of the aliases {list(PRETRAINED_ALIASES)}"
-        )
-    if not any((path / name).is_file() for name in ("semcode_encoder.json", "config.json")):
-        raise FileNotFoundError(
-            f"encoder {spec}: neither semcode_encoder.json nor config.json inside; expected the "
-            "train-encoder output (a saved semcode encoder) or a transformers checkpoint"
-        )
-
-
 def sample_test_queries(pairs_dir: str | Path, count: int, seed: int) -> list[str]:
     """A seeded sample of the non-empty queries of pairs/test."""
     if not sorted((Path(pairs_dir) / "test").glob("part-*.parquet")):
@@ -159,37 +142,6 @@ def sample_test_queries(pairs_dir: str | Path, count: int, seed: int) -> list[st
 
 # ---------------------------------------------------------------------------------------------
 # The encoder as an embedding callable
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_embed_fn(spec: str, config: BuildIndexConfig) -> tuple[EmbedFn, int]:
-    """(texts, kind) -> unit vectors with the encoder ``spec`` (a directory or ``minilm``), and its dimension."""
-    from semcode.models.encoder import encode_texts, load_hf_tokenizer, load_pretrained
-
-    device = resolve_device(config.device)
-    model = load_pretrained(spec).to(device).eval()
-    tokenizer = load_hf_tokenizer(spec)
-    log(TAG, f"encoder {spec}: dim {model.embedding_dim}, device {device}")
-
-    def embed(texts: list[str], kind: str) -> np.ndarray:
-        return encode_texts(
-            model,
-            tokenizer,
-            texts,
-            kind,
-            batch_size=config.encode_batch_size,
-            max_length=config.max_length or None,
-            device=device,
-        )
-
-    return embed, model.embedding_dim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,11 +366,14 @@ def run(
     """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``."""
     config.validate()
     # Check every input before loading the model.
-    check_encoder(str(encoder_dir))
+    from semcode.models.encoder import check_encoder_spec, load_embed_fn
+
+    check_encoder_spec(str(encoder_dir))
     corpus_shards(corpus_dir)
     if pairs_dir is not None:
         sample_test_queries(pairs_dir, 1, config.seed)
-    embed, dim = load_embed_fn(str(encoder_dir), config)
+    embed, dim = load_embed_fn(str(encoder_dir), config.encode_batch_size, config.max_length or None, config.device)
+    log(TAG, f"encoder {encoder_dir}: dim {dim}")
     return index_corpus(
         config, embed, dim, corpus_dir, out_dir, pairs_dir=pairs_dir, encoder=str(encoder_dir)
     )

@@ -28,12 +28,11 @@ from pathlib import Path
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.evaluation import PROTOCOLS, EmbedFn, evaluate_suite
+from semcode.evaluation import PROTOCOLS, evaluate_suite
 from semcode.progress import log
 from semcode.suites import SUITES, Suite, cosqa_suite, find_benchmarks_dir, humaneval_suite, test_split_suite
 
 TAG = "evaluate"
-PRETRAINED_ALIASES = ("minilm",)
 SYSTEM_ORDER = ("model", "bm25", "zero_shot")
 PRIMARY_METRIC = "mrr"
 
@@ -73,59 +72,6 @@ class EvaluateConfig:
         for name in ("max_length", "max_queries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-
-def check_encoder(spec: str, what: str) -> None:
-    """An alias or an existing directory; raises before any model is loaded."""
-    if spec in PRETRAINED_ALIASES:
-        return
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{what} {spec}: not a directory nor one of the aliases {list(PRETRAINED_ALIASES)}"
-        )
-    if not any((path / name).is_file() for name in ("semcode_encoder.json", "config.json")):
-        inner = [p.parent for p in sorted(path.glob("*/semcode_encoder.json"))]
-        hint = f"; did you mean {inner[0]}?" if inner else ""
-        raise FileNotFoundError(
-            f"{what} {spec}: neither semcode_encoder.json nor config.json inside; expected "
-            f"an encoder directory (a saved semcode encoder or a transformers checkpoint){hint}"
-        )
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_embed_fn(spec: str, config: EvaluateConfig, device: str) -> EmbedFn:
-    """An EmbedFn over an encoder directory or alias: semcode.models.encoder loads and encodes.
-
-    A semcode encoder directory loads as saved (prefixes included); another checkpoint (e.g. minilm)
-    loads as its normalised mean pooling, the sentence-transformers recipe.
-    """
-    from semcode.models.encoder import encode_texts, load_hf_tokenizer, load_pretrained
-
-    model = load_pretrained(spec).to(device).eval()
-    tokenizer = load_hf_tokenizer(spec)
-    max_length = config.max_length or None
-
-    def embed(texts: list[str], kind: str):
-        return encode_texts(
-            model,
-            tokenizer,
-            texts,
-            kind,
-            batch_size=config.batch_size,
-            max_length=max_length,
-            device=device,
-            show_progress=True,
-        )
-
-    return embed
 
 
 def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[list[Suite], dict[str, str]]:
@@ -215,9 +161,11 @@ def run(
     config.validate()
     started = time.perf_counter()
     # Check every input before loading models or embedding anything.
-    check_encoder(str(encoder_dir), "encoder")
+    from semcode.models.encoder import check_encoder_spec, load_embed_fn, resolve_device
+
+    check_encoder_spec(str(encoder_dir), "encoder")
     if baseline_encoder is not None:
-        check_encoder(str(baseline_encoder), "baseline encoder")
+        check_encoder_spec(str(baseline_encoder), "baseline encoder")
     if "test" in config.suites and pairs_dir is None:
         raise ValueError("the test suite needs a pairs directory (--pairs), or leave 'test' out of suites")
     suites, skipped = load_suites(config, pairs_dir)
@@ -225,9 +173,11 @@ def run(
         raise ValueError(f"nothing to evaluate: every suite was skipped ({skipped})")
 
     device = resolve_device(config.device)
-    systems = {"model": load_embed_fn(str(encoder_dir), config, device)}
+    settings = dict(batch_size=config.batch_size, max_length=config.max_length or None, device=device,
+                    show_progress=True)
+    systems = {"model": load_embed_fn(str(encoder_dir), **settings)[0]}
     if baseline_encoder is not None:
-        systems["zero_shot"] = load_embed_fn(str(baseline_encoder), config, device)
+        systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **settings)[0]
     log(
         TAG,
         f"{len(suites)} suite(s), systems {list(systems) + (['bm25'] if config.bm25 else [])}, device {device}",
