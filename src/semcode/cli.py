@@ -21,12 +21,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("semcode.stages.export_onnx", "export the encoder to fp32 and int8 ONNX with parity checks"),
     "gate": ("semcode.stages.gate", "assemble the release bundle and compare it with the registry's champion"),
     "publish": ("semcode.stages.publish", "publish a validated bundle to the registry and move its latest pointer"),
+    "search": ("semcode.search_cli", "search a release bundle's code with a natural-language query"),
+    "serve": ("semcode.serve.app", "serve a bundle's code search as an HTTP JSON API"),
 }
 
 EPILOG = """examples:
   semcode run                                   # the whole job on this machine's Python
   semcode ingest --source python:stdlib --out runs/ingest
   semcode train-tokenizer --corpus runs/ingest/corpus --out runs/tokenizer
+  semcode search runs/<run-id>/bundle "read a file line by line" -k 5
   semcode <command> --help                      # flags and an example for each command
 """
 
