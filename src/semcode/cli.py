@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("semcode.stages.export_onnx", "export the encoder to fp32 and int8 ONNX with parity checks"),
     "gate": ("semcode.stages.gate", "assemble the release bundle and compare it with the registry's champion"),
     "publish": ("semcode.stages.publish", "publish a validated bundle to the registry and move its latest pointer"),
+    "compile": ("semcode.compile", "compile the training pipeline to KFP YAML (pipelines/train_pipeline.yaml)"),
     "search": ("semcode.search_cli", "search a release bundle's code with a natural-language query"),
     "serve": ("semcode.serve.app", "serve a bundle's code search as an HTTP JSON API"),
 }

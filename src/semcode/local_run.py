@@ -1,106 +1,219 @@
-"""``semcode run``: the whole job on this machine, artifacts under ./runs/<run-id>/.
+"""``semcode run``: the training pipeline on this machine through kfp.local, artifacts under ./runs/<run-id>/.
 
-Reads a preset (configs/<name>.yaml: one section per stage, keys = that stage's config fields),
-runs the stages in pipeline order on the CPU, then prints the evaluation's summary table (model vs
-BM25 vs zero-shot per suite) and where everything is. Every stage's config is validated before the first
-stage starts, so a typo in a preset fails in a second, not after the ingest.
+It runs the very pipeline function the cluster runs (pipelines/train_pipeline.py) with KFP's local
+SubprocessRunner: every task is a fresh Python process in this environment (``use_venv=False``: nothing
+is installed), artifacts are folders under runs/<run-id>/artifacts/, and the Kubernetes settings (GPUs,
+node pool, Secret, resources) have no effect. Retries do: a failing task is tried three times.
+
+Parameters come from a preset (configs/<name>.yaml, mapped by semcode.pipeline_params), ``--source``
+(replaces the ingest sources) and ``--registry`` (the gate compares with its champion and publish
+writes to it; default <runs-dir>/registry, so publishing works on a laptop). Every stage config is
+validated and every source path checked before the first task starts: a typo fails in a second.
+
+Afterwards it prints the evaluation's summary table (model vs BM25 vs zero-shot per suite), the gate's
+decision, whether the bundle was published, and a ready-to-paste ``semcode search`` line. The outputs
+are found through the pipeline's declared outputs (bundle, evaluation, decision), which kfp.local hands
+back, rather than by walking pipeline_root, whose layout (<pipeline>-<timestamp>/<task>/<output>) is
+kfp.local's own; runs/<run-id>/bundle links to the bundle. A refused candidate is not an error (exit 0):
+the bundle is still there to try, it is only not published.
+
+Caching is off by default here (on a cluster it is on): kfp.local keys a task on its parameters and
+input artifacts, not on the files behind a dir: source nor on the semcode code installed here, so a
+cached ingest would silently reuse old data after you edit either. ``--cache`` reuses every task whose
+inputs are unchanged from an earlier ``--cache`` run in the same --runs-dir (kfp.local's cache in
+<runs-dir>/.kfp-cache; an entry whose artifacts were deleted is a miss), e.g. to try other training
+settings on the same data. The gate and publish always run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from semcode import bundle as bundles
 from semcode import config as cfg
+from semcode import pipeline_params, storage
+from semcode.compile import load_pipeline
 from semcode.progress import format_seconds, log
-from semcode.stages import evaluate, ingest, train_encoder, train_tokenizer
+from semcode.stages import evaluate, ingest
 
 TAG = "run"
-STAGE_CONFIGS = {
-    "ingest": ingest.IngestConfig,
-    "train_tokenizer": train_tokenizer.TrainTokenizerConfig,
-    "train_encoder": train_encoder.TrainEncoderConfig,
-    "evaluate": evaluate.EvaluateConfig,
-}
+REGISTRY_DIR = "registry"  # default registry: <runs-dir>/registry
+CACHE_DIR = ".kfp-cache"  # kfp.local's cache, shared by the runs in one --runs-dir
+SEARCH_EXAMPLE = "read a file line by line"
+# kfp.local warns about settings it cannot apply on one machine (accelerators) and about images
+# without "python" in their name; both are expected here.
+EXPECTED_WARNINGS = (r".*have no effect in the current local runner.*", r".*non-Python base image.*")
 
 
-def resolve_configs(preset: dict, sources: list[str] | None, preset_name: str) -> dict:
-    """One validated config per stage from a preset's sections; --source replaces ingest.sources."""
-    unknown = sorted(set(preset) - set(STAGE_CONFIGS))
-    if unknown:
-        raise cfg.ConfigError(f"preset {preset_name}: unknown section(s) {unknown}; known: {list(STAGE_CONFIGS)}")
-    configs = {}
-    for section, cls in STAGE_CONFIGS.items():
-        values = dict(preset.get(section) or {})
-        if section == "ingest" and sources:
-            values["sources"] = list(sources)
-        configs[section] = cfg.from_dict(cls, values, source=f"preset {preset_name}, section {section}")
-    return configs
+def resolve_location(location: str) -> str:
+    """A registry or path as the task processes should see it: s3:// as is, a local path made absolute."""
+    return location if storage.is_s3(location) else str(Path(location).expanduser().resolve())
 
 
-def run(preset_name: str, sources: list[str] | None, runs_dir: str | Path, run_id: str | None) -> dict:
-    configs = resolve_configs(cfg.load_yaml(preset_name), sources, preset_name)
+def prepare(preset_name: str, sources: list[str] | None, registry: str) -> tuple[dict, dict[str, Any]]:
+    """(validated stage configs, pipeline arguments) of a preset with --source and --registry applied.
+
+    Raises ConfigError for a bad preset and IngestError for a source that does not exist, before any
+    task runs.
+    """
+    overrides: dict[str, dict] = {"gate": {"registry": registry}}
+    if sources:
+        overrides["ingest"] = {"sources": list(sources)}
+    preset = cfg.load_yaml(preset_name)
+    configs = pipeline_params.resolve_configs(preset, preset_name, overrides)
+    ingest.check_sources(configs["ingest"])
+    arguments = pipeline_params.preset_arguments(preset, preset_name, overrides)
+    return configs, arguments
+
+
+def run_pipeline(arguments: dict[str, Any], artifacts_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+    """Run the pipeline through kfp.local; returns its outputs (bundle, evaluation, decision artifacts)."""
+    from kfp import local
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(artifacts_dir),
+        enable_caching=cache_dir is not None,
+        cache_root=None if cache_dir is None else str(cache_dir),
+    )
+    with warnings.catch_warnings():
+        for message in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        task = load_pipeline()(**arguments)
+    return task.outputs
+
+
+def run(
+    preset_name: str,
+    sources: list[str] | None,
+    runs_dir: str | Path,
+    run_id: str | None,
+    registry: str | None = None,
+    cache: bool = False,
+) -> dict:
+    """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json)."""
+    runs_dir = Path(runs_dir)
+    registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
+    configs, arguments = prepare(preset_name, sources, registry)
+    pipeline_params.check_arguments(arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}")
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(runs_dir) / run_id
+    run_dir = runs_dir / run_id
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id")
-    run_dir.mkdir(parents=True)
-    log(TAG, f"preset {preset_name} -> {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(
+        TAG,
+        f"preset {preset_name} -> {run_dir} (kfp.local, registry {registry}, cache {'on' if cache else 'off'})",
+    )
+
     started = time.perf_counter()
-    seconds: dict[str, float] = {}
+    outputs = run_pipeline(
+        arguments, run_dir.resolve() / "artifacts", runs_dir.resolve() / CACHE_DIR if cache else None
+    )
+    seconds = time.perf_counter() - started
 
-    def timed(stage: str, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        log(TAG, f"step {len(seconds) + 1}/{len(STAGE_CONFIGS)}: {stage}")
-        result = fn(*args, **kwargs)
-        seconds[stage] = round(time.perf_counter() - t0, 1)
-        return result
+    bundle_dir = Path(outputs["bundle"].path)
+    metrics = json.loads((Path(outputs["evaluation"].path) / "metrics.json").read_text())
+    decision = json.loads((Path(outputs["decision"].path) / "decision.json").read_text())
+    bundle_link = run_dir / "bundle"
+    bundle_link.symlink_to(os.path.relpath(bundle_dir, run_dir))
+    name, version = configs["gate"].name, decision["candidate"]["version"]
+    latest = bundles.read_latest(registry, name)
+    published = bool(decision["passed"] and latest and latest["version"] == version)
 
-    # 1. ingest: sources -> pairs/ + corpus/
-    timed("ingest", ingest.run, configs["ingest"], run_dir / "ingest")
-    pairs_dir, corpus_dir = run_dir / "ingest" / "pairs", run_dir / "ingest" / "corpus"
-    # 2. train_tokenizer: corpus -> tokenizer (used when training from scratch)
-    timed("train_tokenizer", train_tokenizer.run, configs["train_tokenizer"], corpus_dir,
-          run_dir / "tokenizer", pairs_dir=pairs_dir)
-    # 3. train_encoder: pairs + tokenizer (or init_from's) -> encoder/
-    encoder_config = configs["train_encoder"]
-    timed("train_encoder", train_encoder.run, encoder_config, pairs_dir, run_dir / "tokenizer",
-          run_dir / "train_encoder")
-    encoder_dir = run_dir / "train_encoder" / "encoder"
-    # 4. evaluate: model vs BM25 (vs the initial checkpoint zero-shot when fine-tuning)
-    metrics = timed("evaluate", evaluate.run, configs["evaluate"], encoder_dir, pairs_dir,
-                    run_dir / "evaluate", baseline_encoder=encoder_config.init_from or None)
-
-    total = time.perf_counter() - started
-    summary = {"run_dir": str(run_dir), "preset": preset_name, "seconds": round(total, 1),
-               "stage_seconds": seconds, "primary": metrics["primary"], "encoder": str(encoder_dir)}
+    summary = {
+        "run_dir": str(run_dir),
+        "preset": preset_name,
+        "seconds": round(seconds, 1),
+        "primary": metrics["primary"],
+        "bundle": str(bundle_link),
+        "bundle_artifact": str(bundle_dir),
+        "version": version,
+        "passed": decision["passed"],
+        "reasons": decision["reasons"],
+        "registry": registry,
+        "published": published,
+        "latest": None if latest is None else latest["version"],
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(evaluate.summary_table(metrics["suites"]))
-    print(f"\nrun {run_id} done in {format_seconds(total)}: {run_dir}")
-    print(f"encoder: {encoder_dir}")
+    print_summary(summary, metrics, name)
     return summary
+
+
+def print_summary(summary: dict, metrics: dict, name: str) -> None:
+    print(evaluate.summary_table(metrics["suites"]))
+    print(f"\ngate: {'PASSED' if summary['passed'] else 'REFUSED'}")
+    for reason in summary["reasons"]:
+        print(f"  {reason}")
+    if summary["published"]:
+        print(f"published: {name} {summary['version']} -> {summary['registry']} (latest)")
+    else:
+        latest = summary["latest"] or "nothing published yet"
+        print(f"not published: {summary['registry']} latest stays at {latest}")
+    print(
+        f"\nrun {Path(summary['run_dir']).name} done in {format_seconds(summary['seconds'])}: {summary['run_dir']}"
+    )
+    print(f"bundle: {summary['bundle']}")
+    print("search it:")
+    print(f"  semcode search {shlex.quote(summary['bundle'])} {shlex.quote(SEARCH_EXAMPLE)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="semcode run",
-        description="Run the whole job locally (CPU): ingest, tokenizer, encoder training, evaluation.",
-        epilog="examples:\n  semcode run\n  semcode run --preset tiny --source dir:./myrepo --run-id try1",
+        description="Run the training pipeline locally (kfp.local, CPU): ingest, tokenizer, encoder, evaluation, "
+        "index, ONNX export, gate and publish, with artifacts under <runs-dir>/<run-id>/.",
+        epilog="examples:\n  semcode run\n  semcode run --preset tiny --source dir:./myrepo --run-id try1\n"
+        "  semcode run --preset tiny --registry s3://models/registry --cache",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--preset", default="local", help="preset name in configs/ or a YAML path (default: local)")
-    parser.add_argument("--source", action="append", default=None, metavar="SPEC",
-                        help="source spec, repeatable; replaces the preset's ingest sources")
+    parser.add_argument(
+        "--preset", default="local", help="preset name in configs/ or a YAML path (default: local)"
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="source spec, repeatable; replaces the preset's ingest sources",
+    )
+    parser.add_argument(
+        "--registry",
+        default=None,
+        metavar="DIR|S3_URI",
+        help="registry the gate compares with and publish writes to (default: <runs-dir>/registry)",
+    )
     parser.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
     parser.add_argument("--run-id", default=None, help="name of this run's directory (default: a timestamp)")
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse tasks whose inputs are unchanged from earlier --cache runs in --runs-dir "
+        "(only while your sources and the semcode code stay unchanged)",
+    )
     args = parser.parse_args(argv)
     try:
-        run(args.preset, args.source, args.runs_dir, args.run_id)
-    except (cfg.ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:
+        run(
+            args.preset,
+            args.source,
+            args.runs_dir,
+            args.run_id,
+            registry=args.registry,
+            cache=args.cache,
+        )
+    except (cfg.ConfigError, ValueError, FileExistsError, FileNotFoundError, storage.StorageError) as error:
         print(f"semcode run: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # kfp.local: a task failed; its log is above
+        print(f"semcode run: error: {error}", file=sys.stderr)
+        return 1
     return 0

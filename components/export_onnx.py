@@ -1,0 +1,47 @@
+"""Component export_onnx: encoder -> fp32 and int8 ONNX with parity and latency (semcode.stages.export_onnx)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def export_onnx(
+    encoder: Input[Model],
+    pairs: Input[Dataset],
+    onnx: Output[Model],
+    metrics: Output[Metrics],
+    max_mrr_loss: float,
+    parity_texts: int,
+    latency_repeats: int,
+):
+    """Export the encoder to fp32 and int8 ONNX, with parity, test MRR and latency against torch.
+
+    Args:
+        encoder: train_encoder's output.
+        pairs: ingest's pairs: valid rows for parity, the test split for MRR.
+        onnx: the ONNX files, tokenizer.json, metrics.json, config.json.
+        metrics: parity, MRR of fp32 vs int8, latency.
+        max_mrr_loss: largest test MRR drop of int8 vs fp32 for int8 to be the default.
+        parity_texts: validation rows encoded for parity.
+        latency_repeats: timed calls per runner and shape.
+    """
+    import json
+    import os
+
+    from semcode import config
+    from semcode.stages import export_onnx as stage
+
+    stage_config = config.from_dict(
+        stage.ExportOnnxConfig,
+        {"max_mrr_loss": max_mrr_loss, "parity_texts": parity_texts, "latency_repeats": latency_repeats},
+        source="export_onnx component",
+    )
+    result = stage.run(stage_config, os.path.join(encoder.path, "encoder"), onnx.path, pairs_dir=pairs.path)
+    for name, value in result["kfp_metrics"].items():
+        metrics.log_metric(name, value)
+    # The scalars as a file too: kfp.local's cache takes an output artifact without a file for a
+    # missing one and would never reuse this task.
+    with open(metrics.path, "w") as handle:
+        json.dump(metrics.metadata, handle, indent=2)

@@ -1,0 +1,1 @@
+"""KFP pipelines: the DAG wiring and, beside each, its compiled YAML (``semcode compile`` writes it)."""

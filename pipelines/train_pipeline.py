@@ -1,0 +1,325 @@
+"""The semcode training pipeline (KFP v2): sources in, a gated release bundle out.
+
+Steps, in the order the function below wires them:
+
+    1 ingest -> 2 train_tokenizer -> 3 train_encoder -> 4 evaluate -> 5 build_index -> 6 export_onnx
+    -> 7 gate -> 8 publish (only when the gate passed and a registry is given)
+
+The same function runs on a cluster (``semcode compile`` writes train_pipeline.yaml beside this file for
+the KFP UI; ``semcode submit`` uploads and starts it) and on one machine (``semcode run``: kfp.local's
+SubprocessRunner, local files as the artifact store; the Kubernetes settings below have no effect there).
+
+Parameters. Each stage parameter is named ``<section>_<key>``: the preset section (configs/*.yaml) and
+the field of that stage's config, so a preset maps 1:1 onto parameters (semcode.pipeline_params does
+it). Every key used in a preset is a parameter; fields that neither a preset nor an operator needs are
+left at the stage's default. **The defaults are the stage config defaults** (what ``semcode <stage>``
+uses without flags), not those of a preset: a preset is a set of overrides, here as on the command
+line. publish has no parameters of its own: it uses the gate's ``registry`` and ``name``, so the two
+never disagree. The cluster parameters (``gpu_count``, ``gpu_node_selector``, ``gpu_tolerations``,
+``s3_secret_name``) are not in presets.
+
+Cluster settings, all in this module:
+
+- train_encoder asks for ``gpu_count`` nvidia.com/gpu, is scheduled on the GPU pool (the node
+  selector and tolerations parameters) and gets a memory-backed /dev/shm (PyTorch data loader
+  workers and NCCL share memory through it; the container default is 64 MB);
+- the CPU stages get modest requests and limits;
+- every task reads S3 credentials from the Kubernetes Secret ``s3_secret_name`` as environment
+  variables: keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (required), AWS_ENDPOINT_URL (MinIO,
+  SeaweedFS; leave it out for AWS) and AWS_DEFAULT_REGION (optional). No value is in this file or
+  the YAML;
+- every task is retried twice on failure (a lost node, an S3 hiccup), with exponential backoff;
+- caching is on by default and switched off per run at submission (``enable_caching=False`` in
+  ``create_run_from_pipeline_func`` / ``semcode submit --no-cache``; ``semcode run`` caches only with
+  ``--cache``). A cached ingest reuses the sources as they were read before: a run on changed sources
+  (e.g. scheduled retraining) must switch caching off. gate and publish are never cached: they read
+  and write the registry, which changes between runs with the same inputs.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Artifact, Model, PipelineTask
+
+from components.build_index import build_index
+from components.evaluate import evaluate
+from components.export_onnx import export_onnx
+from components.gate import gate
+from components.ingest import ingest
+from components.publish import publish
+from components.train_encoder import train_encoder
+from components.train_tokenizer import train_tokenizer
+
+PIPELINE_NAME = "semcode-train"
+
+# Resources: (cpu request, cpu limit, memory request, memory limit).
+CPU_STAGE = ("1", "4", "4Gi", "16Gi")  # ingest, tokenizer, evaluate, index, export
+LIGHT_STAGE = ("500m", "2", "1Gi", "8Gi")  # gate and publish: copy files, read JSON
+GPU_STAGE = ("4", "16", "32Gi", "96Gi")  # train_encoder, beside its GPUs; /dev/shm counts in its memory
+SHM_SIZE = "16Gi"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+RETRIES = 2
+RETRY_BACKOFF = "10s"  # then 20 s: a retried pod waits for scheduling anyway
+
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+S3_OPTIONAL_KEYS = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"}
+
+
+def on_cluster(task: PipelineTask, resources: tuple[str, str, str, str], s3_secret_name: str) -> PipelineTask:
+    """Requests and limits, S3 credentials from the Secret, retries: what every task gets."""
+    cpu_request, cpu_limit, memory_request, memory_limit = resources
+    task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
+    task.set_memory_request(memory_request).set_memory_limit(memory_limit)
+    kubernetes.use_secret_as_env(task, secret_name=s3_secret_name, secret_key_to_env=S3_SECRET_KEYS)
+    kubernetes.use_secret_as_env(
+        task, secret_name=s3_secret_name, secret_key_to_env=S3_OPTIONAL_KEYS, optional=True
+    )
+    task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2)
+    return task
+
+
+def on_gpu_pool(task: PipelineTask, gpu_count: int, node_selector: dict, tolerations: list) -> PipelineTask:
+    """GPUs, the GPU node pool and a memory-backed /dev/shm."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpu_count)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
+    )
+    return task
+
+
+class Outputs(NamedTuple):
+    """What a run hands back (kfp.local returns these; the KFP UI lists them as the run's outputs)."""
+
+    bundle: Model  # the release bundle, passed or not
+    evaluation: Artifact  # evaluate's metrics.json
+    decision: Artifact  # the gate's decision.json
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Train a natural-language-to-code search model and release it.")
+def train_pipeline(
+    # ingest
+    ingest_sources: list = ["python:stdlib", "python:site-packages"],  # noqa: B006 (KFP reads defaults here)
+    ingest_max_files_per_source: int = 0,
+    ingest_corpus_near_dup: bool = True,
+    ingest_workers: int = 1,
+    # train_tokenizer
+    train_tokenizer_vocab_size: int = 32768,
+    train_tokenizer_min_frequency: int = 2,
+    train_tokenizer_fertility_rows: int = 2000,
+    train_tokenizer_max_bytes: int = 0,
+    # train_encoder
+    train_encoder_size: str = "small",
+    train_encoder_init_from: str = "",
+    train_encoder_towers: str = "shared",
+    train_encoder_embedding_dim: int = 0,
+    train_encoder_max_length: int = 128,
+    train_encoder_epochs: int = 3,
+    train_encoder_max_steps: int = 0,
+    train_encoder_batch_size: int = 32,
+    train_encoder_grad_accum: int = 1,
+    train_encoder_lr: float = 0.0005,
+    train_encoder_warmup_ratio: float = 0.05,
+    train_encoder_temperature: float = 0.05,
+    train_encoder_learnable_temperature: bool = False,
+    train_encoder_zero_stage: int = 0,
+    train_encoder_seed: int = 0,
+    train_encoder_eval_every: int = 100,
+    train_encoder_checkpoint_every: int = 200,
+    train_encoder_max_train_pairs: int = 0,
+    train_encoder_max_valid_pairs: int = 1000,
+    train_encoder_time_budget_minutes: float = 0.0,
+    train_encoder_num_workers: int = 0,
+    # evaluate
+    evaluate_suites: list = ["test", "humaneval", "cosqa"],  # noqa: B006
+    evaluate_max_queries: int = 0,
+    evaluate_n_distractors: int = 999,
+    # build_index
+    build_index_factory: str = "",
+    build_index_max_corpus: int = 0,
+    build_index_recall_queries: int = 1000,
+    # export_onnx
+    export_onnx_max_mrr_loss: float = 0.005,
+    export_onnx_parity_texts: int = 512,
+    export_onnx_latency_repeats: int = 20,
+    # gate (and publish)
+    gate_name: str = "semcode",
+    gate_registry: str = "",
+    gate_primary_metric: str = "test/full/model/mrr",
+    gate_tolerance: float = 0.005,
+    gate_require_int8_parity: bool = True,
+    gate_version: str = "",
+    # cluster
+    gpu_count: int = 1,
+    gpu_node_selector: dict = {"nvidia.com/gpu.present": "true"},  # noqa: B006
+    gpu_tolerations: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
+    s3_secret_name: str = "semcode-s3",
+) -> Outputs:
+    """Train a natural-language-to-code search model and release it when it beats the published one.
+
+    Args:
+        ingest_sources: Sources as KIND:LOCATION: python:stdlib, python:site-packages, dir:PATH, csn:PATH, pairs:PATH, humaneval: (PATH local or s3://).
+        ingest_max_files_per_source: Read at most this many files per source, sampled by path hash (0 = all).
+        ingest_corpus_near_dup: Also remove near duplicates from the corpus (exact ones always).
+        ingest_workers: Processes that parse Python files (1 = in the ingest process).
+        train_tokenizer_vocab_size: Vocabulary size, including the 256 byte symbols and 5 special tokens.
+        train_tokenizer_min_frequency: A pair of tokens must occur at least this often to be merged.
+        train_tokenizer_fertility_rows: At most this many rows (test pairs) for the fertility measurement.
+        train_tokenizer_max_bytes: Stop reading the corpus after this many bytes of UTF-8 text (0 = no limit).
+        train_encoder_size: Encoder size when training from scratch: tiny, small or base.
+        train_encoder_init_from: Start from a checkpoint: a directory, s3://..., or 'minilm' ('' = from scratch with the trained tokenizer).
+        train_encoder_towers: One tower for queries and code (shared) or one each (separate).
+        train_encoder_embedding_dim: Output dimension (0 = the size's default, or the checkpoint's hidden size).
+        train_encoder_max_length: Tokens per query or code; longer texts are truncated.
+        train_encoder_epochs: Passes over the training pairs (ignored when max_steps > 0).
+        train_encoder_max_steps: Optimizer steps to train (0 = as many as epochs gives).
+        train_encoder_batch_size: Pairs per micro-batch (per GPU); the in-batch negatives are the others.
+        train_encoder_grad_accum: Micro-batches per optimizer step.
+        train_encoder_lr: Peak learning rate (about 5e-4 from scratch, 2e-5..5e-5 when fine-tuning).
+        train_encoder_warmup_ratio: Linear warmup as a fraction of the total steps.
+        train_encoder_temperature: InfoNCE temperature (the start value when learnable).
+        train_encoder_learnable_temperature: Learn the temperature, within [0.01, 1].
+        train_encoder_zero_stage: DeepSpeed ZeRO stage: 0, 1 or 2 (1 and 2 partition optimizer state over GPUs).
+        train_encoder_seed: Seed for initialisation, data order and dropout.
+        train_encoder_eval_every: Validate every this many steps (0 = only at the end); the best validation MRR is shipped.
+        train_encoder_checkpoint_every: Checkpoint every this many steps (0 = only at the end).
+        train_encoder_max_train_pairs: Train on a seeded sample of this many pairs (0 = all).
+        train_encoder_max_valid_pairs: Validate on a seeded sample of this many pairs (0 = all).
+        train_encoder_time_budget_minutes: Stop training after this many minutes (0 = no limit).
+        train_encoder_num_workers: Tokenizer worker processes feeding batches (0 = in the training process).
+        evaluate_suites: Suites to evaluate, of test, humaneval, cosqa; cosqa is skipped when absent.
+        evaluate_max_queries: Evaluate at most this many queries per suite, a seeded sample (0 = all).
+        evaluate_n_distractors: Distractors per query in the CodeSearchNet protocol.
+        build_index_factory: FAISS index factory string, e.g. 'HNSW32,Flat' ('' = chosen by corpus size).
+        build_index_max_corpus: Index at most this many corpus rows (0 = all).
+        build_index_recall_queries: Queries for the index's recall@10 and latency (sampled, seeded).
+        export_onnx_max_mrr_loss: Largest test MRR drop of int8 vs fp32 ONNX for int8 to be the default.
+        export_onnx_parity_texts: Validation rows whose query and code are encoded for the ONNX parity check.
+        export_onnx_latency_repeats: Timed calls per runner and shape in the latency measurement.
+        gate_name: Model name: the registry folder <registry>/<name>/ (publish uses it too).
+        gate_registry: Registry holding the champion and receiving the release: a folder or s3://bucket/prefix ('' = no comparison, no publishing).
+        gate_primary_metric: Metric compared with the champion, suite/protocol/system/metric (higher is better).
+        gate_tolerance: The candidate may be at most this much (absolute) worse than the champion.
+        gate_require_int8_parity: Refuse a candidate whose int8 encoder lost too much accuracy.
+        gate_version: Version of the candidate bundle ('' = UTC timestamp + short hash of the weights).
+        gpu_count: GPUs (nvidia.com/gpu) for train_encoder.
+        gpu_node_selector: Node selector of the GPU node pool, as a JSON object of label: value.
+        gpu_tolerations: Tolerations for the GPU node pool's taints, as a JSON list of Kubernetes tolerations.
+        s3_secret_name: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for s3:// paths.
+    """
+    # 1. ingest: sources -> pairs (train/valid/test) + corpus
+    ingest_task = ingest(
+        sources=ingest_sources,
+        max_files_per_source=ingest_max_files_per_source,
+        corpus_near_dup=ingest_corpus_near_dup,
+        workers=ingest_workers,
+    )
+    on_cluster(ingest_task, CPU_STAGE, s3_secret_name)
+    pairs, corpus = ingest_task.outputs["pairs"], ingest_task.outputs["corpus"]
+
+    # 2. train_tokenizer: corpus -> tokenizer (used when training from scratch)
+    tokenizer_task = train_tokenizer(
+        corpus=corpus,
+        pairs=pairs,
+        vocab_size=train_tokenizer_vocab_size,
+        min_frequency=train_tokenizer_min_frequency,
+        fertility_rows=train_tokenizer_fertility_rows,
+        max_bytes=train_tokenizer_max_bytes,
+    )
+    on_cluster(tokenizer_task, CPU_STAGE, s3_secret_name)
+
+    # 3. train_encoder: pairs + tokenizer (or init_from's own) -> encoder, on the GPU pool
+    encoder_task = train_encoder(
+        pairs=pairs,
+        tokenizer=tokenizer_task.outputs["tokenizer"],
+        size=train_encoder_size,
+        init_from=train_encoder_init_from,
+        towers=train_encoder_towers,
+        embedding_dim=train_encoder_embedding_dim,
+        max_length=train_encoder_max_length,
+        epochs=train_encoder_epochs,
+        max_steps=train_encoder_max_steps,
+        batch_size=train_encoder_batch_size,
+        grad_accum=train_encoder_grad_accum,
+        lr=train_encoder_lr,
+        warmup_ratio=train_encoder_warmup_ratio,
+        temperature=train_encoder_temperature,
+        learnable_temperature=train_encoder_learnable_temperature,
+        zero_stage=train_encoder_zero_stage,
+        seed=train_encoder_seed,
+        eval_every=train_encoder_eval_every,
+        checkpoint_every=train_encoder_checkpoint_every,
+        max_train_pairs=train_encoder_max_train_pairs,
+        max_valid_pairs=train_encoder_max_valid_pairs,
+        time_budget_minutes=train_encoder_time_budget_minutes,
+        num_workers=train_encoder_num_workers,
+    )
+    on_cluster(encoder_task, GPU_STAGE, s3_secret_name)
+    on_gpu_pool(encoder_task, gpu_count, gpu_node_selector, gpu_tolerations)
+    encoder = encoder_task.outputs["encoder"]
+
+    # 4. evaluate: model vs BM25 (vs init_from zero-shot when fine-tuning) on the test split and suites
+    evaluate_task = evaluate(
+        encoder=encoder,
+        pairs=pairs,
+        suites=evaluate_suites,
+        max_queries=evaluate_max_queries,
+        n_distractors=evaluate_n_distractors,
+        baseline_encoder=train_encoder_init_from,
+    )
+    on_cluster(evaluate_task, CPU_STAGE, s3_secret_name)
+
+    # 5. build_index: encoder + corpus -> FAISS index
+    index_task = build_index(
+        encoder=encoder,
+        corpus=corpus,
+        pairs=pairs,
+        factory=build_index_factory,
+        max_corpus=build_index_max_corpus,
+        recall_queries=build_index_recall_queries,
+    )
+    on_cluster(index_task, CPU_STAGE, s3_secret_name)
+
+    # 6. export_onnx: encoder -> fp32 + int8 ONNX, parity and latency
+    onnx_task = export_onnx(
+        encoder=encoder,
+        pairs=pairs,
+        max_mrr_loss=export_onnx_max_mrr_loss,
+        parity_texts=export_onnx_parity_texts,
+        latency_repeats=export_onnx_latency_repeats,
+    )
+    on_cluster(onnx_task, CPU_STAGE, s3_secret_name)
+
+    # 7. gate: everything -> release bundle + report; passed when not worse than the registry's champion
+    gate_task = gate(
+        encoder=encoder,
+        onnx=onnx_task.outputs["onnx"],
+        index=index_task.outputs["index"],
+        evaluation=evaluate_task.outputs["evaluation"],
+        pairs=pairs,
+        tokenizer=tokenizer_task.outputs["tokenizer"],
+        name=gate_name,
+        registry=gate_registry,
+        primary_metric=gate_primary_metric,
+        tolerance=gate_tolerance,
+        require_int8_parity=gate_require_int8_parity,
+        version=gate_version,
+    )
+    on_cluster(gate_task, LIGHT_STAGE, s3_secret_name)
+    gate_task.set_caching_options(False)  # the registry's champion changes between runs
+    passed = gate_task.outputs["Output"]  # the return value; kfp.local resolves conditions on "Output" only
+
+    # 8. publish: only a candidate the gate passed, and only when there is a registry
+    with dsl.If(passed == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not a Python test)
+        with dsl.If(gate_registry != "", name="registry-given"):
+            publish_task = publish(bundle=gate_task.outputs["bundle"], registry=gate_registry, name=gate_name)
+            on_cluster(publish_task, LIGHT_STAGE, s3_secret_name)
+            publish_task.set_caching_options(False)  # publishing is a side effect
+
+    return Outputs(
+        bundle=gate_task.outputs["bundle"],
+        evaluation=evaluate_task.outputs["evaluation"],
+        decision=gate_task.outputs["decision"],
+    )

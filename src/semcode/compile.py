@@ -1,0 +1,80 @@
+"""``semcode compile``: write the pipeline's KFP YAML (pipelines/train_pipeline.yaml), for the KFP UI and API.
+
+The YAML is committed; a test fails when it is stale. Container images come from components/images.py
+(SEMCODE_IMAGE_REGISTRY / SEMCODE_IMAGE_TAG when set): compile with them unset for the committed file.
+
+"Stale" compares the parsed YAML, not the text: the KFP compiler writes a header comment that lists the
+parameter defaults, and a dict inside a list default (the GPU tolerations) comes out in a different key
+order from one run to the next. For the same reason an up-to-date file is left untouched, so compiling
+twice leaves no diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUTPUT = REPO_ROOT / "pipelines" / "train_pipeline.yaml"
+
+
+def load_pipeline() -> Any:
+    """The pipeline function (pipelines/train_pipeline.py).
+
+    pipelines/ and components/ sit beside src/ in the repository, outside the installed package, so
+    the repository root goes on sys.path first (as configs/ is found through config.CONFIGS_DIR).
+    """
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from pipelines.train_pipeline import train_pipeline
+
+    return train_pipeline
+
+
+def same_pipeline(a: str | Path, b: str | Path) -> bool:
+    """Whether two compiled YAML files hold the same pipeline (comments aside)."""
+    return list(yaml.safe_load_all(Path(a).read_text())) == list(yaml.safe_load_all(Path(b).read_text()))
+
+
+def compile_pipeline(output: str | Path = DEFAULT_OUTPUT) -> bool:
+    """Compile the pipeline into ``output``; returns False when ``output`` already held it (left as is)."""
+    from kfp import compiler
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="semcode-compile-") as scratch:
+        fresh = Path(scratch) / output.name
+        compiler.Compiler().compile(load_pipeline(), str(fresh))
+        if output.is_file() and same_pipeline(fresh, output):
+            return False
+        shutil.move(fresh, output)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="semcode compile",
+        description="Compile the training pipeline to KFP YAML (upload it in the KFP UI, or use semcode submit).",
+        epilog="examples:\n  semcode compile\n  semcode compile --output /tmp/train_pipeline.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--output",
+        default=str(DEFAULT_OUTPUT),
+        metavar="YAML",
+        help=f"where to write it (default: {DEFAULT_OUTPUT})",
+    )
+    args = parser.parse_args(argv)
+    written = compile_pipeline(args.output)
+    print(f"{args.output}: {'written' if written else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
