@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gate": ("semcode.stages.gate", "assemble the release bundle and compare it with the registry's champion"),
     "publish": ("semcode.stages.publish", "publish a validated bundle to the registry and move its latest pointer"),
     "compile": ("semcode.compile", "compile the training pipeline to KFP YAML (pipelines/train_pipeline.yaml)"),
+    "submit": ("semcode.submit", "upload the pipeline, start a run on a KFP cluster, wait; fail when the run or gate fails"),
     "search": ("semcode.search_cli", "search a release bundle's code with a natural-language query"),
     "serve": ("semcode.serve.app", "serve a bundle's code search as an HTTP JSON API"),
 }
