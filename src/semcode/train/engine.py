@@ -83,7 +83,10 @@ def setup_distributed() -> str:
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would drown our progress
-    if not os.environ.get("MASTER_PORT"):
+    single_process = os.environ.get("WORLD_SIZE", "1") == "1"
+    if (single_process and not torch.distributed.is_initialized()) or not os.environ.get("MASTER_PORT"):
+        # A world of one needs no agreed port, and an inherited MASTER_PORT may be held by the parent
+        # process's own process group (a runner that trained in-process, then started a subprocess).
         os.environ["MASTER_PORT"] = str(_free_port())
     for name, value in (
         ("RANK", "0"),
