@@ -327,6 +327,8 @@ def test_bad_inputs_fail_with_clear_errors(tmp_path: Path, shared_encoder: Path,
     (not_ours / "config.json").write_text("{}")
     assert stage.main(["--encoder", str(not_ours), "--out", str(tmp_path / "out")]) == 2
     assert "is not a semcode encoder: semcode_encoder.json is missing" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"did you mean {shared_encoder}"):  # a train-encoder output
+        stage.run(stage.ExportOnnxConfig(), shared_encoder.parent, tmp_path / "out")
 
     no_tokenizer = tmp_path / "no_tokenizer"
     no_tokenizer.mkdir()
@@ -336,7 +338,15 @@ def test_bad_inputs_fail_with_clear_errors(tmp_path: Path, shared_encoder: Path,
 
     with pytest.raises(FileNotFoundError, match="no valid/part-"):
         stage.run(stage.ExportOnnxConfig(), shared_encoder, tmp_path / "out", pairs_dir=tmp_path)
-    for bad in ({"weight_type": "QInt4"}, {"max_mrr_loss": -0.1}, {"latency_shapes": ("16by128",)}):
+    bad_configs = (
+        {"weight_type": "QInt4"},
+        {"max_mrr_loss": -0.1},
+        {"latency_shapes": ("16by128",)},
+        {"op_types": ("",)},
+        {"opset": 17},
+        {"threads": -1},
+    )
+    for bad in bad_configs:
         with pytest.raises(ConfigError):
             stage.ExportOnnxConfig(**bad).validate()
     argv = ["--encoder", str(shared_encoder), "--out", str(tmp_path / "o"), "--opset", "9"]
