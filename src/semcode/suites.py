@@ -22,7 +22,6 @@ import ast
 import inspect
 import json
 import os
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from semcode.data.pairs import read_split
+from semcode.data.sources import humaneval_query
 
 SUITES = ("test", "humaneval", "cosqa")
 BENCHMARKS_ENV = "SEMCODE_BENCHMARKS_DIR"
@@ -109,7 +109,6 @@ def test_split_suite(pairs_dir: str | Path) -> Suite:
 # ---------------------------------------------------------------- HumanEval
 
 # Where a HumanEval docstring's examples start: a doctest, an "Example(s)"/"For example" heading.
-_EXAMPLES_START = re.compile(r"^\s*(>>>|(for )?examples?\b)", re.IGNORECASE)
 
 
 def _docstring_node(function: ast.FunctionDef) -> ast.Expr | None:
@@ -122,21 +121,6 @@ def _docstring_node(function: ast.FunctionDef) -> ast.Expr | None:
         ):
             return statement
     return None
-
-
-def humaneval_query(docstring: str, entry_point: str) -> str:
-    """The problem description: the docstring up to its examples, whitespace collapsed.
-
-    The examples are cut because they call the function by name (``has_close_elements([1.0, ...])``),
-    which would hand the answer to any lexical matcher; a line that calls ``entry_point`` ends it too.
-    """
-    kept: list[str] = []
-    for line in docstring.splitlines():
-        if _EXAMPLES_START.match(line) or f"{entry_point}(" in line:
-            break
-        kept.append(line)
-    query = " ".join(" ".join(kept).split())
-    return query or " ".join(docstring.split())
 
 
 def humaneval_function(source: str, entry_point: str) -> tuple[str, str]:

@@ -82,7 +82,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 SKIPPED_DIRS = ("__pycache__", "node_modules", "site-packages")
 STDLIB_SKIPPED = ("site-packages", "dist-packages", "lib-dynload", "__pycache__")
 TRIPLE_QUOTED = re.compile(r'("""|\'\'\')(.*?)\1', re.DOTALL)
-HUMANEVAL_EXAMPLE = re.compile(r"^\s*(>>>|for example\b|examples?\b|example usage\b)", re.IGNORECASE)
+HUMANEVAL_EXAMPLE = re.compile(r"^\s*(>>>|for examples?\b|examples?\b|example usage\b)", re.IGNORECASE)
 
 
 class SourceError(ValueError):
@@ -590,12 +590,16 @@ def pairs_row(
     return pair, corpus, None
 
 
-def humaneval_query(docstring: str) -> str:
-    """The task description of a HumanEval docstring: the text before its first example."""
-    lines = inspect.cleandoc(docstring).splitlines()
+def humaneval_query(docstring: str, entry_point: str) -> str:
+    """The task description of a HumanEval docstring: the text before its first example.
+
+    Examples are cut because they call the function by name (``has_close_elements([1.0, ...])``),
+    which would hand the answer to any lexical matcher; a line that calls ``entry_point`` ends it too.
+    The evaluate stage's HumanEval suite uses this same rule.
+    """
     kept = []
-    for line in lines:
-        if HUMANEVAL_EXAMPLE.match(line):
+    for line in inspect.cleandoc(docstring).splitlines():
+        if HUMANEVAL_EXAMPLE.match(line) or f"{entry_point}(" in line:
             break
         kept.append(line)
     text = " ".join(" ".join(kept).split())
@@ -620,7 +624,7 @@ def humaneval_row(
         if match:
             docstring = inspect.cleandoc(match.group(2))
             code = extract.strip_text(code, docstring)
-    query = humaneval_query(docstring) if docstring else ""
+    query = humaneval_query(docstring, entry_point) if docstring else ""
     if not query:
         return None, None, "no_docstring"
     row = _row(
