@@ -308,3 +308,5 @@ def test_config_validation() -> None:
         stage.BuildIndexConfig(refine_k_factor=0.5).validate()
     with pytest.raises(ConfigError, match="recall_queries must be >= 1"):
         stage.BuildIndexConfig(recall_queries=0).validate()
+    with pytest.raises(ConfigError, match="runtime"):
+        stage.BuildIndexConfig(runtime="tensorrt").validate()

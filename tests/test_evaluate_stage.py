@@ -119,6 +119,21 @@ def test_our_encoder_on_humaneval_and_cosqa_skipped_when_absent(
     assert metrics["primary"]["name"] == "humaneval/full/model/mrr"
 
 
+def test_onnx_int8_runtime_ranks_like_torch(pairs_dir: Path, tmp_path: Path) -> None:
+    """The int8 ONNX runtime (the bundle's encoder) gives the same ranking quality as torch here."""
+    config = dict(suites=("test",), protocols=("full",), bm25=False, device="cpu")
+    by_runtime = {
+        runtime: stage.run(
+            stage.EvaluateConfig(runtime=runtime, **config), "minilm", pairs_dir, tmp_path / runtime
+        )
+        for runtime in ("torch", "onnx-int8")
+    }
+    mrr = {runtime: m["suites"]["test"]["full"]["model"]["mrr"] for runtime, m in by_runtime.items()}
+    assert mrr["onnx-int8"] > 0.8 and abs(mrr["onnx-int8"] - mrr["torch"]) < 0.1, mrr
+    saved = json.loads((tmp_path / "onnx-int8" / "config.json").read_text())
+    assert saved["config"]["runtime"] == "onnx-int8"
+
+
 def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "eval")
     assert stage.main(["--encoder", str(tmp_path / "nope"), "--pairs", str(pairs_dir), "--out", out]) == 2
@@ -142,7 +157,14 @@ def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path,
 
 @pytest.mark.parametrize(
     "bad",
-    [{"suites": ()}, {"protocols": ("top1",)}, {"n_distractors": 0}, {"batch_size": 0}, {"max_queries": -1}],
+    [
+        {"suites": ()},
+        {"protocols": ("top1",)},
+        {"n_distractors": 0},
+        {"batch_size": 0},
+        {"max_queries": -1},
+        {"runtime": "tensorrt"},
+    ],  # fmt: skip
 )
 def test_config_validation(bad: dict) -> None:
     with pytest.raises(ConfigError):

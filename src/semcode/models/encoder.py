@@ -715,6 +715,10 @@ def check_encoder_spec(spec: str, what: str = "encoder") -> None:
         )
 
 
+# How the embedding-only stages run an encoder: torch, or its ONNX export through ONNX Runtime (CPU).
+RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda when available, else cpu; anything else as given."""
     if device != "auto":
@@ -723,20 +727,43 @@ def resolve_device(device: str) -> str:
 
 
 def load_embed_fn(
-    spec: str, batch_size: int = 64, max_length: int | None = None, device: str = "auto",
+    spec: str,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str = "auto",
     show_progress: bool = False,
+    runtime: str = "torch",
 ) -> tuple[Any, int]:
     """``(texts, kind) -> float32 unit vectors [N, D]`` over the encoder ``spec``, and D.
 
     A semcode encoder directory loads as saved (prefixes included); another checkpoint (``minilm``)
-    loads as its normalised mean pooling, the sentence-transformers recipe.
+    loads as its normalised mean pooling, the sentence-transformers recipe. ``runtime``: ``torch`` on
+    ``device``, or ``onnx-int8`` / ``onnx-fp32``: exported as the release bundle's encoder is and run by
+    ONNX Runtime on the CPU (semcode.export.onnx_embed_fn; int8 is ~2.5x faster than torch there).
     """
-    device = resolve_device(device)
-    model = load_pretrained(spec).to(device).eval()
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    model = load_pretrained(spec).eval()
     tokenizer = load_hf_tokenizer(spec)
+    if runtime != "torch":
+        from semcode.export import onnx_embed_fn
+
+        return onnx_embed_fn(
+            model, tokenizer, runtime.removeprefix("onnx-"), batch_size, max_length, show_progress
+        )
+    device = resolve_device(device)
+    model.to(device)
 
     def embed(texts: list[str], kind: str) -> np.ndarray:
-        return encode_texts(model, tokenizer, texts, kind, batch_size=batch_size, max_length=max_length,
-                            device=device, show_progress=show_progress)
+        return encode_texts(
+            model,
+            tokenizer,
+            texts,
+            kind,
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+            show_progress=show_progress,
+        )
 
     return embed, model.embedding_dim
