@@ -16,6 +16,7 @@ def build_index(
     factory: str,
     max_corpus: int,
     recall_queries: int,
+    runtime: str,
 ):
     """Embed the corpus with the encoder's code tower and build a FAISS index over it.
 
@@ -28,6 +29,7 @@ def build_index(
         factory: FAISS index factory string ('' = chosen by corpus size).
         max_corpus: index at most this many corpus rows (0 = all).
         recall_queries: queries for recall@10 and latency.
+        runtime: torch, or onnx-int8 / onnx-fp32 (the encoder exported as the bundle's is; faster on CPU).
     """
     import json
     import os
@@ -37,7 +39,7 @@ def build_index(
 
     stage_config = config.from_dict(
         stage.BuildIndexConfig,
-        {"factory": factory, "max_corpus": max_corpus, "recall_queries": recall_queries},
+        {"factory": factory, "max_corpus": max_corpus, "recall_queries": recall_queries, "runtime": runtime},
         source="build_index component",
     )
     result = stage.run(

@@ -16,6 +16,7 @@ def evaluate(
     max_queries: int,
     n_distractors: int,
     baseline_encoder: str,
+    runtime: str,
 ):
     """Retrieval metrics (MRR, Recall@1/5/10, NDCG@10) of the encoder, with BM25 on the same candidates.
 
@@ -28,6 +29,7 @@ def evaluate(
         max_queries: at most this many queries per suite (0 = all).
         n_distractors: distractors per query in the csn protocol.
         baseline_encoder: also evaluate this encoder (alias or directory) as zero_shot ('' = none).
+        runtime: torch, or onnx-int8 / onnx-fp32 (the encoders exported as the bundle's is; faster on CPU).
     """
     import json
     import os
@@ -37,7 +39,12 @@ def evaluate(
 
     stage_config = config.from_dict(
         stage.EvaluateConfig,
-        {"suites": suites, "max_queries": max_queries, "n_distractors": n_distractors},
+        {
+            "suites": suites,
+            "max_queries": max_queries,
+            "n_distractors": n_distractors,
+            "runtime": runtime,
+        },
         source="evaluate component",
     )
     result = stage.run(
