@@ -29,6 +29,7 @@ def mine_hard_negatives(
     max_length: int,
     seed: int,
     device: str,
+    runtime: str,
 ):
     """Mine hard negatives for the train pairs with the encoder: exact FAISS search, then the filters.
 
@@ -51,6 +52,7 @@ def mine_hard_negatives(
         max_length: tokens per text at most (0 = the encoder's own).
         seed: seed for the sample and random sampling.
         device: torch device: auto, cpu or cuda.
+        runtime: torch, or onnx-int8 / onnx-fp32 (the encoder exported; faster on CPU).
     """
     import json
     import os
@@ -76,6 +78,7 @@ def mine_hard_negatives(
             "max_length": max_length,
             "seed": seed,
             "device": device,
+            "runtime": runtime,
         },
         source="mine_hard_negatives component",
     )

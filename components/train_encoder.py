@@ -25,6 +25,8 @@ def train_encoder(
     warmup_ratio: float,
     temperature: float,
     learnable_temperature: bool,
+    hard_negative_weight: float,
+    max_hard_negatives: int,
     zero_stage: int,
     seed: int,
     eval_every: int,
@@ -56,6 +58,8 @@ def train_encoder(
         warmup_ratio: warmup as a fraction of the total steps.
         temperature: InfoNCE temperature (the start value when learnable).
         learnable_temperature: learn the temperature.
+        hard_negative_weight: weight of the hard-negative term (pairs mined by mine_hard_negatives; 0 = off).
+        max_hard_negatives: hard negatives per pair used when hard_negative_weight > 0.
         zero_stage: DeepSpeed ZeRO stage.
         seed: seed for initialisation, data order and dropout.
         eval_every: validate every this many steps.
@@ -90,6 +94,8 @@ def train_encoder(
             "warmup_ratio": warmup_ratio,
             "temperature": temperature,
             "learnable_temperature": learnable_temperature,
+            "hard_negative_weight": hard_negative_weight,
+            "max_hard_negatives": max_hard_negatives,
             "zero_stage": zero_stage,
             "seed": seed,
             "eval_every": eval_every,

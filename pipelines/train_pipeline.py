@@ -2,7 +2,8 @@
 
 Steps, in the order the function below wires them:
 
-    1 ingest -> 2 train_tokenizer -> 3 train_encoder -> 4 evaluate -> 5 build_index -> 6 export_onnx
+    1 ingest -> 2 train_tokenizer -> 3 train_encoder (then 0..2 hard-negative rounds: mine_hard_negatives
+    -> train_encoder continuing the encoder) -> 4 evaluate -> 5 build_index -> 6 export_onnx
     -> 7 gate -> 8 publish (only when the gate passed and a registry is given)
 
 The same function runs on a cluster (``semcode compile`` writes train_pipeline.yaml beside this file for
@@ -46,6 +47,7 @@ from components.evaluate import evaluate
 from components.export_onnx import export_onnx
 from components.gate import gate
 from components.ingest import ingest
+from components.mine_hard_negatives import mine_hard_negatives
 from components.publish import publish
 from components.train_encoder import train_encoder
 from components.train_tokenizer import train_tokenizer
@@ -132,6 +134,27 @@ def train_pipeline(
     train_encoder_max_valid_pairs: int = 1000,
     train_encoder_time_budget_minutes: float = 0.0,
     train_encoder_num_workers: int = 0,
+    train_encoder_hard_negative_weight: float = 0.0,
+    train_encoder_max_hard_negatives: int = 4,
+    # hard-negative rounds: mine_hard_negatives -> train_encoder (continued), 0..2 times
+    hard_negative_rounds: int = 0,
+    mine_hard_negatives_count: int = 4,
+    mine_hard_negatives_range_min: int = 0,
+    mine_hard_negatives_range_max: int = 50,
+    mine_hard_negatives_relative_margin: float = 0.95,
+    mine_hard_negatives_absolute_margin: float = 0.0,
+    mine_hard_negatives_sampling: str = "top",
+    mine_hard_negatives_candidates: str = "sample",
+    mine_hard_negatives_max_train_pairs: int = 0,
+    mine_hard_negatives_batch_size: int = 64,
+    mine_hard_negatives_runtime: str = "torch",
+    hard_negative_training_max_steps: int = 0,
+    hard_negative_training_epochs: int = 3,
+    hard_negative_training_lr: float = 0.0005,
+    hard_negative_training_warmup_ratio: float = 0.05,
+    hard_negative_training_hard_negative_weight: float = 0.0,
+    hard_negative_training_max_hard_negatives: int = 4,
+    hard_negative_training_time_budget_minutes: float = 0.0,
     # evaluate
     evaluate_suites: list = ["test", "humaneval", "cosqa"],  # noqa: B006
     evaluate_max_queries: int = 0,
@@ -191,6 +214,26 @@ def train_pipeline(
         train_encoder_max_valid_pairs: Validate on a seeded sample of this many pairs (0 = all).
         train_encoder_time_budget_minutes: Stop training after this many minutes (0 = no limit).
         train_encoder_num_workers: Tokenizer worker processes feeding batches (0 = in the training process).
+        train_encoder_hard_negative_weight: Weight of the hard-negative term in the first training (needs pairs with mined hard_negatives).
+        train_encoder_max_hard_negatives: Hard negatives per pair used when the hard-negative weight is > 0.
+        hard_negative_rounds: Rounds of mine_hard_negatives -> continued train_encoder after the first training: 0, 1 or 2 (more runs 2). Each mines the ingest train pairs with the latest encoder and continues from it with the hard_negative_training settings; evaluate and everything after use the last round's encoder.
+        mine_hard_negatives_count: Hard negatives kept per pair.
+        mine_hard_negatives_range_min: Skip the best-ranked candidates up to this rank (ranks count from 0, without the gold).
+        mine_hard_negatives_range_max: Consider candidates ranked below this only.
+        mine_hard_negatives_relative_margin: Drop candidates scoring >= this fraction of the positive's score, the NV-Retriever rule (0 = off).
+        mine_hard_negatives_absolute_margin: Drop candidates scoring >= the positive's score minus this (0 = off).
+        mine_hard_negatives_sampling: Which survivors to keep: top (best-ranked) or random (seeded).
+        mine_hard_negatives_candidates: The candidate pool: sample (the mined rows' codes) or train (every train code).
+        mine_hard_negatives_max_train_pairs: Mine a seeded sample of this many train pairs; the round trains on them only (0 = all).
+        mine_hard_negatives_batch_size: Texts per encoder forward pass while mining.
+        mine_hard_negatives_runtime: Run the encoder with torch, or exported: onnx-int8 (~2.5x faster on CPU) or onnx-fp32.
+        hard_negative_training_max_steps: Optimizer steps of each round's training (0 = as many as epochs gives).
+        hard_negative_training_epochs: Passes over the mined pairs in each round (ignored when max_steps > 0).
+        hard_negative_training_lr: Peak learning rate of each round (lower than the first training's: it continues a trained encoder).
+        hard_negative_training_warmup_ratio: Linear warmup of each round, as a fraction of its steps.
+        hard_negative_training_hard_negative_weight: Weight of the hard-negative term in each round.
+        hard_negative_training_max_hard_negatives: Hard negatives per pair used in each round.
+        hard_negative_training_time_budget_minutes: Stop each round's training after this many minutes (0 = no limit).
         evaluate_suites: Suites to evaluate, of test, humaneval, cosqa; cosqa is skipped when absent.
         evaluate_max_queries: Evaluate at most this many queries per suite, a seeded sample (0 = all).
         evaluate_n_distractors: Distractors per query in the CodeSearchNet protocol.
@@ -234,35 +277,88 @@ def train_pipeline(
     )
     on_cluster(tokenizer_task, CPU_STAGE, s3_secret_name)
 
-    # 3. train_encoder: pairs + tokenizer (or init_from's own) -> encoder, on the GPU pool
-    encoder_task = train_encoder(
-        pairs=pairs,
-        tokenizer=tokenizer_task.outputs["tokenizer"],
+    # 3. train_encoder: pairs + tokenizer (or init_from's own) -> encoder, on the GPU pool;
+    #    then 0..2 hard-negative rounds, each mine_hard_negatives -> train_encoder continuing the encoder
+    tokenizer = tokenizer_task.outputs["tokenizer"]
+    shared_training = dict(  # what every training task of a run has in common: the model and the loss
+        tokenizer=tokenizer,
         size=train_encoder_size,
         init_from=train_encoder_init_from,
         towers=train_encoder_towers,
         embedding_dim=train_encoder_embedding_dim,
         max_length=train_encoder_max_length,
-        epochs=train_encoder_epochs,
-        max_steps=train_encoder_max_steps,
         batch_size=train_encoder_batch_size,
         grad_accum=train_encoder_grad_accum,
-        lr=train_encoder_lr,
-        warmup_ratio=train_encoder_warmup_ratio,
         temperature=train_encoder_temperature,
         learnable_temperature=train_encoder_learnable_temperature,
         zero_stage=train_encoder_zero_stage,
         seed=train_encoder_seed,
         eval_every=train_encoder_eval_every,
         checkpoint_every=train_encoder_checkpoint_every,
-        max_train_pairs=train_encoder_max_train_pairs,
         max_valid_pairs=train_encoder_max_valid_pairs,
-        time_budget_minutes=train_encoder_time_budget_minutes,
         num_workers=train_encoder_num_workers,
     )
-    on_cluster(encoder_task, GPU_STAGE, s3_secret_name)
-    on_gpu_pool(encoder_task, gpu_count, gpu_node_selector, gpu_tolerations)
-    encoder = encoder_task.outputs["encoder"]
+
+    def first_training() -> PipelineTask:
+        task = train_encoder(
+            pairs=pairs,
+            epochs=train_encoder_epochs,
+            max_steps=train_encoder_max_steps,
+            lr=train_encoder_lr,
+            warmup_ratio=train_encoder_warmup_ratio,
+            hard_negative_weight=train_encoder_hard_negative_weight,
+            max_hard_negatives=train_encoder_max_hard_negatives,
+            max_train_pairs=train_encoder_max_train_pairs,
+            time_budget_minutes=train_encoder_time_budget_minutes,
+            **shared_training,
+        )
+        on_cluster(task, GPU_STAGE, s3_secret_name)
+        return on_gpu_pool(task, gpu_count, gpu_node_selector, gpu_tolerations)
+
+    def hard_negative_round(number: int, previous: PipelineTask) -> PipelineTask:
+        mine_task = mine_hard_negatives(
+            encoder=previous.outputs["encoder"],
+            pairs=pairs,  # always the ingest pairs: each round mines afresh with the latest encoder
+            count=mine_hard_negatives_count,
+            range_min=mine_hard_negatives_range_min,
+            range_max=mine_hard_negatives_range_max,
+            relative_margin=mine_hard_negatives_relative_margin,
+            absolute_margin=mine_hard_negatives_absolute_margin,
+            sampling=mine_hard_negatives_sampling,
+            candidates=mine_hard_negatives_candidates,
+            max_train_pairs=mine_hard_negatives_max_train_pairs,
+            batch_size=mine_hard_negatives_batch_size,
+            max_length=train_encoder_max_length,
+            seed=train_encoder_seed,
+            device="auto",
+            runtime=mine_hard_negatives_runtime,
+        ).set_display_name(f"mine-hard-negatives-{number}")
+        on_cluster(mine_task, GPU_STAGE, s3_secret_name)
+        on_gpu_pool(mine_task, gpu_count, gpu_node_selector, gpu_tolerations)
+        train_task = train_encoder(
+            pairs=mine_task.outputs["mined"],
+            init_encoder=previous.outputs["encoder"],
+            epochs=hard_negative_training_epochs,
+            max_steps=hard_negative_training_max_steps,
+            lr=hard_negative_training_lr,
+            warmup_ratio=hard_negative_training_warmup_ratio,
+            hard_negative_weight=hard_negative_training_hard_negative_weight,
+            max_hard_negatives=hard_negative_training_max_hard_negatives,
+            max_train_pairs=0,  # the mined sample
+            time_budget_minutes=hard_negative_training_time_budget_minutes,
+            **shared_training,
+        ).set_display_name(f"train-encoder-round-{number}")
+        on_cluster(train_task, GPU_STAGE, s3_secret_name)
+        return on_gpu_pool(train_task, gpu_count, gpu_node_selector, gpu_tolerations)
+
+    # A KFP DAG is static: one branch per round count, and dsl.OneOf takes the encoder of the branch that ran.
+    with dsl.If(hard_negative_rounds == 0, name="no-hard-negative-rounds"):
+        rounds_0 = first_training()
+    with dsl.Elif(hard_negative_rounds == 1, name="one-hard-negative-round"):
+        rounds_1 = hard_negative_round(1, first_training())
+    with dsl.Else(name="two-hard-negative-rounds"):
+        rounds_2 = hard_negative_round(2, hard_negative_round(1, first_training()))
+    encoder = dsl.OneOf(rounds_0.outputs["encoder"], rounds_1.outputs["encoder"], rounds_2.outputs["encoder"])
 
     # 4. evaluate: model vs BM25 (vs init_from zero-shot when fine-tuning) on the test split and suites
     evaluate_task = evaluate(
@@ -305,7 +401,7 @@ def train_pipeline(
         index=index_task.outputs["index"],
         evaluation=evaluate_task.outputs["evaluation"],
         pairs=pairs,
-        tokenizer=tokenizer_task.outputs["tokenizer"],
+        tokenizer=tokenizer,
         name=gate_name,
         registry=gate_registry,
         primary_metric=gate_primary_metric,

@@ -24,16 +24,19 @@ STAGE_EXECUTORS = {  # executor -> the stage module its component calls
     "exec-ingest": "ingest",
     "exec-train-tokenizer": "train_tokenizer",
     "exec-train-encoder": "train_encoder",
+    "exec-mine-hard-negatives": "mine_hard_negatives",
     "exec-evaluate": "evaluate",
     "exec-build-index": "build_index",
     "exec-export-onnx": "export_onnx",
     "exec-gate": "gate",
     "exec-publish": "publish",
 }
+GPU_STAGES = ("train_encoder", "mine_hard_negatives")
 TASKS = (
     "ingest",
     "train-tokenizer",
     "train-encoder",
+    "mine-hard-negatives",
     "evaluate",
     "build-index",
     "export-onnx",
@@ -52,6 +55,11 @@ def compiled() -> tuple[dict, dict]:
     """(pipeline spec, Kubernetes platform spec) of the committed YAML."""
     spec, platform = yaml.safe_load_all(DEFAULT_OUTPUT.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def stage_of(executor: str) -> str:
+    """exec-train-encoder-3 -> train_encoder: KFP numbers the executors of repeated tasks."""
+    return STAGE_EXECUTORS[re.sub(r"-\d+$", "", executor)]
 
 
 def all_tasks(spec: dict) -> dict[str, dict]:
@@ -90,23 +98,31 @@ def test_train_encoder_requests_gpus_on_the_gpu_pool(compiled):
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     # the count is the pipeline parameter gpu_count, resolved at run time
     assert "gpu_count" in resources["accelerator"]["resourceCount"]
-    task = spec["root"]["dag"]["tasks"]["train-encoder"]
+    task = all_tasks(spec)["train-encoder"]  # inside a condition branch: pipeline inputs come in as channels
     assert task["inputs"]["parameters"]["pipelinechannel--gpu_count"] == {
-        "componentInputParameter": "gpu_count"
+        "componentInputParameter": "pipelinechannel--gpu_count"
     }
 
-    gpu = platform["exec-train-encoder"]
-    assert gpu["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "gpu_node_selector"}}
-    assert gpu["tolerations"] == [{"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}]
-    assert gpu["emptyDirMounts"] == [
-        {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi", "volumeName": "dshm"}
-    ]
+    gpu_executors = [name for name in platform if stage_of(name) in GPU_STAGES]
+    assert len(gpu_executors) == 9  # 3 first trainings + 2 x (mine + train) + 1 x (mine + train)... per branch
+    for executor in gpu_executors:
+        gpu = platform[executor]
+        node_selector = gpu["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+        assert node_selector.endswith("gpu_node_selector"), executor
+        assert gpu["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
+        assert gpu["emptyDirMounts"] == [
+            {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi", "volumeName": "dshm"}
+        ]
+        accelerator = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu", executor
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     assert toleration in defaults["gpu_tolerations"]["defaultValue"]
     assert defaults["gpu_node_selector"]["defaultValue"] == {"nvidia.com/gpu.present": "true"}
 
-    for executor in set(STAGE_EXECUTORS) - {"exec-train-encoder"}:  # only training asks for GPUs
+    for executor in spec["deploymentSpec"]["executors"]:  # only training and mining ask for GPUs
+        if stage_of(executor) in GPU_STAGES:
+            continue
         assert "accelerator" not in spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
         assert "nodeSelector" not in platform[executor] and "tolerations" not in platform[executor]
 
@@ -116,8 +132,9 @@ def test_every_task_has_requests_limits_retries_and_its_image(compiled, pipeline
 
     spec, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    assert set(executors) == set(STAGE_EXECUTORS)
-    for name, stage in STAGE_EXECUTORS.items():
+    assert {re.sub(r"-\d+$", "", name) for name in executors} == set(STAGE_EXECUTORS)
+    for name in executors:
+        stage = stage_of(name)
         container = executors[name]["container"]
         resources = container["resources"]
         for field in (
@@ -127,7 +144,7 @@ def test_every_task_has_requests_limits_retries_and_its_image(compiled, pipeline
             "resourceMemoryLimit",
         ):
             assert field in resources, (name, field)
-        assert container["image"] == (GPU_IMAGE if name == "exec-train-encoder" else CPU_IMAGE)
+        assert container["image"] == (GPU_IMAGE if stage in GPU_STAGES else CPU_IMAGE)
         assert f"from semcode.stages import {stage} as stage" in container["command"][-1]
         assert "pip install" not in " ".join(container["command"])  # no packages_to_install, no kfp install
     tasks = all_tasks(spec)

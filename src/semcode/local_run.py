@@ -75,10 +75,42 @@ def prepare(preset_name: str, sources: list[str] | None, registry: str) -> tuple
     return configs, arguments
 
 
+def allow_oneof_artifacts() -> None:
+    """Teach kfp.local (2.17) ``dsl.OneOf`` over artifacts, as the KFP backend runs it.
+
+    The pipeline picks the encoder of the last hard-negative round with ``dsl.OneOf`` over the
+    mutually exclusive round branches. kfp.local resolves OneOf for parameters (the branch that produced
+    a value wins) but its artifact twin, ``OrchestratorUtils.get_dag_output_artifacts``, insists on one
+    selector. This replaces it with the parameter rule: of the selectors, exactly one must have run.
+    """
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    if getattr(OrchestratorUtils, "_semcode_oneof", False):
+        return
+
+    def get_dag_output_artifacts(cls, dag_outputs_spec, io_store) -> dict[str, Any]:
+        outputs = {}
+        for key, selector_spec in dag_outputs_spec.artifacts.items():
+            found = []
+            for selector in selector_spec.artifact_selectors:
+                try:
+                    found.append(io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key))
+                except (KeyError, ValueError):  # a branch that did not run
+                    continue
+            if len(found) != 1:
+                raise ValueError(f"dsl.OneOf output {key!r}: {len(found)} branches produced it, expected 1")
+            outputs[key] = found[0]
+        return outputs
+
+    OrchestratorUtils.get_dag_output_artifacts = classmethod(get_dag_output_artifacts)
+    OrchestratorUtils._semcode_oneof = True
+
+
 def run_pipeline(arguments: dict[str, Any], artifacts_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
     """Run the pipeline through kfp.local; returns its outputs (bundle, evaluation, decision artifacts)."""
     from kfp import local
 
+    allow_oneof_artifacts()
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(artifacts_dir),

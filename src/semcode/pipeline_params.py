@@ -16,25 +16,50 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from semcode import config as cfg
+from semcode.config import ConfigError, field
 from semcode.stages import (
     build_index,
     evaluate,
     export_onnx,
     gate,
     ingest,
+    mine_hard_negatives,
     publish,
     train_encoder,
     train_tokenizer,
 )
 
-# preset section -> its stage's config class, in pipeline order
+MAX_HARD_NEGATIVE_ROUNDS = 2  # the pipeline unrolls this many rounds (a KFP DAG is static)
+
+
+@dataclass(frozen=True)
+class HardNegativeConfig:
+    """How many mine -> continue-training rounds follow the first training (preset section hard_negative)."""
+
+    rounds: int = field(
+        0,
+        f"mine_hard_negatives -> train_encoder rounds after the first training, 0..{MAX_HARD_NEGATIVE_ROUNDS}; "
+        "each continues from the previous encoder on pairs mined with it",
+    )
+
+    def validate(self) -> None:
+        if not 0 <= self.rounds <= MAX_HARD_NEGATIVE_ROUNDS:
+            raise ConfigError(f"rounds must be 0..{MAX_HARD_NEGATIVE_ROUNDS}, got {self.rounds}")
+
+
+# preset section -> its stage's config class, in pipeline order. hard_negative_training configures the
+# train_encoder task of each hard-negative round: the keys it exposes override train_encoder's.
 STAGE_CONFIGS: dict[str, type] = {
     "ingest": ingest.IngestConfig,
     "train_tokenizer": train_tokenizer.TrainTokenizerConfig,
     "train_encoder": train_encoder.TrainEncoderConfig,
+    "hard_negative": HardNegativeConfig,
+    "mine_hard_negatives": mine_hard_negatives.MineHardNegativesConfig,
+    "hard_negative_training": train_encoder.TrainEncoderConfig,
     "evaluate": evaluate.EvaluateConfig,
     "build_index": build_index.BuildIndexConfig,
     "export_onnx": export_onnx.ExportOnnxConfig,

@@ -44,6 +44,7 @@ from semcode.data.pairs import SPLITS, read_split, shard_paths, write_shards
 from semcode.progress import log
 
 TAG = "mine-hard-negatives"
+RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # semcode.models.encoder.RUNTIMES (not imported: fast --help)
 CANDIDATE_POOLS = ("sample", "train")
 EXAMPLES = 3
 EXAMPLE_CHARS = 400
@@ -80,8 +81,13 @@ class MineHardNegativesConfig:
     max_length: int = field(0, "tokens per text at most (0 = the encoder's own max_length)")
     seed: int = field(0, "seed for the train sample and random sampling")
     device: str = field("auto", "torch device for the encoder: auto (cuda when available), cpu, cuda")
+    runtime: str = field(
+        "torch", "run the encoder with torch (on device), or exported: onnx-int8 (~2.5x faster on CPU), onnx-fp32"
+    )
 
     def validate(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
         if self.count < 1:
             raise ConfigError(f"count must be >= 1, got {self.count}")
         if not 0 <= self.range_min < self.range_max:
@@ -197,8 +203,9 @@ def run(
 
     # 1. Embed the queries (query side) and the pool (code side), each with the encoder's prefix.
     embed, dim = load_embed_fn(
-        str(encoder_dir), config.batch_size, config.max_length or None, config.device, show_progress=True
-    )
+        str(encoder_dir), config.batch_size, config.max_length or None, config.device, show_progress=True,
+        runtime=config.runtime,
+    )  # fmt: skip
     start = time.perf_counter()
     query_vectors = embed([queries[i] for i in mined_rows], "query")  # [n, D]
     encode_queries_seconds = time.perf_counter() - start
