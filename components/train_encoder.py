@@ -35,6 +35,13 @@ def train_encoder(
     max_valid_pairs: int,
     time_budget_minutes: float,
     num_workers: int,
+    num_nodes: int,
+    trainjob_runtime: str,
+    trainjob_image: str,
+    gpu_count: int,
+    gpu_node_selector: dict,
+    gpu_tolerations: list,
+    s3_secret_name: str,
     init_encoder: Input[Model] = None,
 ):
     """Train the code search encoder (contrastive, DeepSpeed) on the pairs.
@@ -68,16 +75,26 @@ def train_encoder(
         max_valid_pairs: validate on a sample of this many pairs (0 = all).
         time_budget_minutes: stop after this much training (0 = none).
         num_workers: tokenizer worker processes feeding batches.
+        num_nodes: nodes to train on; above 1 this task submits a Kubeflow Trainer TrainJob running the same
+            stage on num_nodes x gpu_count GPUs, waits for it and collects its output (semcode.trainjob).
+        trainjob_runtime: the TrainJob's ClusterTrainingRuntime (torch-distributed or deepspeed-distributed).
+        trainjob_image: the image of the TrainJob's pods (the GPU image).
+        gpu_count: GPUs per TrainJob node.
+        gpu_node_selector: node selector of the TrainJob's pods.
+        gpu_tolerations: tolerations of the TrainJob's pods.
+        s3_secret_name: Secret with the S3 credentials the TrainJob's pods read and write artifacts with.
     """
     import json
     import os
     import shutil
 
-    from semcode import config
+    from semcode import config, trainjob
     from semcode.stages import train_encoder as stage
 
     if init_encoder is not None:  # a later round continues from an earlier round's encoder
         init_from = os.path.join(init_encoder.path, "encoder")
+        if num_nodes > 1:  # the TrainJob's pods cannot see this pod's disk; they read the store
+            init_from = trainjob.to_s3_uri(init_encoder.uri) + "/encoder"
     stage_config = config.from_dict(
         stage.TrainEncoderConfig,
         {
@@ -107,7 +124,22 @@ def train_encoder(
         },
         source="train_encoder component",
     )
-    result = stage.run(stage_config, pairs.path, tokenizer.path, encoder.path)
+    result = trainjob.run_distributed(
+        "train-encoder",
+        trainjob.config_flags(stage_config),
+        num_nodes,
+        inputs={"pairs": pairs.uri, "tokenizer": tokenizer.uri},
+        out_dir=encoder.path,
+        work_uri=encoder.uri + "-trainjob",
+        image=trainjob_image,
+        gpus_per_node=gpu_count,
+        runtime=trainjob_runtime,
+        s3_secret_name=s3_secret_name,
+        node_selector=gpu_node_selector,
+        tolerations=gpu_tolerations,
+    )
+    if result is None:  # one node: train in this pod
+        result = stage.run(stage_config, pairs.path, tokenizer.path, encoder.path)
     # Checkpoints let one process resume; a pipeline task starts fresh and never resumes them, and
     # with optimizer state they are several times the model: they stay out of the artifact.
     for scratch in ("checkpoints", "best"):

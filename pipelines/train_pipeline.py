@@ -17,13 +17,17 @@ left at the stage's default. **The defaults are the stage config defaults** (wha
 uses without flags), not those of a preset: a preset is a set of overrides, here as on the command
 line. publish has no parameters of its own: it uses the gate's ``registry`` and ``name``, so the two
 never disagree. The cluster parameters (``gpu_count``, ``gpu_node_selector``, ``gpu_tolerations``,
-``s3_secret_name``) are not in presets.
+``s3_secret_name``, ``num_nodes``, ``trainjob_runtime``) are not in presets.
 
 Cluster settings, all in this module:
 
-- train_encoder asks for ``gpu_count`` nvidia.com/gpu, is scheduled on the GPU pool (the node
-  selector and tolerations parameters) and gets a memory-backed /dev/shm (PyTorch data loader
-  workers and NCCL share memory through it; the container default is 64 MB);
+- train_encoder and mine_hard_negatives ask for ``gpu_count`` nvidia.com/gpu, are scheduled on the GPU
+  pool (the node selector and tolerations parameters) and get a memory-backed /dev/shm (PyTorch data
+  loader workers and NCCL share memory through it; the container default is 64 MB);
+- with ``num_nodes`` > 1 each train_encoder task submits a Kubeflow Trainer TrainJob that runs the same
+  stage on ``num_nodes`` nodes (semcode.trainjob), follows it and collects its output; the task's own
+  pod keeps its GPU request meanwhile (a KFP DAG cannot make a resource request depend on a parameter
+  in a way kfp.local also runs);
 - the CPU stages get modest requests and limits;
 - every task reads S3 credentials from the Kubernetes Secret ``s3_secret_name`` as environment
   variables: keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (required), AWS_ENDPOINT_URL (MinIO,
@@ -46,6 +50,7 @@ from components.build_index import build_index
 from components.evaluate import evaluate
 from components.export_onnx import export_onnx
 from components.gate import gate
+from components.images import GPU_IMAGE
 from components.ingest import ingest
 from components.mine_hard_negatives import mine_hard_negatives
 from components.publish import publish
@@ -181,6 +186,8 @@ def train_pipeline(
     gpu_node_selector: dict = {"nvidia.com/gpu.present": "true"},  # noqa: B006
     gpu_tolerations: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
     s3_secret_name: str = "semcode-s3",
+    num_nodes: int = 1,
+    trainjob_runtime: str = "torch-distributed",
 ) -> Outputs:
     """Train a natural-language-to-code search model and release it when it beats the published one.
 
@@ -255,6 +262,8 @@ def train_pipeline(
         gpu_node_selector: Node selector of the GPU node pool, as a JSON object of label: value.
         gpu_tolerations: Tolerations for the GPU node pool's taints, as a JSON list of Kubernetes tolerations.
         s3_secret_name: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for s3:// paths.
+        num_nodes: Nodes for each train_encoder task; above 1 the task submits a Kubeflow Trainer TrainJob (num_nodes x gpu_count GPUs) running the same stage, and waits for it. Needs the Trainer installed and the S3 secret pointing at the pipeline root's store.
+        trainjob_runtime: ClusterTrainingRuntime of multi-node TrainJobs: torch-distributed or deepspeed-distributed.
     """
     # 1. ingest: sources -> pairs (train/valid/test) + corpus
     ingest_task = ingest(
@@ -297,6 +306,13 @@ def train_pipeline(
         checkpoint_every=train_encoder_checkpoint_every,
         max_valid_pairs=train_encoder_max_valid_pairs,
         num_workers=train_encoder_num_workers,
+        num_nodes=num_nodes,
+        trainjob_runtime=trainjob_runtime,
+        trainjob_image=GPU_IMAGE,
+        gpu_count=gpu_count,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+        s3_secret_name=s3_secret_name,
     )
 
     def first_training() -> PipelineTask:

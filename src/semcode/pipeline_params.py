@@ -66,7 +66,9 @@ STAGE_CONFIGS: dict[str, type] = {
     "gate": gate.GateConfig,
 }
 # Pipeline parameters that are not stage config fields: where a task runs, not what it computes.
-CLUSTER_PARAMETERS = ("gpu_count", "gpu_node_selector", "gpu_tolerations", "s3_secret_name")
+CLUSTER_PARAMETERS = (
+    "gpu_count", "gpu_node_selector", "gpu_tolerations", "s3_secret_name", "num_nodes", "trainjob_runtime",
+)  # fmt: skip
 # A config field's Python type -> the KFP parameter type that carries it.
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", bool: "Boolean", tuple: "List"}
 
