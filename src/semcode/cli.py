@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("semcode.stages.ingest", "extract, clean and split (query, code) pairs from sources"),
     "train-tokenizer": ("semcode.stages.train_tokenizer", "train a byte-level BPE tokenizer on a corpus"),
     "train-encoder": ("semcode.stages.train_encoder", "train the contrastive query/code encoder with DeepSpeed"),
+    "mine-hard-negatives": ("semcode.stages.mine_hard_negatives", "mine FAISS hard negatives for the train pairs with an encoder"),
     "evaluate": ("semcode.stages.evaluate", "retrieval metrics of an encoder vs BM25 and baselines"),
     "build-index": ("semcode.stages.build_index", "embed the corpus and build its FAISS index"),
     "export-onnx": ("semcode.stages.export_onnx", "export the encoder to fp32 and int8 ONNX with parity checks"),
