@@ -15,6 +15,7 @@ def export_onnx(
     max_mrr_loss: float,
     parity_texts: int,
     latency_repeats: int,
+    max_test_queries: int,
 ):
     """Export the encoder to fp32 and int8 ONNX, with parity, test MRR and latency against torch.
 
@@ -26,6 +27,7 @@ def export_onnx(
         max_mrr_loss: largest test MRR drop of int8 vs fp32 for int8 to be the default.
         parity_texts: validation rows encoded for parity.
         latency_repeats: timed calls per runner and shape.
+        max_test_queries: the fp32 vs int8 MRR on at most this many test queries (0 = all).
     """
     import json
     import os
@@ -35,7 +37,12 @@ def export_onnx(
 
     stage_config = config.from_dict(
         stage.ExportOnnxConfig,
-        {"max_mrr_loss": max_mrr_loss, "parity_texts": parity_texts, "latency_repeats": latency_repeats},
+        {
+            "max_mrr_loss": max_mrr_loss,
+            "parity_texts": parity_texts,
+            "latency_repeats": latency_repeats,
+            "max_test_queries": max_test_queries,
+        },
         source="export_onnx component",
     )
     result = stage.run(stage_config, os.path.join(encoder.path, "encoder"), onnx.path, pairs_dir=pairs.path)

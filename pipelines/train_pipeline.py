@@ -174,6 +174,7 @@ def train_pipeline(
     export_onnx_max_mrr_loss: float = 0.005,
     export_onnx_parity_texts: int = 512,
     export_onnx_latency_repeats: int = 20,
+    export_onnx_max_test_queries: int = 0,
     # gate (and publish)
     gate_name: str = "semcode",
     gate_registry: str = "",
@@ -252,6 +253,7 @@ def train_pipeline(
         export_onnx_max_mrr_loss: Largest test MRR drop of int8 vs fp32 ONNX for int8 to be the default.
         export_onnx_parity_texts: Validation rows whose query and code are encoded for the ONNX parity check.
         export_onnx_latency_repeats: Timed calls per runner and shape in the latency measurement.
+        export_onnx_max_test_queries: The int8 vs fp32 test MRR on at most this many test queries, a seeded sample (0 = all).
         gate_name: Model name: the registry folder <registry>/<name>/ (publish uses it too).
         gate_registry: Registry holding the champion and receiving the release: a folder or s3://bucket/prefix ('' = no comparison, no publishing).
         gate_primary_metric: Metric compared with the champion, suite/protocol/system/metric (higher is better).
@@ -407,6 +409,7 @@ def train_pipeline(
         max_mrr_loss=export_onnx_max_mrr_loss,
         parity_texts=export_onnx_parity_texts,
         latency_repeats=export_onnx_latency_repeats,
+        max_test_queries=export_onnx_max_test_queries,
     )
     on_cluster(onnx_task, CPU_STAGE, s3_secret_name)
 
