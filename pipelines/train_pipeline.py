@@ -3,8 +3,9 @@
 Steps, in the order the function below wires them:
 
     1 ingest -> 2 train_tokenizer -> 3 train_encoder (then 0..2 hard-negative rounds: mine_hard_negatives
-    -> train_encoder continuing the encoder) -> 4 evaluate -> 5 build_index -> 6 export_onnx
-    -> 7 gate -> 8 publish (only when the gate passed and a registry is given)
+    -> train_encoder continuing the encoder) -> 4 evaluate, 5 train_decoder, 6 build_index and
+    7 export_onnx (independent of each other) -> 8 gate -> 9 publish (only when the gate passed and a
+    registry is given)
 
 The same function runs on a cluster (``semcode compile`` writes train_pipeline.yaml beside this file for
 the KFP UI; ``semcode submit`` uploads and starts it) and on one machine (``semcode run``: kfp.local's
@@ -21,7 +22,7 @@ never disagree. The cluster parameters (``gpu_count``, ``gpu_node_selector``, ``
 
 Cluster settings, all in this module:
 
-- train_encoder and mine_hard_negatives ask for ``gpu_count`` nvidia.com/gpu, are scheduled on the GPU
+- train_encoder, mine_hard_negatives and train_decoder ask for ``gpu_count`` nvidia.com/gpu, are scheduled on the GPU
   pool (the node selector and tolerations parameters) and get a memory-backed /dev/shm (PyTorch data
   loader workers and NCCL share memory through it; the container default is 64 MB);
 - with ``num_nodes`` > 1 each train_encoder task submits a Kubeflow Trainer TrainJob that runs the same
@@ -54,6 +55,7 @@ from components.images import GPU_IMAGE
 from components.ingest import ingest
 from components.mine_hard_negatives import mine_hard_negatives
 from components.publish import publish
+from components.train_decoder import train_decoder
 from components.train_encoder import train_encoder
 from components.train_tokenizer import train_tokenizer
 
@@ -160,6 +162,30 @@ def train_pipeline(
     hard_negative_training_hard_negative_weight: float = 0.0,
     hard_negative_training_max_hard_negatives: int = 4,
     hard_negative_training_time_budget_minutes: float = 0.0,
+    # train_decoder: code from the final encoder's embeddings, beside evaluate and the index
+    train_decoder_size: str = "small",
+    train_decoder_prefix_tokens: int = 8,
+    train_decoder_max_length: int = 128,
+    train_decoder_skip_long_functions: bool = True,
+    train_decoder_query_share: float = 0.2,
+    train_decoder_epochs: int = 1,
+    train_decoder_max_steps: int = 0,
+    train_decoder_batch_size: int = 16,
+    train_decoder_grad_accum: int = 1,
+    train_decoder_lr: float = 0.001,
+    train_decoder_warmup_ratio: float = 0.05,
+    train_decoder_zero_stage: int = 0,
+    train_decoder_seed: int = 0,
+    train_decoder_eval_every: int = 0,
+    train_decoder_checkpoint_every: int = 200,
+    train_decoder_max_train_pairs: int = 0,
+    train_decoder_max_valid_pairs: int = 200,
+    train_decoder_max_eval_pairs: int = 1000,
+    train_decoder_generate_samples: int = 100,
+    train_decoder_generate_max_tokens: int = 256,
+    train_decoder_runtime: str = "torch",
+    train_decoder_threads: int = 0,
+    train_decoder_time_budget_minutes: float = 0.0,
     # evaluate
     evaluate_suites: list = ["test", "humaneval", "cosqa"],  # noqa: B006
     evaluate_max_queries: int = 0,
@@ -242,6 +268,29 @@ def train_pipeline(
         hard_negative_training_hard_negative_weight: Weight of the hard-negative term in each round.
         hard_negative_training_max_hard_negatives: Hard negatives per pair used in each round.
         hard_negative_training_time_budget_minutes: Stop each round's training after this many minutes (0 = no limit).
+        train_decoder_size: Decoder size: tiny|small|base.
+        train_decoder_prefix_tokens: Virtual tokens the embedding becomes, ahead of the code tokens.
+        train_decoder_max_length: Code tokens per function, <s> and </s> included.
+        train_decoder_skip_long_functions: Train only on functions that fit in max_length (else on their truncated start).
+        train_decoder_query_share: Share of training functions conditioned on their docstring's embedding, not the code's.
+        train_decoder_epochs: Passes over the training functions (ignored when max_steps > 0).
+        train_decoder_max_steps: Optimizer steps to train (0 = as many as `epochs` gives).
+        train_decoder_batch_size: Functions per micro-batch (per GPU).
+        train_decoder_grad_accum: Micro-batches per optimizer step.
+        train_decoder_lr: Peak learning rate.
+        train_decoder_warmup_ratio: Warmup as a fraction of the total steps when warmup_steps is 0.
+        train_decoder_zero_stage: DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs).
+        train_decoder_seed: Seed for initialisation, the samples and the data order.
+        train_decoder_eval_every: Evaluate on the valid split every this many steps (0 = only at the end).
+        train_decoder_checkpoint_every: Checkpoint every this many steps (0 = only at the end).
+        train_decoder_max_train_pairs: Train on a seeded sample of this many functions (0 = all).
+        train_decoder_max_valid_pairs: Evaluate during training on this many valid functions (0 = none).
+        train_decoder_max_eval_pairs: Test functions for the metrics and the round-trip corpus (0 = all).
+        train_decoder_generate_samples: Test functions generated for parse rate, BLEU and round-trip.
+        train_decoder_generate_max_tokens: Tokens generated per sample at most.
+        train_decoder_runtime: How the frozen encoder runs: torch|onnx-int8|onnx-fp32 (onnx: CPU only).
+        train_decoder_threads: Torch CPU threads (0 = every core); 1 can be much faster on a busy machine.
+        train_decoder_time_budget_minutes: Stop training after this much, with a final checkpoint (0 = none).
         evaluate_suites: Suites to evaluate, of test, humaneval, cosqa; cosqa is skipped when absent.
         evaluate_max_queries: Evaluate at most this many queries per suite, a seeded sample (0 = all).
         evaluate_n_distractors: Distractors per query in the CodeSearchNet protocol.
@@ -390,7 +439,39 @@ def train_pipeline(
     )
     on_cluster(evaluate_task, CPU_STAGE, s3_secret_name)
 
-    # 5. build_index: encoder + corpus -> FAISS index
+    # 5. train_decoder: code from the final encoder's embeddings (frozen), beside evaluate and the index
+    decoder_task = train_decoder(
+        encoder=encoder,
+        pairs=pairs,
+        tokenizer=tokenizer,
+        size=train_decoder_size,
+        prefix_tokens=train_decoder_prefix_tokens,
+        max_length=train_decoder_max_length,
+        skip_long_functions=train_decoder_skip_long_functions,
+        query_share=train_decoder_query_share,
+        epochs=train_decoder_epochs,
+        max_steps=train_decoder_max_steps,
+        batch_size=train_decoder_batch_size,
+        grad_accum=train_decoder_grad_accum,
+        lr=train_decoder_lr,
+        warmup_ratio=train_decoder_warmup_ratio,
+        zero_stage=train_decoder_zero_stage,
+        seed=train_decoder_seed,
+        eval_every=train_decoder_eval_every,
+        checkpoint_every=train_decoder_checkpoint_every,
+        max_train_pairs=train_decoder_max_train_pairs,
+        max_valid_pairs=train_decoder_max_valid_pairs,
+        max_eval_pairs=train_decoder_max_eval_pairs,
+        generate_samples=train_decoder_generate_samples,
+        generate_max_tokens=train_decoder_generate_max_tokens,
+        runtime=train_decoder_runtime,
+        threads=train_decoder_threads,
+        time_budget_minutes=train_decoder_time_budget_minutes,
+    )
+    on_cluster(decoder_task, GPU_STAGE, s3_secret_name)
+    on_gpu_pool(decoder_task, gpu_count, gpu_node_selector, gpu_tolerations)
+
+    # 6. build_index: encoder + corpus -> FAISS index
     index_task = build_index(
         encoder=encoder,
         corpus=corpus,
@@ -402,7 +483,7 @@ def train_pipeline(
     )
     on_cluster(index_task, CPU_STAGE, s3_secret_name)
 
-    # 6. export_onnx: encoder -> fp32 + int8 ONNX, parity and latency
+    # 7. export_onnx: encoder -> fp32 + int8 ONNX, parity and latency
     onnx_task = export_onnx(
         encoder=encoder,
         pairs=pairs,
@@ -413,7 +494,7 @@ def train_pipeline(
     )
     on_cluster(onnx_task, CPU_STAGE, s3_secret_name)
 
-    # 7. gate: everything -> release bundle + report; passed when not worse than the registry's champion
+    # 8. gate: everything -> release bundle + report; passed when not worse than the registry's champion
     gate_task = gate(
         encoder=encoder,
         onnx=onnx_task.outputs["onnx"],
@@ -421,6 +502,7 @@ def train_pipeline(
         evaluation=evaluate_task.outputs["evaluation"],
         pairs=pairs,
         tokenizer=tokenizer,
+        decoder=decoder_task.outputs["decoder"],
         name=gate_name,
         registry=gate_registry,
         primary_metric=gate_primary_metric,
@@ -432,7 +514,7 @@ def train_pipeline(
     gate_task.set_caching_options(False)  # the registry's champion changes between runs
     passed = gate_task.outputs["Output"]  # the return value; kfp.local resolves conditions on "Output" only
 
-    # 8. publish: only a candidate the gate passed, and only when there is a registry
+    # 9. publish: only a candidate the gate passed, and only when there is a registry
     with dsl.If(passed == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not a Python test)
         with dsl.If(gate_registry != "", name="registry-given"):
             publish_task = publish(bundle=gate_task.outputs["bundle"], registry=gate_registry, name=gate_name)

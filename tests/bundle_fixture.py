@@ -12,6 +12,8 @@ them. About 10 s on one core. In a test module::
         return cached_tiny_run(tmp_path_factory)
 
 ``cached_tiny_run`` builds the run once per session even when several modules ask for it.
+``make_tiny_decoder(run, out)`` trains a tiny decoder on the run with the real train-decoder stage (a few
+steps, DeepSpeed on CPU); ``assemble_tiny_bundle(run, out, decoder_dir=...)`` puts it in the bundle.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class TinyRun:
     evaluate: Path  # metrics.json
     index: Path  # index.faiss, index_meta.parquet, metrics.json
     onnx: Path  # encoder.onnx, encoder.int8.onnx, tokenizer.json, metrics.json
+
+    @property
+    def tokenizer(self) -> Path:  # train-tokenizer's output: tokenizer.json
+        return self.root / "tokenizer"
 
     def eval_metrics(self) -> dict:
         return json.loads((self.evaluate / "metrics.json").read_text())
@@ -106,7 +112,13 @@ def make_tiny_run(root: str | Path) -> TinyRun:
     return TinyRun(root, ingest_dir, encoder, root / "evaluate", root / "index", root / "onnx")
 
 
-def assemble_tiny_bundle(run: TinyRun, out: str | Path, version: str = "v1", name: str = "semcode") -> Path:
+def assemble_tiny_bundle(
+    run: TinyRun,
+    out: str | Path,
+    version: str = "v1",
+    name: str = "semcode",
+    decoder_dir: str | Path | None = None,
+) -> Path:
     bundles.assemble_bundle(
         out,
         name=name,
@@ -115,9 +127,27 @@ def assemble_tiny_bundle(run: TinyRun, out: str | Path, version: str = "v1", nam
         onnx_dir=run.onnx,
         index_dir=run.index,
         metrics=run.eval_metrics(),
+        decoder_dir=decoder_dir,
         stage_metrics=run.stage_metrics(),
         extra={"run": "tiny-fixture"},
     )
+    return Path(out)
+
+
+def make_tiny_decoder(run: TinyRun, out: str | Path, steps: int = 4) -> Path:
+    """Train a tiny decoder for ``steps`` steps on the run's pairs against its encoder (train-decoder's
+    output in ``out``: decoder/, metrics.json, ...); a few seconds. Returns ``out``."""
+    from semcode.stages import train_decoder
+
+    config = cfg.from_dict(
+        train_decoder.TrainDecoderConfig,
+        {
+            "size": "tiny", "prefix_tokens": 2, "max_length": 64, "batch_size": 8, "max_steps": steps,
+            "checkpoint_every": 0, "max_train_pairs": 64, "max_valid_pairs": 0, "max_eval_pairs": 16,
+            "generate_samples": 2, "generate_max_tokens": 8, "generate_from_queries": False,
+        },
+    )  # fmt: skip
+    train_decoder.run(config, run.encoder, run.ingest / "pairs", run.tokenizer, out)
     return Path(out)
 
 

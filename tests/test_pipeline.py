@@ -25,18 +25,20 @@ STAGE_EXECUTORS = {  # executor -> the stage module its component calls
     "exec-train-tokenizer": "train_tokenizer",
     "exec-train-encoder": "train_encoder",
     "exec-mine-hard-negatives": "mine_hard_negatives",
+    "exec-train-decoder": "train_decoder",
     "exec-evaluate": "evaluate",
     "exec-build-index": "build_index",
     "exec-export-onnx": "export_onnx",
     "exec-gate": "gate",
     "exec-publish": "publish",
 }
-GPU_STAGES = ("train_encoder", "mine_hard_negatives")
+GPU_STAGES = ("train_encoder", "mine_hard_negatives", "train_decoder")
 TASKS = (
     "ingest",
     "train-tokenizer",
     "train-encoder",
     "mine-hard-negatives",
+    "train-decoder",
     "evaluate",
     "build-index",
     "export-onnx",
@@ -104,7 +106,8 @@ def test_train_encoder_requests_gpus_on_the_gpu_pool(compiled):
     }
 
     gpu_executors = [name for name in platform if stage_of(name) in GPU_STAGES]
-    assert len(gpu_executors) == 9  # 3 first trainings + 2 x (mine + train) + 1 x (mine + train)... per branch
+    # 3 first trainings (one per round-count branch), 3 rounds of mine + train, the decoder
+    assert len(gpu_executors) == 10
     for executor in gpu_executors:
         gpu = platform[executor]
         node_selector = gpu["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]

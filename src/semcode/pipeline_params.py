@@ -29,6 +29,7 @@ from semcode.stages import (
     ingest,
     mine_hard_negatives,
     publish,
+    train_decoder,
     train_encoder,
     train_tokenizer,
 )
@@ -61,6 +62,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "mine_hard_negatives": mine_hard_negatives.MineHardNegativesConfig,
     "hard_negative_training": train_encoder.TrainEncoderConfig,
     "evaluate": evaluate.EvaluateConfig,
+    "train_decoder": train_decoder.TrainDecoderConfig,
     "build_index": build_index.BuildIndexConfig,
     "export_onnx": export_onnx.ExportOnnxConfig,
     "gate": gate.GateConfig,

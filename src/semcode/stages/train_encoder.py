@@ -175,21 +175,16 @@ def train(
     """
     from semcode.losses import ContrastiveLoss
     from semcode.train import engine as ds
-    from semcode.train.data import PairBatches, batch_loader, batches_per_epoch, epoch_batches
+    from semcode.train.data import PairBatches, batch_loader, epoch_batches
 
     checkpoints_dir, best_dir = out_dir / "checkpoints", out_dir / "best"
     ds.setup_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    micro_per_epoch = batches_per_epoch(len(train_pairs), config.batch_size, world_size)
-    total_steps = config.max_steps or (config.epochs * micro_per_epoch) // config.grad_accum
-    if micro_per_epoch == 0 or total_steps == 0:
-        raise ValueError(
-            f"{len(train_pairs)} training pairs make no optimizer step with batch_size {config.batch_size}, "
-            f"grad_accum {config.grad_accum} and {world_size} rank(s); use more pairs or smaller batches"
-        )
-    total_micro = total_steps * config.grad_accum
-    epochs = math.ceil(total_micro / micro_per_epoch)
-    warmup_steps = config.warmup_steps or round(config.warmup_ratio * total_steps)
+    plan = ds.plan_steps(
+        len(train_pairs), config.batch_size, config.grad_accum, world_size, config.epochs, config.max_steps,
+        config.warmup_steps, config.warmup_ratio,
+    )  # fmt: skip
+    total_steps, total_micro, warmup_steps = plan.total_steps, plan.total_micro, plan.warmup_steps
     run_shape = {  # a resumed run must have the same shape, or it would not continue the same run
         "total_steps": total_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "seed": config.seed, "train_pairs": len(train_pairs), "warmup_steps": warmup_steps,
@@ -213,23 +208,16 @@ def train(
     engine = ds.initialize(net, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
 
-    state = ds.load_latest_checkpoint(checkpoints_dir, engine) if config.resume else None
-    if state is not None and state["run"] != run_shape:
-        raise ConfigError(
-            f"cannot resume from {state['path']}: it was trained with {state['run']}, this run has {run_shape}"
-        )
+    state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
     step = state["step"] if state else 0
     log_ = ds.TrainingLog(
-        "encoder", "pairs", total_steps, epochs, config.log_every, metric="mrr",
+        "encoder", "pairs", total_steps, plan.epochs, config.log_every, metric="mrr",
         history=state["history"] if state else None,
     )  # fmt: skip
-    if state is not None:
-        log_.message(f"resumed from {state['path']} at step {step}/{total_steps}")
-    elif config.resume:
-        log_.message(f"resume: no checkpoint in {checkpoints_dir} yet, starting from step 0")
+    log_.announce_start(state, config.resume, checkpoints_dir)
     log_.message(
         f"{len(train_pairs)} train / {len(valid_pairs)} valid pairs | {total_steps} steps x "
-        f"{config.batch_size * config.grad_accum * world_size} pairs | {epochs} epoch(s) | "
+        f"{config.batch_size * config.grad_accum * world_size} pairs | {plan.epochs} epoch(s) | "
         f"device {engine.device} | deepspeed init {init_seconds:.1f}s"
     )
 
@@ -247,13 +235,12 @@ def train(
     if step == 0 and config.init_from:
         evaluate(0)  # zero-shot: what the checkpoint does before any training
 
-    budget_seconds = config.time_budget_minutes * 60
     run_started = time.perf_counter()
     micro_step = step * config.grad_accum  # the data position: global index of the next micro-batch
     stopped_by = "steps"
     sums = {"loss": 0.0, "contrastive": 0.0, "hard": 0.0}
     while micro_step < total_micro and stopped_by == "steps":
-        epoch, position = divmod(micro_step, micro_per_epoch)
+        epoch, position = divmod(micro_step, plan.micro_per_epoch)
         batches = epoch_batches(len(train_pairs), config.batch_size, config.seed, epoch, rank, world_size)
         batches = batches[position : position + total_micro - micro_step]
         dataset = PairBatches(
@@ -287,18 +274,13 @@ def train(
             sums = dict.fromkeys(sums, 0.0)
 
             last = step == total_steps
-            if budget_seconds and not last:
-                elapsed = torch.tensor(float(time.perf_counter() - run_started))
-                if world_size > 1:  # every rank must stop at the same step
-                    elapsed = elapsed.to(engine.device)
-                    torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
-                if float(elapsed) > budget_seconds:
-                    stopped_by = "time_budget"
-                    log_.message(f"time budget of {config.time_budget_minutes} min reached at step {step}")
+            if not last and ds.time_budget_exceeded(run_started, config.time_budget_minutes, engine.device):
+                stopped_by = "time_budget"
+                log_.message(f"time budget of {config.time_budget_minutes} min reached at step {step}")
             final = last or stopped_by != "steps"
-            if final or (config.eval_every and step % config.eval_every == 0):
+            if final or ds.is_due(step, config.eval_every):
                 evaluate(step)
-            if final or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            if final or ds.is_due(step, config.checkpoint_every):
                 train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
                 path = ds.save_checkpoint(checkpoints_dir, engine, step, train_state, config.keep_checkpoints)
                 log_.message(f"checkpoint {path}")
@@ -322,7 +304,7 @@ def train(
         "steps": step,
         "total_steps": total_steps,
         "steps_this_run": log_.steps_this_run,
-        "epochs": epochs,
+        "epochs": plan.epochs,
         "stopped_by": stopped_by if step < total_steps else "steps",
         "train_seconds": round(log_.train_seconds, 3),
         "pairs_per_second": round(log_.items_per_second(), 2),
@@ -357,12 +339,9 @@ def _check_inputs(
             raise ValueError("a tokenizer directory is required when training from scratch (no init_from)")
         if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
             raise FileNotFoundError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
-    if not config.resume and (out_dir / "checkpoints" / "latest").exists():
-        # Never mix two runs' checkpoints (pruning would then delete the new ones), never delete a run.
-        raise ValueError(
-            f"{out_dir}/checkpoints holds an earlier run's checkpoints; pass --resume to continue it, "
-            "or use a new --out directory"
-        )
+    from semcode.train.engine import check_checkpoints_dir
+
+    check_checkpoints_dir(out_dir / "checkpoints", config.resume)
 
 
 def run(

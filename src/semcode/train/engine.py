@@ -8,10 +8,14 @@ Every run goes through ``deepspeed.initialize``, on a laptop CPU (gloo, one proc
     optimizer = adamw(model, lr, weight_decay)            # a torch optimizer: DeepSpeed builds no C++ Adam
     scheduler = warmup_cosine_schedule(optimizer, warmup_steps, total_steps, min_lr_ratio)
     engine = initialize(model, optimizer, scheduler, deepspeed_config(...))
-    state = load_latest_checkpoint(checkpoints_dir, engine)       # resume: None when there is none
+    plan = plan_steps(len(pairs), batch_size, grad_accum, world_size, epochs, max_steps, ...)
+    state = resume_state(checkpoints_dir, engine, resume, run_shape)  # None for a fresh run
+    log = TrainingLog("encoder", "pairs", plan.total_steps, plan.epochs)  # history.json and progress lines
     for ...: out = engine(batch); engine.backward(out.total); engine.step()   # steps LR, clips, accumulates
-    save_checkpoint(checkpoints_dir, engine, step, state, keep=3)
-    log = TrainingLog("encoder", "pairs", total_steps, epochs)     # history.json and progress lines
+        # after each optimizer step:
+        if not last and time_budget_exceeded(run_started, budget_minutes, engine.device): stop
+        if final or is_due(step, eval_every): evaluate
+        if final or is_due(step, checkpoint_every): save_checkpoint(checkpoints_dir, engine, step, state, keep=3)
 
 Checkpoint layout (one directory per optimizer step)::
 
@@ -44,6 +48,7 @@ import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from semcode.config import ConfigError
 from semcode.progress import Progress, format_seconds, log
 
 CHECKPOINT_PREFIX = "step-"
@@ -381,6 +387,101 @@ def load_latest_checkpoint(checkpoints_dir: str | Path, engine: Any) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The loop's bookkeeping: how many steps, resuming, when to evaluate, checkpoint and stop
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The shape of a run, in optimizer steps and in this rank's micro-batches."""
+
+    micro_per_epoch: int  # micro-batches per epoch on each rank
+    total_steps: int  # optimizer steps of the whole run
+    total_micro: int  # micro-batches of the whole run on each rank (total_steps * grad_accum)
+    epochs: int  # epochs started, the last one possibly partial
+    warmup_steps: int
+
+
+def plan_steps(
+    num_items: int,
+    batch_size: int,
+    grad_accum: int,
+    world_size: int,
+    epochs: int,
+    max_steps: int = 0,
+    warmup_steps: int = 0,
+    warmup_ratio: float = 0.0,
+    unit: str = "training pairs",
+) -> StepPlan:
+    """Steps of a run over ``num_items`` examples cut into full micro-batches (semcode.train.data.epoch_batches).
+
+    ``max_steps`` > 0 wins over ``epochs``; ``warmup_steps`` 0 means ``warmup_ratio`` of the steps.
+    Raises ValueError when the data makes no optimizer step at all.
+    """
+    micro_per_epoch = num_items // (batch_size * world_size)
+    total_steps = max_steps or (epochs * micro_per_epoch) // grad_accum
+    if micro_per_epoch == 0 or total_steps == 0:
+        raise ValueError(
+            f"{num_items} {unit} make no optimizer step with batch_size {batch_size}, "
+            f"grad_accum {grad_accum} and {world_size} rank(s); use more pairs or smaller batches"
+        )
+    total_micro = total_steps * grad_accum
+    return StepPlan(
+        micro_per_epoch=micro_per_epoch,
+        total_steps=total_steps,
+        total_micro=total_micro,
+        epochs=math.ceil(total_micro / micro_per_epoch),
+        warmup_steps=warmup_steps or round(warmup_ratio * total_steps),
+    )
+
+
+def check_checkpoints_dir(checkpoints_dir: str | Path, resume: bool) -> None:
+    """Refuse to start a fresh run over an earlier run's checkpoints (call before any expensive work).
+
+    Never mix two runs' checkpoints (pruning would then delete the new ones), never delete a run.
+    """
+    if not resume and (Path(checkpoints_dir) / LATEST_FILE).exists():
+        raise ValueError(
+            f"{checkpoints_dir} holds an earlier run's checkpoints; pass --resume to continue it, "
+            "or use a new --out directory"
+        )
+
+
+def resume_state(
+    checkpoints_dir: str | Path, engine: Any, resume: bool, run_shape: dict[str, Any]
+) -> dict[str, Any] | None:
+    """With ``resume``, restore the latest checkpoint and return its state (None when there is none yet).
+
+    ``run_shape`` (total steps, batch size, seed, data size, ...) must equal the one the checkpoint was
+    saved with (``state["run"]``): a run of another shape would not continue the same run.
+    """
+    state = load_latest_checkpoint(checkpoints_dir, engine) if resume else None
+    if state is not None and state["run"] != run_shape:
+        raise ConfigError(
+            f"cannot resume from {state['path']}: it was trained with {state['run']}, this run has {run_shape}"
+        )
+    return state
+
+
+def time_budget_exceeded(run_started: float, budget_minutes: float, device: Any) -> bool:
+    """True once ``budget_minutes`` (0 = none) have passed since ``run_started`` (a perf_counter value).
+
+    With several ranks the slowest rank's clock decides, so every rank stops at the same step.
+    """
+    if not budget_minutes:
+        return False
+    elapsed = torch.tensor(float(time.perf_counter() - run_started))
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        elapsed = elapsed.to(device)
+        torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
+    return float(elapsed) > budget_minutes * 60
+
+
+def is_due(step: int, every: int) -> bool:
+    """Whether a periodic action (evaluation, checkpoint) runs after ``step``; ``every`` 0 = never."""
+    return every > 0 and step % every == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # History and progress
 
 
@@ -478,6 +579,13 @@ class TrainingLog:
         )
         self.restart_clock()
         return is_best
+
+    def announce_start(self, state: dict[str, Any] | None, resume: bool, checkpoints_dir: str | Path) -> None:
+        """Say whether this run resumed (``state`` from resume_state) or starts from step 0."""
+        if state is not None:
+            self.message(f"resumed from {state['path']} at step {state['step']}/{self.total_steps}")
+        elif resume:
+            self.message(f"resume: no checkpoint in {checkpoints_dir} yet, starting from step 0")
 
     def message(self, text: str) -> None:
         """A line on stderr that does not break the progress bar."""

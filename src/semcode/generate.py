@@ -1,0 +1,213 @@
+"""``semcode generate``: write a Python function from a docstring (or from code) with a trained decoder.
+
+The text is embedded by the search encoder, the decoder writes code from the embedding (greedy by
+default, or sampled with temperature and top-p) and stops at ``</s>``, at ``--max-tokens`` or where the
+function ends. Two ways to name the models::
+
+    semcode generate BUNDLE "docstring"                     a release bundle with decoder/; its ONNX
+                                                            encoder (as search uses) embeds the text
+    semcode generate DECODER --encoder ENCODER "docstring"  a train-decoder output (or its decoder/) and
+                                                            an encoder directory (torch): no bundle yet
+
+The text is embedded as a query (the docstring side) unless ``--as-code``: the decoder learned mostly
+from code embeddings (reconstruction) and from a share of docstring embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semcode import bundle as bundles
+
+EPILOG = """examples:
+  semcode generate runs/<run-id>/bundle "Return the number of lines in a text file."
+  semcode generate runs/<run-id>/bundle "Parse an ISO date." --temperature 0.8 --top-p 0.95 --num-samples 3
+  semcode generate registry/semcode/latest --as-code "def area(r): return 3.14159 * r * r"
+  semcode generate runs/decoder --encoder runs/encoder/encoder "Join two paths."   # before a bundle exists
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semcode generate",
+        description="Write code from a docstring (or from code) with a bundle's decoder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "target",
+        metavar="BUNDLE",
+        help="a release bundle with decoder/ (or <registry>/<name>/latest), or a decoder with --encoder",
+    )
+    parser.add_argument("text", nargs="+", metavar="TEXT", help="a docstring, or code with --as-code")
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        metavar="DIR",
+        help="encoder directory (or 'minilm'), when BUNDLE is a decoder",
+    )
+    parser.add_argument("--as-code", action="store_true", help="embed TEXT as code, not as a docstring")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sample at this temperature (default: 0 = greedy)"
+    )
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=256, help="tokens per sample at most (default: 256)"
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="divide the logits of tokens already written by this, 1 = off (default: the decoder's own)",
+    )
+    parser.add_argument("--num-samples", type=int, default=1, help="samples to write (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument(
+        "--precision", choices=bundles.PRECISIONS, default=None, help="ONNX encoder (default: the bundle's)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime threads (default: 0 = all cores)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the code")
+    return parser
+
+
+def bundle_embed_fn(bundle_dir: Path, precision: str | None, threads: int) -> tuple[Any, dict]:
+    """``(texts, kind) -> [N, D]`` with the bundle's ONNX encoder (the one search uses), and bundle.json."""
+    from semcode.onnx_encoder import OnnxEncoder
+
+    bundle = bundles.read_bundle_json(bundle_dir)
+    if not bundle.get("decoder"):
+        raise FileNotFoundError(
+            f"bundle {bundle_dir} has no decoder/ (bundle.json decoder is null): it was assembled without a "
+            "train-decoder output; train one (semcode train-decoder) or use a bundle that has it"
+        )
+    files = bundle["encoders"][precision] if precision else bundle["default_files"]
+    prefixes = {"query": bundle["query_prefix"], "code": bundle["code_prefix"]}
+    encoders: dict[str, OnnxEncoder] = {}
+
+    def embed(texts: list[str], kind: str) -> np.ndarray:
+        if kind not in encoders:
+            encoders[kind] = OnnxEncoder(
+                bundle_dir / files[kind], bundle_dir / bundles.TOKENIZER_FILE, int(bundle["max_length"]),
+                prefixes[kind], threads=threads,
+            )  # fmt: skip
+        return encoders[kind].encode(texts)
+
+    return embed, bundle
+
+
+def load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, dict, dict]:
+    """(decoder, its tokenizer, embed(texts, kind), a description, semcode_decoder.json) for the target."""
+    from semcode.models.decoder import load_decoder, load_decoder_tokenizer
+    from semcode.serve.searcher import resolve_pointer
+
+    target = resolve_pointer(args.target)
+    if target.startswith("s3://"):
+        raise ValueError(f"{target}: generate reads local bundles; download it first (e.g. aws s3 sync)")
+    path = Path(target)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: expected a release bundle or a decoder directory")
+    if (path / bundles.BUNDLE_JSON).is_file():
+        if args.encoder:
+            raise ValueError("--encoder is for a decoder directory; a bundle brings its own encoder")
+        embed, bundle = bundle_embed_fn(path, args.precision, args.threads)
+        decoder_path = path / str(bundle["decoder"])
+        about = {"bundle": str(path), "name": bundle["name"], "version": bundle["version"]}
+    else:
+        if not args.encoder:
+            raise ValueError(
+                f"{path} is not a release bundle (no {bundles.BUNDLE_JSON}); for a decoder directory pass "
+                "the encoder it was trained with: --encoder DIR"
+            )
+        from semcode.models.encoder import check_encoder_spec, load_embed_fn
+
+        check_encoder_spec(args.encoder)
+        decoder_path = path
+        embed, _ = load_embed_fn(args.encoder, device="cpu")
+        about = {"decoder": str(path), "encoder": args.encoder}
+    decoder, meta = load_decoder(decoder_path)
+    tokenizer = load_decoder_tokenizer(decoder_path)
+    return decoder, tokenizer, embed, {**about, "decoder_size": meta.get("size")}, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    text = " ".join(args.text).strip()
+    if not text:
+        parser.error("TEXT is empty")
+    temperature = 0.0 if args.greedy else args.temperature
+    if args.greedy and args.temperature > 0:
+        parser.error("--greedy and --temperature > 0 contradict each other")
+    if temperature < 0 or not 0 < args.top_p <= 1 or (args.repetition_penalty or 1.0) <= 0:
+        parser.error("need --temperature >= 0, 0 < --top-p <= 1 and --repetition-penalty > 0")
+    if args.max_tokens < 1 or args.num_samples < 1:
+        parser.error("--max-tokens and --num-samples must be >= 1")
+    if args.num_samples > 1 and temperature == 0:
+        parser.error(
+            "greedy decoding writes the same code every time: pass --temperature > 0 for several samples"
+        )
+
+    import torch
+
+    from semcode.generation import generate_code, is_function
+
+    kind = "code" if args.as_code else "query"
+    try:
+        started = time.perf_counter()
+        decoder, tokenizer, embed, about, meta = load_models(args)
+        embedding = embed([text], kind)  # [1, D]
+        if embedding.shape[1] != decoder.embedding_dim:
+            raise ValueError(
+                f"the encoder embeds in {embedding.shape[1]} dimensions, the decoder expects "
+                f"{decoder.embedding_dim}: they were not trained together"
+            )
+        load_ms = (time.perf_counter() - started) * 1000
+        # The penalty the decoder was measured with in training, unless the command line says otherwise.
+        penalty = args.repetition_penalty or (meta.get("generation") or {}).get("repetition_penalty", 1.0)
+        torch.manual_seed(args.seed)
+        started = time.perf_counter()
+        samples = generate_code(
+            decoder, tokenizer, np.repeat(embedding, args.num_samples, axis=0), args.max_tokens, temperature,
+            args.top_p, penalty,
+        )  # fmt: skip
+        took_ms = (time.perf_counter() - started) * 1000
+    except (bundles.BundleError, FileNotFoundError, ValueError) as error:
+        print(f"semcode generate: error: {error}", file=sys.stderr)
+        return 2
+
+    if args.json:
+        answer = {
+            "text": text,
+            "embedded_as": kind,
+            "models": about,
+            "settings": {"temperature": temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
+                         "repetition_penalty": penalty, "seed": args.seed},
+            "samples": [
+                {"code": s.code, "tokens": s.tokens, "stopped_by": s.stopped_by,
+                 "parses": is_function(s.code)}
+                for s in samples
+            ],
+            "took_ms": round(took_ms, 1),
+            "load_ms": round(load_ms, 1),
+        }  # fmt: skip
+        print(json.dumps(answer, indent=2))
+        return 0
+    for i, sample in enumerate(samples):
+        if len(samples) > 1:
+            print(f"# sample {i + 1}/{len(samples)} ({sample.tokens} tokens, stopped by {sample.stopped_by})")
+        print(sample.code if sample.code else "# (the decoder wrote nothing)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Decoding code from embeddings, and measuring what comes out.
+
+``generate_code`` runs transformers' ``generate`` on the decoder's prefix (greedy, or sampling with
+temperature and top-p) and stops a row at ``</s>``, at ``max_new_tokens``, or where the function ends:
+at the first non-blank line indented no deeper than the ``def`` once the text before that line is a
+complete statement (``function_end``). Checking that the text before the line parses is what lets a
+decorator, a multi-line signature (``) -> int:`` at the def's level) or a string with lines at column 0
+continue.
+
+The metrics of the train_decoder stage:
+
+- ``reconstruction_metrics``: teacher-forced loss per code token, perplexity and token accuracy;
+- parse rate (``is_function``): the code parses as Python (``ast.parse`` after ``textwrap.dedent``) and
+  starts with a function definition;
+- ``corpus_bleu``: corpus BLEU-4 (Papineni et al. 2002: clipped n-gram precisions 1..4, geometric mean,
+  brevity penalty; no smoothing) on code tokens (``code_tokens``: identifiers, numbers, single
+  punctuation characters);
+- round-trip retrieval: the generated code's embedding ranks its source among the test codes
+  (semcode.evaluation.full_corpus_metrics).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+import textwrap
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from semcode.models.decoder import BOS_ID, EOS_ID, PAD_ID, CodeDecoder, make_batch
+
+STOP_REASONS = ("eos", "function_end", "max_tokens")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a generated function ends
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _parse(code: str) -> ast.Module | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. SyntaxWarning: invalid escape sequence
+            return ast.parse(textwrap.dedent(code))
+    except (SyntaxError, ValueError):  # ValueError: source with null bytes
+        return None
+
+
+def parses(code: str) -> bool:
+    """Whether ``code`` (dedented) is valid Python."""
+    return _parse(code) is not None
+
+
+def is_function(code: str) -> bool:
+    """Whether ``code`` (dedented) is valid Python that starts with a function definition (decorators
+    allowed): what the parse rate counts, so that a stray identifier such as ``defdef_`` does not."""
+    module = _parse(code)
+    return (
+        module is not None
+        and bool(module.body)
+        and isinstance(module.body[0], ast.FunctionDef | ast.AsyncFunctionDef)
+    )
+
+
+def function_end(text: str) -> int | None:
+    """The offset in ``text`` where the function it starts with has ended, or None while it goes on.
+
+    The end is the start of the first non-blank line, after the first one, that is indented no deeper
+    than the first non-blank line (the ``def`` or its decorator) and whose preceding text parses. The line
+    may be incomplete: as soon as its first character shows, the function is over.
+    """
+    def_indent: int | None = None
+    offset = 0
+    for line in text.split("\n"):
+        if line.strip():
+            if def_indent is None:
+                def_indent = _indent(line)
+            elif _indent(line) <= def_indent and parses(text[:offset]):
+                return offset
+        offset += len(line) + 1
+    return None
+
+
+def trim_function(text: str) -> str:
+    """``text`` cut where its function ends, trailing blank lines dropped, with a final newline."""
+    end = function_end(text)
+    code = (text if end is None else text[:end]).rstrip()
+    return code + "\n" if code else ""
+
+
+class StopAtFunctionEnd(StoppingCriteria):
+    """Stops each row of a ``generate`` call once its decoded text has a ``function_end``."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ended: torch.Tensor | None = None  # [B] bool: which rows this criterion stopped
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        # input_ids [B, n]: the tokens generated so far (generate called with inputs_embeds only).
+        if self.ended is None:
+            self.ended = torch.zeros(len(input_ids), dtype=torch.bool)
+        done = torch.zeros(len(input_ids), dtype=torch.bool)
+        for row, ids in enumerate(input_ids.tolist()):
+            if EOS_ID in ids or self.ended[row]:
+                done[row] = True
+                continue
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if function_end(text) is not None:
+                self.ended[row] = done[row] = True
+        return done.to(input_ids.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generating
+
+
+@dataclass(frozen=True)
+class Generation:
+    code: str  # the function, trimmed at its end, with a final newline ("" when nothing came out)
+    tokens: int  # tokens generated (</s> included when it came)
+    stopped_by: str  # one of STOP_REASONS
+
+
+def generate_code(
+    model: CodeDecoder,
+    tokenizer: Any,
+    embeddings: np.ndarray | torch.Tensor,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    batch_size: int = 32,
+) -> list[Generation]:
+    """Code for each embedding [N, D]: greedy when ``temperature`` is 0, else sampling with top-p.
+
+    ``repetition_penalty`` > 1 divides the logits of tokens already generated (Keskar et al. 2019, as
+    transformers implements it), which keeps a small decoder out of ``to_to_to...`` loops.
+    Sampling draws from torch's global RNG: seed it (``torch.manual_seed``) for repeatable samples.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1 or repetition_penalty <= 0:
+        raise ValueError(
+            f"need temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0, got {temperature}, {top_p} "
+            f"and {repetition_penalty}"
+        )
+    embeddings = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+    sampling = temperature > 0
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=top_p if sampling else None,
+        top_k=0 if sampling else None,  # 0: off; unset, transformers applies top_k=50 before top-p
+        repetition_penalty=repetition_penalty,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+    )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results: list[Generation] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(embeddings), batch_size):
+                batch = embeddings[start : start + batch_size].to(device)
+                prefix = model.prefix_embeds(batch)  # [B, k, H]
+                bos = model.lm.get_input_embeddings()(torch.full((len(batch), 1), BOS_ID, device=device))
+                inputs = torch.cat([prefix.to(bos.dtype), bos], dim=1)  # [B, k+1, H]
+                stop = StopAtFunctionEnd(tokenizer)
+                generated = model.lm.generate(
+                    inputs_embeds=inputs,
+                    attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long, device=device),
+                    generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([stop]),
+                )  # [B, n]: only the new tokens, rows that stopped early padded with <pad>
+                for row, ids in enumerate(generated.tolist()):
+                    if EOS_ID in ids:
+                        ids, stopped_by = ids[: ids.index(EOS_ID) + 1], "eos"
+                    elif stop.ended is not None and stop.ended[row]:
+                        stopped_by = "function_end"
+                    else:
+                        stopped_by = "max_tokens"
+                    ids = ids[: len(ids) - _trailing_pads(ids)] if stopped_by != "eos" else ids
+                    text = tokenizer.decode(ids, skip_special_tokens=True)
+                    results.append(Generation(trim_function(text), len(ids), stopped_by))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _trailing_pads(ids: list[int]) -> int:
+    count = 0
+    while count < len(ids) and ids[len(ids) - 1 - count] == PAD_ID:
+        count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def reconstruction_metrics(
+    model: CodeDecoder, token_ids: list[list[int]], embeddings: np.ndarray, batch_size: int = 32
+) -> dict[str, float]:
+    """Teacher-forced loss (mean over code tokens), perplexity (exp of it) and token accuracy.
+
+    ``token_ids[i]`` (``<s> code </s>``, from code_token_ids) is decoded from ``embeddings[i]``.
+    """
+    if not token_ids:
+        raise ValueError("no examples to measure")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, tokens, correct = 0.0, 0, 0
+    order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))  # similar lengths pad little
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                batch = make_batch(token_ids, embeddings, order[start : start + batch_size])
+                output = model(**{name: tensor.to(device) for name, tensor in batch.items()})
+                loss_sum += float(output.loss) * output.tokens
+                tokens += output.tokens
+                correct += output.correct
+    finally:
+        model.train(was_training)
+    loss = loss_sum / max(1, tokens)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(1, tokens)}
+
+
+_CODE_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?|\S")
+
+
+def code_tokens(code: str) -> list[str]:
+    """Identifiers, numbers and single non-space characters: the units BLEU counts on code."""
+    return _CODE_TOKEN.findall(code)
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], max_n: int = 4) -> float:
+    """Corpus BLEU-4 in [0, 1] of generated codes against their references, on ``code_tokens``."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    matches, totals = [0] * max_n, [0] * max_n
+    hyp_length = ref_length = 0
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        hyp, ref = code_tokens(hypothesis), code_tokens(reference)
+        hyp_length, ref_length = hyp_length + len(hyp), ref_length + len(ref)
+        for n in range(1, max_n + 1):
+            hyp_ngrams, ref_ngrams = _ngrams(hyp, n), _ngrams(ref, n)
+            matches[n - 1] += sum(min(count, ref_ngrams[gram]) for gram, count in hyp_ngrams.items())
+            totals[n - 1] += max(0, len(hyp) - n + 1)
+    if hyp_length == 0 or min(matches) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / max_n
+    brevity = 1.0 if hyp_length > ref_length else math.exp(1 - ref_length / hyp_length)
+    return brevity * math.exp(log_precision)
+
+
+def generation_metrics(
+    generations: Sequence[Generation],
+    references: Sequence[str],
+    generated_embeddings: np.ndarray,
+    corpus_embeddings: np.ndarray,
+) -> dict[str, float]:
+    """Parse rate, BLEU and round-trip retrieval of ``generations[i]``, made for ``references[i]``.
+
+    ``corpus_embeddings`` [C, D] are the test codes, reference i being row i (C >= len(generations));
+    ``generated_embeddings`` [N, D] embed the generated codes with the same encoder (code side).
+    """
+    from semcode.evaluation import full_corpus_metrics
+
+    if len(generations) != len(references) or len(generations) != len(generated_embeddings):
+        raise ValueError(
+            f"need as many generations, references and embeddings, got {len(generations)}, "
+            f"{len(references)} and {len(generated_embeddings)}"
+        )
+    codes = [g.code for g in generations]
+    retrieval = full_corpus_metrics(generated_embeddings, corpus_embeddings)
+    reasons = Counter(g.stopped_by for g in generations)
+    return {
+        "parse_rate": sum(is_function(code) for code in codes) / len(codes),
+        "bleu": corpus_bleu(codes, references),
+        "round_trip_recall@1": retrieval["recall@1"],
+        "round_trip_recall@10": retrieval["recall@10"],
+        "round_trip_mrr": retrieval["mrr"],
+        "mean_generated_tokens": float(np.mean([g.tokens for g in generations])),
+        **{f"stopped_by_{reason}": reasons[reason] / len(generations) for reason in STOP_REASONS},
+    }

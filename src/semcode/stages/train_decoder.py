@@ -1,0 +1,505 @@
+"""Stage train_decoder: a decoder that writes code from the frozen encoder's embeddings, with DeepSpeed.
+
+Reads the encoder (train_encoder's output, frozen: it only embeds), the ingest ``pairs/`` (train; test
+for the metrics; valid for evaluations during training) and our BPE tokenizer (train_tokenizer's
+output; the decoder's vocabulary). Writes::
+
+    out/decoder/                 the decoder (semcode.models.decoder: transformers checkpoint + prefix MLP +
+                                 semcode_decoder.json + tokenizer), what the release bundle carries
+    out/checkpoints/step-NNNNNN/ resumable checkpoints (semcode.train.engine), and `latest`
+    out/history.json             per step: loss, lr, tokens; evaluations on the valid split
+    out/metrics.json             test metrics (below), training throughput, seconds per phase
+    out/samples.jsonl            the generated test samples beside their references
+    out/config.json, out/deepspeed_config.json
+
+How it trains: every training function is embedded once, up front, by the frozen encoder (code side);
+a seeded ``query_share`` of the functions is embedded from its docstring (query side) instead, so the
+decoder also learns to write code for a description (``semcode generate BUNDLE "docstring"``). The
+decoder turns the embedding into ``prefix_tokens`` virtual tokens and learns to write the function's
+tokens after them (teacher forcing, loss on the code tokens only). With ``skip_long_functions`` it trains
+only on functions that fit in ``max_length`` tokens, so every example ends with ``</s>`` and the
+decoder learns to finish what it starts. The loop is the encoder's (semcode.train.engine): DeepSpeed,
+warmup + cosine LR, checkpoints, ``--resume``, a time budget, progress lines.
+
+Metrics on the test split (up to ``max_eval_pairs`` distinct functions, a seeded sample), each decoded
+from its own code embedding: reconstruction loss, perplexity and token accuracy (teacher forcing); for
+``generate_samples`` of them, greedy generation and the share that parses as Python, corpus BLEU-4
+against the reference, and round-trip retrieval: the generated code's embedding (same encoder, code
+side) ranks its source among all the eval functions (recall@1, recall@10, MRR). The same for
+generation from the docstring's embedding (``query_*`` metrics, the gold being the function).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semcode import config as cfg
+from semcode.config import ConfigError, field
+from semcode.progress import log
+
+TAG = "train-decoder"
+SIZES = ("tiny", "small", "base")  # semcode.models.decoder.DECODER_SIZES (not imported: keeps --help fast)
+RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # semcode.models.encoder.RUNTIMES
+
+
+@dataclass(frozen=True)
+class TrainDecoderConfig:
+    size: str = field("small", f"decoder size: {'|'.join(SIZES)}")
+    prefix_tokens: int = field(8, "virtual tokens the embedding becomes, ahead of the code tokens")
+    max_length: int = field(128, "code tokens per function, <s> and </s> included")
+    skip_long_functions: bool = field(
+        True, "train only on functions that fit in max_length (else on their truncated start)"
+    )
+    query_share: float = field(
+        0.2, "share of training functions conditioned on their docstring's embedding, not the code's"
+    )
+    epochs: int = field(1, "passes over the training functions (ignored when max_steps > 0)")
+    max_steps: int = field(0, "optimizer steps to train (0 = as many as `epochs` gives)")
+    batch_size: int = field(16, "functions per micro-batch (per GPU)")
+    grad_accum: int = field(1, "micro-batches per optimizer step")
+    lr: float = field(1e-3, "peak learning rate")
+    weight_decay: float = field(0.01, "AdamW weight decay (not applied to biases and norms)")
+    warmup_steps: int = field(0, "linear warmup steps (0 = warmup_ratio of the total steps)")
+    warmup_ratio: float = field(0.05, "warmup as a fraction of the total steps when warmup_steps is 0")
+    min_lr_ratio: float = field(0.1, "the cosine decay ends at lr * min_lr_ratio")
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    zero_stage: int = field(0, "DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs)")
+    seed: int = field(0, "seed for initialisation, the samples and the data order")
+    eval_every: int = field(0, "evaluate on the valid split every this many steps (0 = only at the end)")
+    checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
+    keep_checkpoints: int = field(2, "keep the newest this many checkpoints (0 = all)")
+    resume: bool = field(False, "continue from out/checkpoints/latest when it exists")
+    max_train_pairs: int = field(0, "train on a seeded sample of this many functions (0 = all)")
+    max_valid_pairs: int = field(200, "evaluate during training on this many valid functions (0 = none)")
+    max_eval_pairs: int = field(1000, "test functions for the metrics and the round-trip corpus (0 = all)")
+    generate_samples: int = field(100, "test functions generated for parse rate, BLEU and round-trip")
+    generate_max_tokens: int = field(256, "tokens generated per sample at most")
+    repetition_penalty: float = field(
+        1.2, "generation divides the logits of tokens already written by this (1 = off); saved as the default"
+    )
+    generate_from_queries: bool = field(True, "also generate from the samples' docstrings (query_* metrics)")
+    embed_batch_size: int = field(64, "texts per batch when the encoder embeds")
+    runtime: str = field("torch", f"how the frozen encoder runs: {'|'.join(RUNTIMES)} (onnx: CPU only)")
+    threads: int = field(0, "torch CPU threads (0 = every core); 1 can be much faster on a busy machine")
+    time_budget_minutes: float = field(
+        0.0, "stop training after this much, with a final checkpoint (0 = none)"
+    )
+    log_every: int = field(10, "print a progress line every this many steps (when not on a terminal)")
+
+    def validate(self) -> None:
+        if self.size not in SIZES:
+            raise ConfigError(f"size must be one of {SIZES}, got {self.size!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length must be >= 8, got {self.max_length}")
+        if self.lr <= 0 or self.repetition_penalty <= 0:
+            raise ConfigError(
+                f"lr and repetition_penalty must be > 0, got {self.lr}, {self.repetition_penalty}"
+            )
+        if not 0.0 <= self.query_share <= 1.0:
+            raise ConfigError(f"query_share must be in [0, 1], got {self.query_share}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(
+                f"min_lr_ratio must be in [0, 1] and warmup_ratio in [0, 1), got {self.min_lr_ratio}, "
+                f"{self.warmup_ratio}"
+            )
+        for name in (
+            "prefix_tokens", "epochs", "batch_size", "grad_accum", "generate_max_tokens", "embed_batch_size",
+            "log_every",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "max_steps", "weight_decay", "warmup_steps", "grad_clip", "eval_every", "checkpoint_every",
+            "threads", "keep_checkpoints", "max_train_pairs", "max_valid_pairs", "max_eval_pairs",
+            "generate_samples", "time_budget_minutes",
+        ):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Examples:
+    """Functions to decode: ``token_ids[i]`` (``<s> code </s>``) is decoded from ``embeddings[i]``."""
+
+    token_ids: list[list[int]]
+    embeddings: np.ndarray  # float32 [N, D]
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+def train(
+    config: TrainDecoderConfig, model: Any, train_set: Examples, valid_set: Examples, out_dir: Path
+) -> dict:
+    """The training loop: DeepSpeed set-up, optional resume, steps, evaluations, checkpoints.
+
+    Leaves the last step's weights in ``model`` (float32) and returns the run's metrics.
+    """
+    from semcode.generation import reconstruction_metrics
+    from semcode.models.decoder import make_batch
+    from semcode.train import engine as ds
+    from semcode.train.data import epoch_batches
+
+    checkpoints_dir = out_dir / "checkpoints"
+    ds.setup_distributed()
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    plan = ds.plan_steps(
+        len(train_set), config.batch_size, config.grad_accum, world_size, config.epochs, config.max_steps,
+        config.warmup_steps, config.warmup_ratio, unit="training functions",
+    )  # fmt: skip
+    run_shape = {  # a resumed run must have the same shape, or it would not continue the same run
+        "total_steps": plan.total_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+        "seed": config.seed, "train_functions": len(train_set), "warmup_steps": plan.warmup_steps,
+        "world_size": world_size, "size": config.size, "prefix_tokens": config.prefix_tokens,
+        "max_length": config.max_length, "query_share": config.query_share,
+    }  # fmt: skip
+
+    optimizer = ds.adamw(model, config.lr, config.weight_decay)
+    scheduler = ds.warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps, config.min_lr_ratio)
+    ds_config = ds.deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
+    if ds.is_main_process():
+        ds.save_deepspeed_config(ds_config, out_dir)
+    started = time.perf_counter()
+    engine = ds.initialize(model, optimizer, scheduler, ds_config)
+    init_seconds = time.perf_counter() - started
+
+    state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
+    step = state["step"] if state else 0
+    log_ = ds.TrainingLog(
+        "decoder", "tok", plan.total_steps, plan.epochs, config.log_every, metric="token_accuracy",
+        history=state["history"] if state else None,
+    )  # fmt: skip
+    log_.announce_start(state, config.resume, checkpoints_dir)
+    log_.message(
+        f"{len(train_set)} train / {len(valid_set)} valid functions | {plan.total_steps} steps x "
+        f"{config.batch_size * config.grad_accum * world_size} functions | {plan.epochs} epoch(s) | "
+        f"device {engine.device} | deepspeed init {init_seconds:.1f}s"
+    )
+
+    def evaluate(at_step: int) -> None:
+        if len(valid_set) == 0:
+            return
+        eval_started = time.perf_counter()
+        metrics = reconstruction_metrics(engine.module, valid_set.token_ids, valid_set.embeddings)
+        log_.evaluate(at_step, metrics, time.perf_counter() - eval_started)
+
+    run_started = time.perf_counter()
+    micro_step = step * config.grad_accum  # the data position: global index of the next micro-batch
+    stopped_by = "steps"
+    loss_sum, tokens = 0.0, 0
+    while micro_step < plan.total_micro and stopped_by == "steps":
+        epoch, position = divmod(micro_step, plan.micro_per_epoch)
+        batches = epoch_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size)
+        for rows in batches[position : position + plan.total_micro - micro_step]:
+            batch = make_batch(train_set.token_ids, train_set.embeddings, rows)
+            output = engine(**{name: tensor.to(engine.device) for name, tensor in batch.items()})
+            engine.backward(output.loss)
+            loss_sum += float(output.loss.detach()) / config.grad_accum
+            tokens += int(batch["attention_mask"].sum())
+            boundary = engine.is_gradient_accumulation_boundary()
+            lr = ds.current_lr(engine)  # the LR of this update: the scheduler steps after it
+            engine.step()
+            micro_step += 1
+            if not boundary:
+                continue
+
+            step += 1
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"loss is {loss_sum} at step {step}; try a lower lr or grad_clip")
+            log_.step(step, epoch + 1, {"loss": loss_sum}, lr, tokens * world_size)
+            loss_sum, tokens = 0.0, 0
+
+            last = step == plan.total_steps
+            if not last and ds.time_budget_exceeded(run_started, config.time_budget_minutes, engine.device):
+                stopped_by = "time_budget"
+                log_.message(f"time budget of {config.time_budget_minutes} min reached at step {step}")
+            final = last or stopped_by != "steps"
+            if final or ds.is_due(step, config.eval_every):
+                evaluate(step)
+            if final or ds.is_due(step, config.checkpoint_every):
+                train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
+                path = ds.save_checkpoint(checkpoints_dir, engine, step, train_state, config.keep_checkpoints)
+                log_.message(f"checkpoint {path}")
+                log_.restart_clock()
+            if final:
+                break
+    log_.close()
+    log_.save(out_dir / "history.json")
+
+    final_state = ds.full_state_dict(engine)  # fp32 master weights; a collective under ZeRO
+    model.float()
+    model.load_state_dict(final_state)
+    evals = log_.history["evals"]
+    return {
+        "steps": step,
+        "total_steps": plan.total_steps,
+        "steps_this_run": log_.steps_this_run,
+        "epochs": plan.epochs,
+        "stopped_by": stopped_by if step < plan.total_steps else "steps",
+        "train_seconds": round(log_.train_seconds, 3),
+        "tokens_per_second": round(log_.items_per_second(), 1),
+        "deepspeed_init_seconds": round(init_seconds, 3),
+        "world_size": world_size,
+        "device": str(engine.device),
+        "bf16": bool(ds_config["bf16"]["enabled"]),
+        "warmup_steps": plan.warmup_steps,
+        "final_loss": log_.history["steps"][-1]["loss"] if log_.history["steps"] else None,
+        "valid_loss": evals[-1]["loss"] if evals else None,
+        "valid_token_accuracy": evals[-1]["token_accuracy"] if evals else None,
+    }
+
+
+def test_metrics(
+    config: TrainDecoderConfig,
+    model: Any,
+    tokenizer: Any,
+    embed: Any,
+    test: Any,
+    test_set: Examples,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Reconstruction and generation metrics on the test functions (module docstring); also the samples."""
+    from semcode.generation import generate_code, generation_metrics, is_function, reconstruction_metrics
+
+    started = time.perf_counter()
+    metrics: dict[str, Any] = {"eval_functions": len(test_set)}
+    teacher_forced = reconstruction_metrics(model, test_set.token_ids, test_set.embeddings)
+    metrics.update({f"test_{name}": value for name, value in teacher_forced.items()})
+    count = min(config.generate_samples, len(test_set))
+    samples: list[dict[str, Any]] = []
+    if count == 0:
+        return metrics, samples
+    references = test.codes[:count]
+    sources = {"": test_set.embeddings[:count]}  # decode each function from its own code embedding
+    if config.generate_from_queries:
+        sources["query_"] = embed(test.queries[:count], "query")  # and from its docstring's
+    for prefix, embeddings in sources.items():
+        generated = generate_code(
+            model,
+            tokenizer,
+            embeddings,
+            config.generate_max_tokens,
+            repetition_penalty=config.repetition_penalty,
+        )
+        generated_embeddings = embed([g.code for g in generated], "code")
+        values = generation_metrics(generated, references, generated_embeddings, test_set.embeddings)
+        metrics.update({f"{prefix}{name}": value for name, value in values.items()})
+        for i, g in enumerate(generated):
+            samples.append({
+                "from": "query" if prefix else "code", "query": test.queries[i], "reference": references[i],
+                "generated": g.code, "parses": is_function(g.code), "tokens": g.tokens,
+                "stopped_by": g.stopped_by,
+            })  # fmt: skip
+    metrics["generated_samples"] = count
+    metrics["metrics_seconds"] = round(time.perf_counter() - started, 3)
+    return metrics, samples
+
+
+def _check_inputs(
+    config: TrainDecoderConfig, encoder_dir: str | Path, pairs_dir: Path, tokenizer_dir: Path, out_dir: Path
+) -> None:
+    """Fail fast, before any model is loaded, on inputs that cannot work."""
+    from semcode.models.encoder import check_encoder_spec
+    from semcode.train.engine import check_checkpoints_dir
+
+    for split in ("train", "test"):
+        if not sorted((pairs_dir / split).glob("part-*.parquet")):
+            hint = f"; did you mean {pairs_dir / 'pairs'}?" if (pairs_dir / "pairs" / split).is_dir() else ""
+            raise FileNotFoundError(f"pairs directory {pairs_dir} has no {split}/part-*.parquet shards{hint}")
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
+    check_encoder_spec(str(encoder_dir))
+    check_checkpoints_dir(out_dir / "checkpoints", config.resume)
+
+
+def _sample(count: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``limit`` out of ``count`` (all when limit is 0 or more)."""
+    if 0 < limit < count:
+        return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+    return np.arange(count)
+
+
+def run(
+    config: TrainDecoderConfig,
+    encoder_dir: str | Path,
+    pairs_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+) -> dict:
+    """Train a decoder against the frozen ``encoder_dir``: decoder/, metrics and history in ``out_dir``."""
+    from semcode.export import torch_threads
+    from semcode.models.decoder import EOS_ID, build_decoder, code_token_ids
+    from semcode.models.encoder import load_embed_fn, resolve_device
+    from semcode.tokenizer import load_tokenizer
+    from semcode.train.data import load_pairs
+    from semcode.train.engine import is_main_process, seed_everything
+
+    config.validate()
+    started = time.perf_counter()
+    pairs_dir, tokenizer_dir, out = Path(pairs_dir), Path(tokenizer_dir), Path(out_dir)
+    _check_inputs(config, encoder_dir, pairs_dir, tokenizer_dir, out)
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    # 1. The functions. Train: those that fit, a seeded sample. Test: distinct codes, shuffled, so the first
+    #    ones are a random sample to generate. Valid: distinct codes.
+    train_pairs = load_pairs(pairs_dir, "train")
+    available = len(train_pairs)
+    train_tokens = code_token_ids(tokenizer, train_pairs.codes, config.max_length)
+    fitting = [i for i, ids in enumerate(train_tokens) if not config.skip_long_functions or ids[-1] == EOS_ID]
+    chosen = [fitting[i] for i in _sample(len(fitting), config.max_train_pairs, config.seed)]
+    if len(chosen) < config.batch_size:
+        raise ValueError(
+            f"{pairs_dir}/train has {len(chosen)} usable functions (non-empty docstring and code"
+            + (f", at most {config.max_length} tokens" if config.skip_long_functions else "")
+            + f"), fewer than batch_size {config.batch_size}"
+        )
+    train_pairs = train_pairs.subset(chosen)
+    train_tokens = [train_tokens[i] for i in chosen]
+    test_pairs = load_pairs(pairs_dir, "test", config.max_eval_pairs, config.seed, unique_codes=True)
+    if len(test_pairs) == 0:
+        raise ValueError(f"{pairs_dir}/test has no usable pairs (non-empty docstring and code)")
+    test_pairs = test_pairs.subset(np.random.default_rng(config.seed).permutation(len(test_pairs)))
+    valid_pairs = test_pairs.subset([])
+    if config.max_valid_pairs > 0 and sorted((pairs_dir / "valid").glob("part-*.parquet")):
+        valid_pairs = load_pairs(pairs_dir, "valid", config.max_valid_pairs, config.seed, unique_codes=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save_resolved(config, out)
+    # torch's CPU threads for everything below (the ONNX runtime takes the same number).
+    with torch_threads(config.threads):
+        # 2. Embed everything once with the frozen encoder; a seeded query_share of the train functions from
+        #    their docstring.
+        embed_started = time.perf_counter()
+        device = resolve_device("auto")
+        embed, dim = load_embed_fn(
+            str(encoder_dir), config.embed_batch_size, device=device, show_progress=True,
+            runtime=config.runtime,
+        )  # fmt: skip
+        order = np.random.default_rng([config.seed, 1]).permutation(len(train_pairs))
+        from_query = np.zeros(len(train_pairs), dtype=bool)
+        from_query[order[: round(config.query_share * len(train_pairs))]] = True
+        code_rows, query_rows = np.flatnonzero(~from_query), np.flatnonzero(from_query)
+        log(
+            TAG,
+            f"embedding {len(code_rows)} train codes, {len(query_rows)} train docstrings, "
+            f"{len(test_pairs)} test and {len(valid_pairs)} valid codes with {encoder_dir} "
+            f"({config.runtime}, {device})",
+        )
+        train_embeddings = np.zeros((len(train_pairs), dim), dtype=np.float32)
+        train_embeddings[code_rows] = embed([train_pairs.codes[i] for i in code_rows], "code")
+        if len(query_rows):
+            train_embeddings[query_rows] = embed([train_pairs.queries[i] for i in query_rows], "query")
+        test_tokens = code_token_ids(tokenizer, test_pairs.codes, config.max_length)
+        test_set = Examples(test_tokens, embed(test_pairs.codes, "code"))
+        valid_tokens = code_token_ids(tokenizer, valid_pairs.codes, config.max_length)
+        valid_embeddings = (
+            embed(valid_pairs.codes, "code") if len(valid_pairs) else np.zeros((0, dim), np.float32)
+        )
+        valid_set = Examples(valid_tokens, valid_embeddings)
+        embed_seconds = time.perf_counter() - embed_started
+
+        # 3. Train.
+        seed_everything(config.seed)
+        model = build_decoder(config.size, tokenizer.get_vocab_size(), dim, config.prefix_tokens)
+        metrics: dict[str, Any] = {
+            "train_functions": len(train_pairs),
+            "train_from_docstring": len(query_rows),
+            "train_functions_available": available,  # usable pairs in the train split
+            "train_functions_fitting": len(
+                fitting
+            ),  # of which fit in max_length (all: skip_long_functions off)
+            "valid_functions": len(valid_set),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "embed_seconds": round(embed_seconds, 3),
+        }
+        metrics.update(train(config, model, Examples(train_tokens, train_embeddings), valid_set, out))
+        if not is_main_process():  # with several ranks, rank 0 measures and writes the outputs
+            return metrics
+
+        # 4. Measure on the test split, write the decoder.
+        model.to(device)
+        values, samples = test_metrics(config, model, tokenizer, embed, test_pairs, test_set)
+        metrics.update(values)
+        decoder_dir = out / "decoder"
+        shutil.rmtree(decoder_dir, ignore_errors=True)
+        model.save(
+            decoder_dir, tokenizer_dir, max_length=config.max_length, query_share=config.query_share,
+            encoder={"path": str(encoder_dir), "embedding_dim": dim},
+            generation={"repetition_penalty": config.repetition_penalty},
+        )  # fmt: skip
+        metrics["seconds"] = round(time.perf_counter() - started, 3)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        with open(out / "samples.jsonl", "w") as handle:
+            for sample in samples:
+                handle.write(json.dumps(sample) + "\n")
+        log(TAG, f"{summary_line(metrics)} -> {decoder_dir}")
+        return metrics
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    line = (
+        f"{metrics['steps']} steps in {metrics['train_seconds']:.0f}s "
+        f"({metrics['tokens_per_second']:.0f} tok/s)"
+        f" | test ppl {metrics['test_perplexity']:.2f} token acc {metrics['test_token_accuracy']:.3f}"
+    )
+    if "parse_rate" in metrics:
+        line += (
+            f" | parse {metrics['parse_rate']:.2f} bleu {metrics['bleu']:.3f} round-trip "
+            f"R@1 {metrics['round_trip_recall@1']:.2f} R@10 {metrics['round_trip_recall@10']:.2f}"
+        )
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="semcode train-decoder",
+        description=(
+            "Train a decoder that writes code from the frozen encoder's embeddings (DeepSpeed; CPU or GPUs), "
+            "and measure it on the test split."
+        ),
+        epilog=(
+            "examples:\n"
+            "  semcode train-decoder --encoder runs/encoder/encoder --pairs runs/ingest/pairs \\\n"
+            "      --tokenizer runs/tokenizer --out runs/decoder --size tiny --max-train-pairs 2000\n"
+            "  semcode train-decoder ... --out runs/decoder --resume   # go on from the latest checkpoint\n"
+            '  semcode generate runs/decoder --encoder runs/encoder/encoder "parse an ISO date"'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--encoder", required=True, metavar="DIR", help="the frozen encoder: a directory, or 'minilm'"
+    )
+    parser.add_argument(
+        "--pairs", required=True, metavar="DIR", help="ingest pairs/ directory (train, test; valid)"
+    )
+    parser.add_argument(
+        "--tokenizer", required=True, metavar="DIR", help="our BPE tokenizer (train-tokenizer output)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    cfg.add_arguments(parser, TrainDecoderConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = cfg.from_args(TrainDecoderConfig, args, section="train_decoder")
+        run(config, args.encoder, args.pairs, args.tokenizer, args.out)
+    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
+        print(f"semcode train-decoder: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
