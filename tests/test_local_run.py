@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from semcode import bundle as bundles
 from semcode import local_run
-from semcode.config import CONFIGS_DIR
+from semcode.config import CONFIGS_DIR, ConfigError
 
 
 def tiny_preset_with(path: Path, **sections: dict) -> Path:
@@ -105,3 +106,24 @@ def test_source_and_registry_become_pipeline_arguments(tmp_path):
 def test_registry_location():
     assert local_run.resolve_location("s3://models/registry") == "s3://models/registry"
     assert local_run.resolve_location("runs/registry") == str(Path("runs/registry").resolve())
+
+
+def test_params_override_the_preset_and_are_validated():
+    overrides = local_run.parse_params(
+        ["train_encoder_lr=3e-5", "train_encoder_init_from=runs/a/bundle/encoder", "hard_negative_rounds=1"]
+    )
+    assert overrides["train_encoder"]["init_from"] == "runs/a/bundle/encoder"
+    assert overrides["hard_negative"] == {"rounds": 1}
+    _, arguments = local_run.prepare(
+        "tiny", None, "/tmp/registry", ["train_encoder_max_steps=3", "train_encoder_lr=3e-5"]
+    )
+    assert arguments["train_encoder_max_steps"] == 3 and arguments["gate_registry"] == "/tmp/registry"
+    assert arguments["train_encoder_lr"] == 3e-5  # YAML reads 3e-5 as text; the field's type decides
+    for bad in (
+        ["gpu_count=2"],
+        ["train_encoder_lr"],
+        ["train_encoder_batchsize=8"],
+        ["hard_negative_rounds=5"],
+    ):
+        with pytest.raises(ConfigError):
+            local_run.prepare("tiny", None, "/tmp/registry", bad)

@@ -215,6 +215,24 @@ def test_init_from_checkpoint_evaluates_zero_shot_and_uses_its_tokenizer(trained
     assert (tmp_path / "ft" / "encoder" / "tokenizer.json").is_file()
 
 
+def test_epochs_0_passes_init_from_on_unchanged(trained: Path, data_dirs, tmp_path):
+    """No training: the rounds of configs/with_hard_negatives.yaml start from an earlier run's encoder."""
+    pairs_dir, _ = data_dirs
+    config = TrainEncoderConfig(
+        init_from=str(trained / "encoder"), epochs=0, max_length=64, max_valid_pairs=40
+    )
+    metrics = train_encoder.run(config, pairs_dir, None, tmp_path / "same")
+    original = json.loads((trained / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["final_model"] == "init_from"
+    assert metrics["best_valid_mrr"] == pytest.approx(original["best_valid_mrr"], abs=1e-5)
+    before = load_file(trained / "encoder" / "model.safetensors")
+    after = load_file(tmp_path / "same" / "encoder" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((tmp_path / "same" / "history.json").read_text())["evals"][0]["step"] == 0
+    with pytest.raises(ConfigError, match="epochs must be >= 1, or 0"):
+        TrainEncoderConfig(epochs=0).validate()  # nothing to pass on without init_from
+
+
 def test_time_budget_stops_with_a_final_checkpoint(data_dirs, tmp_path):
     pairs_dir, tokenizer_dir = data_dirs
     config = TrainEncoderConfig(

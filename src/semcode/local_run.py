@@ -59,13 +59,42 @@ def resolve_location(location: str) -> str:
     return location if storage.is_s3(location) else str(Path(location).expanduser().resolve())
 
 
-def prepare(preset_name: str, sources: list[str] | None, registry: str) -> tuple[dict, dict[str, Any]]:
-    """(validated stage configs, pipeline arguments) of a preset with --source and --registry applied.
+def parse_params(params: list[str] | None) -> dict[str, dict]:
+    """``--param train_encoder_lr=3e-5`` -> ``{"train_encoder": {"lr": 3e-5}}``: preset overrides.
 
-    Raises ConfigError for a bad preset and IngestError for a source that does not exist, before any
-    task runs.
+    The name is a stage parameter of the pipeline (``<section>_<key>``, as for ``semcode submit``); the
+    value is read as YAML and then checked against the field's type with the rest of the preset.
     """
-    overrides: dict[str, dict] = {"gate": {"registry": registry}}
+    import yaml
+
+    overrides: dict[str, dict] = {}
+    for item in params or []:
+        name, sep, text = item.partition("=")
+        split = pipeline_params.split_parameter(name) if sep else None
+        if split is None:
+            raise cfg.ConfigError(
+                f"--param {item}: expected <section>_<key>=VALUE with a section of "
+                f"{list(pipeline_params.STAGE_CONFIGS)} (cluster parameters have no effect locally)"
+            )
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as error:
+            raise cfg.ConfigError(f"--param {item}: not a YAML value ({error})") from None
+        section, key = split
+        overrides.setdefault(section, {})[key] = text if isinstance(value, str) else value
+    return overrides
+
+
+def prepare(
+    preset_name: str, sources: list[str] | None, registry: str, params: list[str] | None = None
+) -> tuple[dict, dict[str, Any]]:
+    """(validated stage configs, pipeline arguments) of a preset with --param, --source and --registry.
+
+    Raises ConfigError for a bad preset or parameter and IngestError for a source that does not exist,
+    before any task runs.
+    """
+    overrides = parse_params(params)
+    overrides.setdefault("gate", {})["registry"] = registry
     if sources:
         overrides["ingest"] = {"sources": list(sources)}
     preset = cfg.load_yaml(preset_name)
@@ -94,7 +123,9 @@ def allow_oneof_artifacts() -> None:
             found = []
             for selector in selector_spec.artifact_selectors:
                 try:
-                    found.append(io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key))
+                    found.append(
+                        io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key)
+                    )
                 except (KeyError, ValueError):  # a branch that did not run
                     continue
             if len(found) != 1:
@@ -131,11 +162,12 @@ def run(
     run_id: str | None,
     registry: str | None = None,
     cache: bool = False,
+    params: list[str] | None = None,
 ) -> dict:
     """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json)."""
     runs_dir = Path(runs_dir)
     registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
-    configs, arguments = prepare(preset_name, sources, registry)
+    configs, arguments = prepare(preset_name, sources, registry, params)
     pipeline_params.check_arguments(arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}")
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir / run_id
@@ -205,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the training pipeline locally (kfp.local, CPU): ingest, tokenizer, encoder, evaluation, "
         "index, ONNX export, gate and publish, with artifacts under <runs-dir>/<run-id>/.",
         epilog="examples:\n  semcode run\n  semcode run --preset tiny --source dir:./myrepo --run-id try1\n"
-        "  semcode run --preset tiny --registry s3://models/registry --cache",
+        "  semcode run --preset tiny --registry s3://models/registry --cache\n"
+        "  semcode run --preset with_hard_negatives --param train_encoder_init_from=runs/<run-id>/bundle/encoder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -224,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR|S3_URI",
         help="registry the gate compares with and publish writes to (default: <runs-dir>/registry)",
     )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="set a pipeline parameter over the preset, repeatable: train_encoder_lr=3e-5 "
+        "(as for semcode submit; the value is YAML)",
+    )
     parser.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
     parser.add_argument("--run-id", default=None, help="name of this run's directory (default: a timestamp)")
     parser.add_argument(
@@ -241,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             args.run_id,
             registry=args.registry,
             cache=args.cache,
+            params=args.param,
         )
     except (cfg.ConfigError, ValueError, FileExistsError, FileNotFoundError, storage.StorageError) as error:
         print(f"semcode run: error: {error}", file=sys.stderr)

@@ -61,7 +61,11 @@ class TrainEncoderConfig:
         0, "output dimension (0 = the size's default, or the checkpoint's hidden size)"
     )
     max_length: int = field(128, "tokens per query or code; longer texts are truncated")
-    epochs: int = field(3, "passes over the training pairs (ignored when max_steps > 0)")
+    epochs: int = field(
+        3,
+        "passes over the training pairs (ignored when max_steps > 0); 0 with max_steps 0: no training, "
+        "init_from is validated and passed on as it is (hard-negative rounds start from it)",
+    )
     max_steps: int = field(0, "optimizer steps to train (0 = as many as `epochs` gives)")
     batch_size: int = field(32, "pairs per micro-batch (per GPU); the in-batch negatives are the others")
     grad_accum: int = field(1, "micro-batches per optimizer step")
@@ -117,7 +121,12 @@ class TrainEncoderConfig:
                 f"need 0 < min_temperature <= temperature <= max_temperature, got {self.min_temperature}, "
                 f"{self.temperature}, {self.max_temperature}"
             )
-        for name in ("epochs", "grad_accum", "eval_batch_size", "log_every"):
+        if self.epochs < 0 or (self.epochs == 0 and self.max_steps == 0 and not self.init_from):
+            raise ConfigError(
+                f"epochs must be >= 1, or 0 (no training) with init_from set; got {self.epochs} "
+                f"(init_from {self.init_from!r})"
+            )
+        for name in ("grad_accum", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
@@ -326,6 +335,35 @@ def train(
     }
 
 
+def pass_through(
+    config: TrainEncoderConfig, model: Any, tokenizer: Any, valid_pairs: Any, out_dir: Path
+) -> dict:
+    """No training (epochs 0): validate init_from once, record it like a step-0 evaluation, ship it as is.
+
+    What a preset that continues an earlier run's encoder with hard-negative rounds uses for its first
+    training (configs/with_hard_negatives.yaml).
+    """
+    from semcode.train.engine import TrainingLog
+
+    log_ = TrainingLog("encoder", "pairs", total_steps=0, epochs=0, metric="mrr")
+    log_.message(f"epochs 0: no training; {config.init_from} is passed on as it is")
+    if len(valid_pairs) > 0:
+        started = time.perf_counter()
+        metrics = validation_metrics(model, tokenizer, valid_pairs, config.eval_batch_size, "cpu")
+        log_.evaluate(0, metrics, time.perf_counter() - started)
+    log_.close()
+    log_.save(out_dir / "history.json")
+    best = log_.history["best"]
+    return {
+        "steps": 0, "total_steps": 0, "stopped_by": "no_training", "train_seconds": 0.0,
+        "pairs_per_second": 0.0, "train_pairs": 0, "valid_pairs": len(valid_pairs),
+        "zero_shot_valid_mrr": best["mrr"] if best else None, "final_valid_mrr": None,
+        "best_valid_mrr": best["mrr"] if best else None, "best_step": 0 if best else None,
+        "final_model": "init_from", "final_loss": None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }  # fmt: skip
+
+
 def _check_inputs(
     config: TrainEncoderConfig, pairs_dir: Path, tokenizer_dir: str | Path | None, out_dir: Path
 ) -> None:
@@ -401,7 +439,10 @@ def run(
         if tokenizer.pad_token is None:
             raise ValueError(f"the tokenizer of {config.init_from or tokenizer_dir} has no pad token")
 
-        metrics = train(config, model, tokenizer, train_pairs, valid_pairs, out)
+        if config.epochs == 0 and config.max_steps == 0:
+            metrics = pass_through(config, model, tokenizer, valid_pairs, out)
+        else:
+            metrics = train(config, model, tokenizer, train_pairs, valid_pairs, out)
         metrics["init_from"] = config.init_from
         if not is_main_process():  # with several ranks, rank 0 writes the outputs
             return metrics
