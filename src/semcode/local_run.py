@@ -142,6 +142,9 @@ def run_pipeline(arguments: dict[str, Any], artifacts_dir: Path, cache_dir: Path
     from kfp import local
 
     allow_oneof_artifacts()
+    # Idle OpenMP threads sleep instead of spinning: on a laptop (or a shared machine) the task's torch
+    # threads otherwise burn the cores that ONNX Runtime, the tokenizer workers or anything else need.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(artifacts_dir),
