@@ -54,13 +54,7 @@ NEXT_FUNCTION = "def helper():\n    pass\n"
 ENDS_WITH_EOS = 4  # the first four texts are the function alone; the others are followed by NEXT_FUNCTION
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

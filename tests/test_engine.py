@@ -23,13 +23,7 @@ WARMUP = 2
 EVAL_METRICS = {2: 0.2, 4: 0.6, 6: 0.4, 8: 0.5}  # step -> the "mrr" the toy validator reports
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class Toy(nn.Module):

@@ -10,19 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run, make_tiny_decoder
 
 from semcode import generate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from semcode.config import ConfigError
 from semcode.data.pairs import read_split, write_shards
@@ -39,13 +38,7 @@ N_TRAIN = 120
 COPY_OF = 5  # train row 121 is the code of train row 5, laid out differently, with another query
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_pair(rng: random.Random, index: int) -> dict:
