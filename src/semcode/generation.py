@@ -172,6 +172,11 @@ def generate_code(
     was_training = model.training
     model.eval()
     results: list[Generation] = []
+    # On a CPU one thread: a token's matmuls are too small to split, and on a busy machine two threads
+    # waiting on each other ran 30x slower (32 samples of 64 tokens: 0.7 s against 21 s).
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     try:
         with torch.no_grad():
             for start in range(0, len(embeddings), batch_size):
@@ -180,12 +185,15 @@ def generate_code(
                 bos = model.lm.get_input_embeddings()(torch.full((len(batch), 1), BOS_ID, device=device))
                 inputs = torch.cat([prefix.to(bos.dtype), bos], dim=1)  # [B, k+1, H]
                 stop = StopAtFunctionEnd(tokenizer)
-                generated = model.lm.generate(
-                    inputs_embeds=inputs,
-                    attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long, device=device),
-                    generation_config=config,
-                    stopping_criteria=StoppingCriteriaList([stop]),
-                )  # [B, n]: only the new tokens, rows that stopped early padded with <pad>
+                with warnings.catch_warnings():
+                    # "the penalty applies only to newly generated tokens": what we want, the prefix has none.
+                    warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
+                    generated = model.lm.generate(
+                        inputs_embeds=inputs,
+                        attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long, device=device),
+                        generation_config=config,
+                        stopping_criteria=StoppingCriteriaList([stop]),
+                    )  # [B, n]: only the new tokens, rows that stopped early padded with <pad>
                 for row, ids in enumerate(generated.tolist()):
                     if EOS_ID in ids:
                         ids, stopped_by = ids[: ids.index(EOS_ID) + 1], "eos"
@@ -198,6 +206,7 @@ def generate_code(
                     results.append(Generation(trim_function(text), len(ids), stopped_by))
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     return results
 
 

@@ -32,6 +32,7 @@ generation from the docstring's embedding (``query_*`` metrics, the gold being t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -91,7 +92,9 @@ class TrainDecoderConfig:
     generate_from_queries: bool = field(True, "also generate from the samples' docstrings (query_* metrics)")
     embed_batch_size: int = field(64, "texts per batch when the encoder embeds")
     runtime: str = field("torch", f"how the frozen encoder runs: {'|'.join(RUNTIMES)} (onnx: CPU only)")
-    threads: int = field(0, "torch CPU threads (0 = every core); 1 can be much faster on a busy machine")
+    threads: int = field(
+        0, "torch CPU threads (0 = as set, torch's default: every core); 1 helps on a busy CPU"
+    )
     time_budget_minutes: float = field(
         0.0, "stop training after this much, with a final checkpoint (0 = none)"
     )
@@ -264,7 +267,7 @@ def train(
     }
 
 
-def test_metrics(
+def measure_on_test(
     config: TrainDecoderConfig,
     model: Any,
     tokenizer: Any,
@@ -380,7 +383,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     cfg.save_resolved(config, out)
     # torch's CPU threads for everything below (the ONNX runtime takes the same number).
-    with torch_threads(config.threads):
+    with torch_threads(config.threads) if config.threads else contextlib.nullcontext():
         # 2. Embed everything once with the frozen encoder; a seeded query_share of the train functions from
         #    their docstring.
         embed_started = time.perf_counter()
@@ -432,7 +435,7 @@ def run(
 
         # 4. Measure on the test split, write the decoder.
         model.to(device)
-        values, samples = test_metrics(config, model, tokenizer, embed, test_pairs, test_set)
+        values, samples = measure_on_test(config, model, tokenizer, embed, test_pairs, test_set)
         metrics.update(values)
         decoder_dir = out / "decoder"
         shutil.rmtree(decoder_dir, ignore_errors=True)
