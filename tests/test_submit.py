@@ -122,7 +122,8 @@ def test_an_existing_pipeline_gets_a_new_version_and_no_cache_is_in_that_version
     spec = uncached[0]
     dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
     tasks = [task for dag in dags for task in dag["tasks"].values()]
-    assert len(tasks) == 10 and all(task["cachingOptions"] == {"enableCache": False} for task in tasks)
+    # 17 stage tasks (a first training per round-count branch, 3 rounds of mine + train) + 6 condition DAGs
+    assert len(tasks) == 23 and all(task["cachingOptions"] == {"enableCache": False} for task in tasks)
     assert "caching off" in first.query["description"]
     # caching on (the default): the package as compiled
     assert documents(second.upload) == committed
@@ -264,8 +265,11 @@ def test_package_tasks_and_durations():
         [
             "ingest",
             "train-tokenizer",
-            "train-encoder",
+            *("train-encoder", "train-encoder-2", "train-encoder-3"),  # one per hard-negative branch...
+            *("train-encoder-4", "train-encoder-5", "train-encoder-6"),  # ...and one per round
+            *("mine-hard-negatives", "mine-hard-negatives-2", "mine-hard-negatives-3"),
             "evaluate",
+            "train-decoder",
             "build-index",
             "export-onnx",
             "gate",
