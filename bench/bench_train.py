@@ -9,7 +9,8 @@ temperature (MNRL's scale 20 = 1 / 0.05) and AdamW, on the same device:
 
 - semcode: ``semcode.stages.train_encoder.run`` (DeepSpeed engine, in-batch InfoNCE, symmetric);
 - sentence-transformers: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (its
-  recommended path; needs the ``bench`` extra: datasets, accelerate).
+  recommended path; it needs ``datasets`` and ``accelerate``, which semcode does not:
+  ``.venv/bin/pip install datasets accelerate`` before running this benchmark).
 
 Note the two losses differ in one respect: semcode's is symmetric (query->code and code->query), MNRL
 is query->code only; semcode does that extra work in the same step.
