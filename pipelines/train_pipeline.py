@@ -64,7 +64,12 @@ PIPELINE_NAME = "semcode-train"
 # Resources: (cpu request, cpu limit, memory request, memory limit).
 CPU_STAGE = ("1", "4", "4Gi", "16Gi")  # ingest, tokenizer, evaluate, index, export
 LIGHT_STAGE = ("500m", "2", "1Gi", "8Gi")  # gate and publish: copy files, read JSON
-GPU_STAGE = ("4", "16", "32Gi", "96Gi")  # train_encoder, beside its GPUs; /dev/shm counts in its memory
+GPU_STAGE = (
+    "4",
+    "16",
+    "32Gi",
+    "96Gi",
+)  # training, mining, the decoder, beside their GPUs; /dev/shm counts in its memory
 SHM_SIZE = "16Gi"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -88,8 +93,12 @@ def on_cluster(task: PipelineTask, resources: tuple[str, str, str, str], s3_secr
     return task
 
 
-def on_gpu_pool(task: PipelineTask, gpu_count: int, node_selector: dict, tolerations: list) -> PipelineTask:
-    """GPUs, the GPU node pool and a memory-backed /dev/shm."""
+def on_gpu_pool(
+    task: PipelineTask, gpu_count: int, node_selector: dict, tolerations: list, s3_secret_name: str
+) -> PipelineTask:
+    """What every task gets (on_cluster, with GPU_STAGE resources), plus GPUs, the GPU node pool and a
+    memory-backed /dev/shm."""
+    on_cluster(task, GPU_STAGE, s3_secret_name)
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpu_count)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
@@ -379,8 +388,7 @@ def train_pipeline(
             time_budget_minutes=train_encoder_time_budget_minutes,
             **shared_training,
         )
-        on_cluster(task, GPU_STAGE, s3_secret_name)
-        return on_gpu_pool(task, gpu_count, gpu_node_selector, gpu_tolerations)
+        return on_gpu_pool(task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
 
     def hard_negative_round(number: int, previous: PipelineTask) -> PipelineTask:
         mine_task = mine_hard_negatives(
@@ -400,8 +408,7 @@ def train_pipeline(
             device="auto",
             runtime=mine_hard_negatives_runtime,
         ).set_display_name(f"mine-hard-negatives-{number}")
-        on_cluster(mine_task, GPU_STAGE, s3_secret_name)
-        on_gpu_pool(mine_task, gpu_count, gpu_node_selector, gpu_tolerations)
+        on_gpu_pool(mine_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
         train_task = train_encoder(
             pairs=mine_task.outputs["mined"],
             init_encoder=previous.outputs["encoder"],
@@ -415,8 +422,7 @@ def train_pipeline(
             time_budget_minutes=hard_negative_training_time_budget_minutes,
             **shared_training,
         ).set_display_name(f"train-encoder-round-{number}")
-        on_cluster(train_task, GPU_STAGE, s3_secret_name)
-        return on_gpu_pool(train_task, gpu_count, gpu_node_selector, gpu_tolerations)
+        return on_gpu_pool(train_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
 
     # A KFP DAG is static: one branch per round count, and dsl.OneOf takes the encoder of the branch that ran.
     with dsl.If(hard_negative_rounds == 0, name="no-hard-negative-rounds"):
@@ -468,8 +474,7 @@ def train_pipeline(
         threads=train_decoder_threads,
         time_budget_minutes=train_decoder_time_budget_minutes,
     )
-    on_cluster(decoder_task, GPU_STAGE, s3_secret_name)
-    on_gpu_pool(decoder_task, gpu_count, gpu_node_selector, gpu_tolerations)
+    on_gpu_pool(decoder_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
 
     # 6. build_index: encoder + corpus -> FAISS index
     index_task = build_index(

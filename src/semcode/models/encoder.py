@@ -50,6 +50,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTra
 
 from semcode import storage
 from semcode.progress import Progress, log
+from semcode.runtimes import check_runtime
 
 # Sizes of the from-scratch encoder. Field names follow transformers' BertConfig where they map onto it.
 ENCODER_SIZES: dict[str, dict[str, int]] = {
@@ -715,10 +716,6 @@ def check_encoder_spec(spec: str, what: str = "encoder") -> None:
         )
 
 
-# How the embedding-only stages run an encoder: torch, or its ONNX export through ONNX Runtime (CPU).
-RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")
-
-
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda when available, else cpu; anything else as given."""
     if device != "auto":
@@ -741,8 +738,7 @@ def load_embed_fn(
     ``device``, or ``onnx-int8`` / ``onnx-fp32``: exported as the release bundle's encoder is and run by
     ONNX Runtime on the CPU (semcode.export.onnx_embed_fn; int8 is ~2.5x faster than torch there).
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    check_runtime(runtime)  # a ValueError (ConfigError) naming the choices
     model = load_pretrained(spec).eval()
     tokenizer = load_hf_tokenizer(spec)
     if runtime != "torch":

@@ -47,9 +47,9 @@ from semcode.config import ConfigError, field
 from semcode.data.pairs import PAIR_SCHEMA, read_split
 from semcode.evaluation import EmbedFn
 from semcode.progress import Progress, log
+from semcode.runtimes import check_runtime
 
 TAG = "build-index"
-RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # semcode.models.encoder.RUNTIMES (not imported: fast --help)
 INDEX_FILE = "index.faiss"
 META_FILE = "index_meta.parquet"
 META_COLUMNS = ("code", "repo", "path", "func_name", "url")
@@ -87,8 +87,7 @@ class BuildIndexConfig:
     seed: int = field(0, "seed for the training sample, k-means and the query sample")
 
     def validate(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ConfigError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
+        check_runtime(self.runtime)
         for name in ("flat_max", "hnsw_max", "ivf_nlist", "pq_m", "train_sample", "max_length", "max_corpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -30,10 +30,10 @@ from semcode import config as cfg
 from semcode.config import ConfigError, field
 from semcode.evaluation import PROTOCOLS, evaluate_suite
 from semcode.progress import log
+from semcode.runtimes import check_runtime
 from semcode.suites import SUITES, Suite, cosqa_suite, find_benchmarks_dir, humaneval_suite, test_split_suite
 
 TAG = "evaluate"
-RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # semcode.models.encoder.RUNTIMES (not imported: fast --help)
 SYSTEM_ORDER = ("model", "bm25", "zero_shot")
 PRIMARY_METRIC = "mrr"
 
@@ -68,8 +68,7 @@ class EvaluateConfig:
     )
 
     def validate(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ConfigError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
+        check_runtime(self.runtime)
         if not self.suites or any(s not in SUITES for s in self.suites):
             raise ConfigError(f"suites={list(self.suites)}: each must be one of {list(SUITES)}")
         if not self.protocols or any(p not in PROTOCOLS for p in self.protocols):

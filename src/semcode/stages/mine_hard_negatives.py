@@ -42,9 +42,9 @@ from semcode import mining
 from semcode.config import ConfigError, field
 from semcode.data.pairs import SPLITS, read_split, shard_paths, write_shards
 from semcode.progress import log
+from semcode.runtimes import check_runtime
 
 TAG = "mine-hard-negatives"
-RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # semcode.models.encoder.RUNTIMES (not imported: fast --help)
 CANDIDATE_POOLS = ("sample", "train")
 EXAMPLES = 3
 EXAMPLE_CHARS = 400
@@ -86,8 +86,7 @@ class MineHardNegativesConfig:
     )
 
     def validate(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ConfigError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
+        check_runtime(self.runtime)
         if self.count < 1:
             raise ConfigError(f"count must be >= 1, got {self.count}")
         if not 0 <= self.range_min < self.range_max:

@@ -48,10 +48,10 @@ import torch
 from semcode import config as cfg
 from semcode.config import ConfigError, field
 from semcode.progress import log
+from semcode.runtimes import RUNTIMES, check_runtime
 
 TAG = "train-decoder"
 SIZES = ("tiny", "small", "base")  # semcode.models.decoder.DECODER_SIZES (not imported: keeps --help fast)
-RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # semcode.models.encoder.RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,7 @@ class TrainDecoderConfig:
     def validate(self) -> None:
         if self.size not in SIZES:
             raise ConfigError(f"size must be one of {SIZES}, got {self.size!r}")
-        if self.runtime not in RUNTIMES:
-            raise ConfigError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        check_runtime(self.runtime)
         if self.zero_stage not in (0, 1, 2):
             raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.max_length < 8:
