@@ -12,34 +12,15 @@ encoder with `semcode evaluate --suites cosqa --suites test --protocols full --n
 from __future__ import annotations
 
 import argparse
-import ast
 import shutil
-import textwrap
 from pathlib import Path
 
 import numpy as np
 
 
-def with_docstring(code: str, docstring: str) -> str | None:
-    """``code`` with ``\"\"\"docstring\"\"\"`` as its first body line; None for what is not a multi-line def."""
-    try:
-        tree = ast.parse(textwrap.dedent(code))
-    except SyntaxError:
-        return None
-    function = tree.body[0] if tree.body else None
-    if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef) or not function.body:
-        return None
-    if function.body[0].lineno == function.lineno:  # def f(): return x
-        return None
-    lines = code.split("\n")
-    first = function.body[0].lineno - 1  # dedent keeps line numbers
-    indent = lines[first][: len(lines[first]) - len(lines[first].lstrip())]
-    text = docstring.replace("\\", "\\\\").replace('"""', "'''")
-    return "\n".join([*lines[:first], f'{indent}"""{text}"""', *lines[first:]])
-
-
 def docstrings(pairs: Path, out: Path, share: float, seed: int) -> None:
     from semcode.data.pairs import read_split, write_shards
+    from semcode.train.augment import code_with_docstring
 
     for split in ("valid", "test"):
         shutil.copytree(pairs / split, out / split)
@@ -47,7 +28,7 @@ def docstrings(pairs: Path, out: Path, share: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     changed = 0
     for row in rows:
-        if rng.random() < share and (code := with_docstring(row["code"], row["query"])) is not None:
+        if rng.random() < share and (code := code_with_docstring(row["code"], row["query"])) is not None:
             row["code"] = code
             changed += 1
     write_shards(rows, out / "train")

@@ -33,6 +33,7 @@ def train_decoder(
     max_eval_pairs: int,
     generate_samples: int,
     generate_max_tokens: int,
+    rerank_candidates: int,
     runtime: str,
     threads: int,
     time_budget_minutes: float,
@@ -65,6 +66,7 @@ def train_decoder(
         max_eval_pairs: test functions for the metrics and the round-trip corpus (0 = all).
         generate_samples: test functions generated for parse rate, BLEU and round-trip retrieval.
         generate_max_tokens: tokens generated per sample at most.
+        rerank_candidates: candidates per sample for the best-of-N (reranked_*) metrics; 1 = off.
         runtime: how the frozen encoder embeds: torch, onnx-int8 or onnx-fp32 (onnx: CPU).
         threads: torch CPU threads (0 = every core).
         time_budget_minutes: stop training after this much (0 = none).
@@ -99,6 +101,7 @@ def train_decoder(
             "max_eval_pairs": max_eval_pairs,
             "generate_samples": generate_samples,
             "generate_max_tokens": generate_max_tokens,
+            "rerank_candidates": rerank_candidates,
             "runtime": runtime,
             "threads": threads,
             "time_budget_minutes": time_budget_minutes,
@@ -113,7 +116,9 @@ def train_decoder(
 
     for name in (
         "test_loss", "test_perplexity", "test_token_accuracy", "parse_rate", "bleu", "round_trip_recall@1",
-        "round_trip_recall@10", "query_parse_rate", "query_round_trip_recall@10", "tokens_per_second",
+        "round_trip_recall@10", "query_parse_rate", "query_round_trip_recall@10", "reranked_parse_rate",
+        "reranked_round_trip_recall@1", "reranked_round_trip_recall@10", "query_reranked_parse_rate",
+        "query_reranked_round_trip_recall@10", "tokens_per_second",
         "steps", "train_seconds",
     ):  # fmt: skip
         if isinstance(result.get(name), int | float):

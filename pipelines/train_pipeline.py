@@ -192,6 +192,7 @@ def train_pipeline(
     train_decoder_max_eval_pairs: int = 1000,
     train_decoder_generate_samples: int = 100,
     train_decoder_generate_max_tokens: int = 256,
+    train_decoder_rerank_candidates: int = 1,
     train_decoder_runtime: str = "torch",
     train_decoder_threads: int = 0,
     train_decoder_time_budget_minutes: float = 0.0,
@@ -297,6 +298,7 @@ def train_pipeline(
         train_decoder_max_eval_pairs: Test functions for the metrics and the round-trip corpus (0 = all).
         train_decoder_generate_samples: Test functions generated for parse rate, BLEU and round-trip.
         train_decoder_generate_max_tokens: Tokens generated per sample at most.
+        train_decoder_rerank_candidates: Candidates per sample (greedy + samples) for the best-of-N reranked_* metrics and generate's default (1 = off).
         train_decoder_runtime: How the frozen encoder runs: torch|onnx-int8|onnx-fp32 (onnx: CPU only).
         train_decoder_threads: Torch CPU threads (0 = every core); 1 can be much faster on a busy machine.
         train_decoder_time_budget_minutes: Stop training after this much, with a final checkpoint (0 = none).
@@ -470,6 +472,7 @@ def train_pipeline(
         max_eval_pairs=train_decoder_max_eval_pairs,
         generate_samples=train_decoder_generate_samples,
         generate_max_tokens=train_decoder_generate_max_tokens,
+        rerank_candidates=train_decoder_rerank_candidates,
         runtime=train_decoder_runtime,
         threads=train_decoder_threads,
         time_budget_minutes=train_decoder_time_budget_minutes,

@@ -135,6 +135,25 @@ def test_model_card_and_report_are_self_contained(tiny_bundle: Path):
         assert external not in page
 
 
+def test_model_card_shows_the_decoder_metrics():
+    bundle = {"name": "semcode", "version": "v2", "decoder": "decoder"}
+    decoder = {
+        "steps": 1500, "tokens_per_second": 5909.3, "test_perplexity": 67.6, "test_token_accuracy": 0.322,
+        "parse_rate": 0.47, "round_trip_recall@1": 0.03, "round_trip_recall@10": 0.14,
+        "query_parse_rate": 0.44, "query_round_trip_recall@1": 0.02, "query_round_trip_recall@10": 0.09,
+        "rerank_candidates": 8, "reranked_parse_rate": 0.9, "reranked_round_trip_recall@1": 0.06,
+        "reranked_round_trip_recall@10": 0.13,
+    }  # fmt: skip
+    card = report.model_card(bundle, {"train_decoder": decoder})
+    assert "## Decoder" in card
+    assert "greedy from code: parse rate / round-trip R@1 / R@10 | 0.4700 / 0.0300 / 0.1400" in card
+    assert "greedy from docstring: parse rate / round-trip R@1 / R@10 | 0.4400 / 0.0200 / 0.0900" in card
+    assert "best of 8 from code: parse rate / round-trip R@1 / R@10 | 0.9000 / 0.0600 / 0.1300" in card
+    assert "best of 8 from docstring" not in card  # not measured: no row
+    assert "## Decoder" not in report.model_card(bundle, {})
+    assert "best of 8 from code" in report.report_html(bundle, {"train_decoder": decoder})
+
+
 def test_report_escapes_every_text():
     bundle = {
         "name": "<script>alert(1)</script>",

@@ -21,9 +21,11 @@ from semcode.generation import (
     corpus_bleu,
     function_end,
     generate_code,
+    generate_reranked,
     generation_metrics,
     is_function,
     parses,
+    pick_by_embedding,
     reconstruction_metrics,
     trim_function,
 )
@@ -162,6 +164,43 @@ def test_generation_stops_at_max_tokens_and_samples_reproducibly(overfit, tokeni
     assert first == again
     with pytest.raises(ValueError, match="top_p"):
         generate_code(model, tokenizer, embeddings[:1], 5, temperature=1.0, top_p=0.0)
+
+
+def test_pick_by_embedding_prefers_parseable_then_closest():
+    similarities = np.array([[0.9, 0.2, 0.5], [0.1, 0.3, 0.2], [-0.5, -0.9, -1.0]])
+    parseable = np.array([[False, True, True], [False, False, False], [False, False, True]])
+    # Row 0: the closest parseable (0.5, not the unparseable 0.9); row 1: none parses, the closest;
+    # row 2: the only parseable one, however far.
+    assert pick_by_embedding(similarities, parseable).tolist() == [2, 1, 2]
+    with pytest.raises(ValueError, match="one shape"):
+        pick_by_embedding(similarities, parseable[:, :2])
+    with pytest.raises(ValueError, match="one shape"):
+        pick_by_embedding(np.zeros((2, 0)), np.zeros((2, 0), dtype=bool))
+
+
+def test_generate_reranked_keeps_the_candidate_closest_to_the_target(overfit, tokenizer, embeddings):
+    model, _ = overfit
+    by_code = {code: embeddings[i] for i, code in enumerate(FUNCTIONS)}
+    seen: list[list[str]] = []
+
+    def embed_codes(codes: list[str]) -> np.ndarray:
+        """The training embedding for a training function, a far-off vector for anything else."""
+        seen.append(codes)
+        return np.stack([by_code.get(code, -embeddings[0]) for code in codes])
+
+    greedy = generate_code(model, tokenizer, embeddings[:3], max_new_tokens=96)
+    torch.manual_seed(0)
+    one = generate_reranked(model, tokenizer, embeddings[:3], embed_codes, candidates=1, max_new_tokens=96)
+    assert one == greedy  # one candidate: plain greedy decoding
+    # Hot samples are mostly garbage; the reranker must keep the exact function (cosine 1) for each row.
+    torch.manual_seed(0)
+    best = generate_reranked(
+        model, tokenizer, embeddings[:3], embed_codes, candidates=4, max_new_tokens=96, temperature=3.0
+    )
+    assert [g.code for g in best] == FUNCTIONS[:3]
+    assert len(seen[-1]) <= 3 * 4  # every non-empty candidate embedded once, in one call
+    with pytest.raises(ValueError, match="candidates"):
+        generate_reranked(model, tokenizer, embeddings[:1], embed_codes, candidates=0)
 
 
 def test_function_end_rules():

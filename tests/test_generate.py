@@ -54,6 +54,7 @@ def test_generate_from_a_bundle(bundle: Path, capsys):
     assert answer["text"] == "Return the sum of two numbers." and answer["embedded_as"] == "query"
     assert answer["models"]["bundle"] == str(bundle)
     assert answer["settings"]["repetition_penalty"] == 1.2  # the decoder's own, from training
+    assert answer["settings"]["candidates"] == 2  # best of the decoder's saved rerank_candidates
     [sample] = answer["samples"]
     assert sample["tokens"] <= 6 and sample["stopped_by"] in ("eos", "function_end", "max_tokens")
     assert isinstance(sample["code"], str) and isinstance(sample["parses"], bool)
@@ -63,6 +64,10 @@ def test_generate_from_a_bundle(bundle: Path, capsys):
     assert as_code["embedded_as"] == "code"
     plain = run_json(capsys, str(bundle), "Open a file.", "--repetition-penalty", "1", "--max-tokens", "3")
     assert plain["settings"]["repetition_penalty"] == 1.0
+    greedy = run_json(capsys, str(bundle), "Open a file.", "--greedy", "--max-tokens", "3")
+    assert greedy["settings"]["candidates"] == 1 and greedy["settings"]["temperature"] == 0.0
+    more = run_json(capsys, str(bundle), "Open a file.", "--candidates", "4", "--max-tokens", "3")
+    assert more["settings"]["candidates"] == 4 and len(more["samples"]) == 1
     assert generate.main([str(bundle), "Join two paths.", "--max-tokens", "3", "--precision", "fp32"]) == 0
 
 
@@ -97,3 +102,7 @@ def test_clear_errors(tiny_run: TinyRun, decoder_run: Path, tmp_path: Path, caps
         generate.main([str(decoder_run), "Sort a list.", "--num-samples", "2"])
     with pytest.raises(SystemExit):
         generate.main([str(decoder_run), "Sort a list.", "--greedy", "--temperature", "0.7"])
+    with pytest.raises(SystemExit):  # the candidates are reranked samples of their own
+        generate.main([str(decoder_run), "Sort a list.", "--candidates", "3", "--temperature", "0.7"])
+    with pytest.raises(SystemExit):
+        generate.main([str(decoder_run), "Sort a list.", "--candidates", "0"])

@@ -28,7 +28,7 @@ TRAIN_FLAGS = [
     "--size", "tiny", "--prefix-tokens", "4", "--max-length", "64", "--batch-size", "8", "--max-steps", "12",
     "--lr", "3e-3", "--warmup-steps", "2", "--eval-every", "6", "--checkpoint-every", "6",
     "--keep-checkpoints", "0", "--max-valid-pairs", "16", "--max-eval-pairs", "24", "--generate-samples", "4",
-    "--generate-max-tokens", "24", "--query-share", "0.25", "--seed", "3",
+    "--generate-max-tokens", "24", "--query-share", "0.25", "--seed", "3", "--rerank-candidates", "3",
 ]  # fmt: skip
 
 
@@ -104,10 +104,25 @@ def test_main_writes_the_decoder_metrics_and_history(trained: Path):
     assert [e["step"] for e in history["evals"]] == [6, 12]
     assert {"loss", "perplexity", "token_accuracy"} <= set(history["evals"][0])
     samples = [json.loads(line) for line in (trained / "samples.jsonl").read_text().splitlines()]
-    assert [s["from"] for s in samples] == ["code"] * 4 + ["query"] * 4
+    assert [(s["from"], s["decoding"]) for s in samples] == (
+        [("code", "greedy")] * 4 + [("code", "reranked")] * 4 + [("query", "greedy")] * 4
+        + [("query", "reranked")] * 4
+    )  # fmt: skip
+    # Best of 3: every reranked sample is one the decoder could write; a parseable greedy one is never
+    # swapped for an unparseable sample.
+    for greedy, reranked in zip(samples[:4], samples[4:8], strict=True):
+        assert reranked["parses"] or not greedy["parses"]
+    assert metrics["rerank_candidates"] == 3 and metrics["reranked_parse_rate"] >= metrics["parse_rate"]
+    for name in ("reranked_round_trip_recall@10", "query_reranked_parse_rate", "reranked_bleu"):
+        assert isinstance(metrics[name], float), name
     meta = json.loads((trained / "decoder" / "semcode_decoder.json").read_text())
     assert meta["prefix_tokens"] == 4 and meta["embedding_dim"] == 64 and meta["max_length"] == 64
-    assert meta["generation"] == {"repetition_penalty": 1.2}
+    assert meta["generation"] == {
+        "repetition_penalty": 1.2,
+        "candidates": 3,
+        "temperature": 0.8,
+        "top_p": 0.95,
+    }
 
 
 def test_saved_decoder_reproduces_the_test_loss(trained: Path, data_dirs):
@@ -164,6 +179,9 @@ def test_bad_inputs_fail_before_training(data_dirs, trained: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="fewer than batch_size"):
         short = TrainDecoderConfig(size="tiny", max_length=8)  # no function fits in 8 tokens
         train_decoder.run(short, encoder_dir, pairs_dir, tokenizer_dir, tmp_path / "out")
+    for bad in ({"rerank_candidates": 0}, {"rerank_temperature": 0.0}, {"rerank_top_p": 1.5}):
+        with pytest.raises(ConfigError, match="rerank"):
+            TrainDecoderConfig(**bad).validate()
     with pytest.raises(ConfigError, match="query_share"):
         TrainDecoderConfig(query_share=1.5).validate()
     assert not (tmp_path / "out").exists()

@@ -1,8 +1,10 @@
 """``semcode generate``: write a Python function from a docstring (or from code) with a trained decoder.
 
-The text is embedded by the search encoder, the decoder writes code from the embedding (greedy by
-default, or sampled with temperature and top-p) and stops at ``</s>``, at ``--max-tokens`` or where the
-function ends. Two ways to name the models::
+The text is embedded by the search encoder, the decoder writes code from the embedding and stops at
+``</s>``, at ``--max-tokens`` or where the function ends. By default it writes the best of the
+decoder's saved number of candidates (train_decoder's ``rerank_candidates``: the greedy code plus
+samples, the parseable one whose embedding is closest to the text's kept); ``--greedy`` is plain
+greedy decoding, ``--temperature`` plain sampling with top-p. Two ways to name the models::
 
     semcode generate BUNDLE "docstring"                     a release bundle with decoder/; its ONNX
                                                             encoder (as search uses) embeds the text
@@ -54,7 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder directory (or 'minilm'), when BUNDLE is a decoder",
     )
     parser.add_argument("--as-code", action="store_true", help="embed TEXT as code, not as a docstring")
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
+    parser.add_argument(
+        "--greedy", action="store_true", help="plain greedy decoding, no candidates to rerank"
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="write this many candidates (greedy + samples) and print the parseable one closest to the "
+        "text's embedding; 1 = greedy (default: the decoder's own, saved by train-decoder)",
+    )
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="sample at this temperature (default: 0 = greedy)"
     )
@@ -156,10 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "greedy decoding writes the same code every time: pass --temperature > 0 for several samples"
         )
+    if args.candidates is not None and args.candidates < 1:
+        parser.error("--candidates must be >= 1")
+    if (args.candidates or 1) > 1 and (args.greedy or temperature > 0):
+        parser.error("--candidates reranks its own samples: drop --greedy / --temperature, or --candidates")
 
     import torch
 
-    from semcode.generation import generate_code, is_function
+    from semcode.generation import generate_code, generate_reranked, is_function
 
     kind = "code" if args.as_code else "query"
     try:
@@ -172,14 +187,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"{decoder.embedding_dim}: they were not trained together"
             )
         load_ms = (time.perf_counter() - started) * 1000
-        # The penalty the decoder was measured with in training, unless the command line says otherwise.
-        penalty = args.repetition_penalty or (meta.get("generation") or {}).get("repetition_penalty", 1.0)
+        # The decoding the decoder was measured with in training, unless the command line says otherwise.
+        saved = meta.get("generation") or {}
+        penalty = args.repetition_penalty or saved.get("repetition_penalty", 1.0)
+        plain = args.greedy or temperature > 0 or args.num_samples > 1
+        candidates = args.candidates or (1 if plain else int(saved.get("candidates", 1)))
+        top_p = args.top_p
+        if candidates > 1:  # the candidates are sampled as in training's measurement
+            temperature, top_p = float(saved.get("temperature", 0.8)), float(saved.get("top_p", 0.95))
         torch.manual_seed(args.seed)
         started = time.perf_counter()
-        samples = generate_code(
-            decoder, tokenizer, np.repeat(embedding, args.num_samples, axis=0), args.max_tokens, temperature,
-            args.top_p, penalty,
-        )  # fmt: skip
+        if candidates > 1:
+            samples = generate_reranked(
+                decoder, tokenizer, embedding, lambda codes: embed(codes, "code"), candidates, args.max_tokens,
+                temperature, top_p, penalty,
+            )  # fmt: skip
+        else:
+            samples = generate_code(
+                decoder, tokenizer, np.repeat(embedding, args.num_samples, axis=0), args.max_tokens,
+                temperature, args.top_p, penalty,
+            )  # fmt: skip
         took_ms = (time.perf_counter() - started) * 1000
     except (bundles.BundleError, FileNotFoundError, ValueError) as error:
         print(f"semcode generate: error: {error}", file=sys.stderr)
@@ -190,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             "text": text,
             "embedded_as": kind,
             "models": about,
-            "settings": {"temperature": temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
-                         "repetition_penalty": penalty, "seed": args.seed},
+            "settings": {"temperature": temperature, "top_p": top_p, "max_tokens": args.max_tokens,
+                         "repetition_penalty": penalty, "candidates": candidates, "seed": args.seed},
             "samples": [
                 {"code": s.code, "tokens": s.tokens, "stopped_by": s.stopped_by,
                  "parses": is_function(s.code)}

@@ -27,7 +27,7 @@ import re
 import textwrap
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,6 +208,69 @@ def generate_code(
         model.train(was_training)
         torch.set_num_threads(threads)
     return results
+
+
+def pick_by_embedding(similarities: np.ndarray, parseable: np.ndarray) -> np.ndarray:
+    """For each row, the candidate to keep: the most similar parseable one, else the most similar one.
+
+    similarities [N, C]: cosine of candidate c's embedding to row n's target embedding; parseable
+    [N, C] bool. Returns [N] int64 candidate indices.
+    """
+    similarities = np.asarray(similarities, dtype=np.float64)
+    parseable = np.asarray(parseable, dtype=bool)
+    if similarities.ndim != 2 or similarities.shape != parseable.shape or similarities.shape[1] == 0:
+        raise ValueError(
+            f"need similarities and parseable of one shape [N, C >= 1], got {similarities.shape} and "
+            f"{parseable.shape}"
+        )
+    # A parseable candidate beats every unparseable one: add 4 (cosines lie in [-1, 1]).
+    return np.argmax(similarities + 4.0 * parseable, axis=1).astype(np.int64)
+
+
+def generate_reranked(
+    model: CodeDecoder,
+    tokenizer: Any,
+    embeddings: np.ndarray,
+    embed_codes: Callable[[list[str]], np.ndarray],
+    candidates: int,
+    max_new_tokens: int = 256,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    repetition_penalty: float = 1.0,
+    batch_size: int = 32,
+) -> list[Generation]:
+    """Best of ``candidates`` per embedding [N, D]: the greedy code plus ``candidates - 1`` samples,
+    reranked by the encoder (``pick_by_embedding``: the parseable candidate whose embedding is closest
+    to the one it was decoded from).
+
+    Sample-then-rerank with the embedding model, as vec2text's re-embedding search (Morris et al. 2023):
+    the decoder proposes, the encoder that made the target judges. ``embed_codes`` embeds codes
+    (code side, L2-normalised) with the encoder that made ``embeddings``; an empty code scores -1.
+    """
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    proposals = [
+        generate_code(model, tokenizer, embeddings, max_new_tokens, 0.0, 1.0, repetition_penalty, batch_size)
+    ]
+    if candidates > 1:
+        repeated = np.repeat(embeddings, candidates - 1, axis=0)  # [N * (C-1), D]: row n's samples together
+        sampled = generate_code(
+            model, tokenizer, repeated, max_new_tokens, temperature, top_p, repetition_penalty, batch_size
+        )
+        for c in range(candidates - 1):
+            proposals.append(sampled[c :: candidates - 1])
+    grid = [[proposals[c][n] for c in range(candidates)] for n in range(len(embeddings))]  # [N][C]
+    codes = [g.code for row in grid for g in row]
+    nonempty = [i for i, code in enumerate(codes) if code]
+    similarities = np.full(len(codes), -1.0, dtype=np.float64)
+    if nonempty:
+        candidate_embeddings = np.asarray(embed_codes([codes[i] for i in nonempty]), dtype=np.float32)
+        targets = np.repeat(embeddings, candidates, axis=0)[nonempty]  # [M, D]
+        similarities[nonempty] = np.einsum("md,md->m", candidate_embeddings, targets)
+    parseable = np.array([is_function(code) for code in codes])
+    chosen = pick_by_embedding(similarities.reshape(-1, candidates), parseable.reshape(-1, candidates))
+    return [grid[n][c] for n, c in enumerate(chosen)]
 
 
 def _trailing_pads(ids: list[int]) -> int:

@@ -138,7 +138,34 @@ def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
             f"{_number(latency.get('p50_ms'))} / {_number(latency.get('p99_ms'))}",
         ),
     ]
-    return {"Model": model, "Training data": data, "int8 encoder": int8, "Index": index}
+    facts = {"Model": model, "Training data": data, "int8 encoder": int8, "Index": index}
+    decoder_metrics = metrics.get("train_decoder") or {}
+    if decoder_metrics:
+        facts["Decoder"] = _decoder_facts(decoder_metrics)
+    return facts
+
+
+def _decoder_facts(decoder: dict) -> list[tuple[str, str]]:
+    """The decoder's test metrics: teacher-forced, then greedy and (when measured) best-of-N generation."""
+    rows = [
+        ("test perplexity / token accuracy",
+         f"{_number(decoder.get('test_perplexity'))} / {_number(decoder.get('test_token_accuracy'))}"),
+        ("training", f"{_number(decoder.get('steps'))} steps, {_number(decoder.get('tokens_per_second'))} tokens/s"),
+    ]  # fmt: skip
+    decodings = [("greedy", "")]
+    if "reranked_parse_rate" in decoder:
+        decodings.append((f"best of {decoder.get('rerank_candidates')}", "reranked_"))
+    for label, infix in decodings:
+        for source, prefix in (("code", ""), ("docstring", "query_")):
+            key = f"{prefix}{infix}"
+            if f"{key}parse_rate" in decoder:
+                rows.append((
+                    f"{label} from {source}: parse rate / round-trip R@1 / R@10",
+                    f"{_number(decoder.get(f'{key}parse_rate'))} / "
+                    f"{_number(decoder.get(f'{key}round_trip_recall@1'))} / "
+                    f"{_number(decoder.get(f'{key}round_trip_recall@10'))}",
+                ))  # fmt: skip
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,10 @@ from its own code embedding: reconstruction loss, perplexity and token accuracy 
 ``generate_samples`` of them, greedy generation and the share that parses as Python, corpus BLEU-4
 against the reference, and round-trip retrieval: the generated code's embedding (same encoder, code
 side) ranks its source among all the eval functions (recall@1, recall@10, MRR). The same for
-generation from the docstring's embedding (``query_*`` metrics, the gold being the function).
+generation from the docstring's embedding (``query_*`` metrics, the gold being the function). With
+``rerank_candidates`` > 1, the same metrics again (``reranked_*``) for best-of-N decoding: the greedy code
+plus N - 1 samples, the parseable one whose embedding is closest to the target kept
+(semcode.generation.generate_reranked); the decoder saves N as ``semcode generate``'s default.
 """
 
 from __future__ import annotations
@@ -89,6 +92,13 @@ class TrainDecoderConfig:
     repetition_penalty: float = field(
         1.2, "generation divides the logits of tokens already written by this (1 = off); saved as the default"
     )
+    rerank_candidates: int = field(
+        1,
+        "also write this many candidates per sample (greedy + samples) and keep the parseable one closest "
+        "to the target embedding (reranked_* metrics; 1 = off); saved as generate's default",
+    )
+    rerank_temperature: float = field(0.8, "sampling temperature of the reranked candidates")
+    rerank_top_p: float = field(0.95, "nucleus sampling mass of the reranked candidates")
     generate_from_queries: bool = field(True, "also generate from the samples' docstrings (query_* metrics)")
     embed_batch_size: int = field(64, "texts per batch when the encoder embeds")
     runtime: str = field("torch", f"how the frozen encoder runs: {'|'.join(RUNTIMES)} (onnx: CPU only)")
@@ -108,6 +118,11 @@ class TrainDecoderConfig:
             raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.max_length < 8:
             raise ConfigError(f"max_length must be >= 8, got {self.max_length}")
+        if self.rerank_temperature <= 0 or not 0 < self.rerank_top_p <= 1:
+            raise ConfigError(
+                f"need rerank_temperature > 0 and 0 < rerank_top_p <= 1, got {self.rerank_temperature}, "
+                f"{self.rerank_top_p}"
+            )
         if self.lr <= 0 or self.repetition_penalty <= 0:
             raise ConfigError(
                 f"lr and repetition_penalty must be > 0, got {self.lr}, {self.repetition_penalty}"
@@ -121,7 +136,7 @@ class TrainDecoderConfig:
             )
         for name in (
             "prefix_tokens", "epochs", "batch_size", "grad_accum", "generate_max_tokens", "embed_batch_size",
-            "log_every",
+            "log_every", "rerank_candidates",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -275,7 +290,13 @@ def measure_on_test(
     test_set: Examples,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Reconstruction and generation metrics on the test functions (module docstring); also the samples."""
-    from semcode.generation import generate_code, generation_metrics, is_function, reconstruction_metrics
+    from semcode.generation import (
+        generate_code,
+        generate_reranked,
+        generation_metrics,
+        is_function,
+        reconstruction_metrics,
+    )
 
     started = time.perf_counter()
     metrics: dict[str, Any] = {"eval_functions": len(test_set)}
@@ -289,24 +310,33 @@ def measure_on_test(
     sources = {"": test_set.embeddings[:count]}  # decode each function from its own code embedding
     if config.generate_from_queries:
         sources["query_"] = embed(test.queries[:count], "query")  # and from its docstring's
+    torch.manual_seed(config.seed)  # the reranked candidates are samples
     for prefix, embeddings in sources.items():
-        generated = generate_code(
-            model,
-            tokenizer,
-            embeddings,
-            config.generate_max_tokens,
-            repetition_penalty=config.repetition_penalty,
-        )
-        generated_embeddings = embed([g.code for g in generated], "code")
-        values = generation_metrics(generated, references, generated_embeddings, test_set.embeddings)
-        metrics.update({f"{prefix}{name}": value for name, value in values.items()})
-        for i, g in enumerate(generated):
-            samples.append({
-                "from": "query" if prefix else "code", "query": test.queries[i], "reference": references[i],
-                "generated": g.code, "parses": is_function(g.code), "tokens": g.tokens,
-                "stopped_by": g.stopped_by,
-            })  # fmt: skip
+        decodings = {
+            "greedy": generate_code(
+                model, tokenizer, embeddings, config.generate_max_tokens,
+                repetition_penalty=config.repetition_penalty,
+            ),
+        }  # fmt: skip
+        if config.rerank_candidates > 1:
+            decodings["reranked"] = generate_reranked(
+                model, tokenizer, embeddings, lambda codes: embed(codes, "code"), config.rerank_candidates,
+                config.generate_max_tokens, config.rerank_temperature, config.rerank_top_p,
+                config.repetition_penalty,
+            )  # fmt: skip
+        for decoding, generated in decodings.items():
+            generated_embeddings = embed([g.code for g in generated], "code")
+            values = generation_metrics(generated, references, generated_embeddings, test_set.embeddings)
+            infix = "" if decoding == "greedy" else "reranked_"
+            metrics.update({f"{prefix}{infix}{name}": value for name, value in values.items()})
+            for i, g in enumerate(generated):
+                samples.append({
+                    "from": "query" if prefix else "code", "decoding": decoding, "query": test.queries[i],
+                    "reference": references[i], "generated": g.code, "parses": is_function(g.code),
+                    "tokens": g.tokens, "stopped_by": g.stopped_by,
+                })  # fmt: skip
     metrics["generated_samples"] = count
+    metrics["rerank_candidates"] = config.rerank_candidates
     metrics["metrics_seconds"] = round(time.perf_counter() - started, 3)
     return metrics, samples
 
@@ -441,7 +471,10 @@ def run(
         model.save(
             decoder_dir, tokenizer_dir, max_length=config.max_length, query_share=config.query_share,
             encoder={"path": str(encoder_dir), "embedding_dim": dim},
-            generation={"repetition_penalty": config.repetition_penalty},
+            generation={
+                "repetition_penalty": config.repetition_penalty, "candidates": config.rerank_candidates,
+                "temperature": config.rerank_temperature, "top_p": config.rerank_top_p,
+            },
         )  # fmt: skip
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -462,6 +495,11 @@ def summary_line(metrics: dict[str, Any]) -> str:
         line += (
             f" | parse {metrics['parse_rate']:.2f} bleu {metrics['bleu']:.3f} round-trip "
             f"R@1 {metrics['round_trip_recall@1']:.2f} R@10 {metrics['round_trip_recall@10']:.2f}"
+        )
+    if "reranked_parse_rate" in metrics:
+        line += (
+            f" | best of {metrics['rerank_candidates']}: parse {metrics['reranked_parse_rate']:.2f} "
+            f"R@1 {metrics['reranked_round_trip_recall@1']:.2f} R@10 {metrics['reranked_round_trip_recall@10']:.2f}"
         )
     return line
 

@@ -88,6 +88,10 @@ class TrainEncoderConfig:
     resume: bool = field(False, "continue from out/checkpoints/latest when it exists")
     zero_stage: int = field(0, "DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs)")
     max_train_pairs: int = field(0, "train on a seeded sample of this many pairs (0 = all)")
+    web_query_share: float = field(
+        0.0, "share of train queries rewritten as short web-style searches ('python get the x'), seeded"
+    )
+    docstring_share: float = field(0.0, "share of train codes given their docstring back as first body line")
     max_valid_pairs: int = field(1000, "validate on a seeded sample of this many pairs (0 = all)")
     eval_batch_size: int = field(64, "texts per batch when encoding the validation pairs")
     query_prefix: str = field("", "text prepended to every query ('' keeps a checkpoint's own prefix)")
@@ -126,6 +130,9 @@ class TrainEncoderConfig:
                 f"epochs must be >= 1, or 0 (no training) with init_from set; got {self.epochs} "
                 f"(init_from {self.init_from!r})"
             )
+        for name in ("web_query_share", "docstring_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("grad_accum", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -395,6 +402,7 @@ def run(
     from transformers import AutoTokenizer
 
     from semcode.models.encoder import build_encoder, load_pretrained, resolve_checkpoint
+    from semcode.train.augment import augment_pairs
     from semcode.train.data import PairSet, load_pairs
     from semcode.train.engine import is_main_process, seed_everything
 
@@ -402,6 +410,16 @@ def run(
     pairs_dir, out = Path(pairs_dir), Path(out_dir)
     _check_inputs(config, pairs_dir, tokenizer_dir, out)
     train_pairs = load_pairs(pairs_dir, "train", config.max_train_pairs, config.seed)
+    augmented: dict[str, int] = {}
+    if config.web_query_share > 0 or config.docstring_share > 0:
+        train_pairs.queries, train_pairs.codes, augmented = augment_pairs(
+            train_pairs.queries,
+            train_pairs.codes,
+            config.web_query_share,
+            config.docstring_share,
+            config.seed,
+        )
+        log(TAG, f"augmented train pairs: {augmented}")
     if len(train_pairs) < config.batch_size:
         raise ValueError(
             f"{pairs_dir}/train has {len(train_pairs)} usable pairs (non-empty query and code), fewer than "
@@ -444,6 +462,7 @@ def run(
         else:
             metrics = train(config, model, tokenizer, train_pairs, valid_pairs, out)
         metrics["init_from"] = config.init_from
+        metrics["augmented"] = augmented
         if not is_main_process():  # with several ranks, rank 0 writes the outputs
             return metrics
         encoder_dir = out / "encoder"
