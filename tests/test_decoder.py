@@ -274,3 +274,50 @@ def test_save_and_load(overfit, tokenizer_dir, embeddings, tmp_path):
     assert lm.config.model_type == "llama"
     with pytest.raises(FileNotFoundError, match="not a semcode decoder"):
         load_decoder(tmp_path / "nowhere")
+
+
+def test_token_bias_starts_neutral_is_used_by_generation_and_saved(
+    tokenizer, tokenizer_dir, embeddings, tmp_path
+):
+    token_ids = code_token_ids(tokenizer, FUNCTIONS, max_length=128)
+    batch = make_batch(token_ids, embeddings, list(range(len(FUNCTIONS))))
+    torch.manual_seed(0)
+    plain = build_decoder("tiny", tokenizer.get_vocab_size(), DIM, prefix_tokens=4)
+    torch.manual_seed(0)
+    biased = build_decoder("tiny", tokenizer.get_vocab_size(), DIM, prefix_tokens=4, token_bias=True)
+    assert plain.logit_bias(batch["embeddings"]) is None
+    # Zero-initialised: the same decoder as without the head until it learns.
+    assert float(biased(**batch).loss) == pytest.approx(float(plain(**batch).loss), rel=1e-6)
+
+    # A bias towards one token: the loss sees it, and generation writes nothing else.
+    favourite = tokenizer.encode("    return", add_special_tokens=False).ids[-1]
+    with torch.no_grad():
+        biased.token_bias.bias[favourite] = 1e4
+    assert float(biased(**batch).loss) > 10 * float(plain(**batch).loss)
+    [written] = generate_code(biased, tokenizer, embeddings[:1], max_new_tokens=5)
+    assert written.stopped_by == "max_tokens" and written.tokens == 5
+    assert written.code.split() == ["return"] * 5
+
+    biased.save(tmp_path / "decoder", tokenizer_dir)
+    meta = json.loads((tmp_path / "decoder" / "semcode_decoder.json").read_text())
+    loaded, _ = load_decoder(tmp_path / "decoder")
+    assert meta["token_bias"] is True and loaded.token_bias is not None
+    assert torch.equal(loaded.token_bias.bias, biased.token_bias.bias)
+    assert float(loaded(**batch).loss) == pytest.approx(float(biased(**batch).loss))
+
+
+def test_loads_a_decoder_saved_before_the_token_bias(overfit, tokenizer_dir, tmp_path):
+    """prefix.safetensors used to hold the prefix MLP's tensors under their bare names."""
+    import safetensors.torch
+
+    model, token_ids = overfit
+    out = model.save(tmp_path / "decoder", tokenizer_dir)
+    bare = {name: t.contiguous() for name, t in model.prefix.state_dict().items()}
+    safetensors.torch.save_file(bare, str(out / "prefix.safetensors"))
+    meta = json.loads((out / "semcode_decoder.json").read_text())
+    del meta["token_bias"]
+    (out / "semcode_decoder.json").write_text(json.dumps(meta))
+    loaded, _ = load_decoder(out)
+    assert loaded.token_bias is None
+    for name, tensor in model.prefix.state_dict().items():
+        assert torch.equal(loaded.prefix.state_dict()[name], tensor), name

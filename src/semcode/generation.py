@@ -33,7 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from semcode.models.decoder import BOS_ID, EOS_ID, PAD_ID, CodeDecoder, make_batch
 
@@ -121,6 +127,19 @@ class StopAtFunctionEnd(StoppingCriteria):
         return done.to(input_ids.device)
 
 
+class AddLogitBias(LogitsProcessor):
+    """Adds each row's [V] bias (the decoder's token-bias head) to its next-token logits.
+
+    transformers runs custom processors after the repetition penalty and before temperature and top-p.
+    """
+
+    def __init__(self, bias: torch.Tensor) -> None:
+        self.bias = bias  # [B, V]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores + self.bias.to(scores.dtype)  # scores [B, V]
+
+
 # ---------------------------------------------------------------------------------------------
 # Generating
 
@@ -185,6 +204,8 @@ def generate_code(
                 bos = model.lm.get_input_embeddings()(torch.full((len(batch), 1), BOS_ID, device=device))
                 inputs = torch.cat([prefix.to(bos.dtype), bos], dim=1)  # [B, k+1, H]
                 stop = StopAtFunctionEnd(tokenizer)
+                bias = model.logit_bias(batch)  # [B, V], or None without a token-bias head
+                processors = LogitsProcessorList([AddLogitBias(bias)] if bias is not None else [])
                 with warnings.catch_warnings():
                     # "the penalty applies only to newly generated tokens": what we want, the prefix has none.
                     warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
@@ -193,6 +214,7 @@ def generate_code(
                         attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long, device=device),
                         generation_config=config,
                         stopping_criteria=StoppingCriteriaList([stop]),
+                        logits_processor=processors,
                     )  # [B, n]: only the new tokens, rows that stopped early padded with <pad>
                 for row, ids in enumerate(generated.tolist()):
                     if EOS_ID in ids:

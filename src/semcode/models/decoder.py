@@ -9,6 +9,12 @@ tokens that precede the code, and the decoder learns to write the code after the
       -> the transformer's token embeddings                          [B, T, H]
     [prefix ; tokens] as inputs_embeds -> LlamaModel                 [B, k+T, H]
       -> the hidden state at <s>, c1, ... predicts c1, c2, ..., </s>   (the prefix and <pad> predict nothing)
+    optional token bias: Linear(D, V)(embedding)                     [B, V]   added to every position's logits
+
+The token bias (``token_bias=True``) is a bag-of-tokens prior: one linear map from the embedding to the
+vocabulary, added to the logits at every step, so which identifiers and words the function uses comes
+straight from the embedding instead of through k virtual tokens and every layer. It starts at zero (a
+plain prefix decoder) and learns from the same loss. Generation adds it through a logits processor.
 
 Why Llama-style (transformers' LlamaForCausalLM) rather than GPT-2: rotary position embeddings encode
 relative positions, so the k prefix positions need no learned position table sized ahead of time;
@@ -23,7 +29,7 @@ Saved layout (``CodeDecoder.save``): the root is a plain transformers checkpoint
 (``AutoModelForCausalLM.from_pretrained(dir)`` loads the language model alone)::
 
     config.json, generation_config.json, model.safetensors    the LlamaForCausalLM
-    prefix.safetensors                                         the prefix MLP
+    prefix.safetensors                                         the prefix MLP (and the token bias)
     semcode_decoder.json                                       prefix_tokens, embedding_dim, size, ...
     tokenizer.json, tokenizer_config.json, special_tokens_map.json   our BPE: the directory is self-contained
 """
@@ -89,7 +95,13 @@ class CodeDecoder(nn.Module):
     """A causal LM (``lm``) whose input starts with ``prefix_tokens`` virtual tokens from an embedding."""
 
     def __init__(
-        self, lm: LlamaForCausalLM, embedding_dim: int, prefix_tokens: int, *, size: str = "custom"
+        self,
+        lm: LlamaForCausalLM,
+        embedding_dim: int,
+        prefix_tokens: int,
+        *,
+        size: str = "custom",
+        token_bias: bool = False,
     ) -> None:
         super().__init__()
         if embedding_dim < 1 or prefix_tokens < 1:
@@ -104,6 +116,11 @@ class CodeDecoder(nn.Module):
         self.prefix = nn.Sequential(
             nn.Linear(embedding_dim, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, prefix_tokens * hidden)
         )
+        self.token_bias: nn.Linear | None = None
+        if token_bias:
+            self.token_bias = nn.Linear(embedding_dim, self.vocab_size)
+            nn.init.zeros_(self.token_bias.weight)  # starts as a plain prefix decoder
+            nn.init.zeros_(self.token_bias.bias)
 
     @property
     def hidden_size(self) -> int:
@@ -123,6 +140,13 @@ class CodeDecoder(nn.Module):
         prefix = self.prefix(embeddings.to(device=weight.device, dtype=weight.dtype))  # [B, k*H]
         return prefix.view(len(embeddings), self.prefix_tokens, self.hidden_size)
 
+    def logit_bias(self, embeddings: Tensor) -> Tensor | None:
+        """[B, D] embeddings -> [B, V] float32 logit bias of the token-bias head (None without one)."""
+        if self.token_bias is None:
+            return None
+        weight = self.token_bias.weight
+        return self.token_bias(embeddings.to(device=weight.device, dtype=weight.dtype)).float()
+
     def forward(self, embeddings: Tensor, input_ids: Tensor, attention_mask: Tensor) -> DecoderOutput:
         """Teacher forcing: embeddings [B, D], input_ids/attention_mask [B, T] of ``<s> code </s> <pad>...``.
 
@@ -140,6 +164,10 @@ class CodeDecoder(nn.Module):
         targets = input_ids[:, 1:]  # [B, T-1]
         valid = attention_mask[:, 1:].bool()  # [B, T-1]
         logits = self.lm.lm_head(predicting[valid]).float()  # [N, V], N = predicted tokens of the batch
+        bias = self.logit_bias(embeddings)  # [B, V] or None
+        if bias is not None:
+            rows = valid.nonzero()[:, 0]  # [N]: the batch row of each predicted token
+            logits = logits + bias[rows]
         loss = F.cross_entropy(logits, targets[valid])
         correct = int((logits.argmax(dim=-1) == targets[valid]).sum())
         return DecoderOutput(loss=loss, tokens=int(valid.sum()), correct=correct)
@@ -152,6 +180,7 @@ class CodeDecoder(nn.Module):
             "embedding_dim": self.embedding_dim,
             "prefix_tokens": self.prefix_tokens,
             "prefix_hidden": self.prefix[0].out_features,
+            "token_bias": self.token_bias is not None,
             "hidden_size": self.hidden_size,
             "vocab_size": self.vocab_size,
             "special_ids": {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID},
@@ -168,9 +197,10 @@ class CodeDecoder(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         module = self if next(self.parameters()).dtype == torch.float32 else copy.deepcopy(self).float()
         module.lm.save_pretrained(str(out), safe_serialization=True)
-        prefix = {
-            name: t.detach().float().cpu().contiguous() for name, t in module.prefix.state_dict().items()
-        }
+        heads = {f"prefix.{name}": t for name, t in module.prefix.state_dict().items()}
+        if module.token_bias is not None:
+            heads.update({f"token_bias.{name}": t for name, t in module.token_bias.state_dict().items()})
+        prefix = {name: t.detach().float().cpu().contiguous() for name, t in heads.items()}
         safetensors.torch.save_file(prefix, str(out / PREFIX_WEIGHTS_FILE))
         source = Path(tokenizer_dir)
         found = [name for name in TOKENIZER_FILES if (source / name).is_file()]
@@ -183,7 +213,9 @@ class CodeDecoder(nn.Module):
         return out
 
 
-def build_decoder(size: str, vocab_size: int, embedding_dim: int, prefix_tokens: int) -> CodeDecoder:
+def build_decoder(
+    size: str, vocab_size: int, embedding_dim: int, prefix_tokens: int, token_bias: bool = False
+) -> CodeDecoder:
     """A randomly initialised decoder of a named size (``DECODER_SIZES``); seed torch beforehand."""
     if size not in DECODER_SIZES:
         raise ValueError(f"unknown decoder size {size!r}; choose one of {sorted(DECODER_SIZES)}")
@@ -200,7 +232,9 @@ def build_decoder(size: str, vocab_size: int, embedding_dim: int, prefix_tokens:
         eos_token_id=EOS_ID,
         **spec,
     )
-    return CodeDecoder(LlamaForCausalLM(config), embedding_dim, prefix_tokens, size=size)
+    return CodeDecoder(
+        LlamaForCausalLM(config), embedding_dim, prefix_tokens, size=size, token_bias=token_bias
+    )
 
 
 def is_decoder_dir(path: str | os.PathLike[str]) -> bool:
@@ -225,10 +259,21 @@ def load_decoder(path: str | os.PathLike[str]) -> tuple[CodeDecoder, dict[str, A
     meta = json.loads((local / SEMCODE_CONFIG_FILE).read_text())
     lm = LlamaForCausalLM.from_pretrained(str(local), dtype=torch.float32)
     model = CodeDecoder(
-        lm, int(meta["embedding_dim"]), int(meta["prefix_tokens"]), size=meta.get("size", "custom")
-    )
-    model.prefix.load_state_dict(safetensors.torch.load_file(str(local / PREFIX_WEIGHTS_FILE)))
+        lm, int(meta["embedding_dim"]), int(meta["prefix_tokens"]), size=meta.get("size", "custom"),
+        token_bias=bool(meta.get("token_bias", False)),
+    )  # fmt: skip
+    heads = safetensors.torch.load_file(str(local / PREFIX_WEIGHTS_FILE))
+    model.prefix.load_state_dict(_heads(heads, "prefix"))
+    if model.token_bias is not None:
+        model.token_bias.load_state_dict(_heads(heads, "token_bias"))
     return model.eval(), meta
+
+
+def _heads(weights: dict[str, Tensor], module: str) -> dict[str, Tensor]:
+    """One module's tensors from prefix.safetensors (names ``<module>.<param>``; older files: bare prefix)."""
+    if not any(name.startswith(f"{module}.") for name in weights) and module == "prefix":
+        return weights  # written before the token bias: the prefix MLP's names alone
+    return {name[len(module) + 1 :]: t for name, t in weights.items() if name.startswith(f"{module}.")}
 
 
 def load_decoder_tokenizer(path: str | os.PathLike[str]) -> Any:

@@ -61,6 +61,11 @@ SIZES = ("tiny", "small", "base")  # semcode.models.decoder.DECODER_SIZES (not i
 class TrainDecoderConfig:
     size: str = field("small", f"decoder size: {'|'.join(SIZES)}")
     prefix_tokens: int = field(8, "virtual tokens the embedding becomes, ahead of the code tokens")
+    token_bias: bool = field(
+        False,
+        "also map the embedding to a logit bias over the vocabulary, added at every step (a "
+        "bag-of-tokens prior: which identifiers the function uses)",
+    )
     max_length: int = field(128, "code tokens per function, <s> and </s> included")
     skip_long_functions: bool = field(
         True, "train only on functions that fit in max_length (else on their truncated start)"
@@ -446,7 +451,9 @@ def run(
 
         # 3. Train.
         seed_everything(config.seed)
-        model = build_decoder(config.size, tokenizer.get_vocab_size(), dim, config.prefix_tokens)
+        model = build_decoder(
+            config.size, tokenizer.get_vocab_size(), dim, config.prefix_tokens, token_bias=config.token_bias
+        )
         metrics: dict[str, Any] = {
             "train_functions": len(train_pairs),
             "train_from_docstring": len(query_rows),
