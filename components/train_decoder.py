@@ -15,6 +15,7 @@ def train_decoder(
     metrics: Output[Metrics],
     size: str,
     prefix_tokens: int,
+    token_bias: bool,
     max_length: int,
     skip_long_functions: bool,
     query_share: float,
@@ -48,6 +49,7 @@ def train_decoder(
         metrics: test metrics and training throughput for the KFP UI.
         size: decoder size (tiny, small, base).
         prefix_tokens: virtual tokens the embedding becomes, ahead of the code.
+        token_bias: also map the embedding to a logit bias over the vocabulary (a bag-of-tokens prior).
         max_length: code tokens per function, <s> and </s> included.
         skip_long_functions: train only on functions that fit in max_length.
         query_share: share of training functions conditioned on their docstring's embedding.
@@ -83,6 +85,7 @@ def train_decoder(
         {
             "size": size,
             "prefix_tokens": prefix_tokens,
+            "token_bias": token_bias,
             "max_length": max_length,
             "skip_long_functions": skip_long_functions,
             "query_share": query_share,

@@ -174,6 +174,7 @@ def train_pipeline(
     # train_decoder: code from the final encoder's embeddings, beside evaluate and the index
     train_decoder_size: str = "small",
     train_decoder_prefix_tokens: int = 8,
+    train_decoder_token_bias: bool = True,
     train_decoder_max_length: int = 128,
     train_decoder_skip_long_functions: bool = True,
     train_decoder_query_share: float = 0.2,
@@ -192,7 +193,7 @@ def train_pipeline(
     train_decoder_max_eval_pairs: int = 1000,
     train_decoder_generate_samples: int = 100,
     train_decoder_generate_max_tokens: int = 256,
-    train_decoder_rerank_candidates: int = 1,
+    train_decoder_rerank_candidates: int = 8,
     train_decoder_runtime: str = "torch",
     train_decoder_threads: int = 0,
     train_decoder_time_budget_minutes: float = 0.0,
@@ -280,6 +281,7 @@ def train_pipeline(
         hard_negative_training_time_budget_minutes: Stop each round's training after this many minutes (0 = no limit).
         train_decoder_size: Decoder size: tiny|small|base.
         train_decoder_prefix_tokens: Virtual tokens the embedding becomes, ahead of the code tokens.
+        train_decoder_token_bias: Also map the embedding to a logit bias over the vocabulary, added at every step (a bag-of-tokens prior: which identifiers the function uses).
         train_decoder_max_length: Code tokens per function, <s> and </s> included.
         train_decoder_skip_long_functions: Train only on functions that fit in max_length (else on their truncated start).
         train_decoder_query_share: Share of training functions conditioned on their docstring's embedding, not the code's.
@@ -454,6 +456,7 @@ def train_pipeline(
         tokenizer=tokenizer,
         size=train_decoder_size,
         prefix_tokens=train_decoder_prefix_tokens,
+        token_bias=train_decoder_token_bias,
         max_length=train_decoder_max_length,
         skip_long_functions=train_decoder_skip_long_functions,
         query_share=train_decoder_query_share,

@@ -120,7 +120,7 @@ def test_main_writes_the_decoder_metrics_and_history(trained: Path):
     assert meta["generation"] == {
         "repetition_penalty": 1.2,
         "candidates": 3,
-        "temperature": 0.8,
+        "temperature": 0.5,
         "top_p": 0.95,
     }
 

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates = args.candidates or (1 if plain else int(saved.get("candidates", 1)))
         top_p = args.top_p
         if candidates > 1:  # the candidates are sampled as in training's measurement
-            temperature, top_p = float(saved.get("temperature", 0.8)), float(saved.get("top_p", 0.95))
+            temperature, top_p = float(saved.get("temperature", 0.5)), float(saved.get("top_p", 0.95))
         torch.manual_seed(args.seed)
         started = time.perf_counter()
         if candidates > 1:

@@ -256,7 +256,7 @@ def generate_reranked(
     embed_codes: Callable[[list[str]], np.ndarray],
     candidates: int,
     max_new_tokens: int = 256,
-    temperature: float = 0.8,
+    temperature: float = 0.5,
     top_p: float = 0.95,
     repetition_penalty: float = 1.0,
     batch_size: int = 32,

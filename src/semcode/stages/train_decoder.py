@@ -62,7 +62,7 @@ class TrainDecoderConfig:
     size: str = field("small", f"decoder size: {'|'.join(SIZES)}")
     prefix_tokens: int = field(8, "virtual tokens the embedding becomes, ahead of the code tokens")
     token_bias: bool = field(
-        False,
+        True,
         "also map the embedding to a logit bias over the vocabulary, added at every step (a "
         "bag-of-tokens prior: which identifiers the function uses)",
     )
@@ -98,11 +98,11 @@ class TrainDecoderConfig:
         1.2, "generation divides the logits of tokens already written by this (1 = off); saved as the default"
     )
     rerank_candidates: int = field(
-        1,
+        8,
         "also write this many candidates per sample (greedy + samples) and keep the parseable one closest "
         "to the target embedding (reranked_* metrics; 1 = off); saved as generate's default",
     )
-    rerank_temperature: float = field(0.8, "sampling temperature of the reranked candidates")
+    rerank_temperature: float = field(0.5, "sampling temperature of the reranked candidates")
     rerank_top_p: float = field(0.95, "nucleus sampling mass of the reranked candidates")
     generate_from_queries: bool = field(True, "also generate from the samples' docstrings (query_* metrics)")
     embed_batch_size: int = field(64, "texts per batch when the encoder embeds")
