@@ -321,3 +321,38 @@ def test_loads_a_decoder_saved_before_the_token_bias(overfit, tokenizer_dir, tmp
     assert loaded.token_bias is None
     for name, tensor in model.prefix.state_dict().items():
         assert torch.equal(loaded.prefix.state_dict()[name], tensor), name
+
+
+def test_nucleus_within_top_k_matches_transformers_warpers():
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from semcode.generation import NucleusWithinTopK
+
+    scores = torch.randn(4, 500, generator=torch.Generator().manual_seed(0)) * 3
+    ids = torch.zeros((4, 1), dtype=torch.long)
+    for temperature, top_p in ((0.5, 0.95), (1.0, 0.5), (0.3, 1.0)):
+        expected = TemperatureLogitsWarper(temperature)(ids, scores.clone())
+        expected = TopKLogitsWarper(64)(ids, expected)
+        expected = TopPLogitsWarper(top_p)(ids, expected)
+        ours = NucleusWithinTopK(temperature, top_p)(ids, scores.clone())
+        kept = torch.isfinite(expected)
+        assert torch.equal(torch.isfinite(ours), kept), (temperature, top_p)
+        assert torch.allclose(ours[kept], expected[kept])
+    # The most likely token always stays, even when it alone holds more than top_p.
+    peaked = torch.tensor([[10.0, 0.0, -1.0]])
+    assert torch.isfinite(NucleusWithinTopK(1.0, 0.5)(ids[:1], peaked)).tolist() == [[True, False, False]]
+
+
+def test_gumbel_max_samples_the_nucleus_distribution():
+    from semcode.generation import NucleusWithinTopK
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -3.0]])
+    sampler = NucleusWithinTopK(temperature=1.0, top_p=0.9, gumbel=True)
+    torch.manual_seed(0)
+    draws = torch.stack([sampler(None, logits).argmax(dim=-1)[0] for _ in range(20000)])
+    # Probabilities 0.662, 0.244, 0.090, 0.004: the mass before the third is 0.906 >= 0.9, so the
+    # nucleus is the first two tokens, renormalised.
+    kept = torch.softmax(logits[0, :2], dim=0)
+    frequencies = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert frequencies[2:].sum() == 0
+    assert torch.allclose(frequencies[:2], kept, atol=0.01)

@@ -140,6 +140,35 @@ class AddLogitBias(LogitsProcessor):
         return scores + self.bias.to(scores.dtype)  # scores [B, V]
 
 
+class NucleusWithinTopK(LogitsProcessor):
+    """Temperature, then top-k, then top-p (nucleus) inside those k: what transformers' temperature,
+    top_k and top_p warpers do together, without sorting the whole vocabulary.
+
+    transformers' top-p warper sorts all V logits of every row at every step; on a CPU with an 8k
+    vocabulary that sort was 53% of sampling time (cProfile, 64 samples of a tiny decoder). ``topk``
+    of k = 64 then a sort of those is ~10x cheaper; the nucleus is the same whenever it fits in k.
+
+    With ``gumbel`` the kept logits also get Gumbel(0, 1) noise, so that their argmax *is* a sample of
+    the nucleus distribution (the Gumbel-max trick): generation then runs greedy, and transformers'
+    ``torch.multinomial`` over all V probabilities (the next 40% of sampling time) is not needed.
+    """
+
+    def __init__(self, temperature: float, top_p: float, top_k: int = 64, gumbel: bool = False) -> None:
+        self.temperature, self.top_p, self.top_k, self.gumbel = temperature, top_p, top_k, gumbel
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores / self.temperature  # [B, V]
+        top, index = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)  # [B, k], sorted descending
+        if self.top_p < 1.0:  # (at 1.0 rounding in the cumulative sum must not drop the tail)
+            # Keep a token while the mass before it is < top_p: the first token always stays.
+            probabilities = top.softmax(dim=-1)
+            mass_before = probabilities.cumsum(dim=-1) - probabilities  # [B, k]
+            top = top.masked_fill(mass_before >= self.top_p, -float("inf"))
+        if self.gumbel:  # torch's global RNG: seeded runs repeat
+            top = top - torch.log(-torch.log(torch.rand_like(top).clamp_min(1e-20)))
+        return torch.full_like(scores, -float("inf")).scatter(-1, index, top)
+
+
 # ---------------------------------------------------------------------------------------------
 # Generating
 
@@ -161,7 +190,8 @@ def generate_code(
     repetition_penalty: float = 1.0,
     batch_size: int = 32,
 ) -> list[Generation]:
-    """Code for each embedding [N, D]: greedy when ``temperature`` is 0, else sampling with top-p.
+    """Code for each embedding [N, D]: greedy when ``temperature`` is 0, else sampling with top-p among the
+    64 most likely tokens (NucleusWithinTopK).
 
     ``repetition_penalty`` > 1 divides the logits of tokens already generated (Keskar et al. 2019, as
     transformers implements it), which keeps a small decoder out of ``to_to_to...`` loops.
@@ -178,10 +208,7 @@ def generate_code(
     sampling = temperature > 0
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=top_p if sampling else None,
-        top_k=0 if sampling else None,  # 0: off; unset, transformers applies top_k=50 before top-p
+        do_sample=False,  # sampling is NucleusWithinTopK's Gumbel-max (below): argmax of perturbed logits
         repetition_penalty=repetition_penalty,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
@@ -206,6 +233,8 @@ def generate_code(
                 stop = StopAtFunctionEnd(tokenizer)
                 bias = model.logit_bias(batch)  # [B, V], or None without a token-bias head
                 processors = LogitsProcessorList([AddLogitBias(bias)] if bias is not None else [])
+                if sampling:  # after the bias: the nucleus is taken on the final logits
+                    processors.append(NucleusWithinTopK(temperature, top_p, gumbel=True))
                 with warnings.catch_warnings():
                     # "the penalty applies only to newly generated tokens": what we want, the prefix has none.
                     warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
