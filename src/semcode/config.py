@@ -64,7 +64,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 raise ValueError
             return annotation(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"config '{name}': expected {annotation.__name__}, got {value!r}") from None
+            raise ConfigError(
+                f"config '{name}': expected {annotation.__name__}, got {value!r}"
+            ) from None
     return value
 
 
@@ -123,30 +125,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "")
         default = f.default
         if typing.get_origin(annotation) is tuple:
-            group.add_argument(
-                flag,
-                action="append",
-                default=None,
-                metavar="VALUE",
-                help=f"{help_text} (repeatable; default: {list(default)})",
-            )
+            group.add_argument(flag, action="append", default=None, metavar="VALUE",
+                               help=f"{help_text} (repeatable; default: {list(default)})")
         elif annotation is bool:
-            group.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{help_text} (default: {default})",
-            )
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{help_text} (default: {default})")
         else:
-            group.add_argument(
-                flag, default=None, metavar=f.name.upper(), help=f"{help_text} (default: {default})"
-            )
-    parser.add_argument(
-        "--config",
-        default=None,
-        metavar="YAML",
-        help="YAML file with config values; flags given on the command line win",
-    )
+            group.add_argument(flag, default=None, metavar=f.name.upper(),
+                               help=f"{help_text} (default: {default})")
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="YAML file with config values; flags given on the command line win")
 
 
 def from_args(cls: type[ConfigT], args: argparse.Namespace, section: str | None = None) -> ConfigT:

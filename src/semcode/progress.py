@@ -34,14 +34,8 @@ class Progress:
     ``postfix`` is free text appended to each line (e.g. the current loss).
     """
 
-    def __init__(
-        self,
-        tag: str,
-        total: int | None = None,
-        unit: str = "items",
-        every_seconds: float = 10.0,
-        force_plain: bool | None = None,
-    ) -> None:
+    def __init__(self, tag: str, total: int | None = None, unit: str = "items",
+                 every_seconds: float = 10.0, force_plain: bool | None = None) -> None:
         self.tag, self.total, self.unit = tag, total, unit
         self.count = 0
         self.postfix = ""
@@ -53,9 +47,8 @@ class Progress:
         if not plain:
             from tqdm import tqdm
 
-            self._bar = tqdm(
-                total=total, unit=f" {unit}", desc=f"[{tag}]", file=sys.stderr, dynamic_ncols=True, leave=True
-            )
+            self._bar = tqdm(total=total, unit=f" {unit}", desc=f"[{tag}]", file=sys.stderr,
+                             dynamic_ncols=True, leave=True)
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         self.count += n

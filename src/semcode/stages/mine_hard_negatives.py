@@ -82,8 +82,7 @@ class MineHardNegativesConfig:
     seed: int = field(0, "seed for the train sample and random sampling")
     device: str = field("auto", "torch device for the encoder: auto (cuda when available), cpu, cuda")
     runtime: str = field(
-        "torch",
-        "run the encoder with torch (on device), or exported: onnx-int8 (~2.5x faster on CPU), onnx-fp32",
+        "torch", "run the encoder with torch (on device), or exported: onnx-int8 (~2.5x faster on CPU), onnx-fp32"
     )
 
     def validate(self) -> None:
