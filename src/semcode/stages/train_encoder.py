@@ -76,6 +76,9 @@ class TrainEncoderConfig:
     min_lr_ratio: float = field(0.1, "the cosine decay ends at lr * min_lr_ratio")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0 = no clipping)")
     temperature: float = field(0.05, "InfoNCE temperature (the start value when learnable)")
+    symmetric: bool = field(
+        True, "also make each code pick its query among the batch's (else query -> code only)"
+    )
     learnable_temperature: bool = field(False, "learn the temperature, clamped to [min, max]_temperature")
     min_temperature: float = field(0.01, "lower bound of a learnable temperature")
     max_temperature: float = field(1.0, "upper bound of a learnable temperature")
@@ -213,6 +216,7 @@ def train(
         min_temperature=config.min_temperature,
         max_temperature=config.max_temperature,
         hard_negative_weight=config.hard_negative_weight,
+        symmetric=config.symmetric,
     )
     net = EncoderWithLoss(model, loss_fn)
     optimizer = ds.adamw(net, config.lr, config.weight_decay)
