@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import shutil
 import sys
 import time
@@ -220,46 +219,23 @@ def train(
         metrics = reconstruction_metrics(engine.module, valid_set.token_ids, valid_set.embeddings)
         log_.evaluate(at_step, metrics, time.perf_counter() - eval_started)
 
-    run_started = time.perf_counter()
-    micro_step = step * config.grad_accum  # the data position: global index of the next micro-batch
-    stopped_by = "steps"
-    loss_sum, tokens = 0.0, 0
-    while micro_step < plan.total_micro and stopped_by == "steps":
-        epoch, position = divmod(micro_step, plan.micro_per_epoch)
+    def micro_batches(epoch: int, position: int, count: int) -> Any:
         batches = epoch_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size)
-        for rows in batches[position : position + plan.total_micro - micro_step]:
-            batch = make_batch(train_set.token_ids, train_set.embeddings, rows)
-            output = engine(**{name: tensor.to(engine.device) for name, tensor in batch.items()})
-            engine.backward(output.loss)
-            loss_sum += float(output.loss.detach()) / config.grad_accum
-            tokens += int(batch["attention_mask"].sum())
-            boundary = engine.is_gradient_accumulation_boundary()
-            lr = ds.current_lr(engine)  # the LR of this update: the scheduler steps after it
-            engine.step()
-            micro_step += 1
-            if not boundary:
-                continue
+        return (
+            make_batch(train_set.token_ids, train_set.embeddings, rows) for rows in batches[position:][:count]
+        )
 
-            step += 1
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"loss is {loss_sum} at step {step}; try a lower lr or grad_clip")
-            log_.step(step, epoch + 1, {"loss": loss_sum}, lr, tokens * world_size)
-            loss_sum, tokens = 0.0, 0
+    def forward(batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any], int, dict[str, float]]:
+        output = engine(**{name: tensor.to(engine.device) for name, tensor in batch.items()})
+        return output.loss, {"loss": output.loss}, int(batch["attention_mask"].sum()), {}
 
-            last = step == plan.total_steps
-            if not last and ds.time_budget_exceeded(run_started, config.time_budget_minutes, engine.device):
-                stopped_by = "time_budget"
-                log_.message(f"time budget of {config.time_budget_minutes} min reached at step {step}")
-            final = last or stopped_by != "steps"
-            if final or ds.is_due(step, config.eval_every):
-                evaluate(step)
-            if final or ds.is_due(step, config.checkpoint_every):
-                train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
-                path = ds.save_checkpoint(checkpoints_dir, engine, step, train_state, config.keep_checkpoints)
-                log_.message(f"checkpoint {path}")
-                log_.restart_clock()
-            if final:
-                break
+    schedule = ds.LoopSchedule(
+        config.grad_accum, config.eval_every, config.checkpoint_every, config.keep_checkpoints,
+        config.time_budget_minutes,
+    )  # fmt: skip
+    step, stopped_by = ds.run_steps(
+        engine, plan, log_, schedule, checkpoints_dir, run_shape, step, micro_batches, forward, evaluate
+    )
     log_.close()
     log_.save(out_dir / "history.json")
 

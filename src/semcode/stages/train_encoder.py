@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -203,7 +202,7 @@ def train(
         len(train_pairs), config.batch_size, config.grad_accum, world_size, config.epochs, config.max_steps,
         config.warmup_steps, config.warmup_ratio,
     )  # fmt: skip
-    total_steps, total_micro, warmup_steps = plan.total_steps, plan.total_micro, plan.warmup_steps
+    total_steps, warmup_steps = plan.total_steps, plan.warmup_steps
     run_shape = {  # a resumed run must have the same shape, or it would not continue the same run
         "total_steps": total_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "seed": config.seed, "train_pairs": len(train_pairs), "warmup_steps": warmup_steps,
@@ -255,58 +254,30 @@ def train(
     if step == 0 and config.init_from:
         evaluate(0)  # zero-shot: what the checkpoint does before any training
 
-    run_started = time.perf_counter()
-    micro_step = step * config.grad_accum  # the data position: global index of the next micro-batch
-    stopped_by = "steps"
-    sums = {"loss": 0.0, "contrastive": 0.0, "hard": 0.0}
-    while micro_step < total_micro and stopped_by == "steps":
-        epoch, position = divmod(micro_step, plan.micro_per_epoch)
+    def micro_batches(epoch: int, position: int, count: int) -> Any:
         batches = epoch_batches(len(train_pairs), config.batch_size, config.seed, epoch, rank, world_size)
-        batches = batches[position : position + total_micro - micro_step]
         dataset = PairBatches(
-            train_pairs, batches, tokenizer, model.max_length, model.query_prefix, model.code_prefix,
+            train_pairs, batches[position : position + count], tokenizer, model.max_length,
+            model.query_prefix, model.code_prefix,
             config.max_hard_negatives if config.hard_negative_weight > 0 else 0,
         )  # fmt: skip
-        for batch in batch_loader(dataset, config.num_workers, seed=config.seed + epoch):
-            batch = {name: tensor.to(engine.device) for name, tensor in batch.items()}
-            output = engine(batch)
-            engine.backward(output.total)
-            for name, value in zip(sums, (output.total, output.contrastive, output.hard), strict=True):
-                sums[name] += float(value.detach()) / config.grad_accum
-            boundary = engine.is_gradient_accumulation_boundary()
-            lr = ds.current_lr(engine)  # the LR of this update: the scheduler steps after it
-            engine.step()
-            micro_step += 1
-            if not boundary:
-                continue
+        return batch_loader(dataset, config.num_workers, seed=config.seed + epoch)
 
-            step += 1
-            if not math.isfinite(sums["loss"]):
-                raise FloatingPointError(
-                    f"loss is {sums['loss']} at step {step}; try a lower lr or grad_clip"
-                )
-            values = {"loss": sums["loss"], "contrastive": sums["contrastive"]}
-            if config.hard_negative_weight > 0:
-                values["hard"] = sums["hard"]
-            if config.learnable_temperature:
-                values["temperature"] = output.temperature
-            log_.step(step, epoch + 1, values, lr, config.batch_size * config.grad_accum * world_size)
-            sums = dict.fromkeys(sums, 0.0)
+    def forward(batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any], int, dict[str, float]]:
+        output = engine({name: tensor.to(engine.device) for name, tensor in batch.items()})
+        averaged = {"loss": output.total, "contrastive": output.contrastive}
+        if config.hard_negative_weight > 0:
+            averaged["hard"] = output.hard
+        as_is = {"temperature": output.temperature} if config.learnable_temperature else {}
+        return output.total, averaged, len(batch["query_input_ids"]), as_is
 
-            last = step == total_steps
-            if not last and ds.time_budget_exceeded(run_started, config.time_budget_minutes, engine.device):
-                stopped_by = "time_budget"
-                log_.message(f"time budget of {config.time_budget_minutes} min reached at step {step}")
-            final = last or stopped_by != "steps"
-            if final or ds.is_due(step, config.eval_every):
-                evaluate(step)
-            if final or ds.is_due(step, config.checkpoint_every):
-                train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
-                path = ds.save_checkpoint(checkpoints_dir, engine, step, train_state, config.keep_checkpoints)
-                log_.message(f"checkpoint {path}")
-                log_.restart_clock()
-            if final:
-                break
+    schedule = ds.LoopSchedule(
+        config.grad_accum, config.eval_every, config.checkpoint_every, config.keep_checkpoints,
+        config.time_budget_minutes,
+    )  # fmt: skip
+    step, stopped_by = ds.run_steps(
+        engine, plan, log_, schedule, checkpoints_dir, run_shape, step, micro_batches, forward, evaluate
+    )
     log_.close()
     log_.save(out_dir / "history.json")
 

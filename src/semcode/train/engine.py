@@ -1,7 +1,7 @@
 """The DeepSpeed training engine shared by the encoder and decoder stages: a few plain functions.
 
 Every run goes through ``deepspeed.initialize``, on a laptop CPU (gloo, one process, fp32) and on GPUs
-(NCCL, bf16, ZeRO stage 1 or 2) alike. The training loop itself lives in the stage; it calls::
+(NCCL, bf16, ZeRO stage 1 or 2) alike. A stage sets up and calls the shared loop (``run_steps``)::
 
     setup_distributed()                                   # env defaults for one process, process group
     seed_everything(seed)
@@ -11,11 +11,9 @@ Every run goes through ``deepspeed.initialize``, on a laptop CPU (gloo, one proc
     plan = plan_steps(len(pairs), batch_size, grad_accum, world_size, epochs, max_steps, ...)
     state = resume_state(checkpoints_dir, engine, resume, run_shape)  # None for a fresh run
     log = TrainingLog("encoder", "pairs", plan.total_steps, plan.epochs)  # history.json and progress lines
-    for ...: out = engine(batch); engine.backward(out.total); engine.step()   # steps LR, clips, accumulates
-        # after each optimizer step:
-        if not last and time_budget_exceeded(run_started, budget_minutes, engine.device): stop
-        if final or is_due(step, eval_every): evaluate
-        if final or is_due(step, checkpoint_every): save_checkpoint(checkpoints_dir, engine, step, state, keep=3)
+    step, stopped_by = run_steps(engine, plan, log, schedule, micro_batches, forward, evaluate, ...)
+        # per micro-batch: forward, engine.backward(loss), engine.step() (steps LR, clips, accumulates);
+        # after each optimizer step: the time budget, evaluate when due, save_checkpoint when due
 
 Checkpoint layout (one directory per optimizer step)::
 
@@ -48,6 +46,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -479,6 +478,85 @@ def time_budget_exceeded(run_started: float, budget_minutes: float, device: Any)
 def is_due(step: int, every: int) -> bool:
     """Whether a periodic action (evaluation, checkpoint) runs after ``step``; ``every`` 0 = never."""
     return every > 0 and step % every == 0
+
+
+@dataclass(frozen=True)
+class LoopSchedule:
+    """When ``run_steps`` evaluates, checkpoints and stops (0 = never / no budget)."""
+
+    grad_accum: int
+    eval_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    time_budget_minutes: float
+
+
+def run_steps(
+    engine: Any,
+    plan: StepPlan,
+    log_: TrainingLog,
+    schedule: LoopSchedule,
+    checkpoints_dir: Path,
+    run_shape: dict[str, Any],
+    start_step: int,
+    micro_batches: Callable[[int, int, int], Iterable[Any]],
+    forward: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor], int, dict[str, float]]],
+    evaluate: Callable[[int], None],
+) -> tuple[int, str]:
+    """The training loop of both stages, from optimizer step ``start_step`` to the plan's end or the budget.
+
+    ``micro_batches(epoch, position, count)`` yields this rank's micro-batches ``position`` ..
+    ``position + count`` of that (0-based) epoch, at most to its end. ``forward(batch)`` runs the engine
+    and returns (the loss to backpropagate, the values to average over the accumulated micro-batches
+    for the progress line, e.g. ``{"loss": ...}``, the items the micro-batch trained on, values logged
+    as they are, e.g. a learnable temperature). ``evaluate(step)`` runs when due and at the end.
+    Returns the last optimizer step and what stopped the run ("steps" or "time_budget").
+    """
+    world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    step = start_step
+    run_started = time.perf_counter()
+    micro_step = step * schedule.grad_accum  # the data position: global index of the next micro-batch
+    stopped_by = "steps"
+    sums: dict[str, float] = {}
+    items = 0
+    while micro_step < plan.total_micro and stopped_by == "steps":
+        epoch, position = divmod(micro_step, plan.micro_per_epoch)
+        for batch in micro_batches(epoch, position, plan.total_micro - micro_step):
+            loss, averaged, batch_items, as_is = forward(batch)
+            engine.backward(loss)
+            for name, value in averaged.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / schedule.grad_accum
+            items += batch_items
+            boundary = engine.is_gradient_accumulation_boundary()
+            lr = current_lr(engine)  # the LR of this update: the scheduler steps after it
+            engine.step()
+            micro_step += 1
+            if not boundary:
+                continue
+
+            step += 1
+            if not math.isfinite(sums["loss"]):
+                raise FloatingPointError(
+                    f"loss is {sums['loss']} at step {step}; try a lower lr or grad_clip"
+                )
+            log_.step(step, epoch + 1, {**sums, **as_is}, lr, items * world_size)
+            sums, items = {}, 0
+
+            last = step == plan.total_steps
+            if not last and time_budget_exceeded(run_started, schedule.time_budget_minutes, engine.device):
+                stopped_by = "time_budget"
+                log_.message(f"time budget of {schedule.time_budget_minutes} min reached at step {step}")
+            final = last or stopped_by != "steps"
+            if final or is_due(step, schedule.eval_every):
+                evaluate(step)
+            if final or is_due(step, schedule.checkpoint_every):
+                train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
+                path = save_checkpoint(checkpoints_dir, engine, step, train_state, schedule.keep_checkpoints)
+                log_.message(f"checkpoint {path}")
+                log_.restart_clock()
+            if final:
+                break
+    return step, stopped_by
 
 
 # ---------------------------------------------------------------------------------------------------------
