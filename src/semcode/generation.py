@@ -289,6 +289,7 @@ def generate_reranked(
     top_p: float = 0.95,
     repetition_penalty: float = 1.0,
     batch_size: int = 32,
+    greedy: list[Generation] | None = None,
 ) -> list[Generation]:
     """Best of ``candidates`` per embedding [N, D]: the greedy code plus ``candidates - 1`` samples,
     reranked by the encoder (``pick_by_embedding``: the parseable candidate whose embedding is closest
@@ -297,13 +298,18 @@ def generate_reranked(
     Sample-then-rerank with the embedding model, as vec2text's re-embedding search (Morris et al. 2023):
     the decoder proposes, the encoder that made the target judges. ``embed_codes`` embeds codes
     (code side, L2-normalised) with the encoder that made ``embeddings``; an empty code scores -1.
+    ``greedy``: the greedy codes of these embeddings when the caller already has them (same settings).
     """
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     embeddings = np.asarray(embeddings, dtype=np.float32)
-    proposals = [
-        generate_code(model, tokenizer, embeddings, max_new_tokens, 0.0, 1.0, repetition_penalty, batch_size)
-    ]
+    if greedy is None:
+        greedy = generate_code(
+            model, tokenizer, embeddings, max_new_tokens, 0.0, 1.0, repetition_penalty, batch_size
+        )
+    elif len(greedy) != len(embeddings):
+        raise ValueError(f"{len(greedy)} greedy codes for {len(embeddings)} embeddings")
+    proposals = [greedy]
     if candidates > 1:
         repeated = np.repeat(embeddings, candidates - 1, axis=0)  # [N * (C-1), D]: row n's samples together
         sampled = generate_code(

@@ -303,7 +303,7 @@ def measure_on_test(
             decodings["reranked"] = generate_reranked(
                 model, tokenizer, embeddings, lambda codes: embed(codes, "code"), config.rerank_candidates,
                 config.generate_max_tokens, config.rerank_temperature, config.rerank_top_p,
-                config.repetition_penalty,
+                config.repetition_penalty, greedy=decodings["greedy"],
             )  # fmt: skip
         for decoding, generated in decodings.items():
             generated_embeddings = embed([g.code for g in generated], "code")
