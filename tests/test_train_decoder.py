@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train_encoder import make_pair
+from two_ranks import run_two_ranks
 
 from semcode.config import ConfigError
 from semcode.data.pairs import write_shards
@@ -194,9 +195,6 @@ def test_bad_inputs_fail_before_training(data_dirs, trained: Path, tmp_path: Pat
 @pytest.mark.slow
 def test_two_ranks_with_zero2_resume_identically(data_dirs, tmp_path: Path):
     """Two CPU processes (torchrun, gloo), ZeRO 2: each rank its own data slice, optimizer shard, RNG."""
-    import os
-    import subprocess
-    import sys
 
     pairs_dir, tokenizer_dir, encoder_dir = data_dirs
     flags = ["--size", "tiny", "--max-length", "64", "--batch-size", "8", "--max-steps", "6", "--checkpoint-every", "3",
@@ -204,14 +202,10 @@ def test_two_ranks_with_zero2_resume_identically(data_dirs, tmp_path: Path):
              "--generate-samples", "2", "--generate-max-tokens", "8"]  # fmt: skip
 
     def launch(out: Path, *extra: str) -> None:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                   "semcode.stages.train_decoder", "--encoder", str(encoder_dir), "--pairs", str(pairs_dir),
-                   "--tokenizer", str(tokenizer_dir), "--out", str(out), *flags, *extra]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(name, None)  # this pytest process may be rank 0 of its own world of 1
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_two_ranks(
+            "semcode.stages.train_decoder", "--encoder", str(encoder_dir), "--pairs", str(pairs_dir),
+            "--tokenizer", str(tokenizer_dir), "--out", str(out), *flags, *extra,
+        )  # fmt: skip
 
     launch(tmp_path / "full")
     shutil.copytree(tmp_path / "full", tmp_path / "resumed")

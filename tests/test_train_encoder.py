@@ -9,7 +9,6 @@ second half from a checkpoint and must reproduce it exactly.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from two_ranks import run_two_ranks
 
 from semcode.config import ConfigError
 from semcode.data.pairs import write_shards
@@ -274,22 +274,16 @@ def test_minilm_fine_tuning_improves_on_zero_shot(data_dirs, tmp_path):
 @pytest.mark.slow
 def test_two_ranks_with_zero2_resume_identically(data_dirs, tmp_path):
     """Two CPU processes (torchrun, gloo), ZeRO 2: each rank its own data slice, optimizer shard, RNG."""
-    import subprocess
-    import sys
 
     pairs_dir, tokenizer_dir = data_dirs
     flags = ["--size", "tiny", "--max-length", "64", "--batch-size", "8", "--max-steps", "12", "--eval-every", "6",
              "--checkpoint-every", "6", "--keep-checkpoints", "0", "--zero-stage", "2", "--max-valid-pairs", "40"]  # fmt: skip
 
     def launch(out: Path, *extra: str) -> None:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                   "semcode.stages.train_encoder", "--pairs", str(pairs_dir), "--tokenizer", str(tokenizer_dir),
-                   "--out", str(out), *flags, *extra]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(name, None)  # this pytest process may be rank 0 of its own world of 1
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_two_ranks(
+            "semcode.stages.train_encoder", "--pairs", str(pairs_dir), "--tokenizer", str(tokenizer_dir),
+            "--out", str(out), *flags, *extra,
+        )  # fmt: skip
 
     launch(tmp_path / "full")
     shutil.copytree(tmp_path / "full", tmp_path / "resumed")
