@@ -143,6 +143,67 @@ def test_hard_negative_term_matches_hand_computation() -> None:
     assert none_valid.hard.item() == 0.0
 
 
+def kl_by_hand(teacher_rows: list[list[float]], student_rows: list[list[float]]) -> float:
+    """Mean over rows of sum_j p_j log(p_j / q_j), p = softmax(teacher row), q = softmax(student row)."""
+    total = 0.0
+    for teacher, student in zip(teacher_rows, student_rows, strict=True):
+        p = [math.exp(x) / sum(math.exp(y) for y in teacher) for x in teacher]
+        q = [math.exp(x) / sum(math.exp(y) for y in student) for x in student]
+        total += sum(pj * math.log(pj / qj) for pj, qj in zip(p, q, strict=True))
+    return total / len(teacher_rows)
+
+
+def test_distillation_term_matches_hand_computation() -> None:
+    temperature = 0.5
+    # The teacher: every query equally close to every code except its own (a "clean" diagonal).
+    teacher_queries = torch.eye(3)
+    teacher_codes = torch.eye(3)
+    teacher_logits = scaled([[1.0 if i == j else 0.0 for j in range(3)] for i in range(3)], temperature)
+    student_logits = scaled(SIMILARITY, temperature)
+    expected = (
+        kl_by_hand(teacher_logits, student_logits)
+        + kl_by_hand(transpose(teacher_logits), transpose(student_logits))
+    ) / 2
+
+    plain = ContrastiveLoss(temperature=temperature)(*tensors())
+    loss = ContrastiveLoss(temperature=temperature, distill_weight=0.3)
+    out = loss(*tensors(), teacher_query_emb=teacher_queries, teacher_code_emb=teacher_codes)
+    assert out.distill.item() == pytest.approx(expected, rel=1e-5)
+    assert out.contrastive.item() == pytest.approx(plain.contrastive.item(), rel=1e-6)
+    assert out.total.item() == pytest.approx(plain.total.item() + 0.3 * expected, rel=1e-5)
+    assert plain.distill.item() == 0.0  # no teacher, no term
+    one_sided = ContrastiveLoss(temperature=temperature, symmetric=False, distill_weight=1.0)(
+        *tensors(), teacher_query_emb=teacher_queries, teacher_code_emb=teacher_codes
+    )
+    assert one_sided.distill.item() == pytest.approx(kl_by_hand(teacher_logits, student_logits), rel=1e-5)
+
+
+def test_distillation_is_zero_for_a_student_equal_to_its_teacher_and_pulls_towards_it() -> None:
+    query, code = tensors()
+    query, code = query.clone().requires_grad_(True), code.clone().requires_grad_(True)
+    loss = ContrastiveLoss(temperature=0.5, distill_weight=1.0)
+    same = loss(query, code, teacher_query_emb=query.detach(), teacher_code_emb=code.detach())
+    assert same.distill.item() == pytest.approx(0.0, abs=1e-7)
+    same.distill.backward()
+    assert query.grad.abs().max().item() < 1e-6  # a minimum: no pull anywhere
+    # The teacher embeddings get no gradient even when they require one (they are detached).
+    teacher_query = torch.eye(3, 2).requires_grad_(True)
+    out = loss(query, code, teacher_query_emb=teacher_query, teacher_code_emb=torch.eye(3, 2))
+    out.total.backward()
+    assert teacher_query.grad is None
+
+
+def test_distillation_ignores_masked_false_negatives() -> None:
+    query, code = tensors()
+    teacher = dict(teacher_query_emb=torch.eye(3), teacher_code_emb=torch.eye(3))
+    loss = ContrastiveLoss(temperature=0.5, distill_weight=1.0)
+    # Every row has the same query: only the positive is left in each row, so both distributions are
+    # one-hot on it and the KL is exactly 0 (and finite, although the masked entries are -inf).
+    out = loss(query, code, query_keys=text_keys(["same"] * 3), **teacher)
+    assert out.distill.item() == pytest.approx(0.0, abs=1e-7)
+    assert torch.isfinite(out.total)
+
+
 def test_learnable_temperature_is_clamped_and_gets_gradient() -> None:
     loss = ContrastiveLoss(
         temperature=0.05, learnable_temperature=True, min_temperature=0.02, max_temperature=0.5
@@ -177,6 +238,7 @@ def test_fixed_temperature_has_no_parameters() -> None:
         ({"temperature": 2.0}, "outside"),
         ({"temperature": 0.001, "learnable_temperature": True}, "outside"),
         ({"hard_negative_weight": -0.1}, "hard_negative_weight must be >= 0"),
+        ({"distill_weight": -1.0}, "distill_weight must be >= 0"),
     ],
 )
 def test_invalid_settings_raise(kwargs: dict, message: str) -> None:
@@ -215,6 +277,17 @@ def test_invalid_inputs_raise() -> None:
             "hard_negative_mask must be bool",
         ),
         ((query, code), {"hard_negative_mask": torch.ones(4, 2).bool()}, "without hard_negative_emb"),
+        ((query, code), {"teacher_query_emb": torch.randn(4, 8)}, "must be given together"),
+        (
+            (query, code),
+            {"teacher_query_emb": torch.randn(3, 8), "teacher_code_emb": torch.randn(3, 8)},
+            r"teacher embeddings must both have shape \[4, D\]",
+        ),
+        (
+            (query, code),
+            {"teacher_query_emb": torch.randn(4, 8), "teacher_code_emb": torch.randn(4, 6)},
+            "teacher embeddings must both have shape",
+        ),
     ]
     for args, kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -248,13 +321,17 @@ def global_batch() -> dict[str, torch.Tensor]:
         "query": F.normalize(torch.randn(n, DIM, generator=generator), dim=-1),
         "code": F.normalize(torch.randn(n, DIM, generator=generator), dim=-1),
         "hard": F.normalize(torch.randn(n, HARD_PER_ROW, DIM, generator=generator), dim=-1),
+        "teacher_query": F.normalize(torch.randn(n, DIM, generator=generator), dim=-1),
+        "teacher_code": F.normalize(torch.randn(n, DIM, generator=generator), dim=-1),
         "query_keys": torch.arange(100, 100 + n),
         "code_keys": code_keys,
     }
 
 
 def new_loss() -> ContrastiveLoss:
-    return ContrastiveLoss(temperature=0.1, learnable_temperature=True, hard_negative_weight=0.5)
+    return ContrastiveLoss(
+        temperature=0.1, learnable_temperature=True, hard_negative_weight=0.5, distill_weight=0.7
+    )
 
 
 def run_loss(loss: ContrastiveLoss, batch: dict[str, torch.Tensor], rows: slice) -> tuple[torch.Tensor, ...]:
@@ -262,7 +339,10 @@ def run_loss(loss: ContrastiveLoss, batch: dict[str, torch.Tensor], rows: slice)
     query = batch["query"][rows].clone().requires_grad_(True)
     code = batch["code"][rows].clone().requires_grad_(True)
     hard = batch["hard"][rows].clone().requires_grad_(True)
-    out = loss(query, code, batch["query_keys"][rows], batch["code_keys"][rows], hard)
+    out = loss(
+        query, code, batch["query_keys"][rows], batch["code_keys"][rows], hard,
+        teacher_query_emb=batch["teacher_query"][rows], teacher_code_emb=batch["teacher_code"][rows],
+    )  # fmt: skip
     out.total.backward()
     return out.total.detach(), query.grad, code.grad, hard.grad, loss.log_scale.grad
 

@@ -200,13 +200,19 @@ def test_init_from_checkpoint_evaluates_zero_shot_and_uses_its_tokenizer(trained
     pairs_dir, _ = data_dirs
     config = TrainEncoderConfig(
         init_from=str(trained / "encoder"), max_length=64, batch_size=16, max_steps=2, lr=1e-4,
-        eval_every=0, checkpoint_every=0, max_valid_pairs=40, seed=7,
+        eval_every=0, checkpoint_every=0, max_valid_pairs=40, seed=7, distill_weight=1.0,
     )  # fmt: skip
     metrics = train_encoder.run(config, pairs_dir, None, tmp_path / "ft")
     original = json.loads((trained / "metrics.json").read_text())
     assert metrics["zero_shot_valid_mrr"] == pytest.approx(original["best_valid_mrr"], abs=1e-5)
     assert metrics["steps"] == 2 and metrics["init_from"] == str(trained / "encoder")
     assert (tmp_path / "ft" / "encoder" / "tokenizer.json").is_file()
+    # The starting checkpoint is the distillation teacher: its term is logged, small but not zero at step 1
+    # (the student's dropout makes its scores differ from the teacher's in eval mode).
+    steps = json.loads((tmp_path / "ft" / "history.json").read_text())["steps"]
+    assert all(0.0 < entry["distill"] < entry["contrastive"] for entry in steps)
+    with pytest.raises(ConfigError, match="distill_weight 1.0 needs init_from"):
+        TrainEncoderConfig(distill_weight=1.0).validate()
 
 
 def test_epochs_0_passes_init_from_on_unchanged(trained: Path, data_dirs, tmp_path):

@@ -15,6 +15,12 @@ encoder does it), so a dot product is a cosine similarity; logits are ``cosine /
   over [positive, its H hard negatives] (label 0). ``total = contrastive + hard_negative_weight * hard``.
   Both parts are reported. With weight 0 the hard term is still computed and reported (to monitor it)
   but does not train the model.
+- Distillation term (optional, for fine-tuning): given a frozen teacher's embeddings of the same rows
+  (the checkpoint training started from), KL(teacher || student) between the two in-batch score
+  distributions of each row, over the same [B, N] logits (same scale, same masking; both directions
+  when symmetric). It keeps the ranking the starting model had learned from its own, broader data
+  (e.g. web-style queries) while the contrastive term adapts it to this corpus: "learning without
+  forgetting" on the scores rather than on the weights. ``total += distill_weight * distill``.
 - Temperature: fixed, or learnable (stored as log(1/T), as CLIP does, and clamped to
   [min_temperature, max_temperature] in every forward; at a bound its gradient is zero).
 - Across ranks: when torch.distributed is initialised with W > 1, embeddings (and keys) are gathered
@@ -43,6 +49,7 @@ class LossOutput(NamedTuple):
     contrastive: Tensor  # scalar, the in-batch InfoNCE
     hard: Tensor  # scalar, the hard-negative InfoNCE (0 when no row has a hard negative)
     temperature: float  # the temperature used (after clamping)
+    distill: Tensor  # scalar, KL(teacher || student) of the in-batch scores (0 without a teacher)
 
 
 def text_keys(texts: list[str]) -> torch.LongTensor:
@@ -64,6 +71,26 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _gather_plain(tensor: Tensor, world_size: int) -> Tensor:
+    """[B, D] on each rank -> [N, D], rank order; no gradient flows back (for inputs without one)."""
+    gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered)
+
+
+def _score_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """Mean over rows of KL(softmax(teacher) || softmax(student)); both [B, N].
+
+    Entries masked to -inf in the student (in-batch false negatives) are masked in the teacher too and
+    count for nothing (0 * log 0 = 0).
+    """
+    masked = torch.isneginf(student_logits)  # [B, N]
+    teacher_log_probs = F.log_softmax(teacher_logits.masked_fill(masked, float("-inf")), dim=-1)
+    student_log_probs = F.log_softmax(student_logits, dim=-1)
+    terms = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)  # [B, N], nan where masked
+    return terms.masked_fill(masked, 0.0).sum(dim=-1).mean()
+
+
 class ContrastiveLoss(nn.Module):
     def __init__(
         self,
@@ -74,6 +101,7 @@ class ContrastiveLoss(nn.Module):
         hard_negative_weight: float = 0.0,
         symmetric: bool = True,
         gather_across_ranks: bool = True,
+        distill_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if min_temperature <= 0:
@@ -89,6 +117,9 @@ class ContrastiveLoss(nn.Module):
             )
         if hard_negative_weight < 0:
             raise ValueError(f"hard_negative_weight must be >= 0, got {hard_negative_weight}")
+        if distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
+        self.distill_weight = distill_weight
         self.min_temperature = min_temperature
         self.max_temperature = max_temperature
         self.hard_negative_weight = hard_negative_weight
@@ -121,12 +152,26 @@ class ContrastiveLoss(nn.Module):
         code_keys: Tensor | None = None,
         hard_negative_emb: Tensor | None = None,
         hard_negative_mask: Tensor | None = None,
+        teacher_query_emb: Tensor | None = None,
+        teacher_code_emb: Tensor | None = None,
     ) -> LossOutput:
-        """query_emb, code_emb [B, D] (row i is a pair); keys [B] int64; hard negatives [B, H, D], mask [B, H]."""
+        """query_emb, code_emb [B, D] (row i is a pair); keys [B] int64; hard negatives [B, H, D], mask [B, H];
+        teacher_query_emb, teacher_code_emb [B, D'] (a frozen teacher's embeddings of the same rows)."""
         rank, world_size = _world() if self.gather_across_ranks else (0, 1)
         self._check_inputs(
             query_emb, code_emb, query_keys, code_keys, hard_negative_emb, hard_negative_mask, world_size
         )
+        if (teacher_query_emb is None) != (teacher_code_emb is None):
+            raise ValueError("teacher_query_emb and teacher_code_emb must be given together")
+        if teacher_query_emb is not None and (
+            teacher_query_emb.dim() != 2
+            or teacher_query_emb.shape != teacher_code_emb.shape
+            or teacher_query_emb.shape[0] != query_emb.shape[0]
+        ):
+            raise ValueError(
+                f"teacher embeddings must both have shape [{query_emb.shape[0]}, D] (one row per pair), got "
+                f"{tuple(teacher_query_emb.shape)} and {tuple(teacher_code_emb.shape)}"
+            )
         local_batch = query_emb.shape[0]
         query_emb, code_emb = query_emb.float(), code_emb.float()
         all_queries, all_codes = query_emb, code_emb  # [N, D]
@@ -148,8 +193,23 @@ class ContrastiveLoss(nn.Module):
             contrastive = (contrastive + F.cross_entropy(logits_code_to_query, labels)) / 2
 
         hard = self._hard_negative_loss(query_emb, code_emb, hard_negative_emb, hard_negative_mask, scale)
-        total = contrastive + self.hard_negative_weight * hard
-        return LossOutput(total, contrastive, hard, float(1.0 / scale.detach()))
+        distill = query_emb.new_zeros(())
+        if teacher_query_emb is not None:
+            teacher_queries, teacher_codes = (
+                teacher_query_emb.detach().float(),
+                teacher_code_emb.detach().float(),
+            )
+            all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
+            if world_size > 1:  # the teacher carries no gradient: a plain all_gather
+                all_teacher_queries = _gather_plain(teacher_queries, world_size)
+                all_teacher_codes = _gather_plain(teacher_codes, world_size)
+            teacher_scale = scale.detach()  # the student's temperature: the two distributions compare
+            distill = _score_kl(teacher_scale * teacher_queries @ all_teacher_codes.T, logits_query_to_code)
+            if self.symmetric:
+                teacher_code_to_query = teacher_scale * teacher_codes @ all_teacher_queries.T  # [B, N]
+                distill = (distill + _score_kl(teacher_code_to_query, logits_code_to_query)) / 2
+        total = contrastive + self.hard_negative_weight * hard + self.distill_weight * distill
+        return LossOutput(total, contrastive, hard, float(1.0 / scale.detach()), distill)
 
     def _false_negative_mask(
         self, query_keys: Tensor | None, code_keys: Tensor | None, labels: Tensor, world_size: int
@@ -163,11 +223,7 @@ class ContrastiveLoss(nn.Module):
             if keys is None:
                 continue
             keys = keys.to(labels.device)
-            all_keys = keys
-            if world_size > 1:  # keys carry no gradient: a plain all_gather
-                gathered = [torch.empty_like(keys) for _ in range(world_size)]
-                dist.all_gather(gathered, keys)
-                all_keys = torch.cat(gathered)
+            all_keys = _gather_plain(keys, world_size) if world_size > 1 else keys  # keys: no gradient
             mask |= keys[:, None] == all_keys[None, :]  # [B, 1] == [1, N] -> [B, N]
         mask[torch.arange(local_batch, device=labels.device), labels] = False  # the positive stays
         return mask

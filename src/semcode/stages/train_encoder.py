@@ -18,15 +18,17 @@ the test split anyway. Without a valid split the last step is shipped.
 
 The loop (``train``) is one flat function: each micro-batch is encoded by both towers, the loss is
 symmetric in-batch InfoNCE (plus a hard-negative term for rows whose ``hard_negatives`` column is
-filled, when ``hard_negative_weight`` > 0), DeepSpeed does backward, accumulation, clipping and the
-update, and the LR follows linear warmup then cosine decay. With gradient accumulation the in-batch
-negatives are those of each micro-batch. Everything is seeded, and the data order is a function of
+filled, when ``hard_negative_weight`` > 0; plus, when ``distill_weight`` > 0, a KL term keeping the
+in-batch scores close to those of a frozen copy of ``init_from``), DeepSpeed does backward,
+accumulation, clipping and the update, and the LR follows linear warmup then cosine decay. With
+gradient accumulation the in-batch negatives are those of each micro-batch. Everything is seeded, and the data order is a function of
 (seed, epoch), so ``--resume`` continues exactly where the last checkpoint left off.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -82,6 +84,10 @@ class TrainEncoderConfig:
     min_temperature: float = field(0.01, "lower bound of a learnable temperature")
     max_temperature: float = field(1.0, "upper bound of a learnable temperature")
     hard_negative_weight: float = field(0.0, "weight of the hard-negative term (needs mined hard_negatives)")
+    distill_weight: float = field(
+        0.0,
+        "weight of a KL term keeping the in-batch scores close to init_from's (a frozen teacher; 0 = none)",
+    )
     max_hard_negatives: int = field(4, "hard negatives per pair used when hard_negative_weight > 0")
     seed: int = field(0, "seed for initialisation, data order and dropout")
     eval_every: int = field(100, "validate every this many steps (0 = only at the end)")
@@ -132,6 +138,10 @@ class TrainEncoderConfig:
                 f"epochs must be >= 1, or 0 (no training) with init_from set; got {self.epochs} "
                 f"(init_from {self.init_from!r})"
             )
+        if self.distill_weight > 0 and not self.init_from:
+            raise ConfigError(
+                f"distill_weight {self.distill_weight} needs init_from: the teacher is the starting checkpoint"
+            )
         for name in ("web_query_share", "docstring_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -140,6 +150,7 @@ class TrainEncoderConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
             "embedding_dim", "max_steps", "weight_decay", "warmup_steps", "grad_clip", "hard_negative_weight",
+            "distill_weight",
             "max_hard_negatives", "eval_every", "checkpoint_every", "keep_checkpoints", "max_train_pairs",
             "max_valid_pairs", "time_budget_minutes", "num_workers",
         ):  # fmt: skip
@@ -168,7 +179,20 @@ class EncoderWithLoss(nn.Module):
             padded = torch.cat([negatives, negatives.new_zeros(1, negatives.shape[1])])  # row N is zeros
             hard_emb = padded[torch.where(index >= 0, index, negatives.shape[0])]  # [B, H, D]
             hard_mask = index >= 0  # [B, H]
-        return self.loss(query_emb, code_emb, batch["query_keys"], batch["code_keys"], hard_emb, hard_mask)
+        return self.loss(
+            query_emb, code_emb, batch["query_keys"], batch["code_keys"], hard_emb, hard_mask,
+            batch.get("teacher_query_emb"), batch.get("teacher_code_emb"),
+        )  # fmt: skip
+
+
+def add_teacher_embeddings(teacher: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch plus the teacher's query and code embeddings ([B, D] each) for the distillation term."""
+    with torch.no_grad():
+        return {
+            **batch,
+            "teacher_query_emb": teacher.encode_query(batch["query_input_ids"], batch["query_attention_mask"]),
+            "teacher_code_emb": teacher.encode_code(batch["code_input_ids"], batch["code_attention_mask"]),
+        }
 
 
 def validation_metrics(
@@ -216,7 +240,11 @@ def train(
         max_temperature=config.max_temperature,
         hard_negative_weight=config.hard_negative_weight,
         symmetric=config.symmetric,
+        distill_weight=config.distill_weight,
     )
+    teacher = None
+    if config.distill_weight > 0:  # before any training and before DeepSpeed wraps the model
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     net = EncoderWithLoss(model, loss_fn)
     optimizer = ds.adamw(net, config.lr, config.weight_decay)
     scheduler = ds.warmup_cosine_schedule(optimizer, warmup_steps, total_steps, config.min_lr_ratio)
@@ -226,6 +254,8 @@ def train(
     started = time.perf_counter()
     engine = ds.initialize(net, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
+    if teacher is not None:
+        teacher.to(device=engine.device, dtype=torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32)
 
     state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
     step = state["step"] if state else 0
@@ -264,10 +294,15 @@ def train(
         return batch_loader(dataset, config.num_workers, seed=config.seed + epoch)
 
     def forward(batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any], int, dict[str, float]]:
-        output = engine({name: tensor.to(engine.device) for name, tensor in batch.items()})
+        batch = {name: tensor.to(engine.device) for name, tensor in batch.items()}
+        if teacher is not None:
+            batch = add_teacher_embeddings(teacher, batch)
+        output = engine(batch)
         averaged = {"loss": output.total, "contrastive": output.contrastive}
         if config.hard_negative_weight > 0:
             averaged["hard"] = output.hard
+        if teacher is not None:
+            averaged["distill"] = output.distill
         as_is = {"temperature": output.temperature} if config.learnable_temperature else {}
         return output.total, averaged, len(batch["query_input_ids"]), as_is
 
