@@ -27,6 +27,8 @@ def train_encoder(
     learnable_temperature: bool,
     hard_negative_weight: float,
     max_hard_negatives: int,
+    distill_weight: float,
+    docstring_share: float,
     zero_stage: int,
     seed: int,
     eval_every: int,
@@ -67,6 +69,9 @@ def train_encoder(
         learnable_temperature: learn the temperature.
         hard_negative_weight: weight of the hard-negative term (pairs mined by mine_hard_negatives; 0 = off).
         max_hard_negatives: hard negatives per pair used when hard_negative_weight > 0.
+        distill_weight: weight of the KL term keeping the in-batch scores close to the starting checkpoint's
+            (a frozen teacher; needs init_from or init_encoder; 0 = off).
+        docstring_share: share of train codes given their docstring back as first body line (seeded).
         zero_stage: DeepSpeed ZeRO stage.
         seed: seed for initialisation, data order and dropout.
         eval_every: validate every this many steps.
@@ -113,6 +118,8 @@ def train_encoder(
             "learnable_temperature": learnable_temperature,
             "hard_negative_weight": hard_negative_weight,
             "max_hard_negatives": max_hard_negatives,
+            "distill_weight": distill_weight,
+            "docstring_share": docstring_share,
             "zero_stage": zero_stage,
             "seed": seed,
             "eval_every": eval_every,
