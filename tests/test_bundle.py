@@ -178,6 +178,24 @@ def test_report_escapes_every_text():
     assert page.count("<rect") == 2 + 2  # one bar per system with an MRR, one legend square per system
     card = report.model_card(bundle, metrics)
     assert "| <b>suite</b> | full | 3 | 3 | 0.5000 | 0.2500 | - |" in card
+    assert "paired bootstrap" not in card  # metrics from before model_vs: no table
+
+
+def test_model_card_shows_the_model_against_each_baseline_with_its_interval():
+    bundle = {"name": "semcode", "version": "v3"}
+    gap = {"mrr_difference": -0.0032, "ci95_low": -0.0211, "ci95_high": 0.0147}
+    suite = {
+        "n_queries": 500, "candidates_per_query": {"full": {"min": 6267, "max": 6267}},
+        "full": {"model": {"mrr": 0.5395}, "zero_shot": {"mrr": 0.5427}},
+        "model_vs": {"full": {"zero_shot": gap}},
+    }  # fmt: skip
+    metrics = {"evaluate": {"suites": {"cosqa": suite}}}
+    assert "| cosqa | full | model - zero-shot | -0.0032 | -0.0211 .. +0.0147 |" in report.model_card(
+        bundle, metrics
+    )
+    assert "<td>model - zero-shot</td><td>-0.0032</td><td>-0.0211 .. +0.0147</td>" in report.report_html(
+        bundle, metrics
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from semcode.evaluation import (
     evaluate_suite,
     full_corpus_metrics,
     full_corpus_ranks,
+    paired_mrr_difference,
     protocol_ranks,
     ranks_from_scores,
     retrieval_metrics,
@@ -268,7 +269,32 @@ def test_evaluate_suite_ranks_every_system_on_the_same_candidates() -> None:
     assert result["candidates_per_query"]["csn"]["max"] == 3
     assert result["full"]["bm25"]["mrr"] == 1.0
     assert 0 < result["full"]["model"]["mrr"] <= 1.0
+    gap = result["model_vs"]["full"]["bm25"]
+    assert gap["mrr_difference"] == pytest.approx(result["full"]["model"]["mrr"] - 1.0)
+    assert gap["ci95_low"] <= gap["mrr_difference"] <= gap["ci95_high"] <= 0.0  # BM25 is perfect here
+    assert set(result["model_vs"]) == {"full", "csn"}
     json.dumps(result)  # plain JSON types only
+
+
+def test_paired_mrr_difference_by_hand_and_its_interval() -> None:
+    model, baseline = np.array([1, 1, 2, 4]), np.array([2, 1, 1, 4])
+    # Per query 1/r differences: +0.5, 0, -0.5, 0 -> mean 0; the interval straddles 0.
+    gap = paired_mrr_difference(model, baseline, resamples=500)
+    assert gap["mrr_difference"] == 0.0 and gap["ci95_low"] < 0.0 < gap["ci95_high"]
+    assert paired_mrr_difference(model, model) == {"mrr_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0}
+    # Better on every query: the whole interval is above 0 (each resample's mean is a mean of positives).
+    better = paired_mrr_difference(np.ones(50, dtype=int), np.full(50, 2), resamples=200)
+    assert better["mrr_difference"] == 0.5 and better["ci95_low"] == better["ci95_high"] == 0.5
+    rng = np.random.default_rng(1)
+    noisy = rng.integers(1, 20, size=300)
+    slightly_better = np.maximum(noisy - rng.integers(0, 2, size=300), 1)
+    gap = paired_mrr_difference(slightly_better, noisy, seed=3)
+    assert 0.0 < gap["ci95_low"] < gap["mrr_difference"] < gap["ci95_high"]
+    assert paired_mrr_difference(slightly_better, noisy, seed=3) == gap  # seeded
+    with pytest.raises(ValueError, match="same queries"):
+        paired_mrr_difference(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="resamples must be >= 1"):
+        paired_mrr_difference(np.ones(3), np.ones(3), resamples=0)
 
 
 def test_test_split_suite_reads_the_pairs(tmp_path: Path) -> None:

@@ -66,6 +66,28 @@ def metric_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+GAP_HEADER = ["suite", "protocol", "model - baseline", "MRR difference", "95% interval"]
+
+
+def gap_rows(metrics: dict) -> list[list[str]]:
+    """Per suite, protocol and baseline: the model's MRR minus the baseline's, with its paired
+    bootstrap interval (semcode.evaluation.paired_mrr_difference); evaluations made before it: none."""
+    rows = []
+    for suite_name, suite in ((metrics.get("evaluate") or {}).get("suites") or {}).items():
+        for protocol, baselines in (suite.get("model_vs") or {}).items():
+            for system, gap in baselines.items():
+                rows.append(
+                    [
+                        str(suite_name),
+                        str(protocol),
+                        f"model - {SYSTEM_LABELS.get(system, system)}",
+                        f"{gap['mrr_difference']:+.4f}",
+                        f"{gap['ci95_low']:+.4f} .. {gap['ci95_high']:+.4f}",
+                    ]
+                )
+    return rows
+
+
 def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
     """The tables both documents show, as (label, value) pairs per section."""
     encoder_config = (bundle.get("source") or {}).get("encoder_config") or {}
@@ -230,6 +252,15 @@ def model_card(bundle: dict, metrics: dict) -> str:
                 "",
                 _md_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
             ]
+            gaps = gap_rows(metrics)
+            if gaps:
+                parts += [
+                    "",
+                    "The model against each baseline on the same queries (95% paired bootstrap interval of "
+                    "the MRR difference: an interval that contains 0 is within the suite's noise):",
+                    "",
+                    _md_table(GAP_HEADER, gaps),
+                ]
     parts += ["", "## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
     parts += [f"- {item}" for item in LIMITATIONS]
     parts += [
@@ -338,6 +369,14 @@ def report_html(bundle: dict, metrics: dict) -> str:
         "<h2>Evaluation: Recall@10</h2>",
         _html_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
     ]
+    gaps = gap_rows(metrics)
+    if gaps:
+        body += [
+            "<h2>Evaluation: the model against each baseline</h2>",
+            "<p>MRR difference on the same queries, with its 95% paired bootstrap interval (one that "
+            "contains 0 is within the suite's noise).</p>",
+            _html_table(GAP_HEADER, gaps),
+        ]
     parity = (bundle.get("metrics") or {}).get("int8_parity") or {}
     for section, facts in _facts(bundle, metrics).items():
         body.append(f"<h2>{_e(section)}</h2>")
