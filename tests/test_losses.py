@@ -178,6 +178,21 @@ def test_distillation_term_matches_hand_computation() -> None:
     assert one_sided.distill.item() == pytest.approx(kl_by_hand(teacher_logits, student_logits), rel=1e-5)
 
 
+def test_distillation_temperature_of_its_own_and_a_learnable_temperature_left_alone() -> None:
+    teacher = {"teacher_query_emb": torch.eye(3), "teacher_code_emb": torch.eye(3)}
+    teacher_logits = [[1.0 if i == j else 0.0 for j in range(3)] for i in range(3)]  # at temperature 1
+    expected = (
+        kl_by_hand(teacher_logits, SIMILARITY) + kl_by_hand(transpose(teacher_logits), transpose(SIMILARITY))
+    ) / 2
+    loss = ContrastiveLoss(temperature=0.5, distill_weight=1.0, distill_temperature=1.0)
+    assert loss(*tensors(), **teacher).distill.item() == pytest.approx(expected, rel=1e-5)
+    # The KL does not train a learnable temperature: its gradient comes from the contrastive term only.
+    learnable = ContrastiveLoss(temperature=0.5, learnable_temperature=True, distill_weight=1.0)
+    query, code = tensors()
+    learnable(query.requires_grad_(True), code, **teacher).distill.backward()
+    assert query.grad is not None and learnable.log_scale.grad is None
+
+
 def test_distillation_is_zero_for_a_student_equal_to_its_teacher_and_pulls_towards_it() -> None:
     query, code = tensors()
     query, code = query.clone().requires_grad_(True), code.clone().requires_grad_(True)
@@ -239,6 +254,7 @@ def test_fixed_temperature_has_no_parameters() -> None:
         ({"temperature": 0.001, "learnable_temperature": True}, "outside"),
         ({"hard_negative_weight": -0.1}, "hard_negative_weight must be >= 0"),
         ({"distill_weight": -1.0}, "distill_weight must be >= 0"),
+        ({"distill_temperature": -0.1}, "distill_temperature must be >= 0"),
     ],
 )
 def test_invalid_settings_raise(kwargs: dict, message: str) -> None:

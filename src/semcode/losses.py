@@ -17,8 +17,10 @@ encoder does it), so a dot product is a cosine similarity; logits are ``cosine /
   but does not train the model.
 - Distillation term (optional, for fine-tuning): given a frozen teacher's embeddings of the same rows
   (the checkpoint training started from), KL(teacher || student) between the two in-batch score
-  distributions of each row, over the same [B, N] logits (same scale, same masking; both directions
-  when symmetric). It keeps the ranking the starting model had learned from its own, broader data
+  distributions of each row, over the same [B, N] cosines and masking, both divided by
+  ``distill_temperature`` (0 = the contrastive temperature; a higher one, e.g. 0.2, also transfers
+  how the teacher ranks the negatives among themselves, not only the positive's margin); both
+  directions when symmetric. It keeps the ranking the starting model had learned from its own, broader data
   (e.g. web-style queries) while the contrastive term adapts it to this corpus: "learning without
   forgetting" on the scores rather than on the weights. ``total += distill_weight * distill``.
 - Temperature: fixed, or learnable (stored as log(1/T), as CLIP does, and clamped to
@@ -102,6 +104,7 @@ class ContrastiveLoss(nn.Module):
         symmetric: bool = True,
         gather_across_ranks: bool = True,
         distill_weight: float = 0.0,
+        distill_temperature: float = 0.0,
     ) -> None:
         super().__init__()
         if min_temperature <= 0:
@@ -119,7 +122,11 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"hard_negative_weight must be >= 0, got {hard_negative_weight}")
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
-        self.distill_weight = distill_weight
+        if distill_temperature < 0:
+            raise ValueError(
+                f"distill_temperature must be >= 0 (0 = the contrastive one), got {distill_temperature}"
+            )
+        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
         self.min_temperature = min_temperature
         self.max_temperature = max_temperature
         self.hard_negative_weight = hard_negative_weight
@@ -182,12 +189,15 @@ class ContrastiveLoss(nn.Module):
         labels = torch.arange(local_batch, device=query_emb.device) + rank * local_batch
         scale = self.scale()
 
-        logits_query_to_code = scale * query_emb @ all_codes.T  # [B, N]
-        logits_code_to_query = scale * code_emb @ all_queries.T  # [B, N]
+        cosine_query_to_code = query_emb @ all_codes.T  # [B, N]
+        cosine_code_to_query = code_emb @ all_queries.T  # [B, N]
         false_negatives = self._false_negative_mask(query_keys, code_keys, labels, world_size)  # [B, N]
-        if false_negatives is not None:
-            logits_query_to_code = logits_query_to_code.masked_fill(false_negatives, float("-inf"))
-            logits_code_to_query = logits_code_to_query.masked_fill(false_negatives, float("-inf"))
+
+        def masked(logits: Tensor) -> Tensor:  # after scaling: -inf x scale would give a nan gradient
+            return logits if false_negatives is None else logits.masked_fill(false_negatives, float("-inf"))
+
+        logits_query_to_code = masked(scale * cosine_query_to_code)  # [B, N]
+        logits_code_to_query = masked(scale * cosine_code_to_query)  # [B, N]
         contrastive = F.cross_entropy(logits_query_to_code, labels)
         if self.symmetric:
             contrastive = (contrastive + F.cross_entropy(logits_code_to_query, labels)) / 2
@@ -195,19 +205,20 @@ class ContrastiveLoss(nn.Module):
         hard = self._hard_negative_loss(query_emb, code_emb, hard_negative_emb, hard_negative_mask, scale)
         distill = query_emb.new_zeros(())
         if teacher_query_emb is not None:
-            teacher_queries, teacher_codes = (
-                teacher_query_emb.detach().float(),
-                teacher_code_emb.detach().float(),
-            )
+            teacher_queries = teacher_query_emb.detach().float()  # [B, D']
+            teacher_codes = teacher_code_emb.detach().float()  # [B, D']
             all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
             if world_size > 1:  # the teacher carries no gradient: a plain all_gather
                 all_teacher_queries = _gather_plain(teacher_queries, world_size)
                 all_teacher_codes = _gather_plain(teacher_codes, world_size)
-            teacher_scale = scale.detach()  # the student's temperature: the two distributions compare
-            distill = _score_kl(teacher_scale * teacher_queries @ all_teacher_codes.T, logits_query_to_code)
+            # One temperature for both sides (detached: the KL does not move a learnable temperature).
+            distill_scale = 1.0 / self.distill_temperature if self.distill_temperature else scale.detach()
+            teacher_query_to_code = distill_scale * teacher_queries @ all_teacher_codes.T  # [B, N]
+            distill = _score_kl(teacher_query_to_code, masked(distill_scale * cosine_query_to_code))
             if self.symmetric:
-                teacher_code_to_query = teacher_scale * teacher_codes @ all_teacher_queries.T  # [B, N]
-                distill = (distill + _score_kl(teacher_code_to_query, logits_code_to_query)) / 2
+                teacher_code_to_query = distill_scale * teacher_codes @ all_teacher_queries.T  # [B, N]
+                student_code_to_query = masked(distill_scale * cosine_code_to_query)
+                distill = (distill + _score_kl(teacher_code_to_query, student_code_to_query)) / 2
         total = contrastive + self.hard_negative_weight * hard + self.distill_weight * distill
         return LossOutput(total, contrastive, hard, float(1.0 / scale.detach()), distill)
 

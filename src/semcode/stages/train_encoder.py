@@ -88,6 +88,9 @@ class TrainEncoderConfig:
         0.0,
         "weight of a KL term keeping the in-batch scores close to init_from's (a frozen teacher; 0 = none)",
     )
+    distill_temperature: float = field(
+        0.0, "temperature of both score distributions in the KL term (0 = the contrastive temperature)"
+    )
     max_hard_negatives: int = field(4, "hard negatives per pair used when hard_negative_weight > 0")
     seed: int = field(0, "seed for initialisation, data order and dropout")
     eval_every: int = field(100, "validate every this many steps (0 = only at the end)")
@@ -150,7 +153,7 @@ class TrainEncoderConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
             "embedding_dim", "max_steps", "weight_decay", "warmup_steps", "grad_clip", "hard_negative_weight",
-            "distill_weight",
+            "distill_weight", "distill_temperature",
             "max_hard_negatives", "eval_every", "checkpoint_every", "keep_checkpoints", "max_train_pairs",
             "max_valid_pairs", "time_budget_minutes", "num_workers",
         ):  # fmt: skip
@@ -241,6 +244,7 @@ def train(
         hard_negative_weight=config.hard_negative_weight,
         symmetric=config.symmetric,
         distill_weight=config.distill_weight,
+        distill_temperature=config.distill_temperature,
     )
     teacher = None
     if config.distill_weight > 0:  # before any training and before DeepSpeed wraps the model
