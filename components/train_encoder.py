@@ -28,6 +28,7 @@ def train_encoder(
     hard_negative_weight: float,
     max_hard_negatives: int,
     distill_weight: float,
+    distill_temperature: float,
     docstring_share: float,
     zero_stage: int,
     seed: int,
@@ -71,6 +72,7 @@ def train_encoder(
         max_hard_negatives: hard negatives per pair used when hard_negative_weight > 0.
         distill_weight: weight of the KL term keeping the in-batch scores close to the starting checkpoint's
             (a frozen teacher; needs init_from or init_encoder; 0 = off).
+        distill_temperature: temperature of both score distributions in that KL (0 = the contrastive one).
         docstring_share: share of train codes given their docstring back as first body line (seeded).
         zero_stage: DeepSpeed ZeRO stage.
         seed: seed for initialisation, data order and dropout.
@@ -119,6 +121,7 @@ def train_encoder(
             "hard_negative_weight": hard_negative_weight,
             "max_hard_negatives": max_hard_negatives,
             "distill_weight": distill_weight,
+            "distill_temperature": distill_temperature,
             "docstring_share": docstring_share,
             "zero_stage": zero_stage,
             "seed": seed,
