@@ -21,8 +21,9 @@ symmetric in-batch InfoNCE (plus a hard-negative term for rows whose ``hard_nega
 filled, when ``hard_negative_weight`` > 0; plus, when ``distill_weight`` > 0, a KL term keeping the
 in-batch scores close to those of a frozen copy of ``init_from``), DeepSpeed does backward,
 accumulation, clipping and the update, and the LR follows linear warmup then cosine decay. With
-gradient accumulation the in-batch negatives are those of each micro-batch. Everything is seeded, and the data order is a function of
-(seed, epoch), so ``--resume`` continues exactly where the last checkpoint left off.
+gradient accumulation the in-batch negatives are those of each micro-batch. Everything is seeded,
+and the data order is a function of (seed, epoch), so ``--resume`` continues exactly where the last
+checkpoint left off.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class TrainEncoderConfig:
     min_temperature: float = field(0.01, "lower bound of a learnable temperature")
     max_temperature: float = field(1.0, "upper bound of a learnable temperature")
     hard_negative_weight: float = field(0.0, "weight of the hard-negative term (needs mined hard_negatives)")
+    max_hard_negatives: int = field(4, "hard negatives per pair used when hard_negative_weight > 0")
     distill_weight: float = field(
         0.0,
         "weight of a KL term keeping the in-batch scores close to init_from's (a frozen teacher; 0 = none)",
@@ -91,7 +93,6 @@ class TrainEncoderConfig:
     distill_temperature: float = field(
         0.0, "temperature of both score distributions in the KL term (0 = the contrastive temperature)"
     )
-    max_hard_negatives: int = field(4, "hard negatives per pair used when hard_negative_weight > 0")
     seed: int = field(0, "seed for initialisation, data order and dropout")
     eval_every: int = field(100, "validate every this many steps (0 = only at the end)")
     checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
