@@ -181,4 +181,10 @@ def test_summary_table_and_flat_metrics() -> None:
     }
     table = stage.summary_table(suites)
     assert "test  | full" in table and "9-10" in table and "0.5000" in table and "0.2500" in table
+    assert table.splitlines()[-1].rstrip().endswith("| -")  # no zero-shot baseline: no gap
     assert stage.flatten_metrics(suites) == {"test.full.model.mrr": 0.5, "test.full.bm25.mrr": 0.25}
+    suites["test"]["full"]["zero_shot"] = {"mrr": 0.4, "n_queries": 2}
+    suites["test"]["model_vs"] = {
+        "full": {"zero_shot": {"mrr_difference": 0.1, "ci95_low": -0.05, "ci95_high": 0.25}}
+    }
+    assert "| +0.1000 (-0.0500..+0.2500)" in stage.summary_table(suites)

@@ -129,7 +129,16 @@ def primary_metric(suites: dict) -> dict:
 
 
 def summary_table(suites: dict) -> str:
-    header = ("suite", "protocol", "queries", "candidates", "model", "bm25", "zero-shot")
+    header = (
+        "suite",
+        "protocol",
+        "queries",
+        "candidates",
+        "model",
+        "bm25",
+        "zero-shot",
+        "model - zero-shot (95%)",
+    )
     rows = [header]
     for suite_name, suite in suites.items():
         for protocol in PROTOCOLS:
@@ -142,6 +151,12 @@ def summary_table(suites: dict) -> str:
                 else f"{per_query['min']}-{per_query['max']}"
             )
             mrr = [suite[protocol].get(system, {}).get("mrr") for system in SYSTEM_ORDER]
+            gap = (suite.get("model_vs") or {}).get(protocol, {}).get("zero_shot")
+            gap_cell = (
+                f"{gap['mrr_difference']:+.4f} ({gap['ci95_low']:+.4f}..{gap['ci95_high']:+.4f})"
+                if gap
+                else "-"
+            )
             rows.append(
                 (
                     suite_name,
@@ -149,6 +164,7 @@ def summary_table(suites: dict) -> str:
                     str(suite["n_queries"]),
                     candidates,
                     *("-" if v is None else f"{v:.4f}" for v in mrr),
+                    gap_cell,
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
