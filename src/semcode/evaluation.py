@@ -46,6 +46,7 @@ PROTOCOLS = ("csn", "full")
 RECALL_AT = (1, 5, 10)
 NDCG_AT = 10
 DEFAULT_BLOCK_SIZE = 256
+BOOTSTRAP_BLOCK = 128  # resamples drawn at once by paired_mrr_difference
 
 
 # ---------------------------------------------------------------- ranks and metrics
@@ -125,8 +126,14 @@ def paired_mrr_difference(
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     per_query = 1.0 / ranks.astype(np.float64) - 1.0 / baseline_ranks.astype(np.float64)  # [Q]
-    draws = np.random.default_rng(seed).integers(0, per_query.size, size=(resamples, per_query.size))
-    differences = per_query[draws].mean(axis=1)  # [resamples]
+    rng = np.random.default_rng(seed)
+    differences = np.empty(resamples)  # [resamples]
+    # A block of resamples at a time: memory stays [BOOTSTRAP_BLOCK, Q] on large suites (the draws are
+    # the same as one [resamples, Q] draw).
+    for start in range(0, resamples, BOOTSTRAP_BLOCK):
+        count = min(BOOTSTRAP_BLOCK, resamples - start)
+        draws = rng.integers(0, per_query.size, size=(count, per_query.size))  # [count, Q]
+        differences[start : start + count] = per_query[draws].mean(axis=1)
     low, high = np.percentile(differences, [2.5, 97.5])
     return {"mrr_difference": float(per_query.mean()), "ci95_low": float(low), "ci95_high": float(high)}
 

@@ -166,19 +166,9 @@ class ContrastiveLoss(nn.Module):
         teacher_query_emb, teacher_code_emb [B, D'] (a frozen teacher's embeddings of the same rows)."""
         rank, world_size = _world() if self.gather_across_ranks else (0, 1)
         self._check_inputs(
-            query_emb, code_emb, query_keys, code_keys, hard_negative_emb, hard_negative_mask, world_size
-        )
-        if (teacher_query_emb is None) != (teacher_code_emb is None):
-            raise ValueError("teacher_query_emb and teacher_code_emb must be given together")
-        if teacher_query_emb is not None and (
-            teacher_query_emb.dim() != 2
-            or teacher_query_emb.shape != teacher_code_emb.shape
-            or teacher_query_emb.shape[0] != query_emb.shape[0]
-        ):
-            raise ValueError(
-                f"teacher embeddings must both have shape [{query_emb.shape[0]}, D] (one row per pair), got "
-                f"{tuple(teacher_query_emb.shape)} and {tuple(teacher_code_emb.shape)}"
-            )
+            query_emb, code_emb, query_keys, code_keys, hard_negative_emb, hard_negative_mask, world_size,
+            teacher_query_emb, teacher_code_emb,
+        )  # fmt: skip
         local_batch = query_emb.shape[0]
         query_emb, code_emb = query_emb.float(), code_emb.float()
         all_queries, all_codes = query_emb, code_emb  # [N, D]
@@ -275,6 +265,8 @@ class ContrastiveLoss(nn.Module):
         hard_negative_emb: Tensor | None,
         hard_negative_mask: Tensor | None,
         world_size: int,
+        teacher_query_emb: Tensor | None = None,
+        teacher_code_emb: Tensor | None = None,
     ) -> None:
         for name, emb in (("query_emb", query_emb), ("code_emb", code_emb)):
             if emb.dim() != 2:
@@ -287,6 +279,17 @@ class ContrastiveLoss(nn.Module):
                 f"and {tuple(code_emb.shape)}"
             )
         batch, dim = query_emb.shape
+        if (teacher_query_emb is None) != (teacher_code_emb is None):
+            raise ValueError("teacher_query_emb and teacher_code_emb must be given together")
+        if teacher_query_emb is not None and (
+            teacher_query_emb.dim() != 2
+            or teacher_query_emb.shape != teacher_code_emb.shape
+            or teacher_query_emb.shape[0] != batch
+        ):
+            raise ValueError(
+                f"teacher embeddings must both have shape [{batch}, D] (one row per pair), got "
+                f"{tuple(teacher_query_emb.shape)} and {tuple(teacher_code_emb.shape)}"
+            )
         if batch * world_size < 2:
             raise ValueError(
                 f"in-batch contrastive loss needs at least 2 pairs in the (global) batch, got {batch * world_size}"

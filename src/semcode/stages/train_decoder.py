@@ -229,10 +229,7 @@ def train(
         output = engine(**{name: tensor.to(engine.device) for name, tensor in batch.items()})
         return output.loss, {"loss": output.loss}, int(batch["attention_mask"].sum()), {}
 
-    schedule = ds.LoopSchedule(
-        config.grad_accum, config.eval_every, config.checkpoint_every, config.keep_checkpoints,
-        config.time_budget_minutes,
-    )  # fmt: skip
+    schedule = ds.LoopSchedule.from_config(config)
     step, stopped_by = ds.run_steps(
         engine, plan, log_, schedule, checkpoints_dir, run_shape, step, micro_batches, forward, evaluate
     )

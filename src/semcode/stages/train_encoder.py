@@ -311,10 +311,7 @@ def train(
         as_is = {"temperature": output.temperature} if config.learnable_temperature else {}
         return output.total, averaged, len(batch["query_input_ids"]), as_is
 
-    schedule = ds.LoopSchedule(
-        config.grad_accum, config.eval_every, config.checkpoint_every, config.keep_checkpoints,
-        config.time_budget_minutes,
-    )  # fmt: skip
+    schedule = ds.LoopSchedule.from_config(config)
     step, stopped_by = ds.run_steps(
         engine, plan, log_, schedule, checkpoints_dir, run_shape, step, micro_batches, forward, evaluate
     )

@@ -490,6 +490,14 @@ class LoopSchedule:
     keep_checkpoints: int
     time_budget_minutes: float
 
+    @classmethod
+    def from_config(cls, config: Any) -> LoopSchedule:
+        """From a stage config that has the five fields of the same names (both training stages do)."""
+        return cls(
+            config.grad_accum, config.eval_every, config.checkpoint_every, config.keep_checkpoints,
+            config.time_budget_minutes,
+        )  # fmt: skip
+
 
 def run_steps(
     engine: Any,
