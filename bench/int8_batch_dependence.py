@@ -3,21 +3,33 @@
     .venv/bin/python bench/int8_batch_dependence.py                       # MiniLM on CoSQA dev
     .venv/bin/python bench/int8_batch_dependence.py --encoder runs/<run>/.../encoder --pairs P
 
-ONNX Runtime's dynamic quantisation picks each activation's int8 scale from the whole batch tensor,
-so the same text can get a different vector beside different neighbours. This embeds the suite twice
-per runtime, batched two ways (one call, and the 1,024-text calls the stages make when they show
-progress; each call sorts its texts by length before batching), and prints each way's full-corpus MRR and the lowest cosine between the two vectors of one
-code. fp32 is the control. bench/RESULTS.md has the figures.
+ONNX Runtime's dynamic quantisation picks each activation's int8 scale from the whole input tensor, so
+in a batch the same text can get a different vector beside different neighbours. semcode's OnnxEncoder
+therefore runs a dynamically quantised graph one text per call. This exports the encoder as the
+export_onnx stage does, then embeds the suite twice per setting, batched two ways (one encode call, and
+the 1,024-text calls the stages make when they show progress; each call sorts its texts by length), and
+prints each way's full-corpus MRR, the lowest cosine between the two vectors of one code and the
+encoding speed. fp32 in batches is the control. bench/RESULTS.md has the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+import time
+from pathlib import Path
+
+PROGRESS_CHUNK = 1024  # semcode.export's chunk when it shows progress
 
 
 def main() -> None:
+    import numpy as np
+    import torch
+
     from semcode.evaluation import full_corpus_ranks, retrieval_metrics
-    from semcode.models.encoder import load_embed_fn
+    from semcode.export import export_tower, quantize_int8
+    from semcode.models.encoder import load_hf_tokenizer, load_pretrained
+    from semcode.onnx_encoder import OnnxEncoder
     from semcode.suites import cosqa_suite, test_split_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,19 +38,47 @@ def main() -> None:
     args = parser.parse_args()
 
     suite = test_split_suite(args.pairs) if args.pairs else cosqa_suite()
-    for runtime in ("onnx-int8", "onnx-fp32"):
-        codes = {}
+    model = load_pretrained(args.encoder).eval()
+    if model.towers != "shared":
+        raise SystemExit(f"{args.encoder}: this bench takes a shared-tower encoder, not {model.towers!r}")
+    tmp = Path(tempfile.mkdtemp(prefix="semcode-int8-batching-"))
+    load_hf_tokenizer(args.encoder).save_pretrained(tmp)
+    fp32_path = export_tower(model.tower_for("code"), tmp / "encoder.onnx")
+    int8_path = tmp / "encoder.int8.onnx"
+    quantize_int8(fp32_path, int8_path)
+    settings = {
+        "onnx-fp32, batches of 64": (fp32_path, False),
+        "onnx-int8, batches of 64": (int8_path, False),
+        "onnx-int8, one text per call": (int8_path, True),
+    }
+    print(f"| {suite.name} | one call | {PROGRESS_CHUNK:,}-text calls | lowest cosine | codes/s |")
+    print("|---|---|---|---|---|")
+    for name, (path, one_text_per_call) in settings.items():
+        encoders = {
+            kind: OnnxEncoder(
+                path,
+                tmp / "tokenizer.json",
+                model.max_length,
+                model.prefix_for(kind),
+                threads=torch.get_num_threads(),
+                one_text_per_call=one_text_per_call,
+            )  # fmt: skip
+            for kind in ("query", "code")
+        }
+        queries = encoders["query"].encode(suite.queries)
+        mrr, codes, seconds = {}, {}, 0.0
         for chunked in (False, True):
-            embed = load_embed_fn(args.encoder, runtime=runtime, show_progress=chunked)[0]
-            queries, codes[chunked] = embed(suite.queries, "query"), embed(suite.codes, "code")
-            mrr = retrieval_metrics(full_corpus_ranks(queries, codes[chunked], suite.gold, suite.exclude))[
-                "mrr"
-            ]
-            print(f"{suite.name} {runtime} {'chunked' if chunked else 'in order'}: MRR {mrr:.4f}", flush=True)
+            started = time.perf_counter()
+            step = PROGRESS_CHUNK if chunked else max(len(suite.codes), 1)
+            codes[chunked] = np.concatenate(
+                [encoders["code"].encode(suite.codes[i : i + step]) for i in range(0, len(suite.codes), step)]
+            )
+            seconds += time.perf_counter() - started
+            ranks = full_corpus_ranks(queries, codes[chunked], suite.gold, suite.exclude)
+            mrr[chunked] = retrieval_metrics(ranks)["mrr"]
         lowest = float((codes[False] * codes[True]).sum(axis=1).min())
-        print(
-            f"{suite.name} {runtime}: lowest cosine between one code's two vectors {lowest:.6f}", flush=True
-        )
+        speed = 2 * len(suite.codes) / seconds
+        print(f"| {name} | {mrr[False]:.4f} | {mrr[True]:.4f} | {lowest:.6f} | {speed:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from semcode.onnx_encoder import (
     available_cores,
     create_session,
     load_padded_tokenizer,
+    quantizes_dynamically,
 )
 from semcode.stages import export_onnx as stage
 from semcode.tokenizer import save_tokenizer, train_bpe
@@ -238,6 +239,32 @@ def test_onnx_encoder_matches_torch_encode_texts(shared_export, shared_encoder: 
     assert encoder.encode([]).shape == (0, 64)
     int8 = OnnxEncoder(out / "encoder.int8.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=5)
     assert cosine_stats(int8.encode(texts), ours)["min"] > INT8_MIN_COSINE
+
+
+def test_int8_vectors_do_not_depend_on_the_batch(shared_export, rows) -> None:
+    # Dynamic quantisation takes activation scales from the whole input tensor, so the int8 encoder runs
+    # one text per call: a text's vector is then the same alone, beside long neighbours, or in any order.
+    out, _ = shared_export
+    assert quantizes_dynamically(out / "encoder.int8.onnx") and not quantizes_dynamically(
+        out / "encoder.onnx"
+    )
+    texts = [r["code"] for r in rows[:12]] + ["x", "def f(): return 1"]
+    int8 = OnnxEncoder(out / "encoder.int8.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=8)
+    assert int8.batch_size == 1
+    together = int8.encode(texts)
+    for i in (0, len(texts) - 1):
+        np.testing.assert_array_equal(int8.encode([texts[i]])[0], together[i])
+    np.testing.assert_array_equal(int8.encode(texts[::-1])[::-1], together)
+    fp32 = OnnxEncoder(out / "encoder.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=8)
+    assert fp32.batch_size == 8  # fp32 vectors do not depend on the batch: keep batching
+    forced = OnnxEncoder(
+        out / "encoder.int8.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=8,
+        one_text_per_call=False,
+    )  # fmt: skip
+    assert forced.batch_size == 8
+    assert cosine_stats(forced.encode(texts), together)["min"] > INT8_MIN_COSINE
+    # ...and batched they do differ, even on the tiny encoder: what the equalities above guard against.
+    assert not np.array_equal(forced.encode(texts), together)
 
 
 def test_separate_towers_export_both_files(separate_export) -> None:
