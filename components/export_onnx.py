@@ -27,7 +27,7 @@ def export_onnx(
         max_mrr_loss: largest test MRR drop of int8 vs fp32 for int8 to be the default.
         parity_texts: validation rows encoded for parity.
         latency_repeats: timed calls per runner and shape.
-        max_test_queries: the fp32 vs int8 MRR on at most this many test queries (0 = all).
+        max_test_queries: the fp32 vs int8 MRR on at most this many test pairs, against their own codes (0 = all).
     """
     import json
     import os

@@ -321,7 +321,7 @@ def train_pipeline(
         export_onnx_max_mrr_loss: Largest test MRR drop of int8 vs fp32 ONNX for int8 to be the default.
         export_onnx_parity_texts: Validation rows whose query and code are encoded for the ONNX parity check.
         export_onnx_latency_repeats: Timed calls per runner and shape in the latency measurement.
-        export_onnx_max_test_queries: The int8 vs fp32 test MRR on at most this many test queries, a seeded sample (0 = all).
+        export_onnx_max_test_queries: The int8 vs fp32 test MRR on at most this many test pairs, a seeded sample, against their own codes (0 = all).
         gate_name: Model name: the registry folder <registry>/<name>/ (publish uses it too).
         gate_registry: Registry holding the champion and receiving the release: a folder or s3://bucket/prefix ('' = no comparison, no publishing).
         gate_primary_metric: Metric compared with the champion, suite/protocol/system/metric (higher is better).

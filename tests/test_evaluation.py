@@ -242,6 +242,17 @@ def test_pairs_suite_dedupes_code_and_excludes_other_answers_to_the_same_query()
         assert subset.queries[query_index] == "add numbers" and candidate != subset.gold[query_index]
     assert suite.subset(0) is suite
 
+    # golds_only: the candidates shrink to the kept queries' golds, indices and exclusions remapped.
+    for seed in range(6):
+        small = suite.subset(2, seed=seed, golds_only=True)
+        full = suite.subset(2, seed=seed)
+        assert small.queries == full.queries
+        assert small.codes == sorted({full.codes[g] for g in full.gold}, key=suite.codes.index)
+        assert [small.codes[g] for g in small.gold] == [full.codes[g] for g in full.gold]
+        assert {(small.queries[q], small.codes[c]) for q, c in small.exclude.tolist()} == {
+            (full.queries[q], full.codes[c]) for q, c in full.exclude.tolist() if full.codes[c] in small.codes
+        }
+
 
 def test_evaluate_suite_ranks_every_system_on_the_same_candidates() -> None:
     suite = pairs_suite(

@@ -267,6 +267,20 @@ def test_int8_vectors_do_not_depend_on_the_batch(shared_export, rows) -> None:
     assert not np.array_equal(forced.encode(texts), together)
 
 
+def test_mrr_check_on_a_sample_embeds_only_the_sampled_pairs_codes(shared_export, pairs_dir: Path) -> None:
+    out, _ = shared_export
+    encoders = {
+        (kind, precision): OnnxEncoder(out / file, out / "tokenizer.json", MAX_LENGTH, f"{kind}: ")
+        for kind in ("query", "code")
+        for precision, file in (("fp32", "encoder.onnx"), ("int8", "encoder.int8.onnx"))
+    }
+    whole = stage.measure_test_mrr(encoders, ("fp32", "int8"), pairs_dir, 0)
+    sample = stage.measure_test_mrr(encoders, ("fp32", "int8"), pairs_dir, 6)
+    assert sample["n_queries"] == 6 < whole["n_queries"]
+    assert sample["n_candidates"] <= 6 < whole["n_candidates"]
+    assert sample["mrr_loss"] == pytest.approx(sample["mrr"]["fp32"] - sample["mrr"]["int8"])
+
+
 def test_separate_towers_export_both_files(separate_export) -> None:
     encoder_dir, out, metrics = separate_export
     names = sorted(p.name for p in out.glob("*.onnx"))

@@ -56,8 +56,10 @@ class Suite:
         if len(self.gold) and (self.gold.min() < 0 or self.gold.max() >= len(self.codes)):
             raise ValueError(f"suite {self.name}: gold index out of range of {len(self.codes)} codes")
 
-    def subset(self, max_queries: int, seed: int = 0) -> Suite:
-        """At most max_queries queries (a seeded random sample, kept in order); the candidates stay all."""
+    def subset(self, max_queries: int, seed: int = 0, golds_only: bool = False) -> Suite:
+        """At most max_queries queries (a seeded random sample, kept in order). The candidates stay all,
+        or with ``golds_only`` become the kept queries' own gold codes: a smaller corpus, cheaper to
+        embed, for comparing systems rather than reporting an MRR comparable to the whole split's."""
         if max_queries <= 0 or max_queries >= len(self.queries):
             return self
         keep = np.sort(np.random.default_rng(seed).choice(len(self.queries), size=max_queries, replace=False))
@@ -65,7 +67,15 @@ class Suite:
         new_index[keep] = np.arange(len(keep))
         exclude = self.exclude[new_index[self.exclude[:, 0]] >= 0]
         exclude = np.stack([new_index[exclude[:, 0]], exclude[:, 1]], axis=1)
-        return replace(self, queries=[self.queries[i] for i in keep], gold=self.gold[keep], exclude=exclude)
+        gold, codes = self.gold[keep], self.codes
+        if golds_only:
+            kept_codes = np.unique(gold)  # sorted: candidates keep their order
+            new_code = np.full(len(self.codes), -1, dtype=np.int64)
+            new_code[kept_codes] = np.arange(len(kept_codes))
+            exclude = exclude[new_code[exclude[:, 1]] >= 0]
+            exclude = np.stack([exclude[:, 0], new_code[exclude[:, 1]]], axis=1)
+            gold, codes = new_code[gold], [self.codes[i] for i in kept_codes]
+        return replace(self, queries=[self.queries[i] for i in keep], codes=codes, gold=gold, exclude=exclude)
 
 
 def pairs_suite(name: str, queries: Sequence[str], codes: Sequence[str], source: str) -> Suite:
