@@ -17,6 +17,7 @@ def train_encoder(
     towers: str,
     embedding_dim: int,
     max_length: int,
+    inference_max_length: int,
     epochs: int,
     max_steps: int,
     batch_size: int,
@@ -60,6 +61,7 @@ def train_encoder(
         towers: shared or separate query/code towers.
         embedding_dim: output dimension (0 = the default).
         max_length: tokens per query or code.
+        inference_max_length: tokens per text of the saved encoder (0 = max_length).
         epochs: passes over the training pairs (ignored when max_steps > 0).
         max_steps: optimizer steps (0 = as many as epochs gives).
         batch_size: pairs per micro-batch per GPU.
@@ -110,6 +112,7 @@ def train_encoder(
             "towers": towers,
             "embedding_dim": embedding_dim,
             "max_length": max_length,
+            "inference_max_length": inference_max_length,
             "epochs": epochs,
             "max_steps": max_steps,
             "batch_size": batch_size,

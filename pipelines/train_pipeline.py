@@ -134,6 +134,7 @@ def train_pipeline(
     train_encoder_towers: str = "shared",
     train_encoder_embedding_dim: int = 0,
     train_encoder_max_length: int = 128,
+    train_encoder_inference_max_length: int = 0,
     train_encoder_epochs: int = 3,
     train_encoder_max_steps: int = 0,
     train_encoder_batch_size: int = 32,
@@ -246,6 +247,7 @@ def train_pipeline(
         train_encoder_towers: One tower for queries and code (shared) or one each (separate).
         train_encoder_embedding_dim: Output dimension (0 = the size's default, or the checkpoint's hidden size).
         train_encoder_max_length: Tokens per query or code; longer texts are truncated.
+        train_encoder_inference_max_length: Tokens per text of the saved encoder: validation, evaluate, index, search (0 = max_length).
         train_encoder_epochs: Passes over the training pairs (ignored when max_steps > 0).
         train_encoder_max_steps: Optimizer steps to train (0 = as many as epochs gives).
         train_encoder_batch_size: Pairs per micro-batch (per GPU); the in-batch negatives are the others.
@@ -366,6 +368,7 @@ def train_pipeline(
         towers=train_encoder_towers,
         embedding_dim=train_encoder_embedding_dim,
         max_length=train_encoder_max_length,
+        inference_max_length=train_encoder_inference_max_length,
         batch_size=train_encoder_batch_size,
         grad_accum=train_encoder_grad_accum,
         temperature=train_encoder_temperature,

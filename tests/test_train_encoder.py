@@ -23,6 +23,7 @@ from semcode.config import ConfigError
 from semcode.data.pairs import write_shards
 from semcode.stages import train_encoder
 from semcode.stages.train_encoder import TrainEncoderConfig
+from semcode.train.data import load_pairs
 
 VERBS = [
     "parse",
@@ -231,6 +232,40 @@ def test_epochs_0_passes_init_from_on_unchanged(trained: Path, data_dirs, tmp_pa
     assert json.loads((tmp_path / "same" / "history.json").read_text())["evals"][0]["step"] == 0
     with pytest.raises(ConfigError, match="epochs must be >= 1, or 0"):
         TrainEncoderConfig(epochs=0).validate()  # nothing to pass on without init_from
+
+
+def test_inference_max_length_is_what_the_saved_encoder_and_validation_use(
+    trained: Path, data_dirs, tmp_path
+):
+    """Train at max_length, ship (and select on validation) at inference_max_length."""
+    from transformers import AutoTokenizer
+
+    from semcode.models.encoder import load_encoder
+
+    pairs_dir, _ = data_dirs
+    config = TrainEncoderConfig(
+        init_from=str(trained / "encoder"),
+        epochs=0,
+        max_length=64,
+        inference_max_length=16,
+        max_valid_pairs=40,
+    )
+    metrics = train_encoder.run(config, pairs_dir, None, tmp_path / "short")
+    saved = tmp_path / "short" / "encoder"
+    assert json.loads((saved / "semcode_encoder.json").read_text())["max_length"] == 16
+    assert json.loads((saved / "sentence_bert_config.json").read_text())["max_seq_length"] == 16
+    model, tokenizer = load_encoder(saved), AutoTokenizer.from_pretrained(str(saved))
+    valid = load_pairs(pairs_dir, "valid", 40, config.seed, unique_codes=True)
+    at_16 = train_encoder.validation_metrics(model, tokenizer, valid, 64, "cpu", 16)
+    at_64 = train_encoder.validation_metrics(model, tokenizer, valid, 64, "cpu", 64)
+    assert metrics["best_valid_mrr"] == pytest.approx(at_16["mrr"], abs=1e-6) != pytest.approx(at_64["mrr"])
+    too_long = TrainEncoderConfig(
+        init_from=str(trained / "encoder"), epochs=0, max_length=64, inference_max_length=65
+    )
+    with pytest.raises(ConfigError, match="inference_max_length 65 exceeds the encoder's 64 positions"):
+        train_encoder.run(too_long, pairs_dir, None, tmp_path / "long")
+    with pytest.raises(ConfigError, match="inference_max_length must be 0 or >= 8"):
+        TrainEncoderConfig(inference_max_length=4).validate()
 
 
 def test_time_budget_stops_with_a_final_checkpoint(data_dirs, tmp_path):

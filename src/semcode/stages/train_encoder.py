@@ -63,6 +63,11 @@ class TrainEncoderConfig:
         0, "output dimension (0 = the size's default, or the checkpoint's hidden size)"
     )
     max_length: int = field(128, "tokens per query or code; longer texts are truncated")
+    inference_max_length: int = field(
+        0,
+        "tokens per text of the saved encoder, what validation, evaluate, the index and search embed with "
+        "(0 = max_length); training may see more than search needs",
+    )
     epochs: int = field(
         3,
         "passes over the training pairs (ignored when max_steps > 0); 0 with max_steps 0: no training, "
@@ -125,6 +130,8 @@ class TrainEncoderConfig:
             raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.max_length < 8:
             raise ConfigError(f"max_length must be >= 8, got {self.max_length}")
+        if self.inference_max_length != 0 and self.inference_max_length < 8:
+            raise ConfigError(f"inference_max_length must be 0 or >= 8, got {self.inference_max_length}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
@@ -194,20 +201,29 @@ def add_teacher_embeddings(teacher: nn.Module, batch: dict[str, Tensor]) -> dict
     with torch.no_grad():
         return {
             **batch,
-            "teacher_query_emb": teacher.encode_query(batch["query_input_ids"], batch["query_attention_mask"]),
+            "teacher_query_emb": teacher.encode_query(
+                batch["query_input_ids"], batch["query_attention_mask"]
+            ),
             "teacher_code_emb": teacher.encode_code(batch["code_input_ids"], batch["code_attention_mask"]),
         }
 
 
+def inference_length(config: TrainEncoderConfig) -> int:
+    """Tokens per text of the saved encoder: ``inference_max_length``, else the training ``max_length``."""
+    return config.inference_max_length or config.max_length
+
+
 def validation_metrics(
-    model: Any, tokenizer: Any, valid: Any, batch_size: int, device: Any
+    model: Any, tokenizer: Any, valid: Any, batch_size: int, device: Any, max_length: int | None = None
 ) -> dict[str, float]:
-    """Full-corpus retrieval metrics of the valid pairs: each query ranks its code among all valid codes."""
+    """Full-corpus retrieval metrics of the valid pairs: each query ranks its code among all valid codes,
+    embedded at ``max_length`` tokens (training passes the saved encoder's; None = the model's own)."""
     from semcode.evaluation import full_corpus_metrics
     from semcode.models.encoder import encode_texts
 
-    query_emb = encode_texts(model, tokenizer, valid.queries, "query", batch_size=batch_size, device=device)
-    code_emb = encode_texts(model, tokenizer, valid.codes, "code", batch_size=batch_size, device=device)
+    settings = dict(batch_size=batch_size, device=device, max_length=max_length)
+    query_emb = encode_texts(model, tokenizer, valid.queries, "query", **settings)
+    code_emb = encode_texts(model, tokenizer, valid.codes, "code", **settings)
     metrics = full_corpus_metrics(query_emb, code_emb)
     return {name: metrics[name] for name in VALID_METRICS}
 
@@ -260,7 +276,9 @@ def train(
     engine = ds.initialize(net, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
     if teacher is not None:
-        teacher.to(device=engine.device, dtype=torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32)
+        teacher.to(
+            device=engine.device, dtype=torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+        )
 
     state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
     step = state["step"] if state else 0
@@ -279,7 +297,9 @@ def train(
         if len(valid_pairs) == 0:
             return
         eval_started = time.perf_counter()
-        metrics = validation_metrics(model, tokenizer, valid_pairs, config.eval_batch_size, engine.device)
+        metrics = validation_metrics(
+            model, tokenizer, valid_pairs, config.eval_batch_size, engine.device, inference_length(config)
+        )
         if log_.evaluate(at_step, metrics, time.perf_counter() - eval_started):
             ds.save_weights(engine, best_dir / ds.WEIGHTS_FILE)
             if ds.is_main_process():
@@ -368,7 +388,9 @@ def pass_through(
     log_.message(f"epochs 0: no training; {config.init_from} is passed on as it is")
     if len(valid_pairs) > 0:
         started = time.perf_counter()
-        metrics = validation_metrics(model, tokenizer, valid_pairs, config.eval_batch_size, "cpu")
+        metrics = validation_metrics(
+            model, tokenizer, valid_pairs, config.eval_batch_size, "cpu", inference_length(config)
+        )
         log_.evaluate(0, metrics, time.perf_counter() - started)
     log_.close()
     log_.save(out_dir / "history.json")
@@ -468,6 +490,12 @@ def run(
             tokenizer_source = str(tokenizer_dir)
         if tokenizer.pad_token is None:
             raise ValueError(f"the tokenizer of {config.init_from or tokenizer_dir} has no pad token")
+        positions = int(model.tower.transformer.config.max_position_embeddings)
+        if inference_length(config) > positions:
+            raise ConfigError(
+                f"inference_max_length {config.inference_max_length} exceeds the encoder's {positions} "
+                "positions (a model built from scratch has max_length positions)"
+            )
 
         if config.epochs == 0 and config.max_steps == 0:
             metrics = pass_through(config, model, tokenizer, valid_pairs, out)
@@ -479,6 +507,7 @@ def run(
             return metrics
         encoder_dir = out / "encoder"
         shutil.rmtree(encoder_dir, ignore_errors=True)
+        model.max_length = inference_length(config)  # what everything downstream embeds with
         model.save(encoder_dir, tokenizer_source)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     best = metrics["best_valid_mrr"]
