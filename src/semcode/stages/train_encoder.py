@@ -14,7 +14,10 @@ an s3:// prefix, or ``minilm`` for all-MiniLM-L6-v2; its tokenizer then replaces
 The final encoder is the one with the best validation MRR (full-corpus protocol on up to
 ``max_valid_pairs`` valid pairs, evaluated every ``eval_every`` steps and at the end), not simply the
 last step: on small data contrastive training overfits, and the pipeline evaluates what it ships on
-the test split anyway. Without a valid split the last step is shipped.
+the test split anyway. Without a valid split the last step is shipped. Training reads ``max_length``
+tokens per text; the saved encoder (and validation, which selects it) embeds ``inference_max_length``
+(0 = the same): the local preset trains on whole functions (256) and searches at 128, which scored
+better on CoSQA than 128 alone and on the held-out split than 256 alone (bench/RESULTS.md).
 
 The loop (``train``) is one flat function: each micro-batch is encoded by both towers, the loss is
 symmetric in-batch InfoNCE (plus a hard-negative term for rows whose ``hard_negatives`` column is
