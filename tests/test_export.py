@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +30,7 @@ from semcode.export import (
     int8_rejected_banner,
     latency_markdown,
     parse_shape,
+    quantize_int8,
     torch_threads,
     tower_exports,
 )
@@ -279,6 +281,20 @@ def test_mrr_check_on_a_sample_embeds_only_the_sampled_pairs_codes(shared_export
     assert sample["n_queries"] == 6 < whole["n_queries"]
     assert sample["n_candidates"] <= 6 < whole["n_candidates"]
     assert sample["mrr_loss"] == pytest.approx(sample["mrr"]["fp32"] - sample["mrr"]["int8"])
+
+
+def test_quantisation_drops_only_ort_per_tensor_info_lines(shared_export, tmp_path: Path, caplog) -> None:
+    # quantize_dynamic logs one root INFO line per dynamically quantised tensor; kfp.local shows them all.
+    out, _ = shared_export
+    with caplog.at_level(logging.INFO):
+        quantize_int8(out / "encoder.onnx", tmp_path / "encoder.int8.onnx")
+        logging.info("Quantization parameters for tensor:x not specified, but logged outside")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("Quantization parameters for tensor:x not specified, but logged outside") == 1
+    assert not [
+        m for m in messages if m.startswith("Quantization parameters for tensor:") and "outside" not in m
+    ]
+    assert quantizes_dynamically(tmp_path / "encoder.int8.onnx")
 
 
 def test_separate_towers_export_both_files(separate_export) -> None:

@@ -256,6 +256,26 @@ def drop_initializer_value_info(path: str | os.PathLike[str]) -> None:
         onnx.save(model, str(path))
 
 
+# quantize_dynamic logs one INFO line per activation it quantises dynamically, on the root logger
+# (125 lines per export in a kfp.local run, whose root logger shows INFO): expected, so dropped.
+ORT_QUANTIZATION_NOISE = "Quantization parameters for tensor:"
+
+
+@contextlib.contextmanager
+def without_root_log_lines(prefix: str) -> Iterator[None]:
+    """Drop root-logger records whose message starts with ``prefix`` inside the block; others pass."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def quantize_int8(
     fp32_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
@@ -289,15 +309,16 @@ def quantize_int8(
                 str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=large
             )
             drop_initializer_value_info(prepared)
-            quantize_dynamic(
-                str(prepared),
-                str(int8_path),
-                weight_type=QuantType[weight_type],
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                op_types_to_quantize=list(op_types) or None,
-                use_external_data_format=large,
-            )
+            with without_root_log_lines(ORT_QUANTIZATION_NOISE):
+                quantize_dynamic(
+                    str(prepared),
+                    str(int8_path),
+                    weight_type=QuantType[weight_type],
+                    per_channel=per_channel,
+                    reduce_range=reduce_range,
+                    op_types_to_quantize=list(op_types) or None,
+                    use_external_data_format=large,
+                )
         except Exception as error:
             raise ExportError(
                 f"int8 quantisation of {fp32_path} failed: {type(error).__name__}: {error}"
