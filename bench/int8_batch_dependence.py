@@ -19,15 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-PROGRESS_CHUNK = 1024  # semcode.export's chunk when it shows progress
-
 
 def main() -> None:
     import numpy as np
     import torch
 
     from semcode.evaluation import full_corpus_ranks, retrieval_metrics
-    from semcode.export import export_tower, quantize_int8
+    from semcode.export import PROGRESS_CHUNK, export_tower, quantize_int8
     from semcode.models.encoder import load_hf_tokenizer, load_pretrained
     from semcode.onnx_encoder import OnnxEncoder
     from semcode.suites import cosqa_suite, test_split_suite

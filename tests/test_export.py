@@ -36,6 +36,7 @@ from semcode.export import (
 )
 from semcode.models.encoder import build_encoder, encode_texts, load_encoder, resolve_checkpoint
 from semcode.onnx_encoder import (
+    ACTIVATION_QUANTIZATION_KEY,
     DISABLED_OPTIMIZERS,
     OnnxEncoder,
     available_cores,
@@ -250,6 +251,10 @@ def test_int8_vectors_do_not_depend_on_the_batch(shared_export, rows) -> None:
     assert quantizes_dynamically(out / "encoder.int8.onnx") and not quantizes_dynamically(
         out / "encoder.onnx"
     )
+    # ...and the export says so in the files' metadata, which OnnxEncoder reads instead of the graph.
+    for name, marked in (("encoder.int8.onnx", "dynamic"), ("encoder.onnx", "none")):
+        metadata = create_session(out / name).get_modelmeta().custom_metadata_map
+        assert metadata[ACTIVATION_QUANTIZATION_KEY] == marked and "semcode.kinds" in metadata
     texts = [r["code"] for r in rows[:12]] + ["x", "def f(): return 1"]
     int8 = OnnxEncoder(out / "encoder.int8.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=8)
     assert int8.batch_size == 1

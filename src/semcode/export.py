@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from semcode.models.encoder import KINDS, EncoderTower
-from semcode.onnx_encoder import INPUT_NAMES, OUTPUT_NAME
+from semcode.onnx_encoder import ACTIVATION_QUANTIZATION_KEY, INPUT_NAMES, OUTPUT_NAME
 from semcode.progress import Progress, log
 
 TAG = "export"
@@ -183,6 +183,7 @@ def export_tower(
     if input_names != list(INPUT_NAMES) or len(onnx_program.model.graph.outputs) != 1:
         raise ExportError(f"{path}: unexpected graph signature: inputs {input_names}")
     _rename_output(onnx_program, OUTPUT_NAME)
+    onnx_program.model.metadata_props[ACTIVATION_QUANTIZATION_KEY] = "none"  # quantize_int8 sets "dynamic"
     for key, value in (metadata or {}).items():
         onnx_program.model.metadata_props[key] = str(value)
     weight_bytes = sum(p.numel() * p.element_size() for p in tower.parameters())
@@ -256,6 +257,15 @@ def drop_initializer_value_info(path: str | os.PathLike[str]) -> None:
         onnx.save(model, str(path))
 
 
+def set_metadata(path: str | os.PathLike[str], key: str, value: str) -> None:
+    """Set one metadata_props entry of the ONNX file at ``path`` (rewritten in place)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)  # external data stays where it is
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})
+    onnx.save(model, str(path))
+
+
 # quantize_dynamic logs one INFO line per activation it quantises dynamically, on the root logger
 # (125 lines per export in a kfp.local run, whose root logger shows INFO): expected, so dropped.
 ORT_QUANTIZATION_NOISE = "Quantization parameters for tensor:"
@@ -319,6 +329,7 @@ def quantize_int8(
                     op_types_to_quantize=list(op_types) or None,
                     use_external_data_format=large,
                 )
+            set_metadata(int8_path, ACTIVATION_QUANTIZATION_KEY, "dynamic")
         except Exception as error:
             raise ExportError(
                 f"int8 quantisation of {fp32_path} failed: {type(error).__name__}: {error}"

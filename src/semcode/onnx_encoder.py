@@ -39,6 +39,9 @@ DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 KNOWN_PAD_TOKENS = ("<pad>", "[PAD]", "<|pad|>")
 # Operators that quantise an activation with a scale computed from the tensor at run time.
 DYNAMIC_QUANTIZATION_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul"})
+# Metadata semcode's export writes into every file: "dynamic" (quantize_dynamic's int8) or "none". Read
+# from the session at no cost; files exported before it existed have their graph read instead.
+ACTIVATION_QUANTIZATION_KEY = "semcode.activation_quantization"
 
 
 def available_cores() -> int:
@@ -138,7 +141,8 @@ class OnnxEncoder:
         self.tokenizer = load_padded_tokenizer(tokenizer_path, max_length, pad_token)
         self.session = create_session(self.model_path, threads)
         if one_text_per_call is None:
-            one_text_per_call = quantizes_dynamically(self.model_path)
+            marked = self.session.get_modelmeta().custom_metadata_map.get(ACTIVATION_QUANTIZATION_KEY)
+            one_text_per_call = marked == "dynamic" if marked else quantizes_dynamically(self.model_path)
         self.batch_size = 1 if one_text_per_call else batch_size
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
