@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/int8_batch_dependence.py                       # MiniLM on CoSQA dev
     .venv/bin/python bench/int8_batch_dependence.py --encoder runs/<run>/.../encoder --pairs P
+    .venv/bin/python bench/int8_batch_dependence.py --max-length 128
 
 ONNX Runtime's dynamic quantisation picks each activation's int8 scale from the whole input tensor, so
 in a batch the same text can get a different vector beside different neighbours. semcode's OnnxEncoder
@@ -33,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default="minilm", help="encoder directory or minilm (default)")
     parser.add_argument("--pairs", default=None, help="ingest pairs/: its test split instead of CoSQA dev")
+    parser.add_argument("--max-length", type=int, default=0, help="tokens per text (0 = the encoder's own)")
     args = parser.parse_args()
 
     suite = test_split_suite(args.pairs) if args.pairs else cosqa_suite()
@@ -56,7 +58,7 @@ def main() -> None:
             kind: OnnxEncoder(
                 path,
                 tmp / "tokenizer.json",
-                model.max_length,
+                args.max_length or model.max_length,
                 model.prefix_for(kind),
                 threads=torch.get_num_threads(),
                 one_text_per_call=one_text_per_call,

@@ -15,7 +15,8 @@ A dynamically quantised graph (the int8 export) runs one text per call: its acti
 come from the whole input tensor, so in a batch a text's vector would depend on its neighbours and their
 padding (bench/int8_batch_dependence.py: MiniLM's CoSQA dev MRR moved by 0.013 with the batching alone).
 One text per call gives every text the vector ``semcode search`` computes for a query on its own, and
-costs nothing on CPU: without padding, 181 codes/s against 156 in batches of 64 (MiniLM, 2 cores).
+costs no speed this machine can resolve (no padding left to compute; short texts pay the per-call
+overhead): see bench/RESULTS.md, "int8 batching noise".
 """
 
 from __future__ import annotations
