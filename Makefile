@@ -1,25 +1,34 @@
 # The two commands (see README):
 #   make run    set up the project virtualenv (idempotent) and run the main job: `semcode run`
 #   make test   set up the project virtualenv (idempotent) and run the tests (ruff + pytest)
-# torch==2.13.0 is installed first, on its own: with it in place, pip never pulls a CUDA build.
+# The set-up installs the exact versions in requirements-test.lock (which includes requirements.lock);
+# `make lock` regenerates both from pyproject.toml's ranges in a fresh venv (tools/lock.py says how).
+# torch==2.13.0 (the lock's torch) is installed first, on its own: with it in place, pip never pulls a CUDA build.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.semcode-installed
+LOCKS := requirements.lock requirements-test.lock
+TORCH_PIN = $(shell grep '^torch==' requirements.lock)
+PIP_PIN = $(shell grep '^pip==' requirements-test.lock)
+LOCK_VENV := .venv-lock
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# --no-build-isolation: the build backend comes from the lock too, not from the newest setuptools.
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -c "import torch, deepspeed, faiss, tokenizers, transformers, kfp" 2>/dev/null
+	$(PY) -m pip install --quiet '$(PIP_PIN)'
+	$(PY) -m pip install --quiet '$(TORCH_PIN)'
+	$(PY) -m pip install --quiet -r requirements-test.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	$(PY) -c "import torch, deepspeed, faiss, tokenizers, transformers, kfp"
 	touch $(STAMP)
 
 run: setup
@@ -32,5 +41,15 @@ lint: setup
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# A fresh resolution of pyproject.toml's ranges (torch first, as in the set-up), frozen into the lock files.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(LOCK_VENV)/bin/python -m pip install --quiet '.[test]'
+	$(LOCK_VENV)/bin/python tools/lock.py
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache

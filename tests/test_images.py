@@ -1,7 +1,7 @@
 """The container images (images/), without a Docker engine: hadolint on the Dockerfiles, shellcheck on the
 build script, and the contracts the rest of the project relies on: the image names of components/images.py,
 multi-stage builds whose runtime stage runs as a numeric non-root user, the pinned versions (torch 2.13.0,
-Python 3.11, images/requirements.txt = the tested environment), and a build context that holds what the
+Python 3.11, the versions of requirements.lock), and a build context that holds what the
 Dockerfiles copy.
 """
 
@@ -14,12 +14,9 @@ import re
 import runpy
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 import semcode
 
@@ -225,7 +222,7 @@ def test_versions_are_pinned(flavour: str) -> None:
     for keyword, rest in instructions(DOCKERFILES[flavour]):
         if keyword == "FROM":
             assert ":latest" not in rest
-    assert "-r /tmp/requirements.txt" in text  # everything else: images/requirements.txt, pinned
+    assert "-r /tmp/requirements.txt" in text  # everything else: requirements.lock, pinned
 
 
 def test_cpu_image_has_cpu_torch_faiss_cpu_and_the_deepspeed_cpu_op() -> None:
@@ -250,28 +247,28 @@ def test_gpu_image_has_cuda_torch_faiss_gpu_and_prebuilt_deepspeed_ops() -> None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# images/requirements.txt and the build context
+# requirements.lock and the build context
 
 
-def test_requirements_pin_every_dependency_within_pyprojects_ranges() -> None:
-    """images/requirements.txt covers pyproject's dependencies (but the three each Dockerfile pins), each
-    pinned to a version pyproject allows. Whether it still equals the installed environment is
-    `python images/freeze_requirements.py --check` (not a test: a fresh install may resolve newer versions)."""
-    pinned = {}
-    for line in (IMAGES / "requirements.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version and "=" not in version, f"not pinned: {line}"
-            pinned[canonicalize_name(name)] = version
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    direct = {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
-    assert set(direct) - set(pinned) == {"torch", "deepspeed", "faiss-cpu"}
-    assert not {"torch", "deepspeed", "faiss-cpu", "faiss-gpu-cu12"} & set(pinned)
-    for name, requirement in direct.items():
-        if name in pinned:
-            assert requirement.specifier.contains(pinned[name]), (
-                f"{name}=={pinned[name]} outside {requirement}"
-            )
+def locked_version(name: str) -> str:
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.startswith(f"{name}=="):
+            return line.partition("==")[2]
+    raise AssertionError(f"{name} is not in requirements.lock")
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_the_image_pins_are_the_locks(flavour: str) -> None:
+    """The packages each image builds itself (torch, DeepSpeed, faiss-cpu) at the lock's versions; the rest
+    comes from the lock with those three lines left out."""
+    defaults = arg_defaults(DOCKERFILES[flavour])
+    assert defaults["TORCH_VERSION"] == locked_version("torch")
+    assert defaults["DEEPSPEED_VERSION"] == locked_version("deepspeed")
+    if flavour == "cpu":
+        assert defaults["FAISS_CPU_VERSION"] == locked_version("faiss-cpu")
+    text = DOCKERFILES[flavour].read_text()
+    assert "COPY requirements.lock /tmp/requirements.lock" in text
+    assert "grep -vE '^(torch|deepspeed|faiss-cpu)==' /tmp/requirements.lock > /tmp/requirements.txt" in text
 
 
 def dockerignored(path: str) -> bool:

@@ -87,6 +87,43 @@ def test_committed_yaml_is_up_to_date(tmp_path):
     )
 
 
+def edited_copy(tmp_path, edit) -> str:
+    """The committed YAML with ``edit(spec, platform)`` applied, written to a temporary file."""
+    spec, platform = yaml.safe_load_all(DEFAULT_OUTPUT.read_text())
+    edit(spec, platform)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump_all([spec, platform]))
+    return str(path)
+
+
+def test_staleness_ignores_the_sdk_version_only(tmp_path):
+    """A KFP SDK patch release changes sdkVersion only: not stale. A component, parameter or resource: stale."""
+
+    def new_sdk(spec, platform):
+        spec["sdkVersion"] = "kfp-99.0.1"
+
+    def new_default(spec, platform):
+        spec["root"]["inputDefinitions"]["parameters"]["gpu_count"]["defaultValue"] = 7
+
+    def new_parameter(spec, platform):
+        spec["root"]["inputDefinitions"]["parameters"]["extra"] = {"parameterType": "STRING"}
+
+    def new_resource(spec, platform):
+        spec["deploymentSpec"]["executors"]["exec-ingest"]["container"]["resources"] = {"cpuLimit": 64.0}
+
+    def new_component_code(spec, platform):
+        container = spec["deploymentSpec"]["executors"]["exec-gate"]["container"]
+        container["command"] = container["command"] + ["# changed"]
+
+    def new_toleration(spec, platform):
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        next(iter(executors.values()))["tolerations"] = [{"key": "other", "effect": "NoSchedule"}]
+
+    assert same_pipeline(edited_copy(tmp_path, new_sdk), DEFAULT_OUTPUT)
+    for edit in (new_default, new_parameter, new_resource, new_component_code, new_toleration):
+        assert not same_pipeline(edited_copy(tmp_path, edit), DEFAULT_OUTPUT), edit.__name__
+
+
 def test_every_parameter_is_described(compiled):
     spec, _ = compiled
     parameters = spec["root"]["inputDefinitions"]["parameters"]

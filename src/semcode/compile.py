@@ -6,7 +6,10 @@ The YAML is committed; a test fails when it is stale. Container images come from
 "Stale" compares the parsed YAML, not the text: the KFP compiler writes a header comment that lists the
 parameter defaults, and a dict inside a list default (the GPU tolerations) comes out in a different key
 order from one run to the next. For the same reason an up-to-date file is left untouched, so compiling
-twice leaves no diff.
+twice leaves no diff. The ``sdkVersion`` field (the KFP SDK that compiled the file) is left out of the
+comparison: a patch release of the SDK does not change the pipeline, and the SDK's version is pinned by
+requirements.lock, not by this file. Every other field counts: components, their code, parameters,
+resources, images.
 """
 
 from __future__ import annotations
@@ -37,9 +40,21 @@ def load_pipeline() -> Any:
     return train_pipeline
 
 
+SDK_VERSION_FIELD = "sdkVersion"  # which KFP SDK compiled the file: not part of the pipeline
+
+
+def pipeline_documents(path: str | Path) -> list[Any]:
+    """The YAML documents of a compiled pipeline, without the compiling SDK's version."""
+    documents = list(yaml.safe_load_all(Path(path).read_text()))
+    for document in documents:
+        if isinstance(document, dict):
+            document.pop(SDK_VERSION_FIELD, None)
+    return documents
+
+
 def same_pipeline(a: str | Path, b: str | Path) -> bool:
-    """Whether two compiled YAML files hold the same pipeline (comments aside)."""
-    return list(yaml.safe_load_all(Path(a).read_text())) == list(yaml.safe_load_all(Path(b).read_text()))
+    """Whether two compiled YAML files hold the same pipeline (comments and the SDK version aside)."""
+    return pipeline_documents(a) == pipeline_documents(b)
 
 
 def compile_pipeline(output: str | Path = DEFAULT_OUTPUT) -> bool:
