@@ -36,6 +36,7 @@ run: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # pytest exits 5 when it collected no test: that fails here like any other non-zero code.
 test: lint

@@ -22,8 +22,12 @@ from semcode.stages.ingest import IngestConfig, run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", action="append", default=None, help="source spec (default: site-packages)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--source", action="append", default=None, help="source spec (default: site-packages)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     sources = tuple(args.source or ["python:site-packages"])

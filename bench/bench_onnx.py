@@ -11,7 +11,7 @@ quantises the same fp32 file the other ways the stage can (MatMul only, per-tens
 quantize_dynamic's own defaults, no ORT fusion, unsigned weights, reduce_range) and measures each one's
 cosine to fp32, test MRR and latency in the same interleaved run as the stage's choice, so the ratios
 compare like with like. The stage's int8 file also runs in a session with ONNX Runtime's default graph
-rewrites (SkipLayerNormFusion on, which semcode.onnx_encoder.create_session turns off).
+rewrites (SkipLayerNormFusion on, which semcode.embed.create_session turns off).
 
 Targets (the issue): int8 at least 2.5x faster than torch fp32 at batch 16 x 128, MRR loss <= 0.005.
 Without ``--pairs`` the ingest stage first builds pairs from this Python's standard library (a few
@@ -42,6 +42,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from semcode.data.pairs import read_split  # noqa: E402
+from semcode.embed import OnnxEncoder, create_session  # noqa: E402
 from semcode.export import (  # noqa: E402
     cosine_stats,
     latency_markdown,
@@ -53,7 +54,6 @@ from semcode.export import (  # noqa: E402
     torch_runner,
 )
 from semcode.models.encoder import build_encoder, load_encoder, load_pretrained, resolve_checkpoint  # noqa: E402
-from semcode.onnx_encoder import OnnxEncoder, create_session  # noqa: E402
 from semcode.progress import log  # noqa: E402
 from semcode.stages import export_onnx as stage  # noqa: E402
 
@@ -173,7 +173,7 @@ def bench_model(name: str, args: argparse.Namespace, pairs_dir: Path, work: Path
             "fuse": config.fuse,
             "op_types": list(config.op_types),
             "weight_type": config.weight_type,
-        },  # fmt: skip
+        },
         "parity": {k: v for k, v in metrics["parity"].items() if k != "per_kind"},
         "mrr": metrics["retrieval"]["mrr"],
         "mrr_loss": metrics["retrieval"]["mrr_loss"],
@@ -219,8 +219,10 @@ def bench_model(name: str, args: argparse.Namespace, pairs_dir: Path, work: Path
             "load_average_before": before,
             "load_average_after": load_avg(),
         }
-        print(f"\n{name}, threads={threads} (load {before}):\n" + latency_markdown(latency, "torch_fp32"),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"\n{name}, threads={threads} (load {before}):\n" + latency_markdown(latency, "torch_fp32"),
+            file=sys.stderr,
+        )
     speedup = result["latency"][f"threads={args.threads[0]}"]["speedup_vs_torch"]["16x128"]["onnx_int8"]
     result["targets"] = {
         f"int8_speedup_16x128_threads={args.threads[0]}": speedup,

@@ -16,16 +16,23 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from semcode.generation import AddLogitBias, StopAtFunctionEnd, generate_code
+from semcode.decoding import AddLogitBias, StopAtFunctionEnd, generate_code
 from semcode.models.decoder import BOS_ID, EOS_ID, PAD_ID, load_decoder, load_decoder_tokenizer
 
 
 def transformers_sampling(model, tokenizer, embeddings: np.ndarray, max_new_tokens: int) -> None:
     """transformers' do_sample path with its temperature and top-p warpers (what generate_code used before)."""
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=True, temperature=0.5, top_p=0.95, top_k=0,
-        repetition_penalty=1.2, eos_token_id=EOS_ID, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
-    )  # fmt: skip
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=0.5,
+        top_p=0.95,
+        top_k=0,
+        repetition_penalty=1.2,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+    )
     with torch.no_grad():
         for start in range(0, len(embeddings), 32):
             batch = torch.from_numpy(embeddings[start : start + 32])
@@ -34,10 +41,12 @@ def transformers_sampling(model, tokenizer, embeddings: np.ndarray, max_new_toke
             inputs = torch.cat([prefix, bos], dim=1)
             bias = model.logit_bias(batch)
             model.lm.generate(
-                inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long),
-                generation_config=config, stopping_criteria=StoppingCriteriaList([StopAtFunctionEnd(tokenizer)]),
+                inputs_embeds=inputs,
+                attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long),
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([StopAtFunctionEnd(tokenizer)]),
                 logits_processor=LogitsProcessorList([AddLogitBias(bias)] if bias is not None else []),
-            )  # fmt: skip
+            )
 
 
 def main() -> None:

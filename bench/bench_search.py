@@ -53,7 +53,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semcode import index as faiss_index
-from semcode.onnx_encoder import OnnxEncoder, available_cores
+from semcode.embed import OnnxEncoder
+from semcode.export import available_cores
 from semcode.progress import log
 from semcode.serve.searcher import Searcher, resolve_bundle
 
@@ -395,9 +396,20 @@ async def drive(base_url: str, queries: list[str], concurrency: int, total: int)
 def measure_serve(bundle_dir: Path, queries: list[str], args: argparse.Namespace, threads: int) -> list[dict]:
     """Throughput and latency of `semcode serve` (a subprocess) at each client concurrency."""
     port = free_port()
-    command = [sys.executable, "-m", "semcode.serve.app", str(bundle_dir), "--port", str(port),
-               "--threads", str(threads), "--batch-wait-ms", str(args.batch_wait_ms),
-               "--log-level", "warning"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "semcode.serve.app",
+        str(bundle_dir),
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--log-level",
+        "warning",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}"
     try:

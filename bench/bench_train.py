@@ -58,10 +58,19 @@ def run_semcode(args: argparse.Namespace, work: Path) -> list[float]:
     rows = [{"query": q, "code": c, "split": "train"} for q, c in zip(queries, codes, strict=True)]
     write_shards(rows, pairs_dir / "train")  # no valid split: no evaluation inside the timed run
     config = TrainEncoderConfig(
-        init_from="minilm", max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-        lr=args.lr, warmup_ratio=0.0, temperature=0.05, eval_every=0, checkpoint_every=0,
-        keep_checkpoints=1, seed=0, log_every=10,
-    )  # fmt: skip
+        init_from="minilm",
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        warmup_ratio=0.0,
+        temperature=0.05,
+        eval_every=0,
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        seed=0,
+        log_every=10,
+    )
     run(config, pairs_dir, None, work / "out")
     history = json.loads((work / "out" / "history.json").read_text())
     return [entry["seconds"] for entry in history["steps"]]
@@ -101,15 +110,28 @@ def run_sentence_transformers(args: argparse.Namespace, work: Path) -> list[floa
 
     clock = StepClock()
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(work / "st"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, seed=0,
-        save_strategy="no", report_to="none", logging_steps=10, dataloader_drop_last=True,
-        use_cpu=args.device == "cpu", bf16=args.device != "cpu",
-    )  # fmt: skip
+        output_dir=str(work / "st"),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=0,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        seed=0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10,
+        dataloader_drop_last=True,
+        use_cpu=args.device == "cpu",
+        bf16=args.device != "cpu",
+    )
     trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=dataset,
-        loss=MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[clock],
-    )  # fmt: skip
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        loss=MultipleNegativesRankingLoss(model, scale=20.0),
+        callbacks=[clock],
+    )
     trainer.train()
     return clock.seconds
 
@@ -171,7 +193,7 @@ def main() -> None:
                     "device": args.device,
                     "rounds": args.rounds,
                     "torch_threads": __import__("torch").get_num_threads(),
-                },  # fmt: skip
+                },
             },
             indent=2,
         )

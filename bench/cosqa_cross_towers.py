@@ -18,8 +18,8 @@ import numpy as np
 
 
 def main() -> None:
+    from semcode.embed import load_embed_fn
     from semcode.evaluation import full_corpus_ranks, retrieval_metrics
-    from semcode.models.encoder import load_embed_fn
     from semcode.suites import cosqa_suite, test_split_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,7 +9,7 @@ docstring embeddings, scored as train_decoder scores them (parse rate, round-tri
         --settings 8:0.8 8:0.5 8:0.3 4:0.5
 
 ``C:T`` = C candidates (the greedy code + C-1 samples at temperature T, top-p 0.95), reranked by the
-encoder (semcode.generation.generate_reranked); ``1:0`` is plain greedy decoding.
+encoder (semcode.decoding.generate_reranked); ``1:0`` is plain greedy decoding.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import time
 import numpy as np
 import torch
 
-from semcode.generation import generate_reranked, generation_metrics
+from semcode.decoding import generate_reranked, generation_metrics
+from semcode.embed import load_embed_fn
 from semcode.models.decoder import load_decoder, load_decoder_tokenizer
-from semcode.models.encoder import load_embed_fn
 from semcode.train.data import load_pairs
 
 
@@ -56,9 +56,16 @@ def main() -> None:
             torch.manual_seed(args.seed)
             started = time.perf_counter()
             generated = generate_reranked(
-                decoder, tokenizer, targets, lambda codes: embed(codes, "code"), candidates, args.max_tokens,
-                temperature or 1.0, 0.95, penalty,
-            )  # fmt: skip
+                decoder,
+                tokenizer,
+                targets,
+                lambda codes: embed(codes, "code"),
+                candidates,
+                args.max_tokens,
+                temperature or 1.0,
+                0.95,
+                penalty,
+            )
             seconds = time.perf_counter() - started
             values = generation_metrics(
                 generated, test.codes[:count], embed([g.code for g in generated], "code"), corpus

@@ -25,10 +25,10 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from semcode.embed import PROGRESS_CHUNK, OnnxEncoder
     from semcode.evaluation import full_corpus_ranks, retrieval_metrics
-    from semcode.export import PROGRESS_CHUNK, export_tower, quantize_int8
+    from semcode.export import export_tower, quantize_int8
     from semcode.models.encoder import load_hf_tokenizer, load_pretrained
-    from semcode.onnx_encoder import OnnxEncoder
     from semcode.suites import cosqa_suite, test_split_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -62,7 +62,7 @@ def main() -> None:
                 model.prefix_for(kind),
                 threads=torch.get_num_threads(),
                 one_text_per_call=one_text_per_call,
-            )  # fmt: skip
+            )
             for kind in ("query", "code")
         }
         queries = encoders["query"].encode(suite.queries)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build and push the semcode images under the names components/images.py gives the pipeline's components:
+# Build and push the semcode images under the names src/semcode/components/images.py gives the pipeline's components:
 #   ${REGISTRY}/semcode-cpu:${TAG}   images/Dockerfile.cpu
 #   ${REGISTRY}/semcode-gpu:${TAG}   images/Dockerfile.gpu
 #
@@ -9,9 +9,9 @@
 #   DRY_RUN=1 images/build.sh                              # print the docker commands, run nothing
 #
 # REGISTRY defaults to $SEMCODE_IMAGE_REGISTRY, else ghcr.io/semcode; TAG to $SEMCODE_IMAGE_TAG, else the
-# semcode version (src/semcode/__init__.py), the same defaults as components/images.py. Compile the pipeline
+# semcode version (src/semcode/__init__.py), the same defaults as src/semcode/components/images.py. Compile the pipeline
 # with the same SEMCODE_IMAGE_REGISTRY and SEMCODE_IMAGE_TAG so its YAML names these images (each image
-# compiles its own copy of pipelines/train_pipeline.yaml with them). Other settings: PUSH (1 push, 0 build
+# compiles its own copy of src/semcode/pipeline/train_pipeline.yaml with them). Other settings: PUSH (1 push, 0 build
 # only), DOCKER (docker, or podman), PLATFORM (linux/amd64).
 set -euo pipefail
 

@@ -142,12 +142,21 @@ def make_tiny_decoder(run: TinyRun, out: str | Path, steps: int = 4) -> Path:
     config = cfg.from_dict(
         train_decoder.TrainDecoderConfig,
         {
-            "size": "tiny", "prefix_tokens": 2, "max_length": 64, "batch_size": 8, "max_steps": steps,
-            "checkpoint_every": 0, "max_train_pairs": 64, "max_valid_pairs": 0, "max_eval_pairs": 16,
-            "generate_samples": 2, "generate_max_tokens": 8, "generate_from_queries": False,
+            "size": "tiny",
+            "prefix_tokens": 2,
+            "max_length": 64,
+            "batch_size": 8,
+            "max_steps": steps,
+            "checkpoint_every": 0,
+            "max_train_pairs": 64,
+            "max_valid_pairs": 0,
+            "max_eval_pairs": 16,
+            "generate_samples": 2,
+            "generate_max_tokens": 8,
+            "generate_from_queries": False,
             "rerank_candidates": 2,
         },
-    )  # fmt: skip
+    )
     train_decoder.run(config, run.encoder, run.ingest / "pairs", run.tokenizer, out)
     return Path(out)
 

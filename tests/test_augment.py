@@ -30,9 +30,18 @@ CODE = "def since_midnight(moment):\n    start = moment.replace(hour=0)\n    ret
 
 @pytest.mark.parametrize(
     ("word", "expected"),
-    [("returns", "return"), ("applies", "apply"), ("fetches", "fetch"), ("gets", "get"), ("is", "is"),
-     ("process", "process"), ("does", "does"), ("status", "status"), ("compute", "compute")],
-)  # fmt: skip
+    [
+        ("returns", "return"),
+        ("applies", "apply"),
+        ("fetches", "fetch"),
+        ("gets", "get"),
+        ("is", "is"),
+        ("process", "process"),
+        ("does", "does"),
+        ("status", "status"),
+        ("compute", "compute"),
+    ],
+)
 def test_imperative(word: str, expected: str):
     assert imperative(word) == expected
 
@@ -75,8 +84,11 @@ def test_augment_pairs_shares_are_seeded_and_independent():
     assert 0.4 < changed_queries / len(queries) < 0.6 and 0.15 < changed_codes / len(codes) < 0.35
     for query, code in zip(queries, new_codes, strict=True):  # the original docstring, never the rewrite
         assert code == CODE or f'"""{query}"""' in code
-    assert augment_pairs(queries, codes, 0.0, 0.0, seed=1) == (queries, codes, {
-        "web_style_queries": 0, "codes_with_docstring": 0})  # fmt: skip
+    assert augment_pairs(queries, codes, 0.0, 0.0, seed=1) == (
+        queries,
+        codes,
+        {"web_style_queries": 0, "codes_with_docstring": 0},
+    )
     assert augment_pairs(queries, codes, 1.0, 0.0, seed=2)[2]["web_style_queries"] == len(queries)
     with pytest.raises(ValueError, match="web_query_share"):
         augment_pairs(queries, codes, 1.5, 0.0, seed=0)

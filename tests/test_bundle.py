@@ -138,12 +138,21 @@ def test_model_card_and_report_are_self_contained(tiny_bundle: Path):
 def test_model_card_shows_the_decoder_metrics():
     bundle = {"name": "semcode", "version": "v2", "decoder": "decoder"}
     decoder = {
-        "steps": 1500, "tokens_per_second": 5909.3, "test_perplexity": 67.6, "test_token_accuracy": 0.322,
-        "parse_rate": 0.47, "round_trip_recall@1": 0.03, "round_trip_recall@10": 0.14,
-        "query_parse_rate": 0.44, "query_round_trip_recall@1": 0.02, "query_round_trip_recall@10": 0.09,
-        "rerank_candidates": 8, "reranked_parse_rate": 0.9, "reranked_round_trip_recall@1": 0.06,
+        "steps": 1500,
+        "tokens_per_second": 5909.3,
+        "test_perplexity": 67.6,
+        "test_token_accuracy": 0.322,
+        "parse_rate": 0.47,
+        "round_trip_recall@1": 0.03,
+        "round_trip_recall@10": 0.14,
+        "query_parse_rate": 0.44,
+        "query_round_trip_recall@1": 0.02,
+        "query_round_trip_recall@10": 0.09,
+        "rerank_candidates": 8,
+        "reranked_parse_rate": 0.9,
+        "reranked_round_trip_recall@1": 0.06,
         "reranked_round_trip_recall@10": 0.13,
-    }  # fmt: skip
+    }
     card = report.model_card(bundle, {"train_decoder": decoder})
     assert "## Decoder" in card
     assert "greedy from code: parse rate / round-trip R@1 / R@10 | 0.4700 / 0.0300 / 0.1400" in card
@@ -185,10 +194,11 @@ def test_model_card_shows_the_model_against_each_baseline_with_its_interval():
     bundle = {"name": "semcode", "version": "v3"}
     gap = {"mrr_difference": -0.0032, "ci95_low": -0.0211, "ci95_high": 0.0147}
     suite = {
-        "n_queries": 500, "candidates_per_query": {"full": {"min": 6267, "max": 6267}},
+        "n_queries": 500,
+        "candidates_per_query": {"full": {"min": 6267, "max": 6267}},
         "full": {"model": {"mrr": 0.5395}, "zero_shot": {"mrr": 0.5427}},
         "model_vs": {"full": {"zero_shot": gap}},
-    }  # fmt: skip
+    }
     metrics = {"evaluate": {"suites": {"cosqa": suite}}}
     assert "| cosqa | full | model - zero-shot | -0.0032 | -0.0211 .. +0.0147 |" in report.model_card(
         bundle, metrics

@@ -326,7 +326,7 @@ def test_the_cronjobs_commands_compile_and_submit_against_a_kfp_api(chart, tmp_p
         env["SEMCODE_IMAGE_REGISTRY"] == "registry.example.com/ml" and env["SEMCODE_IMAGE_TAG"] == "2024.10"
     )
     args = [str(package) if arg == "/work/train_pipeline.yaml" else arg for arg in compile_step["args"]]
-    # A fresh process: components/images.py reads the variables when it is first imported.
+    # A fresh process: src/semcode/components/images.py reads the variables when it is first imported.
     subprocess.run(
         [sys.executable, "-m", "semcode.cli", *args], env=os.environ | env, check=True, cwd=tmp_path
     )

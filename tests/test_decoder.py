@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from semcode.generation import (
+from semcode.decoding import (
     Generation,
     corpus_bleu,
     function_end,
@@ -326,7 +326,7 @@ def test_loads_a_decoder_saved_before_the_token_bias(overfit, tokenizer_dir, tmp
 def test_nucleus_within_top_k_matches_transformers_warpers():
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from semcode.generation import NucleusWithinTopK
+    from semcode.decoding import NucleusWithinTopK
 
     scores = torch.randn(4, 500, generator=torch.Generator().manual_seed(0)) * 3
     ids = torch.zeros((4, 1), dtype=torch.long)
@@ -344,7 +344,7 @@ def test_nucleus_within_top_k_matches_transformers_warpers():
 
 
 def test_gumbel_max_samples_the_nucleus_distribution():
-    from semcode.generation import NucleusWithinTopK
+    from semcode.decoding import NucleusWithinTopK
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -3.0]])
     sampler = NucleusWithinTopK(temperature=1.0, top_p=0.9, gumbel=True)

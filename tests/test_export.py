@@ -1,4 +1,4 @@
-"""The export_onnx stage, semcode.export and semcode.onnx_encoder, on a tiny real encoder and real stdlib text.
+"""The export_onnx stage, semcode.export and semcode.embed, on a tiny real encoder and real stdlib text.
 
 One module-scoped run of the stage with shared towers and pairs (parity, MRR, latency), one through
 ``main`` with separate towers and no pairs; the other tests read their outputs.
@@ -21,8 +21,17 @@ from transformers import AutoTokenizer
 
 from semcode.config import ConfigError
 from semcode.data.pairs import write_shards
+from semcode.embed import (
+    ACTIVATION_QUANTIZATION_KEY,
+    DISABLED_OPTIMIZERS,
+    OnnxEncoder,
+    create_session,
+    load_padded_tokenizer,
+    quantizes_dynamically,
+)
 from semcode.export import (
     ExportError,
+    available_cores,
     choose_default_encoder,
     cosine_stats,
     export_for_kind,
@@ -35,15 +44,6 @@ from semcode.export import (
     tower_exports,
 )
 from semcode.models.encoder import build_encoder, encode_texts, load_encoder, resolve_checkpoint
-from semcode.onnx_encoder import (
-    ACTIVATION_QUANTIZATION_KEY,
-    DISABLED_OPTIMIZERS,
-    OnnxEncoder,
-    available_cores,
-    create_session,
-    load_padded_tokenizer,
-    quantizes_dynamically,
-)
 from semcode.stages import export_onnx as stage
 from semcode.tokenizer import save_tokenizer, train_bpe
 
@@ -265,9 +265,13 @@ def test_int8_vectors_do_not_depend_on_the_batch(shared_export, rows) -> None:
     fp32 = OnnxEncoder(out / "encoder.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=8)
     assert fp32.batch_size == 8  # fp32 vectors do not depend on the batch: keep batching
     forced = OnnxEncoder(
-        out / "encoder.int8.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=8,
+        out / "encoder.int8.onnx",
+        out / "tokenizer.json",
+        MAX_LENGTH,
+        "code: ",
+        batch_size=8,
         one_text_per_call=False,
-    )  # fmt: skip
+    )
     assert forced.batch_size == 8
     assert cosine_stats(forced.encode(texts), together)["min"] > INT8_MIN_COSINE
     # ...and batched they do differ, even on the tiny encoder: what the equalities above guard against.
@@ -375,9 +379,9 @@ def test_sessions_run_without_the_slow_skip_layer_norm_fusion(shared_export, tmp
 
 
 def test_onnx_encoder_does_not_import_torch() -> None:
-    code = "import sys, semcode.onnx_encoder; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, semcode.embed; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"semcode.onnx_encoder imported torch: {result.stderr}"
+    assert result.returncode == 0, f"semcode.embed imported torch: {result.stderr}"
 
 
 def test_bad_inputs_fail_with_clear_errors(tmp_path: Path, shared_encoder: Path, capsys) -> None:

@@ -135,3 +135,36 @@ def test_form_feeds_and_crlf_keep_line_numbers_right():
     (function,), _ = extract.extract_functions(source)
     assert (function.start_line, function.end_line) == (3, 6)
     assert function.code == "def after(a):\n    b = a\n    return b\n"
+
+
+def test_python_goes_through_tree_sitter_with_language_and_tags_cut():
+    source = (
+        "@cache\n"
+        "def area(r):\n"
+        '    """Area of a circle of radius r.\n'
+        "    :param r: the radius\n"
+        '    """\n'
+        "    squared = r * r\n"
+        "    return 3.14159 * squared\n"
+        "    # a trailing comment is not part of the function\n"
+    )
+    (function,), _ = extract.extract_functions(source, language="python")
+    assert function.language == "python" and function.query == "Area of a circle of radius r."
+    assert ":param r:" in function.docstring
+    assert (function.start_line, function.end_line) == (1, 7)
+    assert function.code == "@cache\ndef area(r):\n    squared = r * r\n    return 3.14159 * squared\n"
+
+
+def test_doc_query_and_comment_markers():
+    assert extract.doc_query("@contextmanager decorator.") == "@contextmanager decorator."
+    assert extract.doc_query("@return the count", markup=True) == ""
+    assert extract.doc_query("Uses {@link Map} for <b>fast</b> lookups.<p>More.", markup=True) == (
+        "Uses Map for fast lookups."
+    )
+    assert (
+        extract.comment_text("/**\n * First line.\n *   indented\n */").rstrip()
+        == "\nFirst line.\n  indented"
+    )
+    assert extract.comment_text("/// Rust doc") == "Rust doc"
+    assert extract.comment_text("# Ruby doc") == "Ruby doc"
+    assert extract.comment_text("//go:generate stringer") is None

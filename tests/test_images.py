@@ -1,5 +1,5 @@
 """The container images (images/), without a Docker engine: hadolint on the Dockerfiles, shellcheck on the
-build script, and the contracts the rest of the project relies on: the image names of components/images.py,
+build script, and the contracts the rest of the project relies on: the image names of src/semcode/components/images.py,
 multi-stage builds whose runtime stage runs as a numeric non-root user, the pinned versions (torch 2.13.0,
 Python 3.11, the versions of requirements.lock), and a build context that holds what the
 Dockerfiles copy.
@@ -111,11 +111,11 @@ def test_the_build_script_is_shellcheck_clean_and_strict() -> None:
 
 
 def pipeline_images(environment: dict[str, str]) -> tuple[str, str]:
-    """components/images.py's CPU_IMAGE and GPU_IMAGE under ``environment`` (a fresh run of the module)."""
+    """src/semcode/components/images.py's CPU_IMAGE and GPU_IMAGE under ``environment`` (a fresh run of the module)."""
     saved = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
     try:
-        module = runpy.run_path(str(REPO / "components" / "images.py"))
+        module = runpy.run_path(str(REPO / "src" / "semcode" / "components" / "images.py"))
     finally:
         for name, value in saved.items():
             if value is None:
@@ -175,7 +175,7 @@ def test_the_build_script_takes_registry_and_tag_and_builds_each_with_its_docker
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
 def test_dockerfile_defaults_match_components_images(flavour: str) -> None:
-    """A plain `docker build` compiles the pipeline with components/images.py's own defaults."""
+    """A plain `docker build` compiles the pipeline with src/semcode/components/images.py's own defaults."""
     defaults = arg_defaults(DOCKERFILES[flavour])
     registry = pipeline_images({})[0].rsplit("/", 1)[0]
     assert defaults["SEMCODE_IMAGE_REGISTRY"] == registry
@@ -193,7 +193,7 @@ def test_multi_stage_with_a_runtime_that_copies_the_builders_results(flavour: st
     runtime = found["runtime"]
     copies = [rest for keyword, rest in runtime if keyword == "COPY"]
     assert copies and all(rest.startswith("--from=builder ") for rest in copies)  # nothing else gets in
-    assert {rest.split()[1] for rest in copies} == {"/opt/python", "/opt/venv", "/app"}
+    assert {rest.split()[1] for rest in copies} == {"/opt/python", "/opt/venv"}
     assert ("ENTRYPOINT", '["semcode"]') in runtime
 
 
@@ -243,7 +243,7 @@ def test_gpu_image_has_cuda_torch_faiss_gpu_and_prebuilt_deepspeed_ops() -> None
     assert found["runtime"][0][1].startswith("nvidia/cuda:${CUDA_VERSION}-")  # same CUDA, without nvcc
     assert '"faiss-gpu-cu12==${FAISS_GPU_VERSION}"' in text and "faiss-cpu==" not in text
     assert "DS_ACCELERATOR=cuda" in text and "DS_BUILD_FUSED_ADAM=1" in text
-    assert "uv pip install --no-deps --editable /app" in text  # semcode's faiss-cpu requirement stays out
+    assert "uv pip install --no-deps /app" in text  # semcode's faiss-cpu requirement stays out
 
 
 # ---------------------------------------------------------------------------------------------------------

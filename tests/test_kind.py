@@ -125,8 +125,12 @@ def test_up_sh_runs_every_step_with_stand_in_commands(tmp_path: Path) -> None:
         path.write_text(STAND_IN)
         path.chmod(0o755)
     calls = tmp_path / "calls.log"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
-           "SEMCODE": str(bin_dir / "semcode")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "CALLS": str(calls),
+        "SEMCODE": str(bin_dir / "semcode"),
+    }
     result = subprocess.run(
         [str(KIND_DIR / "up.sh"), "--with-trainer"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -160,9 +164,9 @@ def test_up_sh_runs_every_step_with_stand_in_commands(tmp_path: Path) -> None:
         assert found >= 0, f"{fragment!r} not found (in order) in:\n{log}"
         position = found
     # What up.sh submits is valid for the compiled pipeline: its parameters, their types, the preset.
-    from semcode.submit import parse_params, pipeline_arguments, read_package
+    from semcode.pipeline.submit import parse_params, pipeline_arguments, read_package
 
-    package = read_package(REPO / "pipelines" / "train_pipeline.yaml")
+    package = read_package(REPO / "src" / "semcode" / "pipeline" / "train_pipeline.yaml")
     submitted = re.search(r"semcode submit (.*)", log).group(1).split()
     params = [submitted[i + 1] for i, word in enumerate(submitted) if word == "--param"]
     overrides = parse_params(params, package.parameters)

@@ -356,9 +356,14 @@ def run_loss(loss: ContrastiveLoss, batch: dict[str, torch.Tensor], rows: slice)
     code = batch["code"][rows].clone().requires_grad_(True)
     hard = batch["hard"][rows].clone().requires_grad_(True)
     out = loss(
-        query, code, batch["query_keys"][rows], batch["code_keys"][rows], hard,
-        teacher_query_emb=batch["teacher_query"][rows], teacher_code_emb=batch["teacher_code"][rows],
-    )  # fmt: skip
+        query,
+        code,
+        batch["query_keys"][rows],
+        batch["code_keys"][rows],
+        hard,
+        teacher_query_emb=batch["teacher_query"][rows],
+        teacher_code_emb=batch["teacher_code"][rows],
+    )
     out.total.backward()
     return out.total.detach(), query.grad, code.grad, hard.grad, loss.log_scale.grad
 

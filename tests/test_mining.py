@@ -33,8 +33,13 @@ def test_without_filters_the_best_candidates_but_the_gold_are_kept():
     assert mined.ids.tolist() == [[4, 1, 2]]
     np.testing.assert_allclose(mined.scores, [[0.9, 0.7, 0.6]])
     assert mined.removed == {
-        "gold": 1, "duplicate": 0, "rank": 0, "relative_margin": 0, "absolute_margin": 0, "surplus": 1,
-    }  # fmt: skip
+        "gold": 1,
+        "duplicate": 0,
+        "rank": 0,
+        "relative_margin": 0,
+        "absolute_margin": 0,
+        "surplus": 1,
+    }
     assert mined.per_row().tolist() == [3]
 
 
@@ -112,13 +117,25 @@ def test_removal_counts_add_up_over_several_queries():
     ids = np.array([[0, 9, 1, 2, 3], [5, 1, 2, 3, 4]], dtype=np.int64)
     scores = np.array([[0.9, 0.9, 0.89, 0.5, 0.4], [0.7, 0.6, 0.5, 0.4, 0.3]], dtype=np.float32)
     mined = mining.select_hard_negatives(
-        ids, scores, np.array([0.9, 0.8], np.float32), np.array([0, 1]), keys, count=2,
-        range_min=0, range_max=3, relative_margin=0.95,
-    )  # fmt: skip
+        ids,
+        scores,
+        np.array([0.9, 0.8], np.float32),
+        np.array([0, 1]),
+        keys,
+        count=2,
+        range_min=0,
+        range_max=3,
+        relative_margin=0.95,
+    )
     assert mined.ids.tolist() == [[2, 3], [5, 2]]
     assert mined.removed == {
-        "gold": 2, "duplicate": 1, "rank": 1, "relative_margin": 1, "absolute_margin": 0, "surplus": 1,
-    }  # fmt: skip
+        "gold": 2,
+        "duplicate": 1,
+        "rank": 1,
+        "relative_margin": 1,
+        "absolute_margin": 0,
+        "surplus": 1,
+    }
     assert sum(mined.removed.values()) + int(mined.per_row().sum()) == ids.size
 
 

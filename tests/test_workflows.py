@@ -59,8 +59,10 @@ def run_block(
     result = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
         env={**os.environ, **env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)},
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     recorded = [line.split("\0")[:-1] for line in calls.read_text().split("\n") if line]
     return result, recorded
 
@@ -92,7 +94,9 @@ def test_retrain_runs_weekly_and_on_demand_with_a_preset_and_parameters() -> Non
     (schedule,) = workflow["on"]["schedule"]
     assert len(schedule["cron"].split()) == 5
     inputs = workflow["on"]["workflow_dispatch"]["inputs"]
-    assert inputs["preset"]["default"] == "gpu" and (REPO / "configs" / "gpu.yaml").is_file()
+    assert (
+        inputs["preset"]["default"] == "gpu" and (REPO / "src" / "semcode" / "configs" / "gpu.yaml").is_file()
+    )
     assert inputs["params"]["default"] == ""
     assert workflow["jobs"]["retrain"]["needs"] == "images"
     assert workflow["concurrency"]["cancel-in-progress"] is False
@@ -111,8 +115,12 @@ def test_both_images_are_built_from_the_images_dockerfiles_and_pushed() -> None:
 
 def test_image_names_are_lower_case_and_tagged_with_version_and_commit(tmp_path: Path) -> None:
     script = step(load("retrain.yml"), "Image names")["run"]
-    shutil.copytree(REPO / "src" / "semcode", tmp_path / "src" / "semcode", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        REPO / "src" / "semcode",
+        tmp_path / "src" / "semcode",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     output = tmp_path / "github_output"
     env = {"OWNER": "Semcode-Org", "GITHUB_SHA": "0123456789abcdef", "GITHUB_OUTPUT": str(output)}
     result, _ = run_block(script, tmp_path, env)
@@ -124,7 +132,7 @@ def test_compile_steps_check_the_committed_yaml_and_name_the_pushed_images(tmp_p
     workflow = load("retrain.yml")
     assert step(workflow, "The committed pipeline is current")["run"].split("\n")[:2] == [
         "semcode compile",
-        "git diff --exit-code pipelines/train_pipeline.yaml",
+        "git diff --exit-code src/semcode/pipeline/train_pipeline.yaml",
     ]
     compile_step = step(workflow, "Compile the pipeline for this commit's images")
     assert set(compile_step["env"]) == {"SEMCODE_IMAGE_REGISTRY", "SEMCODE_IMAGE_TAG"}
@@ -132,8 +140,15 @@ def test_compile_steps_check_the_committed_yaml_and_name_the_pushed_images(tmp_p
     env = {"SEMCODE_IMAGE_REGISTRY": "ghcr.io/semcode-org", "SEMCODE_IMAGE_TAG": "0.1.0-0123456"}
     semcode = str(Path(sys.executable).parent / "semcode")
     command = compile_step["run"].replace("semcode ", f"{semcode} ", 1)
-    result = subprocess.run(command, shell=True, cwd=tmp_path, env={**os.environ, **env}, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     compiled = (tmp_path / "build" / "train_pipeline.yaml").read_text()
     assert "ghcr.io/semcode-org/semcode-gpu:0.1.0-0123456" in compiled
@@ -153,13 +168,18 @@ def test_compile_steps_check_the_committed_yaml_and_name_the_pushed_images(tmp_p
 def test_submit_step_calls_semcode_submit_with_flags_it_accepts(
     tmp_path: Path, dispatch: dict, expected_params: list[str]
 ) -> None:
-    from semcode.submit import build_parser, parse_params, pipeline_arguments, read_package
+    from semcode.pipeline.submit import build_parser, parse_params, pipeline_arguments, read_package
 
     submit = step(load("retrain.yml"), "Submit and wait")
     assert set(submit["env"]) >= {"KFP_HOST", "KFP_TOKEN", "PRESET", "PARAMS", "GATE_REGISTRY"}
     assert submit["env"]["KFP_HOST"] == "${{ secrets.KFP_HOST }}"
-    env = {"KFP_HOST": "https://kfp.example.com", "KFP_TOKEN": "t", "GATE_REGISTRY": "s3://models/registry",
-           "KFP_NAMESPACE": "", **dispatch}  # fmt: skip
+    env = {
+        "KFP_HOST": "https://kfp.example.com",
+        "KFP_TOKEN": "t",
+        "GATE_REGISTRY": "s3://models/registry",
+        "KFP_NAMESPACE": "",
+        **dispatch,
+    }
     result, calls = run_block(submit["run"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     ((command, *argv),) = calls
@@ -171,7 +191,7 @@ def test_submit_step_calls_semcode_submit_with_flags_it_accepts(
     assert args.package == "build/train_pipeline.yaml" and args.namespace is None
     assert args.param == expected_params
     # The parameters and the preset are valid for the pipeline the step uploads.
-    package = read_package(REPO / "pipelines" / "train_pipeline.yaml")
+    package = read_package(REPO / "src" / "semcode" / "pipeline" / "train_pipeline.yaml")
     arguments = pipeline_arguments(
         args.preset, parse_params(args.param, package.parameters), package.parameters
     )
@@ -179,7 +199,7 @@ def test_submit_step_calls_semcode_submit_with_flags_it_accepts(
 
 
 def test_submit_step_passes_the_namespace_when_set(tmp_path: Path) -> None:
-    from semcode.submit import build_parser
+    from semcode.pipeline.submit import build_parser
 
     submit = step(load("retrain.yml"), "Submit and wait")
     env = {"KFP_HOST": "h", "GATE_REGISTRY": "", "KFP_NAMESPACE": "ml-team", "PRESET": "gpu", "PARAMS": ""}

@@ -45,23 +45,27 @@ from pathlib import Path
 from typing import Any
 
 from semcode import __version__, storage
-from semcode.onnx_encoder import INPUT_NAMES, OUTPUT_NAME
+from semcode.contract import (  # the bundle's names live in semcode.contract; imported here for its readers
+    BUNDLE_JSON,
+    DECODER_DIR,
+    ENCODER_CONFIG_FILE,
+    ENCODER_DIR,
+    INDEX_FILE,
+    INPUT_NAMES,
+    KINDS,
+    META_COLUMNS,
+    META_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    OUTPUT_NAME,
+    PRECISIONS,
+    REPORT_FILE,
+    TOKENIZER_FILE,
+    TOWERS,
+    onnx_files,
+)
 
 BUNDLE_FORMAT = 1
-BUNDLE_JSON = "bundle.json"
-TOKENIZER_FILE = "tokenizer.json"
-INDEX_FILE = "index.faiss"
-META_FILE = "index_meta.parquet"
-METRICS_FILE = "metrics.json"
-MODEL_CARD_FILE = "model_card.md"
-REPORT_FILE = "report.html"
-ENCODER_DIR = "encoder"
-DECODER_DIR = "decoder"
-ENCODER_CONFIG_FILE = "semcode_encoder.json"  # = semcode.models.encoder.SEMCODE_CONFIG_FILE (no torch here)
-META_COLUMNS = ("code", "path", "func_name", "url")  # what a search result shows
-KINDS = ("query", "code")
-PRECISIONS = ("fp32", "int8")
-TOWERS = ("shared", "separate")
 
 # Registry layout
 LATEST = "latest"
@@ -108,12 +112,7 @@ class BundleError(ValueError):
 
 def encoder_files(towers: str) -> dict[str, dict[str, str]]:
     """The ONNX file of each precision and kind: {"fp32": {"query": ..., "code": ...}, "int8": {...}}."""
-    if towers not in TOWERS:
-        raise ValueError(f"towers must be one of {TOWERS}, got {towers!r}")
-    suffix = {"fp32": ".onnx", "int8": ".int8.onnx"}
-    if towers == "shared":
-        return {p: {kind: f"encoder{suffix[p]}" for kind in KINDS} for p in PRECISIONS}
-    return {p: {kind: f"{kind}_encoder{suffix[p]}" for kind in KINDS} for p in PRECISIONS}
+    return {precision: onnx_files(towers, precision) for precision in PRECISIONS}
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:

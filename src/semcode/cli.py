@@ -12,22 +12,46 @@ import sys
 
 # name -> (module with main(argv), one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("semcode.local_run", "run the whole job locally on the embedded default (or your sources)"),
+    "run": ("semcode.pipeline.local", "run the whole job locally on the embedded default (or your sources)"),
     "ingest": ("semcode.stages.ingest", "extract, clean and split (query, code) pairs from sources"),
     "train-tokenizer": ("semcode.stages.train_tokenizer", "train a byte-level BPE tokenizer on a corpus"),
-    "train-encoder": ("semcode.stages.train_encoder", "train the contrastive query/code encoder with DeepSpeed"),
-    "mine-hard-negatives": ("semcode.stages.mine_hard_negatives", "mine FAISS hard negatives for the train pairs with an encoder"),
+    "train-encoder": (
+        "semcode.stages.train_encoder",
+        "train the contrastive query/code encoder with DeepSpeed",
+    ),
+    "mine-hard-negatives": (
+        "semcode.stages.mine_hard_negatives",
+        "mine FAISS hard negatives for the train pairs with an encoder",
+    ),
     "evaluate": ("semcode.stages.evaluate", "retrieval metrics of an encoder vs BM25 and baselines"),
-    "train-decoder": ("semcode.stages.train_decoder", "train the decoder that writes code from the encoder's embeddings"),
+    "train-decoder": (
+        "semcode.stages.train_decoder",
+        "train the decoder that writes code from the encoder's embeddings",
+    ),
     "build-index": ("semcode.stages.build_index", "embed the corpus and build its FAISS index"),
-    "export-onnx": ("semcode.stages.export_onnx", "export the encoder to fp32 and int8 ONNX with parity checks"),
-    "gate": ("semcode.stages.gate", "assemble the release bundle and compare it with the registry's champion"),
-    "publish": ("semcode.stages.publish", "publish a validated bundle to the registry and move its latest pointer"),
-    "compile": ("semcode.compile", "compile the training pipeline to KFP YAML (pipelines/train_pipeline.yaml)"),
-    "submit": ("semcode.submit", "upload the pipeline, start a run on a KFP cluster, wait; fail when the run or gate fails"),
-    "search": ("semcode.search_cli", "search a release bundle's code with a natural-language query"),
+    "export-onnx": (
+        "semcode.stages.export_onnx",
+        "export the encoder to fp32 and int8 ONNX with parity checks",
+    ),
+    "gate": (
+        "semcode.stages.gate",
+        "assemble the release bundle and compare it with the registry's champion",
+    ),
+    "publish": (
+        "semcode.stages.publish",
+        "publish a validated bundle to the registry and move its latest pointer",
+    ),
+    "compile": (
+        "semcode.pipeline.compile",
+        "compile the training pipeline to KFP YAML (src/semcode/pipeline/train_pipeline.yaml)",
+    ),
+    "submit": (
+        "semcode.pipeline.submit",
+        "upload the pipeline, start a run on a KFP cluster, wait; fail when the run or gate fails",
+    ),
+    "search": ("semcode.serve.search", "search a release bundle's code with a natural-language query"),
     "serve": ("semcode.serve.app", "serve a bundle's code search as an HTTP JSON API"),
-    "generate": ("semcode.generate", "write code from a docstring or code with a bundle's decoder"),
+    "generate": ("semcode.serve.generate", "write code from a docstring or code with a bundle's decoder"),
 }
 
 EPILOG = """examples:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,8 +19,10 @@ import yaml
 
 ConfigT = TypeVar("ConfigT")
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the presets: package data (pyproject)
 RESOLVED_CONFIG_NAME = "config.json"
+EXIT_BAD_INPUT = 2  # a stage command's exit code for bad input (a message on stderr, no traceback)
+BAD_INPUT_ERRORS = (FileNotFoundError, FileExistsError, ValueError)  # ConfigError is a ValueError
 
 
 class ConfigError(ValueError):
@@ -64,9 +67,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 raise ValueError
             return annotation(value)
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"config '{name}': expected {annotation.__name__}, got {value!r}"
-            ) from None
+            raise ConfigError(f"config '{name}': expected {annotation.__name__}, got {value!r}") from None
     return value
 
 
@@ -102,7 +103,7 @@ def save_resolved(config: Any, out_dir: str | Path, name: str = RESOLVED_CONFIG_
 
 
 def load_yaml(path_or_preset: str | Path) -> dict[str, Any]:
-    """Read a YAML file, or a preset by name from configs/ (``tiny`` -> configs/tiny.yaml)."""
+    """Read a YAML file, or a preset by name (``tiny`` -> semcode/configs/tiny.yaml, shipped with the package)."""
     path = Path(path_or_preset)
     if not path.exists() and not path.suffix:
         path = CONFIGS_DIR / f"{path_or_preset}.yaml"
@@ -125,16 +126,30 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "")
         default = f.default
         if typing.get_origin(annotation) is tuple:
-            group.add_argument(flag, action="append", default=None, metavar="VALUE",
-                               help=f"{help_text} (repeatable; default: {list(default)})")
+            group.add_argument(
+                flag,
+                action="append",
+                default=None,
+                metavar="VALUE",
+                help=f"{help_text} (repeatable; default: {list(default)})",
+            )
         elif annotation is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{help_text} (default: {default})")
+            group.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {default})",
+            )
         else:
-            group.add_argument(flag, default=None, metavar=f.name.upper(),
-                               help=f"{help_text} (default: {default})")
-    parser.add_argument("--config", default=None, metavar="YAML",
-                        help="YAML file with config values; flags given on the command line win")
+            group.add_argument(
+                flag, default=None, metavar=f.name.upper(), help=f"{help_text} (default: {default})"
+            )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="YAML file with config values; flags given on the command line win",
+    )
 
 
 def from_args(cls: type[ConfigT], args: argparse.Namespace, section: str | None = None) -> ConfigT:
@@ -150,3 +165,10 @@ def from_args(cls: type[ConfigT], args: argparse.Namespace, section: str | None 
         if value is not None:
             values[f.name] = value
     return from_dict(cls, values, source=getattr(args, "config", None) or "command line")
+
+
+def bad_input(command: str, error: BaseException) -> int:
+    """How every stage command's ``main`` ends on bad input: ``semcode COMMAND: error: ...`` on stderr and
+    EXIT_BAD_INPUT, before or instead of a traceback."""
+    print(f"semcode {command}: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from semcode.embed import EmbedFn
 from semcode.progress import log
 
 if TYPE_CHECKING:
     from semcode.suites import Suite
 
-EmbedFn = Callable[[list[str], str], np.ndarray]  # (texts, "query" | "code") -> float32 [N, D]
 ScoreBlockFn = Callable[[int, int], np.ndarray]  # (start, end) -> scores [end - start, C] of those queries
 
 PROTOCOLS = ("csn", "full")

@@ -45,14 +45,15 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from semcode.models.encoder import KINDS, EncoderTower
-from semcode.onnx_encoder import ACTIVATION_QUANTIZATION_KEY, INPUT_NAMES, OUTPUT_NAME
-from semcode.progress import Progress, log
+from semcode.contract import ACTIVATION_QUANTIZATION_KEY, INPUT_NAMES, OUTPUT_NAME, onnx_file_name, onnx_stems
+from semcode.progress import log
+
+if TYPE_CHECKING:  # torch is imported where it runs: the export-onnx stage's --help stays fast
+    from semcode.models.encoder import EncoderTower
 
 TAG = "export"
 WEIGHT_TYPES = ("QInt8", "QUInt8")
@@ -61,7 +62,6 @@ PROTOBUF_LIMIT_BYTES = 2 * 1024**3
 # The example batch the exporter traces with; neither axis may be 0 or 1, which torch.export specialises.
 EXAMPLE_BATCH, EXAMPLE_SEQUENCE = 2, 16
 
-PROGRESS_CHUNK = 1024  # texts per encode call when progress is shown (each call sorts its texts by length)
 
 Runner = Callable[[np.ndarray, np.ndarray], Any]  # (input_ids, attention_mask) int64 [B, T] -> anything
 
@@ -74,30 +74,24 @@ class ExportError(RuntimeError):
 class TowerExport:
     """One ONNX file pair: ``{stem}.onnx`` (fp32) and ``{stem}.int8.onnx``, encoding ``kinds``."""
 
-    stem: str  # "encoder", "query_encoder" or "code_encoder"
+    stem: str  # "encoder", "query_encoder" or "code_encoder" (semcode.contract.onnx_stems)
     kinds: tuple[str, ...]  # which texts it encodes: ("query", "code") for a shared tower
 
     @property
     def fp32_name(self) -> str:
-        return f"{self.stem}.onnx"
+        return onnx_file_name(self.stem, "fp32")
 
     @property
     def int8_name(self) -> str:
-        return f"{self.stem}.int8.onnx"
+        return onnx_file_name(self.stem, "int8")
 
     def file_name(self, precision: str) -> str:
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
-        return self.fp32_name if precision == "fp32" else self.int8_name
+        return onnx_file_name(self.stem, precision)
 
 
 def tower_exports(towers: str) -> list[TowerExport]:
     """The files of the release bundle contract for shared or separate towers."""
-    if towers == "shared":
-        return [TowerExport("encoder", KINDS)]
-    if towers == "separate":
-        return [TowerExport(f"{kind}_encoder", (kind,)) for kind in KINDS]
-    raise ValueError(f"towers must be shared or separate, got {towers!r}")
+    return [TowerExport(stem, kinds) for stem, kinds in onnx_stems(towers).items()]
 
 
 def export_for_kind(towers: str, kind: str) -> TowerExport:
@@ -136,6 +130,8 @@ def export_tower(
     The sequence axis is bounded by the tower's position table. A tower in another dtype is exported from
     a float32 copy; the tower's train/eval mode is restored afterwards. Raises ExportError when export fails.
     """
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config = tower.transformer.config
@@ -203,7 +199,7 @@ def fuse_for_ort(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[s
 
     onnxscript's ORT fusions, in the order of its ``optimize_for_ort``, minus two: the packed-QKV
     ``Attention`` step (see the module docstring) and ``SkipLayerNormalization``, whose CPU kernel is
-    slower than the Add + LayerNormalization it replaces (see ``semcode.onnx_encoder.create_session``).
+    slower than the Add + LayerNormalization it replaces (see ``semcode.embed.create_session``).
     What remains: erf GELU -> Gelu, attention -> MultiHeadAttention (with its Q/K/V biases), bias + Gelu
     -> BiasGelu. A pattern that does not match is left as it is, so the result computes the same function.
     """
@@ -418,6 +414,8 @@ def parse_shape(spec: str) -> tuple[int, int]:
 
 def torch_runner(tower: EncoderTower) -> Runner:
     """The torch tower as a Runner, without autograd bookkeeping; puts the tower in eval mode."""
+    import torch
+
     tower.eval()
 
     def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
@@ -492,6 +490,14 @@ def latency_markdown(latency: Mapping[str, Mapping[str, float]], baseline: str |
     return "\n".join(lines)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[int]:
     """torch's intra-op threads set to ``threads`` (0 = every available core) inside the block, then restored.
@@ -499,7 +505,7 @@ def torch_threads(threads: int) -> Iterator[int]:
     Yields the number in use, to give ONNX Runtime sessions the same (``create_session(path, threads)``),
     so torch and ORT compete on equal terms.
     """
-    from semcode.onnx_encoder import available_cores
+    import torch
 
     previous = torch.get_num_threads()
     resolved = threads or available_cores()
@@ -508,58 +514,3 @@ def torch_threads(threads: int) -> Iterator[int]:
         yield resolved
     finally:
         torch.set_num_threads(previous)
-
-
-# ---------------------------------------------------------------------------------------------
-# An encoder as an ONNX Runtime embedding callable
-
-
-def onnx_embed_fn(
-    model: Any,
-    hf_tokenizer: Any,
-    precision: str = "int8",
-    batch_size: int = 64,
-    max_length: int | None = None,
-    show_progress: bool = False,
-) -> tuple[Callable[[list[str], str], np.ndarray], int]:
-    """``(texts, kind) -> float32 unit vectors [N, D]`` through ONNX Runtime, exported here, and D.
-
-    Each tower is exported (and quantised for ``int8``) into a temporary directory with the settings of
-    the export_onnx stage, so the vectors are those the release bundle's encoder gives; ONNX Runtime
-    reads the files when the sessions open, so nothing is left on disk. On CPU the int8 encoder is about
-    2.5x faster than torch (bench/RESULTS.md), which is what the stages that embed many texts
-    (evaluate, build_index) gain from it; exporting MiniLM takes ~30 s.
-    """
-    from semcode.onnx_encoder import OnnxEncoder
-
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
-    max_length = max_length or model.max_length
-    threads = torch.get_num_threads()
-    encoders: dict[str, OnnxEncoder] = {}
-    with tempfile.TemporaryDirectory(prefix="semcode-onnx-embed-") as tmp:
-        hf_tokenizer.save_pretrained(tmp)  # tokenizer.json, as OnnxEncoder reads it
-        for export in tower_exports(model.towers):
-            fp32_path = export_tower(model.tower_for(export.kinds[0]), Path(tmp) / export.fp32_name)
-            path = fp32_path
-            if precision == "int8":
-                path = Path(tmp) / export.int8_name
-                quantize_int8(fp32_path, path)
-            for kind in export.kinds:
-                encoders[kind] = OnnxEncoder(
-                    path, Path(tmp) / "tokenizer.json", max_length, model.prefix_for(kind),
-                    threads=threads, batch_size=batch_size,
-                )  # fmt: skip
-    log(TAG, f"encoding with ONNX Runtime ({precision}, {threads} threads)")
-
-    def embed(texts: list[str], kind: str) -> np.ndarray:
-        if not show_progress:
-            return encoders[kind].encode(texts)
-        vectors = []
-        with Progress(f"encode-{kind}", total=len(texts), unit="texts") as progress:
-            for start in range(0, len(texts), PROGRESS_CHUNK):
-                vectors.append(encoders[kind].encode(texts[start : start + PROGRESS_CHUNK]))
-                progress.update(len(vectors[-1]))
-        return np.concatenate(vectors) if vectors else encoders[kind].encode([])
-
-    return embed, model.embedding_dim

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -165,10 +166,10 @@ class ContrastiveLoss(nn.Module):
         """query_emb, code_emb [B, D] (row i is a pair); keys [B] int64; hard negatives [B, H, D], mask [B, H];
         teacher_query_emb, teacher_code_emb [B, D'] (a frozen teacher's embeddings of the same rows)."""
         rank, world_size = _world() if self.gather_across_ranks else (0, 1)
-        self._check_inputs(
-            query_emb, code_emb, query_keys, code_keys, hard_negative_emb, hard_negative_mask, world_size,
-            teacher_query_emb, teacher_code_emb,
-        )  # fmt: skip
+        _check_pair_inputs(query_emb, code_emb, world_size)
+        _check_keys(query_keys, code_keys, query_emb.shape[0])
+        _check_hard_negatives(hard_negative_emb, hard_negative_mask, *query_emb.shape)
+        _check_teacher(teacher_query_emb, teacher_code_emb, query_emb.shape[0])
         local_batch = query_emb.shape[0]
         query_emb, code_emb = query_emb.float(), code_emb.float()
         all_queries, all_codes = query_emb, code_emb  # [N, D]
@@ -195,22 +196,45 @@ class ContrastiveLoss(nn.Module):
         hard = self._hard_negative_loss(query_emb, code_emb, hard_negative_emb, hard_negative_mask, scale)
         distill = query_emb.new_zeros(())
         if teacher_query_emb is not None:
-            teacher_queries = teacher_query_emb.detach().float()  # [B, D']
-            teacher_codes = teacher_code_emb.detach().float()  # [B, D']
-            all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
-            if world_size > 1:  # the teacher carries no gradient: a plain all_gather
-                all_teacher_queries = _gather_plain(teacher_queries, world_size)
-                all_teacher_codes = _gather_plain(teacher_codes, world_size)
-            # One temperature for both sides (detached: the KL does not move a learnable temperature).
-            distill_scale = 1.0 / self.distill_temperature if self.distill_temperature else scale.detach()
-            teacher_query_to_code = distill_scale * teacher_queries @ all_teacher_codes.T  # [B, N]
-            distill = _score_kl(teacher_query_to_code, masked(distill_scale * cosine_query_to_code))
-            if self.symmetric:
-                teacher_code_to_query = distill_scale * teacher_codes @ all_teacher_queries.T  # [B, N]
-                student_code_to_query = masked(distill_scale * cosine_code_to_query)
-                distill = (distill + _score_kl(teacher_code_to_query, student_code_to_query)) / 2
+            distill = self._distillation_loss(
+                teacher_query_emb,
+                teacher_code_emb,
+                cosine_query_to_code,
+                cosine_code_to_query,
+                masked,
+                scale,
+                world_size,
+            )
         total = contrastive + self.hard_negative_weight * hard + self.distill_weight * distill
         return LossOutput(total, contrastive, hard, float(1.0 / scale.detach()), distill)
+
+    def _distillation_loss(
+        self,
+        teacher_query_emb: Tensor,
+        teacher_code_emb: Tensor,
+        cosine_query_to_code: Tensor,
+        cosine_code_to_query: Tensor,
+        masked: Callable[[Tensor], Tensor],
+        scale: Tensor,
+        world_size: int,
+    ) -> Tensor:
+        """KL(teacher || student) over each row's in-batch scores: [B, D'] teacher embeddings of the same
+        rows, [B, N] student cosines; ``masked`` hides the false negatives from both distributions' student."""
+        teacher_queries = teacher_query_emb.detach().float()  # [B, D']
+        teacher_codes = teacher_code_emb.detach().float()  # [B, D']
+        all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
+        if world_size > 1:  # the teacher carries no gradient: a plain all_gather
+            all_teacher_queries = _gather_plain(teacher_queries, world_size)
+            all_teacher_codes = _gather_plain(teacher_codes, world_size)
+        # One temperature for both sides (detached: the KL does not move a learnable temperature).
+        distill_scale = 1.0 / self.distill_temperature if self.distill_temperature else scale.detach()
+        teacher_query_to_code = distill_scale * teacher_queries @ all_teacher_codes.T  # [B, N]
+        distill = _score_kl(teacher_query_to_code, masked(distill_scale * cosine_query_to_code))
+        if self.symmetric:
+            teacher_code_to_query = distill_scale * teacher_codes @ all_teacher_queries.T  # [B, N]
+            student_code_to_query = masked(distill_scale * cosine_code_to_query)
+            distill = (distill + _score_kl(teacher_code_to_query, student_code_to_query)) / 2
+        return distill
 
     def _false_negative_mask(
         self, query_keys: Tensor | None, code_keys: Tensor | None, labels: Tensor, world_size: int
@@ -256,76 +280,126 @@ class ContrastiveLoss(nn.Module):
         labels = torch.zeros(int(rows.sum()), dtype=torch.long, device=logits.device)
         return F.cross_entropy(logits[rows], labels)
 
-    @staticmethod
-    def _check_inputs(
-        query_emb: Tensor,
-        code_emb: Tensor,
-        query_keys: Tensor | None,
-        code_keys: Tensor | None,
-        hard_negative_emb: Tensor | None,
-        hard_negative_mask: Tensor | None,
-        world_size: int,
-        teacher_query_emb: Tensor | None = None,
-        teacher_code_emb: Tensor | None = None,
-    ) -> None:
-        for name, emb in (("query_emb", query_emb), ("code_emb", code_emb)):
-            if emb.dim() != 2:
-                raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(emb.shape)}")
-            if not emb.is_floating_point():
-                raise ValueError(f"{name} must be a floating point tensor, got {emb.dtype}")
-        if query_emb.shape != code_emb.shape:
-            raise ValueError(
-                f"query_emb and code_emb must have the same shape [batch, dim], got {tuple(query_emb.shape)} "
-                f"and {tuple(code_emb.shape)}"
-            )
-        batch, dim = query_emb.shape
-        if (teacher_query_emb is None) != (teacher_code_emb is None):
-            raise ValueError("teacher_query_emb and teacher_code_emb must be given together")
-        if teacher_query_emb is not None and (
-            teacher_query_emb.dim() != 2
-            or teacher_query_emb.shape != teacher_code_emb.shape
-            or teacher_query_emb.shape[0] != batch
-        ):
-            raise ValueError(
-                f"teacher embeddings must both have shape [{batch}, D] (one row per pair), got "
-                f"{tuple(teacher_query_emb.shape)} and {tuple(teacher_code_emb.shape)}"
-            )
-        if batch * world_size < 2:
-            raise ValueError(
-                f"in-batch contrastive loss needs at least 2 pairs in the (global) batch, got {batch * world_size}"
-            )
-        for name, keys in (("query_keys", query_keys), ("code_keys", code_keys)):
-            if keys is None:
-                continue
-            if keys.shape != (batch,):
-                raise ValueError(
-                    f"{name} must have shape [{batch}] (one key per row), got {tuple(keys.shape)}"
-                )
-            if keys.dtype != torch.int64:
-                raise ValueError(f"{name} must be int64 (see text_keys), got {keys.dtype}")
-        if hard_negative_emb is None:
-            if hard_negative_mask is not None:
-                raise ValueError("hard_negative_mask given without hard_negative_emb")
-            return
-        if (
-            hard_negative_emb.dim() != 3
-            or hard_negative_emb.shape[0] != batch
-            or hard_negative_emb.shape[2] != dim
-        ):
-            raise ValueError(
-                f"hard_negative_emb must have shape [{batch}, H, {dim}] (batch, hard negatives per row, dim), "
-                f"got {tuple(hard_negative_emb.shape)}"
-            )
-        if not hard_negative_emb.is_floating_point():
-            raise ValueError(
-                f"hard_negative_emb must be a floating point tensor, got {hard_negative_emb.dtype}"
-            )
+
+# ---------------------------------------------------------------------------------------------------------
+# The encoder and the loss as DeepSpeed trains them (train_encoder)
+
+
+class EncoderWithLoss(nn.Module):
+    """What DeepSpeed trains: the encoder and the loss (whose temperature may be a parameter)."""
+
+    def __init__(self, encoder: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.loss = encoder, loss
+
+    def forward(self, batch: dict[str, Tensor]) -> Any:
+        query_emb = self.encoder.encode_query(
+            batch["query_input_ids"], batch["query_attention_mask"]
+        )  # [B, D]
+        code_emb = self.encoder.encode_code(batch["code_input_ids"], batch["code_attention_mask"])  # [B, D]
+        hard_emb = hard_mask = None
+        if "hard_negative_input_ids" in batch:
+            negatives = self.encoder.encode_code(
+                batch["hard_negative_input_ids"], batch["hard_negative_attention_mask"]
+            )  # [N, D]: every hard negative of the batch once
+            index = batch["hard_negative_index"]  # [B, H], -1 = none
+            padded = torch.cat([negatives, negatives.new_zeros(1, negatives.shape[1])])  # row N is zeros
+            hard_emb = padded[torch.where(index >= 0, index, negatives.shape[0])]  # [B, H, D]
+            hard_mask = index >= 0  # [B, H]
+        return self.loss(
+            query_emb,
+            code_emb,
+            batch["query_keys"],
+            batch["code_keys"],
+            hard_emb,
+            hard_mask,
+            batch.get("teacher_query_emb"),
+            batch.get("teacher_code_emb"),
+        )
+
+
+def add_teacher_embeddings(teacher: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch plus the teacher's query and code embeddings ([B, D] each) for the distillation term."""
+    with torch.no_grad():
+        return {
+            **batch,
+            "teacher_query_emb": teacher.encode_query(
+                batch["query_input_ids"], batch["query_attention_mask"]
+            ),
+            "teacher_code_emb": teacher.encode_code(batch["code_input_ids"], batch["code_attention_mask"]),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks: a clear ValueError naming the argument, its expected and its actual shape
+
+
+def _check_pair_inputs(query_emb: Tensor, code_emb: Tensor, world_size: int) -> None:
+    for name, emb in (("query_emb", query_emb), ("code_emb", code_emb)):
+        if emb.dim() != 2:
+            raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(emb.shape)}")
+        if not emb.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor, got {emb.dtype}")
+    if query_emb.shape != code_emb.shape:
+        raise ValueError(
+            f"query_emb and code_emb must have the same shape [batch, dim], got {tuple(query_emb.shape)} "
+            f"and {tuple(code_emb.shape)}"
+        )
+    batch = query_emb.shape[0]
+    if batch * world_size < 2:
+        raise ValueError(
+            f"in-batch contrastive loss needs at least 2 pairs in the (global) batch, got {batch * world_size}"
+        )
+
+
+def _check_keys(query_keys: Tensor | None, code_keys: Tensor | None, batch: int) -> None:
+    for name, keys in (("query_keys", query_keys), ("code_keys", code_keys)):
+        if keys is None:
+            continue
+        if keys.shape != (batch,):
+            raise ValueError(f"{name} must have shape [{batch}] (one key per row), got {tuple(keys.shape)}")
+        if keys.dtype != torch.int64:
+            raise ValueError(f"{name} must be int64 (see text_keys), got {keys.dtype}")
+
+
+def _check_hard_negatives(
+    hard_negative_emb: Tensor | None, hard_negative_mask: Tensor | None, batch: int, dim: int
+) -> None:
+    if hard_negative_emb is None:
         if hard_negative_mask is not None:
-            expected = tuple(hard_negative_emb.shape[:2])
-            if tuple(hard_negative_mask.shape) != expected:
-                raise ValueError(
-                    f"hard_negative_mask must have shape {list(expected)} (batch, hard negatives per row), "
-                    f"got {tuple(hard_negative_mask.shape)}"
-                )
-            if hard_negative_mask.dtype != torch.bool:
-                raise ValueError(f"hard_negative_mask must be bool, got {hard_negative_mask.dtype}")
+            raise ValueError("hard_negative_mask given without hard_negative_emb")
+        return
+    if (
+        hard_negative_emb.dim() != 3
+        or hard_negative_emb.shape[0] != batch
+        or hard_negative_emb.shape[2] != dim
+    ):
+        raise ValueError(
+            f"hard_negative_emb must have shape [{batch}, H, {dim}] (batch, hard negatives per row, dim), "
+            f"got {tuple(hard_negative_emb.shape)}"
+        )
+    if not hard_negative_emb.is_floating_point():
+        raise ValueError(f"hard_negative_emb must be a floating point tensor, got {hard_negative_emb.dtype}")
+    if hard_negative_mask is not None:
+        expected = tuple(hard_negative_emb.shape[:2])
+        if tuple(hard_negative_mask.shape) != expected:
+            raise ValueError(
+                f"hard_negative_mask must have shape {list(expected)} (batch, hard negatives per row), "
+                f"got {tuple(hard_negative_mask.shape)}"
+            )
+        if hard_negative_mask.dtype != torch.bool:
+            raise ValueError(f"hard_negative_mask must be bool, got {hard_negative_mask.dtype}")
+
+
+def _check_teacher(teacher_query_emb: Tensor | None, teacher_code_emb: Tensor | None, batch: int) -> None:
+    if (teacher_query_emb is None) != (teacher_code_emb is None):
+        raise ValueError("teacher_query_emb and teacher_code_emb must be given together")
+    if teacher_query_emb is not None and (
+        teacher_query_emb.dim() != 2
+        or teacher_query_emb.shape != teacher_code_emb.shape
+        or teacher_query_emb.shape[0] != batch
+    ):
+        raise ValueError(
+            f"teacher embeddings must both have shape [{batch}, D] (one row per pair), got "
+            f"{tuple(teacher_query_emb.shape)} and {tuple(teacher_code_emb.shape)}"
+        )

@@ -119,9 +119,18 @@ def select_hard_negatives(
     pool row; duplicate_keys [N]: one key per pool row (``duplicate_keys(codes)``).
     """
     _check_arguments(
-        candidate_ids, candidate_scores, positive_scores, gold_ids, duplicate_keys,
-        count, range_min, range_max, relative_margin, absolute_margin, sampling,
-    )  # fmt: skip
+        candidate_ids,
+        candidate_scores,
+        positive_scores,
+        gold_ids,
+        duplicate_keys,
+        count,
+        range_min,
+        range_max,
+        relative_margin,
+        absolute_margin,
+        sampling,
+    )
     n, k = candidate_ids.shape
     scores = candidate_scores.astype(np.float32, copy=False)
     present = candidate_ids >= 0  # [n, k]
@@ -200,8 +209,13 @@ def _check_arguments(
     absolute_margin: float,
     sampling: str,
 ) -> None:
-    arrays = {"candidate_ids": candidate_ids, "candidate_scores": candidate_scores,
-              "positive_scores": positive_scores, "gold_ids": gold_ids, "duplicate_keys": duplicate_keys}  # fmt: skip
+    arrays = {
+        "candidate_ids": candidate_ids,
+        "candidate_scores": candidate_scores,
+        "positive_scores": positive_scores,
+        "gold_ids": gold_ids,
+        "duplicate_keys": duplicate_keys,
+    }
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray):
             raise ValueError(f"{name} must be a numpy array, got {type(array).__name__}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -34,8 +33,14 @@ class Progress:
     ``postfix`` is free text appended to each line (e.g. the current loss).
     """
 
-    def __init__(self, tag: str, total: int | None = None, unit: str = "items",
-                 every_seconds: float = 10.0, force_plain: bool | None = None) -> None:
+    def __init__(
+        self,
+        tag: str,
+        total: int | None = None,
+        unit: str = "items",
+        every_seconds: float = 10.0,
+        force_plain: bool | None = None,
+    ) -> None:
         self.tag, self.total, self.unit = tag, total, unit
         self.count = 0
         self.postfix = ""
@@ -47,8 +52,9 @@ class Progress:
         if not plain:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit=f" {unit}", desc=f"[{tag}]", file=sys.stderr,
-                             dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=total, unit=f" {unit}", desc=f"[{tag}]", file=sys.stderr, dynamic_ncols=True, leave=True
+            )
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         self.count += n
@@ -86,11 +92,3 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def track(iterable: Iterable[T], tag: str, total: int | None = None, unit: str = "items") -> Iterator[T]:
-    """Iterate with progress reporting."""
-    with Progress(tag, total=total, unit=unit) as progress:
-        for item in iterable:
-            yield item
-            progress.update()

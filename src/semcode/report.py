@@ -18,7 +18,6 @@ SYSTEMS = ("model", "bm25", "zero_shot")
 SYSTEM_LABELS = {"model": "model", "bm25": "BM25", "zero_shot": "zero-shot"}
 SYSTEM_COLOURS = {"model": "#3b6fd6", "bm25": "#d98c2b", "zero_shot": "#7a9a5a"}
 PROTOCOLS = ("csn", "full")
-PROTOCOL_LABELS = {"csn": "CodeSearchNet (gold + distractors)", "full": "full corpus"}
 
 INTENDED_USE = (
     "Ranking source code (functions) for a natural-language query, and finding code similar to "
@@ -170,10 +169,15 @@ def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
 def _decoder_facts(decoder: dict) -> list[tuple[str, str]]:
     """The decoder's test metrics: teacher-forced, then greedy and (when measured) best-of-N generation."""
     rows = [
-        ("test perplexity / token accuracy",
-         f"{_number(decoder.get('test_perplexity'))} / {_number(decoder.get('test_token_accuracy'))}"),
-        ("training", f"{_number(decoder.get('steps'))} steps, {_number(decoder.get('tokens_per_second'))} tokens/s"),
-    ]  # fmt: skip
+        (
+            "test perplexity / token accuracy",
+            f"{_number(decoder.get('test_perplexity'))} / {_number(decoder.get('test_token_accuracy'))}",
+        ),
+        (
+            "training",
+            f"{_number(decoder.get('steps'))} steps, {_number(decoder.get('tokens_per_second'))} tokens/s",
+        ),
+    ]
     decodings = [("greedy", "")]
     if "reranked_parse_rate" in decoder:
         decodings.append((f"best of {decoder.get('rerank_candidates')}", "reranked_"))
@@ -181,12 +185,14 @@ def _decoder_facts(decoder: dict) -> list[tuple[str, str]]:
         for source, prefix in (("code", ""), ("docstring", "query_")):
             key = f"{prefix}{infix}"
             if f"{key}parse_rate" in decoder:
-                rows.append((
-                    f"{label} from {source}: parse rate / round-trip R@1 / R@10",
-                    f"{_number(decoder.get(f'{key}parse_rate'))} / "
-                    f"{_number(decoder.get(f'{key}round_trip_recall@1'))} / "
-                    f"{_number(decoder.get(f'{key}round_trip_recall@10'))}",
-                ))  # fmt: skip
+                rows.append(
+                    (
+                        f"{label} from {source}: parse rate / round-trip R@1 / R@10",
+                        f"{_number(decoder.get(f'{key}parse_rate'))} / "
+                        f"{_number(decoder.get(f'{key}round_trip_recall@1'))} / "
+                        f"{_number(decoder.get(f'{key}round_trip_recall@10'))}",
+                    )
+                )
     return rows
 
 

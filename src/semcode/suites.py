@@ -34,7 +34,6 @@ from semcode.data.sources import humaneval_query
 
 SUITES = ("test", "humaneval", "cosqa")
 BENCHMARKS_ENV = "SEMCODE_BENCHMARKS_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COSQA_QUERIES = "cosqa/cosqa-retrieval-dev-500.json"
 COSQA_CODES = "cosqa/code_idx_map.txt"
 
@@ -179,12 +178,13 @@ def humaneval_suite() -> Suite:
 
 def find_benchmarks_dir(benchmarks_dir: str | Path | None = None) -> Path:
     """The shared benchmarks folder: the explicit path, else $SEMCODE_BENCHMARKS_DIR, else ../shared/benchmarks
-    beside the repository root. It may not exist: callers skip the suites it would hold."""
+    from the working directory (where this project keeps them beside a checkout; `make` runs from the
+    checkout's root). It may not exist: callers skip the suites it would hold."""
     if benchmarks_dir:
         return Path(benchmarks_dir)
     if os.environ.get(BENCHMARKS_ENV):
         return Path(os.environ[BENCHMARKS_ENV])
-    return REPO_ROOT.parent / "shared" / "benchmarks"
+    return Path.cwd().parent / "shared" / "benchmarks"
 
 
 def cosqa_suite(benchmarks_dir: str | Path | None = None) -> Suite:

@@ -36,7 +36,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: semcode
 {{- end }}
 
-{{/* Images: <registry>/semcode-cpu:<tag>, as components/images.py and images/build.sh name them. */}}
+{{/* Images: <registry>/semcode-cpu:<tag>, as src/semcode/components/images.py and images/build.sh name them. */}}
 {{- define "semcode.registry" -}}
 {{- required "image.registry is required" .Values.image.registry | trimSuffix "/" }}
 {{- end }}

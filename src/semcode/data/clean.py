@@ -27,14 +27,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from datasketch import LeanMinHash, MinHash, MinHashLSH
-from datasketch.hashfunc import sha1_hash32
+if TYPE_CHECKING:
+    from datasketch import MinHash, MinHashLSH
+
 
 _TOKEN = re.compile(r"\w+")
 _LAYOUT_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-DUPLICATE_REASONS = ("exact", "near", "eval_overlap")
 
 
 def normalise_code(code: str) -> str:
@@ -54,6 +54,8 @@ def code_tokens(code: str) -> set[bytes]:
 
 def make_lsh(threshold: float, num_perm: int) -> MinHashLSH:
     """The LSH index, or a ValueError that says which setting to change."""
+    from datasketch import MinHashLSH
+
     try:
         return MinHashLSH(threshold=threshold, num_perm=num_perm)
     except ValueError as error:  # e.g. too few LSH bands for a threshold close to 1
@@ -110,6 +112,9 @@ def deduplicate(
     reference_hashes = {code_hash(code): index for index, code in enumerate(reference)}
     seen_hashes: set[bytes] = set()
     hit_references: set[int] = set()
+
+    from datasketch import LeanMinHash, MinHash  # imported here: it pulls scipy in (0.6 s of every --help)
+    from datasketch.hashfunc import sha1_hash32
 
     lsh: MinHashLSH | None = None
     sketches: dict[object, MinHash] = {}

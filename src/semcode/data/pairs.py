@@ -19,18 +19,20 @@ import pyarrow.parquet as pq
 
 SPLITS = ("train", "valid", "test")
 
-PAIR_SCHEMA = pa.schema([
-    ("query", pa.string()),          # natural language: the docstring's first paragraph, or a user query
-    ("code", pa.string()),           # the function's source, docstring removed
-    ("hard_negatives", pa.list_(pa.string())),  # code of hard negatives (empty until mined)
-    ("language", pa.string()),
-    ("repo", pa.string()),           # repository or package: the unit of splitting
-    ("path", pa.string()),
-    ("func_name", pa.string()),
-    ("url", pa.string()),            # a url-like location, e.g. python://stdlib/json/decoder.py#L42
-    ("split", pa.string()),
-    ("source", pa.string()),         # the source spec the row came from
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        ("query", pa.string()),  # natural language: the docstring's first paragraph, or a user query
+        ("code", pa.string()),  # the function's source, docstring removed
+        ("hard_negatives", pa.list_(pa.string())),  # code of hard negatives (empty until mined)
+        ("language", pa.string()),
+        ("repo", pa.string()),  # repository or package: the unit of splitting
+        ("path", pa.string()),
+        ("func_name", pa.string()),
+        ("url", pa.string()),  # a url-like location, e.g. python://stdlib/json/decoder.py#L42
+        ("split", pa.string()),
+        ("source", pa.string()),  # the source spec the row came from
+    ]
+)
 COLUMNS = tuple(PAIR_SCHEMA.names)
 
 

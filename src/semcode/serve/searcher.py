@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 
 from semcode import bundle as bundles
 from semcode import storage
+from semcode.embed import OnnxEncoder
 from semcode.index import load_index, omp_threads
-from semcode.onnx_encoder import OnnxEncoder
 from semcode.progress import log
 
 TAG = "search"

@@ -45,9 +45,8 @@ from semcode import config as cfg
 from semcode import index as faiss_index
 from semcode.config import ConfigError, field
 from semcode.data.pairs import PAIR_SCHEMA, read_split
-from semcode.evaluation import EmbedFn
+from semcode.embed import RUNTIME_HELP, EmbedFn, check_runtime
 from semcode.progress import Progress, log
-from semcode.runtimes import check_runtime
 
 TAG = "build-index"
 INDEX_FILE = "index.faiss"
@@ -79,11 +78,7 @@ class BuildIndexConfig:
     recall_queries: int = field(1000, "queries for recall@10 and latency (sampled, seeded)")
     use_gpu: str = field("auto", "FAISS on the GPU: auto (when faiss-gpu sees one), yes, no")
     device: str = field("auto", "torch device for the encoder: auto (cuda when available), cpu, cuda")
-    runtime: str = field(
-        "torch",
-        "run the encoder with torch (on device), or exported as the bundle's is: onnx-int8 (~2.5x faster "
-        "on CPU) or onnx-fp32",
-    )
+    runtime: str = field("torch", RUNTIME_HELP)
     seed: int = field(0, "seed for the training sample, k-means and the query sample")
 
     def validate(self) -> None:
@@ -373,16 +368,19 @@ def run(
     """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``."""
     config.validate()
     # Check every input before loading the model.
-    from semcode.models.encoder import check_encoder_spec, load_embed_fn
+    from semcode.embed import check_encoder_spec, load_embed_fn
 
     check_encoder_spec(str(encoder_dir))
     corpus_shards(corpus_dir)
     if pairs_dir is not None:
         sample_test_queries(pairs_dir, 1, config.seed)
     embed, dim = load_embed_fn(
-        str(encoder_dir), config.encode_batch_size, config.max_length or None, config.device,
+        str(encoder_dir),
+        config.encode_batch_size,
+        config.max_length or None,
+        config.device,
         runtime=config.runtime,
-    )  # fmt: skip
+    )
     log(TAG, f"encoder {encoder_dir}: dim {dim}")
     return index_corpus(
         config, embed, dim, corpus_dir, out_dir, pairs_dir=pairs_dir, encoder=str(encoder_dir)
@@ -421,9 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(BuildIndexConfig, args, section="build_index")
         run(config, args.encoder, args.corpus, args.out, pairs_dir=args.pairs)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
-        print(f"semcode build-index: error: {error}", file=sys.stderr)
-        return 2
+    except cfg.BAD_INPUT_ERRORS as error:
+        return cfg.bad_input("build-index", error)
     return 0
 
 

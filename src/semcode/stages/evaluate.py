@@ -28,9 +28,9 @@ from pathlib import Path
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
+from semcode.embed import RUNTIME_HELP, check_runtime
 from semcode.evaluation import PROTOCOLS, evaluate_suite
 from semcode.progress import log
-from semcode.runtimes import check_runtime
 from semcode.suites import SUITES, Suite, cosqa_suite, find_benchmarks_dir, humaneval_suite, test_split_suite
 
 TAG = "evaluate"
@@ -61,11 +61,7 @@ class EvaluateConfig:
     device: str = field(
         "auto", "torch device for the encoders: auto (cuda when available), cpu, cuda, cuda:1"
     )
-    runtime: str = field(
-        "torch",
-        "run the encoders with torch (on device), or exported as the bundle's are: onnx-int8 (what "
-        "search uses; ~2.5x faster on CPU) or onnx-fp32",
-    )
+    runtime: str = field("torch", RUNTIME_HELP)
 
     def validate(self) -> None:
         check_runtime(self.runtime)
@@ -184,7 +180,7 @@ def run(
     config.validate()
     started = time.perf_counter()
     # Check every input before loading models or embedding anything.
-    from semcode.models.encoder import check_encoder_spec, load_embed_fn, resolve_device
+    from semcode.embed import check_encoder_spec, load_embed_fn, resolve_device
 
     check_encoder_spec(str(encoder_dir), "encoder")
     if baseline_encoder is not None:
@@ -289,9 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(EvaluateConfig, args, section="evaluate")
         run(config, args.encoder, args.pairs, args.out, baseline_encoder=args.baseline_encoder)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
-        print(f"semcode evaluate: error: {error}", file=sys.stderr)
-        return 2
+    except cfg.BAD_INPUT_ERRORS as error:
+        return cfg.bad_input("evaluate", error)
     return 0
 
 

@@ -5,12 +5,12 @@ Writes (semcode.export has the file contract and the why of each choice)::
 
     out/encoder.onnx, out/encoder.int8.onnx         shared towers; with separate towers instead
     out/query_encoder[.int8].onnx, out/code_encoder[.int8].onnx
-    out/tokenizer.json                              the encoder's tokenizer, as semcode.onnx_encoder reads it
+    out/tokenizer.json                              the encoder's tokenizer, as semcode.embed reads it
     out/metrics.json                                files, parity, MRR, latency, default_encoder
     out/config.json                                 the resolved config
 
 The fp32 files hold standard ONNX ops; the int8 files are made for ONNX Runtime (attention and GELU
-fused into its contrib ops, then dynamic quantisation); semcode.onnx_encoder runs both.
+fused into its contrib ops, then dynamic quantisation); semcode.embed runs both.
 
 Checks, in this order:
 
@@ -41,6 +41,7 @@ import numpy as np
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
+from semcode.contract import ENCODER_CONFIG_FILE, KINDS, TOKENIZER_FILE
 from semcode.export import (
     WEIGHT_TYPES,
     ExportError,
@@ -60,11 +61,9 @@ from semcode.export import (
     torch_threads,
     tower_exports,
 )
-from semcode.models.encoder import KINDS, SEMCODE_CONFIG_FILE
 from semcode.progress import log
 
 TAG = "export-onnx"
-TOKENIZER_FILE = "tokenizer.json"
 TORCH, ONNX_FP32, ONNX_INT8 = "torch_fp32", "onnx_fp32", "onnx_int8"
 
 
@@ -82,7 +81,8 @@ class ExportOnnxConfig:
     max_mrr_loss: float = field(0.005, "largest test MRR drop of int8 vs fp32 for int8 to be the default")
     parity_texts: int = field(512, "validation rows whose query and code are encoded for parity")
     max_test_queries: int = field(
-        0, "MRR on at most this many test pairs, a seeded sample, against their own codes (0 = the whole split)"
+        0,
+        "MRR on at most this many test pairs, a seeded sample, against their own codes (0 = the whole split)",
     )
     latency_shapes: tuple[str, ...] = field(("1x128", "16x128"), "BATCHxSEQUENCE shapes to time")
     latency_repeats: int = field(20, "timed calls per runner and shape (after latency_warmup)")
@@ -119,11 +119,11 @@ def check_inputs(encoder_dir: Path, pairs_dir: Path | None) -> None:
     """Raise FileNotFoundError / ValueError naming the input, before anything is loaded."""
     if not encoder_dir.is_dir():
         raise FileNotFoundError(f"encoder directory not found: {encoder_dir}")
-    if not (encoder_dir / SEMCODE_CONFIG_FILE).is_file():
+    if not (encoder_dir / ENCODER_CONFIG_FILE).is_file():
         inner = encoder_dir / "encoder"
-        hint = f"; did you mean {inner}?" if (inner / SEMCODE_CONFIG_FILE).is_file() else ""
+        hint = f"; did you mean {inner}?" if (inner / ENCODER_CONFIG_FILE).is_file() else ""
         raise ValueError(
-            f"{encoder_dir} is not a semcode encoder: {SEMCODE_CONFIG_FILE} is missing "
+            f"{encoder_dir} is not a semcode encoder: {ENCODER_CONFIG_FILE} is missing "
             f"(expected the encoder/ directory of a train-encoder output){hint}"
         )
     if not (encoder_dir / TOKENIZER_FILE).is_file():
@@ -159,8 +159,8 @@ def run(
     pairs_dir: str | Path | None = None,
 ) -> dict:
     """Export ``encoder_dir`` to ONNX in ``out_dir``, measure parity, MRR (with pairs) and latency."""
+    from semcode.embed import OnnxEncoder
     from semcode.models.encoder import load_encoder, load_hf_tokenizer
-    from semcode.onnx_encoder import OnnxEncoder
 
     config.validate()
     started = time.perf_counter()
@@ -326,7 +326,7 @@ def measure_query_latency(
     max_length: int,
 ) -> dict:
     """Median ms of torch fp32 vs each ONNX precision on the query tower, at each latency shape."""
-    from semcode.onnx_encoder import create_session
+    from semcode.embed import create_session
 
     runners = {TORCH: torch_runner(model.tower_for("query"))}
     for precision, by_kind in files.items():
@@ -435,9 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(ExportOnnxConfig, args, section="export_onnx")
         run(config, args.encoder, args.out, pairs_dir=args.pairs)
-    except (FileNotFoundError, ValueError, ExportError) as error:  # bad input: a message, not a traceback
-        print(f"semcode export-onnx: error: {error}", file=sys.stderr)
-        return 2
+    except (*cfg.BAD_INPUT_ERRORS, ExportError) as error:
+        return cfg.bad_input("export-onnx", error)
     return 0
 
 

@@ -36,7 +36,8 @@ from semcode.config import ConfigError, field
 from semcode.progress import log
 
 TAG = "gate"
-EXIT_PASSED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 2, 3
+EXIT_PASSED, EXIT_REFUSED = 0, 3  # and cfg.EXIT_BAD_INPUT (2)
+EXIT_BAD_INPUT = cfg.EXIT_BAD_INPUT
 DECISION_FILE = "decision.json"
 BUNDLE_SUBDIR = "bundle"
 
@@ -296,9 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             decoder_dir=args.decoder,
             extra_metrics=parse_stage_metrics(args.stage_metrics),
         )
-    except (FileNotFoundError, FileExistsError, ValueError, storage.StorageError) as error:
-        print(f"semcode gate: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (*cfg.BAD_INPUT_ERRORS, storage.StorageError) as error:
+        return cfg.bad_input("gate", error)
     print(json.dumps({k: decision[k] for k in ("passed", "reasons", "candidate", "champion")}, indent=2))
     return EXIT_PASSED if decision["passed"] else EXIT_REFUSED
 

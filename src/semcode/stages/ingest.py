@@ -2,7 +2,8 @@
 
 Sources are spec strings (see :mod:`semcode.data.sources`): ``python:stdlib`` and
 ``python:site-packages`` (the embedded default: this interpreter's own code), ``dir:PATH`` (local or
-``s3://``), ``csn:PATH`` (CodeSearchNet/CodeXGLUE JSONL), ``pairs:PATH`` (query/code JSONL) and
+``s3://``; code in Python, Go, Java, JavaScript, TypeScript, Ruby, PHP, Rust, C and C++, or only
+the ``languages`` asked for), ``csn:PATH`` (CodeSearchNet/CodeXGLUE JSONL), ``pairs:PATH`` (query/code JSONL) and
 ``humaneval:`` (evaluation only). Every spec and path is checked before any work starts.
 
 Steps: read every source (counting rejects by reason) -> fail on a source that yields nothing
@@ -46,6 +47,7 @@ from pathlib import Path
 from semcode import config as cfg
 from semcode.config import ConfigError, field
 from semcode.data import clean
+from semcode.data.languages import LANGUAGES, check_languages
 from semcode.data.pairs import SPLITS, write_shards
 from semcode.data.sources import (
     ExtractOptions,
@@ -86,7 +88,11 @@ class IngestConfig:
     min_code_lines: int = field(3, "skip functions with fewer non-blank lines (from def, docstring removed)")
     max_code_chars: int = field(8000, "skip functions longer than this many characters (0 = no limit)")
     max_file_bytes: int = field(1_000_000, "skip source files bigger than this (generated code)")
-    languages: tuple[str, ...] = field(("python",), "keep JSONL rows in these languages")
+    languages: tuple[str, ...] = field(
+        (),
+        f"read only these languages from dir: and JSONL sources (empty = all: {', '.join(LANGUAGES)}); "
+        "python: sources stay Python; on the command line also comma-separated: --languages go,java",
+    )
     near_dup_threshold: float = field(
         0.8, "Jaccard similarity (MinHash LSH) at which code is a near duplicate"
     )
@@ -125,8 +131,10 @@ class IngestConfig:
         for name in ("max_file_bytes", "rows_per_shard", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.languages:
-            raise ConfigError("languages is empty")
+        try:
+            check_languages(self.languages)
+        except ValueError as error:
+            raise ConfigError(f"languages: {error}") from None
         if not 0.0 < self.near_dup_threshold <= 1.0:
             raise ConfigError(f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
         if self.num_perm < 16:
@@ -145,7 +153,7 @@ class IngestConfig:
             max_code_chars=self.max_code_chars,
             max_file_bytes=self.max_file_bytes,
             max_files=self.max_files_per_source,
-            languages=tuple(language.lower() for language in self.languages),
+            languages=check_languages(self.languages),
             workers=self.workers,
         )
 
@@ -196,6 +204,19 @@ def _write(rows: list[dict], directory: Path, rows_per_shard: int) -> int:
     return len(write_shards(rows, directory, rows_per_shard=rows_per_shard))
 
 
+def _language_totals(source_stats: dict[str, dict]) -> dict[str, dict]:
+    """Files, functions, pairs (before deduplication) and rejects per language, over all sources."""
+    totals: dict[str, dict] = {}
+    for stats in source_stats.values():
+        for language, counts in stats["languages"].items():
+            total = totals.setdefault(language, {"files": 0, "functions": 0, "pairs": 0, "rejects": {}})
+            for key in ("files", "functions", "pairs"):
+                total[key] += counts[key]
+            for reason, count in counts["rejects"].items():
+                total["rejects"][reason] = total["rejects"].get(reason, 0) + count
+    return {language: totals[language] for language in sorted(totals)}
+
+
 def run(config: IngestConfig, out_dir: str | Path) -> dict:
     """Ingest ``config.sources`` into ``out_dir``; returns the manifest (also written as manifest.json)."""
     config.validate()
@@ -214,7 +235,10 @@ def run(config: IngestConfig, out_dir: str | Path) -> dict:
     source_stats: dict[str, dict] = {}
     warnings: list[str] = []
     for spec in specs:
-        result = read_source(spec, options, progress_tag=TAG)
+        try:
+            result = read_source(spec, options, progress_tag=TAG)
+        except SourceError as error:  # a dir: without a file of the selected languages
+            raise IngestError(str(error)) from None
         stats = result.stats
         log(
             TAG,
@@ -289,6 +313,7 @@ def run(config: IngestConfig, out_dir: str | Path) -> dict:
             "corpus_rows": len(corpus),
             "eval_rows": len(all_eval),
         },
+        "languages": _language_totals(source_stats),
         "dedup": {"pairs": pair_dedup.summary(), "corpus": corpus_dedup.summary()},
         "split": {
             "unit": split.unit,
@@ -334,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             "  PATH may be local or s3://bucket/prefix\n\n"
             "example:\n"
             "  semcode ingest --source python:stdlib --source python:site-packages --out runs/ingest\n"
-            "  semcode ingest --source dir:~/src/myrepo --source humaneval: --out runs/ingest"
+            "  semcode ingest --source dir:~/src/myrepo --source humaneval: --out runs/ingest\n"
+            "  semcode ingest --source dir:~/src/services --languages go,java --out runs/ingest"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -350,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.source:  # --source is the documented spelling of the config field `sources`
         args.sources = (args.sources or []) + args.source
+    if args.languages:  # --languages go,java as well as --languages go --languages java
+        args.languages = [name for value in args.languages for name in value.split(",") if name.strip()]
     try:
         config = cfg.from_args(IngestConfig, args, section="ingest")
         manifest = run(config, args.out)

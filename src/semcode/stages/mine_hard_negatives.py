@@ -41,8 +41,8 @@ from semcode import config as cfg
 from semcode import mining
 from semcode.config import ConfigError, field
 from semcode.data.pairs import SPLITS, read_split, shard_paths, write_shards
+from semcode.embed import RUNTIME_HELP, check_runtime
 from semcode.progress import log
-from semcode.runtimes import check_runtime
 
 TAG = "mine-hard-negatives"
 CANDIDATE_POOLS = ("sample", "train")
@@ -81,9 +81,7 @@ class MineHardNegativesConfig:
     max_length: int = field(0, "tokens per text at most (0 = the encoder's own max_length)")
     seed: int = field(0, "seed for the train sample and random sampling")
     device: str = field("auto", "torch device for the encoder: auto (cuda when available), cpu, cuda")
-    runtime: str = field(
-        "torch", "run the encoder with torch (on device), or exported: onnx-int8 (~2.5x faster on CPU), onnx-fp32"
-    )
+    runtime: str = field("torch", RUNTIME_HELP)
 
     def validate(self) -> None:
         check_runtime(self.runtime)
@@ -111,7 +109,7 @@ class MineHardNegativesConfig:
 
 def check_inputs(encoder_dir: str | Path, pairs_dir: Path) -> None:
     """Fail fast, before loading the model: an encoder directory and a pairs directory with train shards."""
-    from semcode.models.encoder import check_encoder_spec
+    from semcode.embed import check_encoder_spec
 
     check_encoder_spec(str(encoder_dir))
     encoder, inner = Path(encoder_dir), Path(encoder_dir) / "encoder"
@@ -155,9 +153,13 @@ def write_pairs(pairs_dir: Path, out_pairs: Path, train_rows: list[dict]) -> dic
 
 
 def _examples(
-    queries: list[str], codes: list[str], pool_codes: list[str], gold_ids: np.ndarray,
-    positive: np.ndarray, mined: mining.MinedNegatives,
-) -> list[dict[str, Any]]:  # fmt: skip
+    queries: list[str],
+    codes: list[str],
+    pool_codes: list[str],
+    gold_ids: np.ndarray,
+    positive: np.ndarray,
+    mined: mining.MinedNegatives,
+) -> list[dict[str, Any]]:
     """A few (query, gold, hardest negative) triples with their scores, to judge the negatives by eye."""
     rows = np.flatnonzero(mined.ids[:, 0] >= 0)
     chosen = rows[np.linspace(0, len(rows) - 1, min(EXAMPLES, len(rows))).astype(int)] if len(rows) else []
@@ -178,7 +180,7 @@ def run(
 ) -> dict:
     """Mine hard negatives for the train split of ``pairs_dir`` with ``encoder_dir``; returns the report."""
     from semcode import index as faiss_index
-    from semcode.models.encoder import load_embed_fn
+    from semcode.embed import load_embed_fn
 
     config.validate()
     started = time.perf_counter()
@@ -202,9 +204,13 @@ def run(
 
     # 1. Embed the queries (query side) and the pool (code side), each with the encoder's prefix.
     embed, dim = load_embed_fn(
-        str(encoder_dir), config.batch_size, config.max_length or None, config.device, show_progress=True,
+        str(encoder_dir),
+        config.batch_size,
+        config.max_length or None,
+        config.device,
+        show_progress=True,
         runtime=config.runtime,
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     query_vectors = embed([queries[i] for i in mined_rows], "query")  # [n, D]
     encode_queries_seconds = time.perf_counter() - start
@@ -223,10 +229,19 @@ def run(
     # 3. The filters.
     start = time.perf_counter()
     mined = mining.select_hard_negatives(
-        top_ids, top_scores, positive, gold_ids, keys, config.count,
-        range_min=config.range_min, range_max=config.range_max, relative_margin=config.relative_margin,
-        absolute_margin=config.absolute_margin, sampling=config.sampling, seed=config.seed,
-    )  # fmt: skip
+        top_ids,
+        top_scores,
+        positive,
+        gold_ids,
+        keys,
+        config.count,
+        range_min=config.range_min,
+        range_max=config.range_max,
+        relative_margin=config.relative_margin,
+        absolute_margin=config.absolute_margin,
+        sampling=config.sampling,
+        seed=config.seed,
+    )
     filter_seconds = time.perf_counter() - start
 
     # 4. The pairs: mined rows get their negatives' code; without a sample every train row is written.
@@ -337,9 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(MineHardNegativesConfig, args, section="mine_hard_negatives")
         run(config, args.encoder, args.pairs, args.out)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
-        print(f"semcode mine-hard-negatives: error: {error}", file=sys.stderr)
-        return 2
+    except cfg.BAD_INPUT_ERRORS as error:
+        return cfg.bad_input("mine-hard-negatives", error)
     return 0
 
 

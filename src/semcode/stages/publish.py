@@ -177,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(PublishConfig, args, section="publish")
         run(config, args.bundle, args.out)
-    except (BundleError, ConfigError, FileExistsError, FileNotFoundError, ValueError, OSError) as error:
-        print(f"semcode publish: error: {error}", file=sys.stderr)
-        return 2
+    except (*cfg.BAD_INPUT_ERRORS, BundleError, ConfigError, OSError) as error:
+        return cfg.bad_input("publish", error)
     return 0
 
 

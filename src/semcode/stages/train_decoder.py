@@ -29,7 +29,7 @@ side) ranks its source among all the eval functions (recall@1, recall@10, MRR). 
 generation from the docstring's embedding (``query_*`` metrics, the gold being the function). With
 ``rerank_candidates`` > 1, the same metrics again (``reranked_*``) for best-of-N decoding: the greedy code
 plus N - 1 samples, the parseable one whose embedding is closest to the target kept
-(semcode.generation.generate_reranked); the decoder saves N as ``semcode generate``'s default.
+(semcode.decoding.generate_reranked); the decoder saves N as ``semcode generate``'s default.
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
+from semcode.contract import DECODER_SIZE_NAMES
+from semcode.embed import RUNTIME_HELP, check_runtime
 from semcode.progress import log
-from semcode.runtimes import RUNTIMES, check_runtime
 
 TAG = "train-decoder"
-SIZES = ("tiny", "small", "base")  # semcode.models.decoder.DECODER_SIZES (not imported: keeps --help fast)
+SIZES = DECODER_SIZE_NAMES
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class TrainDecoderConfig:
     rerank_top_p: float = field(0.95, "nucleus sampling mass of the reranked candidates")
     generate_from_queries: bool = field(True, "also generate from the samples' docstrings (query_* metrics)")
     embed_batch_size: int = field(64, "texts per batch when the encoder embeds")
-    runtime: str = field("torch", f"how the frozen encoder runs: {'|'.join(RUNTIMES)} (onnx: CPU only)")
+    runtime: str = field("torch", RUNTIME_HELP)
     threads: int = field(
         0, "torch CPU threads (0 = as set, torch's default: every core); 1 helps on a busy CPU"
     )
@@ -139,16 +139,32 @@ class TrainDecoderConfig:
                 f"{self.warmup_ratio}"
             )
         for name in (
-            "prefix_tokens", "epochs", "batch_size", "grad_accum", "generate_max_tokens", "embed_batch_size",
-            "log_every", "rerank_candidates",
-        ):  # fmt: skip
+            "prefix_tokens",
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "generate_max_tokens",
+            "embed_batch_size",
+            "log_every",
+            "rerank_candidates",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
-            "max_steps", "weight_decay", "warmup_steps", "grad_clip", "eval_every", "checkpoint_every",
-            "threads", "keep_checkpoints", "max_train_pairs", "max_valid_pairs", "max_eval_pairs",
-            "generate_samples", "time_budget_minutes",
-        ):  # fmt: skip
+            "max_steps",
+            "weight_decay",
+            "warmup_steps",
+            "grad_clip",
+            "eval_every",
+            "checkpoint_every",
+            "threads",
+            "keep_checkpoints",
+            "max_train_pairs",
+            "max_valid_pairs",
+            "max_eval_pairs",
+            "generate_samples",
+            "time_budget_minutes",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -171,7 +187,9 @@ def train(
 
     Leaves the last step's weights in ``model`` (float32) and returns the run's metrics.
     """
-    from semcode.generation import reconstruction_metrics
+    import torch
+
+    from semcode.decoding import reconstruction_metrics
     from semcode.models.decoder import make_batch
     from semcode.train import engine as ds
     from semcode.train.data import epoch_batches
@@ -180,15 +198,29 @@ def train(
     ds.setup_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     plan = ds.plan_steps(
-        len(train_set), config.batch_size, config.grad_accum, world_size, config.epochs, config.max_steps,
-        config.warmup_steps, config.warmup_ratio, unit="training functions",
-    )  # fmt: skip
+        len(train_set),
+        config.batch_size,
+        config.grad_accum,
+        world_size,
+        config.epochs,
+        config.max_steps,
+        config.warmup_steps,
+        config.warmup_ratio,
+        unit="training functions",
+    )
     run_shape = {  # a resumed run must have the same shape, or it would not continue the same run
-        "total_steps": plan.total_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
-        "seed": config.seed, "train_functions": len(train_set), "warmup_steps": plan.warmup_steps,
-        "world_size": world_size, "size": config.size, "prefix_tokens": config.prefix_tokens,
-        "max_length": config.max_length, "query_share": config.query_share,
-    }  # fmt: skip
+        "total_steps": plan.total_steps,
+        "batch_size": config.batch_size,
+        "grad_accum": config.grad_accum,
+        "seed": config.seed,
+        "train_functions": len(train_set),
+        "warmup_steps": plan.warmup_steps,
+        "world_size": world_size,
+        "size": config.size,
+        "prefix_tokens": config.prefix_tokens,
+        "max_length": config.max_length,
+        "query_share": config.query_share,
+    }
 
     optimizer = ds.adamw(model, config.lr, config.weight_decay)
     scheduler = ds.warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps, config.min_lr_ratio)
@@ -202,9 +234,14 @@ def train(
     state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
     step = state["step"] if state else 0
     log_ = ds.TrainingLog(
-        "decoder", "tok", plan.total_steps, plan.epochs, config.log_every, metric="token_accuracy",
+        "decoder",
+        "tok",
+        plan.total_steps,
+        plan.epochs,
+        config.log_every,
+        metric="token_accuracy",
         history=state["history"] if state else None,
-    )  # fmt: skip
+    )
     log_.announce_start(state, config.resume, checkpoints_dir)
     log_.message(
         f"{len(train_set)} train / {len(valid_set)} valid functions | {plan.total_steps} steps x "
@@ -225,9 +262,9 @@ def train(
             make_batch(train_set.token_ids, train_set.embeddings, rows) for rows in batches[position:][:count]
         )
 
-    def forward(batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any], int, dict[str, float]]:
+    def forward(batch: dict[str, torch.Tensor]) -> ds.StepOutput:
         output = engine(**{name: tensor.to(engine.device) for name, tensor in batch.items()})
-        return output.loss, {"loss": output.loss}, int(batch["attention_mask"].sum()), {}
+        return ds.StepOutput(output.loss, {"loss": output.loss}, int(batch["attention_mask"].sum()), {})
 
     schedule = ds.LoopSchedule.from_config(config)
     step, stopped_by = ds.run_steps(
@@ -268,7 +305,7 @@ def measure_on_test(
     test_set: Examples,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Reconstruction and generation metrics on the test functions (module docstring); also the samples."""
-    from semcode.generation import (
+    from semcode.decoding import (
         generate_code,
         generate_reranked,
         generation_metrics,
@@ -288,31 +325,50 @@ def measure_on_test(
     sources = {"": test_set.embeddings[:count]}  # decode each function from its own code embedding
     if config.generate_from_queries:
         sources["query_"] = embed(test.queries[:count], "query")  # and from its docstring's
+    import torch
+
     torch.manual_seed(config.seed)  # the reranked candidates are samples
     for prefix, embeddings in sources.items():
         decodings = {
             "greedy": generate_code(
-                model, tokenizer, embeddings, config.generate_max_tokens,
+                model,
+                tokenizer,
+                embeddings,
+                config.generate_max_tokens,
                 repetition_penalty=config.repetition_penalty,
             ),
-        }  # fmt: skip
+        }
         if config.rerank_candidates > 1:
             decodings["reranked"] = generate_reranked(
-                model, tokenizer, embeddings, lambda codes: embed(codes, "code"), config.rerank_candidates,
-                config.generate_max_tokens, config.rerank_temperature, config.rerank_top_p,
-                config.repetition_penalty, greedy=decodings["greedy"],
-            )  # fmt: skip
+                model,
+                tokenizer,
+                embeddings,
+                lambda codes: embed(codes, "code"),
+                config.rerank_candidates,
+                config.generate_max_tokens,
+                config.rerank_temperature,
+                config.rerank_top_p,
+                config.repetition_penalty,
+                greedy=decodings["greedy"],
+            )
         for decoding, generated in decodings.items():
             generated_embeddings = embed([g.code for g in generated], "code")
             values = generation_metrics(generated, references, generated_embeddings, test_set.embeddings)
             infix = "" if decoding == "greedy" else "reranked_"
             metrics.update({f"{prefix}{infix}{name}": value for name, value in values.items()})
             for i, g in enumerate(generated):
-                samples.append({
-                    "from": "query" if prefix else "code", "decoding": decoding, "query": test.queries[i],
-                    "reference": references[i], "generated": g.code, "parses": is_function(g.code),
-                    "tokens": g.tokens, "stopped_by": g.stopped_by,
-                })  # fmt: skip
+                samples.append(
+                    {
+                        "from": "query" if prefix else "code",
+                        "decoding": decoding,
+                        "query": test.queries[i],
+                        "reference": references[i],
+                        "generated": g.code,
+                        "parses": is_function(g.code),
+                        "tokens": g.tokens,
+                        "stopped_by": g.stopped_by,
+                    }
+                )
     metrics["generated_samples"] = count
     metrics["rerank_candidates"] = config.rerank_candidates
     metrics["metrics_seconds"] = round(time.perf_counter() - started, 3)
@@ -323,7 +379,7 @@ def _check_inputs(
     config: TrainDecoderConfig, encoder_dir: str | Path, pairs_dir: Path, tokenizer_dir: Path, out_dir: Path
 ) -> None:
     """Fail fast, before any model is loaded, on inputs that cannot work."""
-    from semcode.models.encoder import check_encoder_spec
+    from semcode.embed import check_encoder_spec
     from semcode.train.engine import check_checkpoints_dir
 
     for split in ("train", "test"):
@@ -351,9 +407,9 @@ def run(
     out_dir: str | Path,
 ) -> dict:
     """Train a decoder against the frozen ``encoder_dir``: decoder/, metrics and history in ``out_dir``."""
+    from semcode.embed import load_embed_fn, resolve_device
     from semcode.export import torch_threads
     from semcode.models.decoder import EOS_ID, build_decoder, code_token_ids
-    from semcode.models.encoder import load_embed_fn, resolve_device
     from semcode.tokenizer import load_tokenizer
     from semcode.train.data import load_pairs
     from semcode.train.engine import is_main_process, seed_everything
@@ -396,9 +452,12 @@ def run(
         embed_started = time.perf_counter()
         device = resolve_device("auto")
         embed, dim = load_embed_fn(
-            str(encoder_dir), config.embed_batch_size, device=device, show_progress=True,
+            str(encoder_dir),
+            config.embed_batch_size,
+            device=device,
+            show_progress=True,
             runtime=config.runtime,
-        )  # fmt: skip
+        )
         order = np.random.default_rng([config.seed, 1]).permutation(len(train_pairs))
         from_query = np.zeros(len(train_pairs), dtype=bool)
         from_query[order[: round(config.query_share * len(train_pairs))]] = True
@@ -449,13 +508,18 @@ def run(
         decoder_dir = out / "decoder"
         shutil.rmtree(decoder_dir, ignore_errors=True)
         model.save(
-            decoder_dir, tokenizer_dir, max_length=config.max_length, query_share=config.query_share,
+            decoder_dir,
+            tokenizer_dir,
+            max_length=config.max_length,
+            query_share=config.query_share,
             encoder={"path": str(encoder_dir), "embedding_dim": dim},
             generation={
-                "repetition_penalty": config.repetition_penalty, "candidates": config.rerank_candidates,
-                "temperature": config.rerank_temperature, "top_p": config.rerank_top_p,
+                "repetition_penalty": config.repetition_penalty,
+                "candidates": config.rerank_candidates,
+                "temperature": config.rerank_temperature,
+                "top_p": config.rerank_top_p,
             },
-        )  # fmt: skip
+        )
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         with open(out / "samples.jsonl", "w") as handle:
@@ -515,9 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(TrainDecoderConfig, args, section="train_decoder")
         run(config, args.encoder, args.pairs, args.tokenizer, args.out)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
-        print(f"semcode train-decoder: error: {error}", file=sys.stderr)
-        return 2
+    except cfg.BAD_INPUT_ERRORS as error:
+        return cfg.bad_input("train-decoder", error)
     return 0
 
 

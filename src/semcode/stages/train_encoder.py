@@ -42,16 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
 from semcode import config as cfg
 from semcode.config import ConfigError, field
+from semcode.contract import ENCODER_SIZE_NAMES, TOWERS
 from semcode.progress import log
 
 TAG = "train-encoder"
-SIZES = ("tiny", "small", "base")  # semcode.models.encoder.ENCODER_SIZES (not imported: keeps --help fast)
-TOWERS = ("shared", "separate")
+SIZES = ENCODER_SIZE_NAMES
 VALID_METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 
 
@@ -163,52 +160,25 @@ class TrainEncoderConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
-            "embedding_dim", "max_steps", "weight_decay", "warmup_steps", "grad_clip", "hard_negative_weight",
-            "distill_weight", "distill_temperature",
-            "max_hard_negatives", "eval_every", "checkpoint_every", "keep_checkpoints", "max_train_pairs",
-            "max_valid_pairs", "time_budget_minutes", "num_workers",
-        ):  # fmt: skip
+            "embedding_dim",
+            "max_steps",
+            "weight_decay",
+            "warmup_steps",
+            "grad_clip",
+            "hard_negative_weight",
+            "distill_weight",
+            "distill_temperature",
+            "max_hard_negatives",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "max_train_pairs",
+            "max_valid_pairs",
+            "time_budget_minutes",
+            "num_workers",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-
-class EncoderWithLoss(nn.Module):
-    """What DeepSpeed trains: the encoder and the loss (whose temperature may be a parameter)."""
-
-    def __init__(self, encoder: nn.Module, loss: nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.loss = encoder, loss
-
-    def forward(self, batch: dict[str, Tensor]) -> Any:
-        query_emb = self.encoder.encode_query(
-            batch["query_input_ids"], batch["query_attention_mask"]
-        )  # [B, D]
-        code_emb = self.encoder.encode_code(batch["code_input_ids"], batch["code_attention_mask"])  # [B, D]
-        hard_emb = hard_mask = None
-        if "hard_negative_input_ids" in batch:
-            negatives = self.encoder.encode_code(
-                batch["hard_negative_input_ids"], batch["hard_negative_attention_mask"]
-            )  # [N, D]: every hard negative of the batch once
-            index = batch["hard_negative_index"]  # [B, H], -1 = none
-            padded = torch.cat([negatives, negatives.new_zeros(1, negatives.shape[1])])  # row N is zeros
-            hard_emb = padded[torch.where(index >= 0, index, negatives.shape[0])]  # [B, H, D]
-            hard_mask = index >= 0  # [B, H]
-        return self.loss(
-            query_emb, code_emb, batch["query_keys"], batch["code_keys"], hard_emb, hard_mask,
-            batch.get("teacher_query_emb"), batch.get("teacher_code_emb"),
-        )  # fmt: skip
-
-
-def add_teacher_embeddings(teacher: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The batch plus the teacher's query and code embeddings ([B, D] each) for the distillation term."""
-    with torch.no_grad():
-        return {
-            **batch,
-            "teacher_query_emb": teacher.encode_query(
-                batch["query_input_ids"], batch["query_attention_mask"]
-            ),
-            "teacher_code_emb": teacher.encode_code(batch["code_input_ids"], batch["code_attention_mask"]),
-        }
 
 
 def inference_length(config: TrainEncoderConfig) -> int:
@@ -238,7 +208,9 @@ def train(
 
     Leaves the best (or last) weights in ``model`` (float32, on the CPU) and returns the run's metrics.
     """
-    from semcode.losses import ContrastiveLoss
+    import torch
+
+    from semcode.losses import ContrastiveLoss, EncoderWithLoss, add_teacher_embeddings
     from semcode.train import engine as ds
     from semcode.train.data import PairBatches, batch_loader, epoch_batches
 
@@ -246,15 +218,25 @@ def train(
     ds.setup_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     plan = ds.plan_steps(
-        len(train_pairs), config.batch_size, config.grad_accum, world_size, config.epochs, config.max_steps,
-        config.warmup_steps, config.warmup_ratio,
-    )  # fmt: skip
+        len(train_pairs),
+        config.batch_size,
+        config.grad_accum,
+        world_size,
+        config.epochs,
+        config.max_steps,
+        config.warmup_steps,
+        config.warmup_ratio,
+    )
     total_steps, warmup_steps = plan.total_steps, plan.warmup_steps
     run_shape = {  # a resumed run must have the same shape, or it would not continue the same run
-        "total_steps": total_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
-        "seed": config.seed, "train_pairs": len(train_pairs), "warmup_steps": warmup_steps,
+        "total_steps": total_steps,
+        "batch_size": config.batch_size,
+        "grad_accum": config.grad_accum,
+        "seed": config.seed,
+        "train_pairs": len(train_pairs),
+        "warmup_steps": warmup_steps,
         "world_size": world_size,
-    }  # fmt: skip
+    }
 
     loss_fn = ContrastiveLoss(
         temperature=config.temperature,
@@ -286,9 +268,14 @@ def train(
     state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
     step = state["step"] if state else 0
     log_ = ds.TrainingLog(
-        "encoder", "pairs", total_steps, plan.epochs, config.log_every, metric="mrr",
+        "encoder",
+        "pairs",
+        total_steps,
+        plan.epochs,
+        config.log_every,
+        metric="mrr",
         history=state["history"] if state else None,
-    )  # fmt: skip
+    )
     log_.announce_start(state, config.resume, checkpoints_dir)
     log_.message(
         f"{len(train_pairs)} train / {len(valid_pairs)} valid pairs | {total_steps} steps x "
@@ -315,13 +302,17 @@ def train(
     def micro_batches(epoch: int, position: int, count: int) -> Any:
         batches = epoch_batches(len(train_pairs), config.batch_size, config.seed, epoch, rank, world_size)
         dataset = PairBatches(
-            train_pairs, batches[position : position + count], tokenizer, model.max_length,
-            model.query_prefix, model.code_prefix,
+            train_pairs,
+            batches[position : position + count],
+            tokenizer,
+            model.max_length,
+            model.query_prefix,
+            model.code_prefix,
             config.max_hard_negatives if config.hard_negative_weight > 0 else 0,
-        )  # fmt: skip
+        )
         return batch_loader(dataset, config.num_workers, seed=config.seed + epoch)
 
-    def forward(batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any], int, dict[str, float]]:
+    def forward(batch: dict[str, torch.Tensor]) -> ds.StepOutput:
         batch = {name: tensor.to(engine.device) for name, tensor in batch.items()}
         if teacher is not None:
             batch = add_teacher_embeddings(teacher, batch)
@@ -332,7 +323,7 @@ def train(
         if teacher is not None:
             averaged["distill"] = output.distill
         as_is = {"temperature": output.temperature} if config.learnable_temperature else {}
-        return output.total, averaged, len(batch["query_input_ids"]), as_is
+        return ds.StepOutput(output.total, averaged, len(batch["query_input_ids"]), as_is)
 
     schedule = ds.LoopSchedule.from_config(config)
     step, stopped_by = ds.run_steps(
@@ -383,7 +374,7 @@ def pass_through(
     """No training (epochs 0): validate init_from once, record it like a step-0 evaluation, ship it as is.
 
     What a preset that continues an earlier run's encoder with hard-negative rounds uses for its first
-    training (configs/with_hard_negatives.yaml).
+    training (src/semcode/configs/with_hard_negatives.yaml).
     """
     from semcode.train.engine import TrainingLog
 
@@ -399,13 +390,21 @@ def pass_through(
     log_.save(out_dir / "history.json")
     best = log_.history["best"]
     return {
-        "steps": 0, "total_steps": 0, "stopped_by": "no_training", "train_seconds": 0.0,
-        "pairs_per_second": 0.0, "train_pairs": 0, "valid_pairs": len(valid_pairs),
-        "zero_shot_valid_mrr": best["mrr"] if best else None, "final_valid_mrr": None,
-        "best_valid_mrr": best["mrr"] if best else None, "best_step": 0 if best else None,
-        "final_model": "init_from", "final_loss": None,
+        "steps": 0,
+        "total_steps": 0,
+        "stopped_by": "no_training",
+        "train_seconds": 0.0,
+        "pairs_per_second": 0.0,
+        "train_pairs": 0,
+        "valid_pairs": len(valid_pairs),
+        "zero_shot_valid_mrr": best["mrr"] if best else None,
+        "final_valid_mrr": None,
+        "best_valid_mrr": best["mrr"] if best else None,
+        "best_step": 0 if best else None,
+        "final_model": "init_from",
+        "final_loss": None,
         "parameters": sum(p.numel() for p in model.parameters()),
-    }  # fmt: skip
+    }
 
 
 def _check_inputs(
@@ -476,9 +475,13 @@ def run(
             local = resolve_checkpoint(config.init_from, download_dir)
             tokenizer = AutoTokenizer.from_pretrained(str(local))
             model = load_pretrained(
-                local, config.towers, config.embedding_dim or None, max_length=config.max_length,
-                query_prefix=config.query_prefix or None, code_prefix=config.code_prefix or None,
-            )  # fmt: skip
+                local,
+                config.towers,
+                config.embedding_dim or None,
+                max_length=config.max_length,
+                query_prefix=config.query_prefix or None,
+                code_prefix=config.code_prefix or None,
+            )
             model.source = config.init_from
             tokenizer_source: Any = tokenizer
             if tokenizer_dir is not None:
@@ -486,10 +489,15 @@ def run(
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
             model = build_encoder(
-                config.size, len(tokenizer), tokenizer.pad_token_id, config.towers,
-                config.embedding_dim or None, config.max_length,
-                query_prefix=config.query_prefix, code_prefix=config.code_prefix,
-            )  # fmt: skip
+                config.size,
+                len(tokenizer),
+                tokenizer.pad_token_id,
+                config.towers,
+                config.embedding_dim or None,
+                config.max_length,
+                query_prefix=config.query_prefix,
+                code_prefix=config.code_prefix,
+            )
             tokenizer_source = str(tokenizer_dir)
         if tokenizer.pad_token is None:
             raise ValueError(f"the tokenizer of {config.init_from or tokenizer_dir} has no pad token")
@@ -551,9 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(TrainEncoderConfig, args, section="train_encoder")
         run(config, args.pairs, args.tokenizer, args.out)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
-        print(f"semcode train-encoder: error: {error}", file=sys.stderr)
-        return 2
+    except cfg.BAD_INPUT_ERRORS as error:
+        return cfg.bad_input("train-encoder", error)
     return 0
 
 

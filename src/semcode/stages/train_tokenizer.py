@@ -284,9 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(TrainTokenizerConfig, args, section="train_tokenizer")
         run(config, args.corpus, args.out, pairs_dir=args.pairs)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
-        print(f"semcode train-tokenizer: error: {error}", file=sys.stderr)
-        return 2
+    except cfg.BAD_INPUT_ERRORS as error:
+        return cfg.bad_input("train-tokenizer", error)
     return 0
 
 

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -494,9 +494,28 @@ class LoopSchedule:
     def from_config(cls, config: Any) -> LoopSchedule:
         """From a stage config that has the five fields of the same names (both training stages do)."""
         return cls(
-            config.grad_accum, config.eval_every, config.checkpoint_every, config.keep_checkpoints,
+            config.grad_accum,
+            config.eval_every,
+            config.checkpoint_every,
+            config.keep_checkpoints,
             config.time_budget_minutes,
-        )  # fmt: skip
+        )
+
+
+class StepOutput(NamedTuple):
+    """What one micro-batch's forward pass gives the loop (the ``forward`` callback of ``run_steps``)."""
+
+    loss: torch.Tensor  # to backpropagate
+    averaged: dict[
+        str, torch.Tensor
+    ]  # averaged over the accumulated micro-batches for the log, e.g. {"loss": ..}
+    items: int  # what the micro-batch trained on (pairs, tokens): for items/s
+    as_is: dict[str, float]  # logged as they are, e.g. a learnable temperature
+
+
+class LoopResult(NamedTuple):
+    last_step: int  # the last optimizer step taken
+    stopped_by: str  # "steps" (the plan's end) or "time_budget"
 
 
 def run_steps(
@@ -508,9 +527,9 @@ def run_steps(
     run_shape: dict[str, Any],
     start_step: int,
     micro_batches: Callable[[int, int, int], Iterable[Any]],
-    forward: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor], int, dict[str, float]]],
+    forward: Callable[[Any], StepOutput],
     evaluate: Callable[[int], None],
-) -> tuple[int, str]:
+) -> LoopResult:
     """The training loop of both stages, from optimizer step ``start_step`` to the plan's end or the budget.
 
     ``micro_batches(epoch, position, count)`` yields this rank's micro-batches ``position`` ..
@@ -530,11 +549,12 @@ def run_steps(
     while micro_step < plan.total_micro and stopped_by == "steps":
         epoch, position = divmod(micro_step, plan.micro_per_epoch)
         for batch in micro_batches(epoch, position, plan.total_micro - micro_step):
-            loss, averaged, batch_items, as_is = forward(batch)
-            engine.backward(loss)
-            for name, value in averaged.items():
+            output = forward(batch)
+            engine.backward(output.loss)
+            for name, value in output.averaged.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) / schedule.grad_accum
-            items += batch_items
+            items += output.items
+            as_is = output.as_is
             boundary = engine.is_gradient_accumulation_boundary()
             lr = current_lr(engine)  # the LR of this update: the scheduler steps after it
             engine.step()
@@ -564,7 +584,7 @@ def run_steps(
                 log_.restart_clock()
             if final:
                 break
-    return step, stopped_by
+    return LoopResult(step, stopped_by)
 
 
 # ---------------------------------------------------------------------------------------------------------

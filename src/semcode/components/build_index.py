@@ -1,0 +1,54 @@
+"""Component build_index: encoder + corpus -> FAISS index with its metadata (semcode.stages.build_index)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from semcode.components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def build_index(
+    encoder: Input[Model],
+    corpus: Input[Dataset],
+    pairs: Input[Dataset],
+    index: Output[Artifact],
+    metrics: Output[Metrics],
+    factory: str,
+    max_corpus: int,
+    recall_queries: int,
+    runtime: str,
+):
+    """Embed the corpus with the encoder's code tower and build a FAISS index over it.
+
+    Args:
+        encoder: train_encoder's output.
+        corpus: ingest's corpus.
+        pairs: ingest's pairs; recall and latency use the queries of their test split.
+        index: index.faiss, index_meta.parquet, metrics.json, config.json.
+        metrics: recall@10 against exact search, search latency, index size.
+        factory: FAISS index factory string ('' = chosen by corpus size).
+        max_corpus: index at most this many corpus rows (0 = all).
+        recall_queries: queries for recall@10 and latency.
+        runtime: torch, or onnx-int8 / onnx-fp32 (the encoder exported as the bundle's is; faster on CPU).
+    """
+    import os
+
+    from semcode import config
+    from semcode.components.scalars import save_metrics_file
+    from semcode.stages import build_index as stage
+
+    stage_config = config.from_dict(
+        stage.BuildIndexConfig,
+        {"factory": factory, "max_corpus": max_corpus, "recall_queries": recall_queries, "runtime": runtime},
+        source="build_index component",
+    )
+    result = stage.run(
+        stage_config, os.path.join(encoder.path, "encoder"), corpus.path, index.path, pairs_dir=pairs.path
+    )
+    metrics.log_metric("ntotal", result["ntotal"])
+    metrics.log_metric("recall@10", result["recall@10"])
+    metrics.log_metric("index_file_bytes", result["index_file_bytes"])
+    for name, value in result["search_latency"].items():
+        if isinstance(value, int | float):
+            metrics.log_metric(f"search_latency.{name}", value)
+    save_metrics_file(metrics)

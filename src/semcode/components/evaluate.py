@@ -1,0 +1,59 @@
+"""Component evaluate: encoder -> retrieval metrics beside BM25 and a baseline (semcode.stages.evaluate)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from semcode.components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def evaluate(
+    encoder: Input[Model],
+    pairs: Input[Dataset],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    suites: list,
+    max_queries: int,
+    n_distractors: int,
+    baseline_encoder: str,
+    runtime: str,
+):
+    """Retrieval metrics (MRR, Recall@1/5/10, NDCG@10) of the encoder, with BM25 on the same candidates.
+
+    Args:
+        encoder: train_encoder's output.
+        pairs: ingest's pairs; their test split is the 'test' suite.
+        evaluation: metrics.json (every suite, protocol and system) and config.json.
+        metrics: every suite.protocol.system.metric as a KFP metric.
+        suites: suites to evaluate: test, humaneval, cosqa.
+        max_queries: at most this many queries per suite (0 = all).
+        n_distractors: distractors per query in the csn protocol.
+        baseline_encoder: also evaluate this encoder (alias or directory) as zero_shot ('' = none).
+        runtime: torch, or onnx-int8 / onnx-fp32 (the encoders exported as the bundle's is; faster on CPU).
+    """
+    import os
+
+    from semcode import config
+    from semcode.components.scalars import save_metrics_file
+    from semcode.stages import evaluate as stage
+
+    stage_config = config.from_dict(
+        stage.EvaluateConfig,
+        {
+            "suites": suites,
+            "max_queries": max_queries,
+            "n_distractors": n_distractors,
+            "runtime": runtime,
+        },
+        source="evaluate component",
+    )
+    result = stage.run(
+        stage_config,
+        os.path.join(encoder.path, "encoder"),
+        pairs.path,
+        evaluation.path,
+        baseline_encoder=baseline_encoder or None,
+    )
+    for name, value in result["kfp_metrics"].items():
+        metrics.log_metric(name, value)
+    save_metrics_file(metrics)

@@ -1,0 +1,297 @@
+"""``semcode run``: the training pipeline on this machine through kfp.local, artifacts under ./runs/<run-id>/.
+
+It runs the very pipeline function the cluster runs (src/semcode/pipeline/train_pipeline.py) with KFP's local
+SubprocessRunner: every task is a fresh Python process in this environment (``use_venv=False``: nothing
+is installed), artifacts are folders under runs/<run-id>/artifacts/, and the Kubernetes settings (GPUs,
+node pool, Secret, resources) have no effect. Retries do: a failing task is tried three times.
+
+Parameters come from a preset (src/semcode/configs/<name>.yaml, mapped by semcode.pipeline.params), ``--source``
+(replaces the ingest sources) and ``--registry`` (the gate compares with its champion and publish
+writes to it; default <runs-dir>/registry, so publishing works on a laptop). Every stage config is
+validated and every source path checked before the first task starts: a typo fails in a second.
+
+Afterwards it prints the evaluation's summary table (model vs BM25 vs zero-shot per suite), the gate's
+decision, whether the bundle was published, and a ready-to-paste ``semcode search`` line. The outputs
+are found through the pipeline's declared outputs (bundle, evaluation, decision), which kfp.local hands
+back, rather than by walking pipeline_root, whose layout (<pipeline>-<timestamp>/<task>/<output>) is
+kfp.local's own; runs/<run-id>/bundle links to the bundle. A refused candidate is not an error (exit 0):
+the bundle is still there to try, it is only not published.
+
+Caching is off by default here (on a cluster it is on): kfp.local keys a task on its parameters and
+input artifacts, not on the files behind a dir: source nor on the semcode code installed here, so a
+cached ingest would silently reuse old data after you edit either. ``--cache`` reuses every task whose
+inputs are unchanged from an earlier ``--cache`` run in the same --runs-dir (kfp.local's cache in
+<runs-dir>/.kfp-cache; an entry whose artifacts were deleted is a miss), e.g. to try other training
+settings on the same data. The gate and publish always run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from semcode import bundle as bundles
+from semcode import config as cfg
+from semcode import storage
+from semcode.pipeline import params as pipeline_params
+from semcode.pipeline.compile import load_pipeline
+from semcode.progress import format_seconds, log
+from semcode.stages import evaluate, ingest
+
+TAG = "run"
+REGISTRY_DIR = "registry"  # default registry: <runs-dir>/registry
+CACHE_DIR = ".kfp-cache"  # kfp.local's cache, shared by the runs in one --runs-dir
+SEARCH_EXAMPLE = "read a file line by line"
+# kfp.local warns about settings it cannot apply on one machine (accelerators) and about images
+# without "python" in their name; both are expected here.
+EXPECTED_WARNINGS = (r".*have no effect in the current local runner.*", r".*non-Python base image.*")
+
+
+def resolve_location(location: str) -> str:
+    """A registry or path as the task processes should see it: s3:// as is, a local path made absolute."""
+    return location if storage.is_s3(location) else str(Path(location).expanduser().resolve())
+
+
+def parse_params(params: list[str] | None) -> dict[str, dict]:
+    """``--param train_encoder_lr=3e-5`` -> ``{"train_encoder": {"lr": 3e-5}}``: preset overrides.
+
+    The name is a stage parameter of the pipeline (``<section>_<key>``, as for ``semcode submit``); the
+    value is read as YAML and then checked against the field's type with the rest of the preset.
+    """
+    import yaml
+
+    overrides: dict[str, dict] = {}
+    for item in params or []:
+        name, sep, text = item.partition("=")
+        split = pipeline_params.split_parameter(name) if sep else None
+        if split is None:
+            raise cfg.ConfigError(
+                f"--param {item}: expected <section>_<key>=VALUE with a section of "
+                f"{list(pipeline_params.STAGE_CONFIGS)} (cluster parameters have no effect locally)"
+            )
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as error:
+            raise cfg.ConfigError(f"--param {item}: not a YAML value ({error})") from None
+        section, key = split
+        overrides.setdefault(section, {})[key] = text if isinstance(value, str) else value
+    return overrides
+
+
+def prepare(
+    preset_name: str, sources: list[str] | None, registry: str, params: list[str] | None = None
+) -> tuple[dict, dict[str, Any]]:
+    """(validated stage configs, pipeline arguments) of a preset with --param, --source and --registry.
+
+    Raises ConfigError for a bad preset or parameter and IngestError for a source that does not exist,
+    before any task runs.
+    """
+    overrides = parse_params(params)
+    overrides.setdefault("gate", {})["registry"] = registry
+    if sources:
+        overrides["ingest"] = {"sources": list(sources)}
+    preset = cfg.load_yaml(preset_name)
+    configs = pipeline_params.resolve_configs(preset, preset_name, overrides)
+    ingest.check_sources(configs["ingest"])
+    arguments = pipeline_params.preset_arguments(preset, preset_name, overrides)
+    return configs, arguments
+
+
+def allow_oneof_artifacts() -> None:
+    """Teach kfp.local (2.17) ``dsl.OneOf`` over artifacts, as the KFP backend runs it.
+
+    The pipeline picks the encoder of the last hard-negative round with ``dsl.OneOf`` over the
+    mutually exclusive round branches. kfp.local resolves OneOf for parameters (the branch that produced
+    a value wins) but its artifact twin, ``OrchestratorUtils.get_dag_output_artifacts``, insists on one
+    selector. This replaces it with the parameter rule: of the selectors, exactly one must have run.
+    """
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    if getattr(OrchestratorUtils, "_semcode_oneof", False):
+        return
+
+    def get_dag_output_artifacts(cls, dag_outputs_spec, io_store) -> dict[str, Any]:
+        outputs = {}
+        for key, selector_spec in dag_outputs_spec.artifacts.items():
+            found = []
+            for selector in selector_spec.artifact_selectors:
+                try:
+                    found.append(
+                        io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key)
+                    )
+                except (KeyError, ValueError):  # a branch that did not run
+                    continue
+            if len(found) != 1:
+                raise ValueError(f"dsl.OneOf output {key!r}: {len(found)} branches produced it, expected 1")
+            outputs[key] = found[0]
+        return outputs
+
+    OrchestratorUtils.get_dag_output_artifacts = classmethod(get_dag_output_artifacts)
+    OrchestratorUtils._semcode_oneof = True
+
+
+def run_pipeline(arguments: dict[str, Any], artifacts_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+    """Run the pipeline through kfp.local; returns its outputs (bundle, evaluation, decision artifacts)."""
+    from kfp import local
+
+    allow_oneof_artifacts()
+    # Idle OpenMP threads sleep instead of spinning: on a laptop (or a shared machine) the task's torch
+    # threads otherwise burn the cores that ONNX Runtime, the tokenizer workers or anything else need.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(artifacts_dir),
+        enable_caching=cache_dir is not None,
+        cache_root=None if cache_dir is None else str(cache_dir),
+    )
+    with warnings.catch_warnings():
+        for message in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        task = load_pipeline()(**arguments)
+    return task.outputs
+
+
+def run(
+    preset_name: str,
+    sources: list[str] | None,
+    runs_dir: str | Path,
+    run_id: str | None,
+    registry: str | None = None,
+    cache: bool = False,
+    params: list[str] | None = None,
+) -> dict:
+    """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json)."""
+    runs_dir = Path(runs_dir)
+    registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
+    configs, arguments = prepare(preset_name, sources, registry, params)
+    pipeline_params.check_arguments(arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}")
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir / run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(
+        TAG,
+        f"preset {preset_name} -> {run_dir} (kfp.local, registry {registry}, cache {'on' if cache else 'off'})",
+    )
+
+    started = time.perf_counter()
+    outputs = run_pipeline(
+        arguments, run_dir.resolve() / "artifacts", runs_dir.resolve() / CACHE_DIR if cache else None
+    )
+    seconds = time.perf_counter() - started
+
+    bundle_dir = Path(outputs["bundle"].path)
+    metrics = json.loads((Path(outputs["evaluation"].path) / "metrics.json").read_text())
+    decision = json.loads((Path(outputs["decision"].path) / "decision.json").read_text())
+    bundle_link = run_dir / "bundle"
+    bundle_link.symlink_to(os.path.relpath(bundle_dir, run_dir))
+    name, version = configs["gate"].name, decision["candidate"]["version"]
+    latest = bundles.read_latest(registry, name)
+    published = bool(decision["passed"] and latest and latest["version"] == version)
+
+    summary = {
+        "run_dir": str(run_dir),
+        "preset": preset_name,
+        "seconds": round(seconds, 1),
+        "primary": metrics["primary"],
+        "bundle": str(bundle_link),
+        "bundle_artifact": str(bundle_dir),
+        "version": version,
+        "passed": decision["passed"],
+        "reasons": decision["reasons"],
+        "registry": registry,
+        "published": published,
+        "latest": None if latest is None else latest["version"],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary, metrics, name)
+    return summary
+
+
+def print_summary(summary: dict, metrics: dict, name: str) -> None:
+    print(evaluate.summary_table(metrics["suites"]))
+    print(f"\ngate: {'PASSED' if summary['passed'] else 'REFUSED'}")
+    for reason in summary["reasons"]:
+        print(f"  {reason}")
+    if summary["published"]:
+        print(f"published: {name} {summary['version']} -> {summary['registry']} (latest)")
+    else:
+        latest = summary["latest"] or "nothing published yet"
+        print(f"not published: {summary['registry']} latest stays at {latest}")
+    print(
+        f"\nrun {Path(summary['run_dir']).name} done in {format_seconds(summary['seconds'])}: {summary['run_dir']}"
+    )
+    print(f"bundle: {summary['bundle']}")
+    print("search it:")
+    print(f"  semcode search {shlex.quote(summary['bundle'])} {shlex.quote(SEARCH_EXAMPLE)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="semcode run",
+        description="Run the training pipeline locally (kfp.local, CPU): ingest, tokenizer, encoder, evaluation, "
+        "index, ONNX export, gate and publish, with artifacts under <runs-dir>/<run-id>/.",
+        epilog="examples:\n  semcode run\n  semcode run --preset tiny --source dir:./myrepo --run-id try1\n"
+        "  semcode run --preset tiny --registry s3://models/registry --cache\n"
+        "  semcode run --preset with_hard_negatives --param train_encoder_init_from=runs/<run-id>/bundle/encoder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset", default="local", help="preset name in configs/ or a YAML path (default: local)"
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="source spec, repeatable; replaces the preset's ingest sources",
+    )
+    parser.add_argument(
+        "--registry",
+        default=None,
+        metavar="DIR|S3_URI",
+        help="registry the gate compares with and publish writes to (default: <runs-dir>/registry)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="set a pipeline parameter over the preset, repeatable: train_encoder_lr=3e-5 "
+        "(as for semcode submit; the value is YAML)",
+    )
+    parser.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    parser.add_argument("--run-id", default=None, help="name of this run's directory (default: a timestamp)")
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse tasks whose inputs are unchanged from earlier --cache runs in --runs-dir "
+        "(only while your sources and the semcode code stay unchanged)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        run(
+            args.preset,
+            args.source,
+            args.runs_dir,
+            args.run_id,
+            registry=args.registry,
+            cache=args.cache,
+            params=args.param,
+        )
+    except (cfg.ConfigError, ValueError, FileExistsError, FileNotFoundError, storage.StorageError) as error:
+        print(f"semcode run: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # kfp.local: a task failed; its log is above
+        print(f"semcode run: error: {error}", file=sys.stderr)
+        return 1
+    return 0

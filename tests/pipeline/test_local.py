@@ -1,0 +1,129 @@
+"""`semcode run`: the pipeline through kfp.local end to end (tiny preset), the gate against the champion it
+published, and the checks that fail before any task runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from semcode import bundle as bundles
+from semcode.config import CONFIGS_DIR, ConfigError
+from semcode.pipeline import local as local_run
+
+
+def tiny_preset_with(path: Path, **sections: dict) -> Path:
+    """src/semcode/configs/tiny.yaml with some keys changed, written to ``path``."""
+    preset = yaml.safe_load((CONFIGS_DIR / "tiny.yaml").read_text())
+    for section, values in sections.items():
+        preset.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def read_summary(runs: Path, run_id: str) -> dict:
+    return json.loads((runs / run_id / "summary.json").read_text())
+
+
+def test_tiny_run_publishes_then_a_worse_run_is_refused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    registry = str((runs / "registry").resolve())
+
+    # 1. The tiny preset end to end: no champion yet, so the gate passes and publish moves latest.
+    assert local_run.main(["--preset", "tiny", "--runs-dir", str(runs), "--run-id", "first", "--cache"]) == 0
+    out = capsys.readouterr().out
+    first = read_summary(runs, "first")
+    bundle = runs / "first" / "bundle"
+    assert first["passed"] and first["published"], first["reasons"]
+    assert bundles.validate_bundle(bundle)["version"] == first["version"]
+    assert "bm25" in out and "PASSED" in out
+    assert f"semcode search {bundle} 'read a file line by line'" in out
+    champion = bundles.resolve_latest(registry, "semcode")
+    assert champion is not None and champion.endswith(first["version"])
+
+    # 2. The same data, one training step: worse, so the gate refuses and latest stays where it was.
+    worse = tiny_preset_with(tmp_path / "worse.yaml", train_encoder={"max_steps": 1})
+    assert (
+        local_run.main(["--preset", str(worse), "--runs-dir", str(runs), "--run-id", "second", "--cache"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    second = read_summary(runs, "second")
+    assert second["primary"]["value"] < first["primary"]["value"]
+    assert not second["passed"] and not second["published"]
+    assert "REFUSED" in out and "worse than the tolerance" in out
+    assert bundles.resolve_latest(registry, "semcode") == champion
+    # a refused candidate's bundle is whole, only not published
+    bundles.validate_bundle(runs / "second" / "bundle")
+    # ingest and the tokenizer had the same inputs: reused from the first run (--cache, kfp.local's cache)
+    artifacts = runs / "second" / "artifacts"
+    assert not list(artifacts.glob("*/ingest")) and not list(artifacts.glob("*/train-tokenizer"))
+    assert list(artifacts.glob("*/**/train-encoder*"))  # inside the hard-negative-rounds branch
+
+    # 3. A run directory is never reused.
+    assert local_run.main(["--preset", "tiny", "--runs-dir", str(runs), "--run-id", "first"]) == 2
+
+
+def test_preset_typo_fails_before_any_task(tmp_path, capsys):
+    preset = tiny_preset_with(tmp_path / "typo.yaml", train_encoder={"batchsize": 8})
+    assert local_run.main(["--preset", str(preset), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "batchsize" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_source_fails_before_any_task(tmp_path, capsys):
+    argv = [
+        "--preset",
+        "tiny",
+        "--source",
+        f"dir:{tmp_path / 'nowhere'}",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    assert local_run.main(argv) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_stage_field_that_is_no_pipeline_parameter_fails_before_any_task(tmp_path, capsys):
+    preset = tiny_preset_with(tmp_path / "unexposed.yaml", train_encoder={"keep_checkpoints": 1})
+    assert local_run.main(["--preset", str(preset), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "train_encoder_keep_checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_source_and_registry_become_pipeline_arguments(tmp_path):
+    configs, arguments = local_run.prepare("tiny", [f"dir:{tmp_path}"], "/srv/registry")
+    assert configs["ingest"].sources == (f"dir:{tmp_path}",)
+    assert arguments["ingest_sources"] == [f"dir:{tmp_path}"]
+    assert arguments["gate_registry"] == "/srv/registry"
+    assert configs["publish"].registry == "/srv/registry"
+    assert arguments["train_encoder_max_steps"] == 30  # the preset's own values stay
+
+
+def test_registry_location():
+    assert local_run.resolve_location("s3://models/registry") == "s3://models/registry"
+    assert local_run.resolve_location("runs/registry") == str(Path("runs/registry").resolve())
+
+
+def test_params_override_the_preset_and_are_validated():
+    overrides = local_run.parse_params(
+        ["train_encoder_lr=3e-5", "train_encoder_init_from=runs/a/bundle/encoder", "hard_negative_rounds=1"]
+    )
+    assert overrides["train_encoder"]["init_from"] == "runs/a/bundle/encoder"
+    assert overrides["hard_negative"] == {"rounds": 1}
+    _, arguments = local_run.prepare(
+        "tiny", None, "/tmp/registry", ["train_encoder_max_steps=3", "train_encoder_lr=3e-5"]
+    )
+    assert arguments["train_encoder_max_steps"] == 3 and arguments["gate_registry"] == "/tmp/registry"
+    assert arguments["train_encoder_lr"] == 3e-5  # YAML reads 3e-5 as text; the field's type decides
+    for bad in (
+        ["gpu_count=2"],
+        ["train_encoder_lr"],
+        ["train_encoder_batchsize=8"],
+        ["hard_negative_rounds=5"],
+    ):
+        with pytest.raises(ConfigError):
+            local_run.prepare("tiny", None, "/tmp/registry", bad)

@@ -1,0 +1,324 @@
+"""The build_index stage end to end on a tiny real corpus: all-MiniLM-L6-v2, and a hashing embedder for the rest.
+
+The hashing embedder (character trigrams hashed into 64 buckets, L2-normalised) is a real, deterministic
+embedding function: it lets most tests cover the stage without loading a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from semcode.config import ConfigError
+from semcode.data.pairs import write_shards
+from semcode.index import omp_threads
+from semcode.stages import build_index as stage
+
+HASH_DIM = 64
+
+# (query, code, func_name); the query of some rows is empty, as in a real corpus.
+FUNCTIONS = [
+    (
+        "Read a JSON file and return the parsed object.",
+        "def read_json(path):\n    with open(path) as f:\n        return json.load(f)",
+        "read_json",
+    ),
+    (
+        "Sort a list of words by their length.",
+        "def sort_by_length(words):\n    return sorted(words, key=len)",
+        "sort_by_length",
+    ),
+    (
+        "Download a web page over HTTP.",
+        "def fetch_page(url):\n    return urllib.request.urlopen(url).read()",
+        "fetch_page",
+    ),
+    (
+        "Compute the factorial of n.",
+        "def factorial(n):\n    return 1 if n <= 1 else n * factorial(n - 1)",
+        "factorial",
+    ),
+    ("Reverse a string.", "def reverse(text):\n    return text[::-1]", "reverse"),
+    (
+        "Count the lines of a text file.",
+        "def count_lines(path):\n    with open(path) as f:\n        return sum(1 for _ in f)",
+        "count_lines",
+    ),
+    ("Return the largest value in a list.", "def maximum(values):\n    return max(values)", "maximum"),
+    (
+        "Check whether a number is prime.",
+        "def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, n))",
+        "is_prime",
+    ),
+    (
+        "Remove duplicate items while keeping order.",
+        "def unique(items):\n    return list(dict.fromkeys(items))",
+        "unique",
+    ),
+    (
+        "Convert degrees Celsius to Fahrenheit.",
+        "def to_fahrenheit(celsius):\n    return celsius * 9 / 5 + 32",
+        "to_fahrenheit",
+    ),
+    ("", "def backwards(s):\n    return ''.join(reversed(s))", "backwards"),
+    (
+        "Write text to a file.",
+        "def write_text(path, text):\n    with open(path, 'w') as f:\n        f.write(text)",
+        "write_text",
+    ),
+    (
+        "Compute the mean of a list of numbers.",
+        "def mean(values):\n    return sum(values) / len(values)",
+        "mean",
+    ),
+    ("", "def flatten(lists):\n    return [x for sub in lists for x in sub]", "flatten"),
+    ("Split a sentence into words.", "def words(sentence):\n    return sentence.split()", "words"),
+    (
+        "Return the n-th Fibonacci number.",
+        "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
+        "fib",
+    ),
+    (
+        "Check that a string is a palindrome.",
+        "def is_palindrome(s):\n    return s == s[::-1]",
+        "is_palindrome",
+    ),
+    ("Merge two dictionaries.", "def merge(a, b):\n    return {**a, **b}", "merge"),
+    (
+        "Compute the greatest common divisor.",
+        "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a",
+        "gcd",
+    ),
+    ("Clamp a value to a range.", "def clamp(x, lo, hi):\n    return max(lo, min(x, hi))", "clamp"),
+    ("", "", "empty_function"),  # no code: skipped, and not in the index
+    ("Count the words of a text.", "def count_words(text):\n    return len(text.split())", "count_words"),
+    (
+        "Return the current time as an ISO string.",
+        "def now_iso():\n    return datetime.datetime.now().isoformat()",
+        "now_iso",
+    ),
+    ("Square every number of a list.", "def squares(values):\n    return [v * v for v in values]", "squares"),
+    ("Join paths into one.", "def join_paths(*parts):\n    return os.path.join(*parts)", "join_paths"),
+    (
+        "Parse an integer, or return a default.",
+        "def to_int(text, default=0):\n    try:\n        return int(text)\n    except ValueError:\n        return default",
+        "to_int",
+    ),
+]
+N_WITH_CODE = sum(1 for _, code, _ in FUNCTIONS if code)
+METRIC_FIELDS = {
+    "factory",
+    "index_type",
+    "ntotal",
+    "dim",
+    "recall@10",
+    "recall_queries",
+    "recall_query_source",
+    "search_latency",
+    "embed_seconds",
+    "index_seconds",
+    "index_file_bytes",
+    "index_memory_mb",
+    "faiss_gpu",
+    "search_params",
+}
+
+
+def hash_embed(texts: list[str], kind: str) -> np.ndarray:
+    """Character trigrams hashed into HASH_DIM buckets, L2-normalised."""
+    out = np.zeros((len(texts), HASH_DIM), dtype=np.float32)
+    for row, text in enumerate(texts):
+        padded = f"  {text.lower()} "
+        for i in range(len(padded) - 2):
+            bucket = int.from_bytes(
+                hashlib.blake2b(padded[i : i + 3].encode(), digest_size=4).digest(), "little"
+            )
+            out[row, bucket % HASH_DIM] += 1.0
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_faiss_thread() -> Iterator[None]:
+    """One OpenMP thread: on this tiny data, waking FAISS' workers costs more than they save, ~10x more
+    on a busy shared machine (k-means of the PQ training especially)."""
+    with omp_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [
+        {
+            "query": query,
+            "code": code,
+            "language": "python",
+            "repo": f"repo{i % 3}",
+            "path": f"pkg/mod{i}.py",
+            "func_name": name,
+            "url": f"python://repo{i % 3}/pkg/mod{i}.py#L1",
+        }
+        for i, (query, code, name) in enumerate(FUNCTIONS)
+    ]
+    root = tmp_path_factory.mktemp("corpus")
+    write_shards(rows, root, rows_per_shard=10)  # three shards: ids must follow the shard order
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pairs")
+    queries = [
+        "Reverse the characters of a string.",
+        "Load JSON from a file.",
+        "Greatest common divisor of two ints.",
+    ]
+    write_shards([{"query": q, "code": "pass", "split": "test"} for q in queries], root / "test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def minilm_run(corpus_dir: Path, pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real run through the CLI entry point with all-MiniLM-L6-v2, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("index_minilm")
+    argv = ["--encoder", "minilm", "--corpus", str(corpus_dir), "--out", str(out), "--pairs", str(pairs_dir)]
+    assert stage.main([*argv, "--device", "cpu", "--encode-batch-size", "16"]) == 0
+    return out
+
+
+def read_metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_main_with_minilm_writes_index_metadata_metrics_and_config(minilm_run: Path) -> None:
+    out = minilm_run
+    metrics = read_metrics(out)
+    assert METRIC_FIELDS <= set(metrics)
+    assert metrics["factory"] == "Flat" and metrics["index_type"] == "IndexFlat"
+    assert metrics["ntotal"] == N_WITH_CODE and metrics["dim"] == 384
+    assert metrics["recall@10"] == 1.0  # exact search against exact search
+    assert metrics["recall_queries"] == 3 and "test query column" in metrics["recall_query_source"]
+    assert metrics["rows_skipped_empty_code"] == 1 and metrics["corpus_rows"] == len(FUNCTIONS)
+    assert metrics["search_latency"]["p50_ms"] > 0 and metrics["search_latency"]["qps_batched"] > 0
+    assert metrics["index_file_bytes"] == (out / "index.faiss").stat().st_size
+    assert json.loads((out / "config.json").read_text())["config_class"] == "BuildIndexConfig"
+
+
+def test_minilm_index_finds_the_function_a_query_describes(minilm_run: Path) -> None:
+    from semcode.index import load_index, search
+    from semcode.models.encoder import encode_texts, load_hf_tokenizer, load_pretrained
+
+    model, tokenizer = load_pretrained("minilm"), load_hf_tokenizer("minilm")
+    meta = pq.read_table(minilm_run / "index_meta.parquet")
+    assert meta.column_names == ["code", "repo", "path", "func_name", "url"]
+    assert meta.num_rows == N_WITH_CODE
+    index = load_index(minilm_run / "index.faiss")
+    queries = ["greatest common divisor of two integers", "read a json file"]
+    _, ids = search(index, encode_texts(model, tokenizer, queries, "query"), 1)
+    assert [meta["func_name"][int(i)].as_py() for i in ids[:, 0]] == ["gcd", "read_json"]
+
+
+def test_metadata_rows_align_with_faiss_ids(corpus_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    stage.index_corpus(stage.BuildIndexConfig(), hash_embed, HASH_DIM, corpus_dir, out)
+    meta = pq.read_table(out / "index_meta.parquet").to_pylist()
+    expected = [(code, name) for _, code, name in FUNCTIONS if code]
+    assert [(row["code"], row["func_name"]) for row in meta] == expected  # corpus order, empty code dropped
+    index = stage.faiss_index.load_index(out / "index.faiss")
+    stored = index.reconstruct_n(0, index.ntotal)
+    np.testing.assert_allclose(stored, hash_embed([row["code"] for row in meta], "code"), atol=1e-6)
+    metrics = read_metrics(out)
+    assert metrics["recall_queries"] == sum(1 for q, code, _ in FUNCTIONS if q and code)
+    assert "corpus query column" in metrics["recall_query_source"]
+
+
+def test_auto_choice_follows_the_thresholds(corpus_dir: Path, tmp_path: Path) -> None:
+    config = stage.BuildIndexConfig(flat_max=10, hnsw_max=100, hnsw_m=8, ef_search=32)
+    metrics = stage.index_corpus(config, hash_embed, HASH_DIM, corpus_dir, tmp_path / "hnsw")
+    assert metrics["factory"] == "HNSW8,Flat" and metrics["index_type"] == "IndexHNSWFlat"
+    assert metrics["search_params"] == {"efSearch": 32} and metrics["recall@10"] >= 0.9
+
+
+def test_factory_override_builds_ivf_pq_with_refine(corpus_dir: Path, tmp_path: Path) -> None:
+    config = stage.BuildIndexConfig(factory="IVF2,PQ8x4,RFlat", nprobe=2, max_corpus=20)
+    metrics = stage.index_corpus(config, hash_embed, HASH_DIM, corpus_dir, tmp_path / "ivf")
+    assert metrics["index_type"] == "IndexRefineFlat(IndexIVFPQ)"
+    assert metrics["ntotal"] == 20 and metrics["rows_read"] == 20  # max_corpus: the first 20 rows
+    assert metrics["search_params"] == {"nprobe": 2, "k_factor_rf": 8.0}
+    assert metrics["recall@10"] == 1.0  # both lists probed, every candidate re-ranked exactly
+
+
+def refuse_to_embed(texts: list[str], kind: str) -> np.ndarray:
+    raise AssertionError("the input should have been rejected before any embedding")
+
+
+def test_invalid_factory_fails_before_embedding(corpus_dir: Path, tmp_path: Path) -> None:
+    for factory, message in [("HNSW,,Flat", "'HNSW,,Flat'"), ("IVF64,Flat", "64 inverted lists")]:
+        with pytest.raises(ValueError, match=message):
+            stage.index_corpus(
+                stage.BuildIndexConfig(factory=factory), refuse_to_embed, HASH_DIM, corpus_dir, tmp_path / "x"
+            )
+
+
+def test_dimension_mismatch_is_a_clear_error(corpus_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"shape \(\d+, 64\), expected \(\d+, 32\)"):
+        stage.index_corpus(stage.BuildIndexConfig(), hash_embed, 32, corpus_dir, tmp_path / "x")
+
+
+def test_bad_corpus_inputs(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        stage.corpus_shards(tmp_path / "missing")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(FileNotFoundError, match="no part-\\*.parquet"):
+        stage.corpus_shards(tmp_path / "nothing")
+    (tmp_path / "code_only").mkdir()
+    pq.write_table(pa.table({"code": ["def f(): pass"]}), tmp_path / "code_only" / "part-00000.parquet")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['repo', 'path', 'func_name', 'url', 'query'\]"):
+        stage.corpus_shards(tmp_path / "code_only")
+    write_shards([], tmp_path / "empty")
+    with pytest.raises(ValueError, match="is empty"):
+        stage.index_corpus(
+            stage.BuildIndexConfig(), refuse_to_embed, HASH_DIM, tmp_path / "empty", tmp_path / "o"
+        )
+    write_shards([{"query": "q", "code": ""}], tmp_path / "no_code")
+    with pytest.raises(ValueError, match="empty code; nothing to index"):
+        stage.index_corpus(
+            stage.BuildIndexConfig(), hash_embed, HASH_DIM, tmp_path / "no_code", tmp_path / "o"
+        )
+
+
+def test_main_reports_bad_input_without_a_traceback(
+    corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "out")
+    cases = [
+        (["--encoder", str(tmp_path / "no_encoder"), "--corpus", str(corpus_dir)], "not a directory"),
+        (["--encoder", "minilm", "--corpus", str(tmp_path / "no_corpus")], "does not exist"),
+        (["--encoder", "minilm", "--corpus", str(corpus_dir), "--pairs", str(tmp_path)], "no test/part"),
+        (
+            ["--encoder", "minilm", "--corpus", str(corpus_dir), "--flat-max", "10", "--hnsw-max", "5"],
+            "hnsw_max",
+        ),
+    ]
+    for argv, message in cases:
+        assert stage.main([*argv, "--out", out]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="use_gpu"):
+        stage.BuildIndexConfig(use_gpu="maybe").validate()
+    with pytest.raises(ConfigError, match="refine_k_factor"):
+        stage.BuildIndexConfig(refine_k_factor=0.5).validate()
+    with pytest.raises(ConfigError, match="recall_queries must be >= 1"):
+        stage.BuildIndexConfig(recall_queries=0).validate()
+    with pytest.raises(ConfigError, match="runtime"):
+        stage.BuildIndexConfig(runtime="tensorrt").validate()

@@ -1,0 +1,190 @@
+"""The evaluate stage end to end: real encoders (all-MiniLM-L6-v2 and a tiny semcode encoder) on tiny pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from semcode.config import ConfigError
+from semcode.data.pairs import write_shards
+from semcode.models.encoder import build_encoder
+from semcode.stages import evaluate as stage
+from semcode.tokenizer import SPECIAL_IDS, train_bpe
+
+# Docstring -> function pairs that a general-purpose sentence encoder should mostly match.
+PAIRS = [
+    (
+        "Read a JSON file and return the parsed object.",
+        "def read_json(path):\n    with open(path) as f:\n        return json.load(f)",
+    ),
+    (
+        "Sort a list of words by their length.",
+        "def sort_by_length(words):\n    return sorted(words, key=len)",
+    ),
+    ("Download a web page over HTTP.", "def fetch_page(url):\n    return urllib.request.urlopen(url).read()"),
+    ("Compute the factorial of n.", "def factorial(n):\n    return 1 if n <= 1 else n * factorial(n - 1)"),
+    ("Reverse a string.", "def reverse(text):\n    return text[::-1]"),
+    (
+        "Count the lines of a text file.",
+        "def count_lines(path):\n    with open(path) as f:\n        return sum(1 for _ in f)",
+    ),
+    ("Return the largest value in a list.", "def maximum(values):\n    return max(values)"),
+    (
+        "Check whether a number is prime.",
+        "def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, n))",
+    ),
+    (
+        "Remove duplicate items while keeping order.",
+        "def unique(items):\n    return list(dict.fromkeys(items))",
+    ),
+    (
+        "Convert degrees Celsius to Fahrenheit.",
+        "def to_fahrenheit(celsius):\n    return celsius * 9 / 5 + 32",
+    ),
+    # The same docstring on another function: each is a right answer to it, so it is excluded, not a distractor.
+    ("Reverse a string.", "def backwards(s):\n    return ''.join(reversed(s))"),
+]
+METRIC_NAMES = {"mrr", "recall@1", "recall@5", "recall@10", "ndcg@10", "median_rank", "n_queries"}
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pairs")
+    rows = [{"query": q, "code": c, "language": "python", "repo": "hand", "split": "test"} for q, c in PAIRS]
+    write_shards(rows, root / "test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer semcode encoder with a BPE tokenizer trained in-process."""
+    texts = [text for pair in PAIRS for text in pair] * 20
+    tokenizer = train_bpe(texts, vocab_size=400, min_frequency=1)
+    torch.manual_seed(0)
+    model = build_encoder("tiny", vocab_size=tokenizer.get_vocab_size(), pad_token_id=SPECIAL_IDS["pad"])
+    return model.save(tmp_path_factory.mktemp("tiny_encoder"), tokenizer)
+
+
+def read_metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_minilm_with_our_encoder_as_baseline_on_the_test_split(
+    pairs_dir: Path, tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    argv = ["--encoder", "minilm", "--pairs", str(pairs_dir), "--out", str(out), "--suites", "test"]
+    argv += ["--baseline-encoder", str(tiny_encoder_dir), "--n-distractors", "4", "--device", "cpu"]
+    assert stage.main(argv) == 0
+
+    metrics = read_metrics(out)
+    test = metrics["suites"]["test"]
+    assert test["n_queries"] == 11 and test["n_candidates"] == 11 and test["n_excluded_pairs"] == 2
+    assert test["candidates_per_query"]["csn"] == {"min": 5, "max": 5, "mean": 5.0}
+    assert test["candidates_per_query"]["full"]["min"] == 10  # the two "Reverse a string." queries
+    for protocol in ("csn", "full"):
+        assert set(test[protocol]) == {"model", "bm25", "zero_shot"}
+        for system_metrics in test[protocol].values():
+            assert set(system_metrics) == METRIC_NAMES
+    assert test["full"]["model"]["mrr"] > 0.8  # MiniLM on plain docstrings
+    assert test["full"]["model"]["mrr"] > test["full"]["zero_shot"]["mrr"]  # beats a random tiny encoder
+
+    assert metrics["primary"] == {"name": "test/full/model/mrr", "value": test["full"]["model"]["mrr"]}
+    assert metrics["kfp_metrics"]["test.full.model.mrr"] == test["full"]["model"]["mrr"]
+    assert metrics["kfp_metrics"]["test.csn.zero_shot.recall@5"] == test["csn"]["zero_shot"]["recall@5"]
+    assert all(isinstance(v, float) for v in metrics["kfp_metrics"].values())
+    assert metrics["skipped"] == {} and metrics["seconds"] > 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config_class"] == "EvaluateConfig" and saved["config"]["n_distractors"] == 4
+
+
+def test_our_encoder_on_humaneval_and_cosqa_skipped_when_absent(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    config = stage.EvaluateConfig(
+        suites=("humaneval", "cosqa"),
+        max_queries=10,
+        benchmarks_dir=str(tmp_path / "no-benchmarks"),
+        device="cpu",
+    )
+    metrics = stage.run(config, tiny_encoder_dir, None, tmp_path / "eval")
+    humaneval = metrics["suites"]["humaneval"]
+    assert humaneval["n_queries"] == 10 and humaneval["n_candidates"] == 164
+    assert humaneval["candidates_per_query"]["csn"]["max"] == 164  # fewer than 1000: all of them
+    assert set(humaneval["full"]) == {"model", "bm25"}
+    assert "cosqa" in metrics["skipped"] and "cosqa" not in metrics["suites"]
+    assert metrics["primary"]["name"] == "humaneval/full/model/mrr"
+
+
+def test_onnx_int8_runtime_ranks_like_torch(pairs_dir: Path, tmp_path: Path) -> None:
+    """The int8 ONNX runtime (the bundle's encoder) gives the same ranking quality as torch here."""
+    config = dict(suites=("test",), protocols=("full",), bm25=False, device="cpu")
+    by_runtime = {
+        runtime: stage.run(
+            stage.EvaluateConfig(runtime=runtime, **config), "minilm", pairs_dir, tmp_path / runtime
+        )
+        for runtime in ("torch", "onnx-int8")
+    }
+    mrr = {runtime: m["suites"]["test"]["full"]["model"]["mrr"] for runtime, m in by_runtime.items()}
+    assert mrr["onnx-int8"] > 0.8 and abs(mrr["onnx-int8"] - mrr["torch"]) < 0.1, mrr
+    saved = json.loads((tmp_path / "onnx-int8" / "config.json").read_text())
+    assert saved["config"]["runtime"] == "onnx-int8"
+
+
+def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "eval")
+    assert stage.main(["--encoder", str(tmp_path / "nope"), "--pairs", str(pairs_dir), "--out", out]) == 2
+    assert "encoder" in capsys.readouterr().err
+    (tmp_path / "train_out" / "encoder").mkdir(parents=True)
+    (tmp_path / "train_out" / "encoder" / "semcode_encoder.json").write_text("{}")
+    assert (
+        stage.main(["--encoder", str(tmp_path / "train_out"), "--pairs", str(pairs_dir), "--out", out]) == 2
+    )
+    assert f"did you mean {tmp_path / 'train_out' / 'encoder'}" in capsys.readouterr().err
+    assert stage.main(["--encoder", "minilm", "--pairs", str(tmp_path), "--out", out]) == 2
+    assert "test/part-" in capsys.readouterr().err
+    assert stage.main(["--encoder", "minilm", "--out", out]) == 2  # the test suite needs --pairs
+    assert "--pairs" in capsys.readouterr().err
+    assert (
+        stage.main(["--encoder", "minilm", "--pairs", str(pairs_dir), "--out", out, "--suites", "mbpp"]) == 2
+    )
+    assert "suites" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"suites": ()},
+        {"protocols": ("top1",)},
+        {"n_distractors": 0},
+        {"batch_size": 0},
+        {"max_queries": -1},
+        {"runtime": "tensorrt"},
+    ],
+)
+def test_config_validation(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        stage.EvaluateConfig(**bad).validate()
+
+
+def test_summary_table_and_flat_metrics() -> None:
+    suites = {
+        "test": {
+            "full": {"model": {"mrr": 0.5, "n_queries": 2}, "bm25": {"mrr": 0.25, "n_queries": 2}},
+            "n_queries": 2,
+            "candidates_per_query": {"full": {"min": 9, "max": 10, "mean": 9.5}},
+        }
+    }
+    table = stage.summary_table(suites)
+    assert "test  | full" in table and "9-10" in table and "0.5000" in table and "0.2500" in table
+    assert table.splitlines()[-1].rstrip().endswith("| -")  # no zero-shot baseline: no gap
+    assert stage.flatten_metrics(suites) == {"test.full.model.mrr": 0.5, "test.full.bm25.mrr": 0.25}
+    suites["test"]["full"]["zero_shot"] = {"mrr": 0.4, "n_queries": 2}
+    suites["test"]["model_vs"] = {
+        "full": {"zero_shot": {"mrr_difference": 0.1, "ci95_low": -0.05, "ci95_high": 0.25}}
+    }
+    assert "| +0.1000 (-0.0500..+0.2500)" in stage.summary_table(suites)

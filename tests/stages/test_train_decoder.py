@@ -1,0 +1,305 @@
+"""Stage train_decoder on CPU with DeepSpeed: tiny real data, a BPE tokenizer and a tiny encoder made here.
+
+The functions and docstrings are the encoder stage test's (a verb, a noun, an argument, a method); the
+frozen encoder is a freshly initialised tiny one (the stage only embeds with it). One module-scoped run
+(via ``main``) is inspected by several tests; the resume test replays its second half from a checkpoint
+and must reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_encoder import make_pair
+from two_ranks import run_two_ranks
+
+from semcode.config import ConfigError
+from semcode.data.pairs import write_shards
+from semcode.stages import train_decoder
+from semcode.stages.train_decoder import TrainDecoderConfig
+
+TRAIN_FLAGS = [
+    "--size",
+    "tiny",
+    "--prefix-tokens",
+    "4",
+    "--max-length",
+    "64",
+    "--batch-size",
+    "8",
+    "--max-steps",
+    "12",
+    "--lr",
+    "3e-3",
+    "--warmup-steps",
+    "2",
+    "--eval-every",
+    "6",
+    "--checkpoint-every",
+    "6",
+    "--keep-checkpoints",
+    "0",
+    "--max-valid-pairs",
+    "16",
+    "--max-eval-pairs",
+    "24",
+    "--generate-samples",
+    "4",
+    "--generate-max-tokens",
+    "24",
+    "--query-share",
+    "0.25",
+    "--seed",
+    "3",
+    "--rerank-candidates",
+    "3",
+]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """pairs/ (train 96, valid 24, test 40), our BPE tokenizer and a tiny random encoder."""
+    from semcode.models.encoder import build_encoder
+    from semcode.tokenizer import save_tokenizer, train_bpe
+
+    root = tmp_path_factory.mktemp("train_decoder_data")
+    rng = random.Random(0)
+    pairs = [make_pair(rng, i) for i in range(160)]
+    for split, rows in (("train", pairs[:96]), ("valid", pairs[96:120]), ("test", pairs[120:])):
+        write_shards(rows, root / "pairs" / split)
+    tokenizer = train_bpe([p["query"] for p in pairs] + [p["code"] for p in pairs], vocab_size=500)
+    save_tokenizer(tokenizer, root / "tokenizer", model_max_length=64)
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", tokenizer.get_vocab_size(), 0, max_length=64)
+    encoder.save(root / "encoder", root / "tokenizer")
+    return root / "pairs", root / "tokenizer", root / "encoder"
+
+
+def run_main(data_dirs: tuple[Path, Path, Path], out: Path, *extra: str) -> int:
+    pairs_dir, tokenizer_dir, encoder_dir = data_dirs
+    return train_decoder.main(
+        [
+            "--encoder",
+            str(encoder_dir),
+            "--pairs",
+            str(pairs_dir),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(out),
+            *TRAIN_FLAGS,
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(data_dirs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train_decoder_run") / "run"
+    assert run_main(data_dirs, out) == 0
+    return out
+
+
+def test_main_writes_the_decoder_metrics_and_history(trained: Path):
+    for name in ("config.json", "deepspeed_config.json", "history.json", "metrics.json", "samples.jsonl"):
+        assert (trained / name).is_file(), name
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "prefix.safetensors",
+        "semcode_decoder.json",
+        "tokenizer.json",
+    ):
+        assert (trained / "decoder" / name).is_file(), name
+    assert sorted(p.name for p in (trained / "checkpoints").glob("step-*")) == ["step-000006", "step-000012"]
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["steps"] == metrics["total_steps"] == 12 and metrics["stopped_by"] == "steps"
+    assert metrics["train_functions"] == 96 and metrics["train_from_docstring"] == 24  # query_share 0.25
+    assert metrics["eval_functions"] == 24 and metrics["generated_samples"] == 4
+    assert metrics["tokens_per_second"] > 0 and metrics["embed_seconds"] > 0
+    for name in (
+        "test_loss",
+        "test_perplexity",
+        "test_token_accuracy",
+        "parse_rate",
+        "bleu",
+        "round_trip_recall@1",
+        "round_trip_recall@10",
+        "query_parse_rate",
+        "query_round_trip_recall@10",
+    ):
+        assert isinstance(metrics[name], float), name
+    assert metrics["test_perplexity"] == pytest.approx(np.exp(metrics["test_loss"]))
+    assert (
+        0 <= metrics["parse_rate"] <= 1 and metrics["round_trip_recall@1"] <= metrics["round_trip_recall@10"]
+    )
+    stops = metrics["stopped_by_eos"] + metrics["stopped_by_function_end"] + metrics["stopped_by_max_tokens"]
+    assert stops == pytest.approx(1.0)
+
+    history = json.loads((trained / "history.json").read_text())
+    assert [e["step"] for e in history["steps"]] == list(range(1, 13))
+    assert history["steps"][-1]["loss"] < history["steps"][0]["loss"]  # it learns something
+    assert [e["step"] for e in history["evals"]] == [6, 12]
+    assert {"loss", "perplexity", "token_accuracy"} <= set(history["evals"][0])
+    samples = [json.loads(line) for line in (trained / "samples.jsonl").read_text().splitlines()]
+    assert [(s["from"], s["decoding"]) for s in samples] == (
+        [("code", "greedy")] * 4
+        + [("code", "reranked")] * 4
+        + [("query", "greedy")] * 4
+        + [("query", "reranked")] * 4
+    )
+    # Best of 3: every reranked sample is one the decoder could write; a parseable greedy one is never
+    # swapped for an unparseable sample.
+    for greedy, reranked in zip(samples[:4], samples[4:8], strict=True):
+        assert reranked["parses"] or not greedy["parses"]
+    assert metrics["rerank_candidates"] == 3 and metrics["reranked_parse_rate"] >= metrics["parse_rate"]
+    for name in ("reranked_round_trip_recall@10", "query_reranked_parse_rate", "reranked_bleu"):
+        assert isinstance(metrics[name], float), name
+    meta = json.loads((trained / "decoder" / "semcode_decoder.json").read_text())
+    assert meta["prefix_tokens"] == 4 and meta["embedding_dim"] == 64 and meta["max_length"] == 64
+    assert meta["generation"] == {
+        "repetition_penalty": 1.2,
+        "candidates": 3,
+        "temperature": 0.5,
+        "top_p": 0.95,
+    }
+
+
+def test_saved_decoder_reproduces_the_test_loss(trained: Path, data_dirs):
+    """The decoder directory alone (and the encoder) gives back the stage's teacher-forced test loss."""
+    from semcode.decoding import reconstruction_metrics
+    from semcode.embed import load_embed_fn
+    from semcode.models.decoder import code_token_ids, load_decoder, load_decoder_tokenizer
+    from semcode.train.data import load_pairs
+
+    pairs_dir, _, encoder_dir = data_dirs
+    model, _ = load_decoder(trained)
+    tokenizer = load_decoder_tokenizer(trained)
+    test = load_pairs(pairs_dir, "test", 24, seed=3, unique_codes=True)
+    embed, _ = load_embed_fn(str(encoder_dir), device="cpu")
+    values = reconstruction_metrics(
+        model, code_token_ids(tokenizer, test.codes, 64), embed(test.codes, "code")
+    )
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert values["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+
+
+def test_resume_replays_the_run_exactly(trained: Path, data_dirs, tmp_path: Path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    # Pretend the run died after step 6: drop the last checkpoint, point `latest` back.
+    shutil.rmtree(out / "checkpoints" / "step-000012")
+    (out / "checkpoints" / "latest").write_text("step-000006\n")
+    assert run_main(data_dirs, out, "--resume") == 0
+    original = json.loads((trained / "history.json").read_text())
+    resumed = json.loads((out / "history.json").read_text())
+    assert [e["loss"] for e in resumed["steps"]] == [e["loss"] for e in original["steps"]]
+    last = "checkpoints/step-000012/model.safetensors"
+    original_weights, resumed_weights = load_file(trained / last), load_file(out / last)
+    for name, tensor in original_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+    assert json.loads((out / "metrics.json").read_text())["steps_this_run"] == 6
+
+
+def test_bad_inputs_fail_before_training(data_dirs, trained: Path, tmp_path: Path):
+    pairs_dir, tokenizer_dir, encoder_dir = data_dirs
+    config = TrainDecoderConfig(size="tiny", batch_size=8)
+    with pytest.raises(FileNotFoundError, match="no train/part-"):
+        train_decoder.run(config, encoder_dir, tmp_path / "nowhere", tokenizer_dir, tmp_path / "out")
+    train_only = tmp_path / "train_only"
+    shutil.copytree(pairs_dir / "train", train_only / "train")
+    with pytest.raises(FileNotFoundError, match="no test/part-"):
+        train_decoder.run(config, encoder_dir, train_only, tokenizer_dir, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        train_decoder.run(config, encoder_dir, pairs_dir, tmp_path, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="encoder"):
+        train_decoder.run(config, tmp_path / "no_encoder", pairs_dir, tokenizer_dir, tmp_path / "out")
+    with pytest.raises(ValueError, match="earlier run's checkpoints; pass --resume"):
+        train_decoder.run(config, encoder_dir, pairs_dir, tokenizer_dir, trained)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        short = TrainDecoderConfig(size="tiny", max_length=8)  # no function fits in 8 tokens
+        train_decoder.run(short, encoder_dir, pairs_dir, tokenizer_dir, tmp_path / "out")
+    for bad in ({"rerank_candidates": 0}, {"rerank_temperature": 0.0}, {"rerank_top_p": 1.5}):
+        with pytest.raises(ConfigError, match="rerank"):
+            TrainDecoderConfig(**bad).validate()
+    with pytest.raises(ConfigError, match="query_share"):
+        TrainDecoderConfig(query_share=1.5).validate()
+    assert not (tmp_path / "out").exists()
+    assert (
+        train_decoder.main(["--encoder", "x", "--pairs", str(tmp_path), "--tokenizer", "t", "--out", "o"])
+        == 2
+    )
+
+
+@pytest.mark.slow
+def test_two_ranks_with_zero2_resume_identically(data_dirs, tmp_path: Path):
+    """Two CPU processes (torchrun, gloo), ZeRO 2: each rank its own data slice, optimizer shard, RNG."""
+
+    pairs_dir, tokenizer_dir, encoder_dir = data_dirs
+    flags = [
+        "--size",
+        "tiny",
+        "--max-length",
+        "64",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--keep-checkpoints",
+        "0",
+        "--zero-stage",
+        "2",
+        "--max-valid-pairs",
+        "0",
+        "--max-eval-pairs",
+        "16",
+        "--generate-samples",
+        "2",
+        "--generate-max-tokens",
+        "8",
+    ]
+
+    def launch(out: Path, *extra: str) -> None:
+        run_two_ranks(
+            "semcode.stages.train_decoder",
+            "--encoder",
+            str(encoder_dir),
+            "--pairs",
+            str(pairs_dir),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(out),
+            *flags,
+            *extra,
+        )
+
+    launch(tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000006")
+    (tmp_path / "resumed" / "checkpoints" / "latest").write_text("step-000003\n")
+    launch(tmp_path / "resumed", "--resume")
+    full = json.loads((tmp_path / "full" / "history.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [e["loss"] for e in resumed["steps"]] == [e["loss"] for e in full["steps"]]
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and "parse_rate" in metrics
+    last = "checkpoints/step-000006/model.safetensors"
+    full_weights, resumed_weights = (
+        load_file(tmp_path / "full" / last),
+        load_file(tmp_path / "resumed" / last),
+    )
+    assert all(torch.equal(resumed_weights[name], tensor) for name, tensor in full_weights.items())

@@ -1,0 +1,440 @@
+"""Stage train_encoder on CPU with DeepSpeed: tiny real data, a tokenizer trained here, a tiny encoder.
+
+The pairs look like small Python functions and their one-line docstrings; a query shares its rare words
+(verb, noun, argument, method) with its code, so a model that learns anything ranks the gold code first.
+One module-scoped training run (via ``main``) is inspected by several tests; the resume test replays its
+second half from a checkpoint and must reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from two_ranks import run_two_ranks
+
+from semcode.config import ConfigError
+from semcode.data.pairs import write_shards
+from semcode.stages import train_encoder
+from semcode.stages.train_encoder import TrainEncoderConfig
+from semcode.train.data import load_pairs
+
+VERBS = [
+    "parse",
+    "render",
+    "merge",
+    "compress",
+    "validate",
+    "serialize",
+    "fetch",
+    "normalize",
+    "encrypt",
+    "index",
+]
+NOUNS = [
+    "invoice",
+    "glyph",
+    "manifest",
+    "tensor",
+    "ledger",
+    "sitemap",
+    "palette",
+    "tarball",
+    "cookie",
+    "quaternion",
+    "histogram",
+    "playlist",
+    "waveform",
+    "mailbox",
+    "schema",
+    "thumbnail",
+    "polygon",
+    "journal",
+    "bitmap",
+    "vertex",
+]
+ARGS = ["payload", "stream", "records", "buffer", "handle", "rows", "blob", "chunks"]
+METHODS = ["decode", "flatten", "strip", "sorted_keys", "checksum", "as_dict", "rewind", "split_lines"]
+
+TRAIN_FLAGS = [
+    "--size",
+    "tiny",
+    "--max-length",
+    "64",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "3",
+    "--lr",
+    "2e-3",
+    "--warmup-steps",
+    "3",
+    "--eval-every",
+    "12",
+    "--checkpoint-every",
+    "12",
+    "--keep-checkpoints",
+    "0",
+    "--hard-negative-weight",
+    "0.2",
+    "--max-hard-negatives",
+    "2",
+    "--max-valid-pairs",
+    "40",
+    "--seed",
+    "7",
+]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+def make_pair(rng: random.Random, index: int) -> dict:
+    verb, noun, arg, method = rng.choice(VERBS), rng.choice(NOUNS), rng.choice(ARGS), rng.choice(METHODS)
+    code = (
+        f"def {verb}_{noun}_{index}({arg}, strict=False):\n"
+        f"    result = {arg}.{method}()\n"
+        f"    if strict and not result:\n"
+        f"        raise ValueError('empty {noun}')\n"
+        f"    return result\n"
+    )
+    query = f"{verb.capitalize()} the {noun} from a {arg} with {method}."
+    return {
+        "query": query,
+        "code": code,
+        "language": "python",
+        "repo": f"repo{index % 17}",
+        "func_name": f"{verb}_{noun}_{index}",
+        "path": "mod.py",
+        "url": f"python://repo/mod.py#L{index}",
+    }
+
+
+def test_data_order_is_seeded_and_split_across_ranks():
+    from semcode.train.data import epoch_batches
+
+    one = epoch_batches(50, 8, seed=3, epoch=1)
+    assert len(one) == 6 and all(len(b) == 8 for b in one)  # the incomplete batch is dropped
+    assert all((a == b).all() for a, b in zip(one, epoch_batches(50, 8, seed=3, epoch=1), strict=True))
+    assert not (one[0] == epoch_batches(50, 8, seed=3, epoch=2)[0]).all()  # each epoch reshuffles
+    ranks = [epoch_batches(50, 4, seed=3, epoch=1, rank=r, world_size=2) for r in range(2)]
+    for global_batch, part0, part1 in zip(one, *ranks, strict=True):  # two ranks see one rank's pairs
+        assert (global_batch == np.concatenate([part0, part1])).all()
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from semcode.tokenizer import save_tokenizer, train_bpe
+
+    root = tmp_path_factory.mktemp("train_encoder_data")
+    rng = random.Random(0)
+    pairs = [make_pair(rng, i) for i in range(280)]
+    train, valid, test = pairs[:200], pairs[200:240], pairs[240:]
+    for i, row in enumerate(train[:60]):  # some rows carry mined hard negatives: other pairs' code
+        row["hard_negatives"] = [train[(i + 1) % 200]["code"], train[(i + 2) % 200]["code"]][: 1 + i % 2]
+    for split, rows in (("train", train), ("valid", valid), ("test", test)):
+        write_shards(rows, root / "pairs" / split)
+    tokenizer = train_bpe([p["query"] for p in pairs] + [p["code"] for p in pairs], vocab_size=600)
+    save_tokenizer(tokenizer, root / "tokenizer", model_max_length=64)
+    return root / "pairs", root / "tokenizer"
+
+
+@pytest.fixture(scope="module")
+def trained(data_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pairs_dir, tokenizer_dir = data_dirs
+    out = tmp_path_factory.mktemp("train_encoder_run") / "run"
+    code = train_encoder.main(
+        ["--pairs", str(pairs_dir), "--tokenizer", str(tokenizer_dir), "--out", str(out), *TRAIN_FLAGS]
+    )
+    assert code == 0
+    return out
+
+
+def test_main_writes_documented_outputs(trained: Path):
+    for name in ("config.json", "deepspeed_config.json", "history.json", "metrics.json"):
+        assert (trained / name).is_file(), name
+    encoder_dir = trained / "encoder"
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "semcode_encoder.json",
+    ):
+        assert (encoder_dir / name).is_file(), name
+    checkpoints = trained / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000012", "step-000024", "step-000036"]
+    assert (checkpoints / "latest").read_text().strip() == "step-000036"
+    assert (trained / "best" / "model.safetensors").is_file()
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["steps"] == metrics["total_steps"] == 36  # 200 pairs // 16 = 12 steps x 3 epochs
+    assert metrics["stopped_by"] == "steps"
+    assert metrics["pairs_per_second"] > 0 and metrics["train_seconds"] > 0
+    assert metrics["final_model"] == "best"
+    assert metrics["zero_shot_valid_mrr"] is None  # from scratch: no step-0 evaluation
+    ds_config = json.loads((trained / "deepspeed_config.json").read_text())
+    assert ds_config["train_micro_batch_size_per_gpu"] == 16 and ds_config["zero_optimization"]["stage"] == 0
+    config = json.loads((trained / "config.json").read_text())["config"]
+    assert config["hard_negative_weight"] == 0.2 and config["size"] == "tiny"
+
+    history = json.loads((trained / "history.json").read_text())
+    assert [e["step"] for e in history["steps"]] == list(range(1, 37))
+    assert {"loss", "contrastive", "hard", "lr"} <= set(history["steps"][0])
+    assert any(e["hard"] > 0 for e in history["steps"])  # rows with hard negatives fed the hard term
+    assert [e["step"] for e in history["evals"]] == [12, 24, 36]
+    assert history["best"]["mrr"] == max(e["mrr"] for e in history["evals"]) == metrics["best_valid_mrr"]
+
+
+def test_training_raises_validation_mrr(trained: Path, data_dirs: tuple[Path, Path]):
+    from transformers import AutoTokenizer
+
+    from semcode.models.encoder import build_encoder, load_encoder
+    from semcode.train.data import load_pairs
+    from semcode.train.engine import seed_everything
+
+    pairs_dir, tokenizer_dir = data_dirs
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    valid = load_pairs(pairs_dir, "valid", 40, seed=7, unique_codes=True)
+    seed_everything(7)  # the untrained model the run started from
+    untrained = build_encoder("tiny", len(tokenizer), tokenizer.pad_token_id, max_length=64)
+    before = train_encoder.validation_metrics(untrained, tokenizer, valid, 64, "cpu")["mrr"]
+
+    shipped = load_encoder(trained / "encoder")
+    after = train_encoder.validation_metrics(shipped, tokenizer, valid, 64, "cpu")["mrr"]
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert after == pytest.approx(metrics["best_valid_mrr"], abs=1e-5)  # the shipped model is the best one
+    assert after > max(0.5, 2 * before), (before, after)
+    history = json.loads((trained / "history.json").read_text())
+    assert history["steps"][-1]["loss"] < history["steps"][0]["loss"]
+
+
+def test_resume_replays_the_run_exactly(trained: Path, data_dirs: tuple[Path, Path], tmp_path: Path):
+    pairs_dir, tokenizer_dir = data_dirs
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    # Pretend the run died after step 24: drop the last checkpoint, point `latest` back.
+    shutil.rmtree(out / "checkpoints" / "step-000036")
+    (out / "checkpoints" / "latest").write_text("step-000024\n")
+    code = train_encoder.main(
+        [
+            "--pairs",
+            str(pairs_dir),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(out),
+            *TRAIN_FLAGS,
+            "--resume",
+        ]
+    )
+    assert code == 0
+    original = json.loads((trained / "history.json").read_text())
+    resumed = json.loads((out / "history.json").read_text())
+    assert [e["loss"] for e in resumed["steps"]] == [e["loss"] for e in original["steps"]]
+    assert [e["mrr"] for e in resumed["evals"]] == [e["mrr"] for e in original["evals"]]
+    last = "checkpoints/step-000036/model.safetensors"
+    original_weights, resumed_weights = load_file(trained / last), load_file(out / last)
+    for name, tensor in original_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps_this_run"] == 12
+
+
+def test_init_from_checkpoint_evaluates_zero_shot_and_uses_its_tokenizer(trained: Path, data_dirs, tmp_path):
+    pairs_dir, _ = data_dirs
+    config = TrainEncoderConfig(
+        init_from=str(trained / "encoder"),
+        max_length=64,
+        batch_size=16,
+        max_steps=2,
+        lr=1e-4,
+        eval_every=0,
+        checkpoint_every=0,
+        max_valid_pairs=40,
+        seed=7,
+        distill_weight=1.0,
+    )
+    metrics = train_encoder.run(config, pairs_dir, None, tmp_path / "ft")
+    original = json.loads((trained / "metrics.json").read_text())
+    assert metrics["zero_shot_valid_mrr"] == pytest.approx(original["best_valid_mrr"], abs=1e-5)
+    assert metrics["steps"] == 2 and metrics["init_from"] == str(trained / "encoder")
+    assert (tmp_path / "ft" / "encoder" / "tokenizer.json").is_file()
+    # The starting checkpoint is the distillation teacher: its term is logged, small but not zero at step 1
+    # (the student's dropout makes its scores differ from the teacher's in eval mode).
+    steps = json.loads((tmp_path / "ft" / "history.json").read_text())["steps"]
+    assert all(0.0 < entry["distill"] < entry["contrastive"] for entry in steps)
+    with pytest.raises(ConfigError, match="distill_weight 1.0 needs init_from"):
+        TrainEncoderConfig(distill_weight=1.0).validate()
+
+
+def test_epochs_0_passes_init_from_on_unchanged(trained: Path, data_dirs, tmp_path):
+    """No training: the rounds of src/semcode/configs/with_hard_negatives.yaml start from an earlier run's encoder."""
+    pairs_dir, _ = data_dirs
+    config = TrainEncoderConfig(
+        init_from=str(trained / "encoder"), epochs=0, max_length=64, max_valid_pairs=40
+    )
+    metrics = train_encoder.run(config, pairs_dir, None, tmp_path / "same")
+    original = json.loads((trained / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["final_model"] == "init_from"
+    assert metrics["best_valid_mrr"] == pytest.approx(original["best_valid_mrr"], abs=1e-5)
+    before = load_file(trained / "encoder" / "model.safetensors")
+    after = load_file(tmp_path / "same" / "encoder" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((tmp_path / "same" / "history.json").read_text())["evals"][0]["step"] == 0
+    with pytest.raises(ConfigError, match="epochs must be >= 1, or 0"):
+        TrainEncoderConfig(epochs=0).validate()  # nothing to pass on without init_from
+
+
+def test_inference_max_length_is_what_the_saved_encoder_and_validation_use(
+    trained: Path, data_dirs, tmp_path
+):
+    """Train at max_length, ship (and select on validation) at inference_max_length."""
+    from transformers import AutoTokenizer
+
+    from semcode.models.encoder import load_encoder
+
+    pairs_dir, _ = data_dirs
+    config = TrainEncoderConfig(
+        init_from=str(trained / "encoder"),
+        epochs=0,
+        max_length=64,
+        inference_max_length=16,
+        max_valid_pairs=40,
+    )
+    metrics = train_encoder.run(config, pairs_dir, None, tmp_path / "short")
+    saved = tmp_path / "short" / "encoder"
+    assert json.loads((saved / "semcode_encoder.json").read_text())["max_length"] == 16
+    assert json.loads((saved / "sentence_bert_config.json").read_text())["max_seq_length"] == 16
+    model, tokenizer = load_encoder(saved), AutoTokenizer.from_pretrained(str(saved))
+    valid = load_pairs(pairs_dir, "valid", 40, config.seed, unique_codes=True)
+    at_16 = train_encoder.validation_metrics(model, tokenizer, valid, 64, "cpu", 16)
+    at_64 = train_encoder.validation_metrics(model, tokenizer, valid, 64, "cpu", 64)
+    assert metrics["best_valid_mrr"] == pytest.approx(at_16["mrr"], abs=1e-6) != pytest.approx(at_64["mrr"])
+    too_long = TrainEncoderConfig(
+        init_from=str(trained / "encoder"), epochs=0, max_length=64, inference_max_length=65
+    )
+    with pytest.raises(ConfigError, match="inference_max_length 65 exceeds the encoder's 64 positions"):
+        train_encoder.run(too_long, pairs_dir, None, tmp_path / "long")
+    with pytest.raises(ConfigError, match="inference_max_length must be 0 or >= 8"):
+        TrainEncoderConfig(inference_max_length=4).validate()
+
+
+def test_time_budget_stops_with_a_final_checkpoint(data_dirs, tmp_path):
+    pairs_dir, tokenizer_dir = data_dirs
+    config = TrainEncoderConfig(
+        size="tiny",
+        max_length=32,
+        batch_size=8,
+        epochs=50,
+        time_budget_minutes=1e-6,
+        eval_every=0,
+        checkpoint_every=0,
+        max_valid_pairs=16,
+    )
+    metrics = train_encoder.run(config, pairs_dir, tokenizer_dir, tmp_path / "budget")
+    assert metrics["stopped_by"] == "time_budget" and metrics["steps"] == 1
+    assert (tmp_path / "budget" / "checkpoints" / "latest").read_text().strip() == "step-000001"
+    assert (tmp_path / "budget" / "encoder" / "model.safetensors").is_file()
+
+
+def test_bad_inputs_fail_before_training(data_dirs, trained, tmp_path):
+    pairs_dir, tokenizer_dir = data_dirs
+    config = TrainEncoderConfig(size="tiny")
+    with pytest.raises(FileNotFoundError, match="no train/part-"):
+        train_encoder.run(config, tmp_path / "nowhere", tokenizer_dir, tmp_path / "out")
+    empty = tmp_path / "empty"
+    write_shards([], empty / "train")
+    with pytest.raises(ValueError, match="0 usable pairs"):
+        train_encoder.run(config, empty, tokenizer_dir, tmp_path / "out")
+    with pytest.raises(ValueError, match="tokenizer directory is required"):
+        train_encoder.run(config, pairs_dir, None, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        train_encoder.run(config, pairs_dir, tmp_path, tmp_path / "out")
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        TrainEncoderConfig(batch_size=1).validate()
+    with pytest.raises(ValueError, match="earlier run's checkpoints; pass --resume"):
+        train_encoder.run(config, pairs_dir, tokenizer_dir, trained)  # would mix two runs
+    assert not (tmp_path / "out").exists()
+    assert train_encoder.main(["--pairs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.slow
+def test_minilm_fine_tuning_improves_on_zero_shot(data_dirs, tmp_path):
+    pairs_dir, _ = data_dirs
+    config = TrainEncoderConfig(
+        init_from="minilm",
+        max_length=64,
+        batch_size=16,
+        max_steps=12,
+        lr=5e-5,
+        eval_every=6,
+        checkpoint_every=0,
+        max_valid_pairs=40,
+    )
+    metrics = train_encoder.run(config, pairs_dir, None, tmp_path / "minilm")
+    assert metrics["best_valid_mrr"] >= metrics["zero_shot_valid_mrr"]
+
+
+@pytest.mark.slow
+def test_two_ranks_with_zero2_resume_identically(data_dirs, tmp_path):
+    """Two CPU processes (torchrun, gloo), ZeRO 2: each rank its own data slice, optimizer shard, RNG."""
+
+    pairs_dir, tokenizer_dir = data_dirs
+    flags = [
+        "--size",
+        "tiny",
+        "--max-length",
+        "64",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "12",
+        "--eval-every",
+        "6",
+        "--checkpoint-every",
+        "6",
+        "--keep-checkpoints",
+        "0",
+        "--zero-stage",
+        "2",
+        "--max-valid-pairs",
+        "40",
+    ]
+
+    def launch(out: Path, *extra: str) -> None:
+        run_two_ranks(
+            "semcode.stages.train_encoder",
+            "--pairs",
+            str(pairs_dir),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(out),
+            *flags,
+            *extra,
+        )
+
+    launch(tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000012")
+    (tmp_path / "resumed" / "checkpoints" / "latest").write_text("step-000006\n")
+    launch(tmp_path / "resumed", "--resume")
+    for name in ("full", "resumed"):
+        assert (tmp_path / name / "checkpoints" / "step-000012" / "rng_state_rank1.pt").is_file()
+    full = json.loads((tmp_path / "full" / "history.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [e["loss"] for e in resumed["steps"]] == [e["loss"] for e in full["steps"]]
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text())["world_size"] == 2
+    last = "checkpoints/step-000012/model.safetensors"
+    full_weights, resumed_weights = (
+        load_file(tmp_path / "full" / last),
+        load_file(tmp_path / "resumed" / last),
+    )
+    assert all(torch.equal(resumed_weights[name], tensor) for name, tensor in full_weights.items())
