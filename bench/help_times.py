@@ -33,7 +33,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print("| command | --help seconds (best of %d) |\n|---|---|" % args.repeat)
+    print(f"| command | --help seconds (best of {args.repeat}) |\n|---|---|")
     for command in COMMANDS:
         print(f"| {command} | {help_seconds(command, args.repeat):.2f} |")
 

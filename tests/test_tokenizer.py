@@ -164,6 +164,42 @@ def test_metrics_and_fertility_are_sane(tiny_tokenizer_dir: Path) -> None:
     assert 2 < code["tokens_per_line"] < 30
     assert 0 <= code["share_over_max_length"] <= 1
     assert metrics["fertility"]["query"]["texts"] > 20
+    by_language = metrics["fertility"]["by_language"]
+    assert set(by_language) == {"python"}  # the test split's languages
+    assert by_language["python"]["code"]["texts"] == code["texts"]
+
+
+def test_fertility_is_reported_per_language(tmp_path: Path) -> None:
+    """Two languages in pairs/test: each gets its own fertility, over its own rows only."""
+    from semcode.data.pairs import write_shards
+    from semcode.stages import train_tokenizer
+
+    python_rows = [
+        {"query": f"add {i} to x", "code": f"def add_{i}(x):\n    return x + {i}\n"} for i in range(6)
+    ]
+    go_rows = [
+        {"query": f"add {i} to x", "code": f"func Add{i}(x int) int {{\n\treturn x + {i}\n}}\n"}
+        for i in range(4)
+    ]
+    rows = [{**row, "language": "python"} for row in python_rows] + [
+        {**row, "language": "go"} for row in go_rows
+    ]
+    write_shards(
+        [{**row, "repo": "r", "path": "p", "func_name": "f", "url": "u", "split": "test"} for row in rows],
+        tmp_path / "pairs" / "test",
+    )
+    write_shards(
+        [
+            {**row, "repo": "r", "path": "p", "func_name": "f", "url": "u", "split": "train"}
+            for row in rows * 20
+        ],
+        tmp_path / "corpus",
+    )
+    config = train_tokenizer.TrainTokenizerConfig(vocab_size=300, min_frequency=1)
+    metrics = train_tokenizer.run(config, tmp_path / "corpus", tmp_path / "out", pairs_dir=tmp_path / "pairs")
+    by_language = metrics["fertility"]["by_language"]
+    assert sorted(by_language) == ["go", "python"]
+    assert by_language["python"]["code"]["texts"] == 6 and by_language["go"]["code"]["texts"] == 4
 
 
 def test_fertility_counts() -> None:

@@ -12,6 +12,7 @@ def ingest(
     corpus: Output[Dataset],
     metrics: Output[Metrics],
     sources: list,
+    languages: list,
     max_files_per_source: int,
     corpus_near_dup: bool,
     workers: int,
@@ -23,9 +24,10 @@ def ingest(
         corpus: every extracted function, the code to index and to train the tokenizer on.
         metrics: counts for the KFP UI (pairs, corpus rows, split sizes).
         sources: source specs KIND:LOCATION, e.g. python:stdlib, dir:s3://bucket/repo.
+        languages: languages read from dir: and JSONL sources, e.g. [go, java] ([] = all ten).
         max_files_per_source: read at most this many files per source (0 = all).
         corpus_near_dup: also remove near duplicates from the corpus.
-        workers: processes that parse Python files.
+        workers: processes that parse source files.
     """
     import shutil
     import tempfile
@@ -39,6 +41,7 @@ def ingest(
         stage.IngestConfig,
         {
             "sources": sources,
+            "languages": languages,
             "max_files_per_source": max_files_per_source,
             "corpus_near_dup": corpus_near_dup,
             "workers": workers,

@@ -87,9 +87,14 @@ def parse_params(params: list[str] | None) -> dict[str, dict]:
 
 
 def prepare(
-    preset_name: str, sources: list[str] | None, registry: str, params: list[str] | None = None
+    preset_name: str,
+    sources: list[str] | None,
+    registry: str,
+    params: list[str] | None = None,
+    languages: list[str] | None = None,
 ) -> tuple[dict, dict[str, Any]]:
-    """(validated stage configs, pipeline arguments) of a preset with --param, --source and --registry.
+    """(validated stage configs, pipeline arguments) of a preset with --param, --source, --languages and
+    --registry.
 
     Raises ConfigError for a bad preset or parameter and IngestError for a source that does not exist,
     before any task runs.
@@ -97,7 +102,9 @@ def prepare(
     overrides = parse_params(params)
     overrides.setdefault("gate", {})["registry"] = registry
     if sources:
-        overrides["ingest"] = {"sources": list(sources)}
+        overrides.setdefault("ingest", {})["sources"] = list(sources)
+    if languages:
+        overrides.setdefault("ingest", {})["languages"] = list(languages)
     preset = cfg.load_yaml(preset_name)
     configs = pipeline_params.resolve_configs(preset, preset_name, overrides)
     ingest.check_sources(configs["ingest"])
@@ -167,11 +174,12 @@ def run(
     registry: str | None = None,
     cache: bool = False,
     params: list[str] | None = None,
+    languages: list[str] | None = None,
 ) -> dict:
     """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json)."""
     runs_dir = Path(runs_dir)
     registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
-    configs, arguments = prepare(preset_name, sources, registry, params)
+    configs, arguments = prepare(preset_name, sources, registry, params, languages)
     pipeline_params.check_arguments(arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}")
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir / run_id
@@ -241,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the training pipeline locally (kfp.local, CPU): ingest, tokenizer, encoder, evaluation, "
         "index, ONNX export, gate and publish, with artifacts under <runs-dir>/<run-id>/.",
         epilog="examples:\n  semcode run\n  semcode run --preset tiny --source dir:./myrepo --run-id try1\n"
+        "  semcode run --preset tiny --source dir:./service --languages go,java\n"
         "  semcode run --preset tiny --registry s3://models/registry --cache\n"
         "  semcode run --preset with_hard_negatives --param train_encoder_init_from=runs/<run-id>/bundle/encoder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--preset", default="local", help="preset name in configs/ or a YAML path (default: local)"
+        "--preset", default="local", help="preset name (semcode/configs/) or a YAML path (default: local)"
     )
     parser.add_argument(
         "--source",
@@ -254,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="SPEC",
         help="source spec, repeatable; replaces the preset's ingest sources",
+    )
+    parser.add_argument(
+        "--languages",
+        action="append",
+        default=None,
+        metavar="LANG[,LANG]",
+        help="read only these languages from dir: and JSONL sources (default: all ten: python, go, java, "
+        "javascript, typescript, ruby, php, rust, c, cpp); repeatable or comma-separated",
     )
     parser.add_argument(
         "--registry",
@@ -287,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             registry=args.registry,
             cache=args.cache,
             params=args.param,
+            languages=[
+                name.strip() for value in args.languages or [] for name in value.split(",") if name.strip()
+            ],
         )
     except (cfg.ConfigError, ValueError, FileExistsError, FileNotFoundError, storage.StorageError) as error:
         print(f"semcode run: error: {error}", file=sys.stderr)

@@ -120,6 +120,7 @@ class Outputs(NamedTuple):
 def train_pipeline(
     # ingest
     ingest_sources: list = ["python:stdlib", "python:site-packages"],  # noqa: B006 (KFP reads defaults here)
+    ingest_languages: list = [],  # noqa: B006
     ingest_max_files_per_source: int = 0,
     ingest_corpus_near_dup: bool = True,
     ingest_workers: int = 1,
@@ -235,9 +236,10 @@ def train_pipeline(
 
     Args:
         ingest_sources: Sources as KIND:LOCATION: python:stdlib, python:site-packages, dir:PATH, csn:PATH, pairs:PATH, humaneval: (PATH local or s3://).
+        ingest_languages: Languages read from dir: and JSONL sources, e.g. ["go", "java"]; [] = all of python, go, java, javascript, typescript, ruby, php, rust, c, cpp (python: sources stay Python).
         ingest_max_files_per_source: Read at most this many files per source, sampled by path hash (0 = all).
         ingest_corpus_near_dup: Also remove near duplicates from the corpus (exact ones always).
-        ingest_workers: Processes that parse Python files (1 = in the ingest process).
+        ingest_workers: Processes that parse source files (1 = in the ingest process).
         train_tokenizer_vocab_size: Vocabulary size, including the 256 byte symbols and 5 special tokens.
         train_tokenizer_min_frequency: A pair of tokens must occur at least this often to be merged.
         train_tokenizer_fertility_rows: At most this many rows (test pairs) for the fertility measurement.
@@ -340,6 +342,7 @@ def train_pipeline(
     # 1. ingest: sources -> pairs (train/valid/test) + corpus
     ingest_task = ingest(
         sources=ingest_sources,
+        languages=ingest_languages,
         max_files_per_source=ingest_max_files_per_source,
         corpus_near_dup=ingest_corpus_near_dup,
         workers=ingest_workers,

@@ -5,7 +5,8 @@ text to the ``tokenizers`` trainer, so memory does not grow with the corpus size
 
     out/tokenizer.json            the tokenizer (HF tokenizers); see semcode.tokenizer for its choices
     out/tokenizer_config.json     + special_tokens_map.json: AutoTokenizer.from_pretrained(out) loads it
-    out/metrics.json              vocab size, seconds, MB/s, bytes/rows consumed, fertility
+    out/metrics.json              vocab size, seconds, MB/s, bytes/rows consumed, fertility (also per
+                                  language of the test split)
     out/config.json               the resolved config
 
 Both the ``code`` and the ``query`` column are trained on by default: queries are encoded with the
@@ -224,9 +225,11 @@ def run(
     out = Path(out_dir)
     save_tokenizer(tokenizer, out, model_max_length=config.model_max_length)
 
+    languages: list[str] = []
     if test_dir is not None:
         source = f"{test_dir} (first {config.fertility_rows} rows)"
         texts = {c: list(islice(iter_column(test_dir, c), config.fertility_rows)) for c in ("code", "query")}
+        languages = list(islice(iter_column(test_dir, "language"), config.fertility_rows))
     else:
         source = (
             f"corpus rows held out of training (every {HOLDOUT_EVERY}th row, at most {config.fertility_rows})"
@@ -235,6 +238,23 @@ def run(
     fertility_metrics: dict = {"source": source}
     for column, column_texts in texts.items():
         fertility_metrics[column] = fertility(tokenizer, column_texts, max_length=config.model_max_length)
+    # Per language (the test split's rows carry it): a vocabulary trained mostly on one language splits
+    # the others into more tokens, and this is where that shows.
+    fertility_metrics["by_language"] = {
+        language: {
+            column: fertility(
+                tokenizer,
+                [
+                    text
+                    for text, row_language in zip(texts[column], languages, strict=True)
+                    if row_language == language
+                ],
+                max_length=config.model_max_length,
+            )
+            for column in ("code", "query")
+        }
+        for language in sorted(set(languages))
+    }
 
     metrics = {
         "vocab_size": tokenizer.get_vocab_size(),
