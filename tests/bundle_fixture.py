@@ -31,6 +31,77 @@ from semcode import config as cfg
 # of test queries; the fixture wants int8 to be the default (parity held), the tests change that by hand.
 FIXTURE_MAX_MRR_LOSS = 1.0
 
+# Functions in other languages, added to the corpus build-index indexes (not to ingest's: the tokenizer
+# and the pairs stay Python), so the tiny bundle holds several languages as a polyglot one does. They come
+# after the Python rows: FAISS ids (language, repo, path, func_name, start_line, docstring, code).
+POLYGLOT_FUNCTIONS = [
+    (
+        "go",
+        "demo-go",
+        "strutil/strutil.go",
+        "Reverse",
+        8,
+        "Reverse returns s with its runes in reverse order.",
+        "func Reverse(s string) string {\n\trunes := []rune(s)\n"
+        "\tfor i, j := 0, len(runes)-1; i < j; i, j = i+1, j-1 {\n"
+        "\t\trunes[i], runes[j] = runes[j], runes[i]\n\t}\n\treturn string(runes)\n}",
+    ),
+    (
+        "go",
+        "demo-go",
+        "fileutil/lines.go",
+        "ReadLines",
+        12,
+        "ReadLines reads a whole file and returns its lines.",
+        "func ReadLines(path string) ([]string, error) {\n\tfile, err := os.Open(path)\n"
+        "\tif err != nil {\n\t\treturn nil, err\n\t}\n\tdefer file.Close()\n\tvar lines []string\n"
+        "\tscanner := bufio.NewScanner(file)\n\tfor scanner.Scan() {\n"
+        "\t\tlines = append(lines, scanner.Text())\n\t}\n\treturn lines, scanner.Err()\n}",
+    ),
+    (
+        "go",
+        "demo-go",
+        "mathutil/max.go",
+        "MaxInt",
+        3,
+        "MaxInt returns the largest of the values, or 0 for none.",
+        "func MaxInt(values ...int) int {\n\tbest := 0\n\tfor i, v := range values {\n"
+        "\t\tif i == 0 || v > best {\n\t\t\tbest = v\n\t\t}\n\t}\n\treturn best\n}",
+    ),
+    (
+        "rust",
+        "demo-rs",
+        "src/num.rs",
+        "gcd",
+        21,
+        "The greatest common divisor of two numbers.",
+        "pub fn gcd(mut a: u64, mut b: u64) -> u64 {\n    while b != 0 {\n        let t = a % b;\n"
+        "        a = b;\n        b = t;\n    }\n    a\n}",
+    ),
+    (
+        "rust",
+        "demo-rs",
+        "src/text.rs",
+        "word_counts",
+        40,
+        "Counts how often each word occurs in a text.",
+        "pub fn word_counts(text: &str) -> HashMap<String, usize> {\n"
+        "    let mut counts = HashMap::new();\n    for word in text.split_whitespace() {\n"
+        "        *counts.entry(word.to_lowercase()).or_insert(0) += 1;\n    }\n    counts\n}",
+    ),
+    (
+        "java",
+        "demo-java",
+        "src/main/java/demo/Text.java",
+        "Text.capitalize",
+        17,
+        "Returns the text with its first letter in upper case.",
+        "public static String capitalize(String text) {\n"
+        "    if (text == null || text.isEmpty()) {\n        return text;\n    }\n"
+        "    return Character.toUpperCase(text.charAt(0)) + text.substring(1);\n}",
+    ),
+]
+
 
 @dataclass(frozen=True)
 class TinyRun:
@@ -50,6 +121,37 @@ class TinyRun:
 
     def stage_metrics(self) -> dict:
         return {"ingest": json.loads((self.ingest / "manifest.json").read_text())}
+
+
+def polyglot_corpus(ingest_corpus: Path, out: Path) -> Path:
+    """``out``: ingest's corpus shards and, last, one shard of POLYGLOT_FUNCTIONS (the corpus build-index
+    indexes); their urls are file:// URIs ending in #L<start>-L<end>, as dir: sources write them."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from semcode.data.pairs import PAIR_SCHEMA, normalise_row
+
+    out.mkdir(parents=True, exist_ok=True)
+    for shard in sorted(ingest_corpus.glob("part-*.parquet")):
+        shutil.copyfile(shard, out / shard.name)
+    rows = [
+        {
+            "query": doc,
+            "code": code,
+            "language": language,
+            "repo": repo,
+            "path": path,
+            "func_name": func_name,
+            "url": f"file:///srv/{repo}/{path}#L{start}-L{start + code.count(chr(10))}",
+            "source": f"dir:/srv/{repo}",
+        }
+        for language, repo, path, func_name, start, doc, code in POLYGLOT_FUNCTIONS
+    ]
+    table = pa.Table.from_pylist([normalise_row(row) for row in rows], schema=PAIR_SCHEMA)
+    pq.write_table(table, out / "part-99999.parquet")
+    return out
 
 
 def make_tiny_run(root: str | Path) -> TinyRun:
@@ -90,7 +192,7 @@ def make_tiny_run(root: str | Path) -> TinyRun:
     build_index.run(
         cfg.from_dict(build_index.BuildIndexConfig, {"recall_queries": 20, "device": "cpu", "use_gpu": "no"}),
         encoder,
-        corpus,
+        polyglot_corpus(corpus, root / "index_corpus"),
         root / "index",
     )
     export_onnx.run(

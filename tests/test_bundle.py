@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -351,3 +352,19 @@ def test_encoder_file_names_follow_the_towers():
     assert bundles.encoder_files("shared")["fp32"] == {"query": "encoder.onnx", "code": "encoder.onnx"}
     with pytest.raises(ValueError, match="towers"):
         bundles.encoder_files("three")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("index.meta", "/etc/hostname"), ("index.file", "../index.faiss"), ("decoder", "/tmp/decoder")],
+)
+def test_a_bundle_that_names_files_outside_itself_is_refused(bundle_copy: Path, key: str, value: str):
+    meta = json.loads((bundle_copy / "bundle.json").read_text())
+    section, _, field_name = key.partition(".")
+    if field_name:
+        meta[section][field_name] = value
+    else:
+        meta[section] = value
+    (bundle_copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(bundles.BundleError, match=rf"bundle.json {re.escape(key)} .*not a relative name"):
+        bundles.validate_bundle(bundle_copy)

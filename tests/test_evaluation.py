@@ -20,6 +20,7 @@ from semcode.evaluation import (
     evaluate_suite,
     full_corpus_metrics,
     full_corpus_ranks,
+    language_breakdown,
     paired_mrr_difference,
     protocol_ranks,
     ranks_from_scores,
@@ -287,6 +288,63 @@ def test_evaluate_suite_ranks_every_system_on_the_same_candidates() -> None:
     json.dumps(result)  # plain JSON types only
 
 
+def test_pairs_suite_gives_each_query_its_rows_language_and_subset_keeps_it() -> None:
+    queries = ["add numbers", "add numbers", "", "greet someone"]
+    codes = ["func Add(a, b int) int", "func Add(a, b int) int", "def helper", "def greet(name)"]
+    suite = pairs_suite("toy", queries, codes, source="hand", languages=["go", "go", "ruby", "ruby"])
+    assert suite.queries == ["add numbers", "greet someone"] and suite.languages == ["go", "ruby"]
+    assert pairs_suite("toy", queries, codes, source="hand").languages is None
+    for seed in range(4):
+        small = suite.subset(1, seed=seed)
+        assert small.languages == [suite.languages[suite.queries.index(small.queries[0])]]
+    with pytest.raises(ValueError, match="4 codes but 3 languages"):
+        pairs_suite("toy", queries, codes, source="hand", languages=["go", "go", "ruby"])
+    with pytest.raises(ValueError, match="2 queries but 1 languages"):
+        Suite("bad", ["a", "b"], ["x"], np.zeros(2, np.int64), np.zeros((0, 2), np.int64), "hand", ["go"])
+
+
+def test_language_breakdown_by_hand() -> None:
+    ranks_of = {("full", "model"): np.array([1, 2, 4, 1]), ("full", "bm25"): np.array([2, 2, 1, 1])}
+    candidates_of = {"full": np.array([10, 10, 9, 10])}
+    breakdown = language_breakdown(ranks_of, candidates_of, ["go", "ruby", "go", ""], seed=0)
+    assert list(breakdown) == ["go", "ruby", "unknown"]
+    go = breakdown["go"]
+    assert go["n_queries"] == 2 and go["candidates_per_query"]["full"] == {"min": 9, "max": 10, "mean": 9.5}
+    assert go["full"]["model"]["mrr"] == pytest.approx((1 + 1 / 4) / 2)
+    assert go["full"]["bm25"]["mrr"] == pytest.approx((1 / 2 + 1) / 2)
+    assert go["model_vs"]["full"]["bm25"]["mrr_difference"] == pytest.approx(-0.125)
+    assert breakdown["ruby"]["full"]["model"]["recall@1"] == 0.0
+    with pytest.raises(ValueError, match="cover 4 queries but there are 3 languages"):
+        language_breakdown(ranks_of, candidates_of, ["go", "go", "go"])
+
+
+def test_evaluate_suite_breaks_a_two_language_suite_down_by_language() -> None:
+    rows = [
+        ("read a json file", "def read_json(path): return json.load(open(path))", "python"),
+        ("sort words by length", "def sort_by_length(words): return sorted(words)", "python"),
+        ("http get request", "func HttpGet(url string) { http.Get(url) }", "go"),
+        ("add two numbers", "func Add(a, b int) int { return a + b }", "go"),
+        ("", "func helper() {}", "go"),
+    ]
+    queries, codes, languages = (list(column) for column in zip(*rows, strict=True))
+    suite = pairs_suite("toy", queries, codes, source="hand", languages=languages)
+    result = evaluate_suite(suite, {"model": hashed_bag_of_words}, bm25=True, n_distractors=2, seed=0)
+    by_language = result["by_language"]
+    assert list(by_language) == ["go", "python"]
+    assert [by_language[lang]["n_queries"] for lang in by_language] == [2, 2]
+    for protocol in ("full", "csn"):
+        for system in ("model", "bm25"):
+            # Each language's queries are ranked among all 5 candidates: the suite's MRR is their mean.
+            per_language = [by_language[lang][protocol][system]["mrr"] for lang in by_language]
+            assert np.mean(per_language) == pytest.approx(result[protocol][system]["mrr"])
+    assert by_language["go"]["candidates_per_query"]["full"] == {"min": 5, "max": 5, "mean": 5.0}
+    assert set(by_language["go"]["model_vs"]["full"]) == {"bm25"}
+    json.dumps(result)  # plain JSON types only
+
+    one_language = pairs_suite("toy", queries, codes, source="hand", languages=["go"] * 5)
+    assert "by_language" not in evaluate_suite(one_language, {"model": hashed_bag_of_words}, bm25=False)
+
+
 def test_paired_mrr_difference_by_hand_and_its_interval() -> None:
     model, baseline = np.array([1, 1, 2, 4]), np.array([2, 1, 1, 4])
     # Per query 1/r differences: +0.5, 0, -0.5, 0 -> mean 0; the interval straddles 0.
@@ -315,6 +373,7 @@ def test_test_split_suite_reads_the_pairs(tmp_path: Path) -> None:
     suite = suites_lib.test_split_suite(tmp_path / "pairs")
     assert suite.name == "test" and len(suite.queries) == 5 and len(suite.codes) == 6
     assert [suite.codes[g] for g in suite.gold] == [f"def f{i}(): pass" for i in range(5)]
+    assert suite.languages == [""] * 5  # rows written without a language
     with pytest.raises(FileNotFoundError, match="test/part"):
         suites_lib.test_split_suite(tmp_path / "missing")
 

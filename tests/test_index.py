@@ -251,3 +251,52 @@ def test_gpu_build_gives_a_cpu_index_with_the_same_recall(
     path = faiss_index.save_index(index, tmp_path / "index.faiss")  # only CPU indexes can be written
     _, ids = faiss_index.search(faiss_index.load_index(path), queries, K)
     assert faiss_index.recall_at_k(ids, exact[1], K) >= 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Searching a subset of the ids (a selector inside FAISS)
+
+
+@pytest.mark.parametrize(("factory", "params", "min_recall"), INDEX_KINDS)
+@pytest.mark.parametrize("fraction", [0.5, 0.02])  # HNSW: the graph, then the exact scan of its storage
+def test_restricted_search_returns_only_selected_ids_and_recalls(
+    data: tuple[np.ndarray, np.ndarray], factory: str, params: dict, min_recall: float, fraction: float
+) -> None:
+    vectors, queries = data
+    index = faiss_index.build_index(vectors, factory, add_batch=1000, seed=0, ef_construction=40)
+    faiss_index.set_search_params(index, **params)
+    subset = np.sort(np.random.default_rng(1).choice(N, int(N * fraction), replace=False)).astype(np.int64)
+    selector = faiss_index.id_selector(subset)
+
+    scores, ids = faiss_index.restricted_search(index, queries, K, selector, fraction)
+    assert scores.shape == ids.shape == (N_QUERIES, K)
+    assert (ids >= 0).all() and np.isin(ids, subset).all()  # k found, every one selected
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    _, exact_ids = faiss_index.exact_search(vectors[subset], queries, K)
+    recall = faiss_index.recall_at_k(ids, subset[exact_ids], K)
+    assert recall >= min_recall, f"{factory} over {fraction:.0%} of the ids: recall@{K} {recall}"
+    # The index's own knobs are left as they were.
+    assert faiss_index.set_search_params(index, **params) == {
+        {"ef_search": "efSearch", "nprobe": "nprobe", "refine_k_factor": "k_factor_rf"}[name]: value
+        for name, value in params.items()
+    }
+
+
+def test_union_selector_and_index_types_without_selectors(data: tuple[np.ndarray, np.ndarray]) -> None:
+    vectors, queries = data
+    index = faiss_index.build_index(vectors, "Flat")
+    odd, low = np.arange(1, N, 2, dtype=np.int64), np.arange(0, 10, dtype=np.int64)
+    union = faiss_index.union_selector([faiss_index.id_selector(odd), faiss_index.id_selector(low)])
+    _, ids = faiss_index.restricted_search(index, queries, K, union, 0.5)
+    assert ((ids % 2 == 1) | (ids < 10)).all()
+    # A pre-transformed index takes no selector here: None, so the caller over-fetches.
+    wrapped = faiss_index.build_index(vectors, "L2norm,Flat")
+    assert faiss_index.restricted_search(wrapped, queries, K, union, 0.5) is None
+    with pytest.raises(ValueError, match="non-empty 1-D int64"):
+        faiss_index.id_selector(np.array([1, 2], dtype=np.int32))
+    with pytest.raises(ValueError, match="non-empty 1-D int64"):
+        faiss_index.id_selector(np.array([], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        faiss_index.restricted_search(index, queries, K, union, 0.0)
+    with pytest.raises(ValueError, match="at least one selector"):
+        faiss_index.union_selector([])

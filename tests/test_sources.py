@@ -490,3 +490,26 @@ def test_csn_rows_of_the_six_languages(tmp_path: Path):
     only_go = read_source(parse_spec(f"csn:{path}"), ExtractOptions(languages=("go",)))
     assert [row["language"] for row in only_go.pairs] == ["go"]
     assert only_go.stats.rejects == {"other_language": 5}
+
+
+def test_a_file_with_one_huge_line_is_skipped_before_parsing(tmp_path: Path) -> None:
+    """A minified or data file with the size limit raised: skipped as long_line, with bounded memory."""
+    import resource
+
+    from semcode.data.sources import ExtractOptions, SourceSpec, read_code_files
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "data.py").write_text("TABLE = [" + "1, " * 2_000_000 + "]\n")  # one 6 MB line
+    (repo / "ok.py").write_text(
+        'def add(a, b):\n    """Add two numbers and return the sum."""\n    c = a + b\n    return c\n'
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = read_code_files(
+        SourceSpec("dir", str(repo), f"dir:{repo}"),
+        ExtractOptions(max_file_bytes=50_000_000, min_code_lines=2),
+    )
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.stats.rejects["long_line"] == 1
+    assert [row["func_name"] for row in result.corpus] == ["add"]
+    assert grown_mb < 500

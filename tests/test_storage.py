@@ -220,3 +220,43 @@ def test_bad_settings_and_uris_are_clear(s3_env: str, monkeypatch: pytest.Monkey
         storage.read_bytes(s3_env)
     with pytest.raises(FileNotFoundError, match="folder not found"):
         storage.list_files("/no/such/folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# Names from outside stay inside their folder
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "a/../../outside.txt", "/etc/passwd", "a//b", "a\\b", ""])
+def test_names_that_leave_their_folder_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="not a relative name inside its folder"):
+        storage.check_relative_name(name, "key")
+
+
+def test_copy_tree_refuses_s3_keys_that_climb_out(
+    s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real S3 accepts a key like bundle/../../planted.txt (the test server refuses to store one, so its
+    listing is given here); downloading it must write nothing, inside or outside the target."""
+    storage.write_text(f"{s3_env}/bundle/ok.txt", "fine\n")
+    real_listing = storage._relative_files
+    monkeypatch.setattr(
+        storage,
+        "_relative_files",
+        lambda prefix, recursive: [*real_listing(prefix, recursive), "../../planted.txt"],
+    )
+    target = tmp_path / "deep" / "target"
+    with pytest.raises(ValueError, match=r"'\.\./\.\./planted\.txt'.*not a relative name"):
+        storage.copy_tree(f"{s3_env}/bundle", target)
+    assert not (tmp_path / "planted.txt").exists() and not target.exists()
+
+
+def test_copy_tree_refuses_a_symlink_that_leads_out(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "file.txt").write_text("x")
+    target.mkdir()
+    (target / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ValueError, match="resolves outside"):
+        storage.copy_tree(source, target)
+    assert not (tmp_path / "elsewhere" / "file.txt").exists()

@@ -54,6 +54,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     INPUT_NAMES,
     KINDS,
     META_COLUMNS,
+    META_COLUMNS_ADDED,
     META_FILE,
     METRICS_FILE,
     MODEL_CARD_FILE,
@@ -503,7 +504,8 @@ def _check_index(
     try:
         meta = pq.ParquetFile(meta_path)
         info["meta_rows"] = meta.metadata.num_rows
-        missing = [c for c in META_COLUMNS if c not in meta.schema_arrow.names]
+        required = [c for c in META_COLUMNS if c not in META_COLUMNS_ADDED]
+        missing = [c for c in required if c not in meta.schema_arrow.names]
         if missing:
             problems.append(f"{meta_file}: no column(s) {missing}; it has {meta.schema_arrow.names}")
     except Exception as error:  # pyarrow raises several types for a broken file
@@ -629,6 +631,37 @@ def _check_checksums(bundle_dir: Path, listed: dict) -> list[str]:
     return problems
 
 
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def bundle_file_names(bundle: dict) -> list[tuple[str, Any]]:
+    """(where in bundle.json, name) of every file or folder name bundle.json points at."""
+    index = _mapping(bundle.get("index"))
+    names: list[tuple[str, Any]] = [(f"index.{key}", index[key]) for key in ("file", "meta") if key in index]
+    names += [(key, bundle[key]) for key in ("decoder", "default_encoder") if bundle.get(key) is not None]
+    for precision, files in _mapping(bundle.get("encoders")).items():
+        names += [(f"encoders.{precision}.{kind}", name) for kind, name in _mapping(files).items()]
+    names += [(f"default_files.{kind}", name) for kind, name in _mapping(bundle.get("default_files")).items()]
+    names += [("files", name) for name in _mapping(bundle.get("files"))]
+    return names
+
+
+def check_file_names(bundle: dict) -> list[str]:
+    """One problem per name in bundle.json that is not a relative name inside the bundle (the contract allows
+    no other): an absolute path or a ``..`` would make readers open, or downloads write, files elsewhere."""
+    problems = []
+    for where, name in bundle_file_names(bundle):
+        if not isinstance(name, str):
+            problems.append(f"bundle.json {where} is {type(name).__name__}, not a file name")
+            continue
+        try:
+            storage.check_relative_name(name, f"bundle.json {where}")
+        except ValueError as error:
+            problems.append(str(error))
+    return problems
+
+
 def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
     """Check a bundle (local, or s3:// downloaded first) against the contract; raise BundleError listing
     every problem, else return a summary: name, version, dim, towers, files, bytes, index ntotal."""
@@ -645,6 +678,9 @@ def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
     except (FileNotFoundError, ValueError) as error:
         raise BundleError(where, [str(error)]) from None
 
+    name_problems = check_file_names(bundle)
+    if name_problems:  # nothing below may open a path that leads out of the bundle
+        raise BundleError(where, name_problems)
     problems = _check_keys(bundle) + _check_encoders(bundle)
     dim = bundle.get("dim") if isinstance(bundle.get("dim"), int) else None
     index_info = bundle.get("index") if isinstance(bundle.get("index"), dict) else {}

@@ -33,7 +33,12 @@ REPORT_FILE = "report.html"
 ENCODER_DIR = "encoder"
 DECODER_DIR = "decoder"
 ENCODER_CONFIG_FILE = "semcode_encoder.json"  # beside config.json in a semcode encoder directory
-META_COLUMNS = ("code", "path", "func_name", "url")  # what a search result shows
+# index_meta.parquet, row i = FAISS id i: what a search result shows. start_line (int32, 1-based) comes
+# from the url's #L<start> fragment (null without one).
+META_COLUMNS = ("code", "language", "repo", "path", "start_line", "func_name", "url")
+# The columns bundles built before them lack: such bundles still validate and load (the Searcher fills
+# language "python", repo "", start_line null); the other META_COLUMNS are required.
+META_COLUMNS_ADDED = ("language", "repo", "start_line")
 
 # The ONNX encoder's graph: int64 input_ids, attention_mask [batch, seq] -> float32 embedding [batch, dim]
 INPUT_NAMES = ("input_ids", "attention_mask")

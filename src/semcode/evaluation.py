@@ -20,6 +20,11 @@ Protocols (``PROTOCOLS``):
 Scores are computed block by block over queries (``[block_size, C]`` at a time), and both protocols
 are read off the same block, so memory stays bounded for large test corpora.
 
+Per language: when a suite's queries carry two or more languages (``Suite.languages``), its results
+are also broken down by language (``language_breakdown``): each language's queries, ranked as they
+were among all of the suite's candidates (the other languages' code included), so the breakdown
+costs no second ranking and the suite's MRR is the query-weighted mean of its languages'.
+
 Systems are embedding callables (``EmbedFn``: texts and kind "query"/"code" -> L2-normalised
 ``[N, D]``), so this module never loads a model itself and is testable without one; BM25 (``bm25s``)
 is the lexical baseline beside them.
@@ -372,6 +377,52 @@ def bm25_scores(queries: Sequence[str], codes: Sequence[str], stopwords: bool = 
     return BM25Index(codes, stopwords=stopwords).scores(queries)
 
 
+# ---------------------------------------------------------------- per language
+
+
+def language_breakdown(
+    ranks_of: Mapping[tuple[str, str], np.ndarray],
+    candidates_of: Mapping[str, np.ndarray],
+    languages: Sequence[str],
+    seed: int = 0,
+) -> dict:
+    """Metrics of each language's queries alone, from ranks already computed on the whole suite.
+
+    ranks_of: ``(protocol, system) -> [Q]`` ranks; candidates_of: ``protocol -> [Q]`` candidates per
+    query; languages: ``[Q]`` each query's language ('' = unknown). Returns ``{language: {"n_queries",
+    "candidates_per_query": {protocol: {min, max, mean}}, protocol: {system: metrics}, "model_vs":
+    {protocol: {baseline: paired_mrr_difference}}}}``, languages sorted by name.
+    """
+    labels = np.array([language or "unknown" for language in languages], dtype=object)  # [Q]
+    for key, ranks in ranks_of.items():
+        if len(ranks) != len(labels):
+            raise ValueError(
+                f"ranks of {key} cover {len(ranks)} queries but there are {len(labels)} languages"
+            )
+    breakdown: dict = {}
+    for language in sorted(set(labels)):
+        rows = np.flatnonzero(labels == language)  # [q] this language's queries
+        part: dict = {"n_queries": int(len(rows)), "candidates_per_query": {}}
+        for protocol, n_candidates in candidates_of.items():
+            picked = n_candidates[rows]
+            part["candidates_per_query"][protocol] = {
+                "min": int(picked.min()),
+                "max": int(picked.max()),
+                "mean": round(float(picked.mean()), 2),
+            }
+        for (protocol, system), ranks in ranks_of.items():
+            part.setdefault(protocol, {})[system] = retrieval_metrics(ranks[rows])
+        part["model_vs"] = {}
+        for (protocol, system), ranks in ranks_of.items():
+            if system != "model" and (protocol, "model") in ranks_of:
+                model_ranks = ranks_of[protocol, "model"][rows]
+                part["model_vs"].setdefault(protocol, {})[system] = paired_mrr_difference(
+                    model_ranks, ranks[rows], seed=seed
+                )
+        breakdown[language] = part
+    return breakdown
+
+
 # ---------------------------------------------------------------- one suite, several systems
 
 
@@ -390,7 +441,9 @@ def evaluate_suite(
     Returns ``{protocol: {system: metrics}, "n_queries", "n_candidates", "candidates_per_query":
     {protocol: {min, max, mean}}, "seconds": {system: s}, "model_vs": {protocol: {baseline:
     paired_mrr_difference}}}``; the BM25 system is named "bm25"; model_vs compares the system named
-    "model" with each other one (empty without a "model").
+    "model" with each other one (empty without a "model"). A suite whose queries are in two or more
+    languages also gets ``"by_language": language_breakdown(...)`` (each language's queries among all
+    the suite's candidates).
     """
     n_queries, n_codes = len(suite.queries), len(suite.codes)
     result: dict = {p: {} for p in protocols}
@@ -403,6 +456,7 @@ def evaluate_suite(
     )
 
     ranks_of: dict[tuple[str, str], np.ndarray] = {}  # (protocol, system) -> [Q] ranks
+    candidates_of: dict[str, np.ndarray] = {}  # protocol -> [Q] candidates per query, every system's
 
     def record(system: str, score_block: ScoreBlockFn, started: float) -> None:
         ranked = protocol_ranks(
@@ -418,6 +472,7 @@ def evaluate_suite(
         )
         for protocol, (ranks, n_candidates) in ranked.items():
             ranks_of[protocol, system] = ranks
+            candidates_of[protocol] = n_candidates
             result[protocol][system] = retrieval_metrics(ranks)
             result["candidates_per_query"][protocol] = {
                 "min": int(n_candidates.min()),
@@ -454,4 +509,10 @@ def evaluate_suite(
                 f"{suite.name} {protocol}: model - {system} MRR {gap['mrr_difference']:+.4f} "
                 f"(95% CI {gap['ci95_low']:+.4f} .. {gap['ci95_high']:+.4f}, paired bootstrap)",
             )
+    if suite.languages is not None and len(set(suite.languages)) > 1 and ranks_of:
+        result["by_language"] = language_breakdown(ranks_of, candidates_of, suite.languages, seed=seed)
+        shown = "full" if "full" in protocols else protocols[0]
+        for language, part in result["by_language"].items():
+            summary = ", ".join(f"{system} {m['mrr']:.4f}" for system, m in part[shown].items())
+            log("evaluate", f"{suite.name} {language}: {part['n_queries']} queries, {shown} MRR {summary}")
     return result

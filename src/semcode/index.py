@@ -45,6 +45,7 @@ TRAIN_POINTS_PER_LIST = 40  # faiss' own advice: at least ~39 training points pe
 UNIT_NORM_TOLERANCE = 1e-3
 EXACT_SEARCH_BLOCK = 65_536  # database rows per block of exact search
 BATCHED_REPEATS = 3
+HNSW_FILTER_MIN_FRACTION = 0.1  # rarer subsets: an exact filtered scan beats the graph (restricted_search)
 
 
 class FactoryChoice(Protocol):
@@ -336,6 +337,88 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     scores, ids = index.search(queries, k)
+    return scores, ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Searching a subset of the ids (a language, say), filtered inside FAISS by an IDSelector
+
+
+def id_selector(ids: np.ndarray) -> faiss.IDSelector:
+    """A FAISS selector that accepts exactly the ids ``ids`` (int64 [M], M >= 1); it copies them."""
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype != np.int64 or len(ids) == 0:
+        shape, dtype = getattr(ids, "shape", None), getattr(ids, "dtype", None)
+        raise ValueError(f"ids must be a non-empty 1-D int64 array, got shape {shape} and dtype {dtype}")
+    return faiss.IDSelectorBatch(np.ascontiguousarray(ids))
+
+
+def union_selector(selectors: list[faiss.IDSelector]) -> faiss.IDSelector:
+    """A selector that accepts what any of ``selectors`` accepts (FAISS keeps the parts alive)."""
+    if not selectors:
+        raise ValueError("union_selector needs at least one selector")
+    union = selectors[0]
+    for selector in selectors[1:]:
+        union = faiss.IDSelectorOr(union, selector)
+    return union
+
+
+def restricted_search_params(
+    index: faiss.Index, selector: faiss.IDSelector, fraction: float
+) -> tuple[faiss.Index, faiss.SearchParameters] | None:
+    """(index to search, its SearchParameters) so that ``search`` sees only the ids ``selector`` accepts.
+
+    ``fraction``: the share of the index's vectors the selector accepts, in (0, 1]. The index's own
+    search knobs are kept (parameters passed to a search replace them), and raised where a filter
+    would starve them: an IVF index visits ``nprobe / fraction`` lists (at most all), so about as many
+    accepted candidates are scored as without a filter. HNSW filters while it walks its graph, which
+    needs ``efSearch / fraction`` candidates; for a rare subset (``fraction`` < HNSW_FILTER_MIN_FRACTION)
+    the exact scan of its stored vectors is about as fast, or far faster, and exact (measured on 200k
+    clustered x 384, HNSW32, one thread, per query: the scan 1.7 / 3.8 / 12 / 17 ms at 0.1 / 1 / 5 / 10 %
+    of the ids; the graph with efSearch 64 / fraction 2.6 s / 58 ms / 9.5 ms / 6 ms, recall@10 0.93-1).
+    None when the index type takes no selector (the caller must over-fetch instead).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):  # filter the base index; the refine step re-ranks its hits
+        base = restricted_search_params(index.base_index, selector, fraction)
+        if base is None:
+            return None
+        target, base_params = base
+        if target.this != index.base_index.this:  # an HNSW base scans its exact vectors: nothing to refine
+            return base
+        return index, faiss.IndexRefineSearchParameters(
+            k_factor=index.k_factor, base_index_params=base_params
+        )
+    if isinstance(index, faiss.IndexIVF):
+        nprobe = min(index.nlist, math.ceil(index.nprobe / fraction))
+        return index, faiss.SearchParametersIVF(sel=selector, nprobe=nprobe, max_codes=index.max_codes)
+    if isinstance(index, faiss.IndexHNSW):
+        storage = faiss.downcast_index(index.storage)
+        if fraction < HNSW_FILTER_MIN_FRACTION and isinstance(storage, faiss.IndexFlat):
+            return storage, faiss.SearchParameters(sel=selector)
+        ef_search = min(index.ntotal, math.ceil(index.hnsw.efSearch / fraction))
+        return index, faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef_search, index.hnsw.efSearch))
+    if isinstance(index, faiss.IndexFlat):
+        return index, faiss.SearchParameters(sel=selector)
+    return None
+
+
+def restricted_search(
+    index: faiss.Index, queries: np.ndarray, k: int, selector: faiss.IDSelector, fraction: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``search`` among the ids ``selector`` accepts (``fraction`` of the index; see
+    restricted_search_params): (scores [Q, k], ids [Q, k], -1 padded), or None when the index type takes
+    no selector."""
+    queries = check_vectors("queries", queries, index.d)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    restricted = restricted_search_params(index, selector, fraction)
+    if restricted is None:
+        return None
+    target, params = restricted
+    scores, ids = target.search(queries, k, params=params)
+    assert scores.shape == ids.shape == (len(queries), k)
     return scores, ids
 
 

@@ -3,7 +3,8 @@
 Both are made from bundle.json's content and the bundle's metrics.json (``{"primary", "evaluate",
 "export_onnx", "build_index", optional "train_decoder", "ingest", "train_encoder", ...}``) and say the
 same things: what the model is, what it was trained on, how it ranks against BM25 and the zero-shot
-baseline per suite and protocol, whether int8 kept its accuracy, what the index holds, and what the
+baseline per suite and protocol (the held-out ``polyglot-<language>`` repositories among the suites,
+and a suite's per-language breakdown as ``suite:language`` rows), whether int8 kept its accuracy, what the index holds, and what the
 model is and is not for. The HTML has no external assets (inline CSS, an inline SVG bar chart of MRR
 per suite/protocol and system), so it opens anywhere, including the KFP UI's HTML viewer; every text
 taken from the inputs is escaped.
@@ -19,6 +20,11 @@ SYSTEM_LABELS = {"model": "model", "bm25": "BM25", "zero_shot": "zero-shot"}
 SYSTEM_COLOURS = {"model": "#3b6fd6", "bm25": "#d98c2b", "zero_shot": "#7a9a5a"}
 PROTOCOLS = ("csn", "full")
 
+SUITE_NOTE = (
+    "polyglot-<language>: a held-out repository, never trained on, queried by its own doc comments over "
+    "all its functions; suite:language: that suite's queries in one language, ranked among the whole "
+    "suite corpus."
+)
 INTENDED_USE = (
     "Ranking source code (functions) for a natural-language query, and finding code similar to "
     "other code, over the corpus indexed in this bundle or a corpus of the same kind."
@@ -41,11 +47,25 @@ def _number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _suite_parts(metrics: dict) -> list[tuple[str, dict, str | None]]:
+    """(label, result, language) per evaluated suite (language None), each followed by the parts of its
+    per-language breakdown, labelled ``suite:language``."""
+    parts = []
+    for suite_name, suite in ((metrics.get("evaluate") or {}).get("suites") or {}).items():
+        if not isinstance(suite, dict):
+            continue
+        parts.append((str(suite_name), suite, None))
+        for language, part in (suite.get("by_language") or {}).items():
+            if isinstance(part, dict):
+                parts.append((f"{suite_name}:{language}", part, str(language)))
+    return parts
+
+
 def metric_rows(metrics: dict) -> list[dict]:
-    """One row per suite and protocol: suite, protocol, queries, candidates, and {system: {metric: value}}."""
-    evaluation = metrics.get("evaluate") or {}
+    """One row per suite and protocol: suite, protocol, queries, candidates, {system: {metric: value}}
+    and language (None; a language for the rows of a suite's breakdown, which follow the suite's own)."""
     rows = []
-    for suite_name, suite in (evaluation.get("suites") or {}).items():
+    for suite_name, suite, language in _suite_parts(metrics):
         for protocol in PROTOCOLS:
             systems = suite.get(protocol)
             if not isinstance(systems, dict):
@@ -55,11 +75,12 @@ def metric_rows(metrics: dict) -> list[dict]:
             candidates = str(high) if low == high else f"{low}-{high}"
             rows.append(
                 {
-                    "suite": str(suite_name),
+                    "suite": suite_name,
                     "protocol": protocol,
                     "queries": suite.get("n_queries"),
                     "candidates": candidates if high is not None else "-",
                     "systems": {s: systems[s] for s in SYSTEMS if isinstance(systems.get(s), dict)},
+                    "language": language,
                 }
             )
     return rows
@@ -72,12 +93,12 @@ def gap_rows(metrics: dict) -> list[list[str]]:
     """Per suite, protocol and baseline: the model's MRR minus the baseline's, with its paired
     bootstrap interval (semcode.evaluation.paired_mrr_difference); evaluations made before it: none."""
     rows = []
-    for suite_name, suite in ((metrics.get("evaluate") or {}).get("suites") or {}).items():
+    for suite_name, suite, _ in _suite_parts(metrics):
         for protocol, baselines in (suite.get("model_vs") or {}).items():
             for system, gap in baselines.items():
                 rows.append(
                     [
-                        str(suite_name),
+                        suite_name,
                         str(protocol),
                         f"model - {SYSTEM_LABELS.get(system, system)}",
                         f"{gap['mrr_difference']:+.4f}",
@@ -224,6 +245,14 @@ def _metric_table_rows(rows: list[dict], metric: str) -> list[list[str]]:
     ]
 
 
+def gate_decision(bundle: dict) -> tuple[str, list[str]] | None:
+    """("PASSED" | "REFUSED", its reasons) from the gate's summary in bundle.json, None when not gated."""
+    gate = (bundle.get("source") or {}).get("gate")
+    if not isinstance(gate, dict) or "passed" not in gate:
+        return None
+    return ("PASSED" if gate["passed"] else "REFUSED"), [str(reason) for reason in gate.get("reasons") or []]
+
+
 def model_card(bundle: dict, metrics: dict) -> str:
     """model_card.md of a bundle."""
     primary = (bundle.get("metrics") or {}).get("primary") or {}
@@ -238,6 +267,11 @@ def model_card(bundle: dict, metrics: dict) -> str:
         "",
         f"Primary metric: **{_md(primary.get('name'))} = {_number(primary.get('value'))}**",
     ]
+    decision = gate_decision(bundle)
+    if decision is not None:
+        verdict, reasons = decision
+        parts += ["", "## Release decision", "", f"The promotion gate **{verdict}** this bundle:", ""]
+        parts += [f"- {_md(reason)}" for reason in reasons]
     for title, facts in _facts(bundle, metrics).items():
         parts += ["", f"## {title}", ""]
         parts.append(
@@ -250,7 +284,7 @@ def model_card(bundle: dict, metrics: dict) -> str:
                 "",
                 "MRR per suite and protocol (csn: each query ranks its gold among random distractors; full: "
                 "among the whole suite corpus). BM25 and the zero-shot baseline rank the same queries "
-                "and candidates.",
+                f"and candidates. {SUITE_NOTE}",
                 "",
                 _md_table(header, _metric_table_rows(rows, "mrr")) if rows else "No evaluation recorded.",
                 "",
@@ -355,6 +389,7 @@ table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }
 th { background: #f3f3f3; }
 .failed { color: #b00020; font-weight: bold; }
+.passed { color: #1b5e20; font-weight: bold; }
 """
 
 
@@ -369,8 +404,20 @@ def report_html(bundle: dict, metrics: dict) -> str:
         f"<p>Natural-language-to-code search encoder made by semcode {_e(bundle.get('semcode_version'))} "
         f"on {_e(bundle.get('created_at'))}. Primary metric: <b>{_e(primary.get('name'))} = "
         f"{_e(_number(primary.get('value')))}</b></p>",
+    ]
+    decision = gate_decision(bundle)
+    if decision is not None:
+        verdict, reasons = decision
+        css = "passed" if verdict == "PASSED" else "failed"
+        body += [
+            "<h2>Release decision</h2>",
+            f'<p>The promotion gate <b class="{css}">{verdict}</b> this bundle:</p>',
+            "<ul>" + "".join(f"<li>{_e(reason)}</li>" for reason in reasons) + "</ul>",
+        ]
+    body += [
         "<h2>Evaluation: MRR</h2>",
-        mrr_chart_svg(rows),
+        f"<p>{_e(SUITE_NOTE)}</p>",
+        mrr_chart_svg([row for row in rows if row["language"] is None]),  # whole suites; languages below
         _html_table(header, _metric_table_rows(rows, "mrr")) if rows else "<p>No evaluation recorded.</p>",
         "<h2>Evaluation: Recall@10</h2>",
         _html_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",

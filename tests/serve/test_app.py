@@ -130,12 +130,28 @@ def test_post_and_get_search(client: TestClient, corpus: list[dict]):
     assert body["k"] == 3 and body["took_ms"] > 0
     results = body["results"]
     assert [r["rank"] for r in results] == [1, 2, 3]
-    assert set(results[0]) >= {"rank", "score", "repo", "path", "func_name", "url", "code"}
-    assert (results[0]["repo"], results[0]["path"], results[0]["func_name"]) == (
+    assert set(results[0]) >= {
+        "rank",
+        "score",
+        "language",
+        "repo",
+        "path",
+        "start_line",
+        "location",
+        "func_name",
+        "url",
+        "code",
+    }
+    top = results[0]
+    assert (top["language"], top["repo"], top["path"], top["start_line"], top["func_name"], top["url"]) == (
+        gold["language"],
         gold["repo"],
         gold["path"],
+        gold["start_line"],
         gold["func_name"],
+        gold["url"],
     )
+    assert body["language"] is None
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
 
     by_get = client.get("/search", params={"q": query_for(gold), "k": "3"})
@@ -174,6 +190,65 @@ def test_bad_input_is_refused_with_the_field_named(
     if field is not None:
         assert detail[0]["loc"][-1] == field
     assert message in detail[0]["msg"]
+
+
+def ids_of(corpus: list[dict], *languages: str) -> list[int]:
+    return [i for i, row in enumerate(corpus) if row["language"] in languages]
+
+
+def test_search_by_language(client: TestClient, corpus: list[dict]):
+    go = ids_of(corpus, "go")
+    gold = corpus[go[0]]
+    body = client.post("/search", json={"query": query_for(gold), "k": 5, "language": "go"}).json()
+    assert body["language"] == ["go"] and len(body["results"]) == 3  # the bundle has 3 Go functions
+    top = body["results"][0]
+    assert (top["language"], top["path"], top["start_line"], top["func_name"], top["url"]) == (
+        "go",
+        gold["path"],
+        gold["start_line"],
+        gold["func_name"],
+        gold["url"],
+    )
+    assert top["location"] == f"/srv/demo-go/{gold['path']}:{gold['start_line']}"
+    assert {r["language"] for r in body["results"]} == {"go"}
+
+    rust = corpus[ids_of(corpus, "rust")[0]]
+    for language in (["rust", "java"], "rust,java"):
+        body = client.post("/search", json={"query": query_for(rust), "k": 3, "language": language}).json()
+        assert body["language"] == ["rust", "java"] and body["results"][0]["func_name"] == rust["func_name"]
+        assert {r["language"] for r in body["results"]} <= {"rust", "java"}
+    by_get = client.get(
+        "/search", params=[("q", query_for(rust)), ("k", "3"), ("language", "rust"), ("language", "java")]
+    )
+    assert [r["id"] for r in by_get.json()["results"]] == [r["id"] for r in body["results"]]
+    python = client.post("/search", json={"query": query_for(gold), "k": 4, "language": "python"}).json()
+    assert len(python["results"]) == 4 and {r["language"] for r in python["results"]} == {"python"}
+
+    stats = client.get("/stats").json()
+    assert stats["bundle"]["languages"] == {"python": len(corpus) - 6, "go": 3, "rust": 2, "java": 1}
+
+
+@pytest.mark.parametrize(
+    ("language", "status", "message"),
+    [
+        ("cobol", 400, "unknown language 'cobol'; this bundle has: python ("),
+        (["go", "ruby"], 400, "this bundle has no ruby functions; it has: python ("),
+        ("", 400, "language is empty"),
+        ([], 400, "language is empty"),
+        (42, 422, "valid string"),
+        (["go", 7], 422, "valid string"),
+    ],
+)
+def test_a_bad_language_is_refused_naming_it(client: TestClient, language: object, status: int, message: str):
+    answer = client.post("/search", json={"query": "read a file", "language": language})
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert detail[0]["loc"][:2] == ["body", "language"]
+    assert any(message in d["msg"] for d in detail), detail
+    if status == 400:
+        assert "go (3), rust (2), java (1)" in detail[0]["msg"]
+    get = client.get("/search", params={"q": "read a file", "language": "klingon"})
+    assert get.status_code == 400 and get.json()["detail"][0]["loc"] == ["query", "language"]
 
 
 def test_limits_are_configurable(tiny_bundle: Path):
@@ -230,6 +305,24 @@ def test_batcher_answers_each_request_from_one_batch(tiny_bundle: Path, corpus: 
     assert [hits[0].id for hits in results] == list(range(20))
     assert all(len(hits) == 2 for hits in results)
     assert searcher.encode_calls == batcher.batches == 1 and batcher.stats()["mean_batch_size"] == 20
+
+
+def test_one_batch_answers_each_request_in_its_own_languages(tiny_bundle: Path, corpus: list[dict]):
+    searcher = Searcher(tiny_bundle, threads=1)
+    batcher = MicroBatcher(searcher, max_batch=64, wait_ms=200.0, max_queue=100)
+    golds = [*ids_of(corpus, "go", "rust", "java"), 0, 1, 2]
+    languages = [(corpus[i]["language"],) for i in golds[:6]] + [None, ("python",), ("go", "python")]
+    try:
+        futures = [
+            batcher.submit(query_for(corpus[i]), 3, lang) for i, lang in zip(golds, languages, strict=True)
+        ]
+        results = [future.result(timeout=30) for future in futures]
+    finally:
+        batcher.close()
+    assert searcher.encode_calls == batcher.batches == 1  # one encoder run; a FAISS search per filter
+    for gold, language, hits in zip(golds, languages, results, strict=True):
+        assert hits[0].id == gold
+        assert language is None or {h.language for h in hits} <= set(language)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,28 +3,32 @@
 The tiny encoder is untrained, so natural-language queries rank arbitrarily; what it can do reliably is
 find a function from its own code (the query encoder and the indexed code vectors embed the same text),
 which is what the ranking tests ask for. They fail if the query path mixes up ids, rows, prefixes or
-towers.
+towers. The bundle holds a few Go, Rust and Java functions beside the Python ones (POLYGLOT_FUNCTIONS),
+for the language filter.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run
+from bundle_fixture import POLYGLOT_FUNCTIONS, TinyRun, assemble_tiny_bundle, cached_tiny_run
 
 from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import storage
+from semcode.index import save_index
 from semcode.serve.search import format_hit, main, shown_lines
-from semcode.serve.searcher import Searcher, resolve_bundle
+from semcode.serve.searcher import OLD_BUNDLE_DEFAULTS, Searcher, resolve_bundle
 from semcode.stages import publish
 
 HEAVY_MODULES = ("torch", "transformers", "sentence_transformers", "deepspeed")
@@ -123,9 +127,11 @@ def test_results_are_ranked_by_descending_score(searcher: Searcher, corpus: list
     assert len({h.id for h in hits}) == 7
     for h in hits:
         row = corpus[h.id]
-        assert (h.repo, h.path, h.func_name, h.url, h.code) == (
+        assert (h.language, h.repo, h.path, h.start_line, h.func_name, h.url, h.code) == (
+            row["language"],
             row["repo"],
             row["path"],
+            row["start_line"],
             row["func_name"],
             row["url"],
             row["code"],
@@ -148,6 +154,147 @@ def test_searcher_rejects_bad_k_and_broken_bundles(searcher: Searcher, tiny_bund
 
 
 # ---------------------------------------------------------------------------------------------
+# Languages
+
+
+def ids_of(corpus: list[dict], *languages: str) -> list[int]:
+    return [i for i, row in enumerate(corpus) if row["language"] in languages]
+
+
+def test_language_filter_ranks_only_that_languages_functions(searcher: Searcher, corpus: list[dict]):
+    go, rust_java = ids_of(corpus, "go"), ids_of(corpus, "rust", "java")
+    assert len(go) == 3 and len(rust_java) == 3
+    assert searcher.language_counts() == {"python": len(corpus) - 6, "go": 3, "rust": 2, "java": 1}
+    for gold in go:
+        hits = searcher.search(corpus[gold]["code"], 10, "go")
+        assert [h.id for h in hits][0] == gold and sorted(h.id for h in hits) == go  # k capped at 3
+        assert {h.language for h in hits} == {"go"}
+        assert hits[0].location() == corpus[gold]["url"].removeprefix("file://").split("#")[0] + (
+            f":{corpus[gold]['start_line']}"
+        )
+    # A list, a comma list, any case: the same filter.
+    gold = rust_java[0]
+    for language in (["rust", "java"], "Rust, JAVA", ["rust,java", "rust"]):
+        hits = searcher.search_batch([corpus[gold]["code"], corpus[go[0]]["code"]], 2, language)
+        assert hits[0][0].id == gold, language
+        assert all(h.language in ("rust", "java") for query_hits in hits for h in query_hits)
+    # Another language's code finds the best of the chosen language, never itself.
+    python_hits = searcher.search(corpus[go[1]]["code"], 5, "python")
+    assert len(python_hits) == 5 and {h.language for h in python_hits} == {"python"}
+    assert [h.id for h in python_hits] == [
+        h.id for h in searcher.search(corpus[go[1]]["code"], 20) if h.language == "python"
+    ][:5]
+    # Every language named: the same as no filter.
+    everything = ["python", "go", "rust", "java"]
+    assert [h.id for h in searcher.search("x", 7, everything)] == [h.id for h in searcher.search("x", 7)]
+
+
+def test_an_unknown_or_absent_language_is_a_clear_error(searcher: Searcher, tiny_bundle: Path, capsys):
+    present = f"python ({searcher.size - 6}), go (3), rust (2), java (1)"
+    with pytest.raises(
+        ValueError,
+        match=rf"unknown language 'cobol'; this bundle has: {re.escape(present)} \(semcode supports: python, go, java",
+    ):
+        searcher.search("x", 3, "cobol")
+    with pytest.raises(ValueError, match="this bundle has no ruby functions; it has: python"):
+        searcher.search("x", 3, ["go", "ruby"])
+    with pytest.raises(ValueError, match="language is empty"):
+        searcher.search("x", 3, " , ")
+    with pytest.raises(ValueError, match="a string or a list of strings, got 3"):
+        searcher.search("x", 3, ["go", 3])
+    code, _, err = run_cli([str(tiny_bundle), "q", "--language", "go", "--language", "klingon"], capsys)
+    assert code == 2 and "unknown language 'klingon'" in err and "go (3)" in err
+
+
+@pytest.mark.parametrize("factory", ["HNSW8,Flat", "IVF4,Flat", "IVF4,PQ8x4,RFlat", "L2norm,Flat"])
+def test_the_filter_works_in_every_index_kind(
+    searcher: Searcher, tiny_bundle: Path, corpus: list[dict], tmp_path: Path, factory: str
+):
+    """HNSW (a rare language: the exact scan of its vectors; Python: the graph), IVF (all lists probed
+    for a rare one), IVF-PQ re-ranked, and a pre-transformed index that takes no selector (over-fetch)."""
+    vectors = faiss.downcast_index(searcher.index).reconstruct_n(0, searcher.size)
+    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    copy = edited_copy(tiny_bundle, tmp_path / "bundle")
+    save_index(index, copy / "index.faiss")
+    other = Searcher(copy, threads=1)
+    queries = [corpus[i]["code"] for i in ids_of(corpus, "go", "rust", "java")]
+    for language in ("go", ["rust", "java"]):
+        wanted = set(ids_of(corpus, *([language] if isinstance(language, str) else language)))
+        expected = [[h.id for h in hits] for hits in searcher.search_batch(queries, 3, language)]  # Flat
+        found = [[h.id for h in hits] for hits in other.search_batch(queries, 3, language)]
+        assert found == expected, (factory, language)
+        assert all(set(ids) <= wanted for ids in found)
+    python = other.search_batch(queries, 5, "python")
+    assert all(len(hits) == 5 and {h.language for h in hits} == {"python"} for hits in python)
+
+
+def test_an_old_bundle_without_language_repo_or_start_line_still_searches(
+    tiny_bundle: Path, corpus: list[dict], tmp_path: Path, capsys
+):
+    assert set(OLD_BUNDLE_DEFAULTS) == set(bundles.META_COLUMNS_ADDED)
+    old = edited_copy(tiny_bundle, tmp_path / "old")
+    python_rows = len(corpus) - len(POLYGLOT_FUNCTIONS)  # an old bundle indexed Python only
+    # The bundle's index is Flat: keep its Python rows (the first ones) and drop the new columns.
+    vectors = faiss.read_index(str(old / "index.faiss")).reconstruct_n(0, python_rows)
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    save_index(flat, old / "index.faiss")
+    meta = pq.read_table(old / "index_meta.parquet").slice(0, python_rows)
+    pq.write_table(meta.select(["code", "path", "func_name", "url"]), old / "index_meta.parquet")
+
+    searcher = Searcher(old, threads=1)
+    assert searcher.language_counts() == {"python": python_rows}
+    gold = corpus[7]
+    hit = searcher.search(gold["code"], 3)[0]
+    assert (hit.id, hit.language, hit.repo, hit.start_line, hit.func_name) == (
+        7,
+        "python",
+        "",
+        None,
+        gold["func_name"],
+    )
+    assert hit.location() == gold["path"]  # no line known
+    assert [h.id for h in searcher.search(gold["code"], 3, "python")][0] == 7
+    with pytest.raises(ValueError, match=r"no go functions; it has: python \(\d+\)"):
+        searcher.search("x", 3, "go")
+    code, out, err = run_cli([str(old), gold["code"], "-k", "1", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)["results"][0]
+    assert (result["language"], result["start_line"], result["repo"]) == ("python", None, "")
+
+
+def test_cli_language_option_and_output(tiny_bundle: Path, corpus: list[dict], capsys):
+    go = ids_of(corpus, "go")
+    gold = corpus[go[1]]
+    code, out, _ = run_cli(
+        [str(tiny_bundle), gold["code"], "--language", "go,rust", "-k", "4", "--max-lines", "1"], capsys
+    )
+    assert code == 0
+    first = out.splitlines()[0]
+    local = gold["url"].removeprefix("file://").split("#")[0]
+    assert first.startswith(" 1. ") and first.endswith(
+        f"  go  {local}:{gold['start_line']}  {gold['func_name']}"
+    )
+    headers = [line for line in out.splitlines() if line[:4].strip().endswith(".")]
+    assert len(headers) == 4 and all(("  go  " in h) or ("  rust  " in h) for h in headers)
+    assert "4 results from semcode v1" in out and ", 5 in go,rust," in out
+
+    code, out, _ = run_cli([str(tiny_bundle), gold["code"], "--language", "go", "--json"], capsys)
+    answer = json.loads(out)
+    assert answer["language"] == ["go"] and len(answer["results"]) == 3
+    top = answer["results"][0]
+    assert (top["language"], top["path"], top["start_line"], top["url"]) == (
+        "go",
+        gold["path"],
+        gold["start_line"],
+        gold["url"],
+    )
+    assert top["location"] == f"{local}:{gold['start_line']}"
+
+
+# ---------------------------------------------------------------------------------------------
 # semcode search
 
 
@@ -156,7 +303,9 @@ def test_cli_prints_ranked_hits_with_code(tiny_bundle: Path, corpus: list[dict],
     code, out, _ = run_cli([str(tiny_bundle), gold["code"], "-k", "3", "--max-lines", "2"], capsys)
     assert code == 0
     first = out.splitlines()[0]
-    assert first.startswith(" 1. ") and first.endswith(f"{gold['repo']}/{gold['path']}:{gold['func_name']}")
+    assert gold["language"] == "python" and gold["start_line"] > 0
+    assert first.startswith(" 1. ")
+    assert first.endswith(f"  python  {gold['path']}:{gold['start_line']}  {gold['func_name']}")
     assert gold["url"] in out
     assert gold["code"].splitlines()[0] in out
     assert " 3. " in out and " 4. " not in out
@@ -185,8 +334,34 @@ def test_cli_json_output(tiny_bundle: Path, corpus: list[dict], capsys):
     assert answer["took_ms"] > 0
     results = answer["results"]
     assert [r["rank"] for r in results] == [1, 2, 3, 4]
-    assert set(results[0]) >= {"rank", "score", "repo", "path", "func_name", "url", "code"}
-    assert results[0]["func_name"] == corpus[3]["func_name"]
+    assert set(results[0]) >= {
+        "rank",
+        "score",
+        "language",
+        "repo",
+        "path",
+        "start_line",
+        "location",
+        "func_name",
+        "url",
+        "code",
+    }
+    gold = corpus[3]
+    assert results[0]["func_name"] == gold["func_name"]
+    assert (results[0]["language"], results[0]["path"], results[0]["start_line"], results[0]["url"]) == (
+        "python",
+        gold["path"],
+        gold["start_line"],
+        gold["url"],
+    )
+    assert results[0]["location"] == f"{gold['path']}:{gold['start_line']}"
+    assert answer["language"] is None
+    assert answer["bundle"]["languages"] == {
+        "python": len(corpus) - len(POLYGLOT_FUNCTIONS),
+        "go": 3,
+        "rust": 2,
+        "java": 1,
+    }
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
 
 
@@ -197,7 +372,7 @@ def test_search_never_imports_torch(tiny_bundle: Path):
         "from semcode.serve.search import main\n"
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
-        f"    assert main([{str(tiny_bundle)!r}, 'read a file line by line', '--json']) == 0\n"
+        f"    assert main([{str(tiny_bundle)!r}, 'read a file line by line', '--json', '--language', 'python']) == 0\n"
         "import json; assert len(json.loads(out.getvalue())['results']) == 5\n"
         f"heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]\n"
         "print('heavy:', heavy)\n"

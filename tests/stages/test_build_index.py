@@ -163,7 +163,7 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "repo": f"repo{i % 3}",
             "path": f"pkg/mod{i}.py",
             "func_name": name,
-            "url": f"python://repo{i % 3}/pkg/mod{i}.py#L1",
+            "url": f"python://repo{i % 3}/pkg/mod{i}.py#L{i + 1}-L{i + 3}",
         }
         for i, (query, code, name) in enumerate(FUNCTIONS)
     ]
@@ -217,7 +217,8 @@ def test_minilm_index_finds_the_function_a_query_describes(minilm_run: Path) -> 
 
     model, tokenizer = load_pretrained("minilm"), load_hf_tokenizer("minilm")
     meta = pq.read_table(minilm_run / "index_meta.parquet")
-    assert meta.column_names == ["code", "repo", "path", "func_name", "url"]
+    assert meta.column_names == ["code", "language", "repo", "path", "start_line", "func_name", "url"]
+    assert tuple(meta.column_names) == stage.META_COLUMNS
     assert meta.num_rows == N_WITH_CODE
     index = load_index(minilm_run / "index.faiss")
     queries = ["greatest common divisor of two integers", "read a json file"]
@@ -231,6 +232,9 @@ def test_metadata_rows_align_with_faiss_ids(corpus_dir: Path, tmp_path: Path) ->
     meta = pq.read_table(out / "index_meta.parquet").to_pylist()
     expected = [(code, name) for _, code, name in FUNCTIONS if code]
     assert [(row["code"], row["func_name"]) for row in meta] == expected  # corpus order, empty code dropped
+    lines = [i + 1 for i, (_, code, _) in enumerate(FUNCTIONS) if code]  # each url's #L<start>
+    assert [row["start_line"] for row in meta] == lines
+    assert {row["language"] for row in meta} == {"python"}
     index = stage.faiss_index.load_index(out / "index.faiss")
     stored = index.reconstruct_n(0, index.ntotal)
     np.testing.assert_allclose(stored, hash_embed([row["code"] for row in meta], "code"), atol=1e-6)
@@ -253,6 +257,36 @@ def test_factory_override_builds_ivf_pq_with_refine(corpus_dir: Path, tmp_path: 
     assert metrics["ntotal"] == 20 and metrics["rows_read"] == 20  # max_corpus: the first 20 rows
     assert metrics["search_params"] == {"nprobe": 2, "k_factor_rf": 8.0}
     assert metrics["recall@10"] == 1.0  # both lists probed, every candidate re-ranked exactly
+
+
+def test_metadata_carries_language_repo_and_start_line(tmp_path: Path) -> None:
+    rows = [
+        ("go", "shop", "cmd/main.go", "main", "file:///src/shop/cmd/main.go#L12-L30", "func main() {}"),
+        ("rust", "num", "src/lib.rs", "gcd", "https://github.com/o/num/blob/v1/src/lib.rs#L7", "fn gcd() {}"),
+        ("python", "", "", "HumanEval/3", "humaneval://HumanEval/3", "def below_zero(ops): ..."),
+        ("java", "", "Text.java", "Text.trim", "", "String trim() { return s; }"),
+    ]
+    corpus = [
+        {"code": code, "language": language, "repo": repo, "path": path, "func_name": name, "url": url}
+        for language, repo, path, name, url, code in rows
+    ]
+    write_shards(corpus, tmp_path / "corpus")
+    stage.index_corpus(stage.BuildIndexConfig(), hash_embed, HASH_DIM, tmp_path / "corpus", tmp_path / "a")
+    meta = pq.read_table(tmp_path / "a" / "index_meta.parquet")
+    assert meta.schema.field("start_line").type == pa.int32()
+    assert meta["start_line"].to_pylist() == [12, 7, None, None]  # no #L<start>: unknown
+    assert meta["language"].to_pylist() == ["go", "rust", "python", "java"]
+    assert meta["repo"].to_pylist() == ["shop", "num", "", ""]
+
+    # A corpus with its own start_line column: that one is used.
+    table = pq.read_table(tmp_path / "corpus" / "part-00000.parquet")
+    table = table.append_column("start_line", pa.array([1, 2, 3, 4], type=pa.int64()))
+    (tmp_path / "with_lines").mkdir()
+    pq.write_table(table, tmp_path / "with_lines" / "part-00000.parquet")
+    stage.index_corpus(
+        stage.BuildIndexConfig(), hash_embed, HASH_DIM, tmp_path / "with_lines", tmp_path / "b"
+    )
+    assert pq.read_table(tmp_path / "b" / "index_meta.parquet")["start_line"].to_pylist() == [1, 2, 3, 4]
 
 
 def refuse_to_embed(texts: list[str], kind: str) -> np.ndarray:
@@ -280,7 +314,8 @@ def test_bad_corpus_inputs(tmp_path: Path) -> None:
         stage.corpus_shards(tmp_path / "nothing")
     (tmp_path / "code_only").mkdir()
     pq.write_table(pa.table({"code": ["def f(): pass"]}), tmp_path / "code_only" / "part-00000.parquet")
-    with pytest.raises(ValueError, match=r"no column\(s\) \['repo', 'path', 'func_name', 'url', 'query'\]"):
+    missing = r"no column\(s\) \['language', 'repo', 'path', 'func_name', 'url', 'query'\]"
+    with pytest.raises(ValueError, match=missing):
         stage.corpus_shards(tmp_path / "code_only")
     write_shards([], tmp_path / "empty")
     with pytest.raises(ValueError, match="is empty"):

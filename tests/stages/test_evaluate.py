@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from test_suites import GO_FILES, RUBY_FILES, write_archive  # the tiny polyglot archives (tests/)
 
 from semcode.config import ConfigError
 from semcode.data.pairs import write_shards
@@ -47,6 +49,12 @@ PAIRS = [
     # The same docstring on another function: each is a right answer to it, so it is excluded, not a distractor.
     ("Reverse a string.", "def backwards(s):\n    return ''.join(reversed(s))"),
 ]
+GO_PAIRS = [
+    ("Add two integers and return the sum.", "func Add(a, b int) int {\n\treturn a + b\n}"),
+    ("Split a line into words.", "func Words(line string) []string {\n\treturn strings.Fields(line)\n}"),
+    ("Open a file for reading.", "func Open(path string) (*os.File, error) {\n\treturn os.Open(path)\n}"),
+]
+KFP_METRIC_NAME = re.compile(r"^[A-Za-z0-9_@-]+(\.[A-Za-z0-9_@-]+)+$")
 METRIC_NAMES = {"mrr", "recall@1", "recall@5", "recall@10", "ndcg@10", "median_rank", "n_queries"}
 
 
@@ -134,6 +142,75 @@ def test_onnx_int8_runtime_ranks_like_torch(pairs_dir: Path, tmp_path: Path) -> 
     assert saved["config"]["runtime"] == "onnx-int8"
 
 
+def test_the_test_split_is_also_broken_down_per_language(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    rows = [{"query": q, "code": c, "language": "python", "repo": "hand"} for q, c in PAIRS[:5]]
+    rows += [{"query": q, "code": c, "language": "go", "repo": "gohand"} for q, c in GO_PAIRS]
+    rows.append({"query": "", "code": "func helper() {\n\treturn\n}", "language": "go", "repo": "gohand"})
+    write_shards(rows, tmp_path / "pairs" / "test")
+    config = stage.EvaluateConfig(suites=("test",), n_distractors=4, device="cpu")
+    metrics = stage.run(
+        config, tiny_encoder_dir, tmp_path / "pairs", tmp_path / "eval", baseline_encoder=tiny_encoder_dir
+    )
+
+    test = metrics["suites"]["test"]
+    assert test["n_queries"] == 8 and test["n_candidates"] == 9
+    by_language = test["by_language"]
+    assert list(by_language) == ["go", "python"]
+    assert by_language["go"]["n_queries"] == 3 and by_language["python"]["n_queries"] == 5
+    # Each language's queries are ranked among the whole test corpus, both languages' code.
+    assert by_language["go"]["candidates_per_query"]["full"] == {"min": 9, "max": 9, "mean": 9.0}
+    for protocol in ("csn", "full"):
+        for system in ("model", "bm25", "zero_shot"):
+            assert set(by_language["go"][protocol][system]) == METRIC_NAMES
+            weighted = sum(part["n_queries"] * part[protocol][system]["mrr"] for part in by_language.values())
+            assert weighted / 8 == pytest.approx(test[protocol][system]["mrr"])
+    gap = by_language["go"]["model_vs"]["full"]["zero_shot"]  # the same encoder twice: no gap
+    assert gap == {"mrr_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0}
+
+    kfp = metrics["kfp_metrics"]
+    assert kfp["test.go.full.model.mrr"] == by_language["go"]["full"]["model"]["mrr"]
+    assert kfp["test.python.csn.bm25.ndcg@10"] == by_language["python"]["csn"]["bm25"]["ndcg@10"]
+    assert all(KFP_METRIC_NAME.match(name) for name in kfp), sorted(kfp)
+    assert metrics["primary"]["name"] == "test/full/model/mrr"
+    table = stage.summary_table(metrics["suites"])
+    assert [line.split(" | ")[:3] for line in table.splitlines() if line.startswith("test:go")] == [
+        ["test:go    ", "csn     ", "3      "],
+        ["test:go    ", "full    ", "3      "],
+    ]
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["suites"]["test"]["by_language"]["go"]["n_queries"] == 3
+
+
+def test_polyglot_suites_from_the_benchmarks_folder(
+    tiny_encoder_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    benchmarks = tmp_path / "benchmarks"
+    write_archive(benchmarks / "polyglot" / "mathx.tar.gz", GO_FILES)
+    write_archive(benchmarks / "polyglot" / "greeter.tar.gz", RUBY_FILES)
+    monkeypatch.setenv("SEMCODE_BENCHMARKS_DIR", str(benchmarks))
+    out = tmp_path / "eval"
+    argv = ["--encoder", str(tiny_encoder_dir), "--out", str(out), "--suites", "polyglot", "--device", "cpu"]
+    assert stage.main(argv) == 0
+
+    metrics = read_metrics(out)
+    assert list(metrics["suites"]) == ["polyglot-ruby", "polyglot-go"] and metrics["skipped"] == {}
+    go = metrics["suites"]["polyglot-go"]
+    assert go["n_queries"] == 2 and go["n_candidates"] == 3  # the undocumented function is a candidate
+    assert go["source"] == str(benchmarks / "polyglot" / "mathx.tar.gz")
+    assert set(go["full"]) == {"model", "bm25"} and "by_language" not in go  # one language
+    assert metrics["kfp_metrics"]["polyglot-go.full.bm25.mrr"] == go["full"]["bm25"]["mrr"]
+    assert all(KFP_METRIC_NAME.match(name) for name in metrics["kfp_metrics"])
+    assert metrics["primary"]["name"] == "polyglot-ruby/full/model/mrr"
+    assert re.search(r"^polyglot-go +\| full +\| 2 ", stage.summary_table(metrics["suites"]), re.MULTILINE)
+
+    # The config's folder wins over the environment; a folder without polyglot/ skips the suites.
+    config = stage.EvaluateConfig(suites=("polyglot",), benchmarks_dir=str(tmp_path / "nothing"))
+    suites, skipped = stage.load_suites(config, None)
+    assert suites == [] and "not present" in skipped["polyglot"]
+    with pytest.raises(ValueError, match="every suite was skipped"):
+        stage.run(config, tiny_encoder_dir, None, tmp_path / "eval-none")
+
+
 def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "eval")
     assert stage.main(["--encoder", str(tmp_path / "nope"), "--pairs", str(pairs_dir), "--out", out]) == 2
@@ -151,7 +228,8 @@ def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path,
     assert (
         stage.main(["--encoder", "minilm", "--pairs", str(pairs_dir), "--out", out, "--suites", "mbpp"]) == 2
     )
-    assert "suites" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "mbpp" in error and "'polyglot'" in error  # the bad name and the valid ones
     assert not Path(out).exists()
 
 
@@ -188,3 +266,15 @@ def test_summary_table_and_flat_metrics() -> None:
         "full": {"zero_shot": {"mrr_difference": 0.1, "ci95_low": -0.05, "ci95_high": 0.25}}
     }
     assert "| +0.1000 (-0.0500..+0.2500)" in stage.summary_table(suites)
+
+    # A per-language breakdown: rows labelled suite:language, KFP names suite.language.protocol...
+    suites["test"]["by_language"] = {
+        "c++": {
+            "full": {"model": {"mrr": 0.75, "n_queries": 1}},
+            "n_queries": 1,
+            "candidates_per_query": {"full": {"min": 10, "max": 10, "mean": 10.0}},
+        }
+    }
+    last = stage.summary_table(suites).splitlines()[-1]
+    assert last.startswith("test:c++ | full     | 1       | 10") and "0.7500" in last
+    assert stage.flatten_metrics(suites)["test.c__.full.model.mrr"] == 0.75  # unsafe characters become _

@@ -166,6 +166,53 @@ def test_failed_int8_parity_is_refused_unless_allowed(tiny_run: TinyRun, tmp_pat
     assert "FAILED" in (tmp_path / "lenient" / "bundle" / "model_card.md").read_text()
 
 
+def eval_with_zero_shot_gap(run: TinyRun, folder: Path, suite: str, low: float, high: float) -> Path:
+    """evaluate's metrics.json with a zero-shot comparison on ``suite`` whose 95% interval is low..high."""
+    metrics = run.eval_metrics()
+    base = metrics["suites"]["test"]
+    metrics["suites"][suite] = (
+        {**base, "model_vs": {}} if suite not in metrics["suites"] else metrics["suites"][suite]
+    )
+    gap = {"mrr_difference": (low + high) / 2, "ci95_low": low, "ci95_high": high}
+    metrics["suites"][suite]["model_vs"] = {"full": {"zero_shot": gap}, "csn": {"zero_shot": gap}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_a_candidate_below_zero_shot_on_a_guarded_suite_is_refused(tiny_run: TinyRun, tmp_path: Path):
+    evaluation = eval_with_zero_shot_gap(tiny_run, tmp_path / "eval", "cosqa", -0.030, -0.004)
+    refused = run_gate(tiny_run, tmp_path / "refused", evaluation)
+    assert refused["passed"] is False
+    assert (
+        "cosqa/full: model - zero-shot MRR -0.0170 (95% -0.0300 .. -0.0040): below zero-shot"
+        in refused["reasons"]
+    )
+    assert any(item["regressed"] for item in refused["zero_shot_comparisons"])
+    # the decision and its reasons reach the bundle's model card
+    card = (tmp_path / "refused" / "bundle" / "model_card.md").read_text()
+    assert "below zero-shot" in card
+
+    # not guarded, or warn: it passes, and the reasons still say so
+    unguarded = run_gate(tiny_run, tmp_path / "unguarded", evaluation, guarded_suites=["test", "humaneval"])
+    assert unguarded["passed"] is True
+    warned = run_gate(tiny_run, tmp_path / "warned", evaluation, zero_shot_regression="warn")
+    assert warned["passed"] is True and any("zero_shot_regression is warn" in r for r in warned["reasons"])
+
+
+def test_a_gap_whose_interval_reaches_zero_is_not_a_regression(tiny_run: TinyRun, tmp_path: Path):
+    evaluation = eval_with_zero_shot_gap(tiny_run, tmp_path / "eval", "cosqa", -0.020, 0.003)
+    decision = run_gate(tiny_run, tmp_path / "gate", evaluation, guarded_suites=["cos*"])
+    assert decision["passed"] is True, decision["reasons"]
+    assert [item["suite"] for item in decision["zero_shot_comparisons"]] == ["cosqa", "cosqa"]
+
+
+def test_a_guarded_suite_without_zero_shot_says_it_was_not_checked(tiny_run: TinyRun, tmp_path: Path):
+    decision = run_gate(tiny_run, tmp_path / "gate", tiny_run.evaluate)  # tiny: trained from scratch
+    assert decision["passed"] is True
+    assert any("no zero-shot baseline evaluated" in reason for reason in decision["reasons"])
+
+
 def test_gate_rejects_bad_input_before_work(tiny_run: TinyRun, tmp_path: Path, capsys):
     with pytest.raises(cfg.ConfigError, match="tolerance must be >= 0"):
         cfg.from_dict(gate.GateConfig, {"tolerance": -0.1})

@@ -25,7 +25,7 @@ def evaluate(
         pairs: ingest's pairs; their test split is the 'test' suite.
         evaluation: metrics.json (every suite, protocol and system) and config.json.
         metrics: every suite.protocol.system.metric as a KFP metric.
-        suites: suites to evaluate: test, humaneval, cosqa.
+        suites: suites to evaluate: test, humaneval, cosqa, polyglot (the held-out repositories).
         max_queries: at most this many queries per suite (0 = all).
         n_distractors: distractors per query in the csn protocol.
         baseline_encoder: also evaluate this encoder (alias or directory) as zero_shot ('' = none).

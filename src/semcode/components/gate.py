@@ -23,6 +23,8 @@ def gate(
     tolerance: float,
     require_int8_parity: bool,
     version: str,
+    guarded_suites: list,
+    zero_shot_regression: str,
     decoder: Input[Model] = None,
 ) -> bool:
     """Assemble the release bundle and compare the candidate with the registry's champion.
@@ -47,6 +49,8 @@ def gate(
         tolerance: the candidate may be at most this much worse than the champion.
         require_int8_parity: refuse a candidate whose int8 encoder lost too much accuracy.
         version: version of the candidate bundle ('' = UTC timestamp + short hash of the weights).
+        guarded_suites: suites (names or patterns) on which the candidate may not fall below zero-shot.
+        zero_shot_regression: refuse, or warn (pass and say so), on such a regression.
     """
     import json
     import os
@@ -64,6 +68,8 @@ def gate(
             "tolerance": tolerance,
             "require_int8_parity": require_int8_parity,
             "version": version,
+            "guarded_suites": guarded_suites,
+            "zero_shot_regression": zero_shot_regression,
         },
         source="gate component",
     )

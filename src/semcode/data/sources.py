@@ -24,8 +24,10 @@ A source is a spec string ``KIND:LOCATION`` (``~`` in local paths is expanded):
 Test paths (``tests/``, ``test_*.py``, ``x_test.go``, Ruby/JS ``spec/``), vendored files
 (``vendor/``, ``node_modules/``, ``third_party/``) and generated files by name (``*.min.js``,
 ``*_pb2.py``, ``*.pb.go``, ``*.generated.*``) are skipped by path before reading; files bigger
-than ``max_file_bytes`` are skipped by size, and files whose first lines say ``Code generated ...
-DO NOT EDIT`` after reading.
+than ``max_file_bytes`` are skipped by size, files whose first lines say ``Code generated ...
+DO NOT EDIT`` after reading, and files with a line longer than ``max_line_chars`` (minified code,
+data) before parsing: their parse tree is the one thing whose memory a raised size limit leaves
+unbounded.
 
 Code files (``python:`` and ``dir:``) go through :mod:`semcode.data.extract`; every extracted
 function becomes a corpus row (``query`` empty without doc comment) and, when its doc comment's
@@ -47,7 +49,7 @@ to one split; give rows a ``repo`` field, or use several files, for a useful spl
 Reject reasons counted per source. Errors (bad input, counted toward ``max_reject_share``):
 ``binary``, ``decode_error``, ``syntax_error``, ``unreadable`` (per file), ``malformed_json``,
 ``missing_field`` (per JSONL line). Everything else is a rule doing its job (``test_path``,
-``test_name``, ``dunder``, ``too_short``, ``too_long``, ``too_large``, ``empty_body``,
+``test_name``, ``dunder``, ``too_short``, ``too_long``, ``too_large``, ``long_line``, ``empty_body``,
 ``no_docstring``, ``short_docstring``, ``other_language``, ``vendored``, ``generated``) and is never an error: a package can
 legitimately lose most functions to the rules.
 """
@@ -154,6 +156,7 @@ class ExtractOptions:
     min_code_lines: int = 3
     max_code_chars: int = 8000
     max_file_bytes: int = 1_000_000
+    max_line_chars: int = 10_000
     max_files: int = 0  # 0 = all
     languages: tuple[str, ...] = ()  # names from languages.LANGUAGES; empty = all
     workers: int = 1
@@ -323,6 +326,11 @@ def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> Fil
         return outcome
     if extract.is_generated_source(text):
         outcome.rejects["generated"] += 1
+        return outcome
+    # A minified or data file is one huge line: its parse tree is what took a raised max_file_bytes to
+    # tens of GB, and it holds no function worth a pair. Longest line first, before any parsing.
+    if max((len(line) for line in text.splitlines()), default=0) > options.max_line_chars:
+        outcome.rejects["long_line"] += 1
         return outcome
     try:
         with warnings.catch_warnings():  # invalid escapes etc. in other people's code are not our news

@@ -224,6 +224,8 @@ def train_pipeline(
     gate_tolerance: float = 0.005,
     gate_require_int8_parity: bool = True,
     gate_version: str = "",
+    gate_guarded_suites: list = ["*"],  # noqa: B006
+    gate_zero_shot_regression: str = "refuse",
     # cluster
     gpu_count: int = 1,
     gpu_node_selector: dict = {"nvidia.com/gpu.present": "true"},  # noqa: B006
@@ -314,7 +316,7 @@ def train_pipeline(
         train_decoder_runtime: How the frozen encoder runs: torch|onnx-int8|onnx-fp32 (onnx: CPU only).
         train_decoder_threads: Torch CPU threads (0 = every core); 1 can be much faster on a busy machine.
         train_decoder_time_budget_minutes: Stop training after this much, with a final checkpoint (0 = none).
-        evaluate_suites: Suites to evaluate, of test, humaneval, cosqa; cosqa is skipped when absent.
+        evaluate_suites: Suites to evaluate, of test, humaneval, cosqa, polyglot (one suite per held-out repository in ../shared/benchmarks/polyglot, about 10k functions: minutes on a CPU); cosqa and polyglot are skipped when absent.
         evaluate_max_queries: Evaluate at most this many queries per suite, a seeded sample (0 = all).
         evaluate_n_distractors: Distractors per query in the CodeSearchNet protocol.
         evaluate_runtime: Run the encoders with torch, or exported as the bundle's is: onnx-int8 (what search uses; ~2.5x faster on CPU) or onnx-fp32.
@@ -332,6 +334,8 @@ def train_pipeline(
         gate_tolerance: The candidate may be at most this much (absolute) worse than the champion.
         gate_require_int8_parity: Refuse a candidate whose int8 encoder lost too much accuracy.
         gate_version: Version of the candidate bundle ('' = UTC timestamp + short hash of the weights).
+        gate_guarded_suites: Suites (names or shell patterns, e.g. cosqa, polyglot-*) on which the candidate may not fall below its zero-shot start beyond the 95% paired interval ([] = none).
+        gate_zero_shot_regression: What such a regression does: refuse (not published), or warn (published, the reasons say so).
         gpu_count: GPUs (nvidia.com/gpu) for train_encoder.
         gpu_node_selector: Node selector of the GPU node pool, as a JSON object of label: value.
         gpu_tolerations: Tolerations for the GPU node pool's taints, as a JSON list of Kubernetes tolerations.
@@ -535,6 +539,8 @@ def train_pipeline(
         tolerance=gate_tolerance,
         require_int8_parity=gate_require_int8_parity,
         version=gate_version,
+        guarded_suites=gate_guarded_suites,
+        zero_shot_regression=gate_zero_shot_regression,
     )
     on_cluster(gate_task, LIGHT_STAGE, s3_secret_name)
     gate_task.set_caching_options(False)  # the registry's champion changes between runs

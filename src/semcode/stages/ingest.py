@@ -88,6 +88,9 @@ class IngestConfig:
     min_code_lines: int = field(3, "skip functions with fewer non-blank lines (from def, docstring removed)")
     max_code_chars: int = field(8000, "skip functions longer than this many characters (0 = no limit)")
     max_file_bytes: int = field(1_000_000, "skip source files bigger than this (generated code)")
+    max_line_chars: int = field(
+        10_000, "skip source files with a longer line (minified or data): parsing one costs memory unbounded"
+    )
     languages: tuple[str, ...] = field(
         (),
         f"read only these languages from dir: and JSONL sources (empty = all: {', '.join(LANGUAGES)}); "
@@ -128,7 +131,7 @@ class IngestConfig:
         for name in ("min_docstring_tokens", "min_code_lines", "max_code_chars", "max_files_per_source"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_file_bytes", "rows_per_shard", "workers"):
+        for name in ("max_file_bytes", "max_line_chars", "rows_per_shard", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         try:
@@ -152,6 +155,7 @@ class IngestConfig:
             min_code_lines=self.min_code_lines,
             max_code_chars=self.max_code_chars,
             max_file_bytes=self.max_file_bytes,
+            max_line_chars=self.max_line_chars,
             max_files=self.max_files_per_source,
             languages=check_languages(self.languages),
             workers=self.workers,
