@@ -220,12 +220,15 @@ def test_function_end_rules():
 
 
 def test_parse_checks():
-    assert parses("x = 1\n") and not is_function("x = 1\n")
+    """Python's parse check is is_function (ast): valid Python that starts with a function."""
+    assert not is_function("x = 1\n") and not parses("x = 1\n")
     assert is_function("@cache\ndef f():\n    return 1\n") and is_function(
         "    async def f():\n        pass\n"
     )
-    assert parses("defdef___\n") and not is_function("defdef___\n")  # an identifier is not a function
+    assert not is_function("defdef___\n")  # an identifier is not a function
     assert not parses("def f(:\n") and not is_function("")
+    for code in ("def f():\n    return 1\n", "x = 1\n", "defdef___\n", "def f(:\n", ""):
+        assert parses(code) == parses(code, "python") == is_function(code), code
 
 
 def test_corpus_bleu():

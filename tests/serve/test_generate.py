@@ -83,6 +83,22 @@ def test_sampling_is_seeded(bundle: Path, capsys):
     assert capsys.readouterr().out.count("# sample ") == 2
 
 
+def test_generate_in_a_language(bundle: Path, capsys):
+    from semcode.decoding import parses
+
+    answer = run_json(
+        capsys, str(bundle), "Reverse a slice in place.", "--language", "Go", "--max-tokens", "6"
+    )
+    assert answer["language"] == "go"  # names are case-insensitive
+    [sample] = answer["samples"]
+    assert sample["parses"] == parses(sample["code"], "go")
+    greedy = run_json(
+        capsys, str(bundle), "Open a file.", "--greedy", "--language", "rust", "--max-tokens", "4"
+    )
+    assert greedy["language"] == "rust" and greedy["samples"][0]["parses"] is False  # 4 tokens: no fn yet
+    assert run_json(capsys, str(bundle), "Open a file.", "--max-tokens", "3")["language"] == "python"
+
+
 def test_generate_from_a_decoder_and_an_encoder(tiny_run: TinyRun, decoder_run: Path, capsys):
     answer = run_json(
         capsys, str(decoder_run), "--encoder", str(tiny_run.encoder), "Sort a list.", "--max-tokens", "5"
@@ -106,3 +122,8 @@ def test_clear_errors(tiny_run: TinyRun, decoder_run: Path, tmp_path: Path, caps
         generate.main([str(decoder_run), "Sort a list.", "--candidates", "3", "--temperature", "0.7"])
     with pytest.raises(SystemExit):
         generate.main([str(decoder_run), "Sort a list.", "--candidates", "0"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # refused before any model loads: the bundle does not even exist
+        generate.main([str(tmp_path / "nowhere"), "Sort a list.", "--language", "cobol"])
+    error = capsys.readouterr().err
+    assert "unknown language 'cobol'; supported: python, go, java, javascript" in error

@@ -1,9 +1,10 @@
 """Stage train_decoder on CPU with DeepSpeed: tiny real data, a BPE tokenizer and a tiny encoder made here.
 
-The functions and docstrings are the encoder stage test's (a verb, a noun, an argument, a method); the
-frozen encoder is a freshly initialised tiny one (the stage only embeds with it). One module-scoped run
-(via ``main``) is inspected by several tests; the resume test replays its second half from a checkpoint
-and must reproduce it exactly.
+The functions and docstrings are the encoder stage test's (a verb, a noun, an argument, a method); half
+of the test split is the same functions written in Go, and some Python rows have no ``language`` (they
+count as Python). The frozen encoder is a freshly initialised tiny one (the stage only embeds with it).
+One module-scoped run (via ``main``) is inspected by several tests; the resume test replays its second
+half from a checkpoint and must reproduce it exactly.
 """
 
 from __future__ import annotations
@@ -66,6 +67,24 @@ TRAIN_FLAGS = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
+def as_go(pair: dict) -> dict:
+    """The same function in Go: ``func VerbNoun7(arg string, strict bool) (string, error) {...}``."""
+    name = "".join(part.capitalize() for part in pair["func_name"].split("_"))
+    header, body = pair["code"].split("\n", 1)
+    arg = header.split("(")[1].split(",")[0]
+    method = body.split(".")[1].split("(")[0]
+    code = (
+        f"func {name}({arg} string, strict bool) (string, error) {{\n"
+        f"\tresult := strings.{method.capitalize()}({arg})\n"
+        f'\tif strict && result == "" {{\n'
+        f'\t\treturn "", errors.New("empty")\n'
+        f"\t}}\n"
+        f"\treturn result, nil\n"
+        f"}}\n"
+    )
+    return {**pair, "code": code, "language": "go", "func_name": name, "path": "mod.go"}
+
+
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """pairs/ (train 96, valid 24, test 40), our BPE tokenizer and a tiny random encoder."""
@@ -75,6 +94,11 @@ def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     root = tmp_path_factory.mktemp("train_decoder_data")
     rng = random.Random(0)
     pairs = [make_pair(rng, i) for i in range(160)]
+    for i in range(120, 160):  # the test split: odd rows in Go, every fourth even row without a language
+        if i % 2:
+            pairs[i] = as_go(pairs[i])
+        elif i % 8 == 0:
+            pairs[i] = {**pairs[i], "language": ""}
     for split, rows in (("train", pairs[:96]), ("valid", pairs[96:120]), ("test", pairs[120:])):
         write_shards(rows, root / "pairs" / split)
     tokenizer = train_bpe([p["query"] for p in pairs] + [p["code"] for p in pairs], vocab_size=500)
@@ -174,6 +198,28 @@ def test_main_writes_the_decoder_metrics_and_history(trained: Path):
         "temperature": 0.5,
         "top_p": 0.95,
     }
+
+
+def test_generation_is_measured_per_language(trained: Path):
+    """Each test row is generated and checked in its own language; rows without one are Python."""
+    from semcode.decoding import parses
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    samples = [json.loads(line) for line in (trained / "samples.jsonl").read_text().splitlines()]
+    counts = metrics["generated_samples_by_language"]
+    assert set(counts) == {"python", "go"} and sum(counts.values()) == metrics["generated_samples"]
+    for prefix in ("", "query_", "reranked_", "query_reranked_"):
+        for name in ("parse_rate_by_language", "bleu_by_language", "round_trip_recall@10_by_language"):
+            values = metrics[f"{prefix}{name}"]
+            assert set(values) == set(counts) and all(0 <= v <= 1 for v in values.values()), (prefix, name)
+        by_language = metrics[f"{prefix}parse_rate_by_language"]
+        overall = sum(by_language[name] * counts[name] for name in counts) / sum(counts.values())
+        assert metrics[f"{prefix}parse_rate"] == pytest.approx(overall)
+    # The samples' languages are their references' (Go code is in Go), and "parses" is that language's.
+    for sample in samples:
+        assert sample["language"] == ("go" if sample["reference"].startswith("func ") else "python")
+        assert sample["parses"] == parses(sample["generated"], sample["language"])
+    assert "parse by language" in train_decoder.summary_line(metrics)
 
 
 def test_saved_decoder_reproduces_the_test_loss(trained: Path, data_dirs):

@@ -1,10 +1,12 @@
-"""``semcode generate``: write a Python function from a docstring (or from code) with a trained decoder.
+"""``semcode generate``: write a function from a docstring (or from code) with a trained decoder.
 
 The text is embedded by the search encoder, the decoder writes code from the embedding and stops at
-``</s>``, at ``--max-tokens`` or where the function ends. By default it writes the best of the
-decoder's saved number of candidates (train_decoder's ``rerank_candidates``: the greedy code plus
-samples, the parseable one whose embedding is closest to the text's kept); ``--greedy`` is plain
-greedy decoding, ``--temperature`` plain sampling with top-p. Two ways to name the models::
+``</s>``, at ``--max-tokens`` or where the function ends in ``--language`` (default python; the stop
+rules and parse checks of semcode.decoding, one per language of semcode.data.languages). By default it
+writes the best of the decoder's saved number of candidates (train_decoder's ``rerank_candidates``: the
+greedy code plus samples, the one that parses in the language whose embedding is closest to the text's
+kept; when none parses, the closest one, and ``parses`` says false); ``--greedy`` is plain greedy
+decoding, ``--temperature`` plain sampling with top-p. Two ways to name the models::
 
     semcode generate BUNDLE "docstring"                     a release bundle with decoder/; its ONNX
                                                             encoder (as search uses) embeds the text
@@ -27,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from semcode import bundle as bundles
+from semcode.data.languages import LANGUAGES, check_languages
 from semcode.embed import bundle_embed_fn
 
 EPILOG = """examples:
   semcode generate runs/<run-id>/bundle "Return the number of lines in a text file."
   semcode generate runs/<run-id>/bundle "Parse an ISO date." --temperature 0.8 --top-p 0.95 --num-samples 3
+  semcode generate runs/<run-id>/bundle "Reverse a slice in place." --language go
   semcode generate registry/semcode/latest --as-code "def area(r): return 3.14159 * r * r"
   semcode generate runs/decoder --encoder runs/encoder/encoder "Join two paths."   # before a bundle exists
 """
@@ -57,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder directory (or 'minilm'), when BUNDLE is a decoder",
     )
     parser.add_argument("--as-code", action="store_true", help="embed TEXT as code, not as a docstring")
+    parser.add_argument(
+        "--language",
+        default="python",
+        metavar="LANG",
+        help=f"the language to write: where a function ends, what parses ({', '.join(LANGUAGES)}; "
+        "default: python)",
+    )
     parser.add_argument(
         "--greedy", action="store_true", help="plain greedy decoding, no candidates to rerank"
     )
@@ -159,10 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--candidates must be >= 1")
     if (args.candidates or 1) > 1 and (args.greedy or temperature > 0):
         parser.error("--candidates reranks its own samples: drop --greedy / --temperature, or --candidates")
+    try:
+        [language] = check_languages([args.language])
+    except ValueError as error:
+        parser.error(f"--language: {error}")
 
     import torch
 
-    from semcode.decoding import generate_code, generate_reranked, is_function
+    from semcode.decoding import generate_code, generate_reranked
 
     kind = "code" if args.as_code else "query"
     try:
@@ -196,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 temperature,
                 top_p,
                 penalty,
+                language=language,
             )
         else:
             samples = generate_code(
@@ -206,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 temperature,
                 args.top_p,
                 penalty,
+                language=language,
             )
         took_ms = (time.perf_counter() - started) * 1000
     except (bundles.BundleError, FileNotFoundError, ValueError) as error:
@@ -216,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         answer = {
             "text": text,
             "embedded_as": kind,
+            "language": language,
             "models": about,
             "settings": {
                 "temperature": temperature,
@@ -230,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                     "code": s.code,
                     "tokens": s.tokens,
                     "stopped_by": s.stopped_by,
-                    "parses": is_function(s.code),
+                    "parses": s.parses,  # as a function of the language
                 }
                 for s in samples
             ],

@@ -23,12 +23,16 @@ warmup + cosine LR, checkpoints, ``--resume``, a time budget, progress lines.
 
 Metrics on the test split (up to ``max_eval_pairs`` distinct functions, a seeded sample), each decoded
 from its own code embedding: reconstruction loss, perplexity and token accuracy (teacher forcing); for
-``generate_samples`` of them, greedy generation and the share that parses as Python, corpus BLEU-4
-against the reference, and round-trip retrieval: the generated code's embedding (same encoder, code
-side) ranks its source among all the eval functions (recall@1, recall@10, MRR). The same for
-generation from the docstring's embedding (``query_*`` metrics, the gold being the function). With
+``generate_samples`` of them, greedy generation and the share that parses as a function of its row's
+language, corpus BLEU-4 against the reference, and round-trip retrieval: the generated code's embedding
+(same encoder, code side) ranks its source among all the eval functions (recall@1, recall@10, MRR).
+Each row is generated and checked in its own ``language`` (the pairs' column; ``python`` where it is
+empty): the stop rule and the parse check are that language's (semcode.decoding). Beside the overall
+values, ``parse_rate_by_language``, ``bleu_by_language`` and ``round_trip_recall@10_by_language`` give
+``{language: value}``, and ``generated_samples_by_language`` the rows of each. The same for generation
+from the docstring's embedding (``query_*`` metrics, the gold being the function). With
 ``rerank_candidates`` > 1, the same metrics again (``reranked_*``) for best-of-N decoding: the greedy code
-plus N - 1 samples, the parseable one whose embedding is closest to the target kept
+plus N - 1 samples, the one that parses whose embedding is closest to the target kept
 (semcode.decoding.generate_reranked); the decoder saves N as ``semcode generate``'s default.
 """
 
@@ -40,6 +44,7 @@ import json
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,15 +308,13 @@ def measure_on_test(
     embed: Any,
     test: Any,
     test_set: Examples,
+    languages: list[str],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Reconstruction and generation metrics on the test functions (module docstring); also the samples."""
-    from semcode.decoding import (
-        generate_code,
-        generate_reranked,
-        generation_metrics,
-        is_function,
-        reconstruction_metrics,
-    )
+    """Reconstruction and generation metrics on the test functions (module docstring); also the samples.
+
+    ``languages[i]`` is test function i's language: its row is generated and checked in it.
+    """
+    from semcode.decoding import generate_code, generate_reranked, generation_metrics, reconstruction_metrics
 
     started = time.perf_counter()
     metrics: dict[str, Any] = {"eval_functions": len(test_set)}
@@ -322,6 +325,7 @@ def measure_on_test(
     if count == 0:
         return metrics, samples
     references = test.codes[:count]
+    sample_languages = languages[:count]
     sources = {"": test_set.embeddings[:count]}  # decode each function from its own code embedding
     if config.generate_from_queries:
         sources["query_"] = embed(test.queries[:count], "query")  # and from its docstring's
@@ -336,6 +340,7 @@ def measure_on_test(
                 embeddings,
                 config.generate_max_tokens,
                 repetition_penalty=config.repetition_penalty,
+                language=sample_languages,
             ),
         }
         if config.rerank_candidates > 1:
@@ -350,6 +355,7 @@ def measure_on_test(
                 config.rerank_top_p,
                 config.repetition_penalty,
                 greedy=decodings["greedy"],
+                language=sample_languages,
             )
         for decoding, generated in decodings.items():
             generated_embeddings = embed([g.code for g in generated], "code")
@@ -361,15 +367,17 @@ def measure_on_test(
                     {
                         "from": "query" if prefix else "code",
                         "decoding": decoding,
+                        "language": g.language,
                         "query": test.queries[i],
                         "reference": references[i],
                         "generated": g.code,
-                        "parses": is_function(g.code),
+                        "parses": g.parses,
                         "tokens": g.tokens,
                         "stopped_by": g.stopped_by,
                     }
                 )
     metrics["generated_samples"] = count
+    metrics["generated_samples_by_language"] = dict(Counter(sample_languages))
     metrics["rerank_candidates"] = config.rerank_candidates
     metrics["metrics_seconds"] = round(time.perf_counter() - started, 3)
     return metrics, samples
@@ -390,6 +398,28 @@ def _check_inputs(
         raise FileNotFoundError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
     check_encoder_spec(str(encoder_dir))
     check_checkpoints_dir(out_dir / "checkpoints", config.resume)
+
+
+def code_languages(pairs_dir: Path, split: str) -> dict[str, str]:
+    """Each code's language in one split of ``pairs/``: the first row's among those load_pairs keeps
+    (non-empty query and code), ``python`` where the column is empty. ValueError names a language
+    the decoder cannot check, and the supported ones."""
+    from semcode.data.languages import check_languages
+    from semcode.data.pairs import read_split
+
+    table = read_split(pairs_dir, split, columns=["query", "code", "language"])
+    queries = table.column("query").to_pylist()
+    codes = table.column("code").to_pylist()
+    names = table.column("language").to_pylist()
+    languages: dict[str, str] = {}
+    for query, code, name in zip(queries, codes, names, strict=True):
+        if query and code and code not in languages:
+            languages[code] = (name or "python").strip().lower()
+    try:
+        check_languages(set(languages.values()))
+    except ValueError as error:
+        raise ValueError(f"{pairs_dir}/{split}: {error}") from None
+    return languages
 
 
 def _sample(count: int, limit: int, seed: int) -> np.ndarray:
@@ -439,6 +469,8 @@ def run(
     if len(test_pairs) == 0:
         raise ValueError(f"{pairs_dir}/test has no usable pairs (non-empty docstring and code)")
     test_pairs = test_pairs.subset(np.random.default_rng(config.seed).permutation(len(test_pairs)))
+    languages_by_code = code_languages(pairs_dir, "test")
+    test_languages = [languages_by_code[code] for code in test_pairs.codes]
     valid_pairs = test_pairs.subset([])
     if config.max_valid_pairs > 0 and sorted((pairs_dir / "valid").glob("part-*.parquet")):
         valid_pairs = load_pairs(pairs_dir, "valid", config.max_valid_pairs, config.seed, unique_codes=True)
@@ -503,7 +535,9 @@ def run(
 
         # 4. Measure on the test split, write the decoder.
         model.to(device)
-        values, samples = measure_on_test(config, model, tokenizer, embed, test_pairs, test_set)
+        values, samples = measure_on_test(
+            config, model, tokenizer, embed, test_pairs, test_set, test_languages
+        )
         metrics.update(values)
         decoder_dir = out / "decoder"
         shutil.rmtree(decoder_dir, ignore_errors=True)
@@ -540,6 +574,9 @@ def summary_line(metrics: dict[str, Any]) -> str:
             f" | parse {metrics['parse_rate']:.2f} bleu {metrics['bleu']:.3f} round-trip "
             f"R@1 {metrics['round_trip_recall@1']:.2f} R@10 {metrics['round_trip_recall@10']:.2f}"
         )
+    by_language = metrics.get("parse_rate_by_language") or {}
+    if len(by_language) > 1:
+        line += " | parse by language " + " ".join(f"{name} {rate:.2f}" for name, rate in by_language.items())
     if "reranked_parse_rate" in metrics:
         line += (
             f" | best of {metrics['rerank_candidates']}: parse {metrics['reranked_parse_rate']:.2f} "
