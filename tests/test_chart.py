@@ -292,6 +292,13 @@ def test_the_gpu_pool_of_the_values_reaches_the_pipeline_parameters(chart) -> No
     ]
 
 
+def test_a_cpu_only_cluster_can_be_described(chart) -> None:
+    """kind has no GPU: gpu.count 0 with no node selector or toleration (docs/cluster.md) renders."""
+    values = {"gpu": {"count": 0, "nodeSelector": {"nvidia.com/gpu.present": None}, "tolerations": []}}
+    params = submit_params(render(chart, values)["CronJob", "semcode-retrain"])
+    assert params["gpu_count"] == "0" and yaml.safe_load(params["gpu_node_selector"]) == {}
+
+
 def test_rbac_lets_the_runner_and_kfps_pipeline_pods_run_trainjobs(chart) -> None:
     manifests = render(chart)
     rules = manifests["Role", "semcode-runner"]["rules"]

@@ -401,3 +401,25 @@ def test_all_gather_equals_single_process_on_the_global_batch() -> None:
         torch.testing.assert_close(code_grad / WORLD_SIZE, full_code[rows])
         torch.testing.assert_close(hard_grad / WORLD_SIZE, full_hard[rows])
     torch.testing.assert_close(torch.stack([r[4] for r in ranks]).mean(), full_temperature)
+
+
+def test_teacher_false_negatives_are_hidden_from_the_contrastive_term() -> None:
+    """The teacher scores row 0's query closer to code 2 than to its own code 0, and code 2 closer to
+    query 0 than to its own query 2: those two candidates leave their rows (the mask covers both
+    directions), as if the batch did not hold them for those rows."""
+    torch.manual_seed(0)
+    query = F.normalize(torch.randn(3, 8), dim=-1)
+    code = F.normalize(torch.randn(3, 8), dim=-1)
+    teacher_query = torch.eye(3, 4)  # [3, 4]: query i points at axis i
+    teacher_code = torch.eye(3, 4)
+    teacher_code[2] = torch.tensor([1.0, 0.0, 0.2, 0.0])  # code 2 looks like row 0's answer to the teacher
+    teacher_code[0] = torch.tensor([0.9, 0.0, 0.0, 0.1])
+    loss = ContrastiveLoss(temperature=0.1, symmetric=False, teacher_false_negatives=True)
+    masked = loss(query, code, teacher_query_emb=teacher_query, teacher_code_emb=teacher_code)
+    logits = (query @ code.T) / 0.1  # [3, 3]
+    logits[0, 2] = float("-inf")  # query 0 -> code 2: above code 0 for the teacher
+    logits[2, 0] = float("-inf")  # code 2 -> query 0: above query 2 for the teacher
+    expected = F.cross_entropy(logits, torch.arange(3))
+    assert masked.contrastive.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = ContrastiveLoss(temperature=0.1, symmetric=False)(query, code)
+    assert plain.contrastive.item() != pytest.approx(expected.item(), rel=1e-5)

@@ -260,3 +260,15 @@ def test_copy_tree_refuses_a_symlink_that_leads_out(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="resolves outside"):
         storage.copy_tree(source, target)
     assert not (tmp_path / "elsewhere" / "file.txt").exists()
+
+
+def test_check_writable_finds_a_bad_registry_before_any_work(s3_env: str, tmp_path: Path) -> None:
+    storage.check_writable(f"{s3_env}/registry", "registry")  # writable: no error, no probe left
+    assert storage.list_files(s3_env) == []
+    storage.check_writable(tmp_path / "registry", "registry")
+    assert not list((tmp_path / "registry").iterdir())
+    with pytest.raises(StorageError, match=r"registry s3://no-such-bucket-semcode/r is not writable"):
+        storage.check_writable("s3://no-such-bucket-semcode/r", "registry")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(StorageError, match=r"registry .*a_file/registry is not writable"):
+        storage.check_writable(tmp_path / "a_file" / "registry", "registry")

@@ -106,6 +106,7 @@ class ContrastiveLoss(nn.Module):
         gather_across_ranks: bool = True,
         distill_weight: float = 0.0,
         distill_temperature: float = 0.0,
+        teacher_false_negatives: bool = False,
     ) -> None:
         super().__init__()
         if min_temperature <= 0:
@@ -128,6 +129,9 @@ class ContrastiveLoss(nn.Module):
                 f"distill_temperature must be >= 0 (0 = the contrastive one), got {distill_temperature}"
             )
         self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
+        # In-batch candidates the frozen teacher scores above the positive are likely right answers too
+        # (another function that does the same): hidden from the contrastive term instead of pushed away.
+        self.teacher_false_negatives = teacher_false_negatives
         self.min_temperature = min_temperature
         self.max_temperature = max_temperature
         self.hard_negative_weight = hard_negative_weight
@@ -183,6 +187,9 @@ class ContrastiveLoss(nn.Module):
         cosine_query_to_code = query_emb @ all_codes.T  # [B, N]
         cosine_code_to_query = code_emb @ all_queries.T  # [B, N]
         false_negatives = self._false_negative_mask(query_keys, code_keys, labels, world_size)  # [B, N]
+        if self.teacher_false_negatives and teacher_query_emb is not None:
+            above = self._teacher_false_negatives(teacher_query_emb, teacher_code_emb, labels, world_size)
+            false_negatives = above if false_negatives is None else false_negatives | above
 
         def masked(logits: Tensor) -> Tensor:  # after scaling: -inf x scale would give a nan gradient
             return logits if false_negatives is None else logits.masked_fill(false_negatives, float("-inf"))
@@ -235,6 +242,25 @@ class ContrastiveLoss(nn.Module):
             student_code_to_query = masked(distill_scale * cosine_code_to_query)
             distill = (distill + _score_kl(teacher_code_to_query, student_code_to_query)) / 2
         return distill
+
+    def _teacher_false_negatives(
+        self, teacher_query_emb: Tensor, teacher_code_emb: Tensor, labels: Tensor, world_size: int
+    ) -> Tensor:
+        """[B, N] bool: True where the teacher scores column j above row i's own positive, query -> code or
+        code -> query (never at row i's own column)."""
+        teacher_queries = teacher_query_emb.detach().float()  # [B, D']
+        teacher_codes = teacher_code_emb.detach().float()  # [B, D']
+        all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
+        if world_size > 1:
+            all_teacher_queries = _gather_plain(teacher_queries, world_size)
+            all_teacher_codes = _gather_plain(teacher_codes, world_size)
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        query_to_code = teacher_queries @ all_teacher_codes.T  # [B, N]
+        code_to_query = teacher_codes @ all_teacher_queries.T  # [B, N]
+        above = query_to_code > query_to_code[rows, labels][:, None]  # [B, N]
+        above |= code_to_query > code_to_query[rows, labels][:, None]
+        above[rows, labels] = False  # the positive stays
+        return above
 
     def _false_negative_mask(
         self, query_keys: Tensor | None, code_keys: Tensor | None, labels: Tensor, world_size: int

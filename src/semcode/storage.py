@@ -350,6 +350,27 @@ def exists(uri: PathOrUri) -> bool:
         return not key or listing.get("KeyCount", 0) > 0
 
 
+def check_writable(location: PathOrUri, what: str) -> None:
+    """Fail now, naming ``what`` and the location, when a folder or S3 prefix cannot be written: a probe
+    object is written under it and removed. For the locations a run writes at its end (the registry): a
+    dead endpoint, a missing bucket or read-only credentials found before the first task, not after it."""
+    location = os.fspath(location)
+    probe = join(location, f".semcode-write-probe-{os.getpid()}")
+    try:
+        write_bytes(probe, b"")
+        if is_s3(location):
+            bucket, key = _object_key(probe)
+            settings = s3_settings()
+            with _s3_errors(probe, settings):
+                s3_client(settings).delete_object(Bucket=bucket, Key=key)
+        else:
+            os.remove(probe)
+    except StorageError as error:
+        raise StorageError(f"{what} {location} is not writable: {error}") from None
+    except OSError as error:
+        raise StorageError(f"{what} {location} is not writable: {error.strerror or error}") from None
+
+
 def _relative_files(prefix: str, recursive: bool) -> list[str]:
     """Paths (with ``/``) of the files under a local folder or an S3 prefix, relative to it, sorted."""
     if not is_s3(prefix):

@@ -98,6 +98,19 @@ class TrainEncoderConfig:
     distill_temperature: float = field(
         0.0, "temperature of both score distributions in the KL term (0 = the contrastive temperature)"
     )
+    teacher_false_negatives: bool = field(
+        False,
+        "hide from the contrastive term the in-batch candidates the frozen init_from scores above the "
+        "positive (likely right answers too)",
+    )
+    teacher_filter_top_k: int = field(
+        0,
+        "keep a train pair only when init_from ranks its code in the top k for its query among a pool of "
+        "train codes (0 = keep all); the pool is teacher_filter_pool pairs, seeded",
+    )
+    teacher_filter_pool: int = field(
+        2000, "train pairs embedded for teacher_filter_top_k (the rest are dropped)"
+    )
     seed: int = field(0, "seed for initialisation, data order and dropout")
     eval_every: int = field(100, "validate every this many steps (0 = only at the end)")
     checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
@@ -149,9 +162,20 @@ class TrainEncoderConfig:
                 f"epochs must be >= 1, or 0 (no training) with init_from set; got {self.epochs} "
                 f"(init_from {self.init_from!r})"
             )
-        if self.distill_weight > 0 and not self.init_from:
+        for name in ("distill_weight", "teacher_filter_top_k"):
+            if getattr(self, name) > 0 and not self.init_from:
+                raise ConfigError(
+                    f"{name} {getattr(self, name)} needs init_from: the teacher is the starting checkpoint"
+                )
+        if self.teacher_false_negatives and not self.init_from:
             raise ConfigError(
-                f"distill_weight {self.distill_weight} needs init_from: the teacher is the starting checkpoint"
+                "teacher_false_negatives needs init_from: the teacher is the starting checkpoint"
+            )
+        if self.teacher_filter_top_k and self.teacher_filter_pool < max(
+            self.batch_size, self.teacher_filter_top_k
+        ):
+            raise ConfigError(
+                f"teacher_filter_pool {self.teacher_filter_pool} must be >= batch_size and teacher_filter_top_k"
             )
         for name in ("web_query_share", "docstring_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -173,6 +197,7 @@ class TrainEncoderConfig:
             "checkpoint_every",
             "keep_checkpoints",
             "max_train_pairs",
+            "teacher_filter_top_k",
             "max_valid_pairs",
             "time_budget_minutes",
             "num_workers",
@@ -184,6 +209,57 @@ class TrainEncoderConfig:
 def inference_length(config: TrainEncoderConfig) -> int:
     """Tokens per text of the saved encoder: ``inference_max_length``, else the training ``max_length``."""
     return config.inference_max_length or config.max_length
+
+
+def filter_by_teacher(config: TrainEncoderConfig, model: Any, tokenizer: Any, pairs: Any) -> tuple[Any, dict]:
+    """The pairs whose code the starting model already ranks in its top ``teacher_filter_top_k`` for their
+    query, among a seeded pool of ``teacher_filter_pool`` train pairs (CodeSage v2 / CoRNStack's
+    consistency filtering): a docstring that does not describe its function, or a code no query could find,
+    teaches the encoder to forget what it knew. Returns the kept pairs and what the filter did."""
+    import random
+
+    import numpy as np
+
+    from semcode.embed import resolve_device
+    from semcode.models.encoder import encode_texts
+    from semcode.train.data import PairSet
+
+    started = time.perf_counter()
+    pool = sorted(
+        random.Random(config.seed).sample(range(len(pairs)), min(config.teacher_filter_pool, len(pairs)))
+    )
+    queries = [pairs.queries[i] for i in pool]
+    codes = [pairs.codes[i] for i in pool]
+    device = resolve_device("auto")
+    settings = dict(batch_size=config.eval_batch_size, device=device, max_length=inference_length(config))
+    query_emb = encode_texts(model, tokenizer, queries, "query", **settings)  # [P, D]
+    code_emb = encode_texts(model, tokenizer, codes, "code", **settings)  # [P, D]
+    scores = query_emb @ code_emb.T  # [P, P]
+    gold = np.diag(scores)  # [P]
+    ranks = 1 + (scores > gold[:, None]).sum(axis=1)  # [P], 1 = the code is the query's best match
+    kept = [index for index, rank in zip(pool, ranks, strict=True) if rank <= config.teacher_filter_top_k]
+    if len(kept) < config.batch_size:
+        raise ValueError(
+            f"teacher_filter_top_k {config.teacher_filter_top_k} kept {len(kept)} of {len(pool)} pairs, fewer "
+            f"than batch_size {config.batch_size}: raise teacher_filter_top_k or teacher_filter_pool"
+        )
+    filtered = PairSet(
+        [pairs.queries[i] for i in kept],
+        [pairs.codes[i] for i in kept],
+        [pairs.hard_negatives[i] for i in kept],
+    )
+    report = {
+        "pool": len(pool),
+        "kept": len(kept),
+        "top_k": config.teacher_filter_top_k,
+        "teacher_mrr_on_pool": round(float(np.mean(1.0 / ranks)), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    log(
+        TAG,
+        f"teacher filter: kept {len(kept)} of {len(pool)} pool pairs (rank <= {config.teacher_filter_top_k})",
+    )
+    return filtered, report
 
 
 def validation_metrics(
@@ -247,9 +323,10 @@ def train(
         symmetric=config.symmetric,
         distill_weight=config.distill_weight,
         distill_temperature=config.distill_temperature,
+        teacher_false_negatives=config.teacher_false_negatives,
     )
     teacher = None
-    if config.distill_weight > 0:  # before any training and before DeepSpeed wraps the model
+    if config.distill_weight > 0 or config.teacher_false_negatives:  # before training, before DeepSpeed
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     net = EncoderWithLoss(model, loss_fn)
     optimizer = ds.adamw(net, config.lr, config.weight_decay)
@@ -508,12 +585,16 @@ def run(
                 "positions (a model built from scratch has max_length positions)"
             )
 
+        teacher_filter: dict[str, Any] = {}
+        if config.teacher_filter_top_k:  # the texts as they will be trained on (after augmentation)
+            train_pairs, teacher_filter = filter_by_teacher(config, model, tokenizer, train_pairs)
         if config.epochs == 0 and config.max_steps == 0:
             metrics = pass_through(config, model, tokenizer, valid_pairs, out)
         else:
             metrics = train(config, model, tokenizer, train_pairs, valid_pairs, out)
         metrics["init_from"] = config.init_from
         metrics["augmented"] = augmented
+        metrics["teacher_filter"] = teacher_filter
         if not is_main_process():  # with several ranks, rank 0 writes the outputs
             return metrics
         encoder_dir = out / "encoder"
