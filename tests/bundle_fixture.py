@@ -146,6 +146,7 @@ def polyglot_corpus(ingest_corpus: Path, out: Path) -> Path:
             "func_name": func_name,
             "url": f"file:///srv/{repo}/{path}#L{start}-L{start + code.count(chr(10))}",
             "source": f"dir:/srv/{repo}",
+            "signature": code.split("{", 1)[0].strip(),  # as extraction writes it: the header, one line
         }
         for language, repo, path, func_name, start, doc, code in POLYGLOT_FUNCTIONS
     ]

@@ -136,6 +136,33 @@ def test_model_card_and_report_are_self_contained(tiny_bundle: Path):
         assert external not in page
 
 
+def test_bundle_json_and_the_model_card_say_what_the_index_covers(tiny_bundle: Path, tiny_run: TinyRun):
+    coverage = json.loads((tiny_run.index / "metrics.json").read_text())["coverage"]
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert meta["index"]["coverage"] == coverage
+    assert coverage["indexed"] == meta["index"]["ntotal"] and coverage["sampled_by"] == "all"
+    assert set(coverage["per_source"]) == {
+        "python:stdlib",
+        "dir:/srv/demo-go",
+        "dir:/srv/demo-rs",
+        "dir:/srv/demo-java",
+    }
+    card = (tiny_bundle / "model_card.md").read_text()
+    assert f"{coverage['indexed']:,} of {coverage['corpus_rows']:,} functions (all)" in card
+    assert "dir:/srv/demo-go 3 of 3" in card
+
+    sampled = {
+        "indexed": 25_000,
+        "corpus_rows": 97_802,
+        "sampled_by": "seeded sample (seed 0), even share per source",
+        "per_source": {"python:stdlib": [8_586, 8_586], "python:site-packages": [16_414, 89_216]},
+    }
+    card = report.model_card({"name": "semcode", "version": "v2"}, {"build_index": {"coverage": sampled}})
+    assert "25,000 of 97,802 functions, sampled by seeded sample (seed 0), even share per source" in card
+    assert "python:stdlib 8,586 of 8,586; python:site-packages 16,414 of 89,216" in card
+    assert "functions indexed" not in report.model_card({"name": "semcode", "version": "v2"}, {})
+
+
 def test_model_card_shows_the_decoder_metrics():
     bundle = {"name": "semcode", "version": "v2", "decoder": "decoder"}
     decoder = {
@@ -368,3 +395,94 @@ def test_a_bundle_that_names_files_outside_itself_is_refused(bundle_copy: Path, 
     (bundle_copy / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(bundles.BundleError, match=rf"bundle.json {re.escape(key)} .*not a relative name"):
         bundles.validate_bundle(bundle_copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lexical index and the fusion (hybrid search)
+
+
+def test_the_bundle_carries_the_lexical_index_and_the_fusion(tiny_bundle: Path, tiny_run: TinyRun):
+    import bm25s
+    import pyarrow.parquet as pq
+
+    from semcode.evaluation import BM25Index
+
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert meta["lexical"] == {
+        "dir": "bm25",
+        "tokenizer": "split_identifiers",
+        "stopwords": False,
+        "ntotal": meta["index"]["ntotal"],
+    }
+    bm25_files = [name for name in meta["files"] if name.startswith("bm25/")]
+    assert "bm25/params.index.json" in bm25_files and "bm25/vocab.index.json" in bm25_files  # checksummed
+    # bm25s' own format: bm25s reads it; the same rows as FAISS, so a function's own code finds it first.
+    retriever = bm25s.BM25.load(str(tiny_bundle / "bm25"))
+    assert retriever.scores["num_docs"] == meta["index"]["ntotal"]
+    index = BM25Index.load(tiny_bundle / "bm25")
+    codes = pq.read_table(tiny_bundle / "index_meta.parquet").column("code").to_pylist()
+    assert int(index.query_scores(codes[7]).argmax()) == 7
+    # The fusion evaluate chose (the tiny run's pairs have a valid split) and the default mode.
+    chosen = tiny_run.eval_metrics()["fusion"]
+    assert meta["fusion"]["rule"] == chosen["rule"] and meta["fusion"]["weight"] == chosen["weight"]
+    assert meta["fusion"]["chosen_on"].startswith("valid")
+    assert meta["default_mode"] == chosen["default_mode"]
+    summary = bundles.validate_bundle(tiny_bundle)
+    assert summary["lexical"] is True and summary["default_mode"] == meta["default_mode"]
+
+
+def write_bundle_json(bundle_dir: Path, **changes) -> None:
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_validate_checks_the_lexical_index_and_the_fusion(bundle_copy: Path):
+    (bundle_copy / "bm25" / "params.index.json").unlink()
+    meta = json.loads((bundle_copy / "bundle.json").read_text())
+    write_bundle_json(
+        bundle_copy,
+        fusion={"rule": "mean", "weight": 0.1},
+        default_mode="semantic",
+        lexical={**meta["lexical"], "tokenizer": "whitespace"},
+    )
+    with pytest.raises(BundleError) as error:
+        bundles.validate_bundle(bundle_copy)
+    problems = "\n".join(error.value.problems)
+    assert "bm25/ (bundle.json lexical) is not a bm25s index: missing params.index.json" in problems
+    assert "tokenizer is 'whitespace'" in problems
+    assert "fusion: fusion rule 'mean' is not one of ['convex', 'rrf']" in problems
+    assert "default_mode is 'semantic', expected one of ['dense', 'lexical', 'hybrid']" in problems
+
+
+def test_an_older_bundle_without_the_lexical_index_still_validates(bundle_copy: Path):
+    shutil.rmtree(bundle_copy / "bm25")
+    meta = json.loads((bundle_copy / "bundle.json").read_text())
+    files = {name: entry for name, entry in meta["files"].items() if not name.startswith("bm25/")}
+    write_bundle_json(bundle_copy, lexical=None, fusion=None, default_mode=None, files=files)
+    summary = bundles.validate_bundle(bundle_copy)
+    assert summary["lexical"] is False and summary["default_mode"] == "dense"
+    # ... but a bundle may not default to a mode it cannot serve.
+    write_bundle_json(bundle_copy, default_mode="hybrid")
+    with pytest.raises(BundleError, match="default_mode is 'hybrid' but the bundle has no lexical index"):
+        bundles.validate_bundle(bundle_copy)
+
+
+def test_an_index_without_a_lexical_index_makes_a_dense_bundle(tiny_run: TinyRun, tmp_path: Path):
+    index_dir = Path(shutil.copytree(tiny_run.index, tmp_path / "index"))
+    shutil.rmtree(index_dir / "bm25")
+    bundle = bundles.assemble_bundle(
+        tmp_path / "bundle",
+        name="semcode",
+        version="v1",
+        encoder_dir=tiny_run.encoder,
+        onnx_dir=tiny_run.onnx,
+        index_dir=index_dir,
+        metrics=tiny_run.eval_metrics(),
+    )
+    assert "lexical" not in bundle and bundle["default_mode"] == "dense"
+    assert not (tmp_path / "bundle" / "bm25").exists()

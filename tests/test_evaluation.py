@@ -213,6 +213,23 @@ def test_bm25_finds_the_obvious_match() -> None:
     assert with_stopwords.tokens("sort the words by length") == ["sort", "words", "length"]
 
 
+def test_bm25_index_saves_in_bm25s_format_and_loads_back(tmp_path) -> None:
+    import bm25s
+
+    codes = ["def read_json_file(path): ...", "def sortByLength(words): ...", "def http_get(url): ..."]
+    index = BM25Index(code for code in codes)  # any iterable, read once
+    folder = index.save(tmp_path / "bm25")
+    assert bm25s.BM25.load(str(folder)).scores["num_docs"] == 3  # bm25s reads its own format
+    loaded = BM25Index.load(folder)
+    assert loaded.n_codes == 3
+    np.testing.assert_array_equal(
+        loaded.scores(["sort by length", "json"]), index.scores(["sort by length", "json"])
+    )
+    assert int(loaded.query_scores("HTTP get")[:].argmax()) == 2
+    with pytest.raises(FileNotFoundError, match="no bm25s index"):
+        BM25Index.load(tmp_path)
+
+
 # ---------------------------------------------------------------- suites
 
 

@@ -168,3 +168,41 @@ def test_doc_query_and_comment_markers():
     assert extract.comment_text("/// Rust doc") == "Rust doc"
     assert extract.comment_text("# Ruby doc") == "Ruby doc"
     assert extract.comment_text("//go:generate stringer") is None
+
+
+def test_signature_is_the_header_on_one_line_without_decorators_or_doc():
+    source = (
+        "class Client:\n"
+        "    @retry(times=3)\n"
+        "    async def get(\n"
+        "        self,\n"
+        "        url: str,\n"
+        "        timeout: float = 5.0,\n"
+        "    ) -> bytes:\n"
+        '        """Fetch url and return the body."""\n'
+        "        response = await self.session.get(url, timeout=timeout)\n"
+        "        return response.body\n"
+    )
+    (function,), _ = extract.extract_functions(source, language="python")
+    assert function.signature == "async def get(self, url: str, timeout: float = 5.0,) -> bytes:"
+    assert function.query == "Fetch url and return the body."
+    go = (
+        "package geo\n\n"
+        "// Scale multiplies both coordinates by f.\n"
+        "func (p *Point) Scale(f float64) {\n\tp.X *= f\n\tp.Y *= f\n}\n"
+    )
+    (function,), _ = extract.extract_functions(go, language="go", min_code_lines=1)
+    assert function.signature == "func (p *Point) Scale(f float64)"
+    assert function.query == "Scale multiplies both coordinates by f."
+    javascript = "const add = (a, b) => {\n  const sum = a + b;\n  return sum;\n};\n"
+    (function,), _ = extract.extract_functions(javascript, language="javascript", min_code_lines=1)
+    assert function.signature == "const add = (a, b) =>"
+
+
+def test_text_signature_of_a_function_given_as_text():
+    assert (
+        extract.text_signature("@cache\ndef f(a,\n      b=(1, 2)):\n    return a\n") == "def f(a, b=(1, 2)):"
+    )
+    assert extract.text_signature("// Doc.\nfunc F(x int) error {\n\treturn nil\n}") == "func F(x int) error"
+    assert extract.text_signature("def f(a={}):\n    return a") == "def f(a={}):"
+    assert extract.text_signature("") == ""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
+import sysconfig
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -241,12 +244,21 @@ def test_python_stdlib_and_site_packages_samples():
     stdlib = read_source(parse_spec("python:stdlib"), options)
     assert stdlib.stats.files_parsed + stdlib.stats.errors == 25
     assert stdlib.stats.files_skipped_by_limit > 100 and stdlib.stats.rejects["test_path"] > 100
-    assert stdlib.pairs and all(row["url"].startswith("python://stdlib/") for row in stdlib.pairs)
     assert all("/" not in row["repo"] and not row["repo"].endswith(".py") for row in stdlib.pairs)
     assert len({row["repo"] for row in stdlib.corpus}) > 5  # the sample spreads over packages
     site = read_source(parse_spec("python:site-packages"), options)
-    assert site.pairs and all(row["url"].startswith("python://site-packages/") for row in site.pairs)
     assert all(not row["repo"].endswith((".dist-info", ".py")) for row in site.corpus)
+    # url: the installed file, with the function's lines; path stays relative to the package root.
+    roots = [sysconfig.get_paths()["stdlib"], *sources.site_packages_dirs()]
+    for row in stdlib.corpus + site.corpus:
+        file, _, lines = row["url"].partition("#")
+        local = Path(unquote(urlparse(file).path))
+        assert file.startswith("file:///") and local.is_file(), row["url"]
+        assert any(local == Path(root, row["path"]) for root in roots), (row["url"], row["path"])
+        start, end = (int(n) for n in re.fullmatch(r"L(\d+)-L(\d+)", lines).groups())
+        header = local.read_text(encoding="utf-8", errors="replace").splitlines()[start - 1 : end]
+        assert row["signature"].split("(")[0] in " ".join(" ".join(header).split()), row["url"]
+    assert stdlib.pairs and site.pairs
 
 
 def test_s3_dir_and_jsonl(s3_env: str, tmp_path: Path):
@@ -337,6 +349,8 @@ def test_dir_of_mixed_languages(mixed_repo: Path):
     assert by_name["formatPrice"]["path"] == "web/src/format.ts" and by_name["Serve"]["repo"] == "mixed"
     assert "Formats a price" not in by_name["formatPrice"]["code"]
     assert by_name["slugify"]["url"] == (mixed_repo / "lib" / "util.rb").as_uri() + "#L2-L5"
+    assert by_name["clean"]["signature"] == "def clean(text):"
+    assert by_name["Serve"]["signature"] == "func Serve(addr string) error"
     assert stats.files_seen == 10  # README.md and the Makefile are not code
     assert stats.rejects == {"test_path": 1, "vendored": 2, "generated": 3}
     assert stats.error_units == 4  # files skipped by their path (or header) are not inputs
@@ -486,6 +500,7 @@ def test_csn_rows_of_the_six_languages(tmp_path: Path):
     assert rows["php"]["query"] == "Wrapper for json_decode that throws when an error occurs."
     assert rows["go"]["func_name"] == "Command.HasParent" and rows["go"]["repo"] == "spf13/cobra"
     assert '"""' not in rows["python"]["code"] and rows["python"]["code"].startswith("def make_str(value):\n")
+    assert rows["python"]["signature"] == "def make_str(value):"
     assert set(result.stats.to_dict()["languages"]) == set(rows)
     only_go = read_source(parse_spec(f"csn:{path}"), ExtractOptions(languages=("go",)))
     assert [row["language"] for row in only_go.pairs] == ["go"]

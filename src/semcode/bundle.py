@@ -14,6 +14,8 @@ it cannot)::
       decoder/             safetensors weights + config (only when a decoder was trained)
       index.faiss          FAISS index over the corpus; FAISS id i = row i of index_meta.parquet
       index_meta.parquet   code, repo, path, func_name, url of every indexed function
+      bm25/                BM25 over the same rows (row i = FAISS id i) in bm25s' own format, codes split by
+                           semcode.evaluation.split_identifiers (only when build_index wrote one)
       metrics.json         every stage's metrics: {"primary", "evaluate", "export_onnx", "build_index", ...}
       model_card.md, report.html
 
@@ -22,10 +24,18 @@ bundle.json keys: ``bundle_format`` (1), ``name``, ``version``, ``created_at`` (
 "separate"), ``encoders`` ({"fp32": {"query": file, "code": file}, "int8": {...}}), ``default_precision``
 ("int8" unless export_onnx found int8 too lossy), ``default_files`` ({"query": file, "code": file} of
 that precision), ``default_encoder`` (the default file that encodes queries: the one file with shared
-towers), ``index`` (file, meta, ntotal, dim, factory, metric), ``decoder`` ("decoder" or null),
+towers), ``index`` (file, meta, ntotal, dim, factory, metric, coverage: {"indexed", "corpus_rows",
+"sampled_by", "per_source": {source: [indexed, total]}} or null), ``decoder`` ("decoder" or null),
 ``metrics`` (summary: primary, every suite/protocol/system metric as "suite/protocol/system/metric",
 int8 parity), ``source`` (stage configs and whatever the caller adds), ``files`` ({relative path:
 {"sha256", "bytes"}} for every file but bundle.json).
+
+Hybrid search (optional keys: bundles made before them lack them and still load, dense only):
+``lexical`` ({"dir": "bm25", "tokenizer": "split_identifiers", "stopwords": false, "ntotal"}; only when
+the bundle has the lexical index), ``fusion`` ({"rule": "convex" or "rrf", "weight", "chosen_on", ...}:
+evaluate's choice on the valid split, semcode.evaluation.fuse) and ``default_mode`` (one of
+SEARCH_MODES: "hybrid" when the lexical index is there and hybrid beat dense on the valid split, else
+"dense").
 
 A registry (local folder or ``s3://`` prefix) holds published bundles as ``<registry>/<name>/<version>/``
 with a ``_COMPLETE.json`` marker written last, and ``<registry>/<name>/latest``, a small JSON pointer
@@ -53,6 +63,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     INDEX_FILE,
     INPUT_NAMES,
     KINDS,
+    LEXICAL_DIR,
     META_COLUMNS,
     META_COLUMNS_ADDED,
     META_FILE,
@@ -65,6 +76,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     TOWERS,
     onnx_files,
 )
+from semcode.evaluation import DEFAULT_FUSION, check_fusion
 
 BUNDLE_FORMAT = 1
 
@@ -96,6 +108,8 @@ BUNDLE_KEYS: dict[str, type | tuple[type, ...]] = {
     "files": dict,
 }
 SUMMARY_METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
+SEARCH_MODES = ("dense", "lexical", "hybrid")  # bundle.json default_mode; semcode search --mode
+LEXICAL_FILES = ("params.index.json", "vocab.index.json")  # what a bm25s index folder always holds
 
 
 class BundleError(ValueError):
@@ -300,6 +314,16 @@ def check_bundle_inputs(
     return encoder_config, export_metrics, index_metrics
 
 
+def lexical_info(index_dir: Path, index_metrics: dict) -> dict | None:
+    """bundle.json ``lexical`` for build_index's output ``index_dir`` when it holds a lexical index (its
+    metrics.json ``lexical`` and the folder it names), else None (an index built before it)."""
+    lexical = index_metrics.get("lexical")
+    if not isinstance(lexical, dict) or not (index_dir / str(lexical.get("dir", ""))).is_dir():
+        return None
+    keys = ("dir", "tokenizer", "stopwords", "ntotal")
+    return {key: lexical[key] for key in keys if key in lexical}
+
+
 def _copy_dir(src: Path, dst: Path, skip: Iterable[str] = ()) -> None:
     skipped = set(skip)
     shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if n in skipped])
@@ -359,6 +383,10 @@ def assemble_bundle(
     _copy_dir(encoder_path, out / ENCODER_DIR)
     shutil.copyfile(index_path / INDEX_FILE, out / INDEX_FILE)
     shutil.copyfile(index_path / META_FILE, out / META_FILE)
+    lexical = lexical_info(index_path, index_metrics)
+    if lexical is not None:
+        _copy_dir(index_path / lexical["dir"], out / LEXICAL_DIR)
+        lexical["dir"] = LEXICAL_DIR
     if decoder_path is not None:
         _copy_dir(decoder_path, out / DECODER_DIR, skip=(METRICS_FILE,))  # its metrics go to metrics.json
 
@@ -406,6 +434,9 @@ def assemble_bundle(
             "factory": index_metrics.get("factory"),
             "index_type": index_metrics.get("index_type"),
             "metric": index_metrics.get("metric", "inner_product"),
+            # {"indexed", "corpus_rows", "sampled_by", "per_source": {source: [indexed, total]}}; None for
+            # an index built before build_index recorded it
+            "coverage": index_metrics.get("coverage"),
         },
         "decoder": DECODER_DIR if decoder_path is not None else None,
         "metrics": {
@@ -416,6 +447,11 @@ def assemble_bundle(
         },
         "source": source,
     }
+    fusion = metrics.get("fusion") or {**DEFAULT_FUSION, "chosen_on": None}
+    if lexical is not None:
+        bundle["lexical"] = lexical
+    bundle["fusion"] = {key: value for key, value in fusion.items() if key != "default_mode"}
+    bundle["default_mode"] = fusion.get("default_mode", "dense") if lexical is not None else "dense"
     (out / MODEL_CARD_FILE).write_text(report.model_card(bundle, all_metrics))
     (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics))
     bundle["files"] = file_checksums(out)
@@ -555,6 +591,54 @@ def _check_encoder_dir(bundle_dir: Path, bundle: dict) -> list[str]:
     return problems
 
 
+def _check_hybrid(bundle_dir: Path, bundle: dict, ntotal: int | None) -> list[str]:
+    """The optional hybrid keys: ``lexical`` names a bm25s folder over as many rows as the FAISS index,
+    ``fusion`` a known rule and a weight >= 0, ``default_mode`` a search mode the bundle can serve."""
+    problems = []
+    lexical = bundle.get("lexical")
+    if lexical is not None:
+        if not isinstance(lexical, dict) or not isinstance(lexical.get("dir"), str):
+            return [f"bundle.json lexical is {lexical!r:.60}, expected {{'dir': folder, ...}}"]
+        folder = bundle_dir / lexical["dir"]
+        missing = [name for name in LEXICAL_FILES if not (folder / name).is_file()]
+        if not folder.is_dir() or missing:
+            problems.append(
+                f"{lexical['dir']}/ (bundle.json lexical) is not a bm25s index: missing "
+                f"{', '.join(missing) if folder.is_dir() else 'the folder'}"
+            )
+        else:
+            try:
+                n_docs = json.loads((folder / "params.index.json").read_text()).get("num_docs")
+            except json.JSONDecodeError as error:
+                n_docs = None
+                problems.append(f"{lexical['dir']}/params.index.json is not valid JSON ({error})")
+            if n_docs is not None and ntotal is not None and n_docs != ntotal:
+                problems.append(
+                    f"{lexical['dir']}/ indexes {n_docs} functions but the FAISS index holds {ntotal}: "
+                    "BM25 row i must be FAISS id i"
+                )
+        if lexical.get("tokenizer", "split_identifiers") != "split_identifiers":
+            problems.append(
+                f"bundle.json lexical tokenizer is {lexical.get('tokenizer')!r}; this semcode splits with "
+                "'split_identifiers'"
+            )
+    fusion = bundle.get("fusion")
+    if fusion is not None:
+        if not isinstance(fusion, dict):
+            problems.append(f"bundle.json fusion is {fusion!r:.60}, expected {{'rule', 'weight'}}")
+        else:
+            try:
+                check_fusion(fusion.get("rule"), float(fusion.get("weight", 0.0)))
+            except (TypeError, ValueError) as error:
+                problems.append(f"bundle.json fusion: {error}")
+    mode = bundle.get("default_mode", "dense")
+    if mode not in SEARCH_MODES:
+        problems.append(f"bundle.json default_mode is {mode!r}, expected one of {list(SEARCH_MODES)}")
+    elif mode != "dense" and lexical is None:
+        problems.append(f"bundle.json default_mode is {mode!r} but the bundle has no lexical index")
+    return problems
+
+
 def _check_keys(bundle: dict) -> list[str]:
     problems = []
     for key, expected in BUNDLE_KEYS.items():
@@ -640,6 +724,8 @@ def bundle_file_names(bundle: dict) -> list[tuple[str, Any]]:
     index = _mapping(bundle.get("index"))
     names: list[tuple[str, Any]] = [(f"index.{key}", index[key]) for key in ("file", "meta") if key in index]
     names += [(key, bundle[key]) for key in ("decoder", "default_encoder") if bundle.get(key) is not None]
+    if "dir" in _mapping(bundle.get("lexical")):
+        names.append(("lexical.dir", bundle["lexical"]["dir"]))
     for precision, files in _mapping(bundle.get("encoders")).items():
         names += [(f"encoders.{precision}.{kind}", name) for kind, name in _mapping(files).items()]
     names += [(f"default_files.{kind}", name) for kind, name in _mapping(bundle.get("default_files")).items()]
@@ -707,6 +793,7 @@ def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
     problems += _check_encoder_dir(root, bundle)
     if bundle.get("decoder") is not None:
         problems += _check_model_dir(root, str(bundle["decoder"]), ("config.json",))
+    problems += _check_hybrid(root, bundle, index_found.get("ntotal"))
     if isinstance(bundle.get("files"), dict):
         problems += _check_checksums(root, bundle["files"])
     if problems:
@@ -723,6 +810,8 @@ def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
         "bytes": sum(int(entry.get("bytes") or 0) for entry in listed.values()),
         "index_ntotal": index_found.get("ntotal"),
         "decoder": bundle["decoder"] is not None,
+        "lexical": bundle.get("lexical") is not None,
+        "default_mode": bundle.get("default_mode", "dense"),
     }
 
 

@@ -32,13 +32,18 @@ MODEL_CARD_FILE = "model_card.md"
 REPORT_FILE = "report.html"
 ENCODER_DIR = "encoder"
 DECODER_DIR = "decoder"
+# The lexical index over the same rows as the FAISS index (row i = FAISS id i): bm25s' own format
+# (bm25s.BM25.load(dir)), codes split by semcode.evaluation.split_identifiers; bundle.json "lexical"
+# names it. Bundles built before it lack it and still load (search offers dense only).
+LEXICAL_DIR = "bm25"
 ENCODER_CONFIG_FILE = "semcode_encoder.json"  # beside config.json in a semcode encoder directory
 # index_meta.parquet, row i = FAISS id i: what a search result shows. start_line (int32, 1-based) comes
-# from the url's #L<start> fragment (null without one).
-META_COLUMNS = ("code", "language", "repo", "path", "start_line", "func_name", "url")
+# from the url's #L<start> fragment (null without one); signature is the function's header on one line
+# (``def f(x):``, ``func F(x int) error``) and doc the first paragraph of its doc comment ("" without).
+META_COLUMNS = ("code", "language", "repo", "path", "start_line", "func_name", "url", "signature", "doc")
 # The columns bundles built before them lack: such bundles still validate and load (the Searcher fills
-# language "python", repo "", start_line null); the other META_COLUMNS are required.
-META_COLUMNS_ADDED = ("language", "repo", "start_line")
+# language "python", repo "", start_line null, signature and doc ""); the other META_COLUMNS are required.
+META_COLUMNS_ADDED = ("language", "repo", "start_line", "signature", "doc")
 
 # The ONNX encoder's graph: int64 input_ids, attention_mask [batch, seq] -> float32 embedding [batch, dim]
 INPUT_NAMES = ("input_ids", "attention_mask")

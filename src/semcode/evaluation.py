@@ -28,13 +28,32 @@ costs no second ranking and the suite's MRR is the query-weighted mean of its la
 Systems are embedding callables (``EmbedFn``: texts and kind "query"/"code" -> L2-normalised
 ``[N, D]``), so this module never loads a model itself and is testable without one; BM25 (``bm25s``)
 is the lexical baseline beside them.
+
+Hybrid (the system ``hybrid``; one home for the rule that `semcode search --mode hybrid` applies too):
+the model's cosine and BM25 of the same candidates, ``dense [Q, C]`` and ``lexical [Q, C]``, fused by
+one of two rules (``fuse``):
+
+- ``convex``: ``hybrid = cos + weight * bm25 / max_bm25``, ``max_bm25`` the query's highest BM25 score
+  over the candidates given: the whole candidate set in evaluate (before either protocol picks its
+  candidates); in search the union of the dense and the lexical top N, which holds the lexical top 1,
+  so the same number. A query whose best BM25 score is 0 keeps its cosine. ``weight`` 0 is the dense
+  ranking; the BM25 term lies in [0, 1], so ``weight`` is what a best lexical match adds to a cosine.
+- ``rrf``: reciprocal-rank fusion, ``hybrid = 1 / (60 + rank_cos) + 1 / (60 + rank_bm25)``, ranks
+  1-based among the candidates given, equal scores sharing the best rank of their group (every
+  candidate with BM25 0 gets the same lexical rank); no weight. In search, over the union of both top N
+  lists, a candidate outside one list is ranked within the union on that side: rank > N there as in the
+  whole corpus, so only contributions below 1 / (61 + N) differ.
+
+evaluate chooses the rule and weight on the valid split (``choose_fusion``: the convex weights of
+``FUSION_WEIGHTS`` and ``rrf``, by full-corpus MRR), never on test or an external suite.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -348,33 +367,156 @@ def split_identifiers(text: str) -> list[str]:
 
 
 class BM25Index:
-    """BM25 (bm25s, its defaults: Lucene variant, k1=1.5, b=0.75) over codes; queries and codes share the splitter."""
+    """BM25 (bm25s, its defaults: Lucene variant, k1=1.5, b=0.75) over codes; queries and codes share the splitter.
 
-    def __init__(self, codes: Sequence[str], stopwords: bool = False) -> None:
+    ``BM25Index(codes)`` indexes an iterable of code texts (read once: a generator over Parquet batches
+    keeps one batch of text in memory; each code is held as token ids, not strings). ``save(dir)``
+    writes bm25s' own format (``bm25s.BM25.load(dir)`` reads it back) and ``BM25Index.load(dir)`` reads
+    it with the splitter; ``stopwords`` must be what the index was built with (bundle.json ``lexical``).
+    """
+
+    TOKENIZER = "split_identifiers"  # how bundle.json "lexical" names the splitter
+
+    def __init__(self, codes: Iterable[str], stopwords: bool = False) -> None:
         import bm25s
+
+        self.stopwords = self._stopwords(stopwords)
+        vocab: dict[str, int] = {}
+        token_ids = [[vocab.setdefault(token, len(vocab)) for token in self.tokens(code)] for code in codes]
+        self.n_codes = len(token_ids)
+        self.retriever = bm25s.BM25()
+        if self.n_codes:
+            self.retriever.index((token_ids, vocab), show_progress=False)
+
+    @staticmethod
+    def _stopwords(stopwords: bool) -> frozenset[str]:
         from bm25s.stopwords import STOPWORDS_EN
 
-        self.n_codes = len(codes)
-        self.stopwords = frozenset(STOPWORDS_EN) if stopwords else frozenset()
-        self.retriever = bm25s.BM25()
-        self.retriever.index([self.tokens(code) for code in codes], show_progress=False)
+        return frozenset(STOPWORDS_EN) if stopwords else frozenset()
+
+    @classmethod
+    def load(cls, path: str | Path, stopwords: bool = False) -> BM25Index:
+        """An index saved by ``save`` (bm25s' format in folder ``path``)."""
+        import bm25s
+
+        if not (Path(path) / "params.index.json").is_file():
+            raise FileNotFoundError(f"{path} holds no bm25s index (no params.index.json)")
+        index = cls.__new__(cls)
+        index.stopwords = cls._stopwords(stopwords)
+        index.retriever = bm25s.BM25.load(str(path))
+        index.n_codes = int(index.retriever.scores["num_docs"])
+        return index
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index in bm25s' own format into folder ``path``; returns it."""
+        if self.n_codes == 0:
+            raise ValueError("an empty BM25 index (no codes) cannot be saved")
+        self.retriever.save(str(path), show_progress=False)
+        return Path(path)
 
     def tokens(self, text: str) -> list[str]:
         return [t for t in split_identifiers(text) if t not in self.stopwords]
+
+    def query_scores(self, query: str) -> np.ndarray:
+        """BM25 scores [C] float32 of one query against every code; 0 everywhere without a known token."""
+        ids = self.retriever.get_tokens_ids(self.tokens(query)) if self.n_codes else []
+        if not ids:
+            return np.zeros(self.n_codes, dtype=np.float32)
+        return np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float32)
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """BM25 scores [len(queries), C]; a query with no known token scores 0 everywhere."""
         out = np.zeros((len(queries), self.n_codes), dtype=np.float32)
         for row, query in enumerate(queries):
-            ids = self.retriever.get_tokens_ids(self.tokens(query))
-            if ids:
-                out[row] = self.retriever.get_scores_from_ids(ids)
+            out[row] = self.query_scores(query)
         return out
 
 
 def bm25_scores(queries: Sequence[str], codes: Sequence[str], stopwords: bool = False) -> np.ndarray:
     """BM25 scores [Q, C] of every query against every code."""
     return BM25Index(codes, stopwords=stopwords).scores(queries)
+
+
+# ---------------------------------------------------------------- hybrid: fusing dense and BM25 scores
+
+# dense [Q, C] and lexical [Q, C] -> hybrid [Q, C]: the rules, and why search gets evaluate's numbers,
+# are in the module docstring. bundle.json "fusion" carries evaluate's choice to search.
+
+FUSION_RULES = ("convex", "rrf")
+RRF_K = 60
+FUSION_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+DEFAULT_FUSION = {"rule": "convex", "weight": 0.1}  # without a valid split to choose on: the issue's probe
+
+
+def check_fusion(rule: str, weight: float) -> None:
+    """ValueError naming a bad rule (listing the valid ones) or a negative or non-finite weight."""
+    if rule not in FUSION_RULES:
+        raise ValueError(f"fusion rule {rule!r} is not one of {list(FUSION_RULES)}")
+    if not np.isfinite(weight) or weight < 0:
+        raise ValueError(f"fusion weight must be a finite number >= 0, got {weight}")
+
+
+def _check_pair(dense: np.ndarray, lexical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dense, lexical = np.asarray(dense, dtype=np.float32), np.asarray(lexical, dtype=np.float32)
+    if dense.ndim != 2 or dense.shape != lexical.shape:
+        raise ValueError(
+            f"dense and lexical scores must be [queries, candidates] of one shape, got {dense.shape} and "
+            f"{lexical.shape}"
+        )
+    if np.isnan(dense).any() or np.isnan(lexical).any():
+        raise ValueError("scores contain NaN: fusion needs a number for every candidate")
+    return dense, lexical
+
+
+def convex_fusion(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
+    """dense [Q, C] + weight * lexical [Q, C] / its row max -> hybrid [Q, C] float32."""
+    check_fusion("convex", weight)
+    dense, lexical = _check_pair(dense, lexical)
+    if dense.shape[1] == 0:
+        return dense.copy()
+    best = lexical.max(axis=1, keepdims=True)  # [Q, 1]
+    normalised = np.divide(lexical, best, out=np.zeros_like(lexical), where=best > 0)  # [Q, C] in [0, 1]
+    return dense + np.float32(weight) * normalised
+
+
+def competition_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks [Q, C] int64 of each row's scores, highest first; equal scores share the best rank
+    of their group (scores 3, 1, 3, 0 -> ranks 1, 3, 1, 4)."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [queries, candidates], got shape {scores.shape}")
+    n_queries, n_codes = scores.shape
+    order = np.argsort(-scores, axis=1, kind="stable")  # [Q, C] candidate at each sorted position
+    ordered = np.take_along_axis(scores, order, axis=1)  # [Q, C] descending
+    starts_group = np.ones((n_queries, n_codes), dtype=bool)
+    starts_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    positions = np.broadcast_to(np.arange(n_codes), (n_queries, n_codes))
+    group_start = np.maximum.accumulate(np.where(starts_group, positions, 0), axis=1)  # [Q, C]
+    ranks = np.empty((n_queries, n_codes), dtype=np.int64)
+    np.put_along_axis(ranks, order, group_start + 1, axis=1)
+    return ranks
+
+
+def rrf_fusion(dense: np.ndarray, lexical: np.ndarray, k: int = RRF_K) -> np.ndarray:
+    """1 / (k + rank of dense [Q, C]) + 1 / (k + rank of lexical [Q, C]) -> hybrid [Q, C] float32."""
+    if k < 1:
+        raise ValueError(f"the RRF constant k must be >= 1, got {k}")
+    dense, lexical = _check_pair(dense, lexical)
+    fused = 1.0 / (k + competition_ranks(dense)) + 1.0 / (k + competition_ranks(lexical))
+    return fused.astype(np.float32)
+
+
+def fuse(dense: np.ndarray, lexical: np.ndarray, rule: str, weight: float = 0.0) -> np.ndarray:
+    """Hybrid scores [Q, C] of dense and lexical [Q, C] by ``rule`` (FUSION_RULES; see the module doc)."""
+    check_fusion(rule, weight)
+    if rule == "convex":
+        return convex_fusion(dense, lexical, weight)
+    return rrf_fusion(dense, lexical)
+
+
+def fusion_name(rule: str, weight: float) -> str:
+    """How a fusion candidate is named in metrics: ``convex@0.1``, ``rrf``."""
+    return "rrf" if rule == "rrf" else f"convex@{weight:g}"
 
 
 # ---------------------------------------------------------------- per language
@@ -391,7 +533,8 @@ def language_breakdown(
     ranks_of: ``(protocol, system) -> [Q]`` ranks; candidates_of: ``protocol -> [Q]`` candidates per
     query; languages: ``[Q]`` each query's language ('' = unknown). Returns ``{language: {"n_queries",
     "candidates_per_query": {protocol: {min, max, mean}}, protocol: {system: metrics}, "model_vs":
-    {protocol: {baseline: paired_mrr_difference}}}}``, languages sorted by name.
+    {protocol: {baseline: paired_mrr_difference}}, "hybrid_vs": {protocol: {"model": hybrid - model}}}}``
+    (hybrid_vs empty without a "hybrid" system), languages sorted by name.
     """
     labels = np.array([language or "unknown" for language in languages], dtype=object)  # [Q]
     for key, ranks in ranks_of.items():
@@ -419,6 +562,13 @@ def language_breakdown(
                 part["model_vs"].setdefault(protocol, {})[system] = paired_mrr_difference(
                     model_ranks, ranks[rows], seed=seed
                 )
+        part["hybrid_vs"] = {
+            protocol: {
+                "model": paired_mrr_difference(ranks[rows], ranks_of[protocol, "model"][rows], seed=seed)
+            }
+            for (protocol, system), ranks in ranks_of.items()
+            if system == "hybrid" and (protocol, "model") in ranks_of
+        }
         breakdown[language] = part
     return breakdown
 
@@ -435,15 +585,18 @@ def evaluate_suite(
     n_distractors: int = 999,
     seed: int = 0,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    fusion: Mapping | None = None,
 ) -> dict:
-    """Metrics of each system (and BM25) on one suite under each protocol, on the same candidates.
+    """Metrics of each system (and BM25, and hybrid) on one suite under each protocol, on the same candidates.
 
     Returns ``{protocol: {system: metrics}, "n_queries", "n_candidates", "candidates_per_query":
     {protocol: {min, max, mean}}, "seconds": {system: s}, "model_vs": {protocol: {baseline:
     paired_mrr_difference}}}``; the BM25 system is named "bm25"; model_vs compares the system named
-    "model" with each other one (empty without a "model"). A suite whose queries are in two or more
-    languages also gets ``"by_language": language_breakdown(...)`` (each language's queries among all
-    the suite's candidates).
+    "model" with each other one (empty without a "model"). With ``fusion`` ({"rule", "weight"}, see
+    ``fuse``), a "model" and BM25, the system "hybrid" fuses the two on every candidate (block by block,
+    before a protocol picks its candidates), and ``"hybrid_vs": {protocol: {"model": paired interval of
+    hybrid - model}}``. A suite whose queries are in two or more languages also gets ``"by_language":
+    language_breakdown(...)`` (each language's queries among all the suite's candidates).
     """
     n_queries, n_codes = len(suite.queries), len(suite.codes)
     result: dict = {p: {} for p in protocols}
@@ -483,15 +636,27 @@ def evaluate_suite(
         summary = ", ".join(f"{p} MRR {result[p][system]['mrr']:.4f}" for p in protocols)
         log("evaluate", f"{suite.name}: {system}: {summary} ({result['seconds'][system]:.1f}s)")
 
+    score_blocks: dict[str, ScoreBlockFn] = {}
     for system, embed in systems.items():
         started = time.perf_counter()
         query_emb = embed(list(suite.queries), "query")
         code_emb = embed(list(suite.codes), "code")
-        record(system, dot_score_blocks(query_emb, code_emb), started)
+        score_blocks[system] = dot_score_blocks(query_emb, code_emb)
+        record(system, score_blocks[system], started)
     if bm25:
         started = time.perf_counter()
         index = BM25Index(suite.codes, stopwords=bm25_stopwords)
-        record("bm25", lambda start, end: index.scores(suite.queries[start:end]), started)
+        score_blocks["bm25"] = lambda start, end: index.scores(suite.queries[start:end])
+        record("bm25", score_blocks["bm25"], started)
+    if fusion is not None and "model" in score_blocks and "bm25" in score_blocks:
+        started = time.perf_counter()
+        rule, weight = fusion["rule"], float(fusion["weight"])
+        check_fusion(rule, weight)
+        dense, lexical = score_blocks["model"], score_blocks["bm25"]
+        record(
+            "hybrid", lambda start, end: fuse(dense(start, end), lexical(start, end), rule, weight), started
+        )
+        result["fusion"] = {"rule": rule, "weight": weight}
     # The model against each baseline on the same queries: is the gap more than this suite's noise?
     result["model_vs"] = {
         protocol: {
@@ -501,6 +666,16 @@ def evaluate_suite(
         }
         for protocol in protocols
         if "model" in result[protocol]
+    }
+    # Hybrid against the model alone: does fusing BM25 in help beyond this suite's noise?
+    result["hybrid_vs"] = {
+        protocol: {
+            "model": paired_mrr_difference(
+                ranks_of[protocol, "hybrid"], ranks_of[protocol, "model"], seed=seed
+            )
+        }
+        for protocol in protocols
+        if "hybrid" in result[protocol]
     }
     for protocol, baselines in result["model_vs"].items():
         for system, gap in baselines.items():
@@ -516,3 +691,71 @@ def evaluate_suite(
             summary = ", ".join(f"{system} {m['mrr']:.4f}" for system, m in part[shown].items())
             log("evaluate", f"{suite.name} {language}: {part['n_queries']} queries, {shown} MRR {summary}")
     return result
+
+
+# ---------------------------------------------------------------- the fusion rule, chosen on the valid split
+
+
+def choose_fusion(
+    suite: Suite,
+    embed: EmbedFn,
+    weights: Sequence[float] = FUSION_WEIGHTS,
+    rrf: bool = True,
+    bm25_stopwords: bool = False,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> dict:
+    """The fusion rule and weight with the best full-corpus MRR on ``suite`` (the valid split, never test).
+
+    Candidates: ``convex`` at each of ``weights``, then ``rrf`` (with ``rrf``); the first best one wins
+    (so a tie goes to the smaller weight). Returns ``{"rule", "weight", "valid_mrr": {candidate: MRR},
+    "valid_dense_mrr", "valid_bm25_mrr", "beats_dense": the winner's MRR > the model's alone,
+    "default_mode": "hybrid" if it does else "dense", "n_queries", "n_candidates"}``.
+    """
+    if not weights and not rrf:
+        raise ValueError("choose_fusion needs at least one candidate: a convex weight or rrf")
+    for weight in weights:
+        check_fusion("convex", weight)
+    candidates = [("convex", float(weight)) for weight in weights] + ([("rrf", 0.0)] if rrf else [])
+    n_queries, n_codes = len(suite.queries), len(suite.codes)
+    if n_queries < 1 or n_codes < 1:
+        raise ValueError(f"suite {suite.name}: choosing a fusion needs queries and candidates")
+    started = time.perf_counter()
+    dense_block = dot_score_blocks(embed(list(suite.queries), "query"), embed(list(suite.codes), "code"))
+    index = BM25Index(suite.codes, stopwords=bm25_stopwords)
+    gold = _check_gold(suite.gold, n_queries, n_codes)
+    exclude = check_exclude(suite.exclude, gold, n_codes)
+    names = ["dense", "bm25"] + [fusion_name(rule, weight) for rule, weight in candidates]
+    ranks = {name: np.zeros(n_queries, dtype=np.int64) for name in names}  # name -> [Q] full-corpus ranks
+    for start in range(0, n_queries, block_size):
+        end = min(start + block_size, n_queries)
+        dense = dense_block(start, end)  # [b, C]
+        lexical = index.scores(suite.queries[start:end])  # [b, C]
+        mask = exclusion_mask(exclude, start, end, n_codes)
+        ranks["dense"][start:end] = ranks_from_scores(dense, gold[start:end], mask)
+        ranks["bm25"][start:end] = ranks_from_scores(lexical, gold[start:end], mask)
+        for rule, weight in candidates:
+            fused = fuse(dense, lexical, rule, weight)
+            ranks[fusion_name(rule, weight)][start:end] = ranks_from_scores(fused, gold[start:end], mask)
+    mrr = {name: float(np.mean(1.0 / ranks[name])) for name in names}
+    best_rule, best_weight = max(candidates, key=lambda c: mrr[fusion_name(*c)])  # max: the first of ties
+    best = fusion_name(best_rule, best_weight)
+    beats_dense = mrr[best] > mrr["dense"]
+    chosen = {
+        "rule": best_rule,
+        "weight": best_weight,
+        "valid_mrr": {fusion_name(*c): round(mrr[fusion_name(*c)], 6) for c in candidates},
+        "valid_dense_mrr": round(mrr["dense"], 6),
+        "valid_bm25_mrr": round(mrr["bm25"], 6),
+        "beats_dense": bool(beats_dense),
+        "default_mode": "hybrid" if beats_dense else "dense",
+        "n_queries": n_queries,
+        "n_candidates": n_codes,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    tried = ", ".join(f"{name} {value:.4f}" for name, value in chosen["valid_mrr"].items())
+    log(
+        "evaluate",
+        f"fusion on {suite.name} ({n_queries} queries, {n_codes} candidates): dense {mrr['dense']:.4f}, "
+        f"bm25 {mrr['bm25']:.4f}, {tried} -> {best} (default mode {chosen['default_mode']})",
+    )
+    return chosen

@@ -15,9 +15,9 @@ from __future__ import annotations
 import html
 from typing import Any
 
-SYSTEMS = ("model", "bm25", "zero_shot")
-SYSTEM_LABELS = {"model": "model", "bm25": "BM25", "zero_shot": "zero-shot"}
-SYSTEM_COLOURS = {"model": "#3b6fd6", "bm25": "#d98c2b", "zero_shot": "#7a9a5a"}
+SYSTEMS = ("model", "bm25", "hybrid", "zero_shot")  # hybrid: the model fused with BM25 (evaluation.fuse)
+SYSTEM_LABELS = {"model": "model", "bm25": "BM25", "hybrid": "hybrid", "zero_shot": "zero-shot"}
+SYSTEM_COLOURS = {"model": "#3b6fd6", "bm25": "#d98c2b", "hybrid": "#8a5cc2", "zero_shot": "#7a9a5a"}
 PROTOCOLS = ("csn", "full")
 
 SUITE_NOTE = (
@@ -173,6 +173,7 @@ def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
     latency = index_metrics.get("search_latency") or {}
     index = [
         ("vectors", _number(index_metrics.get("ntotal"))),
+        *_coverage_facts(index_metrics.get("coverage")),
         ("index", f"{index_metrics.get('factory', '-')} ({index_metrics.get('index_type', '-')})"),
         ("recall@10 vs exact search", _number(index_metrics.get("recall@10"))),
         (
@@ -185,6 +186,24 @@ def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
     if decoder_metrics:
         facts["Decoder"] = _decoder_facts(decoder_metrics)
     return facts
+
+
+def coverage_text(coverage: dict) -> str:
+    """``N of M functions, sampled by <how>`` (or ``N of M functions (all)``), from build_index's coverage."""
+    counts = f"{coverage.get('indexed', 0):,} of {coverage.get('corpus_rows', 0):,} functions"
+    sampled_by = coverage.get("sampled_by", "?")
+    return f"{counts} (all)" if sampled_by == "all" else f"{counts}, sampled by {sampled_by}"
+
+
+def _coverage_facts(coverage: dict | None) -> list[tuple[str, str]]:
+    """What of the corpus the index covers, overall and per source; nothing for an index built before."""
+    if not isinstance(coverage, dict):
+        return []
+    per_source = "; ".join(
+        f"{source} {indexed:,} of {total:,}"
+        for source, (indexed, total) in (coverage.get("per_source") or {}).items()
+    )
+    return [("functions indexed", coverage_text(coverage)), ("per source", per_source or "-")]
 
 
 def _decoder_facts(decoder: dict) -> list[tuple[str, str]]:

@@ -141,8 +141,12 @@ def test_post_and_get_search(client: TestClient, corpus: list[dict]):
         "func_name",
         "url",
         "code",
+        "signature",
+        "doc",
     }
     top = results[0]
+    assert (top["signature"], top["doc"]) == (gold["signature"], gold["doc"])
+    assert top["signature"].startswith("def ")
     assert (top["language"], top["repo"], top["path"], top["start_line"], top["func_name"], top["url"]) == (
         gold["language"],
         gold["repo"],
@@ -226,6 +230,10 @@ def test_search_by_language(client: TestClient, corpus: list[dict]):
 
     stats = client.get("/stats").json()
     assert stats["bundle"]["languages"] == {"python": len(corpus) - 6, "go": 3, "rust": 2, "java": 1}
+    coverage = stats["coverage"]  # the tiny bundle indexes its whole corpus: stdlib files and three dirs
+    assert (coverage["indexed"], coverage["sampled_by"]) == (len(corpus), "all")
+    assert coverage["per_source"]["dir:/srv/demo-go"] == [3, 3]
+    assert coverage["per_source"]["python:stdlib"][0] == len(corpus) - 6
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from bundle_fixture import POLYGLOT_FUNCTIONS, TinyRun, assemble_tiny_bundle, cached_tiny_run
@@ -234,15 +235,21 @@ def test_an_old_bundle_without_language_repo_or_start_line_still_searches(
     tiny_bundle: Path, corpus: list[dict], tmp_path: Path, capsys
 ):
     assert set(OLD_BUNDLE_DEFAULTS) == set(bundles.META_COLUMNS_ADDED)
-    old = edited_copy(tiny_bundle, tmp_path / "old")
+    # An old bundle.json: no index coverage, no lexical index.
+    index = json.loads((tiny_bundle / "bundle.json").read_text())["index"]
+    index = {key: value for key, value in index.items() if key != "coverage"}
+    old = edited_copy(tiny_bundle, tmp_path / "old", index=index, lexical=None)
     python_rows = len(corpus) - len(POLYGLOT_FUNCTIONS)  # an old bundle indexed Python only
     # The bundle's index is Flat: keep its Python rows (the first ones) and drop the new columns.
     vectors = faiss.read_index(str(old / "index.faiss")).reconstruct_n(0, python_rows)
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(vectors)
     save_index(flat, old / "index.faiss")
-    meta = pq.read_table(old / "index_meta.parquet").slice(0, python_rows)
-    pq.write_table(meta.select(["code", "path", "func_name", "url"]), old / "index_meta.parquet")
+    meta = (
+        pq.read_table(old / "index_meta.parquet").slice(0, python_rows).select(["code", "path", "func_name"])
+    )
+    urls = [f"python://stdlib/{path}" for path in meta["path"].to_pylist()]  # what old bundles had
+    pq.write_table(meta.append_column("url", pa.array(urls)), old / "index_meta.parquet")
 
     searcher = Searcher(old, threads=1)
     assert searcher.language_counts() == {"python": python_rows}
@@ -256,13 +263,20 @@ def test_an_old_bundle_without_language_repo_or_start_line_still_searches(
         gold["func_name"],
     )
     assert hit.location() == gold["path"]  # no line known
+    assert (hit.signature, hit.doc) == ("", "")
     assert [h.id for h in searcher.search(gold["code"], 3, "python")][0] == 7
     with pytest.raises(ValueError, match=r"no go functions; it has: python \(\d+\)"):
         searcher.search("x", 3, "go")
     code, out, err = run_cli([str(old), gold["code"], "-k", "1", "--json"], capsys)
     assert code == 0, err
-    result = json.loads(out)["results"][0]
+    answer = json.loads(out)
+    result = answer["results"][0]
     assert (result["language"], result["start_line"], result["repo"]) == ("python", None, "")
+    assert (result["signature"], result["doc"], answer["coverage"]) == ("", "", None)
+    code, out, err = run_cli([str(old), gold["code"], "-k", "1"], capsys)
+    assert code == 0 and out.splitlines()[0] == (
+        f"searching {python_rows:,} functions (the bundle does not say of how many)"
+    )
 
 
 def test_cli_language_option_and_output(tiny_bundle: Path, corpus: list[dict], capsys):
@@ -272,11 +286,11 @@ def test_cli_language_option_and_output(tiny_bundle: Path, corpus: list[dict], c
         [str(tiny_bundle), gold["code"], "--language", "go,rust", "-k", "4", "--max-lines", "1"], capsys
     )
     assert code == 0
-    first = out.splitlines()[0]
+    lines = out.splitlines()
     local = gold["url"].removeprefix("file://").split("#")[0]
-    assert first.startswith(" 1. ") and first.endswith(
-        f"  go  {local}:{gold['start_line']}  {gold['func_name']}"
-    )
+    assert re.fullmatch(rf" 1\. {re.escape(local)}:{gold['start_line']}  go  -?\d\.\d{{4}}", lines[2])
+    assert lines[3:5] == [f"    {gold['signature']}", f"    {gold['doc']}"]
+    assert gold["signature"] == "func ReadLines(path string) ([]string, error)"
     headers = [line for line in out.splitlines() if line[:4].strip().endswith(".")]
     assert len(headers) == 4 and all(("  go  " in h) or ("  rust  " in h) for h in headers)
     assert "4 results from semcode v1" in out and ", 5 in go,rust," in out
@@ -299,14 +313,19 @@ def test_cli_language_option_and_output(tiny_bundle: Path, corpus: list[dict], c
 
 
 def test_cli_prints_ranked_hits_with_code(tiny_bundle: Path, corpus: list[dict], capsys):
-    gold = corpus[12]
+    gold = next(row for row in corpus[12:] if row["doc"])  # a function with a docstring
     code, out, _ = run_cli([str(tiny_bundle), gold["code"], "-k", "3", "--max-lines", "2"], capsys)
     assert code == 0
-    first = out.splitlines()[0]
+    lines = out.splitlines()
+    coverage = json.loads((tiny_bundle / "bundle.json").read_text())["index"]["coverage"]
+    assert lines[0] == f"searching {len(corpus):,} of {coverage['corpus_rows']:,} functions (all)"
     assert gold["language"] == "python" and gold["start_line"] > 0
-    assert first.startswith(" 1. ")
-    assert first.endswith(f"  python  {gold['path']}:{gold['start_line']}  {gold['func_name']}")
-    assert gold["url"] in out
+    # The location: the installed file (a python: source's url is its file:// URI) and the first line.
+    local = gold["url"].removeprefix("file://").split("#")[0]
+    assert Path(local).is_file() and local.endswith("/" + gold["path"])
+    assert re.fullmatch(rf" 1\. {re.escape(local)}:{gold['start_line']}  python  \d\.\d{{4}}", lines[2])
+    assert gold["signature"].startswith("def ") and gold["doc"]  # a function with a docstring
+    assert lines[3:5] == [f"    {gold['signature']}", f"    {gold['doc']}"]
     assert gold["code"].splitlines()[0] in out
     assert " 3. " in out and " 4. " not in out
     assert "\x1b[" not in out  # stdout is not a terminal: plain text
@@ -345,8 +364,13 @@ def test_cli_json_output(tiny_bundle: Path, corpus: list[dict], capsys):
         "func_name",
         "url",
         "code",
+        "signature",
+        "doc",
     }
     gold = corpus[3]
+    assert (results[0]["signature"], results[0]["doc"]) == (gold["signature"], gold["doc"])
+    assert results[0]["signature"].startswith("def ")
+    assert answer["coverage"]["sampled_by"] == "all" and answer["coverage"]["indexed"] == len(corpus)
     assert results[0]["func_name"] == gold["func_name"]
     assert (results[0]["language"], results[0]["path"], results[0]["start_line"], results[0]["url"]) == (
         "python",
@@ -354,7 +378,8 @@ def test_cli_json_output(tiny_bundle: Path, corpus: list[dict], capsys):
         gold["start_line"],
         gold["url"],
     )
-    assert results[0]["location"] == f"{gold['path']}:{gold['start_line']}"
+    local = gold["url"].removeprefix("file://").split("#")[0]
+    assert results[0]["location"] == f"{local}:{gold['start_line']}"
     assert answer["language"] is None
     assert answer["bundle"]["languages"] == {
         "python": len(corpus) - len(POLYGLOT_FUNCTIONS),
@@ -413,9 +438,9 @@ def test_search_an_s3_bundle_downloads_it_once(
     assert answer["results"][0]["func_name"] == corpus[5]["func_name"]
     local = cache / "semcode" / "v1"
     assert Path(answer["bundle"]["path"]) == local
-    # Only what a query needs came down: no encoder/ weights, report or model card.
+    # Only what a query needs came down: no encoder/ weights, report or model card (bm25/: the lexical index).
     assert sorted(p.name for p in local.iterdir()) == sorted(
-        ["bundle.json", "tokenizer.json", "encoder.int8.onnx", "index.faiss", "index_meta.parquet"]
+        ["bundle.json", "tokenizer.json", "encoder.int8.onnx", "index.faiss", "index_meta.parquet", "bm25"]
     )
     assert "downloaded" in err
     before = {p.name: p.stat().st_mtime_ns for p in local.iterdir()}

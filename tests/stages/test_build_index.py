@@ -217,7 +217,17 @@ def test_minilm_index_finds_the_function_a_query_describes(minilm_run: Path) -> 
 
     model, tokenizer = load_pretrained("minilm"), load_hf_tokenizer("minilm")
     meta = pq.read_table(minilm_run / "index_meta.parquet")
-    assert meta.column_names == ["code", "language", "repo", "path", "start_line", "func_name", "url"]
+    assert meta.column_names == [
+        "code",
+        "language",
+        "repo",
+        "path",
+        "start_line",
+        "func_name",
+        "url",
+        "signature",
+        "doc",
+    ]
     assert tuple(meta.column_names) == stage.META_COLUMNS
     assert meta.num_rows == N_WITH_CODE
     index = load_index(minilm_run / "index.faiss")
@@ -238,9 +248,17 @@ def test_metadata_rows_align_with_faiss_ids(corpus_dir: Path, tmp_path: Path) ->
     index = stage.faiss_index.load_index(out / "index.faiss")
     stored = index.reconstruct_n(0, index.ntotal)
     np.testing.assert_allclose(stored, hash_embed([row["code"] for row in meta], "code"), atol=1e-6)
+    assert [row["doc"] for row in meta] == [query for query, code, _ in FUNCTIONS if code]
     metrics = read_metrics(out)
     assert metrics["recall_queries"] == sum(1 for q, code, _ in FUNCTIONS if q and code)
     assert "corpus query column" in metrics["recall_query_source"]
+    # No cap: every row of all three shards; these rows name no source.
+    assert metrics["coverage"] == {
+        "indexed": N_WITH_CODE,
+        "corpus_rows": len(FUNCTIONS),
+        "sampled_by": "all",
+        "per_source": {"(unknown)": [N_WITH_CODE, len(FUNCTIONS)]},
+    }
 
 
 def test_auto_choice_follows_the_thresholds(corpus_dir: Path, tmp_path: Path) -> None:
@@ -254,7 +272,8 @@ def test_factory_override_builds_ivf_pq_with_refine(corpus_dir: Path, tmp_path: 
     config = stage.BuildIndexConfig(factory="IVF2,PQ8x4,RFlat", nprobe=2, max_corpus=20)
     metrics = stage.index_corpus(config, hash_embed, HASH_DIM, corpus_dir, tmp_path / "ivf")
     assert metrics["index_type"] == "IndexRefineFlat(IndexIVFPQ)"
-    assert metrics["ntotal"] == 20 and metrics["rows_read"] == 20  # max_corpus: the first 20 rows
+    assert metrics["rows_read"] == 20  # max_corpus: 20 sampled rows, less those with empty code
+    assert metrics["ntotal"] == 20 - metrics["rows_skipped_empty_code"]
     assert metrics["search_params"] == {"nprobe": 2, "k_factor_rf": 8.0}
     assert metrics["recall@10"] == 1.0  # both lists probed, every candidate re-ranked exactly
 
@@ -270,6 +289,7 @@ def test_metadata_carries_language_repo_and_start_line(tmp_path: Path) -> None:
         {"code": code, "language": language, "repo": repo, "path": path, "func_name": name, "url": url}
         for language, repo, path, name, url, code in rows
     ]
+    corpus[0]["signature"] = "func main()"
     write_shards(corpus, tmp_path / "corpus")
     stage.index_corpus(stage.BuildIndexConfig(), hash_embed, HASH_DIM, tmp_path / "corpus", tmp_path / "a")
     meta = pq.read_table(tmp_path / "a" / "index_meta.parquet")
@@ -277,16 +297,81 @@ def test_metadata_carries_language_repo_and_start_line(tmp_path: Path) -> None:
     assert meta["start_line"].to_pylist() == [12, 7, None, None]  # no #L<start>: unknown
     assert meta["language"].to_pylist() == ["go", "rust", "python", "java"]
     assert meta["repo"].to_pylist() == ["shop", "num", "", ""]
+    assert meta["signature"].to_pylist() == ["func main()", "", "", ""]  # as the corpus has them
 
-    # A corpus with its own start_line column: that one is used.
-    table = pq.read_table(tmp_path / "corpus" / "part-00000.parquet")
+    # A corpus with its own start_line column: that one is used. Written before the signature and
+    # source columns: signatures are "", the rows' source unknown.
+    table = pq.read_table(tmp_path / "corpus" / "part-00000.parquet").drop_columns(["signature", "source"])
     table = table.append_column("start_line", pa.array([1, 2, 3, 4], type=pa.int64()))
     (tmp_path / "with_lines").mkdir()
     pq.write_table(table, tmp_path / "with_lines" / "part-00000.parquet")
-    stage.index_corpus(
+    metrics = stage.index_corpus(
         stage.BuildIndexConfig(), hash_embed, HASH_DIM, tmp_path / "with_lines", tmp_path / "b"
     )
-    assert pq.read_table(tmp_path / "b" / "index_meta.parquet")["start_line"].to_pylist() == [1, 2, 3, 4]
+    meta = pq.read_table(tmp_path / "b" / "index_meta.parquet")
+    assert meta["start_line"].to_pylist() == [1, 2, 3, 4]
+    assert meta["signature"].to_pylist() == ["", "", "", ""]
+    assert metrics["coverage"]["per_source"] == {"(unknown)": [4, 4]}
+
+
+SOURCE_SIZES = {"python:stdlib": 10, "python:site-packages": 40, "dir:/srv/go": 6}
+
+
+@pytest.fixture(scope="module")
+def sourced_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """56 rows of three sources in ingest's order (source after source), over six shards."""
+    rows = []
+    for source, size in SOURCE_SIZES.items():
+        for i in range(size):
+            name = f"{source.split(':')[-1].strip('/').replace('/', '_').replace('-', '_')}_{i}"
+            rows.append({"code": f"def {name}(x):\n    return x + {i}", "func_name": name, "source": source})
+    root = tmp_path_factory.mktemp("sourced_corpus")
+    write_shards(rows, root, rows_per_shard=10)
+    return root
+
+
+def indexed_names(corpus: Path, out: Path, **config: int) -> tuple[list[str], dict]:
+    metrics = stage.index_corpus(stage.BuildIndexConfig(**config), hash_embed, HASH_DIM, corpus, out)
+    return pq.read_table(out / "index_meta.parquet")["func_name"].to_pylist(), metrics
+
+
+def test_even_shares_take_small_sources_whole_and_split_the_rest() -> None:
+    assert stage.even_shares([10, 40, 6], 24) == [9, 9, 6]
+    assert stage.even_shares([8_586, 89_216], 25_000) == [8_586, 16_414]  # the local preset's sources
+    assert stage.even_shares([5, 5, 5], 4) == [2, 1, 1]  # the last row to the first of the ties
+    assert stage.even_shares([3, 0, 2], 100) == [3, 0, 2]  # a cap over the corpus: everything
+
+
+def test_a_capped_index_is_a_seeded_sample_spread_over_sources(sourced_corpus: Path, tmp_path: Path) -> None:
+    names, metrics = indexed_names(sourced_corpus, tmp_path / "a", max_corpus=24, seed=1)
+    assert metrics["coverage"] == {
+        "indexed": 24,
+        "corpus_rows": 56,
+        "sampled_by": "seeded sample (seed 1), even share per source",
+        "per_source": {"python:stdlib": [9, 10], "python:site-packages": [9, 40], "dir:/srv/go": [6, 6]},
+    }
+    all_names = pq.read_table(sourced_corpus, columns=["func_name"])["func_name"].to_pylist()
+    assert names != all_names[:24]  # not a prefix
+    assert names == [name for name in all_names if name in set(names)]  # in corpus order, ids = rows
+    assert sum(name.startswith("site_packages_") for name in names) == 9
+    # The sample is drawn from all of site-packages' four shards, not from its first rows.
+    assert max(int(name.rsplit("_", 1)[1]) for name in names if name.startswith("site_packages_")) >= 20
+
+    same, _ = indexed_names(sourced_corpus, tmp_path / "b", max_corpus=24, seed=1)
+    other, _ = indexed_names(sourced_corpus, tmp_path / "c", max_corpus=24, seed=2)
+    assert same == names  # same seed, same rows
+    assert other != names and len(other) == 24  # another seed, other rows
+    meta = pq.read_table(tmp_path / "a" / "index_meta.parquet")
+    index = stage.faiss_index.load_index(tmp_path / "a" / "index.faiss")
+    np.testing.assert_allclose(
+        index.reconstruct_n(0, index.ntotal), hash_embed(meta["code"].to_pylist(), "code"), atol=1e-6
+    )
+
+
+def test_a_cap_at_or_over_the_corpus_indexes_all_of_it(sourced_corpus: Path, tmp_path: Path) -> None:
+    names, metrics = indexed_names(sourced_corpus, tmp_path / "a", max_corpus=56)
+    assert len(names) == 56 and metrics["coverage"]["sampled_by"] == "all"
+    assert metrics["coverage"]["per_source"]["python:site-packages"] == [40, 40]
 
 
 def refuse_to_embed(texts: list[str], kind: str) -> np.ndarray:

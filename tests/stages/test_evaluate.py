@@ -94,9 +94,10 @@ def test_minilm_with_our_encoder_as_baseline_on_the_test_split(
     assert test["candidates_per_query"]["csn"] == {"min": 5, "max": 5, "mean": 5.0}
     assert test["candidates_per_query"]["full"]["min"] == 10  # the two "Reverse a string." queries
     for protocol in ("csn", "full"):
-        assert set(test[protocol]) == {"model", "bm25", "zero_shot"}
+        assert set(test[protocol]) == {"model", "bm25", "hybrid", "zero_shot"}
         for system_metrics in test[protocol].values():
             assert set(system_metrics) == METRIC_NAMES
+        assert set(test["hybrid_vs"][protocol]) == {"model"}  # hybrid - model, a paired interval
     assert test["full"]["model"]["mrr"] > 0.8  # MiniLM on plain docstrings
     assert test["full"]["model"]["mrr"] > test["full"]["zero_shot"]["mrr"]  # beats a random tiny encoder
 
@@ -105,6 +106,10 @@ def test_minilm_with_our_encoder_as_baseline_on_the_test_split(
     assert metrics["kfp_metrics"]["test.csn.zero_shot.recall@5"] == test["csn"]["zero_shot"]["recall@5"]
     assert all(isinstance(v, float) for v in metrics["kfp_metrics"].values())
     assert metrics["skipped"] == {} and metrics["seconds"] > 0
+    # No valid split in these pairs: hybrid uses the default fusion and says it was not chosen.
+    assert metrics["fusion"]["chosen_on"] is None and "valid" in metrics["fusion"]["reason"]
+    assert metrics["fusion"]["default_mode"] == "dense"
+    assert test["fusion"] == {"rule": metrics["fusion"]["rule"], "weight": metrics["fusion"]["weight"]}
     saved = json.loads((out / "config.json").read_text())
     assert saved["config_class"] == "EvaluateConfig" and saved["config"]["n_distractors"] == 4
 
@@ -122,7 +127,7 @@ def test_our_encoder_on_humaneval_and_cosqa_skipped_when_absent(
     humaneval = metrics["suites"]["humaneval"]
     assert humaneval["n_queries"] == 10 and humaneval["n_candidates"] == 164
     assert humaneval["candidates_per_query"]["csn"]["max"] == 164  # fewer than 1000: all of them
-    assert set(humaneval["full"]) == {"model", "bm25"}
+    assert set(humaneval["full"]) == {"model", "bm25", "hybrid"}
     assert "cosqa" in metrics["skipped"] and "cosqa" not in metrics["suites"]
     assert metrics["primary"]["name"] == "humaneval/full/model/mrr"
 
@@ -160,7 +165,7 @@ def test_the_test_split_is_also_broken_down_per_language(tiny_encoder_dir: Path,
     # Each language's queries are ranked among the whole test corpus, both languages' code.
     assert by_language["go"]["candidates_per_query"]["full"] == {"min": 9, "max": 9, "mean": 9.0}
     for protocol in ("csn", "full"):
-        for system in ("model", "bm25", "zero_shot"):
+        for system in ("model", "bm25", "hybrid", "zero_shot"):
             assert set(by_language["go"][protocol][system]) == METRIC_NAMES
             weighted = sum(part["n_queries"] * part[protocol][system]["mrr"] for part in by_language.values())
             assert weighted / 8 == pytest.approx(test[protocol][system]["mrr"])
@@ -197,7 +202,7 @@ def test_polyglot_suites_from_the_benchmarks_folder(
     go = metrics["suites"]["polyglot-go"]
     assert go["n_queries"] == 2 and go["n_candidates"] == 3  # the undocumented function is a candidate
     assert go["source"] == str(benchmarks / "polyglot" / "mathx.tar.gz")
-    assert set(go["full"]) == {"model", "bm25"} and "by_language" not in go  # one language
+    assert set(go["full"]) == {"model", "bm25", "hybrid"} and "by_language" not in go  # one language
     assert metrics["kfp_metrics"]["polyglot-go.full.bm25.mrr"] == go["full"]["bm25"]["mrr"]
     assert all(KFP_METRIC_NAME.match(name) for name in metrics["kfp_metrics"])
     assert metrics["primary"]["name"] == "polyglot-ruby/full/model/mrr"
@@ -209,6 +214,98 @@ def test_polyglot_suites_from_the_benchmarks_folder(
     assert suites == [] and "not present" in skipped["polyglot"]
     with pytest.raises(ValueError, match="every suite was skipped"):
         stage.run(config, tiny_encoder_dir, None, tmp_path / "eval-none")
+
+
+# The valid split the fusion is chosen on: other functions than the test split's, words that BM25 matches.
+VALID_PAIRS = [
+    ("Parse a date string in ISO format.", "def parse_iso_date(text):\n    return date.fromisoformat(text)"),
+    ("Join a list of paths.", "def join_paths(parts):\n    return os.path.join(*parts)"),
+    ("Return the mean of the numbers.", "def mean(numbers):\n    return sum(numbers) / len(numbers)"),
+    ("Capitalise every word of a title.", "def title_case(title):\n    return title.title()"),
+    ("Flatten a nested list.", "def flatten(nested):\n    return [x for row in nested for x in row]"),
+]
+
+
+def test_hybrid_is_chosen_on_the_valid_split_and_used_on_every_suite(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs"
+    write_shards(
+        [{"query": q, "code": c, "language": "python", "repo": "hand"} for q, c in PAIRS], pairs / "test"
+    )
+    write_shards(
+        [{"query": q, "code": c, "language": "python", "repo": "v"} for q, c in VALID_PAIRS], pairs / "valid"
+    )
+    config = stage.EvaluateConfig(suites=("test", "humaneval"), max_queries=8, n_distractors=4, device="cpu")
+    metrics = stage.run(config, tiny_encoder_dir, pairs, tmp_path / "eval")
+
+    fusion = metrics["fusion"]
+    assert fusion["chosen_on"].startswith(f"valid ({pairs / 'valid'})")
+    assert set(fusion["valid_mrr"]) == {
+        "convex@0",
+        "convex@0.05",
+        "convex@0.1",
+        "convex@0.2",
+        "convex@0.3",
+        "convex@0.5",
+        "rrf",
+    }
+    assert fusion["n_queries"] == 5 and fusion["n_candidates"] == 5
+    best = max(fusion["valid_mrr"].values())
+    name = "rrf" if fusion["rule"] == "rrf" else f"convex@{fusion['weight']:g}"
+    assert fusion["valid_mrr"][name] == best
+    # The untrained encoder ranks at random; BM25 finds these docstrings' words: hybrid beats dense.
+    assert fusion["valid_bm25_mrr"] > fusion["valid_dense_mrr"]
+    assert fusion["beats_dense"] == (best > fusion["valid_dense_mrr"])
+    assert fusion["default_mode"] == ("hybrid" if fusion["beats_dense"] else "dense")
+    for suite in metrics["suites"].values():  # the one chosen rule, on every suite and protocol
+        assert suite["fusion"] == {"rule": fusion["rule"], "weight": fusion["weight"]}
+        for protocol in ("csn", "full"):
+            assert "hybrid" in suite[protocol] and "model" in suite["hybrid_vs"][protocol]
+    assert "test.full.hybrid.mrr" in metrics["kfp_metrics"]
+    table = stage.summary_table(metrics["suites"])
+    assert "hybrid - model (95%)" in table.splitlines()[1]
+
+    # The choice never looks at the test split: another test split, the same valid split, the same choice.
+    write_shards(
+        [{"query": q, "code": c, "language": "python", "repo": "hand"} for q, c in PAIRS[:4]],
+        tmp_path / "pairs2" / "test",
+    )
+    write_shards(
+        [{"query": q, "code": c, "language": "python", "repo": "v"} for q, c in VALID_PAIRS],
+        tmp_path / "pairs2" / "valid",
+    )
+    again = stage.run(
+        stage.EvaluateConfig(suites=("test",), device="cpu"),
+        tiny_encoder_dir,
+        tmp_path / "pairs2",
+        tmp_path / "eval2",
+    )
+    assert again["fusion"]["valid_mrr"] == fusion["valid_mrr"]
+
+
+def test_hybrid_with_weight_zero_is_the_model(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs"
+    write_shards([{"query": q, "code": c} for q, c in PAIRS], pairs / "test")
+    write_shards([{"query": q, "code": c} for q, c in VALID_PAIRS], pairs / "valid")
+    config = stage.EvaluateConfig(
+        suites=("test",), n_distractors=4, device="cpu", fusion_weights=(0.0,), fusion_rrf=False
+    )
+    metrics = stage.run(config, tiny_encoder_dir, pairs, tmp_path / "eval")
+    test = metrics["suites"]["test"]
+    assert metrics["fusion"]["rule"] == "convex" and metrics["fusion"]["weight"] == 0.0
+    assert metrics["fusion"]["default_mode"] == "dense"  # weight 0 cannot beat dense
+    for protocol in ("csn", "full"):
+        assert test[protocol]["hybrid"] == test[protocol]["model"]
+        assert test["hybrid_vs"][protocol]["model"]["mrr_difference"] == 0.0
+    # hybrid off: no hybrid system, no fusion
+    off = stage.run(
+        stage.EvaluateConfig(suites=("test",), device="cpu", hybrid=False),
+        tiny_encoder_dir,
+        pairs,
+        tmp_path / "off",
+    )
+    assert "hybrid" not in off["suites"]["test"]["full"] and off["fusion"] is None
 
 
 def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path, capsys) -> None:
@@ -242,6 +339,9 @@ def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path,
         {"batch_size": 0},
         {"max_queries": -1},
         {"runtime": "tensorrt"},
+        {"fusion_weights": (0.1, -0.2)},
+        {"fusion_weights": (), "fusion_rrf": False},
+        {"fusion_valid_queries": -1},
     ],
 )
 def test_config_validation(bad: dict) -> None:

@@ -8,7 +8,9 @@ prefix and where the doc comment sits. What is extracted, from one file:
   ``async`` ones included; nested functions are left out everywhere, as in CodeSearchNet);
 - ``func_name`` is ``name`` or ``Type.name``: the class (Java, JS/TS, PHP, Ruby, C++, Python),
   the Go receiver type, the Rust ``impl`` type, the C++ ``Type::`` qualifier;
-- line numbers are 1-based and include decorators (and attributes, ``export``, ``template``).
+- line numbers are 1-based and include decorators (and attributes, ``export``, ``template``);
+- ``signature`` is the header up to the body on one line (``async def get(self, url: str) -> bytes:``,
+  ``func (p *Point) Scale(f float64)``), decorators and doc comment left out: what a search result shows.
 
 The rules (CodeSearchNet's, with the reasons recorded by :data:`REJECT_REASONS`):
 
@@ -80,6 +82,9 @@ _LEADING_STAR = re.compile(r"^\s*\*+ ?")
 _GO_DIRECTIVE = re.compile(r"^(go:|\+build |line |nolint)")
 _TEST_ATTRIBUTE = re.compile(r"\btest\b")
 _TYPE_ARGUMENTS = re.compile(r"[<\[].*$", re.DOTALL)
+_BRACKET_SPACE = re.compile(r"([(\[]) | ([)\]])")
+_NOT_A_HEADER = ("@", "#", "//", "/*", "*")  # decorators, attributes, comments: skipped before a header
+MAX_HEADER_LINES = 20
 _DECLARATOR_NAMES = (
     "identifier",
     "field_identifier",
@@ -106,6 +111,7 @@ class Function:
     start_line: int  # 1-based, the first decorator's line
     end_line: int  # 1-based, inclusive
     language: str = "python"
+    signature: str = ""  # the header up to the body, on one line: "def f(x):", "func F(x int) error"
 
 
 def _words(text: str) -> list[str]:
@@ -519,6 +525,41 @@ def _python_docstring(node: tree_sitter.Node) -> tuple[str, tree_sitter.Node | N
     return inspect.cleandoc(literal), value, len(statements)
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: whitespace runs collapsed, none just inside brackets (``f(\n  a,\n)`` -> ``f(a,)``)."""
+    return _BRACKET_SPACE.sub(lambda m: m.group(1) or m.group(2), " ".join(text.split()))
+
+
+def _signature(candidate: _Candidate, source: bytes) -> str:
+    """The function's header on one line: from ``def``/``func``/its modifiers (decorators and doc comment
+    left out; for ``const f = () => {}`` from ``const``) to where its body starts."""
+    node = candidate.node
+    start = candidate.outer.start_byte if candidate.assigned_name else node.start_byte
+    body = node.child_by_field_name("body")
+    if body is None:  # no body field: the first line
+        text = source[start : node.end_byte].decode("utf-8", errors="replace").split("\n", 1)[0]
+    else:
+        text = source[start : body.start_byte].decode("utf-8", errors="replace")
+    return one_line(text)
+
+
+def text_signature(code: str) -> str:
+    """The header of one function given as text (CodeSearchNet rows, HumanEval), on one line: its first
+    line that is not a decorator, attribute or comment, and the lines after it while a bracket it opened is
+    open; a trailing ``{`` is cut. "" for empty code."""
+    kept: list[str] = []
+    depth = 0
+    for line in code.splitlines():
+        text = line.strip()
+        if not kept and (not text or text.startswith(_NOT_A_HEADER)):
+            continue
+        kept.append(text)
+        depth += sum(text.count(c) for c in "([") - sum(text.count(c) for c in ")]")
+        if depth <= 0 or len(kept) >= MAX_HEADER_LINES:
+            break
+    return one_line(" ".join(kept)).removesuffix("{").rstrip()
+
+
 def _code_lines(source: bytes, outer: tree_sitter.Node, end: tree_sitter.Node) -> str:
     """Source from ``outer``'s line to ``end``, dedented by the first line's indentation."""
     line_start = source.rfind(b"\n", 0, outer.start_byte) + 1
@@ -587,7 +628,10 @@ def extract_functions(
         if reason:
             rejects[reason] += 1
             continue
-        functions.append(Function(func_name, code, docstring, query, start_line, end_line, language))
+        signature = _signature(candidate, data)
+        functions.append(
+            Function(func_name, code, docstring, query, start_line, end_line, language, signature)
+        )
     return functions, rejects
 
 

@@ -28,9 +28,12 @@ PAIR_SCHEMA = pa.schema(
         ("repo", pa.string()),  # repository or package: the unit of splitting
         ("path", pa.string()),
         ("func_name", pa.string()),
-        ("url", pa.string()),  # a url-like location, e.g. python://stdlib/json/decoder.py#L42
+        ("url", pa.string()),  # where it is: file:///usr/lib/python3.12/json/decoder.py#L42-L60
         ("split", pa.string()),
         ("source", pa.string()),  # the source spec the row came from
+        # The function's header on one line (``def f(x):``); added later: shards written before it lack
+        # the column, so readers that need it check (semcode.stages.build_index fills "").
+        ("signature", pa.string()),
     ]
 )
 COLUMNS = tuple(PAIR_SCHEMA.names)

@@ -32,7 +32,11 @@ unbounded.
 Code files (``python:`` and ``dir:``) go through :mod:`semcode.data.extract`; every extracted
 function becomes a corpus row (``query`` empty without doc comment) and, when its doc comment's
 first paragraph has enough tokens, a pair row with the same ``code``. Every row carries its
-``language``; the stats count files, functions, pairs and rejects per language too.
+``language`` and ``signature`` (the header on one line); the stats count files, functions, pairs and
+rejects per language too. ``url`` is where the function is: the file's ``file://`` URI (for ``python:``
+the installed file, e.g. ``file:///usr/lib/python3.12/json/decoder.py``) or its ``s3://`` URI, with
+``#L<start>-L<end>``; ``path`` is relative to the package or directory root (``json/decoder.py``).
+Rows read from JSONL get the signature of their code's first header lines (extract.text_signature).
 
 CodeSearchNet rows (any language; ``language`` from the row, ``python`` when it has none): query =
 the docstring's first paragraph, tags cut (or the joined ``docstring_tokens`` when the docstring is
@@ -265,6 +269,7 @@ def _row(spec_text: str, **values: object) -> dict:
         "url": "",
         "split": "",
         "source": spec_text,
+        "signature": "",
     }
     row.update(values)
     return row
@@ -358,6 +363,7 @@ def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> Fil
             path=task.path,
             func_name=function.func_name,
             url=f"{task.url}#L{function.start_line}-L{function.end_line}",
+            signature=function.signature,
         )
         outcome.corpus.append(row)
         if not function.query:
@@ -398,7 +404,8 @@ def _stdlib_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
         if "/" in rel and not os.path.exists(os.path.join(root, top, "__init__.py")):
             continue  # a top-level directory that is not a package (data, scripts)
         repo = top.removesuffix(".py")
-        tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://stdlib/{rel}"))
+        location = os.path.join(root, rel)
+        tasks.append(FileTask(location, repo, rel, Path(location).as_uri()))
     return tasks
 
 
@@ -424,7 +431,8 @@ def _site_packages_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
             if top.endswith((".dist-info", ".egg-info", ".data")) or top.startswith("__editable__"):
                 continue
             repo = top.removesuffix(".py")
-            tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://site-packages/{rel}"))
+            location = os.path.join(root, rel)
+            tasks.append(FileTask(location, repo, rel, Path(location).as_uri()))
     return tasks
 
 
@@ -642,6 +650,7 @@ def csn_row(
         path=path,
         func_name=func_name,
         url=_text(_pick(row, "url", "func_code_url")) or url_default,
+        signature=extract.text_signature(code),
     )
     if not query:
         return None, corpus, "no_docstring"
@@ -677,6 +686,7 @@ def pairs_row(
         path=_text(record.get("path")),
         func_name=_text(record.get("func_name")),
         url=_text(record.get("url")) or url_default,
+        signature=extract.text_signature(code),
     )
     corpus = dict(pair, hard_negatives=[])
     return pair, corpus, None
@@ -728,6 +738,7 @@ def humaneval_row(
         func_name=entry_point,
         url=f"humaneval://{task_id}",
         split="test",
+        signature=extract.text_signature(code),
     )
     return row, None, None
 

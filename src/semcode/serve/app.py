@@ -2,18 +2,22 @@
 
 Endpoints::
 
-    POST /search   {"query": "read a file line by line", "k": 5, "language": "go"}   (language optional:
-                   a name, "go,rust", or a list; only those languages' functions are ranked)
-    GET  /search?q=read+a+file+line+by+line&k=5&language=go   (language repeatable)
-                   -> 200 {"query", "k", "language", "results": [{"rank", "score", "id", "language",
-                           "repo", "path", "start_line", "func_name", "url", "code", "location"}], "took_ms"}
+    POST /search   {"query": "read a file line by line", "k": 5, "language": "go", "mode": "hybrid"}
+                   (language optional: a name, "go,rust", or a list; only those languages' functions are
+                   ranked; mode optional: dense, lexical or hybrid, default the bundle's default_mode)
+    GET  /search?q=read+a+file+line+by+line&k=5&language=go&mode=lexical   (language repeatable)
+                   -> 200 {"query", "k", "language", "mode", "results": [{"rank", "score", "id", "language",
+                           "repo", "path", "start_line", "func_name", "url", "code", "signature", "doc",
+                           "location"}], "took_ms"}
     GET  /healthz  200 while the process is alive (liveness)
     GET  /readyz   200 once the bundle is loaded and a warm-up query ran, 503 before (readiness)
-    GET  /stats    requests, batches, mean batch size, encoder calls, the bundle's languages with counts
+    GET  /stats    requests, batches, mean batch size, encoder calls, the bundle's languages with counts, and
+                   its coverage: {"indexed", "corpus_rows", "sampled_by", "per_source"} (null: an older bundle)
 
 Bad input is refused before any work, with the field named: a missing field, a wrong type or an unknown
 key -> 422 (FastAPI's validation); an empty query, a query over ``max_query_chars`` characters or k
-outside 1..``max_k``, a language the bundle has no functions in -> 400 (naming the languages it has). Both answer ``{"detail": [{"loc": [where, field], "msg", "type"}]}``.
+outside 1..``max_k``, a language the bundle has no functions in -> 400 (naming the languages it has), a
+mode other than dense/lexical/hybrid or one the bundle cannot serve (it has no lexical index) -> 400. Both answer ``{"detail": [{"loc": [where, field], "msg", "type"}]}``.
 Before the bundle is ready, or when the queue is full, /search answers 503.
 
 The bundle loads in a background thread after the server starts listening, so liveness answers at once
@@ -58,6 +62,7 @@ from semcode.serve.searcher import Hit, Searcher, resolve_bundle
 
 TAG = "serve"
 LANGUAGE_QUERY = Query(None, description="only these languages' functions (repeatable, or go,rust)")
+MODE_QUERY = Query(None, description="dense, lexical or hybrid (default: the bundle's default_mode)")
 WARM_UP_QUERY = "read a file line by line"
 
 
@@ -101,6 +106,7 @@ class Pending:
     k: int
     future: Future
     language: tuple[str, ...] | None = None  # checked (Searcher.check_language); None: every language
+    mode: str = "dense"  # checked (Searcher.check_mode)
 
 
 class Overloaded(RuntimeError):
@@ -122,9 +128,11 @@ class MicroBatcher:
         self.thread = threading.Thread(target=self._loop, name="semcode-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, query: str, k: int, language: tuple[str, ...] | None = None) -> Future:
+    def submit(
+        self, query: str, k: int, language: tuple[str, ...] | None = None, mode: str = "dense"
+    ) -> Future:
         """Queue one query; the future resolves to its list of Hit (or the search's exception)."""
-        pending = Pending(query, k, Future(), language)
+        pending = Pending(query, k, Future(), language, mode)
         try:
             self.queue.put_nowait(pending)
         except queue.Full:
@@ -165,19 +173,26 @@ class MicroBatcher:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]  # skip requests gone meanwhile
         if not live:
             return
-        try:
-            vectors = self.searcher.encode([p.query for p in live])  # one encoder run for the whole batch
-        except Exception as error:  # every waiting request must hear about it, whatever it is
-            for pending in live:
-                pending.future.set_exception(error)
-            return
-        by_language: dict[tuple[str, ...] | None, list[int]] = {}
-        for row, pending in enumerate(live):
-            by_language.setdefault(pending.language, []).append(row)
-        for language, rows in by_language.items():  # then one FAISS search per language filter
-            group = [live[row] for row in rows]
+        needs_vector = [p for p in live if p.mode != "lexical"]  # lexical ranks by BM25 alone
+        vectors = None
+        if needs_vector:
+            try:  # one encoder run for the whole batch
+                vectors = self.searcher.encode([p.query for p in needs_vector])
+            except Exception as error:  # every waiting request must hear about it, whatever it is
+                for pending in needs_vector:
+                    pending.future.set_exception(error)
+                live = [p for p in live if p.mode == "lexical"]
+                needs_vector = []
+        vector_row = {id(p): row for row, p in enumerate(needs_vector)}  # request -> its row of vectors
+        groups: dict[tuple[tuple[str, ...] | None, str], list[Pending]] = {}
+        for pending in live:
+            groups.setdefault((pending.language, pending.mode), []).append(pending)
+        for (language, mode), group in groups.items():  # then one search per language filter and mode
+            group_vectors = None if mode == "lexical" else vectors[[vector_row[id(p)] for p in group]]
             try:
-                results = self.searcher.search_vectors(vectors[rows], max(p.k for p in group), language)
+                results = self.searcher.search_encoded(
+                    [p.query for p in group], group_vectors, max(p.k for p in group), language, mode
+                )
             except Exception as error:
                 for pending in group:
                     pending.future.set_exception(error)
@@ -252,7 +267,10 @@ class Service:
         stats = {"state": self.state, "uptime_s": round(time.time() - self.started_at, 1)}
         if self.searcher is not None and self.batcher is not None:
             stats.update(
-                self.batcher.stats(), encode_calls=self.searcher.encode_calls, bundle=self.searcher.describe()
+                self.batcher.stats(),
+                encode_calls=self.searcher.encode_calls,
+                bundle=self.searcher.describe(),
+                coverage=(self.searcher.bundle.get("index") or {}).get("coverage"),  # None: an older bundle
             )
         if self.error:
             stats["error"] = self.error
@@ -266,6 +284,7 @@ class SearchRequest(BaseModel):
     query: str
     k: int | None = None
     language: str | list[str] | None = None
+    mode: str | None = None
 
 
 def input_error(location: str, name: str, message: str) -> JSONResponse:
@@ -304,7 +323,12 @@ def create_app(
     app.state.service = service
 
     async def answer(
-        location: str, query_field: str, query: str, k: int | None, language: str | list[str] | None
+        location: str,
+        query_field: str,
+        query: str,
+        k: int | None,
+        language: str | list[str] | None,
+        mode: str | None,
     ) -> JSONResponse | dict:
         k = config.default_k if k is None else k
         if not query.strip():
@@ -325,9 +349,13 @@ def create_app(
             languages = service.searcher.check_language(language)
         except ValueError as error:
             return input_error(location, "language", str(error))
+        try:
+            mode = service.searcher.check_mode(mode)
+        except ValueError as error:
+            return input_error(location, "mode", str(error))
         started = time.perf_counter()
         try:
-            future = service.batcher.submit(query, k, languages)
+            future = service.batcher.submit(query, k, languages, mode)
         except Overloaded as error:
             return unavailable(f"overloaded: {error}; retry shortly")
         hits: list[Hit] = await asyncio.wrap_future(future)
@@ -335,21 +363,23 @@ def create_app(
             "query": query,
             "k": k,
             "language": None if languages is None else list(languages),
+            "mode": mode,
             "results": [hit.to_dict() for hit in hits],
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
         }
 
     @app.post("/search")
     async def search_post(request: SearchRequest):
-        return await answer("body", "query", request.query, request.k, request.language)
+        return await answer("body", "query", request.query, request.k, request.language, request.mode)
 
     @app.get("/search")
     async def search_get(
         q: str = Query(..., description="the query"),
         k: int | None = Query(None, description="results"),
         language: list[str] | None = LANGUAGE_QUERY,
+        mode: str | None = MODE_QUERY,
     ):
-        return await answer("query", "q", q, k, language)
+        return await answer("query", "q", q, k, language, mode)
 
     @app.get("/healthz")
     async def healthz():
@@ -387,6 +417,7 @@ EPILOG = """examples:
   semcode serve s3://models/registry/semcode/latest --host 0.0.0.0 --port 8080 --max-batch 64
   curl -s localhost:8080/search -d '{"query": "read a file line by line", "k": 5}' -H 'content-type: application/json'
   curl -s 'localhost:8080/search?q=parse+a+date&k=3&language=go'
+  curl -s 'localhost:8080/search?q=merge+two+dicts&mode=lexical'
 
 BUNDLE is a bundle directory (local or s3://) or a registry pointer <registry>/<name>/latest.
 """

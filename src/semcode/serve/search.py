@@ -1,10 +1,14 @@
 """``semcode search``: ask a release bundle for the functions that match a natural-language query.
 
-Prints the ranked hits (score, language, a location to open (path:start_line), func_name, url, the first
-lines of the code, syntax-highlighted on a terminal) or, with ``--json``, one JSON object (each result with
-language, path, start_line, location, url, ...). ``--language go`` (repeated, or ``go,rust``) searches
-only those languages' functions. Imports no torch: ONNX Runtime, tokenizers and FAISS
-answer the query (semcode.serve.searcher).
+Prints how much of the corpus the index covers (``searching N of M functions (how they were chosen)``),
+then the ranked hits (a location to open (path:start_line; a ``file://`` url's local file), language, score;
+the signature and the doc line; the first lines of the code, syntax-highlighted on a terminal) or, with
+``--json``, one JSON object (``coverage``, and each result with language, path, start_line, location,
+signature, doc, url, code, ...). ``--language go`` (repeated, or ``go,rust``) searches
+only those languages' functions. ``--mode dense|lexical|hybrid`` picks how (semcode.serve.searcher:
+the query vector, BM25, or both fused by the bundle's rule; default: the bundle's ``default_mode``); a
+bundle without a lexical index offers dense only and says so. Imports no torch: ONNX Runtime,
+tokenizers, bm25s and FAISS answer the query (semcode.serve.searcher).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 import time
 
 from semcode.bundle import BundleError
-from semcode.serve.searcher import Hit, Searcher, default_cache_dir, resolve_bundle
+from semcode.serve.searcher import SEARCH_MODES, Hit, Searcher, default_cache_dir, resolve_bundle
 from semcode.storage import StorageError
 
 EPILOG = """examples:
@@ -24,6 +28,7 @@ EPILOG = """examples:
   semcode search s3://models/registry/semcode/latest "parse a date string" --json
   semcode search ./registry/semcode/latest "open a zip archive" --max-lines 40 --no-color
   semcode search runs/latest/gate/bundle "parse a date string" --language go --language rust
+  semcode search runs/latest/gate/bundle "merge two dicts" --mode lexical
 
 BUNDLE is a bundle directory (local or s3://) or a registry pointer <registry>/<name>/latest.
 S3 bundles are downloaded once to --cache-dir/<name>/<version>/; the AWS_* variables configure S3.
@@ -50,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LANG",
         help="only functions in LANG (repeat it, or go,rust; default: every language in the bundle)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=SEARCH_MODES,
+        default=None,
+        help="dense: the encoder; lexical: BM25; hybrid: both fused by the bundle's rule "
+        "(default: the bundle's default_mode)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-color", action="store_true", help="no syntax highlighting (also: NO_COLOR set)")
@@ -100,19 +112,52 @@ def highlight(code: str, path: str) -> str:
     return pygments_highlight(code, lexer, TerminalFormatter()).rstrip("\n")
 
 
+def coverage_line(searcher: Searcher) -> str:
+    """``searching N of M functions (how they were chosen)``, from bundle.json ``index.coverage``; a bundle
+    made before it says only how many functions it holds."""
+    coverage = (searcher.bundle.get("index") or {}).get("coverage")
+    if not isinstance(coverage, dict):
+        return f"searching {searcher.size:,} functions (the bundle does not say of how many)"
+    total = coverage.get("corpus_rows")
+    of = f" of {total:,}" if isinstance(total, int) else ""
+    sampled_by = coverage.get("sampled_by", "?")
+    how = "all" if sampled_by == "all" else f"sampled by {sampled_by}"
+    return f"searching {searcher.size:,}{of} functions ({how})"
+
+
 def format_hit(hit: Hit, max_lines: int, color: bool) -> str:
+    """``rank. path:line  language  score``, the signature, the doc line, then the first lines of the code
+    (and the url when it is not the local file the location already names)."""
     code, hidden = shown_lines(hit.code, max_lines)
-    header = f"{hit.rank:>2}. {hit.score:.4f}  {hit.language or '?'}  {hit.location()}  {hit.func_name}"
+    header = f"{hit.rank:>2}. {hit.location()}  {hit.language or '?'}  {hit.score:.4f}"
+    signature, doc = hit.signature, hit.doc
     if color:
         code = highlight(code, hit.path)
+        signature = highlight(signature, hit.path) if signature else ""
+        doc = f"\x1b[2m{doc}\x1b[0m" if doc else ""
         header = f"\x1b[1m{header}\x1b[0m"
     lines = [header]
-    if hit.url:
+    lines += [f"    {text}" for text in (signature, doc) if text]
+    if hit.url and not hit.url.startswith("file://"):
         lines.append(f"    {hit.url}")
+    lines.append("")
     lines += [f"    {line}" for line in code.splitlines()]
     if hidden:
         lines.append(f"    ... ({hidden} more line{'s' if hidden != 1 else ''})")
     return "\n".join(lines)
+
+
+def mode_words(searcher: Searcher, mode: str) -> str:
+    """How the hits were ranked: ``dense: encoder.int8.onnx``, ``lexical: BM25``, ``hybrid: ... + BM25,
+    cos + 0.1 x BM25 / max``; and ``dense only`` for a bundle without a lexical index."""
+    if mode == "lexical":
+        return "lexical: BM25"
+    if mode == "hybrid":
+        fusion = searcher.fusion
+        rule = "rrf" if fusion["rule"] == "rrf" else f"cos + {fusion['weight']:g} x BM25 / max BM25"
+        return f"hybrid: {searcher.encoder_file} + BM25, {rule}"
+    only = "" if len(searcher.modes) > 1 else "; dense only: the bundle has no lexical index"
+    return f"dense: {searcher.encoder_file}{only}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         load_ms = (time.perf_counter() - started) * 1000
         languages = searcher.check_language(args.language)  # None: every language
+        mode = searcher.check_mode(args.mode)
         started = time.perf_counter()
-        hits = searcher.search(query, args.k, languages)
+        hits = searcher.search(query, args.k, languages, mode)
         took_ms = (time.perf_counter() - started) * 1000
     except (BundleError, FileNotFoundError, ValueError, StorageError) as error:
         print(f"semcode search: error: {error}", file=sys.stderr)
@@ -144,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             "query": query,
             "k": args.k,
             "language": None if languages is None else list(languages),
+            "mode": mode,
             "bundle": searcher.describe(),
+            "coverage": (searcher.bundle.get("index") or {}).get("coverage"),
             "results": [hit.to_dict() for hit in hits],
             "took_ms": round(took_ms, 3),
             "load_ms": round(load_ms, 1),
@@ -152,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(answer, indent=2))
         return 0
     color = sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")
+    print(coverage_line(searcher))
+    print()
     for hit in hits:
         print(format_hit(hit, args.max_lines, color))
         print()
@@ -161,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{len(hits)} result{'s' if len(hits) != 1 else ''} from {searcher.name} {searcher.version} "
-        f"({searcher.size} functions{among}, {searcher.encoder_file}) in {took_ms:.1f} ms"
+        f"({searcher.size} functions{among}, {mode_words(searcher, mode)}) in {took_ms:.1f} ms"
     )
     return 0
 

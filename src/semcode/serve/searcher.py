@@ -15,15 +15,31 @@ An S3 bundle is downloaded to ``<cache>/<name>/<version>/`` (default ``~/.cache/
 the files a query needs (tokenizer, the query encoder, the index and its metadata), each checked
 against the sha256 that bundle.json lists; a later start reuses the files whose checksum still matches.
 
-Results carry the function's language and a location to open (``path:start_line``; for a ``file://``
-url, the local file). ``search(query, k, language="go")`` (or a list, or "go,rust") ranks only that
+Results carry the function's language, its signature and doc line, and a location to open
+(``path:start_line``; for a ``file://`` url, the local file). ``search(query, k, language="go")`` (or a list, or "go,rust") ranks only that
 language's functions: the filter runs inside FAISS (semcode.index.restricted_search, an IDSelector per
 language built at load time), and over-fetching in growing rounds stands in only for an index type that
-takes no selector. Bundles older than the language/repo/start_line columns load too (language "python",
-the only one they had; start_line unknown).
+takes no selector. Bundles older than the language/repo/start_line/signature/doc columns load too
+(language "python", the only one they had; start_line unknown; signature and doc "").
 
 Queries use the bundle's default encoder (int8 unless export_onnx found it too lossy, then fp32; the
 query tower when the towers are separate), its ``query_prefix`` and ``max_length``.
+
+Modes (``mode=``, bundle.SEARCH_MODES; default: bundle.json ``default_mode``, "dense" for a bundle
+without one):
+
+- ``dense``: the query vector against FAISS, as above; the score is the cosine.
+- ``lexical``: BM25 over the bundle's ``bm25/`` index (bm25s, identifiers split as evaluate splits them):
+  the top k of the functions that share a word with the query (none: no results); the score is BM25.
+- ``hybrid``: the dense top N and the lexical top N, N = max(HYBRID_MIN_CANDIDATES, HYBRID_PER_K * k);
+  for each function of their union the score it lacks is computed (BM25 is read off the query's BM25
+  scores of every function; the cosine of a function only BM25 found is its stored vector, FAISS
+  reconstruct, times the query vector), then the union is ranked by bundle.json ``fusion``
+  (semcode.evaluation.fuse: the rule and weight evaluate chose on the valid split); the score is the
+  fused one.
+
+The language filter applies to every mode. A bundle without a lexical index (made before it) offers
+dense only, and says so (``modes``, and the error for another mode).
 """
 
 from __future__ import annotations
@@ -45,6 +61,7 @@ from semcode import bundle as bundles
 from semcode import storage
 from semcode.contract import META_COLUMNS
 from semcode.embed import OnnxEncoder
+from semcode.evaluation import DEFAULT_FUSION, BM25Index, check_fusion, fuse
 from semcode.index import id_selector, load_index, omp_threads, restricted_search, union_selector
 from semcode.progress import log
 
@@ -55,10 +72,18 @@ OLD_BUNDLE_DEFAULTS = {
     "language": ("python", pa.string()),
     "repo": ("", pa.string()),
     "start_line": (None, pa.int32()),
+    "signature": ("", pa.string()),
+    "doc": ("", pa.string()),
 }
 OVERFETCH_GROWTH = 4  # the fallback for an index that takes no selector: k * 4, * 16, ... candidates
 # bundle.json keys the query path reads; validate_bundle checks the whole contract, this only what we use.
 QUERY_KEYS = ("name", "version", "dim", "max_length", "query_prefix", "encoders", "default_files", "index")
+SEARCH_MODES = bundles.SEARCH_MODES  # dense, lexical, hybrid
+HYBRID_MIN_CANDIDATES = 100  # hybrid fuses the union of each side's top max(100, 10 * k)
+HYBRID_PER_K = 10
+NO_LEXICAL = (
+    "this bundle has no lexical index (bundle.json names none: made before hybrid search), so only dense"
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,8 @@ class Hit:
     func_name: str
     url: str
     code: str
+    signature: str = ""  # the header on one line ("def f(x):"); "" in bundles made before it
+    doc: str = ""  # the doc comment's first paragraph; "" without one (or in bundles made before it)
 
     def location(self) -> str:
         """Where to open it: ``path:start_line`` (``json/decoder.py:42``), the local file for a ``file://``
@@ -133,14 +160,24 @@ def query_encoder_file(bundle: dict, precision: str | None = None) -> str:
 
 
 def query_files(bundle: dict, precision: str | None = None) -> list[str]:
-    """The bundle files a query reads (relative paths), bundle.json aside."""
+    """The bundle files a query reads (relative paths), bundle.json aside: the tokenizer, the query
+    encoder, the index and its metadata, then the lexical index's files when the bundle has one."""
     index = bundle["index"]
     return [
         bundles.TOKENIZER_FILE,
         query_encoder_file(bundle, precision),
         index.get("file", bundles.INDEX_FILE),
         index.get("meta", bundles.META_FILE),
-    ]
+    ] + lexical_files(bundle)
+
+
+def lexical_files(bundle: dict) -> list[str]:
+    """The files of the bundle's lexical index (``lexical.dir``/..., as bundle.json ``files`` lists them)."""
+    lexical = bundle.get("lexical")
+    if not isinstance(lexical, dict) or not isinstance(lexical.get("dir"), str):
+        return []
+    prefix = lexical["dir"].rstrip("/") + "/"
+    return sorted(name for name in (bundle.get("files") or {}) if name.startswith(prefix))
 
 
 def check_bundle_json(bundle: dict, where: str) -> dict:
@@ -247,7 +284,7 @@ class Searcher:
         started = time.perf_counter()
         self.bundle_dir = Path(bundle_dir)
         self.bundle = check_bundle_json(bundles.read_bundle_json(self.bundle_dir), str(self.bundle_dir))
-        tokenizer, encoder_file, index_file, meta_file = query_files(self.bundle, precision)
+        tokenizer, encoder_file, index_file, meta_file = query_files(self.bundle, precision)[:4]
         missing = [
             n for n in (tokenizer, encoder_file, index_file, meta_file) if not (self.bundle_dir / n).is_file()
         ]
@@ -278,6 +315,12 @@ class Searcher:
         # One selector per language, built once: a filtered query then costs no more set-up than a plain one.
         self.language_ids = language_ids(self.meta["language"])
         self.selectors = {name: id_selector(ids) for name, ids in self.language_ids.items()}
+        self.lexical = load_lexical(self.bundle_dir, self.bundle, self.size)
+        fusion = self.bundle.get("fusion") or DEFAULT_FUSION
+        self.fusion = {"rule": fusion["rule"], "weight": float(fusion.get("weight", 0.0))}
+        check_fusion(self.fusion["rule"], self.fusion["weight"])
+        self.modes = SEARCH_MODES if self.lexical is not None else ("dense",)
+        self.default_mode = self.bundle.get("default_mode", "dense") if self.lexical is not None else "dense"
         self.encode_calls = 0
         self.load_seconds = time.perf_counter() - started
 
@@ -303,6 +346,9 @@ class Searcher:
             "functions": self.size,
             "dim": int(self.index.d),
             "languages": self.language_counts(),
+            "modes": list(self.modes),
+            "default_mode": self.default_mode,
+            "fusion": self.fusion,
         }
 
     def language_counts(self) -> dict[str, int]:
@@ -343,30 +389,141 @@ class Searcher:
         self.encode_calls += 1
         return self.encoder.encode(list(queries))
 
+    def check_mode(self, mode: str | None) -> str:
+        """``mode`` (None: the bundle's default_mode) if this bundle offers it; ValueError names a bad one
+        and lists the modes (a bundle without a lexical index offers dense only)."""
+        if mode is None:
+            return self.default_mode
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
+        if mode not in self.modes:
+            raise ValueError(f"mode {mode!r}: {NO_LEXICAL} (modes: {list(self.modes)})")
+        return mode
+
     def search_vectors(
         self, vectors: np.ndarray, k: int, language: str | Sequence[str] | None = None
     ) -> list[list[Hit]]:
-        """The top ``k`` functions for each query vector [Q, dim], only of ``language`` when given (see
-        check_language); fewer when the index (or that language) holds fewer."""
+        """Dense: the top ``k`` functions for each query vector [Q, dim], only of ``language`` when given
+        (see check_language); fewer when the index (or that language) holds fewer."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        scores, ids = self._dense_top(vectors, k, self.check_language(language))
+        return self._hits(scores, ids)
+
+    def lexical_search(
+        self, queries: Sequence[str], k: int, language: str | Sequence[str] | None = None
+    ) -> list[list[Hit]]:
+        """Lexical: the top ``k`` BM25 hits of each query, of ``language`` when given; only functions that
+        share a word with the query (fewer than k, or none)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.check_mode("lexical")
+        wanted = self._wanted(self.check_language(language))
+        tops = [top_positive(self.lexical.query_scores(query), k, wanted) for query in queries]
+        return self._hits([scores for scores, _ in tops], [ids for _, ids in tops])
+
+    def hybrid_search(
+        self,
+        queries: Sequence[str],
+        vectors: np.ndarray,
+        k: int,
+        language: str | Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
+        """Hybrid: for each query (text and vector [Q, dim]) the top ``k`` of the union of its dense and
+        lexical top N, ranked by the bundle's fusion rule (module docstring), of ``language`` when given."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.check_mode("hybrid")
         languages = self.check_language(language)
+        n = max(HYBRID_MIN_CANDIDATES, HYBRID_PER_K * k)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        dense_scores, dense_ids = self._dense_top(vectors, n, languages)  # [Q, n'] each
+        wanted = self._wanted(languages)
+        top_scores, top_ids = [], []
+        for row, query in enumerate(queries):
+            bm25 = self.lexical.query_scores(query)  # [C]
+            _, lexical_ids = top_positive(bm25, n, wanted)  # [n''] ids
+            found = dense_ids[row] >= 0
+            ids = np.union1d(dense_ids[row][found], lexical_ids)  # [U] ascending
+            cosines = self._cosines(vectors[row], ids, dense_ids[row][found], dense_scores[row][found])
+            fused = fuse(cosines[None], bm25[ids][None], self.fusion["rule"], self.fusion["weight"])[0]
+            order = np.argsort(-fused, kind="stable")[:k]  # ties: the smaller id first
+            top_scores.append(fused[order])
+            top_ids.append(ids[order])
+        return self._hits(top_scores, top_ids)
+
+    def search_encoded(
+        self,
+        queries: Sequence[str],
+        vectors: np.ndarray | None,
+        k: int,
+        language: str | Sequence[str] | None = None,
+        mode: str | None = None,
+    ) -> list[list[Hit]]:
+        """The top ``k`` of each query in ``mode`` (None: the bundle's default), given the query vectors
+        [Q, dim] already encoded (unused, and may be None, in lexical mode)."""
+        mode = self.check_mode(mode)
+        if mode == "lexical":
+            return self.lexical_search(queries, k, language)
+        if vectors is None:
+            raise ValueError(f"mode {mode} needs the query vectors")
+        if mode == "hybrid":
+            return self.hybrid_search(queries, vectors, k, language)
+        return self.search_vectors(vectors, k, language)
+
+    def _dense_top(
+        self, vectors: np.ndarray, k: int, languages: tuple[str, ...] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines, ids) [Q, k'] of the dense top k, -1 padded; among ``languages``' functions when given."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         # One FAISS thread: HNSW/IVF answer a query in well under a millisecond, and waking OpenMP workers
         # costs more than it saves, on a busy machine a lot more (semcode.index; bench/bench_search.py:
         # a batch of 8 over 100k vectors took 1.8 ms with one thread, 7 ms with two, on 2 shared cores).
         with omp_threads(1):
             if languages is None:
-                scores, ids = self.index.search(vectors, min(k, self.size))
-            else:
-                scores, ids = self._search_languages(vectors, k, languages)
-        found = ids[ids >= 0]
+                return self.index.search(vectors, min(k, self.size))
+            return self._search_languages(vectors, k, languages)
+
+    def _wanted(self, languages: tuple[str, ...] | None) -> np.ndarray | None:
+        """bool [C]: the functions of ``languages`` (None: no filter)."""
+        if languages is None:
+            return None
+        wanted = np.zeros(self.size, dtype=bool)
+        for name in languages:
+            wanted[self.language_ids[name]] = True
+        return wanted
+
+    def _cosines(
+        self, vector: np.ndarray, ids: np.ndarray, dense_ids: np.ndarray, dense_scores: np.ndarray
+    ) -> np.ndarray:
+        """float32 [U] cosines of ``vector`` [dim] with the functions ``ids`` [U] (ascending): the dense
+        top's own scores where it found them, else the stored vectors' (FAISS reconstruct). An index
+        that cannot reconstruct gives those the lowest cosine of the dense top instead, which bounds
+        theirs from above."""
+        cosines = np.empty(len(ids), dtype=np.float32)
+        missing = np.ones(len(ids), dtype=bool)
+        positions = np.searchsorted(ids, dense_ids)  # every dense id is in ids
+        cosines[positions] = dense_scores
+        missing[positions] = False
+        if missing.any():
+            try:
+                stored = self.index.reconstruct_batch(ids[missing].astype(np.int64))  # [m, dim]
+                cosines[missing] = stored @ vector
+            except RuntimeError:  # an index type without reconstruct (none that build_index makes)
+                cosines[missing] = dense_scores.min() if len(dense_scores) else 0.0
+        return cosines
+
+    def _hits(self, scores: Sequence[np.ndarray], ids: Sequence[np.ndarray]) -> list[list[Hit]]:
+        """Hit lists from each query's scores and ids (1-D each, best first; ids -1 are padding)."""
+        ids = [np.asarray(query_ids) for query_ids in ids]
+        found = np.concatenate([query_ids[query_ids >= 0] for query_ids in ids]) if ids else np.zeros(0)
+        found = np.unique(found.astype(np.int64))
         rows = self.meta.take(pa.array(found, type=pa.int64())).to_pylist() if len(found) else []
         by_id = dict(zip(found.tolist(), rows, strict=True))
         results = []
         for query_scores, query_ids in zip(scores, ids, strict=True):
             hits = []
-            for score, faiss_id in zip(query_scores.tolist(), query_ids.tolist(), strict=True):
+            for score, faiss_id in zip(np.asarray(query_scores).tolist(), query_ids.tolist(), strict=True):
                 if faiss_id < 0:
                     continue
                 hits.append(_hit(len(hits) + 1, float(score), int(faiss_id), by_id[faiss_id]))
@@ -406,16 +563,63 @@ class Searcher:
         return top_scores, top_ids
 
     def search_batch(
-        self, queries: Sequence[str], k: int, language: str | Sequence[str] | None = None
+        self,
+        queries: Sequence[str],
+        k: int,
+        language: str | Sequence[str] | None = None,
+        mode: str | None = None,
     ) -> list[list[Hit]]:
-        """One encoder run and one FAISS search for all ``queries``; the top ``k`` of each (of ``language``)."""
+        """The top ``k`` of each of ``queries`` (of ``language``) in ``mode`` (None: the bundle's default):
+        one encoder run and one FAISS search for all of them (none in lexical mode)."""
         if not queries:
             return []
         self.check_language(language)  # before the encoder runs
-        return self.search_vectors(self.encode(queries), k, language)
+        mode = self.check_mode(mode)
+        vectors = None if mode == "lexical" else self.encode(queries)
+        return self.search_encoded(queries, vectors, k, language, mode)
 
-    def search(self, query: str, k: int = 10, language: str | Sequence[str] | None = None) -> list[Hit]:
-        return self.search_batch([query], k, language)[0]
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        language: str | Sequence[str] | None = None,
+        mode: str | None = None,
+    ) -> list[Hit]:
+        return self.search_batch([query], k, language, mode)[0]
+
+
+def load_lexical(bundle_dir: Path, bundle: dict, ntotal: int) -> BM25Index | None:
+    """The bundle's lexical index (bundle.json ``lexical``), or None for a bundle without one."""
+    lexical = bundle.get("lexical")
+    if lexical is None:
+        return None
+    folder = bundle_dir / str(lexical.get("dir", bundles.LEXICAL_DIR))
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"bundle {bundle_dir}: bundle.json names the lexical index {folder.name}/, which is missing"
+        )
+    index = BM25Index.load(folder, stopwords=bool(lexical.get("stopwords", False)))
+    if index.n_codes != ntotal:
+        raise ValueError(
+            f"bundle {bundle_dir}: the lexical index holds {index.n_codes} functions but the FAISS index "
+            f"{ntotal} (BM25 row i must be FAISS id i)"
+        )
+    return index
+
+
+def top_positive(
+    scores: np.ndarray, n: int, wanted: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [n'], ids [n']) of the ``n`` best of ``scores`` [C] that are > 0 (and ``wanted`` [C] bool),
+    best first, ties by id; n' <= n."""
+    eligible = scores > 0
+    if wanted is not None:
+        eligible &= wanted
+    candidates = np.flatnonzero(eligible)  # [c]
+    if len(candidates) > n:
+        candidates = candidates[np.argpartition(-scores[candidates], n - 1)[:n]]
+    ids = candidates[np.lexsort((candidates, -scores[candidates]))]
+    return scores[ids], ids
 
 
 def read_meta(path: Path) -> pa.Table:
@@ -457,4 +661,6 @@ def _hit(rank: int, score: float, faiss_id: int, row: dict) -> Hit:
         func_name=row["func_name"] or "",
         url=row["url"] or "",
         code=row["code"] or "",
+        signature=row["signature"] or "",
+        doc=row["doc"] or "",
     )

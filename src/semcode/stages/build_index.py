@@ -1,6 +1,9 @@
 """Stage build_index: embed the corpus with the encoder's code tower and build a FAISS index over it.
 
-Reads ``corpus/part-*.parquet`` (the ingest corpus) shard by shard in chunks, embeds each chunk's
+Reads ``corpus/part-*.parquet`` (the ingest corpus) shard by shard in chunks: every row, or with
+``max_corpus`` a seeded sample of that many rows spread over the ``source`` column (each source an even
+share, a source smaller than its share whole; never a prefix; the row numbers are chosen from the source
+column first, then only the row groups holding them are read). Embeds each chunk's
 ``code`` and appends the vectors to a memory-mapped file in a temporary directory (under $TMPDIR: N x dim
 x 4 bytes, 1.5 GB per million vectors at dim 384), so memory does not grow with the corpus. Then builds the index the corpus size calls for (semcode.index.choose_factory:
 exact "Flat" up to ``flat_max`` vectors, "HNSW{m},Flat" up to ``hnsw_max``, IVF-PQ re-ranked with the
@@ -9,10 +12,15 @@ exact vectors beyond; ``factory`` overrides), on the GPU when FAISS has one. Wri
     out/index.faiss          faiss.write_index; FAISS id i = row i of index_meta.parquet
     out/index_meta.parquet   semcode.contract.META_COLUMNS of every indexed function, in id order: code,
                              language, repo, path, start_line (from the url's #L<start>, or the
-                             corpus' own start_line column when it has one), func_name, url
+                             corpus' own start_line column when it has one), func_name, url,
+                             signature ("" for a corpus without one), doc (the corpus' query)
+    out/bm25/                BM25 over the same rows' code (bm25s' own format; semcode.evaluation.BM25Index,
+                             identifiers split): the lexical side of hybrid search
     out/metrics.json         factory, index type, ntotal, dim, recall@10 against exact search, search
                              latency p50/p99 and queries/s (one query per call and batched), embedding and
-                             index seconds, index size on disk and in memory
+                             index seconds, index size on disk and in memory, and ``coverage``:
+                             {"indexed", "corpus_rows", "sampled_by", "per_source": {source:
+                             [indexed, total]}} ("all", or "seeded sample (seed S), even share per source")
     out/config.json          the resolved config
 
 Recall and latency use real queries, embedded with the query tower: the ``query`` column of
@@ -34,6 +42,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -55,13 +65,19 @@ TAG = "build-index"
 INDEX_FILE = "index.faiss"
 META_FILE = "index_meta.parquet"
 START_LINE = "start_line"  # not a corpus column (yet): parsed from the url's #L<start> fragment
+SIGNATURE = "signature"  # a corpus column since signatures were extracted; "" for older corpora
+DOC = "doc"  # the corpus' query column: the doc comment's first paragraph, on one line
+SOURCE = "source"  # the source spec a row came from: what a max_corpus sample is spread over
 META_SCHEMA = pa.schema(
     [
-        pa.field(START_LINE, pa.int32()) if name == START_LINE else PAIR_SCHEMA.field(name)
+        pa.field(name, pa.int32() if name == START_LINE else pa.string())
+        if name in (START_LINE, DOC)
+        else PAIR_SCHEMA.field(name)
         for name in META_COLUMNS
     ]
 )
-CORPUS_COLUMNS = tuple(name for name in META_COLUMNS if name != START_LINE)  # what a corpus shard must have
+# What a corpus shard must have; start_line, signature and source are read when a shard has them.
+CORPUS_COLUMNS = tuple(name for name in META_COLUMNS if name not in (START_LINE, SIGNATURE, DOC))
 URL_LINE = r"#L(?P<line>\d+)(?:-L\d+)?$"  # python://stdlib/json/decoder.py#L42, file:///src/a.go#L12-L30
 RECALL_K = 10
 CHUNK_BATCHES = 32  # rows per embedding call = encode_batch_size * CHUNK_BATCHES (sorted by length inside)
@@ -84,7 +100,9 @@ class BuildIndexConfig:
     add_batch_size: int = field(65_536, "vectors added to the index per call")
     encode_batch_size: int = field(64, "texts per encoder forward pass")
     max_length: int = field(0, "tokens per text at most (0 = the encoder's own limit)")
-    max_corpus: int = field(0, "index at most this many corpus rows (0 = all)")
+    max_corpus: int = field(
+        0, "index at most this many corpus rows (0 = all; else a seeded sample, an even share per source)"
+    )
     recall_queries: int = field(1000, "queries for recall@10 and latency (sampled, seeded)")
     use_gpu: str = field("auto", "FAISS on the GPU: auto (when faiss-gpu sees one), yes, no")
     device: str = field("auto", "torch device for the encoder: auto (cuda when available), cpu, cuda")
@@ -175,10 +193,97 @@ def start_lines(urls: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 
 def meta_table(table: pa.Table) -> pa.Table:
-    """A corpus chunk's META_COLUMNS, cast to META_SCHEMA; start_line from the url unless the corpus has it."""
+    """A corpus chunk's META_COLUMNS, cast to META_SCHEMA: start_line from the url unless the corpus has it,
+    signature "" where the corpus has none (older corpora), doc = the query column."""
     if START_LINE not in table.column_names:
         table = table.append_column(START_LINE, start_lines(table["url"]))
+    if SIGNATURE not in table.column_names:
+        table = table.append_column(SIGNATURE, pa.array([""] * table.num_rows, type=pa.string()))
+    table = table.append_column(DOC, pc.fill_null(table["query"], ""))
     return table.select(list(META_COLUMNS)).cast(META_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which rows: all of them, or a seeded sample spread over the sources
+
+
+UNKNOWN_SOURCE = "(unknown)"  # rows of a shard without a source column, or with an empty one
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """The corpus rows to embed: per shard, its sorted row numbers to read (None: every row)."""
+
+    shard_rows: list[np.ndarray | None]
+    selected: int  # rows chosen (those with empty code are skipped when read)
+    corpus_rows: int
+    sampled_by: str  # "all", or how the sample was drawn
+    source_rows: dict[str, int]  # {source: its rows in the corpus}, in the order first seen
+
+
+def even_shares(sizes: list[int], total: int) -> list[int]:
+    """Split ``total`` rows among groups of ``sizes`` rows: each group an even share, a group smaller than
+    its share whole, and what it leaves shared evenly by the others (max-min fair). The last few rows that
+    do not divide evenly go one each to the groups with the most rows left (ties: the first group)."""
+    shares = [0] * len(sizes)
+    left = min(total, sum(sizes))
+    while left > 0:
+        open_groups = [i for i, size in enumerate(sizes) if shares[i] < size]
+        share = left // len(open_groups)
+        if share == 0:
+            for i in sorted(open_groups, key=lambda i: shares[i] - sizes[i])[:left]:
+                shares[i] += 1
+            break
+        for i in open_groups:
+            extra = min(share, sizes[i] - shares[i])
+            shares[i] += extra
+            left -= extra
+    return shares
+
+
+def shard_source_codes(shard: Path, names: dict[str, int]) -> np.ndarray:
+    """One int32 per row of ``shard``: its source's number in ``names`` (new names are added to it)."""
+    parquet = pq.ParquetFile(shard)
+    rows = parquet.metadata.num_rows
+    if SOURCE not in parquet.schema_arrow.names:
+        return np.full(rows, names.setdefault(UNKNOWN_SOURCE, len(names)), dtype=np.int32)
+    column = parquet.read(columns=[SOURCE])[SOURCE]
+    encoded = pc.dictionary_encode(pc.fill_null(column, "").combine_chunks())
+    numbers = [
+        names.setdefault(name or UNKNOWN_SOURCE, len(names)) for name in encoded.dictionary.to_pylist()
+    ]
+    return np.array(numbers, dtype=np.int32)[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def select_rows(shards: list[Path], max_corpus: int, seed: int) -> RowSelection:
+    """Every row when ``max_corpus`` is 0 or at least the corpus; else a seeded sample of ``max_corpus`` rows
+    spread over the ``source`` column: each source an even share (even_shares: a source smaller than its
+    share is taken whole), within a source a seeded uniform sample. Never a prefix of the corpus.
+
+    Only the source column is read here (one int per row stays in memory); the rows themselves are read
+    when they are embedded.
+    """
+    names: dict[str, int] = {}
+    codes = np.concatenate([shard_source_codes(shard, names) for shard in shards])
+    totals = np.bincount(codes, minlength=len(names))
+    source_rows = {name: int(totals[number]) for name, number in names.items()}
+    corpus_rows = len(codes)
+    if not max_corpus or max_corpus >= corpus_rows:
+        return RowSelection([None] * len(shards), corpus_rows, corpus_rows, "all", source_rows)
+    shares = even_shares([int(t) for t in totals], max_corpus)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for number, share in enumerate(shares):
+        rows = np.flatnonzero(codes == number)
+        chosen.append(rows if share == len(rows) else rng.choice(rows, size=share, replace=False))
+    selected = np.sort(np.concatenate(chosen))
+    starts = np.cumsum([0] + [pq.ParquetFile(shard).metadata.num_rows for shard in shards])
+    shard_rows = [
+        selected[np.searchsorted(selected, start) : np.searchsorted(selected, end)] - start
+        for start, end in zip(starts[:-1], starts[1:], strict=True)
+    ]
+    sampled_by = f"seeded sample (seed {seed}), even share per source"
+    return RowSelection(shard_rows, len(selected), corpus_rows, sampled_by, source_rows)
 
 
 def _check_embeddings(vectors: np.ndarray, rows: int, dim: int, what: str) -> np.ndarray:
@@ -197,10 +302,34 @@ class EmbeddedCorpus:
     seconds: float = 0.0
     queries: list[str] = dataclass_field(default_factory=list)  # a reservoir sample of the corpus' queries
     queries_seen: int = 0
+    per_source: Counter[str] = dataclass_field(default_factory=Counter)  # vectors written per source
+
+
+def selected_batches(
+    shard: Path, rows: np.ndarray | None, columns: list[str], chunk_rows: int
+) -> Iterator[pa.Table]:
+    """The ``rows`` of one shard (sorted row numbers; None: all), ``chunk_rows`` rows read at a time;
+    row groups holding none of them are not read."""
+    shard_file = pq.ParquetFile(shard)
+    group_start = 0
+    for group in range(shard_file.num_row_groups):
+        group_rows = shard_file.metadata.row_group(group).num_rows
+        offset, group_start = group_start, group_start + group_rows
+        if rows is not None and np.searchsorted(rows, offset) == np.searchsorted(rows, group_start):
+            continue
+        for batch in shard_file.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns):
+            table = pa.Table.from_batches([batch])
+            if rows is not None:
+                wanted = rows[np.searchsorted(rows, offset) : np.searchsorted(rows, offset + batch.num_rows)]
+                table = table.take(pa.array(wanted - offset, type=pa.int64()))
+            offset += batch.num_rows
+            if table.num_rows:
+                yield table
 
 
 def embed_corpus(
     shards: list[Path],
+    selection: RowSelection,
     embed: EmbedFn,
     vectors_out: np.ndarray,
     meta_path: Path,
@@ -208,7 +337,7 @@ def embed_corpus(
     n_queries: int,
     seed: int,
 ) -> EmbeddedCorpus:
-    """Embed the non-empty ``code`` of the first len(vectors_out) rows into ``vectors_out`` [N, D], in order.
+    """Embed the non-empty ``code`` of the ``selection``'s rows into ``vectors_out`` [N, D], in corpus order.
 
     Row i of ``meta_path`` (Parquet, META_SCHEMA) describes vector i. Reads ``chunk_rows`` rows at a
     time, so only one chunk of text is in memory; ``vectors_out`` is a memmap. Also samples up to
@@ -222,17 +351,11 @@ def embed_corpus(
         pq.ParquetWriter(meta_path, META_SCHEMA, compression="zstd") as meta_writer,
         Progress(TAG, total=n_rows, unit="functions") as progress,
     ):
-        for shard in shards:
-            shard_file = pq.ParquetFile(shard)
-            columns = [*CORPUS_COLUMNS, "query"]
-            if START_LINE in shard_file.schema_arrow.names:
-                columns.append(START_LINE)
-            for batch in shard_file.iter_batches(batch_size=chunk_rows, columns=columns):
-                if done.rows_read >= n_rows:
-                    break
-                batch = batch.slice(0, n_rows - done.rows_read)
-                done.rows_read += batch.num_rows
-                table = pa.Table.from_batches([batch])
+        for shard, rows in zip(shards, selection.shard_rows, strict=True):
+            names = pq.read_schema(shard).names
+            columns = [*CORPUS_COLUMNS, "query", *(c for c in (START_LINE, SIGNATURE, SOURCE) if c in names)]
+            for table in selected_batches(shard, rows, columns, chunk_rows):
+                done.rows_read += table.num_rows
                 table = table.filter(pc.not_equal(pc.fill_null(table["code"], ""), ""))
                 for query in table["query"].to_pylist():
                     if query:
@@ -247,9 +370,51 @@ def embed_corpus(
                     vectors_out[done.count : done.count + len(codes)] = vectors
                     meta_writer.write_table(meta_table(table))
                     done.count += len(codes)
-                progress.update(batch.num_rows, postfix=f"{done.count} embedded")
+                    if SOURCE in table.column_names:
+                        done.per_source.update(name or UNKNOWN_SOURCE for name in table[SOURCE].to_pylist())
+                    else:
+                        done.per_source[UNKNOWN_SOURCE] += len(codes)
+                progress.update(table.num_rows, postfix=f"{done.count} embedded")
     done.seconds = time.perf_counter() - start
     return done
+
+
+def write_lexical_index(meta_path: Path, out_dir: Path) -> dict:
+    """BM25 over the code of every indexed row, read back from ``meta_path`` (so row i = FAISS id i), saved
+    in bm25s' own format in ``out_dir/bm25`` (semcode.contract.LEXICAL_DIR); returns what bundle.json
+    ``lexical`` says of it, with its size and build time."""
+    from semcode.contract import LEXICAL_DIR
+    from semcode.evaluation import BM25Index
+
+    started = time.perf_counter()
+    batches = pq.ParquetFile(meta_path).iter_batches(batch_size=8192, columns=["code"])
+    index = BM25Index(code or "" for batch in batches for code in batch.column("code").to_pylist())
+    folder = index.save(out_dir / LEXICAL_DIR)
+    lexical = {
+        "dir": LEXICAL_DIR,
+        "tokenizer": BM25Index.TOKENIZER,
+        "stopwords": False,
+        "ntotal": index.n_codes,
+        "vocab": len(index.retriever.vocab_dict),
+        "bytes": sum(path.stat().st_size for path in folder.iterdir()),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    log(TAG, f"BM25 over {index.n_codes} functions ({lexical['vocab']} words) in {lexical['seconds']:.1f}s")
+    return lexical
+
+
+def coverage(corpus: EmbeddedCorpus, selection: RowSelection) -> dict:
+    """What the index covers: ``{"indexed", "corpus_rows", "sampled_by", "per_source": {source: [indexed,
+    total]}}``; bundle.json, the model card, ``semcode search`` and ``/stats`` show it."""
+    return {
+        "indexed": corpus.count,
+        "corpus_rows": selection.corpus_rows,
+        "sampled_by": selection.sampled_by,
+        "per_source": {
+            source: [corpus.per_source.get(source, 0), total]
+            for source, total in selection.source_rows.items()
+        },
+    }
 
 
 def index_corpus(
@@ -272,13 +437,18 @@ def index_corpus(
     rows_total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     if rows_total == 0:
         raise ValueError(f"corpus {corpus_dir} is empty: {len(shards)} shard(s), no rows")
-    n_rows = min(rows_total, config.max_corpus) if config.max_corpus else rows_total
+    selection = select_rows(shards, config.max_corpus, config.seed)
+    n_rows = selection.selected
     factory = faiss_index.choose_factory(n_rows, dim, config)
     faiss_index.validate_factory(factory, dim, n_rows)
     on_gpu = faiss_index.resolve_use_gpu(config.use_gpu)
     queries = sample_test_queries(pairs_dir, config.recall_queries, config.seed) if pairs_dir else None
     where = "GPU" if on_gpu else "CPU"
-    log(TAG, f"{n_rows} of {rows_total} corpus rows, dim {dim}: index {factory!r}, FAISS on the {where}")
+    log(
+        TAG,
+        f"{n_rows} of {rows_total} corpus rows ({selection.sampled_by}), dim {dim}: index {factory!r}, "
+        f"FAISS on the {where}",
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +459,14 @@ def index_corpus(
         )
         chunk_rows = config.encode_batch_size * CHUNK_BATCHES
         corpus = embed_corpus(
-            shards, embed, embedding_file, out / META_FILE, chunk_rows, config.recall_queries, config.seed
+            shards,
+            selection,
+            embed,
+            embedding_file,
+            out / META_FILE,
+            chunk_rows,
+            config.recall_queries,
+            config.seed,
         )
         if corpus.count == 0:
             raise ValueError(
@@ -364,10 +541,12 @@ def index_corpus(
         "seconds": round(time.perf_counter() - started, 3),
         "index_file_bytes": index_path.stat().st_size,
         "meta_file_bytes": (out / META_FILE).stat().st_size,
+        "lexical": write_lexical_index(out / META_FILE, out),
         "index_memory_mb": None if rss_before is None else round((rss_after - rss_before) / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "faiss_gpu": on_gpu,
         "corpus_rows": rows_total,
+        "coverage": coverage(corpus, selection),
         "rows_read": corpus.rows_read,
         "rows_skipped_empty_code": corpus.rows_read - corpus.count,
         "encoder": encoder,

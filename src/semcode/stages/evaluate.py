@@ -3,9 +3,19 @@
 For each suite (semcode.suites: ``test`` = pairs/test, ``humaneval``, ``cosqa`` and ``polyglot``
 when the shared benchmarks are present; ``polyglot`` is one suite per held-out repository, named
 ``polyglot-<language>``) and each protocol (``csn``: gold + 999 random distractors; ``full``: the whole
-suite corpus), it ranks the gold with the encoder ("model"), BM25 ("bm25") and, when given, a
-baseline encoder such as the fine-tuning's initial checkpoint ("zero_shot"), all on the same queries
-and the same candidates.
+suite corpus), it ranks the gold with the encoder ("model"), BM25 ("bm25"), the two fused ("hybrid",
+semcode.evaluation.fuse) and, when given, a baseline encoder such as the fine-tuning's initial
+checkpoint ("zero_shot"), all on the same queries and the same candidates.
+
+Hybrid's rule and weight are chosen first, on the valid split of the pairs (``pairs/valid``; never
+test, never an external suite): ``fusion_valid_queries`` of its queries (a seeded sample, their gold
+codes as the candidates) ranked by the model fused with BM25 at each of ``fusion_weights`` (the convex
+rule) and by RRF, the best full-corpus MRR wins (semcode.evaluation.choose_fusion), and that one rule
+is the "hybrid" of every suite. It is ``metrics.json`` ``fusion`` (``{rule, weight, valid_mrr per
+candidate, valid_dense_mrr, default_mode, ...}``), which the gate writes into bundle.json: search
+defaults to hybrid only when it beat the model alone on the valid split. Without a valid split (no
+``--pairs``, or an empty one) hybrid uses DEFAULT_FUSION and says so (``chosen_on`` null,
+``default_mode`` dense).
 
 Per language: a suite whose queries are in two or more languages (the test split of a multi-language
 ingest: each row's ``language``) is also broken down by language, in ``by_language``: each language's
@@ -14,7 +24,9 @@ same metrics, systems and paired intervals. Writes::
 
     out/metrics.json   {"suites": {suite: {protocol: {system: {mrr, recall@1/5/10, ndcg@10,
                         median_rank, n_queries}}, "n_queries", "n_candidates", ...,
-                        "by_language": {language: {"n_queries", protocol: {system: ...}, ...}}}},
+                        "by_language": {language: {"n_queries", protocol: {system: ...}, ...}},
+                        "hybrid_vs": {protocol: {"model": hybrid - model, paired interval}}}},
+                        "fusion": {"rule", "weight", "chosen_on", "valid_mrr": {...}, ...},
                         "primary": {"name": "test/full/model/mrr", "value": ...},
                         "kfp_metrics": {"test.full.model.mrr": ..., "test.go.full.model.mrr": ...,
                         "polyglot-go.full.bm25.mrr": ...}, "skipped": {...}, "seconds": ...}
@@ -38,8 +50,16 @@ from pathlib import Path
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.embed import RUNTIME_HELP, check_runtime
-from semcode.evaluation import PROTOCOLS, evaluate_suite
+from semcode.data.pairs import read_split
+from semcode.embed import RUNTIME_HELP, EmbedFn, check_runtime
+from semcode.evaluation import (
+    DEFAULT_FUSION,
+    FUSION_WEIGHTS,
+    PROTOCOLS,
+    check_fusion,
+    choose_fusion,
+    evaluate_suite,
+)
 from semcode.progress import log
 from semcode.suites import (
     SUITES,
@@ -47,6 +67,7 @@ from semcode.suites import (
     cosqa_suite,
     find_benchmarks_dir,
     humaneval_suite,
+    pairs_suite,
     polyglot_suites,
     test_split_suite,
 )
@@ -54,7 +75,7 @@ from semcode.suites import (
 TAG = "evaluate"
 # polyglot (eight held-out repositories, ~10k functions) is asked for by name: it adds minutes on a CPU.
 DEFAULT_SUITES = ("test", "humaneval", "cosqa")
-SYSTEM_ORDER = ("model", "bm25", "zero_shot")
+SYSTEM_ORDER = ("model", "bm25", "hybrid", "zero_shot")
 PRIMARY_METRIC = "mrr"
 METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_@-]")  # KFP metric names: these characters, "." between parts
 
@@ -81,6 +102,16 @@ class EvaluateConfig:
     )
     bm25: bool = field(True, "also rank with BM25 (bm25s) on the same queries and candidates")
     bm25_stopwords: bool = field(False, "drop English stopwords from BM25 queries and code")
+    hybrid: bool = field(True, "also rank with the model fused with BM25 ('hybrid'; needs bm25)")
+    fusion_weights: tuple[float, ...] = field(
+        FUSION_WEIGHTS, "convex fusion weights tried on the valid split: cos + w * bm25 / max bm25"
+    )
+    fusion_rrf: bool = field(True, "also try reciprocal-rank fusion (k=60) on the valid split")
+    fusion_valid_queries: int = field(
+        500,
+        "valid-split queries the fusion is chosen on, a seeded sample with their gold codes as the "
+        "candidates (0 = every query among every valid code)",
+    )
     device: str = field(
         "auto", "torch device for the encoders: auto (cuda when available), cpu, cuda, cuda:1"
     )
@@ -95,9 +126,16 @@ class EvaluateConfig:
         for name in ("n_distractors", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_length", "max_queries"):
+        for name in ("max_length", "max_queries", "fusion_valid_queries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for weight in self.fusion_weights:
+            try:
+                check_fusion("convex", weight)
+            except ValueError as error:
+                raise ConfigError(f"fusion_weights={list(self.fusion_weights)}: {error}") from None
+        if self.hybrid and not self.fusion_weights and not self.fusion_rrf:
+            raise ConfigError("hybrid needs a fusion to try: give fusion_weights or set fusion_rrf")
 
 
 def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[list[Suite], dict[str, str]]:
@@ -124,6 +162,39 @@ def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[l
             continue
         suites.append(suite.subset(config.max_queries, seed=config.seed))
     return suites, skipped
+
+
+def valid_split_suite(pairs_dir: str | Path | None, max_queries: int, seed: int) -> tuple[Suite | None, str]:
+    """The valid split as a suite to choose the fusion on (max_queries of its queries, a seeded sample,
+    their gold codes as the candidates; 0 = all), or None and why there is none."""
+    if pairs_dir is None:
+        return None, "no pairs directory (--pairs), so no valid split"
+    valid_dir = Path(pairs_dir) / "valid"
+    if not sorted(valid_dir.glob("part-*.parquet")):
+        return None, f"{valid_dir} has no part-*.parquet shards"
+    table = read_split(pairs_dir, "valid", columns=["query", "code"])
+    queries = [q or "" for q in table.column("query").to_pylist()]
+    codes = [c or "" for c in table.column("code").to_pylist()]
+    suite = pairs_suite("valid", queries, codes, source=str(valid_dir))
+    if not suite.queries:
+        return None, f"{valid_dir} has no queries"
+    return suite.subset(max_queries, seed=seed, golds_only=True), ""
+
+
+def pick_fusion(config: EvaluateConfig, pairs_dir: str | Path | None, embed: EmbedFn) -> dict:
+    """The fusion the "hybrid" system uses: chosen on the valid split (choose_fusion), else
+    DEFAULT_FUSION with ``chosen_on`` None and the reason."""
+    suite, reason = valid_split_suite(pairs_dir, config.fusion_valid_queries, config.seed)
+    if suite is None:
+        log(TAG, f"fusion: {reason}; hybrid uses {DEFAULT_FUSION} (not chosen), search defaults to dense")
+        return {**DEFAULT_FUSION, "chosen_on": None, "reason": reason, "default_mode": "dense"}
+    chosen = choose_fusion(suite, embed, config.fusion_weights, config.fusion_rrf, config.bm25_stopwords)
+    return {
+        "rule": chosen["rule"],
+        "weight": chosen["weight"],
+        "chosen_on": f"valid ({suite.source}), full-corpus MRR",
+        **{key: value for key, value in chosen.items() if key not in ("rule", "weight")},
+    }
 
 
 def metric_name(*parts: str) -> str:
@@ -159,8 +230,8 @@ def primary_metric(suites: dict) -> dict:
 
 
 def summary_table(suites: dict) -> str:
-    """MRR per suite, protocol and system, with the model - zero-shot gap; after a suite's rows, one
-    ``suite:language`` row per protocol for each language of its breakdown."""
+    """MRR per suite, protocol and system, with the model - zero-shot and hybrid - model gaps; after a
+    suite's rows, one ``suite:language`` row per protocol for each language of its breakdown."""
     header = (
         "suite",
         "protocol",
@@ -168,8 +239,10 @@ def summary_table(suites: dict) -> str:
         "candidates",
         "model",
         "bm25",
+        "hybrid",
         "zero-shot",
         "model - zero-shot (95%)",
+        "hybrid - model (95%)",
     )
     rows = [header]
     labelled = []  # (row label, a suite's result or one language's part of it)
@@ -187,12 +260,10 @@ def summary_table(suites: dict) -> str:
                 else f"{per_query['min']}-{per_query['max']}"
             )
             mrr = [suite[protocol].get(system, {}).get("mrr") for system in SYSTEM_ORDER]
-            gap = (suite.get("model_vs") or {}).get(protocol, {}).get("zero_shot")
-            gap_cell = (
-                f"{gap['mrr_difference']:+.4f} ({gap['ci95_low']:+.4f}..{gap['ci95_high']:+.4f})"
-                if gap
-                else "-"
-            )
+            gaps = [
+                (suite.get("model_vs") or {}).get(protocol, {}).get("zero_shot"),
+                (suite.get("hybrid_vs") or {}).get(protocol, {}).get("model"),
+            ]
             rows.append(
                 (
                     label,
@@ -200,7 +271,12 @@ def summary_table(suites: dict) -> str:
                     str(suite["n_queries"]),
                     candidates,
                     *("-" if v is None else f"{v:.4f}" for v in mrr),
-                    gap_cell,
+                    *(
+                        f"{gap['mrr_difference']:+.4f} ({gap['ci95_low']:+.4f}..{gap['ci95_high']:+.4f})"
+                        if gap
+                        else "-"
+                        for gap in gaps
+                    ),
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -242,12 +318,17 @@ def run(
     systems = {"model": load_embed_fn(str(encoder_dir), **settings)[0]}
     if baseline_encoder is not None:
         systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **settings)[0]
+    hybrid = config.hybrid and config.bm25
     log(
         TAG,
-        f"{len(suites)} suite(s), systems {list(systems) + (['bm25'] if config.bm25 else [])}, "
+        f"{len(suites)} suite(s), systems "
+        f"{list(systems) + (['bm25'] if config.bm25 else []) + (['hybrid'] if hybrid else [])}, "
         + (f"device {device}" if config.runtime == "torch" else f"runtime {config.runtime}"),
     )
+    # 1. Hybrid's fusion rule and weight, chosen on the valid split before any suite is ranked.
+    fusion = pick_fusion(config, pairs_dir, systems["model"]) if hybrid else None
 
+    # 2. Every suite, every system.
     results: dict = {}
     for suite in suites:
         log(
@@ -262,6 +343,7 @@ def run(
             protocols=config.protocols,
             n_distractors=config.n_distractors,
             seed=config.seed,
+            fusion=fusion,
         )
         results[suite.name]["source"] = suite.source
 
@@ -269,6 +351,7 @@ def run(
         "suites": results,
         "primary": primary_metric(results),
         "kfp_metrics": flatten_metrics(results),
+        "fusion": fusion,
         "skipped": skipped,
         "encoder": str(encoder_dir),
         "baseline_encoder": None if baseline_encoder is None else str(baseline_encoder),
