@@ -570,13 +570,14 @@ def run(
 ) -> dict:
     """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``."""
     config.validate()
-    # Check every input before loading the model.
     from semcode.embed import check_encoder_spec, load_embed_fn
 
+    # 1. Every input checked before the model loads.
     check_encoder_spec(str(encoder_dir))
     corpus_shards(corpus_dir)
     if pairs_dir is not None:
         sample_test_queries(pairs_dir, 1, config.seed)
+    # 2. The encoder, as the configured runtime runs it.
     embed, dim = load_embed_fn(
         str(encoder_dir),
         config.encode_batch_size,
@@ -585,6 +586,7 @@ def run(
         runtime=config.runtime,
     )
     log(TAG, f"encoder {encoder_dir}: dim {dim}")
+    # 3. Embed the corpus, build and measure the index, write it with its metadata and lexical index.
     return index_corpus(
         config, embed, dim, corpus_dir, out_dir, pairs_dir=pairs_dir, encoder=str(encoder_dir)
     )

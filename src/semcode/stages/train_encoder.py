@@ -521,6 +521,7 @@ def run(
 
     config.validate()
     pairs_dir, out = Path(pairs_dir), Path(out_dir)
+    # 1. Every input checked, the pairs read (and augmented) before any model loads.
     _check_inputs(config, pairs_dir, tokenizer_dir, out)
     train_pairs = load_pairs(pairs_dir, "train", config.max_train_pairs, config.seed)
     augmented: dict[str, int] = {}
@@ -544,6 +545,7 @@ def run(
     if len(valid_pairs) == 0:
         log(TAG, f"warning: {pairs_dir}/valid has no pairs: no validation, the last step is shipped")
 
+    # 2. The starting model: a checkpoint (init_from) or a new encoder of the configured size.
     out.mkdir(parents=True, exist_ok=True)
     cfg.save_resolved(config, out)
     seed_everything(config.seed)
@@ -585,6 +587,7 @@ def run(
                 "positions (a model built from scratch has max_length positions)"
             )
 
+        # 3. Optionally keep the pairs the starting model agrees with, then train (or pass through).
         teacher_filter: dict[str, Any] = {}
         if config.teacher_filter_top_k:  # the texts as they will be trained on (after augmentation)
             train_pairs, teacher_filter = filter_by_teacher(config, model, tokenizer, train_pairs)
@@ -597,6 +600,7 @@ def run(
         metrics["teacher_filter"] = teacher_filter
         if not is_main_process():  # with several ranks, rank 0 writes the outputs
             return metrics
+        # 4. Rank 0 saves the encoder (at its inference length), metrics.json and the resolved config.
         encoder_dir = out / "encoder"
         shutil.rmtree(encoder_dir, ignore_errors=True)
         model.max_length = inference_length(config)  # what everything downstream embeds with

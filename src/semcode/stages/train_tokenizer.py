@@ -189,7 +189,7 @@ def run(
     Returns the metrics (also in ``out_dir/metrics.json``).
     """
     config.validate()
-    # Check every input before the (long) training.
+    # 1. Every input checked before the (long) training.
     shards = corpus_shards(corpus_dir, config.columns)
     files_total = len(shards)
     if config.max_files:
@@ -199,6 +199,7 @@ def run(
     if rows_total == 0:
         raise ValueError(f"corpus {corpus_dir} has no rows in {len(shards)} shard(s)")
 
+    # 2. Train the BPE on the corpus stream.
     on_terminal = sys.stderr.isatty()  # one progress display only: see the module docstring
     progress = None if on_terminal else Progress(TAG, total=rows_total, unit="rows")
     stream = CorpusStream(
@@ -222,6 +223,7 @@ def run(
     if stream.bytes == 0:
         raise ValueError(f"corpus {corpus_dir} has no text in column(s) {list(config.columns)}")
 
+    # 3. Save it, then measure its fertility on the test split (or held-out corpus rows).
     out = Path(out_dir)
     save_tokenizer(tokenizer, out, model_max_length=config.model_max_length)
 
@@ -256,6 +258,7 @@ def run(
         for language in sorted(set(languages))
     }
 
+    # 4. metrics.json and the resolved config.
     metrics = {
         "vocab_size": tokenizer.get_vocab_size(),
         "vocab_size_requested": config.vocab_size,
