@@ -1,7 +1,13 @@
-"""Encoder training throughput: semcode (DeepSpeed engine) vs sentence-transformers (MNRL), same everything.
+"""Encoder training throughput: semcode (DeepSpeed engine) vs sentence-transformers (MNRL), same everything;
+or semcode with its live logging (TensorBoard event files) on vs off.
 
     .venv/bin/python bench/bench_train.py --pairs runs/local-2/artifacts/.../pairs      # CPU, 2 rounds
     .venv/bin/python bench/bench_train.py --pairs DIR --steps 30 --batch-size 16 --max-length 128 --rounds 3
+    .venv/bin/python bench/bench_train.py --pairs DIR --compare live-logging --rounds 3  # on / off ratio
+
+``--compare live-logging`` runs the semcode side twice per round: as it trains by default (event files
+under tensorboard/, docs/observability.md) and with ``SEMCODE_TENSORBOARD=0`` (none), and reports
+the ratio on / off.
 
 Both sides train all-MiniLM-L6-v2 on the same training pairs (the first ``steps x batch_size`` rows of
 the train split, same order: no shuffling), with the same batch size, max length, learning rate,
@@ -155,36 +161,50 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--rounds", type=int, default=2, help="runs per system, alternating")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--compare",
+        choices=("sentence-transformers", "live-logging"),
+        default="sentence-transformers",
+        help="what semcode is measured against (default: sentence-transformers)",
+    )
     parser.add_argument("--system", choices=("semcode", "sentence-transformers"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.system:  # a child process: one run
         one_run(args)
         return
 
-    rates: dict[str, list[float]] = {"semcode": [], "sentence-transformers": []}
+    # each compared side: (the child's --system, environment changes)
+    if args.compare == "live-logging":
+        sides = {
+            "semcode-live-logging-on": ("semcode", {"SEMCODE_TENSORBOARD": "1"}),
+            "semcode-live-logging-off": ("semcode", {"SEMCODE_TENSORBOARD": "0"}),
+        }
+    else:
+        sides = {"semcode": ("semcode", {}), "sentence-transformers": ("sentence-transformers", {})}
+    rates: dict[str, list[float]] = {side: [] for side in sides}
     for round_index in range(args.rounds):
-        for system in rates:
+        for side, (system, env_changes) in sides.items():
             command = [sys.executable, __file__, "--system", system] + [
                 f"--{name.replace('_', '-')}={getattr(args, name)}"
                 for name in ("pairs", "steps", "skip", "batch_size", "max_length", "lr", "device")
             ]
-            print(f"[bench-train] round {round_index + 1}/{args.rounds}: {system}", file=sys.stderr)
+            print(f"[bench-train] round {round_index + 1}/{args.rounds}: {side}", file=sys.stderr)
             done = subprocess.run(
-                command, stdout=subprocess.PIPE, text=True, check=True, env=dict(os.environ)
+                command, stdout=subprocess.PIPE, text=True, check=True, env={**os.environ, **env_changes}
             )
             seconds = json.loads(done.stdout.strip().splitlines()[-1])["step_seconds"]
-            rates[system].append(round(steady_rate(seconds, args.batch_size, args.skip), 2))
-            print(f"[bench-train] {system}: {rates[system][-1]} pairs/s", file=sys.stderr)
-    medians = {system: statistics.median(values) for system, values in rates.items()}
+            rates[side].append(round(steady_rate(seconds, args.batch_size, args.skip), 2))
+            print(f"[bench-train] {side}: {rates[side][-1]} pairs/s", file=sys.stderr)
+    medians = {side: round(statistics.median(values), 2) for side, values in rates.items()}
+    first, second = list(sides)
     print(
         json.dumps(
             {
                 "pairs_per_second": rates,
                 "median": medians,
-                "ratio_semcode_over_sentence_transformers": round(
-                    medians["semcode"] / medians["sentence-transformers"], 3
-                ),
+                f"ratio_{first}_over_{second}".replace("-", "_"): round(medians[first] / medians[second], 3),
                 "setup": {
+                    "compare": args.compare,
                     "steps": args.steps,
                     "skip": args.skip,
                     "batch_size": args.batch_size,

@@ -4,6 +4,8 @@ published, and the checks that fail before any task runs."""
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,16 +42,32 @@ def test_tiny_run_publishes_then_a_worse_run_is_refused(tmp_path, capsys):
     assert bundles.validate_bundle(bundle)["version"] == first["version"]
     assert "bm25" in out and "PASSED" in out
     assert f"semcode search {bundle} 'read a file line by line'" in out
+    # the quiet console: semcode's lines, not kfp.local's executor JSON and artifact reprs; the stages'
+    # timings at the end
+    assert '"outputFile"' not in out and '"executorInput"' not in out and "Dataset( name=" not in out
+    assert "[run] ingest started" in out and "[encoder] epoch 1/" in out
+    assert "[encoder] epoch 1 complete | train loss " in out
+    table = out.rstrip().split("\n\n")[-1].splitlines()
+    assert table[0].split() == ["stage", "seconds"] and table[-1].split()[0] == "total"
+    timed = [row.split()[0] for row in table[1:-1]]
+    assert timed[0] == "ingest" and "evaluate" in timed and any(t.startswith("train-encoder") for t in timed)
+    assert [stage["task"] for stage in first["stages"]] == timed
+    # the encoder's live curves, inside its artifact
+    assert list(
+        (runs / "first" / "artifacts").glob("*/train-encoder*/encoder/tensorboard/events.out.tfevents.*")
+    )
     champion = bundles.resolve_latest(registry, "semcode")
     assert champion is not None and champion.endswith(first["version"])
 
-    # 2. The same data, one training step: worse, so the gate refuses and latest stays where it was.
+    # 2. The same data, one training step: worse, so the gate refuses (exit 3, as semcode gate and submit)
+    # and latest stays where it was. With TensorBoard served while it runs, and stopped after.
     worse = tiny_preset_with(tmp_path / "worse.yaml", train_encoder={"max_steps": 1})
-    assert (
-        local_run.main(["--preset", str(worse), "--runs-dir", str(runs), "--run-id", "second", "--cache"])
-        == 0
-    )
-    out = capsys.readouterr().out
+    argv = ["--preset", str(worse), "--runs-dir", str(runs), "--run-id", "second", "--cache", "--tensorboard"]
+    assert local_run.main(argv) == local_run.EXIT_REFUSED == 3
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "[run] tensorboard: http://127.0.0.1:" in captured.err
+    assert f"to view the curves again: tensorboard --logdir {(runs / 'second').resolve()}" in captured.err
     second = read_summary(runs, "second")
     assert second["primary"]["value"] < first["primary"]["value"]
     assert not second["passed"] and not second["published"]
@@ -95,12 +113,22 @@ def test_stage_field_that_is_no_pipeline_parameter_fails_before_any_task(tmp_pat
 
 
 def test_source_and_registry_become_pipeline_arguments(tmp_path):
-    configs, arguments = local_run.prepare("tiny", [f"dir:{tmp_path}"], "/srv/registry")
+    registry = str(tmp_path / "registry")
+    configs, arguments = local_run.prepare("tiny", [f"dir:{tmp_path}"], registry)
     assert configs["ingest"].sources == (f"dir:{tmp_path}",)
     assert arguments["ingest_sources"] == [f"dir:{tmp_path}"]
-    assert arguments["gate_registry"] == "/srv/registry"
-    assert configs["publish"].registry == "/srv/registry"
+    assert arguments["gate_registry"] == registry
+    assert configs["publish"].registry == registry
     assert arguments["train_encoder_max_steps"] == 30  # the preset's own values stay
+
+
+def test_an_unwritable_registry_is_refused_before_any_task(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    registry = str(tmp_path / "a_file" / "registry")  # a folder under a file: cannot be written
+    argv = ["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--registry", registry]
+    assert local_run.main(argv) == 2
+    assert f"registry (--registry) {registry} is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_registry_location():
@@ -127,3 +155,25 @@ def test_params_override_the_preset_and_are_validated():
     ):
         with pytest.raises(ConfigError):
             local_run.prepare("tiny", None, "/tmp/registry", bad)
+
+
+def test_tensorboard_serves_the_event_files_under_the_run_dir(tmp_path):
+    """A real TensorBoard over a run directory: it lists a training curve's tag, and stops with the run."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "artifacts" / "train-encoder" / "encoder" / "tensorboard")) as writer:
+        for step in range(1, 4):
+            writer.add_scalar("train/loss", 3.0 / step, step)
+    with local_run.serve_tensorboard(tmp_path, enabled=True) as (url, process):
+        tags = ""
+        deadline = time.monotonic() + 90  # it starts in seconds, on a busy 2-core machine in tens
+        while "train/loss" not in tags and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(url + "data/plugin/scalars/tags", timeout=5) as response:
+                    tags = response.read().decode()
+            except OSError:  # not listening yet
+                continue
+        assert "train/loss" in tags, (tmp_path / "tensorboard.log").read_text()[-2000:]
+        assert "artifacts/train-encoder/encoder/tensorboard" in json.loads(tags)
+    assert process.poll() is not None  # stopped when the block (the run) ends

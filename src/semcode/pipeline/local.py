@@ -23,17 +23,30 @@ cached ingest would silently reuse old data after you edit either. ``--cache`` r
 inputs are unchanged from an earlier ``--cache`` run in the same --runs-dir (kfp.local's cache in
 <runs-dir>/.kfp-cache; an entry whose artifacts were deleted is a miss), e.g. to try other training
 settings on the same data. The gate and publish always run.
+
+The console (docs/observability.md): kfp.local relays each task's output to stdout and logs every task's
+executor input (JSON) and outputs (artifact reprs) around it; by default QuietConsole keeps semcode's own
+lines and warnings, errors and tracebacks, drops those dumps, says when each stage starts and how long it
+took, and the summary ends with a per-stage timing table. ``--verbose`` passes kfp.local's lines through.
+``--tensorboard`` serves the run's live training curves (the training stages' tensorboard/ event files)
+on 127.0.0.1 while the run lasts.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import shlex
+import socket
+import subprocess
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +66,107 @@ SEARCH_EXAMPLE = "read a file line by line"
 # kfp.local warns about settings it cannot apply on one machine (accelerators) and about images
 # without "python" in their name; both are expected here.
 EXPECTED_WARNINGS = (r".*have no effect in the current local runner.*", r".*non-Python base image.*")
+
+EXIT_REFUSED = 3  # the gate refused the candidate (as semcode gate and semcode submit exit)
+
+# What kfp.local (2.17) writes to stdout: its own log records (logging_utils.local_logger_context) and,
+# indented, each task's merged stdout/stderr (subprocess_task_handler.run_local_subprocess).
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # kfp.local colours task names and statuses
+KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - (?P<level>[A-Z]+) - (?P<message>.*)$")
+TASK_STARTED = re.compile(r"^Executing task '(?P<task>[^']+)'$")
+TASK_FINISHED = re.compile(r"^Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)$")
+TASK_OUTPUTS = re.compile(r"^Task '[^']+' outputs:$")
+RULE = re.compile(r"^-{20,}$")  # the horizontal line after each task
+EXECUTOR_LINE = "[KFP Executor "  # the task's executor_main logging, e.g. "Got executor_input:" + JSON
+EXECUTOR_INPUT_END = re.compile(r"(    )?\}")  # json.dumps(indent=4)'s last line, (relay-)indented
+
+
+class QuietConsole(io.TextIOBase):
+    """Stands in for stdout while the pipeline runs: semcode's lines pass, kfp.local's dumps do not.
+
+    Dropped: kfp.local's INFO records (task start/finish become one ``[run]`` line each, with seconds),
+    the artifact reprs after "Task 'x' outputs:", the executor's ``[KFP Executor ...]`` lines with the
+    executor-input JSON that follows one, rules and blank lines. Everything else passes, with the relay's
+    indent removed: semcode's progress lines, warnings, errors and tracebacks. With ``verbose`` every
+    line passes as it is. Either way ``stages`` collects (task, seconds, status) per finished task.
+
+    kfp.local runs a ParallelFor's tasks in threads, each relaying its task line by line: the partial
+    line and the skipping state are per thread, whole lines are written under a lock.
+    """
+
+    RELAY_INDENT = "    "  # kfp.local's logging_utils.indented_print
+
+    def __init__(self, out: Any, verbose: bool = False) -> None:
+        self.out, self.verbose = out, verbose
+        self.stages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # what code that checks sys.stdout.encoding should see
+        return getattr(self.out, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> int:
+        state = self._state()
+        state.partial += text
+        *lines, state.partial = state.partial.split("\n")
+        for line in lines:
+            kept = self._filter(state, line)  # also when verbose: it times the stages
+            if self.verbose:
+                kept = line
+            if kept is not None:
+                with self._lock:
+                    self.out.write(kept + "\n")
+                    self.out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.out.flush()
+
+    def _state(self) -> Any:
+        state = self._local
+        if not hasattr(state, "partial"):
+            state.partial, state.skip_until, state.started = "", None, {}
+        return state
+
+    def _filter(self, state: Any, line: str) -> str | None:
+        """The line to show for ``line`` (None: drop it); records task starts and finishes."""
+        plain = ANSI.sub("", line)
+        if state.skip_until is not None:  # inside a JSON dump or an outputs block
+            if state.skip_until.fullmatch(plain):
+                state.skip_until = None
+            return None
+        record = KFP_RECORD.match(plain)
+        if record:
+            return self._kfp_record(state, record["level"], record["message"])
+        if RULE.match(plain) or not plain.strip():
+            return None
+        text = plain[len(self.RELAY_INDENT) :] if plain.startswith(self.RELAY_INDENT) else plain
+        if text.startswith(EXECUTOR_LINE):
+            if text.endswith("Got executor_input:"):
+                state.skip_until = EXECUTOR_INPUT_END
+            return None
+        return text
+
+    def _kfp_record(self, state: Any, level: str, message: str) -> str | None:
+        started, finished = TASK_STARTED.match(message), TASK_FINISHED.match(message)
+        if started:
+            state.started[started["task"]] = time.perf_counter()
+            return f"[{TAG}] {started['task']} started"
+        if finished:
+            task, status = finished["task"], finished["status"]
+            seconds = time.perf_counter() - state.started.pop(task, time.perf_counter())
+            self.stages.append({"task": task, "seconds": round(seconds, 1), "status": status.lower()})
+            done = "done" if status == "SUCCESS" else status.lower()
+            return f"[{TAG}] {task} {done} in {seconds:.1f}s"
+        if TASK_OUTPUTS.match(message):
+            state.skip_until = RULE  # the artifact reprs, up to the task's closing rule
+            return None
+        return None if level == "INFO" else f"[{TAG}] {level.lower()}: {message}"
 
 
 def resolve_location(location: str) -> str:
@@ -96,8 +210,8 @@ def prepare(
     """(validated stage configs, pipeline arguments) of a preset with --param, --source, --languages and
     --registry.
 
-    Raises ConfigError for a bad preset or parameter and IngestError for a source that does not exist,
-    before any task runs.
+    Raises ConfigError for a bad preset or parameter, IngestError for a source that does not exist and
+    StorageError for a registry that cannot be written, before any task runs.
     """
     overrides = parse_params(params)
     overrides.setdefault("gate", {})["registry"] = registry
@@ -108,6 +222,10 @@ def prepare(
     preset = cfg.load_yaml(preset_name)
     configs = pipeline_params.resolve_configs(preset, preset_name, overrides)
     ingest.check_sources(configs["ingest"])
+    # The registry is written at the very end: a dead endpoint or read-only bucket is found now, not
+    # after the training.
+    if registry:
+        storage.check_writable(registry, "registry (--registry)")
     arguments = pipeline_params.preset_arguments(preset, preset_name, overrides)
     return configs, arguments
 
@@ -145,6 +263,64 @@ def allow_oneof_artifacts() -> None:
     OrchestratorUtils._semcode_oneof = True
 
 
+@contextmanager
+def quiet_stdout(verbose: bool) -> Any:
+    """Route stdout through a QuietConsole while the pipeline runs (kfp.local's handlers and its relay
+    of the task processes both write to whatever sys.stdout is when a task starts)."""
+    console = QuietConsole(sys.stdout, verbose)
+    original = sys.stdout
+    sys.stdout = console
+    try:
+        yield console
+    finally:
+        sys.stdout = original
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tensorboard_command(logdir: Path, port: int | None = None) -> list[str]:
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
+    return command + (["--port", str(port)] if port else [])
+
+
+@contextmanager
+def serve_tensorboard(run_dir: Path, enabled: bool) -> Any:
+    """With ``enabled``, TensorBoard over ``run_dir`` on a free 127.0.0.1 port while the block runs;
+    yields (its address, the process), else (None, None).
+
+    It finds the training stages' event files (<task>/<output>/tensorboard/) as they appear, and reloads
+    them every few seconds; its own output goes to <run_dir>/tensorboard.log, not the console.
+    """
+    if not enabled:
+        yield None, None
+        return
+    port = _free_port()
+    log_path = run_dir / "tensorboard.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            tensorboard_command(run_dir, port), stdout=log_file, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}/"
+        log(TAG, f"tensorboard: {url} (logdir {run_dir}, its log {log_path})")
+        try:
+            yield url, process
+        finally:
+            if process.poll() is not None:
+                log(TAG, f"tensorboard had exited with {process.returncode}: see {log_path}")
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            view = shlex.join(["tensorboard", "--logdir", str(run_dir)])
+            log(TAG, f"tensorboard stopped; to view the curves again: {view}")
+
+
 def run_pipeline(arguments: dict[str, Any], artifacts_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
     """Run the pipeline through kfp.local; returns its outputs (bundle, evaluation, decision artifacts)."""
     from kfp import local
@@ -175,8 +351,13 @@ def run(
     cache: bool = False,
     params: list[str] | None = None,
     languages: list[str] | None = None,
+    verbose: bool = False,
+    tensorboard: bool = False,
 ) -> dict:
-    """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json)."""
+    """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json).
+
+    ``verbose`` shows kfp.local's own output; ``tensorboard`` serves the live curves while it runs.
+    """
     runs_dir = Path(runs_dir)
     registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
     configs, arguments = prepare(preset_name, sources, registry, params, languages)
@@ -192,9 +373,10 @@ def run(
     )
 
     started = time.perf_counter()
-    outputs = run_pipeline(
-        arguments, run_dir.resolve() / "artifacts", runs_dir.resolve() / CACHE_DIR if cache else None
-    )
+    with serve_tensorboard(run_dir.resolve(), tensorboard), quiet_stdout(verbose) as console:
+        outputs = run_pipeline(
+            arguments, run_dir.resolve() / "artifacts", runs_dir.resolve() / CACHE_DIR if cache else None
+        )
     seconds = time.perf_counter() - started
 
     bundle_dir = Path(outputs["bundle"].path)
@@ -219,6 +401,7 @@ def run(
         "registry": registry,
         "published": published,
         "latest": None if latest is None else latest["version"],
+        "stages": console.stages,  # (task, seconds, status) per finished task, retries included
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary, metrics, name)
@@ -241,6 +424,20 @@ def print_summary(summary: dict, metrics: dict, name: str) -> None:
     print(f"bundle: {summary['bundle']}")
     print("search it:")
     print(f"  semcode search {shlex.quote(summary['bundle'])} {shlex.quote(SEARCH_EXAMPLE)}")
+    print()
+    print(timing_table(summary["stages"], summary["seconds"]))
+
+
+def timing_table(stages: list[dict[str, Any]], total_seconds: float) -> str:
+    """Per-stage seconds in the order the stages finished; a failed try is marked, cached tasks do not
+    appear (they did not run); the last row is the whole run's wall time."""
+    width = max([len("stage"), len("total")] + [len(stage["task"]) for stage in stages])
+    rows = [f"{'stage':<{width}}  {'seconds':>8}"]
+    for stage in stages:
+        mark = "" if stage["status"] == "success" else f"  ({stage['status']})"
+        rows.append(f"{stage['task']:<{width}}  {stage['seconds']:>8.1f}{mark}")
+    rows.append(f"{'total':<{width}}  {total_seconds:>8.1f}")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n  semcode run\n  semcode run --preset tiny --source dir:./myrepo --run-id try1\n"
         "  semcode run --preset tiny --source dir:./service --languages go,java\n"
         "  semcode run --preset tiny --registry s3://models/registry --cache\n"
+        "  semcode run --preset tiny --tensorboard     # live training curves in the browser\n"
         "  semcode run --preset with_hard_negatives --param train_encoder_init_from=runs/<run-id>/bundle/encoder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -294,9 +492,20 @@ def main(argv: list[str] | None = None) -> int:
         help="reuse tasks whose inputs are unchanged from earlier --cache runs in --runs-dir "
         "(only while your sources and the semcode code stay unchanged)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show kfp.local's own output too: each task's executor input and outputs",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="serve the live training curves with TensorBoard on 127.0.0.1 (a free port, printed) "
+        "while the run lasts",
+    )
     args = parser.parse_args(argv)
     try:
-        run(
+        summary = run(
             args.preset,
             args.source,
             args.runs_dir,
@@ -307,11 +516,12 @@ def main(argv: list[str] | None = None) -> int:
             languages=[
                 name.strip() for value in args.languages or [] for name in value.split(",") if name.strip()
             ],
+            verbose=args.verbose,
+            tensorboard=args.tensorboard,
         )
-    except (cfg.ConfigError, ValueError, FileExistsError, FileNotFoundError, storage.StorageError) as error:
-        print(f"semcode run: error: {error}", file=sys.stderr)
-        return 2
+    except (*cfg.BAD_INPUT_ERRORS, storage.StorageError) as error:
+        return cfg.bad_input("run", error)
     except RuntimeError as error:  # kfp.local: a task failed; its log is above
         print(f"semcode run: error: {error}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if summary["passed"] else EXIT_REFUSED
