@@ -30,6 +30,9 @@ def train_encoder(
     max_hard_negatives: int,
     distill_weight: float,
     distill_temperature: float,
+    teacher_false_negatives: bool,
+    teacher_filter_top_k: int,
+    teacher_filter_pool: int,
     docstring_share: float,
     zero_stage: int,
     seed: int,
@@ -75,6 +78,10 @@ def train_encoder(
         distill_weight: weight of the KL term keeping the in-batch scores close to the starting checkpoint's
             (a frozen teacher; needs init_from or init_encoder; 0 = off).
         distill_temperature: temperature of both score distributions in that KL (0 = the contrastive one).
+        teacher_false_negatives: hide in-batch candidates the starting checkpoint scores above the positive.
+        teacher_filter_top_k: keep a train pair only when the starting checkpoint ranks its code in its
+            query's top k among teacher_filter_pool pairs (0 = keep all).
+        teacher_filter_pool: train pairs embedded for that filter (the others are dropped).
         docstring_share: share of train codes given their docstring back as first body line (seeded).
         zero_stage: DeepSpeed ZeRO stage.
         seed: seed for initialisation, data order and dropout.
@@ -126,6 +133,9 @@ def train_encoder(
             "max_hard_negatives": max_hard_negatives,
             "distill_weight": distill_weight,
             "distill_temperature": distill_temperature,
+            "teacher_false_negatives": teacher_false_negatives,
+            "teacher_filter_top_k": teacher_filter_top_k,
+            "teacher_filter_pool": teacher_filter_pool,
             "docstring_share": docstring_share,
             "zero_stage": zero_stage,
             "seed": seed,

@@ -156,6 +156,9 @@ def train_pipeline(
     train_encoder_max_hard_negatives: int = 4,
     train_encoder_distill_weight: float = 0.0,
     train_encoder_distill_temperature: float = 0.0,
+    train_encoder_teacher_false_negatives: bool = False,
+    train_encoder_teacher_filter_top_k: int = 0,
+    train_encoder_teacher_filter_pool: int = 2000,
     train_encoder_docstring_share: float = 0.0,
     # hard-negative rounds: mine_hard_negatives -> train_encoder (continued), 0..2 times
     hard_negative_rounds: int = 0,
@@ -272,6 +275,9 @@ def train_pipeline(
         train_encoder_max_hard_negatives: Hard negatives per pair used when the hard-negative weight is > 0.
         train_encoder_distill_weight: Weight of a KL term keeping the in-batch scores close to the starting checkpoint's, a frozen teacher (fine-tuning only; each hard-negative round's teacher is the encoder it continues). 0 = off.
         train_encoder_distill_temperature: Temperature of both score distributions in that KL term (0 = the contrastive temperature).
+        train_encoder_teacher_false_negatives: Hide from the contrastive term the in-batch candidates the starting checkpoint scores above the positive (needs init_from).
+        train_encoder_teacher_filter_top_k: Keep a train pair only when the starting checkpoint ranks its code in the top k for its query among train_encoder_teacher_filter_pool pairs (0 = keep all; needs init_from).
+        train_encoder_teacher_filter_pool: Train pairs embedded by the starting checkpoint for that filter (the others are dropped).
         train_encoder_docstring_share: Share of train codes given their docstring back as first body line (every training of the run).
         hard_negative_rounds: Rounds of mine_hard_negatives -> continued train_encoder after the first training: 0, 1 or 2 (more runs 2). Each mines the ingest train pairs with the latest encoder and continues from it with the hard_negative_training settings; evaluate and everything after use the last round's encoder.
         mine_hard_negatives_count: Hard negatives kept per pair.
@@ -382,6 +388,9 @@ def train_pipeline(
         learnable_temperature=train_encoder_learnable_temperature,
         distill_weight=train_encoder_distill_weight,
         distill_temperature=train_encoder_distill_temperature,
+        teacher_false_negatives=train_encoder_teacher_false_negatives,
+        teacher_filter_top_k=train_encoder_teacher_filter_top_k,
+        teacher_filter_pool=train_encoder_teacher_filter_pool,
         docstring_share=train_encoder_docstring_share,
         zero_stage=train_encoder_zero_stage,
         seed=train_encoder_seed,
