@@ -265,8 +265,8 @@ def test_copy_tree_refuses_a_symlink_that_leads_out(tmp_path: Path) -> None:
 def test_check_writable_finds_a_bad_registry_before_any_work(s3_env: str, tmp_path: Path) -> None:
     storage.check_writable(f"{s3_env}/registry", "registry")  # writable: no error, no probe left
     assert storage.list_files(s3_env) == []
-    storage.check_writable(tmp_path / "registry", "registry")
-    assert not list((tmp_path / "registry").iterdir())
+    storage.check_writable(tmp_path / "runs" / "registry", "registry")
+    assert not (tmp_path / "runs").exists()  # a local check creates nothing
     with pytest.raises(StorageError, match=r"registry s3://no-such-bucket-semcode/r is not writable"):
         storage.check_writable("s3://no-such-bucket-semcode/r", "registry")
     (tmp_path / "a_file").write_text("x")

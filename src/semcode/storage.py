@@ -351,24 +351,30 @@ def exists(uri: PathOrUri) -> bool:
 
 
 def check_writable(location: PathOrUri, what: str) -> None:
-    """Fail now, naming ``what`` and the location, when a folder or S3 prefix cannot be written: a probe
-    object is written under it and removed. For the locations a run writes at its end (the registry): a
-    dead endpoint, a missing bucket or read-only credentials found before the first task, not after it."""
+    """Fail now, naming ``what`` and the location, when a folder or S3 prefix cannot be written. For the
+    locations a run writes at its end (the registry): a dead endpoint, a missing bucket or read-only
+    credentials found before the first task, not after it. On S3 a probe object is written and removed;
+    a local folder is checked without creating anything: its nearest existing ancestor must be a
+    writable folder."""
     location = os.fspath(location)
+    if not is_s3(location):
+        existing = Path(location).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise StorageError(f"{what} {location} is not writable: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageError(f"{what} {location} is not writable: no write permission on {existing}")
+        return
     probe = join(location, f".semcode-write-probe-{os.getpid()}")
     try:
         write_bytes(probe, b"")
-        if is_s3(location):
-            bucket, key = _object_key(probe)
-            settings = s3_settings()
-            with _s3_errors(probe, settings):
-                s3_client(settings).delete_object(Bucket=bucket, Key=key)
-        else:
-            os.remove(probe)
+        bucket, key = _object_key(probe)
+        settings = s3_settings()
+        with _s3_errors(probe, settings):
+            s3_client(settings).delete_object(Bucket=bucket, Key=key)
     except StorageError as error:
         raise StorageError(f"{what} {location} is not writable: {error}") from None
-    except OSError as error:
-        raise StorageError(f"{what} {location} is not writable: {error.strerror or error}") from None
 
 
 def _relative_files(prefix: str, recursive: bool) -> list[str]:
