@@ -167,6 +167,12 @@ def from_args(cls: type[ConfigT], args: argparse.Namespace, section: str | None 
     return from_dict(cls, values, source=getattr(args, "config", None) or "command line")
 
 
+def comma_list(values: list[str] | None) -> list[str]:
+    """A repeatable flag that also takes comma lists (``--languages go,java --languages ruby``) as one list
+    of stripped, non-empty names, in order."""
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
 def bad_input(command: str, error: BaseException) -> int:
     """How every stage command's ``main`` ends on bad input: ``semcode COMMAND: error: ...`` on stderr and
     EXIT_BAD_INPUT, before or instead of a traceback."""

@@ -4,7 +4,7 @@ One home for "how an encoder runs", used by every stage that embeds (evaluate, b
 mine_hard_negatives, train_decoder, export_onnx's checks) and by the bundle's readers (search, serve,
 generate):
 
-- ``runtime`` (``torch``, ``onnx-int8``, ``onnx-fp32``; ``check_runtime``, ``RUNTIME_HELP`` for the stage
+- ``runtime`` (``torch``, ``onnx-int8``, ``onnx-fp32``: semcode.contract; ``check_runtime`` for the stage
   configs) and ``load_embed_fn``: a semcode encoder directory or a checkpoint alias (``minilm``) run by
   torch on a device, or exported as the release bundle's encoder is and run by ONNX Runtime
   (``onnx_embed_fn``);
@@ -45,7 +45,6 @@ from semcode.contract import (
     MINILM_ALIAS,
     OUTPUT_NAME,
     PRECISIONS,
-    RUNTIME_HELP,
     RUNTIMES,
     TOKENIZER_FILE,
 )
@@ -53,8 +52,6 @@ from semcode.contract import (
 if TYPE_CHECKING:
     import onnxruntime as ort
     from tokenizers import Tokenizer
-
-__all__ = ["RUNTIME_HELP", "RUNTIMES"]  # re-exported for the stage configs
 
 EmbedFn = Callable[[list[str], str], np.ndarray]  # (texts, "query" | "code") -> float32 [N, D]
 PROGRESS_CHUNK = 1024  # texts per encode call when progress is shown (each call sorts its texts by length)

@@ -94,6 +94,30 @@ def _score_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
     return terms.masked_fill(masked, 0.0).sum(dim=-1).mean()
 
 
+def _teacher_cosines(
+    teacher_query_emb: Tensor, teacher_code_emb: Tensor, world_size: int
+) -> tuple[Tensor, Tensor]:
+    """The frozen teacher's in-batch cosines, query -> code and code -> query, [B, N] each, from its [B, D']
+    embeddings of the same rows (gathered once: both the KL term and the false-negative mask use them)."""
+    teacher_queries = teacher_query_emb.detach().float()  # [B, D']
+    teacher_codes = teacher_code_emb.detach().float()  # [B, D']
+    all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
+    if world_size > 1:  # the teacher carries no gradient: a plain all_gather
+        all_teacher_queries = _gather_plain(teacher_queries, world_size)
+        all_teacher_codes = _gather_plain(teacher_codes, world_size)
+    return teacher_queries @ all_teacher_codes.T, teacher_codes @ all_teacher_queries.T
+
+
+def _teacher_false_negatives(query_to_code: Tensor, code_to_query: Tensor, labels: Tensor) -> Tensor:
+    """[B, N] bool: True where the teacher scores column j above row i's own positive, query -> code or
+    code -> query (never at row i's own column)."""
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    above = query_to_code > query_to_code[rows, labels][:, None]  # [B, N]
+    above |= code_to_query > code_to_query[rows, labels][:, None]
+    above[rows, labels] = False  # the positive stays
+    return above
+
+
 class ContrastiveLoss(nn.Module):
     def __init__(
         self,
@@ -187,8 +211,11 @@ class ContrastiveLoss(nn.Module):
         cosine_query_to_code = query_emb @ all_codes.T  # [B, N]
         cosine_code_to_query = code_emb @ all_queries.T  # [B, N]
         false_negatives = self._false_negative_mask(query_keys, code_keys, labels, world_size)  # [B, N]
-        if self.teacher_false_negatives and teacher_query_emb is not None:
-            above = self._teacher_false_negatives(teacher_query_emb, teacher_code_emb, labels, world_size)
+        teacher_cosines = None  # ([B, N] query -> code, [B, N] code -> query) of the frozen teacher
+        if teacher_query_emb is not None:
+            teacher_cosines = _teacher_cosines(teacher_query_emb, teacher_code_emb, world_size)
+        if self.teacher_false_negatives and teacher_cosines is not None:
+            above = _teacher_false_negatives(*teacher_cosines, labels)
             false_negatives = above if false_negatives is None else false_negatives | above
 
         def masked(logits: Tensor) -> Tensor:  # after scaling: -inf x scale would give a nan gradient
@@ -202,65 +229,33 @@ class ContrastiveLoss(nn.Module):
 
         hard = self._hard_negative_loss(query_emb, code_emb, hard_negative_emb, hard_negative_mask, scale)
         distill = query_emb.new_zeros(())
-        if teacher_query_emb is not None:
+        if teacher_cosines is not None:
             distill = self._distillation_loss(
-                teacher_query_emb,
-                teacher_code_emb,
-                cosine_query_to_code,
-                cosine_code_to_query,
-                masked,
-                scale,
-                world_size,
+                *teacher_cosines, cosine_query_to_code, cosine_code_to_query, masked, scale
             )
         total = contrastive + self.hard_negative_weight * hard + self.distill_weight * distill
         return LossOutput(total, contrastive, hard, float(1.0 / scale.detach()), distill)
 
     def _distillation_loss(
         self,
-        teacher_query_emb: Tensor,
-        teacher_code_emb: Tensor,
+        teacher_query_to_code: Tensor,
+        teacher_code_to_query: Tensor,
         cosine_query_to_code: Tensor,
         cosine_code_to_query: Tensor,
         masked: Callable[[Tensor], Tensor],
         scale: Tensor,
-        world_size: int,
     ) -> Tensor:
-        """KL(teacher || student) over each row's in-batch scores: [B, D'] teacher embeddings of the same
-        rows, [B, N] student cosines; ``masked`` hides the false negatives from both distributions' student."""
-        teacher_queries = teacher_query_emb.detach().float()  # [B, D']
-        teacher_codes = teacher_code_emb.detach().float()  # [B, D']
-        all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
-        if world_size > 1:  # the teacher carries no gradient: a plain all_gather
-            all_teacher_queries = _gather_plain(teacher_queries, world_size)
-            all_teacher_codes = _gather_plain(teacher_codes, world_size)
+        """KL(teacher || student) over each row's in-batch scores: [B, N] teacher and student cosines;
+        ``masked`` hides the false negatives from the student (and so from the teacher, see _score_kl)."""
         # One temperature for both sides (detached: the KL does not move a learnable temperature).
         distill_scale = 1.0 / self.distill_temperature if self.distill_temperature else scale.detach()
-        teacher_query_to_code = distill_scale * teacher_queries @ all_teacher_codes.T  # [B, N]
-        distill = _score_kl(teacher_query_to_code, masked(distill_scale * cosine_query_to_code))
+        distill = _score_kl(
+            distill_scale * teacher_query_to_code, masked(distill_scale * cosine_query_to_code)
+        )
         if self.symmetric:
-            teacher_code_to_query = distill_scale * teacher_codes @ all_teacher_queries.T  # [B, N]
             student_code_to_query = masked(distill_scale * cosine_code_to_query)
-            distill = (distill + _score_kl(teacher_code_to_query, student_code_to_query)) / 2
+            distill = (distill + _score_kl(distill_scale * teacher_code_to_query, student_code_to_query)) / 2
         return distill
-
-    def _teacher_false_negatives(
-        self, teacher_query_emb: Tensor, teacher_code_emb: Tensor, labels: Tensor, world_size: int
-    ) -> Tensor:
-        """[B, N] bool: True where the teacher scores column j above row i's own positive, query -> code or
-        code -> query (never at row i's own column)."""
-        teacher_queries = teacher_query_emb.detach().float()  # [B, D']
-        teacher_codes = teacher_code_emb.detach().float()  # [B, D']
-        all_teacher_queries, all_teacher_codes = teacher_queries, teacher_codes  # [N, D']
-        if world_size > 1:
-            all_teacher_queries = _gather_plain(teacher_queries, world_size)
-            all_teacher_codes = _gather_plain(teacher_codes, world_size)
-        rows = torch.arange(labels.shape[0], device=labels.device)
-        query_to_code = teacher_queries @ all_teacher_codes.T  # [B, N]
-        code_to_query = teacher_codes @ all_teacher_queries.T  # [B, N]
-        above = query_to_code > query_to_code[rows, labels][:, None]  # [B, N]
-        above |= code_to_query > code_to_query[rows, labels][:, None]
-        above[rows, labels] = False  # the positive stays
-        return above
 
     def _false_negative_mask(
         self, query_keys: Tensor | None, code_keys: Tensor | None, labels: Tensor, world_size: int

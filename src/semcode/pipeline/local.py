@@ -513,9 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             registry=args.registry,
             cache=args.cache,
             params=args.param,
-            languages=[
-                name.strip() for value in args.languages or [] for name in value.split(",") if name.strip()
-            ],
+            languages=cfg.comma_list(args.languages),
             verbose=args.verbose,
             tensorboard=args.tensorboard,
         )

@@ -56,9 +56,9 @@ import pyarrow.parquet as pq
 from semcode import config as cfg
 from semcode import index as faiss_index
 from semcode.config import ConfigError, field
-from semcode.contract import META_COLUMNS
+from semcode.contract import META_COLUMNS, RUNTIME_HELP
 from semcode.data.pairs import PAIR_SCHEMA, read_split
-from semcode.embed import RUNTIME_HELP, EmbedFn, check_runtime
+from semcode.embed import EmbedFn, check_runtime
 from semcode.progress import Progress, log
 
 TAG = "build-index"

@@ -50,8 +50,9 @@ from pathlib import Path
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
+from semcode.contract import RUNTIME_HELP
 from semcode.data.pairs import read_split
-from semcode.embed import RUNTIME_HELP, EmbedFn, check_runtime
+from semcode.embed import EmbedFn, check_runtime
 from semcode.evaluation import (
     DEFAULT_FUSION,
     FUSION_WEIGHTS,

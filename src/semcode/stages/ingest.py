@@ -381,13 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.source:  # --source is the documented spelling of the config field `sources`
         args.sources = (args.sources or []) + args.source
     if args.languages:  # --languages go,java as well as --languages go --languages java
-        args.languages = [name for value in args.languages for name in value.split(",") if name.strip()]
+        args.languages = cfg.comma_list(args.languages)
     try:
         config = cfg.from_args(IngestConfig, args, section="ingest")
         manifest = run(config, args.out)
-    except (ConfigError, IngestError, OSError) as error:  # bad input: a message, not a traceback
-        print(f"semcode ingest: error: {error}", file=sys.stderr)
-        return 2
+    except (*cfg.BAD_INPUT_ERRORS, OSError) as error:  # ConfigError and IngestError are ValueErrors
+        return cfg.bad_input("ingest", error)
     sizes = manifest["split"]["sizes"]
     print(
         f"{args.out}: {manifest['totals']['pairs']} pairs (train {sizes['train']}, valid {sizes['valid']}, "

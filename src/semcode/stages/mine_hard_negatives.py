@@ -40,8 +40,9 @@ import pyarrow as pa
 from semcode import config as cfg
 from semcode import mining
 from semcode.config import ConfigError, field
+from semcode.contract import RUNTIME_HELP
 from semcode.data.pairs import SPLITS, read_split, shard_paths, write_shards
-from semcode.embed import RUNTIME_HELP, check_runtime
+from semcode.embed import check_runtime
 from semcode.progress import log
 
 TAG = "mine-hard-negatives"

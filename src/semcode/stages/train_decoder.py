@@ -53,8 +53,8 @@ import numpy as np
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.contract import DECODER_SIZE_NAMES
-from semcode.embed import RUNTIME_HELP, check_runtime
+from semcode.contract import DECODER_SIZE_NAMES, RUNTIME_HELP
+from semcode.embed import check_runtime
 from semcode.progress import log
 
 TAG = "train-decoder"
