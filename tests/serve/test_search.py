@@ -458,6 +458,23 @@ def test_search_an_s3_bundle_downloads_it_once(
     assert code == 2 and "does not match bundle.json's sha256" in err
 
 
+def test_an_s3_bundle_that_names_a_file_outside_the_cache_writes_nothing(
+    tiny_bundle: Path, s3_env: str, tmp_path: Path, capsys
+):
+    """A bundle.json on S3 that lists its tokenizer as an absolute path (with the attacker's sha256) is
+    refused before any download: nothing is written there, nor in the cache."""
+    uri = f"{s3_env}/planted/bundle"
+    storage.copy_tree(tiny_bundle, uri)
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    target = tmp_path / "outside" / "planted.txt"
+    meta["index"]["meta"] = str(target)
+    meta["files"][str(target)] = meta["files"]["index_meta.parquet"]
+    storage.write_text(f"{uri}/bundle.json", json.dumps(meta))
+    code, _, err = run_cli([uri, "q", "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 2 and "bundle.json index.meta" in err and "not a relative name" in err
+    assert not target.exists() and not (tmp_path / "cache").exists()
+
+
 def test_registry_latest_resolves_to_the_newest_version(
     tiny_run: TinyRun, tiny_bundle: Path, corpus: list[dict], s3_env: str, tmp_path: Path, capsys
 ):

@@ -187,6 +187,7 @@ def check_bundle_json(bundle: dict, where: str) -> dict:
             f"{where} is not a usable release bundle", ["bundle.json is not a JSON object"]
         )
     problems = [f"bundle.json has no key {key!r}" for key in QUERY_KEYS if key not in bundle]
+    problems += bundles.check_file_names(bundle)  # nothing it names may lie outside the bundle
     fmt = bundle.get("bundle_format")
     if isinstance(fmt, int) and fmt > bundles.BUNDLE_FORMAT:
         problems.append(
@@ -224,7 +225,7 @@ def download_bundle(uri: str, cache_dir: str | os.PathLike[str], precision: str 
     listed = bundle.get("files") or {}
     fetched = []
     for name in query_files(bundle, precision):
-        local = target / name
+        local = Path(storage.contained_join(target, name, f"{uri}: bundle.json file"))
         if _same_file(local, listed.get(name)):
             continue
         if name not in listed:
