@@ -59,9 +59,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semcode import index as faiss_index
+from semcode.config import available_cores
 from semcode.embed import OnnxEncoder
 from semcode.evaluation import BM25Index
-from semcode.export import available_cores
 from semcode.progress import log
 from semcode.serve.searcher import Searcher, resolve_bundle
 

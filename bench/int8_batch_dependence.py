@@ -10,7 +10,9 @@ therefore runs a dynamically quantised graph one text per call. This exports the
 export_onnx stage does, then embeds the suite twice per setting, batched two ways (one encode call, and
 the 1,024-text calls the stages make when they show progress; each call sorts its texts by length), and
 prints each way's full-corpus MRR, the lowest cosine between the two vectors of one code and the
-encoding speed. fp32 in batches is the control. bench/RESULTS.md has the figures.
+encoding speed. fp32 in batches is the control. One text per call runs two ways: one caller on every
+intra-op thread, and one caller per thread on one intra-op thread each (what OnnxEncoder does): the
+same vectors, the speeds side by side. bench/RESULTS.md has the figures.
 """
 
 from __future__ import annotations
@@ -46,22 +48,25 @@ def main() -> None:
     fp32_path = export_tower(model.tower_for("code"), tmp / "encoder.onnx")
     int8_path = tmp / "encoder.int8.onnx"
     quantize_int8(fp32_path, int8_path)
+    threads = torch.get_num_threads()
     settings = {
-        "onnx-fp32, batches of 64": (fp32_path, False),
-        "onnx-int8, batches of 64": (int8_path, False),
-        "onnx-int8, one text per call": (int8_path, True),
+        "onnx-fp32, batches of 64": (fp32_path, False, None),
+        "onnx-int8, batches of 64": (int8_path, False, None),
+        f"onnx-int8, one text per call, 1 caller x {threads} threads": (int8_path, True, 1),
+        f"onnx-int8, one text per call, {threads} callers x 1 thread": (int8_path, True, threads),
     }
     print(f"| {suite.name} | one call | {PROGRESS_CHUNK:,}-text calls | lowest cosine | codes/s |")
     print("|---|---|---|---|---|")
-    for name, (path, one_text_per_call) in settings.items():
+    for name, (path, one_text_per_call, callers) in settings.items():
         encoders = {
             kind: OnnxEncoder(
                 path,
                 tmp / "tokenizer.json",
                 args.max_length or model.max_length,
                 model.prefix_for(kind),
-                threads=torch.get_num_threads(),
+                threads=threads,
                 one_text_per_call=one_text_per_call,
+                callers=callers,
             )
             for kind in ("query", "code")
         }

@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from semcode.config import ConfigError
+from semcode.config import ConfigError, available_cores
 from semcode.data.pairs import write_shards
 from semcode.embed import (
     ACTIVATION_QUANTIZATION_KEY,
@@ -31,7 +31,6 @@ from semcode.embed import (
 )
 from semcode.export import (
     ExportError,
-    available_cores,
     choose_default_encoder,
     cosine_stats,
     export_for_kind,
@@ -262,6 +261,12 @@ def test_int8_vectors_do_not_depend_on_the_batch(shared_export, rows) -> None:
     for i in (0, len(texts) - 1):
         np.testing.assert_array_equal(int8.encode([texts[i]])[0], together[i])
     np.testing.assert_array_equal(int8.encode(texts[::-1])[::-1], together)
+    # Concurrent single-text callers (three threads on one session) give the vectors of one caller.
+    serial = OnnxEncoder(out / "encoder.int8.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", threads=1)
+    threaded = OnnxEncoder(out / "encoder.int8.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", threads=3)
+    assert (serial.callers, threaded.callers) == (1, 3)
+    np.testing.assert_array_equal(threaded.encode(texts), serial.encode(texts))
+    np.testing.assert_array_equal(threaded.encode(texts), together)
     fp32 = OnnxEncoder(out / "encoder.onnx", out / "tokenizer.json", MAX_LENGTH, "code: ", batch_size=8)
     assert fp32.batch_size == 8  # fp32 vectors do not depend on the batch: keep batching
     forced = OnnxEncoder(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -178,3 +179,11 @@ def bad_input(command: str, error: BaseException) -> int:
     EXIT_BAD_INPUT, before or instead of a traceback."""
     print(f"semcode {command}: error: {error}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -25,7 +25,10 @@ A dynamically quantised graph (the int8 export) runs one text per call: its acti
 come from the whole input tensor, so in a batch a text's vector would depend on its neighbours and their
 padding (bench/int8_batch_dependence.py measures it). One text per call gives every text the vector
 ``semcode search`` computes for a query on its own, at no speed cost this machine resolves (bench/RESULTS.md,
-"int8 batching noise").
+"int8 batching noise"). Single-text calls keep ONNX Runtime's intra-op threads mostly idle, so they run
+concurrently instead: one session with one intra-op thread, ``threads`` Python threads calling it (ONNX
+Runtime releases the GIL in ``run``); 1.5x the texts/s of one caller with two intra-op threads on 2 cores,
+with bit-identical vectors (bench/RESULTS.md, "int8 single-text calls in parallel").
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from semcode.config import ConfigError
+from semcode.config import ConfigError, available_cores
 from semcode.contract import (
     ACTIVATION_QUANTIZATION_KEY,
     ENCODER_CONFIG_FILE,
@@ -145,6 +148,8 @@ class OnnxEncoder:
     ``code_prefix``; bundle.json records them). Texts are batched longest first so each batch pads little.
     ``one_text_per_call``: None (the default) decides from the graph, True for a dynamically quantised
     one (see the module docstring); False batches anyway (bench/int8_batch_dependence.py shows why not).
+    Single-text calls run on ``callers`` threads at once (None: ``threads``, 0 = every core); the vectors
+    do not depend on it.
     """
 
     def __init__(
@@ -158,6 +163,7 @@ class OnnxEncoder:
         batch_size: int = 64,
         pad_token: str | None = None,
         one_text_per_call: bool | None = None,
+        callers: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -170,6 +176,13 @@ class OnnxEncoder:
             marked = self.session.get_modelmeta().custom_metadata_map.get(ACTIVATION_QUANTIZATION_KEY)
             one_text_per_call = marked == "dynamic" if marked else quantizes_dynamically(self.model_path)
         self.batch_size = 1 if one_text_per_call else batch_size
+        # Concurrent single-text callers (module docstring): as many as the threads asked for, each call
+        # on one intra-op thread. callers=1 keeps one caller on ``threads`` intra-op threads.
+        self.callers = 1
+        if one_text_per_call:
+            self.callers = callers or threads or available_cores()
+            if self.callers > 1:
+                self.session = create_session(self.model_path, 1)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if sorted(inputs) != sorted(INPUT_NAMES) or outputs != [OUTPUT_NAME]:
@@ -195,6 +208,12 @@ class OnnxEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), D] unit rows; an empty list gives [0, D]."""
         texts = list(texts)
+        if self.batch_size == 1 and self.callers > 1 and len(texts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.callers) as pool:
+                rows = list(pool.map(lambda text: self.run(*self.tokenize([text]))[0], texts))
+            return np.stack(rows).astype(np.float32, copy=False)
         embeddings = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), self.batch_size):

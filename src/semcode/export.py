@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from semcode.config import available_cores
 from semcode.contract import ACTIVATION_QUANTIZATION_KEY, INPUT_NAMES, OUTPUT_NAME, onnx_file_name, onnx_stems
 from semcode.progress import log
 
@@ -287,7 +288,7 @@ def quantize_int8(
     int8_path: str | os.PathLike[str],
     weight_type: str = "QInt8",
     per_channel: bool = True,
-    reduce_range: bool = False,
+    reduce_range: bool = True,
     op_types: Sequence[str] = ("MatMul", "Gather"),
     fuse: bool = True,
 ) -> dict[str, Any]:
@@ -488,14 +489,6 @@ def latency_markdown(latency: Mapping[str, Mapping[str, float]], baseline: str |
         cells += [f"{times[baseline] / times[n]:.2f}x" for n in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

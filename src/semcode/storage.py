@@ -23,6 +23,7 @@ the endpoint, and the environment variables to check.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import os
@@ -467,6 +468,72 @@ def copy_tree(src_prefix: PathOrUri, dst_prefix: PathOrUri) -> list[str]:
     for name, destination in zip(names, destinations, strict=True):
         copy(join(src_prefix, name), destination)
     return destinations
+
+
+# Disk space: errors that name the path that ran out, outputs that are complete or absent
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left; the user's quota exceeded
+PARTIAL_PREFIX = "."  # out/index.faiss is written as out/.index.faiss.partial, then renamed
+PARTIAL_SUFFIX = ".partial"
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL_ERRNOS
+    # FAISS reports a failed fwrite as a RuntimeError carrying strerror ("... (No space left on device)").
+    return isinstance(error, RuntimeError) and any(
+        os.strerror(code) in str(error) for code in DISK_FULL_ERRNOS
+    )
+
+
+@contextlib.contextmanager
+def disk_space_errors(path: PathOrUri) -> Iterator[None]:
+    """Re-raise a full disk or quota inside the block (OSError ENOSPC/EDQUOT, or FAISS's RuntimeError for
+    one) as an OSError of the same errno that names ``path``: a bare "No space left on device" does not
+    say which of a stage's outputs, or which disk, ran out."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if not _is_disk_full(error):
+            raise
+        code = error.errno if isinstance(error, OSError) and error.errno else errno.ENOSPC
+        raise OSError(
+            code, f"{os.strerror(code)} while writing {os.fspath(path)}: free space there or write elsewhere"
+        ) from error
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathOrUri) -> Iterator[Path]:
+    """A temporary sibling to write the local file or folder ``path`` through (``.NAME.partial``): renamed onto
+    ``path`` (os.replace) when the block ends without error, removed when it fails, so a fault (a full disk,
+    a kill) never leaves a truncated file under the real name; a full disk is reported naming ``path``
+    (disk_space_errors). An existing ``path`` stays until the new one is complete (a folder is swapped:
+    the old one moved aside, the new one renamed in, the old one removed). S3 uploads need none of this:
+    an object appears only once its upload completed."""
+    target = Path(os.fspath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}{PARTIAL_SUFFIX}")
+    _remove(partial)  # left by an earlier run that was killed
+    try:
+        with disk_space_errors(target):
+            yield partial
+        if partial.is_dir() and target.is_dir() and not target.is_symlink():
+            old = target.with_name(f"{PARTIAL_PREFIX}{target.name}.old")
+            _remove(old)
+            os.replace(target, old)
+            os.replace(partial, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(partial, target)
+    finally:
+        if partial.exists() or partial.is_symlink():
+            _remove(partial)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ embedding function: it lets most tests cover the stage without loading a model.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from collections.abc import Iterator
@@ -431,6 +432,27 @@ def test_main_reports_bad_input_without_a_traceback(
         assert stage.main([*argv, "--out", out]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_no_truncated_index_and_names_the_path(
+    corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "index"
+    stage.index_corpus(stage.BuildIndexConfig(), hash_embed, HASH_DIM, corpus_dir, out)
+    real_save = stage.faiss_index.save_index
+
+    def save_half_then_fill_the_disk(index, path):
+        real_save(index, path)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # what a full disk leaves behind
+        raise RuntimeError(f"fwrite to {path} failed (No space left on device)")  # FAISS's own words
+
+    monkeypatch.setattr(stage.faiss_index, "save_index", save_half_then_fill_the_disk)
+    with pytest.raises(OSError, match=r"No space left on device while writing .*index\.faiss") as caught:
+        stage.index_corpus(stage.BuildIndexConfig(), hash_embed, HASH_DIM, corpus_dir, out)
+    assert caught.value.errno == errno.ENOSPC
+    # The earlier run's outputs were removed first, the truncated file never took the real name, nothing
+    # partial is left, and no metrics.json says the stage finished.
+    assert sorted(path.name for path in out.iterdir()) == ["index_meta.parquet"]
 
 
 def test_config_validation() -> None:

@@ -23,6 +23,11 @@ exact vectors beyond; ``factory`` overrides), on the GPU when FAISS has one. Wri
                              [indexed, total]}} ("all", or "seeded sample (seed S), even share per source")
     out/config.json          the resolved config
 
+Every output is written through a temporary name (``out/.index.faiss.partial``, ...) and renamed when
+complete (semcode.storage.atomic_output), so a full disk or a kill leaves no truncated index.faiss or
+index_meta.parquet behind; a full disk is an error naming the path that ran out of space. The
+embedding memmap's space is reserved up front (a memmap that hits a full disk dies of SIGBUS instead).
+
 Recall and latency use real queries, embedded with the query tower: the ``query`` column of
 ``pairs/test`` when ``--pairs`` is given, else a seeded sample of the corpus rows' own queries (their
 docstrings). Recall@10 = |ANN top 10 ∩ exact top 10| / 10, averaged; the latency is the FAISS search
@@ -35,10 +40,12 @@ works with any ``EmbedFn`` (the tests use that).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -55,8 +62,9 @@ import pyarrow.parquet as pq
 
 from semcode import config as cfg
 from semcode import index as faiss_index
+from semcode import storage
 from semcode.config import ConfigError, field
-from semcode.contract import META_COLUMNS, RUNTIME_HELP
+from semcode.contract import LEXICAL_DIR, META_COLUMNS, RUNTIME_HELP
 from semcode.data.pairs import PAIR_SCHEMA, read_split
 from semcode.embed import EmbedFn, check_runtime
 from semcode.progress import Progress, log
@@ -379,17 +387,34 @@ def embed_corpus(
     return done
 
 
+def reserve_space(path: Path) -> None:
+    """Allocate the blocks of the (sparse) file ``path`` now, so a disk too small for it is an OSError here
+    (ENOSPC) rather than a SIGBUS when a memmap write later hits the full disk; a no-op where the file
+    system cannot (EOPNOTSUPP/EINVAL)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+
+
 def write_lexical_index(meta_path: Path, out_dir: Path) -> dict:
     """BM25 over the code of every indexed row, read back from ``meta_path`` (so row i = FAISS id i), saved
     in bm25s' own format in ``out_dir/bm25`` (semcode.contract.LEXICAL_DIR); returns what bundle.json
     ``lexical`` says of it, with its size and build time."""
-    from semcode.contract import LEXICAL_DIR
     from semcode.evaluation import BM25Index
 
     started = time.perf_counter()
     batches = pq.ParquetFile(meta_path).iter_batches(batch_size=8192, columns=["code"])
     index = BM25Index(code or "" for batch in batches for code in batch.column("code").to_pylist())
-    folder = index.save(out_dir / LEXICAL_DIR)
+    with storage.atomic_output(out_dir / LEXICAL_DIR) as partial:
+        index.save(partial)
+    folder = out_dir / LEXICAL_DIR
     lexical = {
         "dir": LEXICAL_DIR,
         "tokenizer": BM25Index.TOKENIZER,
@@ -452,22 +477,30 @@ def index_corpus(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # An earlier run's outputs go first: a run that fails never leaves old and new files mixed.
+    for stale in (out / "metrics.json", out / INDEX_FILE, out / META_FILE, out / cfg.RESOLVED_CONFIG_NAME):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(out / LEXICAL_DIR, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="semcode-embeddings-") as tmp:
         # 1. Embed the code into a memmap (bounded memory); the metadata goes to Parquet in the same order.
-        embedding_file = np.lib.format.open_memmap(
-            Path(tmp) / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n_rows, dim)
-        )
+        embedding_path = Path(tmp) / "embeddings.npy"
+        with storage.disk_space_errors(embedding_path):
+            embedding_file = np.lib.format.open_memmap(
+                embedding_path, mode="w+", dtype=np.float32, shape=(n_rows, dim)
+            )
+            reserve_space(embedding_path)
         chunk_rows = config.encode_batch_size * CHUNK_BATCHES
-        corpus = embed_corpus(
-            shards,
-            selection,
-            embed,
-            embedding_file,
-            out / META_FILE,
-            chunk_rows,
-            config.recall_queries,
-            config.seed,
-        )
+        with storage.atomic_output(out / META_FILE) as meta_partial:
+            corpus = embed_corpus(
+                shards,
+                selection,
+                embed,
+                embedding_file,
+                meta_partial,
+                chunk_rows,
+                config.recall_queries,
+                config.seed,
+            )
         if corpus.count == 0:
             raise ValueError(
                 f"corpus {corpus_dir}: all {corpus.rows_read} rows read have empty code; nothing to index"
@@ -492,7 +525,9 @@ def index_corpus(
         )
         index_seconds = time.perf_counter() - start
         index_type = faiss_index.describe(index)
-        index_path = faiss_index.save_index(index, out / INDEX_FILE)
+        index_path = out / INDEX_FILE
+        with storage.atomic_output(index_path) as index_partial:
+            faiss_index.save_index(index, index_partial)
         del index
 
         # 3. Load it back as a search service would, measuring its memory.
@@ -551,8 +586,10 @@ def index_corpus(
         "rows_skipped_empty_code": corpus.rows_read - corpus.count,
         "encoder": encoder,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    cfg.save_resolved(config, out)
+    with storage.atomic_output(out / "metrics.json") as metrics_partial:
+        metrics_partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    with storage.atomic_output(out / cfg.RESOLVED_CONFIG_NAME) as config_partial:
+        cfg.save_resolved(config, out, config_partial.name)
     log(
         TAG,
         f"{index_type} over {corpus.count} vectors: recall@{k} {recall:.3f}, search p50 "
@@ -624,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(BuildIndexConfig, args, section="build_index")
         run(config, args.encoder, args.corpus, args.out, pairs_dir=args.pairs)
-    except cfg.BAD_INPUT_ERRORS as error:
+    except (*cfg.BAD_INPUT_ERRORS, OSError) as error:  # OSError: a full disk, named by its path
         return cfg.bad_input("build-index", error)
     return 0
 
