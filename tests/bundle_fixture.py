@@ -279,3 +279,12 @@ def cached_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     if key not in _RUNS:
         _RUNS[key] = make_tiny_run(tmp_path_factory.mktemp("tiny_run"))
     return _RUNS[key]
+
+
+def restamp(bundle_dir: Path) -> Path:
+    """Re-make bundle.json's ``files`` checksums after a test edited a bundle's files on purpose (a Searcher
+    refuses files that no longer match them)."""
+    bundle = json.loads((bundle_dir / "bundle.json").read_text())
+    bundle["files"] = bundles.file_checksums(bundle_dir)
+    (bundle_dir / "bundle.json").write_text(json.dumps(bundle))
+    return bundle_dir

@@ -16,6 +16,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 from semcode import storage
+from semcode.embed import check_encoder_spec
 from semcode.models.encoder import (
     ENCODER_SIZES,
     CodeSearchEncoder,
@@ -268,6 +269,25 @@ def test_continue_from_a_saved_encoder(tmp_path: Path, tokenizer, tokenizer_dir,
         load_pretrained(tmp_path / "separate", towers="shared")
     with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
         load_pretrained(tmp_path / "missing")
+
+
+def test_an_incomplete_or_truncated_encoder_is_named_before_loading(
+    tmp_path: Path, tokenizer, tokenizer_dir: Path
+) -> None:
+    tiny_encoder(tokenizer).save(tmp_path / "encoder", tokenizer_dir)
+    check_encoder_spec(str(tmp_path / "encoder"))  # complete: no error
+    weights = tmp_path / "encoder" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(ValueError, match=r"init_from .*model\.safetensors: unreadable weights, truncated"):
+        check_encoder_spec(str(tmp_path / "encoder"), "init_from")
+    weights.unlink()
+    (tmp_path / "encoder" / "2_Dense" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks model\.safetensors, 2_Dense/model\.safetensors"):
+        check_encoder_spec(str(tmp_path / "encoder"))
+    (tmp_path / "encoder" / "semcode_encoder.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match=r"semcode_encoder\.json: not a JSON object"):
+        check_encoder_spec(str(tmp_path / "encoder"))
 
 
 def test_load_pretrained_from_s3(s3_env: str, tmp_path: Path, tokenizer, tokenizer_dir, functions) -> None:

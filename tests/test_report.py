@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from semcode.report import gap_rows, metric_rows, model_card, report_html
+from semcode.report import gap_rows, line_chart_svg, metric_rows, model_card, report_html, training_curves
 
 
 def systems(model: float, bm25: float) -> dict:
@@ -61,3 +61,40 @@ def test_model_card_and_report_show_the_languages_and_the_polyglot_suites() -> N
     chart = page[page.index("<svg") : page.index("</svg>")]
     labels = re.findall(r'text-anchor="middle">([^<]*)</text>', chart)
     assert labels == ["test", "full", "polyglot-go", "full"]  # the chart: whole suites only
+
+
+def test_report_draws_each_training_curve_from_history() -> None:
+    steps = [
+        {"step": s, "epoch": 1, "lr": 1e-4 * s, "loss": 3.0 / s, "contrastive": 2.0 / s, "grad_norm": 1.0 + s}
+        | {"items": 32, "seconds": 0.1, "data_seconds": 0.0}
+        for s in range(1, 6)
+    ]
+    history = {
+        "steps": steps,
+        "evals": [{"step": 0, "mrr": 0.5, "seconds": 1}, {"step": 5, "mrr": 0.6}],
+        "best": None,
+    }
+    charts = training_curves(history)
+    # loss, its part, lr, grad norm per step; the validation metric per evaluation
+    assert [chart.split('aria-label="')[1].split('"')[0] for chart in charts] == [
+        "loss",
+        "contrastive",
+        "lr",
+        "grad_norm",
+        "valid mrr",
+    ]
+    assert len(charts[0].split('points="')[1].split('"')[0].split()) == 5  # one point per step
+    page = report_html(BUNDLE, METRICS, {"encoder": history})
+    assert "<h2>Training: encoder</h2>" in page and page.count("<polyline") == 5
+    assert "http" not in page.split("<body>")[1].replace(
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )  # no assets
+    assert training_curves({"steps": [], "evals": []}) == []  # nothing recorded: no empty section
+    assert "Training:" not in report_html(BUNDLE, METRICS, {"encoder": {"steps": []}})
+
+
+def test_a_long_curve_is_thinned_but_keeps_its_last_point() -> None:
+    points = [(step, 1.0 / step) for step in range(1, 5001)]
+    chart = line_chart_svg("loss", points)
+    drawn = chart.split('points="')[1].split('"')[0].split()
+    assert len(drawn) <= 401 and "last 0.0002" in chart

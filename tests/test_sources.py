@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -197,6 +198,18 @@ def test_truncated_gzip_is_unreadable_but_keeps_earlier_lines(tmp_path: Path):
     result = read_source(parse_spec(f"csn:{gz}"), ExtractOptions())
     assert result.stats.rejects["unreadable"] == 1
     assert result.stats.records_seen > 0
+
+
+def test_fields_of_the_wrong_type_are_counted_as_such(tmp_path: Path):
+    path = tmp_path / "typed.jsonl"
+    good = {"query": "add two numbers", "code": "def add(a, b):\n    s = a + b\n    return s\n"}
+    rows = [good, {**good, "code": 42}, {**good, "query": ["a", "list"]}, {"query": "no code here"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    stats = read_source(parse_spec(f"pairs:{path}"), ExtractOptions()).stats
+    assert stats.rejects == {"wrong_type": 2, "missing_field": 1}
+    csn = tmp_path / "csn.jsonl"
+    csn.write_text(json.dumps({"code": {"not": "text"}, "docstring": "x y z", "language": "go"}) + "\n")
+    assert read_source(parse_spec(f"csn:{csn}"), ExtractOptions()).stats.rejects == {"wrong_type": 1}
 
 
 def test_pairs_jsonl():

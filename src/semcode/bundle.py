@@ -60,6 +60,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     DECODER_DIR,
     ENCODER_CONFIG_FILE,
     ENCODER_DIR,
+    HISTORY_FILE,
     INDEX_FILE,
     INPUT_NAMES,
     KINDS,
@@ -453,7 +454,12 @@ def assemble_bundle(
     bundle["fusion"] = {key: value for key, value in fusion.items() if key != "default_mode"}
     bundle["default_mode"] = fusion.get("default_mode", "dense") if lexical is not None else "dense"
     (out / MODEL_CARD_FILE).write_text(report.model_card(bundle, all_metrics))
-    (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics))
+    histories = {
+        stage: read_json(stage_dir / HISTORY_FILE, f"{stage} history")
+        for stage, stage_dir in (("encoder", Path(encoder_dir)), ("decoder", decoder_stage))
+        if stage_dir is not None and (stage_dir / HISTORY_FILE).is_file()
+    }
+    (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics, histories))
     bundle["files"] = file_checksums(out)
     (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
     validate_bundle(out)
@@ -639,17 +645,24 @@ def _check_hybrid(bundle_dir: Path, bundle: dict, ntotal: int | None) -> list[st
     return problems
 
 
-def _check_keys(bundle: dict) -> list[str]:
+def check_keys(bundle: dict, keys: Iterable[str]) -> list[str]:
+    """One problem per key of ``keys`` that bundle.json lacks or holds with another type than BUNDLE_KEYS
+    says (``max_length: "128"`` is a string, not a length)."""
     problems = []
-    for key, expected in BUNDLE_KEYS.items():
+    for key in keys:
         if key not in bundle:
             problems.append(f"bundle.json has no key {key!r}")
             continue
-        value = bundle[key]
+        expected, value = BUNDLE_KEYS[key], bundle[key]
         types = expected if isinstance(expected, tuple) else (expected,)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             problems.append(f"bundle.json {key!r} is {type(value).__name__} {value!r:.60}, expected {wanted}")
+    return problems
+
+
+def _check_keys(bundle: dict) -> list[str]:
+    problems = check_keys(bundle, BUNDLE_KEYS)
     if isinstance(bundle.get("bundle_format"), int) and bundle["bundle_format"] != BUNDLE_FORMAT:
         problems.append(
             f"bundle.json bundle_format is {bundle['bundle_format']}; this semcode reads format {BUNDLE_FORMAT}"

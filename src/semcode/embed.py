@@ -33,6 +33,7 @@ with bit-identical vectors (bench/RESULTS.md, "int8 single-text calls in paralle
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -240,6 +241,40 @@ def check_encoder_spec(spec: str, what: str = "encoder") -> None:
             f"{what} {spec}: neither {ENCODER_CONFIG_FILE} nor config.json inside; expected an encoder "
             f"directory (the train-encoder output's encoder/, or a transformers checkpoint){hint}"
         )
+    if (path / ENCODER_CONFIG_FILE).is_file():
+        check_encoder_files(path, what)
+
+
+# What a semcode encoder directory holds, per tower (the top for shared towers, query/ and code/ else).
+TOWER_FILES = ("config.json", "model.safetensors", "2_Dense/model.safetensors")
+
+
+def check_encoder_files(path: Path, what: str = "encoder") -> None:
+    """Raise FileNotFoundError / ValueError naming the file when a semcode encoder directory lacks one
+    of its files or holds a truncated or corrupt one: the weights' headers are read (safetensors checks
+    that the data covers them), not the weights, so this costs milliseconds before any model loads."""
+    from safetensors import SafetensorError, safe_open
+
+    config_path = path / ENCODER_CONFIG_FILE
+    try:
+        towers = json.loads(config_path.read_text()).get("towers", "shared")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"{what} {config_path}: not a JSON object ({error})") from None
+    tower_dirs = [path] if towers == "shared" else [path / "query", path / "code"]
+    needed = [path / TOKENIZER_FILE] + [tower / name for tower in tower_dirs for name in TOWER_FILES]
+    missing = [str(p.relative_to(path)) for p in needed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{what} {path} lacks {', '.join(missing)}: an incomplete copy of an encoder?"
+        )
+    for weights in (p for p in needed if p.suffix == ".safetensors"):
+        try:
+            with safe_open(str(weights), framework="numpy") as opened:
+                opened.keys()
+        except SafetensorError as error:
+            raise ValueError(
+                f"{what} {weights}: unreadable weights, truncated or corrupt ({error})"
+            ) from None
 
 
 def resolve_device(device: str) -> str:

@@ -13,6 +13,7 @@ taken from the inputs is escaped.
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 SYSTEMS = ("model", "bm25", "hybrid", "zero_shot")  # hybrid: the model fused with BM25 (evaluation.fuse)
@@ -402,6 +403,62 @@ def mrr_chart_svg(rows: list[dict], bar_width: int = 18, height: int = 200) -> s
     return "".join(parts)
 
 
+# history.json step keys that are not curves of their own (the rest are the loss and its parts)
+STEP_BOOKKEEPING = ("step", "epoch", "lr", "grad_norm", "items", "seconds", "data_seconds")
+MAX_CURVE_POINTS = 400  # a long run's curve is thinned to every n-th step: the SVG stays small
+
+
+def line_chart_svg(title: str, points: list[tuple[float, float]], width: int = 300, height: int = 140) -> str:
+    """One curve as inline SVG: y against x (steps), the first, last, lowest and highest values labelled."""
+    points = [(float(x), float(y)) for x, y in points if isinstance(y, int | float) and math.isfinite(y)]
+    if not points:
+        return ""
+    if len(points) > MAX_CURVE_POINTS:
+        stride = math.ceil(len(points) / MAX_CURVE_POINTS)
+        points = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+    left, right, top, bottom = 48, 8, 20, 22
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+    x_span, y_span = (x_hi - x_lo) or 1.0, (y_hi - y_lo) or abs(y_hi) or 1.0
+
+    def at(x: float, y: float) -> str:
+        px = left + (width - left - right) * (x - x_lo) / x_span
+        py = top + (height - top - bottom) * (1 - (y - y_lo) / y_span)
+        return f"{px:.1f},{py:.1f}"
+
+    path = " ".join(at(x, y) for x, y in points)
+    last_x, last_y = points[-1]
+    cx, cy = at(last_x, last_y).split(",")
+    marker = f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="#1565c0"/>'  # where the run ended
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{_e(title)}"><title>{_e(title)}: {len(points)} points, last {_number(last_y)}</title>'
+        f'<text x="{left}" y="13" font-size="11" font-weight="bold">{_e(title)}</text>'
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+        'fill="none" stroke="#ccc"/>'
+        f'<text x="{left - 4}" y="{top + 9}" font-size="9" text-anchor="end">{_e(_number(y_hi, 3))}</text>'
+        f'<text x="{left - 4}" y="{height - bottom}" font-size="9" text-anchor="end">{_e(_number(y_lo, 3))}</text>'
+        f'<text x="{left}" y="{height - 8}" font-size="9">step {x_lo:,.0f}</text>'
+        f'<text x="{width - right}" y="{height - 8}" font-size="9" text-anchor="end">step {x_hi:,.0f}</text>'
+        f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{path}"/>{marker}</svg>'
+    )
+
+
+def training_curves(history: dict) -> list[str]:
+    """The curves of one training stage's history.json: each loss part, lr, grad norm (before clipping)
+    per step, then each validation metric per evaluation."""
+    steps = [entry for entry in history.get("steps") or [] if isinstance(entry, dict) and "step" in entry]
+    evals = [entry for entry in history.get("evals") or [] if isinstance(entry, dict) and "step" in entry]
+    names = [key for key in (steps[0] if steps else {}) if key not in STEP_BOOKKEEPING]
+    charts = [line_chart_svg(name, [(e["step"], e.get(name)) for e in steps]) for name in names]
+    charts += [
+        line_chart_svg(name, [(e["step"], e.get(name)) for e in steps]) for name in ("lr", "grad_norm")
+    ]
+    metrics = [key for key in (evals[0] if evals else {}) if key not in ("step", "seconds")]
+    charts += [line_chart_svg(f"valid {name}", [(e["step"], e.get(name)) for e in evals]) for name in metrics]
+    return [chart for chart in charts if chart]
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
@@ -409,11 +466,13 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }
 th { background: #f3f3f3; }
 .failed { color: #b00020; font-weight: bold; }
 .passed { color: #1b5e20; font-weight: bold; }
+.curves svg { margin: 0 0.75rem 0.75rem 0; }
 """
 
 
-def report_html(bundle: dict, metrics: dict) -> str:
-    """report.html of a bundle: self-contained, every input text escaped."""
+def report_html(bundle: dict, metrics: dict, histories: dict[str, dict] | None = None) -> str:
+    """report.html of a bundle: self-contained, every input text escaped. ``histories``: {stage: its
+    history.json} of the training stages, drawn as curves (inline SVG)."""
     primary = (bundle.get("metrics") or {}).get("primary") or {}
     rows = metric_rows(metrics)
     header = ["suite", "protocol", "queries", "candidates", *(SYSTEM_LABELS[s] for s in SYSTEMS)]
@@ -449,6 +508,10 @@ def report_html(bundle: dict, metrics: dict) -> str:
             "contains 0 is within the suite's noise).</p>",
             _html_table(GAP_HEADER, gaps),
         ]
+    for stage, history in (histories or {}).items():
+        charts = training_curves(history)
+        if charts:
+            body += [f"<h2>Training: {_e(stage)}</h2>", '<div class="curves">' + "".join(charts) + "</div>"]
     parity = (bundle.get("metrics") or {}).get("int8_parity") or {}
     for section, facts in _facts(bundle, metrics).items():
         body.append(f"<h2>{_e(section)}</h2>")

@@ -129,7 +129,12 @@ def load_tokenizer(dir_or_file: str | Path) -> Tokenizer:
         path = path / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as error:  # the tokenizers library raises a bare Exception naming no file
+        raise ValueError(
+            f"{path} is not a usable tokenizer ({error}); re-run train-tokenizer or point at another"
+        ) from None
     check_special_tokens(tokenizer)
     return tokenizer
 

@@ -6,6 +6,7 @@ request has one known right answer: its function, ranked first.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +123,21 @@ def test_a_bundle_that_fails_to_load_is_never_ready(tmp_path: Path):
     assert failures == [1]
 
 
+def test_a_tampered_local_bundle_is_never_ready(tiny_bundle: Path, tmp_path: Path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    with (copy / "tokenizer.json").open("a") as tokenizer:
+        tokenizer.write(" ")  # a changed tokenizer would answer every query wrongly, without an error
+    app = create_app(bundle_loader(str(copy), ServeConfig(threads=1)))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while client.get("/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answer = client.get("/readyz")
+        assert answer.status_code == 503 and answer.json()["status"] == "failed"
+        assert "integrity check" in answer.json()["error"] and "tokenizer.json" in answer.json()["error"]
+
+
 def test_post_and_get_search(client: TestClient, corpus: list[dict]):
     gold = corpus[20]
     answer = client.post("/search", json={"query": query_for(gold), "k": 3})
@@ -194,6 +210,29 @@ def test_bad_input_is_refused_with_the_field_named(
     if field is not None:
         assert detail[0]["loc"][-1] == field
     assert message in detail[0]["msg"]
+
+
+def test_a_huge_body_is_refused_unread_and_errors_never_echo_the_input(client: TestClient):
+    huge = '{"query": "' + "x" * (20 << 20) + '"}'  # 20 MB
+    answer = client.post("/search", content=huge, headers={"content-type": "application/json"})
+    assert answer.status_code == 413
+    assert answer.json() == {
+        "detail": [
+            {
+                "loc": ["body"],
+                "msg": "the request body is 20,971,533 bytes or more; at most 65,536 are accepted",
+                "type": "value_error",
+            }
+        ]
+    }
+    # A chunked body declares no length: it is cut off once the chunks pass the limit.
+    chunks = (b"x" * 8192 for _ in range(100))
+    chunked = client.post("/search", content=chunks, headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "at most 65,536" in chunked.text
+    # A 422 says where and what, and no longer sends the client's value back.
+    typo = client.post("/search", json={"query": "a", "top_k": "y" * 10_000})
+    assert typo.status_code == 422 and len(typo.content) < 500
+    assert set(typo.json()["detail"][0]) == {"loc", "msg", "type"}
 
 
 def ids_of(corpus: list[dict], *languages: str) -> list[int]:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bundle_fixture import POLYGLOT_FUNCTIONS, TinyRun, assemble_tiny_bundle, cached_tiny_run
+from bundle_fixture import POLYGLOT_FUNCTIONS, TinyRun, assemble_tiny_bundle, cached_tiny_run, restamp
 
 from semcode import bundle as bundles
 from semcode import config as cfg
@@ -75,8 +76,7 @@ def test_searcher_uses_the_bundles_default_query_encoder(searcher: Searcher, tin
 
 
 def edited_copy(tiny_bundle: Path, out: Path, **changes) -> Path:
-    """A copy of the bundle with bundle.json keys changed (its checksums no longer match: the query path
-    does not check them; validate_bundle does)."""
+    """A copy of the bundle with bundle.json keys changed (a test that then edits a file calls restamp)."""
     shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns("encoder", "report.html"))
     bundle = json.loads((out / "bundle.json").read_text())
     bundle.update(changes)
@@ -100,6 +100,7 @@ def test_searcher_follows_bundle_json(searcher: Searcher, tiny_bundle: Path, tmp
         tiny_bundle, tmp_path / "separate", towers="separate", encoders=files, default_files=files["int8"]
     )
     (separate / "encoder.int8.onnx").rename(separate / "query_encoder.int8.onnx")
+    restamp(separate)
     assert Searcher(separate, threads=1).encoder_file == "query_encoder.int8.onnx"
 
 
@@ -152,6 +153,34 @@ def test_searcher_rejects_bad_k_and_broken_bundles(searcher: Searcher, tiny_bund
     (broken / "bundle.json").write_text((tiny_bundle / "bundle.json").read_text())
     with pytest.raises(FileNotFoundError, match="lacks tokenizer.json, encoder.int8.onnx"):
         Searcher(broken)
+    # A key of the wrong type is named with what was expected, not an "invalid literal for int()".
+    for value, message in (("128", "'max_length' is str '128', expected int"), (0, "expected a positive")):
+        with pytest.raises(bundles.BundleError, match=message):
+            Searcher(edited_copy(tiny_bundle, tmp_path / f"max_length_{value}", max_length=value))
+
+
+@pytest.mark.parametrize("tampered", ["index_meta.parquet", "encoder.int8.onnx", "bm25/params.index.json"])
+def test_a_local_bundle_whose_files_changed_is_refused_naming_them(
+    tiny_bundle: Path, tmp_path: Path, capsys, tampered: str
+):
+    copy = edited_copy(tiny_bundle, tmp_path / "bundle")
+    path = copy / tampered
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the same size, another sha256
+    path.write_bytes(bytes(data))
+    with pytest.raises(bundles.BundleError, match="failed its integrity check") as caught:
+        Searcher(copy, threads=1)
+    assert caught.value.problems == [
+        f"{tampered}: size or sha256 does not match bundle.json (changed after assembly)"
+    ]
+    code, _, err = run_cli([str(copy), "read a file"], capsys)
+    assert code == 2 and tampered in err and "integrity check" in err
+    # A file the query path reads but bundle.json does not list cannot be verified either.
+    bundle = json.loads((copy / "bundle.json").read_text())
+    del bundle["files"][tampered]
+    (copy / "bundle.json").write_text(json.dumps(bundle))
+    with pytest.raises(bundles.BundleError, match=f"{tampered} is not listed in bundle.json files"):
+        Searcher(copy, threads=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +248,7 @@ def test_the_filter_works_in_every_index_kind(
     index.add(vectors)
     copy = edited_copy(tiny_bundle, tmp_path / "bundle")
     save_index(index, copy / "index.faiss")
-    other = Searcher(copy, threads=1)
+    other = Searcher(restamp(copy), threads=1)
     queries = [corpus[i]["code"] for i in ids_of(corpus, "go", "rust", "java")]
     for language in ("go", ["rust", "java"]):
         wanted = set(ids_of(corpus, *([language] if isinstance(language, str) else language)))
@@ -250,6 +279,7 @@ def test_an_old_bundle_without_language_repo_or_start_line_still_searches(
     )
     urls = [f"python://stdlib/{path}" for path in meta["path"].to_pylist()]  # what old bundles had
     pq.write_table(meta.append_column("url", pa.array(urls)), old / "index_meta.parquet")
+    restamp(old)
 
     searcher = Searcher(old, threads=1)
     assert searcher.language_counts() == {"python": python_rows}
@@ -405,6 +435,27 @@ def test_search_never_imports_torch(tiny_bundle: Path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "heavy: []" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("output", [[], ["--json"]])
+def test_a_reader_that_goes_away_ends_the_search_quietly(tiny_bundle: Path, output: list[str]):
+    """`semcode search ... | head`: the pipe closes before semcode writes; no traceback, 128 + SIGPIPE."""
+    argv = [
+        sys.executable,
+        "-m",
+        "semcode.cli",
+        "search",
+        str(tiny_bundle),
+        "read a file",
+        "-k",
+        "5",
+        *output,
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone long before the bundle has loaded
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGPIPE, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
 
 
 def test_cli_reports_bad_input(tiny_bundle: Path, tmp_path: Path, capsys):

@@ -251,8 +251,19 @@ def test_too_many_bad_lines_fail_the_source(tmp_path: Path):
         match=r"source 'pairs:.*noisy.jsonl': 3 of 4 inputs are bad \(75% > max_reject_share 50%\)",
     ):
         ingest.run(config(sources=[f"pairs:{noisy}"]), tmp_path / "out")
-    manifest = ingest.run(config(sources=[f"pairs:{noisy}"], max_reject_share=0.8), tmp_path / "out")
+    manifest = ingest.run(
+        config(sources=[f"pairs:{noisy}"], max_reject_share=0.8, min_pairs=1), tmp_path / "out"
+    )
     assert manifest["sources"][f"pairs:{noisy}"]["rejects"] == {"malformed_json": 3}
+
+
+def test_a_source_of_duplicates_fails_at_ingest(tmp_path: Path):
+    same = '{"query": "sum two numbers", "code": "def add(a, b):\\n    s = a + b\\n    return s\\n"}\n'
+    copies = tmp_path / "copies.jsonl"
+    copies.write_text(same * 50)
+    with pytest.raises(IngestError, match=r"1 pair left after deduplication .* \(49 of 50 were duplicates\)"):
+        ingest.run(config(sources=[f"pairs:{copies}"]), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_config_validation():

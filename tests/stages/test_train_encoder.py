@@ -322,8 +322,10 @@ def test_inference_max_length_is_what_the_saved_encoder_and_validation_use(
     )
     with pytest.raises(ConfigError, match="inference_max_length 65 exceeds the encoder's 64 positions"):
         train_encoder.run(too_long, pairs_dir, None, tmp_path / "long")
-    with pytest.raises(ConfigError, match="inference_max_length must be 0 or >= 8"):
+    with pytest.raises(ConfigError, match=r"inference_max_length must be 0 or in 8\.\.2048"):
         TrainEncoderConfig(inference_max_length=4).validate()
+    with pytest.raises(ConfigError, match=r"max_length must be in 8\.\.2048 tokens .*got 100000"):
+        TrainEncoderConfig(max_length=100_000).validate()  # from scratch it built a 45x larger model
 
 
 def test_time_budget_stops_with_a_final_checkpoint(data_dirs, tmp_path):
@@ -357,6 +359,11 @@ def test_bad_inputs_fail_before_training(data_dirs, trained, tmp_path):
         train_encoder.run(config, pairs_dir, None, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         train_encoder.run(config, pairs_dir, tmp_path, tmp_path / "out")
+    corrupt = tmp_path / "corrupt_tokenizer"
+    corrupt.mkdir()
+    (corrupt / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": ')  # cut short
+    with pytest.raises(ValueError, match=r"corrupt_tokenizer/tokenizer.json is not a usable tokenizer"):
+        train_encoder.run(config, pairs_dir, corrupt, tmp_path / "out")
     with pytest.raises(ConfigError, match="batch_size must be >= 2"):
         TrainEncoderConfig(batch_size=1).validate()
     with pytest.raises(ValueError, match="earlier run's checkpoints; pass --resume"):

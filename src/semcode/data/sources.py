@@ -52,7 +52,7 @@ to one split; give rows a ``repo`` field, or use several files, for a useful spl
 
 Reject reasons counted per source. Errors (bad input, counted toward ``max_reject_share``):
 ``binary``, ``decode_error``, ``syntax_error``, ``unreadable`` (per file), ``malformed_json``,
-``missing_field`` (per JSONL line). Everything else is a rule doing its job (``test_path``,
+``missing_field``, ``wrong_type`` (a required field that is not a string: ``"code": 42``; per JSONL line). Everything else is a rule doing its job (``test_path``,
 ``test_name``, ``dunder``, ``too_short``, ``too_long``, ``too_large``, ``long_line``, ``empty_body``,
 ``no_docstring``, ``short_docstring``, ``other_language``, ``vendored``, ``generated``) and is never an error: a package can
 legitimately lose most functions to the rules.
@@ -92,7 +92,15 @@ SOURCE_KINDS = {
     "humaneval": "humaneval: or humaneval:PATH: HumanEval, evaluation only",
 }
 PYTHON_LOCATIONS = ("stdlib", "site-packages")
-ERROR_REASONS = ("binary", "decode_error", "syntax_error", "unreadable", "malformed_json", "missing_field")
+ERROR_REASONS = (
+    "binary",
+    "decode_error",
+    "syntax_error",
+    "unreadable",
+    "malformed_json",
+    "missing_field",
+    "wrong_type",
+)
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 SKIPPED_DIRS = ("__pycache__", "site-packages")
 PATH_RULE_REASONS = ("test_path", "vendored", "generated")  # decided by the path (or a header), not errors
@@ -609,14 +617,29 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _required_texts(record: dict, *fields: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """The text of each required field (each given by its accepted names), and the reject reason when one
+    is absent or blank (``missing_field``) or holds something else than a string (``wrong_type``)."""
+    texts = []
+    for names in fields:
+        value = _pick(record, *names)
+        if value is not None and not isinstance(value, str):
+            return [], "wrong_type"
+        if value is None or not value.strip():
+            return [], "missing_field"
+        texts.append(value)
+    return texts, None
+
+
 def csn_row(
     record: dict, spec_text: str, options: ExtractOptions, repo_default: str, url_default: str
 ) -> tuple[dict | None, dict | None, str | None]:
     """One CodeSearchNet/CodeXGLUE record -> (pair row, corpus row, reject reason)."""
     row = {str(key).lower(): value for key, value in record.items()}
-    code = _text(_pick(row, "original_string", "code", "whole_func_string", "func_code_string"))
-    if not code.strip():
-        return None, None, "missing_field"
+    texts, reason = _required_texts(row, ("original_string", "code", "whole_func_string", "func_code_string"))
+    if reason:
+        return None, None, reason
+    (code,) = texts
     language = _text(_pick(row, "language")).lower() or "python"
     if not options.wants(language):
         return None, None, "other_language"
@@ -663,10 +686,10 @@ def pairs_row(
     record: dict, spec_text: str, options: ExtractOptions, repo_default: str, url_default: str
 ) -> tuple[dict | None, dict | None, str | None]:
     """One generic pair record -> (pair row, corpus row, reject reason); taken as given."""
-    query = _text(_pick(record, "query", "anchor"))
-    code = _text(_pick(record, "code", "positive"))
-    if not query.strip() or not code.strip():
-        return None, None, "missing_field"
+    texts, reason = _required_texts(record, ("query", "anchor"), ("code", "positive"))
+    if reason:
+        return None, None, reason
+    query, code = texts
     language = _text(record.get("language")).lower() or "python"
     if not options.wants(language):
         return None, None, "other_language"

@@ -17,7 +17,9 @@ Endpoints::
 Bad input is refused before any work, with the field named: a missing field, a wrong type or an unknown
 key -> 422 (FastAPI's validation); an empty query, a query over ``max_query_chars`` characters or k
 outside 1..``max_k``, a language the bundle has no functions in -> 400 (naming the languages it has), a
-mode other than dense/lexical/hybrid or one the bundle cannot serve (it has no lexical index) -> 400. Both answer ``{"detail": [{"loc": [where, field], "msg", "type"}]}``.
+mode other than dense/lexical/hybrid or one the bundle cannot serve (it has no lexical index) -> 400; a
+body over ``max_body_bytes`` -> 413, refused before it is read. All answer
+``{"detail": [{"loc": [where, field], "msg", "type"}]}`` (the 422s without FastAPI's echo of the input).
 Before the bundle is ready, or when the queue is full, /search answers 503.
 
 The bundle loads in a background thread after the server starts listening, so liveness answers at once
@@ -51,7 +53,8 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -70,6 +73,9 @@ WARM_UP_QUERY = "read a file line by line"
 class ServeConfig:
     max_query_chars: int = field(1000, "longest query accepted, in characters (longer: 400)")
     max_k: int = field(100, "largest k accepted (larger: 400)")
+    max_body_bytes: int = field(
+        65536, "largest request body accepted, in bytes (larger: 413, refused before it is read)"
+    )
     default_k: int = field(10, "k when a request gives none")
     batch_wait_ms: float = field(2.0, "how long the batcher waits for more requests after the first (ms)")
     max_batch: int = field(32, "most queries encoded and searched together")
@@ -81,7 +87,7 @@ class ServeConfig:
     cache_dir: str = field("", "where S3 bundles are downloaded ('' = ~/.cache/semcode/bundles)")
 
     def validate(self) -> None:
-        for name in ("max_query_chars", "max_k", "default_k", "max_batch", "max_queue"):
+        for name in ("max_query_chars", "max_k", "max_body_bytes", "default_k", "max_batch", "max_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.default_k <= self.max_k:
@@ -293,6 +299,48 @@ def input_error(location: str, name: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=400, content={"detail": detail})
 
 
+def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 without its ``input`` and ``ctx`` echo (a client's 20 MB body must not come back)."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 (the 400 shape) without being read: by
+    its Content-Length when it declares one, else as soon as the chunks received pass the limit (raised as
+    an HTTPException from the body read, which FastAPI answers as it is)."""
+
+    def __init__(self, app: Callable, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def too_large(self, size: int) -> HTTPException:
+        message = f"the request body is {size:,} bytes or more; at most {self.max_bytes:,} are accepted"
+        return HTTPException(413, detail=[{"loc": ["body"], "msg": message, "type": "value_error"}])
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            refusal = self.too_large(int(declared))
+            answer = JSONResponse(status_code=refusal.status_code, content={"detail": refusal.detail})
+            await answer(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.too_large(received)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def unavailable(message: str) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": message}, headers={"Retry-After": "1"})
 
@@ -321,6 +369,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
 
     async def answer(
         location: str,

@@ -133,6 +133,9 @@ def check_inputs(encoder_dir: Path, pairs_dir: Path | None) -> None:
         raise ValueError(
             f"{encoder_dir} has no {TOKENIZER_FILE}: the encoder was saved without its tokenizer"
         )
+    from semcode.embed import check_encoder_files
+
+    check_encoder_files(encoder_dir)  # missing or truncated weights, named
     if pairs_dir is not None:
         for split in ("valid", "test"):
             if not sorted((pairs_dir / split).glob("part-*.parquet")):

@@ -107,6 +107,9 @@ class IngestConfig:
     max_files_per_source: int = field(
         0, "read at most this many files per source, sampled by path hash (0 = all)"
     )
+    min_pairs: int = field(
+        2, "fail when fewer pairs are left after deduplication (contrastive training needs other pairs)"
+    )
     rows_per_shard: int = field(50_000, "rows per Parquet shard")
     workers: int = field(1, "processes that parse Python files (spawned; 1 = in this process)")
 
@@ -131,7 +134,7 @@ class IngestConfig:
         for name in ("min_docstring_tokens", "min_code_lines", "max_code_chars", "max_files_per_source"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_file_bytes", "max_line_chars", "rows_per_shard", "workers"):
+        for name in ("max_file_bytes", "max_line_chars", "rows_per_shard", "workers", "min_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         try:
@@ -276,8 +279,13 @@ def run(config: IngestConfig, out_dir: str | Path) -> dict:
         num_perm=config.num_perm,
     )
     corpus = [row for row, keep in zip(corpus, corpus_dedup.keep, strict=True) if keep]
-    if not pairs:
-        raise IngestError(f"no pairs left after deduplication of sources {list(config.sources)}")
+    if len(pairs) < config.min_pairs:
+        removed = len(pair_dedup.keep) - len(pairs)
+        raise IngestError(
+            f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''} left after deduplication of sources "
+            f"{list(config.sources)} ({removed} of {len(pair_dedup.keep)} were duplicates); training needs at "
+            f"least min_pairs={config.min_pairs}: give more or other code"
+        )
 
     # 3. Split by repository (or file); corpus rows carry their unit's split too.
     try:

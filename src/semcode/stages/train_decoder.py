@@ -396,6 +396,9 @@ def _check_inputs(
             raise FileNotFoundError(f"pairs directory {pairs_dir} has no {split}/part-*.parquet shards{hint}")
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
+    from semcode.tokenizer import load_tokenizer
+
+    load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named
     check_encoder_spec(str(encoder_dir))
     check_checkpoints_dir(out_dir / "checkpoints", config.resume)
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.contract import ENCODER_SIZE_NAMES, TOWERS
+from semcode.contract import ENCODER_SIZE_NAMES, MAX_LENGTH_LIMIT, TOWERS
 from semcode.progress import log
 
 TAG = "train-encoder"
@@ -141,10 +141,15 @@ class TrainEncoderConfig:
             raise ConfigError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
         if self.zero_stage not in (0, 1, 2):
             raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
-        if self.max_length < 8:
-            raise ConfigError(f"max_length must be >= 8, got {self.max_length}")
-        if self.inference_max_length != 0 and self.inference_max_length < 8:
-            raise ConfigError(f"inference_max_length must be 0 or >= 8, got {self.inference_max_length}")
+        if not 8 <= self.max_length <= MAX_LENGTH_LIMIT:
+            raise ConfigError(
+                f"max_length must be in 8..{MAX_LENGTH_LIMIT} tokens (attention grows with its square), "
+                f"got {self.max_length}"
+            )
+        if self.inference_max_length != 0 and not 8 <= self.inference_max_length <= MAX_LENGTH_LIMIT:
+            raise ConfigError(
+                f"inference_max_length must be 0 or in 8..{MAX_LENGTH_LIMIT}, got {self.inference_max_length}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
@@ -492,11 +497,18 @@ def _check_inputs(
     if not train_dir.is_dir() or not sorted(train_dir.glob("part-*.parquet")):
         hint = f"; did you mean {pairs_dir / 'pairs'}?" if (pairs_dir / "pairs" / "train").is_dir() else ""
         raise FileNotFoundError(f"pairs directory {pairs_dir} has no train/part-*.parquet shards{hint}")
-    if not config.init_from:
+    if config.init_from:
+        from semcode.embed import check_encoder_spec
+
+        check_encoder_spec(config.init_from, "init_from")  # missing or truncated files, named
+    else:
         if tokenizer_dir is None:
             raise ValueError("a tokenizer directory is required when training from scratch (no init_from)")
         if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
             raise FileNotFoundError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
+        from semcode.tokenizer import load_tokenizer
+
+        load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named, not after the data is read
     from semcode.train.engine import check_checkpoints_dir
 
     check_checkpoints_dir(out_dir / "checkpoints", config.resume)
