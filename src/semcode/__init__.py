@@ -26,3 +26,9 @@ The module map, lowest layer first. A module imports only from its own layer or 
 """
 
 __version__ = "0.1.0"
+
+import logging
+
+# faiss's loader logs each instruction-set build it cannot find (avx512_spr, avx512, ...) at INFO with
+# its exception; under kfp.local's INFO root logger those three lines reached every stage's console.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
