@@ -331,7 +331,7 @@ def sourced_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def indexed_names(corpus: Path, out: Path, **config: int) -> tuple[list[str], dict]:
+def indexed_names(corpus: Path, out: Path, **config: object) -> tuple[list[str], dict]:
     metrics = stage.index_corpus(stage.BuildIndexConfig(**config), hash_embed, HASH_DIM, corpus, out)
     return pq.read_table(out / "index_meta.parquet")["func_name"].to_pylist(), metrics
 
@@ -377,6 +377,34 @@ def test_a_cap_at_or_over_the_corpus_indexes_all_of_it(sourced_corpus: Path, tmp
 
 def refuse_to_embed(texts: list[str], kind: str) -> np.ndarray:
     raise AssertionError("the input should have been rejected before any embedding")
+
+
+def test_whole_sources_are_indexed_whole_and_the_others_share_the_rest(
+    sourced_corpus: Path, tmp_path: Path
+) -> None:
+    names, metrics = indexed_names(
+        sourced_corpus, tmp_path / "a", max_corpus=24, seed=1, whole_sources=("python:stdlib",)
+    )
+    assert metrics["coverage"]["per_source"] == {
+        "python:stdlib": [10, 10],
+        "python:site-packages": [8, 40],
+        "dir:/srv/go": [6, 6],
+    }
+    assert metrics["coverage"]["sampled_by"] == (
+        "seeded sample (seed 1): python:stdlib whole, an even share per other source"
+    )
+    assert sum(name.startswith("stdlib_") for name in names) == 10
+    # A name the corpus lacks, or whole sources over the cap, fail before anything is embedded.
+    for whole, message in [
+        (
+            ("python:stdlb",),
+            r"whole_sources \['python:stdlb'\] are not in the corpus; its sources: \['dir:/srv/go'",
+        ),
+        (("python:site-packages",), "hold 40 rows, more than max_corpus 24"),
+    ]:
+        config = stage.BuildIndexConfig(max_corpus=24, whole_sources=whole)
+        with pytest.raises(ValueError, match=message):
+            stage.index_corpus(config, refuse_to_embed, HASH_DIM, sourced_corpus, tmp_path / "x")
 
 
 def test_invalid_factory_fails_before_embedding(corpus_dir: Path, tmp_path: Path) -> None:

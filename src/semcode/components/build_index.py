@@ -15,6 +15,7 @@ def build_index(
     metrics: Output[Metrics],
     factory: str,
     max_corpus: int,
+    whole_sources: list,
     recall_queries: int,
     runtime: str,
 ):
@@ -28,6 +29,7 @@ def build_index(
         metrics: recall@10 against exact search, search latency, index size.
         factory: FAISS index factory string ('' = chosen by corpus size).
         max_corpus: index at most this many corpus rows (0 = all).
+        whole_sources: sources indexed whole under max_corpus; the others share what is left.
         recall_queries: queries for recall@10 and latency.
         runtime: torch, or onnx-int8 / onnx-fp32 (the encoder exported as the bundle's is; faster on CPU).
     """
@@ -39,7 +41,13 @@ def build_index(
 
     stage_config = config.from_dict(
         stage.BuildIndexConfig,
-        {"factory": factory, "max_corpus": max_corpus, "recall_queries": recall_queries, "runtime": runtime},
+        {
+            "factory": factory,
+            "max_corpus": max_corpus,
+            "whole_sources": whole_sources,
+            "recall_queries": recall_queries,
+            "runtime": runtime,
+        },
         source="build_index component",
     )
     result = stage.run(

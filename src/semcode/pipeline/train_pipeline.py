@@ -213,6 +213,7 @@ def train_pipeline(
     # build_index
     build_index_factory: str = "",
     build_index_max_corpus: int = 0,
+    build_index_whole_sources: list = [],  # noqa: B006
     build_index_recall_queries: int = 1000,
     build_index_runtime: str = "torch",
     # export_onnx
@@ -328,6 +329,7 @@ def train_pipeline(
         evaluate_runtime: Run the encoders with torch, or exported as the bundle's is: onnx-int8 (what search uses; ~2.5x faster on CPU) or onnx-fp32.
         build_index_factory: FAISS index factory string, e.g. 'HNSW32,Flat' ('' = chosen by corpus size).
         build_index_max_corpus: Index at most this many corpus rows (0 = all).
+        build_index_whole_sources: Sources indexed whole under build_index_max_corpus, e.g. ["python:stdlib"]; the other sources share the rest evenly.
         build_index_recall_queries: Queries for the index's recall@10 and latency (sampled, seeded).
         build_index_runtime: Run the encoder with torch, or exported as the bundle's is: onnx-int8 (~2.5x faster on CPU) or onnx-fp32.
         export_onnx_max_mrr_loss: Largest test MRR drop of int8 vs fp32 ONNX for int8 to be the default.
@@ -517,6 +519,7 @@ def train_pipeline(
         pairs=pairs,
         factory=build_index_factory,
         max_corpus=build_index_max_corpus,
+        whole_sources=build_index_whole_sources,
         recall_queries=build_index_recall_queries,
         runtime=build_index_runtime,
     )

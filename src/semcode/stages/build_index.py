@@ -1,8 +1,8 @@
 """Stage build_index: embed the corpus with the encoder's code tower and build a FAISS index over it.
 
 Reads ``corpus/part-*.parquet`` (the ingest corpus) shard by shard in chunks: every row, or with
-``max_corpus`` a seeded sample of that many rows spread over the ``source`` column (each source an even
-share, a source smaller than its share whole; never a prefix; the row numbers are chosen from the source
+``max_corpus`` a seeded sample of that many rows spread over the ``source`` column (the ``whole_sources``
+whole, then each other source an even share of the rest, a source smaller than its share whole; never a prefix; the row numbers are chosen from the source
 column first, then only the row groups holding them are read). Embeds each chunk's
 ``code`` and appends the vectors to a memory-mapped file in a temporary directory (under $TMPDIR: N x dim
 x 4 bytes, 1.5 GB per million vectors at dim 384), so memory does not grow with the corpus. Then builds the index the corpus size calls for (semcode.index.choose_factory:
@@ -20,7 +20,8 @@ exact vectors beyond; ``factory`` overrides), on the GPU when FAISS has one. Wri
                              latency p50/p99 and queries/s (one query per call and batched), embedding and
                              index seconds, index size on disk and in memory, and ``coverage``:
                              {"indexed", "corpus_rows", "sampled_by", "per_source": {source:
-                             [indexed, total]}} ("all", or "seeded sample (seed S), even share per source")
+                             [indexed, total]}} ("all", or "seeded sample (seed S), even share per source"; with
+                             ``whole_sources``: "...: python:stdlib whole, an even share per other source")
     out/config.json          the resolved config
 
 Every output is written through a temporary name (``out/.index.faiss.partial``, ...) and renamed when
@@ -50,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -111,6 +112,9 @@ class BuildIndexConfig:
     max_corpus: int = field(
         0, "index at most this many corpus rows (0 = all; else a seeded sample, an even share per source)"
     )
+    whole_sources: tuple[str, ...] = field(
+        (), "sources indexed whole under max_corpus (e.g. python:stdlib); the others share what is left"
+    )
     recall_queries: int = field(1000, "queries for recall@10 and latency (sampled, seeded)")
     use_gpu: str = field("auto", "FAISS on the GPU: auto (when faiss-gpu sees one), yes, no")
     device: str = field("auto", "torch device for the encoder: auto (cuda when available), cpu, cuda")
@@ -122,6 +126,10 @@ class BuildIndexConfig:
         for name in ("flat_max", "hnsw_max", "ivf_nlist", "pq_m", "train_sample", "max_length", "max_corpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.whole_sources, tuple) or not all(
+            isinstance(name, str) and name for name in self.whole_sources
+        ):
+            raise ConfigError(f"whole_sources must be a list of source names, got {self.whole_sources!r}")
         for name in (
             "hnsw_m",
             "ef_construction",
@@ -263,10 +271,14 @@ def shard_source_codes(shard: Path, names: dict[str, int]) -> np.ndarray:
     return np.array(numbers, dtype=np.int32)[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def select_rows(shards: list[Path], max_corpus: int, seed: int) -> RowSelection:
+def select_rows(
+    shards: list[Path], max_corpus: int, seed: int, whole_sources: Sequence[str] = ()
+) -> RowSelection:
     """Every row when ``max_corpus`` is 0 or at least the corpus; else a seeded sample of ``max_corpus`` rows
-    spread over the ``source`` column: each source an even share (even_shares: a source smaller than its
-    share is taken whole), within a source a seeded uniform sample. Never a prefix of the corpus.
+    spread over the ``source`` column: the ``whole_sources`` first, every row of each (they must fit in
+    ``max_corpus`` together), then each other source an even share of what is left (even_shares: a source
+    smaller than its share is taken whole), within a source a seeded uniform sample. Never a prefix of the
+    corpus. A name in ``whole_sources`` that the corpus lacks is an error listing the sources it has.
 
     Only the source column is read here (one int per row stays in memory); the rows themselves are read
     when they are embedded.
@@ -278,7 +290,20 @@ def select_rows(shards: list[Path], max_corpus: int, seed: int) -> RowSelection:
     corpus_rows = len(codes)
     if not max_corpus or max_corpus >= corpus_rows:
         return RowSelection([None] * len(shards), corpus_rows, corpus_rows, "all", source_rows)
-    shares = even_shares([int(t) for t in totals], max_corpus)
+    unknown = sorted(set(whole_sources) - set(names))
+    if unknown:
+        raise ValueError(f"whole_sources {unknown} are not in the corpus; its sources: {sorted(names)}")
+    whole = [names[name] for name in whole_sources]
+    whole_rows = int(sum(totals[number] for number in whole))
+    if whole_rows > max_corpus:
+        raise ValueError(
+            f"whole_sources {list(whole_sources)} hold {whole_rows} rows, more than max_corpus {max_corpus}"
+        )
+    others = [number for number in range(len(names)) if number not in whole]
+    shares = [int(t) for t in totals]  # the whole sources' shares; the others' are set next
+    other_shares = even_shares([int(totals[number]) for number in others], max_corpus - whole_rows)
+    for number, share in zip(others, other_shares, strict=True):
+        shares[number] = share
     rng = np.random.default_rng(seed)
     chosen = []
     for number, share in enumerate(shares):
@@ -291,6 +316,9 @@ def select_rows(shards: list[Path], max_corpus: int, seed: int) -> RowSelection:
         for start, end in zip(starts[:-1], starts[1:], strict=True)
     ]
     sampled_by = f"seeded sample (seed {seed}), even share per source"
+    if whole_sources:
+        whole_names = ", ".join(whole_sources)
+        sampled_by = f"seeded sample (seed {seed}): {whole_names} whole, an even share per other source"
     return RowSelection(shard_rows, len(selected), corpus_rows, sampled_by, source_rows)
 
 
@@ -462,7 +490,7 @@ def index_corpus(
     rows_total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     if rows_total == 0:
         raise ValueError(f"corpus {corpus_dir} is empty: {len(shards)} shard(s), no rows")
-    selection = select_rows(shards, config.max_corpus, config.seed)
+    selection = select_rows(shards, config.max_corpus, config.seed, config.whole_sources)
     n_rows = selection.selected
     factory = faiss_index.choose_factory(n_rows, dim, config)
     faiss_index.validate_factory(factory, dim, n_rows)
