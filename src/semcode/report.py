@@ -449,11 +449,8 @@ def training_curves(history: dict) -> list[str]:
     per step, then each validation metric per evaluation."""
     steps = [entry for entry in history.get("steps") or [] if isinstance(entry, dict) and "step" in entry]
     evals = [entry for entry in history.get("evals") or [] if isinstance(entry, dict) and "step" in entry]
-    names = [key for key in (steps[0] if steps else {}) if key not in STEP_BOOKKEEPING]
+    names = [key for key in (steps[0] if steps else {}) if key not in STEP_BOOKKEEPING] + ["lr", "grad_norm"]
     charts = [line_chart_svg(name, [(e["step"], e.get(name)) for e in steps]) for name in names]
-    charts += [
-        line_chart_svg(name, [(e["step"], e.get(name)) for e in steps]) for name in ("lr", "grad_norm")
-    ]
     metrics = [key for key in (evals[0] if evals else {}) if key not in ("step", "seconds")]
     charts += [line_chart_svg(f"valid {name}", [(e["step"], e.get(name)) for e in evals]) for name in metrics]
     return [chart for chart in charts if chart]
