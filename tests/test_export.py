@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +27,7 @@ from semcode.embed import (
     DISABLED_OPTIMIZERS,
     OnnxEncoder,
     create_session,
+    load_embed_fn,
     load_padded_tokenizer,
     quantizes_dynamically,
 )
@@ -464,3 +466,27 @@ def test_small_helpers() -> None:
     assert "| 16x128 | 30.0 | 10.0 | 3.00x |" in table
     a = np.eye(3, dtype=np.float32)
     assert cosine_stats(a, a)["min"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_an_export_runs_as_a_fresh_export_would_and_only_for_its_own_encoder(
+    shared_export, shared_encoder: Path, tokenizer_dir: Path, rows, tmp_path: Path, precision: str
+) -> None:
+    out, _ = shared_export
+    texts = [row["code"] for row in rows[:12]] + [row["query"] for row in rows[:12]]
+    with torch_threads(1):  # the threads of the export's own checks
+        fresh, fresh_dim = load_embed_fn(str(shared_encoder), runtime=f"onnx-{precision}")
+        reused, reused_dim = load_embed_fn(str(shared_encoder), runtime=f"onnx-{precision}", exported=out)
+        assert reused_dim == fresh_dim
+        for kind in ("query", "code"):
+            np.testing.assert_allclose(reused(texts, kind), fresh(texts, kind), atol=1e-6)
+
+    other = save_tiny_encoder(tmp_path / "other", tokenizer_dir, "shared", seed=3)
+    with pytest.raises(ValueError, match=f"{out} is an export of another encoder than {other}"):
+        load_embed_fn(str(other), runtime=f"onnx-{precision}", exported=out)
+    files = json.loads((out / "metrics.json").read_text())["files"][precision]
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / files["query"]).unlink()
+    with pytest.raises(FileNotFoundError, match=f"lacks its {precision} encoder.*{files['query']}"):
+        load_embed_fn(str(shared_encoder), runtime=f"onnx-{precision}", exported=broken)

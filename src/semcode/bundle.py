@@ -77,6 +77,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     TOWERS,
     onnx_files,
 )
+from semcode.embed import encoder_digest
 from semcode.evaluation import DEFAULT_FUSION, check_fusion
 
 BUNDLE_FORMAT = 1
@@ -170,11 +171,7 @@ def check_version(version: str) -> str:
 def default_version(encoder_dir: str | os.PathLike[str], now: datetime | None = None) -> str:
     """``20250101T120000Z-1a2b3c4d``: UTC time and a short hash of the encoder's weights."""
     now = now or datetime.now(UTC)
-    digest = hashlib.sha256()
-    for path in sorted(Path(encoder_dir).rglob("*.safetensors")):
-        digest.update(path.relative_to(encoder_dir).as_posix().encode())
-        digest.update(sha256_file(path).encode())
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest.hexdigest()[:8]}"
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{encoder_digest(encoder_dir)[:8]}"
 
 
 def flat_metrics(suites: dict) -> dict[str, float]:

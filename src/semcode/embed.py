@@ -33,6 +33,7 @@ with bit-identical vectors (bench/RESULTS.md, "int8 single-text calls in paralle
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ from semcode.contract import (
     ACTIVATION_QUANTIZATION_KEY,
     ENCODER_CONFIG_FILE,
     INPUT_NAMES,
+    KINDS,
+    METRICS_FILE,
     MINILM_ALIAS,
     OUTPUT_NAME,
     PRECISIONS,
@@ -293,17 +296,25 @@ def load_embed_fn(
     device: str = "auto",
     show_progress: bool = False,
     runtime: str = "torch",
+    exported: str | os.PathLike[str] | None = None,
 ) -> tuple[EmbedFn, int]:
     """``(texts, kind) -> float32 unit vectors [N, D]`` over the encoder ``spec``, and D.
 
     A semcode encoder directory loads as saved (prefixes included); another checkpoint (``minilm``)
     loads as its normalised mean pooling, the sentence-transformers recipe. ``runtime``: ``torch`` on
     ``device``, or ``onnx-int8`` / ``onnx-fp32``: exported as the release bundle's encoder is and run by
-    ONNX Runtime on the CPU (``onnx_embed_fn``).
+    ONNX Runtime on the CPU (``onnx_embed_fn``). ``exported``: export_onnx's output for this encoder;
+    with an onnx runtime its files are run as they are (``exported_embed_fn``) instead of exporting the
+    encoder again, which costs about 20 s per stage on 2 cores and would measure a copy of the shipped
+    file rather than the file itself.
     """
     from semcode.models.encoder import encode_texts, load_hf_tokenizer, load_pretrained
 
     check_runtime(runtime)  # a ValueError (ConfigError) naming the choices
+    if runtime != "torch" and exported is not None:
+        return exported_embed_fn(
+            exported, runtime.removeprefix("onnx-"), batch_size, max_length, show_progress, encoder_dir=spec
+        )
     model = load_pretrained(spec).eval()
     tokenizer = load_hf_tokenizer(spec)
     if runtime != "torch":
@@ -348,7 +359,7 @@ def onnx_embed_fn(
     import torch
 
     from semcode.export import TAG, export_tower, quantize_int8, tower_exports
-    from semcode.progress import Progress, log
+    from semcode.progress import log
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -373,6 +384,88 @@ def onnx_embed_fn(
                     batch_size=batch_size,
                 )
     log(TAG, f"encoding with ONNX Runtime ({precision}, {threads} threads)")
+    return encoders_embed_fn(encoders, show_progress), model.embedding_dim
+
+
+def exported_embed_fn(
+    export_dir: str | os.PathLike[str],
+    precision: str = "int8",
+    batch_size: int = 64,
+    max_length: int | None = None,
+    show_progress: bool = False,
+    encoder_dir: str | os.PathLike[str] | None = None,
+) -> tuple[EmbedFn, int]:
+    """``(texts, kind) -> float32 unit vectors [N, D]`` through the files export_onnx wrote, and D.
+
+    ``export_dir`` is export_onnx's output: its metrics.json names each precision's files, the prefixes,
+    the dimension and the length the encoder was exported at (``max_length`` None keeps that one). With
+    ``encoder_dir``, the export must be of that encoder (metrics.json ``encoder_digest``, the sha256 of
+    its weights), else a ValueError names both.
+    """
+    import torch
+
+    from semcode.export import TAG
+    from semcode.progress import log
+
+    export_dir = Path(export_dir)
+    exported = check_exported(export_dir, precision, encoder_dir)
+    files = exported["files"][precision]
+    threads = torch.get_num_threads()
+    encoders = {
+        kind: OnnxEncoder(
+            export_dir / files[kind],
+            export_dir / TOKENIZER_FILE,
+            max_length or int(exported["max_length"]),
+            exported[f"{kind}_prefix"],
+            threads=threads,
+            batch_size=batch_size,
+        )
+        for kind in KINDS
+    }
+    log(TAG, f"encoding with ONNX Runtime ({precision}, {threads} threads) from {export_dir}")
+    return encoders_embed_fn(encoders, show_progress), int(exported["embedding_dim"])
+
+
+def encoder_digest(encoder_dir: str | os.PathLike[str]) -> str:
+    """sha256 over an encoder directory's weights (every .safetensors file, by relative path): its identity."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(encoder_dir).rglob("*.safetensors")):
+        digest.update(path.relative_to(encoder_dir).as_posix().encode())
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").hexdigest().encode())
+    return digest.hexdigest()
+
+
+def check_exported(
+    export_dir: str | os.PathLike[str], precision: str, encoder_dir: str | os.PathLike[str] | None = None
+) -> dict:
+    """export_onnx's metrics.json in ``export_dir``, once it holds ``precision``'s files and (with
+    ``encoder_dir``) is an export of that encoder: the sha256 of its weights, ``encoder_digest``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    export_dir = Path(export_dir)
+    metrics_path = export_dir / METRICS_FILE
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{export_dir} is not an export-onnx output: {METRICS_FILE} is missing")
+    exported = json.loads(metrics_path.read_text())
+    files = exported.get("files", {}).get(precision) or {}
+    missing = [name for name in files.values() if not (export_dir / name).is_file()]
+    if not files or missing or not (export_dir / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(
+            f"{export_dir} lacks its {precision} encoder: files {files or 'none'}, missing "
+            f"{missing + ([] if (export_dir / TOKENIZER_FILE).is_file() else [TOKENIZER_FILE])}"
+        )
+    if encoder_dir is not None and exported.get("encoder_digest") != encoder_digest(encoder_dir):
+        raise ValueError(
+            f"{export_dir} is an export of another encoder than {encoder_dir} (the sha256 of the weights "
+            "differs, or the export predates encoder_digest): export this encoder, or leave the export out"
+        )
+    return exported
+
+
+def encoders_embed_fn(encoders: dict[str, OnnxEncoder], show_progress: bool) -> EmbedFn:
+    """One OnnxEncoder per kind as an EmbedFn; with ``show_progress``, a progress line per kind."""
+    from semcode.progress import Progress
 
     def embed(texts: list[str], kind: str) -> np.ndarray:
         if not show_progress:
@@ -384,7 +477,7 @@ def onnx_embed_fn(
                 progress.update(len(vectors[-1]))
         return np.concatenate(vectors) if vectors else encoders[kind].encode([])
 
-    return embed, model.embedding_dim
+    return embed
 
 
 def bundle_embed_fn(bundle_dir: Path, bundle: dict, precision: str | None, threads: int) -> EmbedFn:

@@ -256,6 +256,20 @@ def test_pipeline_outputs_are_the_bundle_evaluation_and_decision(compiled):
     }
 
 
+def test_the_stages_that_embed_after_the_export_run_its_files(compiled):
+    """evaluate, train-decoder and build-index take export-onnx's output (the bundle's ONNX files) and
+    hand it to their stage, which runs it with an onnx runtime instead of exporting the encoder again."""
+    spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in ("evaluate", "train-decoder", "build-index", "gate"):
+        assert tasks[name]["inputs"]["artifacts"]["onnx"] == {
+            "taskOutputArtifact": {"outputArtifactKey": "onnx", "producerTask": "export-onnx"}
+        }, name
+        executor = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
+        if name != "gate":
+            assert "onnx_dir=onnx.path" in executor["command"][-1], name
+
+
 def test_images_come_from_the_environment():
     code = "from semcode.components.images import CPU_IMAGE, GPU_IMAGE; print(CPU_IMAGE, GPU_IMAGE)"
     env = {**os.environ, "SEMCODE_IMAGE_REGISTRY": "registry.example.com/ml/", "SEMCODE_IMAGE_TAG": "abc123"}

@@ -185,6 +185,22 @@ def test_near_duplicates_across_sources_keep_the_first(tmp_path: Path):
     assert "distance between two points" in queries and "how far apart two points are" not in queries
 
 
+def test_two_workers_write_what_one_writes(tmp_path: Path):
+    """With workers=2 the corpus is deduplicated in a second process beside the pairs: same result."""
+    repo = make_toy_repo(tmp_path)
+    sources = [f"dir:{repo}", f"csn:{CSN}", f"pairs:{PAIRS}"]
+    manifests = {n: ingest.run(config(sources=sources, workers=n), tmp_path / f"w{n}") for n in (1, 2)}
+    assert read_all_pairs(tmp_path / "w1") == read_all_pairs(tmp_path / "w2")
+    assert (
+        read_table(tmp_path / "w1" / "corpus").to_pylist()
+        == read_table(tmp_path / "w2" / "corpus").to_pylist()
+    )
+    dedup = {
+        n: {k: v for k, v in m["dedup"]["corpus"].items() if k != "seconds"} for n, m in manifests.items()
+    }
+    assert dedup[1] == dedup[2] and dedup[1]["before"] == 25
+
+
 def test_pairs_that_copy_an_evaluation_problem_are_removed(tmp_path: Path):
     from semcode.data.sources import ExtractOptions, parse_spec, read_source
 

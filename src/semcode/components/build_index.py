@@ -9,6 +9,7 @@ from semcode.components.images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def build_index(
     encoder: Input[Model],
+    onnx: Input[Model],
     corpus: Input[Dataset],
     pairs: Input[Dataset],
     index: Output[Artifact],
@@ -23,6 +24,7 @@ def build_index(
 
     Args:
         encoder: train_encoder's output.
+        onnx: export_onnx's output: the onnx runtimes run its files (the bundle's) as they are.
         corpus: ingest's corpus.
         pairs: ingest's pairs; recall and latency use the queries of their test split.
         index: index.faiss, index_meta.parquet, metrics.json, config.json.
@@ -51,7 +53,12 @@ def build_index(
         source="build_index component",
     )
     result = stage.run(
-        stage_config, os.path.join(encoder.path, "encoder"), corpus.path, index.path, pairs_dir=pairs.path
+        stage_config,
+        os.path.join(encoder.path, "encoder"),
+        corpus.path,
+        index.path,
+        pairs_dir=pairs.path,
+        onnx_dir=onnx.path,
     )
     metrics.log_metric("ntotal", result["ntotal"])
     metrics.log_metric("recall@10", result["recall@10"])

@@ -9,6 +9,7 @@ from semcode.components.images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate(
     encoder: Input[Model],
+    onnx: Input[Model],
     pairs: Input[Dataset],
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
@@ -22,6 +23,7 @@ def evaluate(
 
     Args:
         encoder: train_encoder's output.
+        onnx: export_onnx's output: the onnx runtimes run its files (the bundle's) as they are.
         pairs: ingest's pairs; their test split is the 'test' suite.
         evaluation: metrics.json (every suite, protocol and system) and config.json.
         metrics: every suite.protocol.system.metric as a KFP metric.
@@ -53,6 +55,7 @@ def evaluate(
         pairs.path,
         evaluation.path,
         baseline_encoder=baseline_encoder or None,
+        onnx_dir=onnx.path,
     )
     for name, value in result["kfp_metrics"].items():
         metrics.log_metric(name, value)

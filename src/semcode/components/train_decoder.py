@@ -9,6 +9,7 @@ from semcode.components.images import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train_decoder(
     encoder: Input[Model],
+    onnx: Input[Model],
     pairs: Input[Dataset],
     tokenizer: Input[Model],
     decoder: Output[Model],
@@ -43,6 +44,7 @@ def train_decoder(
 
     Args:
         encoder: train_encoder's output (the encoder in encoder/), frozen: it only embeds.
+        onnx: export_onnx's output: the onnx runtimes run its files (the bundle's) as they are.
         pairs: ingest's pairs (train; test for the metrics; valid for evaluations during training).
         tokenizer: train_tokenizer's output: the decoder's vocabulary.
         decoder: the decoder in decoder/, with metrics.json, history.json, samples.jsonl and config.json.
@@ -112,7 +114,9 @@ def train_decoder(
         source="train_decoder component",
     )
     encoder_dir = os.path.join(encoder.path, "encoder")
-    result = stage.run(stage_config, encoder_dir, pairs.path, tokenizer.path, decoder.path)
+    result = stage.run(
+        stage_config, encoder_dir, pairs.path, tokenizer.path, decoder.path, onnx_dir=onnx.path
+    )
     # Checkpoints let one process resume; a pipeline task starts fresh and never resumes them, and
     # with optimizer state they are several times the model: they stay out of the artifact.
     shutil.rmtree(os.path.join(decoder.path, "checkpoints"), ignore_errors=True)

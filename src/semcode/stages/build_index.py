@@ -65,7 +65,7 @@ from semcode import config as cfg
 from semcode import index as faiss_index
 from semcode import storage
 from semcode.config import ConfigError, field
-from semcode.contract import LEXICAL_DIR, META_COLUMNS, RUNTIME_HELP
+from semcode.contract import LEXICAL_DIR, META_COLUMNS, ONNX_HELP, RUNTIME_HELP
 from semcode.data.pairs import PAIR_SCHEMA, read_split
 from semcode.embed import EmbedFn, check_runtime
 from semcode.progress import Progress, log
@@ -632,8 +632,10 @@ def run(
     corpus_dir: str | Path,
     out_dir: str | Path,
     pairs_dir: str | Path | None = None,
+    onnx_dir: str | Path | None = None,
 ) -> dict:
-    """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``."""
+    """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``;
+    ``onnx_dir``: export_onnx's output of that encoder, whose files an onnx runtime runs as they are."""
     config.validate()
     from semcode.embed import check_encoder_spec, load_embed_fn
 
@@ -649,6 +651,7 @@ def run(
         config.max_length or None,
         config.device,
         runtime=config.runtime,
+        exported=onnx_dir,
     )
     log(TAG, f"encoder {encoder_dir}: dim {dim}")
     # 3. Embed the corpus, build and measure the index, write it with its metadata and lexical index.
@@ -684,11 +687,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="ingest pairs/ directory: recall queries from its test split",
     )
+    parser.add_argument("--onnx", default=None, metavar="DIR", help=ONNX_HELP)
     cfg.add_arguments(parser, BuildIndexConfig)
     args = parser.parse_args(argv)
     try:
         config = cfg.from_args(BuildIndexConfig, args, section="build_index")
-        run(config, args.encoder, args.corpus, args.out, pairs_dir=args.pairs)
+        run(config, args.encoder, args.corpus, args.out, pairs_dir=args.pairs, onnx_dir=args.onnx)
     except (*cfg.BAD_INPUT_ERRORS, OSError) as error:  # OSError: a full disk, named by its path
         return cfg.bad_input("build-index", error)
     return 0

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.contract import RUNTIME_HELP
+from semcode.contract import ONNX_HELP, RUNTIME_HELP
 from semcode.data.pairs import read_split
 from semcode.embed import EmbedFn, check_runtime
 from semcode.evaluation import (
@@ -292,14 +292,18 @@ def run(
     pairs_dir: str | Path | None,
     out_dir: str | Path,
     baseline_encoder: str | Path | None = None,
+    onnx_dir: str | Path | None = None,
 ) -> dict:
-    """Evaluate ``encoder_dir`` (and BM25, and ``baseline_encoder``) on the configured suites into ``out_dir``."""
+    """Evaluate ``encoder_dir`` (and BM25, and ``baseline_encoder``) on the configured suites into ``out_dir``;
+    ``onnx_dir``: export_onnx's output of ``encoder_dir``, whose files an onnx runtime runs as they are."""
     config.validate()
     started = time.perf_counter()
     # Check every input before loading models or embedding anything.
-    from semcode.embed import check_encoder_spec, load_embed_fn, resolve_device
+    from semcode.embed import check_encoder_spec, check_exported, load_embed_fn, resolve_device
 
     check_encoder_spec(str(encoder_dir), "encoder")
+    if onnx_dir is not None and config.runtime != "torch":
+        check_exported(onnx_dir, config.runtime.removeprefix("onnx-"), encoder_dir)
     if baseline_encoder is not None:
         check_encoder_spec(str(baseline_encoder), "baseline encoder")
     if "test" in config.suites and pairs_dir is None:
@@ -316,7 +320,7 @@ def run(
         show_progress=True,
         runtime=config.runtime,
     )
-    systems = {"model": load_embed_fn(str(encoder_dir), **settings)[0]}
+    systems = {"model": load_embed_fn(str(encoder_dir), **settings, exported=onnx_dir)[0]}
     if baseline_encoder is not None:
         systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **settings)[0]
     hybrid = config.hybrid and config.bm25
@@ -406,11 +410,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR|minilm",
         help="also evaluate this encoder (e.g. the initial checkpoint) as 'zero_shot'",
     )
+    parser.add_argument("--onnx", default=None, metavar="DIR", help=ONNX_HELP)
     cfg.add_arguments(parser, EvaluateConfig)
     args = parser.parse_args(argv)
     try:
         config = cfg.from_args(EvaluateConfig, args, section="evaluate")
-        run(config, args.encoder, args.pairs, args.out, baseline_encoder=args.baseline_encoder)
+        run(
+            config,
+            args.encoder,
+            args.pairs,
+            args.out,
+            baseline_encoder=args.baseline_encoder,
+            onnx_dir=args.onnx,
+        )
     except cfg.BAD_INPUT_ERRORS as error:
         return cfg.bad_input("evaluate", error)
     return 0

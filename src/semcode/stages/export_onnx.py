@@ -165,7 +165,7 @@ def run(
     pairs_dir: str | Path | None = None,
 ) -> dict:
     """Export ``encoder_dir`` to ONNX in ``out_dir``, measure parity, MRR (with pairs) and latency."""
-    from semcode.embed import OnnxEncoder
+    from semcode.embed import OnnxEncoder, encoder_digest
     from semcode.models.encoder import load_encoder, load_hf_tokenizer
 
     config.validate()
@@ -243,6 +243,7 @@ def run(
         "max_mrr_loss": config.max_mrr_loss,
         "latency": latency,
         "encoder": str(encoder_dir),
+        "encoder_digest": encoder_digest(encoder_dir),  # the stages that run these files check it
         "seconds": round(time.perf_counter() - started, 3),
     }
     metrics["kfp_metrics"] = kfp_metrics(metrics)

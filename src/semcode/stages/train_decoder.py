@@ -53,7 +53,7 @@ import numpy as np
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.contract import DECODER_SIZE_NAMES, RUNTIME_HELP
+from semcode.contract import DECODER_SIZE_NAMES, ONNX_HELP, RUNTIME_HELP
 from semcode.embed import check_runtime
 from semcode.progress import log
 
@@ -438,9 +438,11 @@ def run(
     pairs_dir: str | Path,
     tokenizer_dir: str | Path,
     out_dir: str | Path,
+    onnx_dir: str | Path | None = None,
 ) -> dict:
-    """Train a decoder against the frozen ``encoder_dir``: decoder/, metrics and history in ``out_dir``."""
-    from semcode.embed import load_embed_fn, resolve_device
+    """Train a decoder against the frozen ``encoder_dir``: decoder/, metrics and history in ``out_dir``;
+    ``onnx_dir``: export_onnx's output of ``encoder_dir``, whose files an onnx runtime runs as they are."""
+    from semcode.embed import check_exported, load_embed_fn, resolve_device
     from semcode.export import torch_threads
     from semcode.models.decoder import EOS_ID, build_decoder, code_token_ids
     from semcode.tokenizer import load_tokenizer
@@ -451,6 +453,8 @@ def run(
     started = time.perf_counter()
     pairs_dir, tokenizer_dir, out = Path(pairs_dir), Path(tokenizer_dir), Path(out_dir)
     _check_inputs(config, encoder_dir, pairs_dir, tokenizer_dir, out)
+    if onnx_dir is not None and config.runtime != "torch":
+        check_exported(onnx_dir, config.runtime.removeprefix("onnx-"), encoder_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
 
     # 1. The functions. Train: those that fit, a seeded sample. Test: distinct codes, shuffled, so the first
@@ -492,6 +496,7 @@ def run(
             device=device,
             show_progress=True,
             runtime=config.runtime,
+            exported=onnx_dir,
         )
         order = np.random.default_rng([config.seed, 1]).permutation(len(train_pairs))
         from_query = np.zeros(len(train_pairs), dtype=bool)
@@ -614,11 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tokenizer", required=True, metavar="DIR", help="our BPE tokenizer (train-tokenizer output)"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--onnx", default=None, metavar="DIR", help=ONNX_HELP)
     cfg.add_arguments(parser, TrainDecoderConfig)
     args = parser.parse_args(argv)
     try:
         config = cfg.from_args(TrainDecoderConfig, args, section="train_decoder")
-        run(config, args.encoder, args.pairs, args.tokenizer, args.out)
+        run(config, args.encoder, args.pairs, args.tokenizer, args.out, onnx_dir=args.onnx)
     except cfg.BAD_INPUT_ERRORS as error:
         return cfg.bad_input("train-decoder", error)
     return 0

@@ -30,9 +30,10 @@ Checkpoint layout (one directory per optimizer step)::
 A checkpoint is written to ``step-000120.partial/`` and renamed when complete, so a crash mid-write never
 leaves a directory that ``latest`` could point to.
 
-On CPU the first ``deepspeed.init_distributed`` in a fresh environment compiles DeepSpeed's shared-memory
-communication op (about 40 s on 2 cores); it is cached under ``TORCH_EXTENSIONS_DIR`` (torch's default:
-``~/.cache/torch_extensions``), after which set-up takes well under a second.
+On CPU with two or more ranks the first ``deepspeed.init_distributed`` in a fresh environment compiles
+DeepSpeed's shared-memory communication op (about 40 s on 2 cores); it is cached under
+``TORCH_EXTENSIONS_DIR`` (torch's default: ``~/.cache/torch_extensions``), after which set-up takes well
+under a second. A single CPU process skips it (``setup_distributed``): a world of one reduces nothing.
 
 Live metrics (docs/observability.md): ``run_steps`` writes TensorBoard event files as it trains, with
 torch.utils.tensorboard, into the stage's output directory::
@@ -78,6 +79,9 @@ TRAINER_STATE_FILE = "trainer_state.pt"
 DEEPSPEED_TAG = "deepspeed"
 DEEPSPEED_CONFIG_FILE = "deepspeed_config.json"
 ZERO_STAGES = (0, 1, 2)
+SHM_COMM_OP = (
+    "deepspeed_shm_comm"  # deepspeed.ops.__compatible_ops__ name of the CPU shared-memory all-reduce
+)
 TENSORBOARD_DIR = "tensorboard"  # inside the stage's output directory, so the artifact carries the curves
 TENSORBOARD_PREFIX_ENV = "SEMCODE_TENSORBOARD_DIR"  # a second place to write them: <prefix>/<tag>/
 TENSORBOARD_SWITCH_ENV = "SEMCODE_TENSORBOARD"  # "0": no event files at all (throughput benchmarks)
@@ -120,6 +124,11 @@ def setup_distributed() -> str:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    elif single_process:
+        # DeepSpeed's CPU backend compiles its shared-memory all-reduce op (about 40 s on 2 cores, once
+        # per environment) even for a world of one, where there is nothing to reduce: mark it
+        # unavailable so its comm backend falls back to gloo without building it.
+        deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
     deepspeed.init_distributed(dist_backend=backend)
     return backend
 
