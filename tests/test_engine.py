@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from semcode import storage
 from semcode.train import engine as ds
 
 TOTAL_STEPS = 8
@@ -335,3 +337,92 @@ def run_two_ranks_script(script: str, *args: str) -> None:
 
 if __name__ == "__main__":  # one rank of test_two_ranks_each_write_their_own_scalars, under torchrun
     loop_run(Path(sys.argv[1]))
+
+
+# ------------------------------------------------------------------ durable checkpoints and SIGTERM
+
+
+def fake_checkpoint(checkpoints_dir: Path, step: int) -> Path:
+    """A complete local checkpoint as save_checkpoint leaves it (its files' contents name the step)."""
+    path = checkpoints_dir / ds.checkpoint_name(step)
+    (path / ds.DEEPSPEED_TAG).mkdir(parents=True)
+    (path / ds.WEIGHTS_FILE).write_text(f"weights {step}")
+    (path / ds.DEEPSPEED_TAG / "optimizer.pt").write_text(f"optimizer {step}")
+    ds.write_latest(checkpoints_dir, path.name)
+    return path
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_durable_checkpoints_move_latest_last_keep_the_newest_and_come_back_on_a_new_disk(
+    where, tmp_path, request
+):
+    if where == "s3":
+        root = request.getfixturevalue("s3_env") + "/checkpoints/run-1/train-encoder"
+    else:
+        root = str(tmp_path / "volume" / "run-1" / "train-encoder")
+    pod = tmp_path / "pod-1"
+    durable = ds.DurableCheckpoints(root, pod / "checkpoints", (pod / "best",), keep=2)
+    assert durable.restore() is None  # a first start: nothing there yet
+    for step in (2, 4, 6):
+        (pod / "best").mkdir(parents=True, exist_ok=True)
+        (pod / "best" / "best.json").write_text(json.dumps({"step": step}))
+        assert durable.push(fake_checkpoint(pod / "checkpoints", step)) == storage.join(
+            root, f"step-00000{step}"
+        )
+    assert durable.uploads() == ["step-000004", "step-000006"]  # keep=2
+    assert storage.read_text(storage.join(root, ds.LATEST_FILE)).strip() == "step-000006"
+
+    # An upload killed half-way leaves files of step 8 but `latest` on step 6: never used.
+    storage.write_text(storage.join(root, "step-000008", ds.DURABLE_CHECKPOINT_DIR, ds.WEIGHTS_FILE), "half")
+    new_pod = tmp_path / "pod-2"  # the retry: another node, an empty disk
+    restored = ds.DurableCheckpoints(root, new_pod / "checkpoints", (new_pod / "best",), keep=2)
+    assert restored.restore() == "step-000006"
+    checkpoint = ds.latest_checkpoint(new_pod / "checkpoints")
+    assert checkpoint == new_pod / "checkpoints" / "step-000006"
+    assert (checkpoint / ds.WEIGHTS_FILE).read_text() == "weights 6"
+    assert (checkpoint / ds.DEEPSPEED_TAG / "optimizer.pt").read_text() == "optimizer 6"
+    assert json.loads((new_pod / "best" / "best.json").read_text()) == {"step": 6}  # the best as of step 6
+    # Pushing step 8 for real replaces what the killed upload left.
+    restored.push(fake_checkpoint(new_pod / "checkpoints", 8))
+    assert (
+        storage.read_text(storage.join(root, "step-000008", ds.DURABLE_CHECKPOINT_DIR, ds.WEIGHTS_FILE))
+        == "weights 8"
+    )
+
+    # A pointer naming a place outside its root is refused, naming it.
+    storage.write_text(storage.join(root, ds.LATEST_FILE), "../../elsewhere\n")
+    with pytest.raises(ValueError, match="elsewhere"):
+        ds.DurableCheckpoints(root, tmp_path / "pod-3" / "checkpoints").restore()
+
+
+def test_durable_location_is_one_place_per_run_and_task(monkeypatch, tmp_path):
+    import semcode
+
+    monkeypatch.delenv(semcode.RUN_CHECKPOINTS_ENV, raising=False)
+    assert ds.durable_location("s3://b/checkpoints", "run-1", "train-encoder") == (
+        "s3://b/checkpoints/run-1/train-encoder"
+    )
+    assert ds.durable_location("", "run-1", "train-encoder") == ""  # no root: no durable copy
+    monkeypatch.setenv(semcode.RUN_CHECKPOINTS_ENV, str(tmp_path / "runs" / "r1" / "checkpoints"))
+    assert ds.durable_location("", "kfp-job-7", "train-encoder") == str(  # semcode run: its run's folder
+        tmp_path / "runs" / "r1" / "checkpoints" / "train-encoder"
+    )
+    for run_id, task in (("a/b", "train-encoder"), ("run-1", ".."), ("", "train-encoder")):
+        with pytest.raises(ValueError):
+            ds.durable_location("s3://b/checkpoints", run_id, task)
+
+
+def test_sigterm_becomes_a_stop_flag_and_the_old_handler_comes_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with ds.StopRequest() as stop:
+        assert not stop.agreed("cpu")
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread: the process lives on
+        assert stop.received and stop.agreed("cpu")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_checkpoint_root_that_cannot_be_written_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(storage.StorageError, match=f"checkpoint_root {blocker}/ckpt is not writable"):
+        ds.check_checkpoints_dir(tmp_path / "out" / "checkpoints", False, str(blocker / "ckpt"))

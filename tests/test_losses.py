@@ -423,3 +423,29 @@ def test_teacher_false_negatives_are_hidden_from_the_contrastive_term() -> None:
     assert masked.contrastive.item() == pytest.approx(expected.item(), rel=1e-5)
     plain = ContrastiveLoss(temperature=0.1, symmetric=False)(query, code)
     assert plain.contrastive.item() != pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_held_out_loss_is_the_contrastive_term_batch_by_batch():
+    from semcode.losses import ContrastiveLoss, held_out_contrastive_loss
+
+    torch.manual_seed(0)
+    queries = F.normalize(torch.randn(10, 8), dim=1)
+    codes = F.normalize(queries + 0.3 * torch.randn(10, 8), dim=1)
+    plain = ContrastiveLoss(temperature=0.1, gather_across_ranks=False)
+    # One batch: exactly the training term on those rows.
+    assert held_out_contrastive_loss(queries, codes, 0.1, batch_size=10) == pytest.approx(
+        float(plain(queries, codes).contrastive)
+    )
+    # Batches of 4, 4, 2 rows: their terms averaged by rows; a last batch of one row is left out.
+    parts = [float(plain(queries[s : s + 4], codes[s : s + 4]).contrastive) for s in (0, 4, 8)]
+    assert held_out_contrastive_loss(queries, codes, 0.1, batch_size=4) == pytest.approx(
+        (4 * parts[0] + 4 * parts[1] + 2 * parts[2]) / 10
+    )
+    assert held_out_contrastive_loss(queries[:9], codes[:9], 0.1, batch_size=4) == pytest.approx(
+        (4 * parts[0] + 4 * parts[1]) / 8
+    )
+    # Better-aligned pairs score lower; fewer than two rows have nothing to contrast.
+    assert held_out_contrastive_loss(queries, queries, 0.1, 10) < held_out_contrastive_loss(
+        queries, codes, 0.1, 10
+    )
+    assert math.isnan(held_out_contrastive_loss(queries[:1], codes[:1], 0.1, 10))

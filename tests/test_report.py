@@ -98,3 +98,43 @@ def test_a_long_curve_is_thinned_but_keeps_its_last_point() -> None:
     chart = line_chart_svg("loss", points)
     drawn = chart.split('points="')[1].split('"')[0].split()
     assert len(drawn) <= 401 and "last 0.0002" in chart
+
+
+def test_model_card_says_how_to_use_it_how_it_was_trained_and_whose_code_it_holds() -> None:
+    bundle = {
+        **BUNDLE,
+        "max_length": 128,
+        "query_prefix": "",
+        "default_files": {"query": "encoder.int8.onnx", "code": "encoder.int8.onnx"},
+        "source": {
+            "stage_configs": {
+                "TrainEncoderConfig": {"init_from": "minilm", "lr": 5e-05, "batch_size": 32, "unlisted": 1},
+                "TrainDecoderConfig": {"size": "tiny", "max_steps": 1500},
+            }
+        },
+    }
+    card = model_card(bundle, METRICS)
+    hyperparameters = card.split("## Hyperparameters")[1].split("## ")[0]
+    assert (
+        "| encoder | lr | 5e-05 |" in hyperparameters and "| decoder | max_steps | 1500 |" in hyperparameters
+    )
+    assert "| encoder | init_from | minilm |" in hyperparameters and "unlisted" not in hyperparameters
+    usage = card.split("## Usage")[1].split("## Intended use")[0]
+    assert "semcode search ./bundle" in usage and 'SentenceTransformer("./bundle/encoder")' in usage
+    assert 'ort.InferenceSession("./bundle/encoder.int8.onnx")' in usage and "enable_truncation(128)" in usage
+    assert "licences apply" in card.split("## Data and licences")[1]
+    # Without recorded configs there is no empty table.
+    assert "## Hyperparameters" not in model_card(BUNDLE, METRICS)
+
+
+def test_report_has_a_per_rank_table_of_each_training_stage() -> None:
+    ranks = [
+        {"rank": 0, "steps": 12, "items_per_second": 1510.25, "mean_loss": 0.5, "data_wait_share": 0.031, "peak_rss_mib": 2048.4},
+        {"rank": 1, "steps": 12, "items_per_second": 1402.0, "mean_loss": 0.52, "data_wait_share": 0.05, "peak_rss_mib": 2001.0},
+    ]  # fmt: skip
+    metrics = {**METRICS, "train_encoder": {"ranks": ranks, "items_per_second_spread": 1.077}}
+    page = report_html(BUNDLE, metrics)
+    table = page.split("<h2>Workers: train_encoder</h2>")[1].split("<h2>")[0]
+    assert "items/s max/min 1.077" in table
+    assert "<td>1,510.2</td>" in table and "<td>3.1%</td>" in table and "<td>2,048</td>" in table
+    assert "Workers: train_decoder" not in page  # no ranks recorded: no empty section

@@ -32,3 +32,58 @@ import logging
 # faiss's loader logs each instruction-set build it cannot find (avx512_spr, avx512, ...) at INFO with
 # its exception; under kfp.local's INFO root logger those three lines reached every stage's console.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+# A task of `semcode run` dies with it. kfp.local starts each task as a child process; a `semcode run`
+# killed with SIGKILL cannot stop them, and they used to run on (65 s in one test) and hold the machine.
+# `semcode run` names itself in RUN_PID_ENV; a KFP task process (python -m kfp.dsl.executor_main) then
+# leads a process group of its own (its workers join it) and a daemon thread ends that group once the run
+# process is gone or the task was re-parented away from it. Ctrl-C reaches `semcode run`, which exits, so
+# the tasks follow within a second too.
+RUN_PID_ENV = "SEMCODE_RUN_PID"
+# `semcode run` also names its run's folder for durable checkpoints: <run-dir>/checkpoints/<task>
+# (semcode.train.engine.durable_location), which `semcode run --resume` continues from.
+RUN_CHECKPOINTS_ENV = "SEMCODE_RUN_CHECKPOINTS"
+RUN_WATCH_SECONDS = 0.5
+
+
+def _end_with_the_run() -> None:
+    import os
+    import sys
+
+    run_pid = os.environ.get(RUN_PID_ENV, "")
+    is_task = sys.argv[:1] and sys.argv[0].replace("\\", "/").endswith("kfp/dsl/executor_main.py")
+    if not (run_pid.isdigit() and is_task and int(run_pid) != os.getpid()):
+        return
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+    os.setpgid(0, 0)  # this task and what it starts: one group to end together
+
+    def watch() -> None:
+        while True:
+            time.sleep(RUN_WATCH_SECONDS)
+            if not _alive(int(run_pid)) or os.getppid() != parent:
+                print(f"[run] semcode run (pid {run_pid}) is gone: ending this task", file=sys.stderr)
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="semcode-run-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: not gone, not another user's (a reused pid), not a zombie awaiting its reaper."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # Linux: "pid (name) state ..."
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc (macOS): the signal test above is all there is
+        return True
+
+
+_end_with_the_run()

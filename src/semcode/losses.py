@@ -306,6 +306,31 @@ class ContrastiveLoss(nn.Module):
 # The encoder and the loss as DeepSpeed trains them (train_encoder)
 
 
+def held_out_contrastive_loss(
+    query_emb: Tensor, code_emb: Tensor, temperature: float, batch_size: int, symmetric: bool = True
+) -> float:
+    """Training's contrastive term on held-out pairs, query_emb and code_emb [N, D] (row i a pair): InfoNCE
+    at ``temperature`` over consecutive batches of ``batch_size`` rows (a last batch of one row has no
+    negative and is left out), averaged by rows. No teacher, no hard negatives, this process only: a
+    validation loss comparable from step to step, not the training total."""
+    loss = ContrastiveLoss(
+        temperature=temperature,
+        min_temperature=min(temperature, 0.01),
+        max_temperature=max(temperature, 1.0),
+        symmetric=symmetric,
+        gather_across_ranks=False,
+    )
+    weighted, rows = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(query_emb), batch_size):
+            queries, codes = query_emb[start : start + batch_size], code_emb[start : start + batch_size]
+            if len(queries) < 2:
+                continue
+            weighted += float(loss(queries, codes).contrastive) * len(queries)
+            rows += len(queries)
+    return weighted / rows if rows else float("nan")
+
+
 class EncoderWithLoss(nn.Module):
     """What DeepSpeed trains: the encoder and the loss (whose temperature may be a parameter)."""
 

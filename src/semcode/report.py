@@ -109,6 +109,91 @@ def gap_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
+DATA_LICENCE_NOTE = (
+    "This model was trained on, and its index holds verbatim, the code of the sources listed under "
+    "Training data (for python:site-packages and python:stdlib: the packages installed where it was "
+    "trained). That code's own licences apply to it, in the index and in what the decoder reproduces; "
+    "check them before you redistribute the bundle or use its results."
+)
+# The stage settings the model card lists (bundle.json source.stage_configs), in this order.
+HYPERPARAMETERS = {
+    "TrainEncoderConfig": (
+        "init_from", "size", "towers", "max_length", "inference_max_length", "epochs", "max_steps",
+        "time_budget_minutes", "batch_size", "grad_accum", "lr", "warmup_ratio", "temperature",
+        "learnable_temperature", "distill_weight", "hard_negative_weight", "teacher_filter_top_k",
+        "teacher_false_negatives", "docstring_share", "zero_stage", "seed",
+    ),
+    "TrainDecoderConfig": ("size", "max_length", "max_steps", "time_budget_minutes", "batch_size", "lr", "seed"),
+}  # fmt: skip
+
+
+RANK_HEADER = ["rank", "steps", "items/s", "mean loss", "data wait", "peak RSS (MiB)"]
+
+
+def rank_rows(ranks: list[dict]) -> list[list[str]]:
+    """The training stage's per-rank table (metrics.json ``ranks``, semcode.train.engine.rank_table)."""
+    return [
+        [
+            str(entry.get("rank")),
+            f"{entry.get('steps', 0):,}",
+            f"{entry.get('items_per_second', 0):,.1f}",
+            _number(entry.get("mean_loss")),
+            f"{entry.get('data_wait_share', 0):.1%}",
+            f"{entry.get('peak_rss_mib', 0):,.0f}",
+        ]
+        for entry in ranks
+    ]
+
+
+def hyperparameter_rows(bundle: dict) -> list[list[str]]:
+    """[stage, setting, value] of the training stages' resolved configs, as bundle.json recorded them."""
+    configs = (bundle.get("source") or {}).get("stage_configs") or {}
+    rows = []
+    for config_class, names in HYPERPARAMETERS.items():
+        config = configs.get(config_class) or {}
+        stage = (
+            config_class.removesuffix("Config")
+            .replace("TrainEncoder", "encoder")
+            .replace("TrainDecoder", "decoder")
+        )
+        rows += [[stage, name, str(config[name])] for name in names if name in config]
+    return rows
+
+
+def usage_text(bundle: dict) -> str:
+    """How to query this bundle: semcode, sentence-transformers on encoder/, ONNX Runtime on its files."""
+    files = bundle.get("default_files") or {}
+    query_file = files.get("query", "encoder.int8.onnx")
+    return "\n".join(
+        [
+            "```bash",
+            'semcode search ./bundle "read a file line by line" -k 5     # hybrid or dense, per bundle.json',
+            'semcode serve ./bundle --port 8080                          # POST /search {"query": ..., "k": 5}',
+            "```",
+            "",
+            "```python",
+            "from sentence_transformers import SentenceTransformer       # the encoder in fp32, torch",
+            'model = SentenceTransformer("./bundle/encoder")',
+            f'query = model.encode([{bundle.get("query_prefix", "")!r} + "read a file line by line"], normalize_embeddings=True)',
+            "```",
+            "",
+            "```python",
+            "import numpy as np, onnxruntime as ort                      # the shipped ONNX file, no torch",
+            "from tokenizers import Tokenizer",
+            'tokenizer = Tokenizer.from_file("./bundle/tokenizer.json")',
+            f"tokenizer.enable_truncation({bundle.get('max_length')})",
+            f'session = ort.InferenceSession("./bundle/{query_file}")',
+            f'encoding = tokenizer.encode({bundle.get("query_prefix", "")!r} + "read a file line by line")',
+            'feeds = {"input_ids": np.array([encoding.ids]), "attention_mask": np.array([encoding.attention_mask])}',
+            'vector = session.run(["embedding"], feeds)[0]             # [1, dim], unit length: cosine = dot',
+            "```",
+            "",
+            "The int8 file quantises each call's activations with one scale: run it one text per call, as "
+            "semcode does, for the vectors the index was built with.",
+        ]
+    )
+
+
 def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
     """The tables both documents show, as (label, value) pairs per section."""
     encoder_config = (bundle.get("source") or {}).get("encoder_config") or {}
@@ -321,8 +406,13 @@ def model_card(bundle: dict, metrics: dict) -> str:
                     "",
                     _md_table(GAP_HEADER, gaps),
                 ]
+    hyperparameters = hyperparameter_rows(bundle)
+    if hyperparameters:
+        parts += ["", "## Hyperparameters", "", _md_table(["stage", "setting", "value"], hyperparameters)]
+    parts += ["", "## Usage", "", usage_text(bundle)]
     parts += ["", "## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
     parts += [f"- {item}" for item in LIMITATIONS]
+    parts += ["", "## Data and licences", "", DATA_LICENCE_NOTE]
     parts += [
         "",
         "## Files",
@@ -467,6 +557,27 @@ th { background: #f3f3f3; }
 """
 
 
+def curves_html(title: str, history: dict, metrics: dict | None = None) -> str:
+    """One training stage's curves as a self-contained page (the training components' KFP HTML
+    artifact, which the KFP UI shows in its visualisation tab): every curve of ``history`` and, from
+    ``metrics`` (the stage's metrics.json), the per-rank table."""
+    charts = training_curves(history)
+    body = [f"<h1>{_e(title)}</h1>", '<div class="curves">' + "".join(charts) + "</div>" if charts else ""]
+    ranks = rank_rows((metrics or {}).get("ranks") or [])
+    if ranks:
+        spread = (metrics or {}).get("items_per_second_spread")
+        body += [
+            f"<h2>Workers</h2><p>items/s max/min {_e(_number(spread, 3))}</p>",
+            _html_table(RANK_HEADER, ranks),
+        ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
 def report_html(bundle: dict, metrics: dict, histories: dict[str, dict] | None = None) -> str:
     """report.html of a bundle: self-contained, every input text escaped. ``histories``: {stage: its
     history.json} of the training stages, drawn as curves (inline SVG)."""
@@ -509,6 +620,15 @@ def report_html(bundle: dict, metrics: dict, histories: dict[str, dict] | None =
         charts = training_curves(history)
         if charts:
             body += [f"<h2>Training: {_e(stage)}</h2>", '<div class="curves">' + "".join(charts) + "</div>"]
+    for stage in ("train_encoder", "train_decoder"):
+        ranks = rank_rows((metrics.get(stage) or {}).get("ranks") or [])
+        if ranks:
+            spread = (metrics.get(stage) or {}).get("items_per_second_spread")
+            body += [
+                f"<h2>Workers: {_e(stage)}</h2>",
+                f"<p>Each rank's share of the training; items/s max/min {_e(_number(spread, 3))}.</p>",
+                _html_table(RANK_HEADER, ranks),
+            ]
     parity = (bundle.get("metrics") or {}).get("int8_parity") or {}
     for section, facts in _facts(bundle, metrics).items():
         body.append(f"<h2>{_e(section)}</h2>")

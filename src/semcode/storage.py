@@ -48,6 +48,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MULTIPART_MB = 64
 MIN_MULTIPART_MB = 5  # S3 refuses parts smaller than 5 MiB (except the last one)
 MAX_SINGLE_COPY_BYTES = 5 * 1024**3  # CopyObject copies up to 5 GiB in one request
+S3_DELETE_BATCH = 1000  # DeleteObjects removes at most this many keys per request
 CREDENTIAL_VARIABLES = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if you use one)"
 
 PathOrUri = str | os.PathLike[str]
@@ -468,6 +469,29 @@ def copy_tree(src_prefix: PathOrUri, dst_prefix: PathOrUri) -> list[str]:
     for name, destination in zip(names, destinations, strict=True):
         copy(join(src_prefix, name), destination)
     return destinations
+
+
+def remove_tree(prefix: PathOrUri) -> int:
+    """Delete every file under a local folder or an S3 prefix (the folder too, locally); returns how
+    many files went. Nothing there is not an error: deleting is idempotent."""
+    prefix = os.fspath(prefix)
+    if not is_s3(prefix):
+        root = Path(prefix)
+        if not root.exists():
+            return 0
+        count = sum(1 for path in root.rglob("*") if path.is_file())
+        shutil.rmtree(root)
+        return count
+    bucket, key = split_s3(prefix)
+    folder = key.rstrip("/") + "/" if key.rstrip("/") else ""
+    keys = [folder + name for name in _relative_files(prefix, recursive=True)]
+    settings = s3_settings()
+    client = s3_client(settings)
+    with _s3_errors(prefix, settings):
+        for start in range(0, len(keys), S3_DELETE_BATCH):
+            batch = [{"Key": name} for name in keys[start : start + S3_DELETE_BATCH]]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    return len(keys)
 
 
 # Disk space: errors that name the path that ran out, outputs that are complete or absent

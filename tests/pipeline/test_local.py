@@ -177,3 +177,68 @@ def test_tensorboard_serves_the_event_files_under_the_run_dir(tmp_path):
         assert "train/loss" in tags, (tmp_path / "tensorboard.log").read_text()[-2000:]
         assert "artifacts/train-encoder/encoder/tensorboard" in json.loads(tags)
     assert process.poll() is not None  # stopped when the block (the run) ends
+
+
+def processes_of_run(run_pid: int) -> list[int]:
+    """Live processes started by `semcode run` with pid ``run_pid`` (its tasks carry SEMCODE_RUN_PID)."""
+    import semcode
+
+    marker = f"{semcode.RUN_PID_ENV}={run_pid}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                state = (environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_run_takes_its_tasks_with_it_and_resume_finishes_it(tmp_path):
+    """kill -9 of `semcode run` while the encoder trains: its tasks end within seconds; `--resume` reuses
+    the finished tasks and continues the encoder from its checkpoint in the run's folder."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    semcode_command = str(Path(sys.executable).parent / "semcode")
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as out:
+        first = subprocess.Popen(
+            [semcode_command, "run", "--preset", "tiny", "--runs-dir", str(runs), "--run-id", "r1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 600
+    while not list((runs / "r1" / "checkpoints").glob("*/latest")):
+        assert first.poll() is None and time.monotonic() < deadline, first_log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert processes_of_run(first.pid)  # the training task, at least
+    first.kill()
+    first.wait()
+    deadline = time.monotonic() + 15
+    while processes_of_run(first.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of_run(first.pid) == [], "tasks outlived the run they belong to"
+    assert not (runs / "r1" / "summary.json").exists()
+
+    # The same run id cannot start afresh; --resume continues it with its own settings.
+    assert local_run.main(["--runs-dir", str(runs), "--run-id", "r1"]) == 2
+    resumed = subprocess.run(
+        [semcode_command, "run", "--runs-dir", str(runs), "--resume", "r1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert "resuming preset tiny" in output and "restored step-" in output
+    summary = read_summary(runs, "r1")
+    assert summary["passed"] and summary["published"]
+    jobs = sorted((runs / "r1" / "artifacts").iterdir())
+    assert len(jobs) == 2 and (jobs[0] / "ingest").is_dir() and not (jobs[1] / "ingest").exists()
+    assert not (runs / "r1" / "checkpoints").exists()  # done: nothing left to resume
+    assert local_run.main(["--runs-dir", str(runs), "--resume", "r1"]) == 2  # finished: nothing to resume

@@ -304,3 +304,34 @@ def test_a_missing_default_package_is_compiled(monkeypatch, tmp_path):
         assert package.spec["pipelineInfo"]["name"] == "semcode-train"
         assert "train_encoder_max_steps" in package.parameters
     assert not (tmp_path / "train_pipeline.yaml").exists()  # the repository is left alone
+
+
+def test_resume_continues_an_earlier_runs_checkpoints_under_its_checkpoint_root(capsys):
+    with FakeKFP(script=never_finishes()) as kfp:
+        root = "s3://models/checkpoints"
+        assert (
+            run_submit(kfp, "--no-wait", "--version-name", "v1", "--param", f"checkpoint_root={root}")
+            == submit.EXIT_OK
+        )
+        (first,) = kfp.calls("POST", "/runs")
+        first_id = created_run_id(kfp)
+        assert run_submit(kfp, "--no-wait", "--version-name", "v2", "--resume", first_id) == submit.EXIT_OK
+        second = kfp.calls("POST", "/runs")[-1]
+        parameters = second.body["runtime_config"]["parameters"]
+        assert parameters["resume_run_id"] == first_id and parameters["checkpoint_root"] == root
+        assert "resume_run_id" not in first.body["runtime_config"]["parameters"]
+
+        # A run without durable checkpoints cannot be resumed; an unknown run is named.
+        assert run_submit(kfp, "--no-wait", "--version-name", "v3") == submit.EXIT_OK
+        plain_id = list(kfp.runs)[-1]
+        capsys.readouterr()
+        assert (
+            run_submit(kfp, "--no-wait", "--version-name", "v4", "--resume", plain_id)
+            == submit.EXIT_BAD_INPUT
+        )
+        assert f"--resume {plain_id}: that run set no checkpoint_root" in capsys.readouterr().err
+        assert (
+            run_submit(kfp, "--no-wait", "--version-name", "v5", "--resume", "no-such-run")
+            == submit.EXIT_BAD_INPUT
+        )
+        assert "--resume no-such-run: no such run" in capsys.readouterr().err

@@ -9,8 +9,13 @@ second half from a checkpoint and must reproduce it exactly.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +180,8 @@ def test_main_writes_documented_outputs(trained: Path):
 
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["steps"] == metrics["total_steps"] == 36  # 200 pairs // 16 = 12 steps x 3 epochs
+    (only_rank,) = metrics["ranks"]
+    assert only_rank["rank"] == 0 and only_rank["steps"] == 36 and metrics["items_per_second_spread"] == 1.0
     assert metrics["stopped_by"] == "steps"
     assert metrics["pairs_per_second"] > 0 and metrics["train_seconds"] > 0
     assert metrics["final_model"] == "best"
@@ -189,6 +196,8 @@ def test_main_writes_documented_outputs(trained: Path):
     assert {"loss", "contrastive", "hard", "lr"} <= set(history["steps"][0])
     assert any(e["hard"] > 0 for e in history["steps"])  # rows with hard negatives fed the hard term
     assert [e["step"] for e in history["evals"]] == [12, 24, 36]
+    assert all(e["loss"] > 0 for e in history["evals"])  # the contrastive loss on the valid pairs
+    assert history["evals"][-1]["loss"] < history["evals"][0]["loss"]
     assert history["best"]["mrr"] == max(e["mrr"] for e in history["evals"]) == metrics["best_valid_mrr"]
 
 
@@ -438,10 +447,74 @@ def test_two_ranks_with_zero2_resume_identically(data_dirs, tmp_path):
     full = json.loads((tmp_path / "full" / "history.json").read_text())
     resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [e["loss"] for e in resumed["steps"]] == [e["loss"] for e in full["steps"]]
-    assert json.loads((tmp_path / "full" / "metrics.json").read_text())["world_size"] == 2
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    # Per-rank statistics: both ranks took every step, on their own slice of the data.
+    assert [entry["rank"] for entry in metrics["ranks"]] == [0, 1]
+    assert all(entry["steps"] == 12 and entry["items_per_second"] > 0 for entry in metrics["ranks"])
+    assert all(0 <= entry["data_wait_share"] < 1 and entry["mean_loss"] > 0 for entry in metrics["ranks"])
+    assert metrics["items_per_second_spread"] >= 1.0
     last = "checkpoints/step-000012/model.safetensors"
     full_weights, resumed_weights = (
         load_file(tmp_path / "full" / last),
         load_file(tmp_path / "resumed" / last),
     )
     assert all(torch.equal(resumed_weights[name], tensor) for name, tensor in full_weights.items())
+
+
+@pytest.mark.slow
+def test_a_killed_then_preempted_task_resumes_from_s3_to_the_same_weights(
+    trained: Path, data_dirs: tuple[Path, Path], s3_env: str, tmp_path: Path
+):
+    """The run of ``trained`` again with --checkpoint-root on the S3 server, as a pod that dies: kill -9
+    once step 12 is uploaded, a retry on an empty disk resumes from it and is sent SIGTERM after step 24
+    is uploaded (it checkpoints and exits 143), a second retry finishes. The final weights, the shipped
+    (best) weights and every step's loss are those of the uninterrupted run."""
+    from semcode import storage
+
+    pairs_dir, tokenizer_dir = data_dirs
+    root = f"{s3_env}/checkpoints/run-1/train-encoder"
+    latest = storage.join(root, "latest")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "SEMCODE_TENSORBOARD": "0"}
+
+    def start(attempt: int) -> tuple[subprocess.Popen, Path]:
+        out, log = tmp_path / f"attempt-{attempt}", tmp_path / f"attempt-{attempt}.log"
+        command = [sys.executable, "-m", "semcode.stages.train_encoder", "--pairs", str(pairs_dir)]
+        command += ["--tokenizer", str(tokenizer_dir), "--out", str(out), *TRAIN_FLAGS]
+        command += ["--checkpoint-root", root]
+        with open(log, "w") as stderr:
+            return subprocess.Popen(command, env=environment, stderr=stderr), log
+
+    def wait_for_upload(process: subprocess.Popen, name: str) -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if storage.exists(latest) and storage.read_text(latest).strip() == name:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{name} was never uploaded (exit code {process.poll()})")
+
+    first, _ = start(1)
+    wait_for_upload(first, "step-000012")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    second, second_log = start(2)
+    wait_for_upload(second, "step-000024")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 143
+    text = second_log.read_text()
+    assert "restored step-000012" in text and "stopped by SIGTERM after step" in text, text[-2000:]
+    stopped_at = storage.read_text(latest).strip()
+    assert "step-000024" < stopped_at < "step-000036"  # the step under way when SIGTERM came
+
+    third, third_log = start(3)
+    assert third.wait(timeout=240) == 0, third_log.read_text()[-2000:]
+    assert f"restored {stopped_at}" in third_log.read_text()
+    out = tmp_path / "attempt-3"
+    original, resumed = (json.loads((d / "history.json").read_text()) for d in (trained, out))
+    assert [e["loss"] for e in resumed["steps"]] == [e["loss"] for e in original["steps"]]
+    assert [e["mrr"] for e in resumed["evals"]] == [e["mrr"] for e in original["evals"]]
+    for name in ("checkpoints/step-000036/model.safetensors", "encoder/model.safetensors"):
+        original_weights, resumed_weights = load_file(trained / name), load_file(out / name)
+        for key, tensor in original_weights.items():
+            assert torch.equal(resumed_weights[key], tensor), (name, key)

@@ -1,4 +1,5 @@
-"""What every component with a Metrics output does last: write the logged scalars to the artifact's file."""
+"""What every component with a Metrics output does last: write the logged scalars to the artifact's file;
+and what the training components add: their curves as an HTML artifact the KFP UI renders."""
 
 from __future__ import annotations
 
@@ -14,3 +15,16 @@ def save_metrics_file(metrics: Any) -> None:
     """
     with open(metrics.path, "w") as handle:
         json.dump(metrics.metadata, handle, indent=2)
+
+
+def save_curves_page(curves: Any, stage_out: str, title: str, result: dict) -> None:
+    """Write a training stage's curves (``stage_out``/history.json) and per-rank table to the HTML
+    artifact ``curves``: the KFP UI draws Metrics as six final numbers, an HTML artifact as a page."""
+    import os
+
+    from semcode.report import curves_html
+
+    with open(os.path.join(stage_out, "history.json")) as handle:
+        history = json.load(handle)
+    with open(curves.path, "w") as handle:
+        handle.write(curves_html(title, history, result))

@@ -1,7 +1,7 @@
 """Component train_decoder: frozen encoder + pairs + tokenizer -> decoder (stages.train_decoder, GPU)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from semcode.components.images import GPU_IMAGE
 
@@ -14,6 +14,7 @@ def train_decoder(
     tokenizer: Input[Model],
     decoder: Output[Model],
     metrics: Output[Metrics],
+    curves: Output[HTML],
     size: str,
     prefix_tokens: int,
     token_bias: bool,
@@ -39,6 +40,10 @@ def train_decoder(
     runtime: str,
     threads: int,
     time_budget_minutes: float,
+    checkpoint_root: str,
+    resume_run_id: str,
+    run_id: str,
+    task_name: str,
 ):
     """Train a decoder that writes code from the frozen encoder's embeddings; measure it on the test split.
 
@@ -49,6 +54,7 @@ def train_decoder(
         tokenizer: train_tokenizer's output: the decoder's vocabulary.
         decoder: the decoder in decoder/, with metrics.json, history.json, samples.jsonl and config.json.
         metrics: test metrics and training throughput for the KFP UI.
+        curves: the training curves (loss and its parts, lr, grad norm, validation) and the per-rank table.
         size: decoder size (tiny, small, base).
         prefix_tokens: virtual tokens the embedding becomes, ahead of the code.
         token_bias: also map the embedding to a logit bias over the vocabulary (a bag-of-tokens prior).
@@ -74,13 +80,18 @@ def train_decoder(
         runtime: how the frozen encoder embeds: torch, onnx-int8 or onnx-fp32 (onnx: CPU).
         threads: torch CPU threads (0 = every core).
         time_budget_minutes: stop training after this much (0 = none).
+        checkpoint_root: durable checkpoints: an s3:// prefix ('' = none); this task's are under <checkpoint_root>/<run>/<task_name>.
+        resume_run_id: continue from that earlier run's checkpoints instead of this run's ('' = this run).
+        run_id: this pipeline run's id (the pipeline passes dsl.PIPELINE_JOB_ID_PLACEHOLDER).
+        task_name: this task's name in the pipeline (dsl.PIPELINE_TASK_NAME_PLACEHOLDER).
     """
     import os
     import shutil
 
     from semcode import config
-    from semcode.components.scalars import save_metrics_file
+    from semcode.components.scalars import save_curves_page, save_metrics_file
     from semcode.stages import train_decoder as stage
+    from semcode.train.engine import durable_location
 
     stage_config = config.from_dict(
         stage.TrainDecoderConfig,
@@ -110,6 +121,8 @@ def train_decoder(
             "runtime": runtime,
             "threads": threads,
             "time_budget_minutes": time_budget_minutes,
+            # this task's own place, the same on every retry: a retry resumes from it
+            "checkpoint_root": durable_location(checkpoint_root, resume_run_id or run_id, task_name),
         },
         source="train_decoder component",
     )
@@ -117,7 +130,7 @@ def train_decoder(
     result = stage.run(
         stage_config, encoder_dir, pairs.path, tokenizer.path, decoder.path, onnx_dir=onnx.path
     )
-    # Checkpoints let one process resume; a pipeline task starts fresh and never resumes them, and
+    # The local checkpoints let one process resume (the durable ones, under checkpoint_root, let a retry);
     # with optimizer state they are several times the model: they stay out of the artifact.
     shutil.rmtree(os.path.join(decoder.path, "checkpoints"), ignore_errors=True)
 
@@ -143,3 +156,4 @@ def train_decoder(
         if isinstance(result.get(name), int | float):
             metrics.log_metric(name, result[name])
     save_metrics_file(metrics)
+    save_curves_page(curves, decoder.path, "train-decoder", result)

@@ -1,7 +1,7 @@
 """Component train_encoder: pairs + tokenizer -> encoder (semcode.stages.train_encoder, DeepSpeed, GPU)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from semcode.components.images import GPU_IMAGE
 
@@ -12,6 +12,7 @@ def train_encoder(
     tokenizer: Input[Model],
     encoder: Output[Model],
     metrics: Output[Metrics],
+    curves: Output[HTML],
     size: str,
     init_from: str,
     towers: str,
@@ -49,6 +50,10 @@ def train_encoder(
     gpu_node_selector: dict,
     gpu_tolerations: list,
     s3_secret_name: str,
+    checkpoint_root: str,
+    resume_run_id: str,
+    run_id: str,
+    task_name: str,
     init_encoder: Input[Model] = None,
 ):
     """Train the code search encoder (contrastive, DeepSpeed) on the pairs.
@@ -58,6 +63,7 @@ def train_encoder(
         tokenizer: train_tokenizer's output; not used when starting from a checkpoint.
         encoder: the encoder in encoder/, with history.json, metrics.json and config.json beside it.
         metrics: training scalars for the KFP UI.
+        curves: the training curves (loss and its parts, lr, grad norm, validation) and the per-rank table.
         init_encoder: continue from this encoder (an earlier train_encoder output) instead of init_from.
         size: encoder size when training from scratch.
         init_from: start from a checkpoint: a directory, s3://..., or minilm ('' = from scratch).
@@ -99,14 +105,19 @@ def train_encoder(
         gpu_node_selector: node selector of the TrainJob's pods.
         gpu_tolerations: tolerations of the TrainJob's pods.
         s3_secret_name: Secret with the S3 credentials the TrainJob's pods read and write artifacts with.
+        checkpoint_root: durable checkpoints: an s3:// prefix ('' = none); this task's are under <checkpoint_root>/<run>/<task_name>.
+        resume_run_id: continue from that earlier run's checkpoints instead of this run's ('' = this run).
+        run_id: this pipeline run's id (the pipeline passes dsl.PIPELINE_JOB_ID_PLACEHOLDER).
+        task_name: this task's name in the pipeline (dsl.PIPELINE_TASK_NAME_PLACEHOLDER).
     """
     import os
     import shutil
 
     from semcode import config
     from semcode.cluster import trainjob
-    from semcode.components.scalars import save_metrics_file
+    from semcode.components.scalars import save_curves_page, save_metrics_file
     from semcode.stages import train_encoder as stage
+    from semcode.train.engine import durable_location
 
     if init_encoder is not None:  # a later round continues from an earlier round's encoder
         init_from = os.path.join(init_encoder.path, "encoder")
@@ -145,6 +156,8 @@ def train_encoder(
             "max_valid_pairs": max_valid_pairs,
             "time_budget_minutes": time_budget_minutes,
             "num_workers": num_workers,
+            # this task's own place, the same on every retry: a retry resumes from it
+            "checkpoint_root": durable_location(checkpoint_root, resume_run_id or run_id, task_name),
         },
         source="train_encoder component",
     )
@@ -164,7 +177,7 @@ def train_encoder(
     )
     if result is None:  # one node: train in this pod
         result = stage.run(stage_config, pairs.path, tokenizer.path, encoder.path)
-    # Checkpoints let one process resume; a pipeline task starts fresh and never resumes them, and
+    # The local checkpoints let one process resume (the durable ones, under checkpoint_root, let a retry);
     # with optimizer state they are several times the model: they stay out of the artifact.
     for scratch in ("checkpoints", "best"):
         shutil.rmtree(os.path.join(encoder.path, scratch), ignore_errors=True)
@@ -173,3 +186,4 @@ def train_encoder(
         if isinstance(result.get(name), int | float):
             metrics.log_metric(name, result[name])
     save_metrics_file(metrics)
+    save_curves_page(curves, encoder.path, "train-encoder", result)

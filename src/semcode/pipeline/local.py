@@ -40,6 +40,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,7 +62,9 @@ from semcode.stages import evaluate, ingest
 
 TAG = "run"
 REGISTRY_DIR = "registry"  # default registry: <runs-dir>/registry
-CACHE_DIR = ".kfp-cache"  # kfp.local's cache, shared by the runs in one --runs-dir
+CACHE_DIR = ".kfp-cache"  # kfp.local's cache: shared by the --cache runs of a --runs-dir, else one per run
+RUN_FILE = "run.json"  # <run-dir>/run.json: what --resume needs to run the same pipeline again
+CHECKPOINTS_DIR = "checkpoints"  # <run-dir>/checkpoints: the training tasks' durable checkpoints
 SEARCH_EXAMPLE = "read a file line by line"
 # kfp.local warns about settings it cannot apply on one machine (accelerators) and about images
 # without "python" in their name; both are expected here.
@@ -321,25 +324,49 @@ def serve_tensorboard(run_dir: Path, enabled: bool) -> Any:
             log(TAG, f"tensorboard stopped; to view the curves again: {view}")
 
 
-def run_pipeline(arguments: dict[str, Any], artifacts_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+def run_pipeline(arguments: dict[str, Any], run_dir: Path, cache_dir: Path) -> dict[str, Any]:
     """Run the pipeline through kfp.local; returns its outputs (bundle, evaluation, decision artifacts)."""
     from kfp import local
+
+    import semcode
 
     allow_oneof_artifacts()
     # Idle OpenMP threads sleep instead of spinning: on a laptop (or a shared machine) the task's torch
     # threads otherwise burn the cores that ONNX Runtime, the tokenizer workers or anything else need.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(artifacts_dir),
-        enable_caching=cache_dir is not None,
-        cache_root=None if cache_dir is None else str(cache_dir),
-    )
-    with warnings.catch_warnings():
-        for message in EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        task = load_pipeline()(**arguments)
+    for_the_tasks = {
+        semcode.RUN_PID_ENV: str(os.getpid()),  # each task ends itself once this process is gone
+        # The training tasks keep durable checkpoints in the run's folder (not a parameter: a cached
+        # task stays cached across --cache runs); --resume finds them there.
+        semcode.RUN_CHECKPOINTS_ENV: str(run_dir / CHECKPOINTS_DIR),
+    }
+    with environment(for_the_tasks):
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(run_dir / "artifacts"),
+            enable_caching=True,  # a run's own cache is what --resume reuses the finished tasks from
+            cache_root=str(cache_dir),
+        )
+        with warnings.catch_warnings():
+            for message in EXPECTED_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            task = load_pipeline()(**arguments)
     return task.outputs
+
+
+@contextmanager
+def environment(variables: dict[str, str]) -> Any:
+    """Set environment variables for the tasks started inside, and put back what was there before."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run(
@@ -353,38 +380,57 @@ def run(
     languages: list[str] | None = None,
     verbose: bool = False,
     tensorboard: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json).
 
     ``verbose`` shows kfp.local's own output; ``tensorboard`` serves the live curves while it runs.
+    ``resume``: continue the unfinished run ``run_id`` with its own settings (run.json): its finished
+    tasks come from its cache, the training task that was cut off continues from its checkpoint.
     """
     runs_dir = Path(runs_dir)
-    registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
-    configs, arguments = prepare(preset_name, sources, registry, params, languages)
-    pipeline_params.check_arguments(arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}")
-    run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir / run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        run_dir, settings = resumable_run(runs_dir, run_id)
+        preset_name, registry, cache = settings["preset"], settings["registry"], settings["cache"]
+        arguments, gate_name = settings["arguments"], settings["gate_name"]
+    else:
+        registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
+        configs, arguments = prepare(preset_name, sources, registry, params, languages)
+        pipeline_params.check_arguments(
+            arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}"
+        )
+        run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        run_dir = runs_dir / run_id
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise FileExistsError(
+                f"{run_dir} already holds a run; pick another --run-id (or continue it: --resume {run_id})"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        gate_name = configs["gate"].name
+        settings = dict(
+            preset=preset_name, registry=registry, cache=cache, arguments=arguments, gate_name=gate_name
+        )
+        (run_dir / RUN_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     log(
         TAG,
-        f"preset {preset_name} -> {run_dir} (kfp.local, registry {registry}, cache {'on' if cache else 'off'})",
+        f"{'resuming ' if resume else ''}preset {preset_name} -> {run_dir} (kfp.local, registry {registry}, "
+        f"cache {'on' if cache else 'off'})",
     )
 
     started = time.perf_counter()
+    cache_dir = runs_dir.resolve() / CACHE_DIR if cache else run_dir.resolve() / CACHE_DIR
     with serve_tensorboard(run_dir.resolve(), tensorboard), quiet_stdout(verbose) as console:
-        outputs = run_pipeline(
-            arguments, run_dir.resolve() / "artifacts", runs_dir.resolve() / CACHE_DIR if cache else None
-        )
+        outputs = run_pipeline(arguments, run_dir.resolve(), cache_dir)
     seconds = time.perf_counter() - started
+    shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)  # the run is done: nothing to resume
 
     bundle_dir = Path(outputs["bundle"].path)
     metrics = json.loads((Path(outputs["evaluation"].path) / "metrics.json").read_text())
     decision = json.loads((Path(outputs["decision"].path) / "decision.json").read_text())
     bundle_link = run_dir / "bundle"
+    bundle_link.unlink(missing_ok=True)  # a resumed run's bundle replaces the link
     bundle_link.symlink_to(os.path.relpath(bundle_dir, run_dir))
-    name, version = configs["gate"].name, decision["candidate"]["version"]
+    name, version = gate_name, decision["candidate"]["version"]
     latest = bundles.read_latest(registry, name)
     published = bool(decision["passed"] and latest and latest["version"] == version)
 
@@ -406,6 +452,24 @@ def run(
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary, metrics, name)
     return summary
+
+
+def resumable_run(runs_dir: Path, run_id: str | None) -> tuple[Path, dict]:
+    """(run directory, run.json) of the unfinished run ``run_id``; ValueError when it cannot be resumed."""
+    if not run_id:
+        raise ValueError("--resume needs the id of the run to continue: --resume RUN_ID")
+    run_dir = runs_dir / run_id
+    settings_file = run_dir / RUN_FILE
+    if not settings_file.is_file():
+        raise FileNotFoundError(
+            f"--resume {run_id}: {settings_file} not found (not a run of this --runs-dir, or a run started "
+            "before semcode recorded its settings)"
+        )
+    if (run_dir / "summary.json").is_file():
+        raise ValueError(
+            f"--resume {run_id}: that run finished ({run_dir / 'summary.json'}); nothing to resume"
+        )
+    return run_dir, json.loads(settings_file.read_text())
 
 
 def print_summary(summary: dict, metrics: dict, name: str) -> None:
@@ -487,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
     parser.add_argument("--run-id", default=None, help="name of this run's directory (default: a timestamp)")
     parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_ID",
+        help="continue an unfinished run (killed, crashed) with its own settings: its finished tasks are "
+        "reused and a training task goes on from its last checkpoint",
+    )
+    parser.add_argument(
         "--cache",
         action="store_true",
         help="reuse tasks whose inputs are unchanged from earlier --cache runs in --runs-dir "
@@ -504,18 +575,24 @@ def main(argv: list[str] | None = None) -> int:
         "while the run lasts",
     )
     args = parser.parse_args(argv)
+    changed = [flag for flag, value in (("--source", args.source), ("--languages", args.languages),
+               ("--registry", args.registry), ("--param", args.param), ("--run-id", args.run_id),
+               ("--cache", args.cache)) if value]  # fmt: skip
+    if args.resume and (changed or args.preset != "local"):
+        parser.error(f"--resume continues a run with its own settings: leave out {changed or ['--preset']}")
     try:
         summary = run(
             args.preset,
             args.source,
             args.runs_dir,
-            args.run_id,
+            args.resume or args.run_id,
             registry=args.registry,
             cache=args.cache,
             params=args.param,
             languages=cfg.comma_list(args.languages),
             verbose=args.verbose,
             tensorboard=args.tensorboard,
+            resume=bool(args.resume),
         )
     except (*cfg.BAD_INPUT_ERRORS, storage.StorageError) as error:
         return cfg.bad_input("run", error)

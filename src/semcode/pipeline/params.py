@@ -75,6 +75,8 @@ CLUSTER_PARAMETERS = (
     "s3_secret_name",
     "num_nodes",
     "trainjob_runtime",
+    "checkpoint_root",
+    "resume_run_id",
 )
 # A config field's Python type -> the KFP parameter type that carries it.
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", bool: "Boolean", tuple: "List"}

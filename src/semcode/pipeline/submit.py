@@ -85,6 +85,8 @@ MAX_POLL_FAILURES = 5  # consecutive failed polls (network, API restarts) before
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
 GATE_TASK, PUBLISH_TASK = "gate", "publish"  # task names in the compiled spec, as the API reports them
 REGISTRY_PARAMETER = "gate_registry"
+CHECKPOINT_ROOT_PARAMETER = "checkpoint_root"  # durable checkpoints of the training tasks
+RESUME_PARAMETER = "resume_run_id"  # continue that run's training tasks from their durable checkpoints
 
 # The package's parameter types (root.inputDefinitions) -> what a --param value must be.
 PARAMETER_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -151,6 +153,7 @@ class SubmitOptions:
     token: str | None = None
     token_file: str | None = None
     output_json: str | None = None  # the result as JSON: written when the run starts and when it ends
+    resume: str | None = None  # an earlier run's id: continue its training tasks from their checkpoints
 
 
 # --- input: package, parameters, names (no network) ---------------------------------------------------
@@ -482,6 +485,8 @@ def submit(options: SubmitOptions) -> dict:
         # kfp.Client prints links ("Pipeline details: ...") on stdout; stdout is for our result.
         with contextlib.redirect_stdout(sys.stderr):
             client = connect(host, options.token, token_file, options.namespace)
+            if options.resume:
+                arguments = resume_arguments(client, options.resume, arguments)
             pipeline_id, version_id = upload(
                 client, package, options.pipeline_name, version_name, options.namespace, options.cache
             )
@@ -533,6 +538,31 @@ def submit(options: SubmitOptions) -> dict:
             )
         write_result(options.output_json, result)
     return result
+
+
+def resume_arguments(client: Any, run_id: str, arguments: dict) -> dict:
+    """``arguments`` for a run that continues ``run_id``'s training tasks from their durable checkpoints:
+    ``resume_run_id``, and that run's ``checkpoint_root`` unless one is given. The training tasks refuse to
+    resume when the run's shape (preset, batch size, steps, data) differs: give the same preset and params."""
+    root = arguments.get(CHECKPOINT_ROOT_PARAMETER, "")
+    if not root:
+        from kfp_server_api import ApiException
+
+        try:
+            earlier = client.get_run(run_id)
+        except ApiException as error:
+            raise SubmitError(
+                f"--resume {run_id}: no such run on this KFP ({error.status} {error.reason})"
+            ) from None
+        runtime_config = getattr(earlier, "runtime_config", None)
+        root = ((getattr(runtime_config, "parameters", None) or {}).get(CHECKPOINT_ROOT_PARAMETER)) or ""
+        if not root:
+            raise SubmitError(
+                f"--resume {run_id}: that run set no {CHECKPOINT_ROOT_PARAMETER}, so its training tasks kept no "
+                f"durable checkpoints (give --param {CHECKPOINT_ROOT_PARAMETER}=s3://... to the runs to resume)"
+            )
+        log(TAG, f"--resume {run_id}: its {CHECKPOINT_ROOT_PARAMETER} {root}")
+    return {**arguments, CHECKPOINT_ROOT_PARAMETER: root, RESUME_PARAMETER: run_id}
 
 
 def write_result(path: str | None, result: dict) -> None:
@@ -635,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
         "task afresh, which scheduled retraining on changing sources needs",
     )
     parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_ID",
+        help="continue that earlier run's training tasks from their durable checkpoints (its "
+        "checkpoint_root unless --param checkpoint_root=... is given); give the same --preset and --param",
+    )
+    parser.add_argument(
         "--wait",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -703,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         token=args.token,
         token_file=args.token_file,
         output_json=args.output_json,
+        resume=args.resume,
     )
     from kfp_server_api import ApiException
     from urllib3.exceptions import HTTPError

@@ -39,7 +39,10 @@ Cluster settings, all in this module:
   variables: keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (required), AWS_ENDPOINT_URL (MinIO,
   SeaweedFS; leave it out for AWS) and AWS_DEFAULT_REGION (optional). No value is in this file or
   the YAML;
-- every task is retried twice on failure (a lost node, an S3 hiccup), with exponential backoff;
+- every task is retried twice on failure (a lost node, an S3 hiccup), with exponential backoff; with
+  ``checkpoint_root`` the training tasks keep their checkpoints under ``<checkpoint_root>/<run id>/<task>``
+  as they train and a retry continues from the newest one (SIGTERM, the notice before an eviction,
+  writes one and exits non-zero); ``resume_run_id`` makes a new run continue an earlier run's;
 - caching is on by default and switched off per run at submission (``enable_caching=False`` in
   ``create_run_from_pipeline_func`` / ``semcode submit --no-cache``; ``semcode run`` caches only with
   ``--cache``). A cached ingest reuses the sources as they were read before: a run on changed sources
@@ -242,6 +245,8 @@ def train_pipeline(
     s3_secret_name: str = "semcode-s3",
     num_nodes: int = 1,
     trainjob_runtime: str = "torch-distributed",
+    checkpoint_root: str = "",
+    resume_run_id: str = "",
 ) -> Outputs:
     """Train a natural-language-to-code search model and release it when it beats the published one.
 
@@ -355,6 +360,8 @@ def train_pipeline(
         s3_secret_name: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for s3:// paths.
         num_nodes: Nodes for each train_encoder task; above 1 the task submits a Kubeflow Trainer TrainJob (num_nodes x gpu_count GPUs) running the same stage, and waits for it. Needs the Trainer installed and the S3 secret pointing at the pipeline root's store.
         trainjob_runtime: ClusterTrainingRuntime of multi-node TrainJobs: torch-distributed or deepspeed-distributed.
+        checkpoint_root: Durable checkpoints of the training tasks: an s3:// prefix; each task writes <checkpoint_root>/<run id>/<task> as it trains and resumes from it when retried (a preempted pod, a lost node) ('' = checkpoints stay in the pod).
+        resume_run_id: Continue the training tasks of an earlier run of this pipeline from its checkpoints under checkpoint_root (semcode submit --resume RUN_ID; '' = this run's own).
     """
     # 1. ingest: sources -> pairs (train/valid/test) + corpus
     ingest_task = ingest(
@@ -412,6 +419,10 @@ def train_pipeline(
         gpu_node_selector=gpu_node_selector,
         gpu_tolerations=gpu_tolerations,
         s3_secret_name=s3_secret_name,
+        checkpoint_root=checkpoint_root,
+        resume_run_id=resume_run_id,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
     )
 
     def first_training() -> PipelineTask:
@@ -529,6 +540,10 @@ def train_pipeline(
         runtime=train_decoder_runtime,
         threads=train_decoder_threads,
         time_budget_minutes=train_decoder_time_budget_minutes,
+        checkpoint_root=checkpoint_root,
+        resume_run_id=resume_run_id,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
     )
     on_gpu_pool(decoder_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
 

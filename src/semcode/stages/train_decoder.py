@@ -93,6 +93,12 @@ class TrainDecoderConfig:
     checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
     keep_checkpoints: int = field(2, "keep the newest this many checkpoints (0 = all)")
     resume: bool = field(False, "continue from out/checkpoints/latest when it exists")
+    checkpoint_root: str = field(
+        "",
+        "a durable copy of the checkpoints: an s3:// prefix or a folder that outlives this process; each "
+        "checkpoint is uploaded there ('latest' last) and a start that finds one there resumes from it "
+        "('' = out/checkpoints only)",
+    )
     max_train_pairs: int = field(0, "train on a seeded sample of this many functions (0 = all)")
     max_valid_pairs: int = field(200, "evaluate during training on this many valid functions (0 = none)")
     max_eval_pairs: int = field(1000, "test functions for the metrics and the round-trip corpus (0 = all)")
@@ -236,7 +242,11 @@ def train(
     engine = ds.initialize(model, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
 
-    state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
+    durable = None
+    if config.checkpoint_root:
+        durable = ds.DurableCheckpoints(config.checkpoint_root, checkpoints_dir, (), config.keep_checkpoints)
+    resume = ds.restore_durable(durable, config.resume)
+    state = ds.resume_state(checkpoints_dir, engine, resume, run_shape)
     step = state["step"] if state else 0
     log_ = ds.TrainingLog(
         "decoder",
@@ -247,7 +257,7 @@ def train(
         metric="token_accuracy",
         history=state["history"] if state else None,
     )
-    log_.announce_start(state, config.resume, checkpoints_dir)
+    log_.announce_start(state, resume, checkpoints_dir)
     log_.message(
         f"{len(train_set)} train / {len(valid_set)} valid functions | {plan.total_steps} steps x "
         f"{config.batch_size * config.grad_accum * world_size} functions | {plan.epochs} epoch(s) | "
@@ -273,8 +283,19 @@ def train(
 
     schedule = ds.LoopSchedule.from_config(config)
     step, stopped_by = ds.run_steps(
-        engine, plan, log_, schedule, checkpoints_dir, run_shape, step, micro_batches, forward, evaluate
+        engine,
+        plan,
+        log_,
+        schedule,
+        checkpoints_dir,
+        run_shape,
+        step,
+        micro_batches,
+        forward,
+        evaluate,
+        durable=durable,
     )
+    rank_table = log_.rank_table()  # a collective: every rank takes part
     log_.close()
     log_.save(out_dir / "history.json")
 
@@ -286,6 +307,7 @@ def train(
         "steps": step,
         "total_steps": plan.total_steps,
         "steps_this_run": log_.steps_this_run,
+        **rank_table,  # ranks: each rank's steps, items/s, mean loss, data wait; their spread
         "epochs": plan.epochs,
         "stopped_by": stopped_by if step < plan.total_steps else "steps",
         "train_seconds": round(log_.train_seconds, 3),
@@ -400,7 +422,7 @@ def _check_inputs(
 
     load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named
     check_encoder_spec(str(encoder_dir))
-    check_checkpoints_dir(out_dir / "checkpoints", config.resume)
+    check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root)
 
 
 def code_languages(pairs_dir: Path, split: str) -> dict[str, str]:
@@ -622,11 +644,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", default=None, metavar="DIR", help=ONNX_HELP)
     cfg.add_arguments(parser, TrainDecoderConfig)
     args = parser.parse_args(argv)
+    from semcode.train.engine import PREEMPTED_EXIT_CODE, Preempted  # torch: after --help
+
     try:
         config = cfg.from_args(TrainDecoderConfig, args, section="train_decoder")
         run(config, args.encoder, args.pairs, args.tokenizer, args.out, onnx_dir=args.onnx)
     except cfg.BAD_INPUT_ERRORS as error:
         return cfg.bad_input("train-decoder", error)
+    except Preempted as error:  # SIGTERM: checkpointed; non-zero so that a retry continues
+        log(TAG, str(error))
+        return PREEMPTED_EXIT_CODE
     return 0
 
 

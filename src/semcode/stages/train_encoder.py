@@ -116,6 +116,12 @@ class TrainEncoderConfig:
     checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
     keep_checkpoints: int = field(2, "keep the newest this many checkpoints (0 = all)")
     resume: bool = field(False, "continue from out/checkpoints/latest when it exists")
+    checkpoint_root: str = field(
+        "",
+        "a durable copy of the checkpoints: an s3:// prefix or a folder that outlives this process; each "
+        "checkpoint is uploaded there ('latest' last) and a start that finds one there resumes from it "
+        "('' = out/checkpoints only)",
+    )
     zero_stage: int = field(0, "DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs)")
     max_train_pairs: int = field(0, "train on a seeded sample of this many pairs (0 = all)")
     web_query_share: float = field(
@@ -268,18 +274,34 @@ def filter_by_teacher(config: TrainEncoderConfig, model: Any, tokenizer: Any, pa
 
 
 def validation_metrics(
-    model: Any, tokenizer: Any, valid: Any, batch_size: int, device: Any, max_length: int | None = None
+    model: Any,
+    tokenizer: Any,
+    valid: Any,
+    batch_size: int,
+    device: Any,
+    max_length: int | None = None,
+    loss: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Full-corpus retrieval metrics of the valid pairs: each query ranks its code among all valid codes,
-    embedded at ``max_length`` tokens (training passes the saved encoder's; None = the model's own)."""
+    embedded at ``max_length`` tokens (training passes the saved encoder's; None = the model's own).
+    ``loss`` ({temperature, batch_size, symmetric}): also the contrastive loss of training on them
+    (semcode.losses.held_out_contrastive_loss), as "loss"."""
+    import torch
+
     from semcode.evaluation import full_corpus_metrics
+    from semcode.losses import held_out_contrastive_loss
     from semcode.models.encoder import encode_texts
 
     settings = dict(batch_size=batch_size, device=device, max_length=max_length)
     query_emb = encode_texts(model, tokenizer, valid.queries, "query", **settings)
     code_emb = encode_texts(model, tokenizer, valid.codes, "code", **settings)
     metrics = full_corpus_metrics(query_emb, code_emb)
-    return {name: metrics[name] for name in VALID_METRICS}
+    values = {name: metrics[name] for name in VALID_METRICS}
+    if loss is not None:
+        values["loss"] = held_out_contrastive_loss(
+            torch.as_tensor(query_emb), torch.as_tensor(code_emb), **loss
+        )
+    return values
 
 
 def train(
@@ -347,7 +369,13 @@ def train(
             device=engine.device, dtype=torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
         )
 
-    state = ds.resume_state(checkpoints_dir, engine, config.resume, run_shape)
+    durable = None
+    if config.checkpoint_root:
+        durable = ds.DurableCheckpoints(
+            config.checkpoint_root, checkpoints_dir, (best_dir,), config.keep_checkpoints
+        )
+    resume = ds.restore_durable(durable, config.resume)
+    state = ds.resume_state(checkpoints_dir, engine, resume, run_shape)
     step = state["step"] if state else 0
     log_ = ds.TrainingLog(
         "encoder",
@@ -358,7 +386,7 @@ def train(
         metric="mrr",
         history=state["history"] if state else None,
     )
-    log_.announce_start(state, config.resume, checkpoints_dir)
+    log_.announce_start(state, resume, checkpoints_dir)
     log_.message(
         f"{len(train_pairs)} train / {len(valid_pairs)} valid pairs | {total_steps} steps x "
         f"{config.batch_size * config.grad_accum * world_size} pairs | {plan.epochs} epoch(s) | "
@@ -369,8 +397,17 @@ def train(
         if len(valid_pairs) == 0:
             return
         eval_started = time.perf_counter()
+        validation_loss = dict(
+            temperature=loss_fn.temperature, batch_size=config.batch_size, symmetric=config.symmetric
+        )
         metrics = validation_metrics(
-            model, tokenizer, valid_pairs, config.eval_batch_size, engine.device, inference_length(config)
+            model,
+            tokenizer,
+            valid_pairs,
+            config.eval_batch_size,
+            engine.device,
+            inference_length(config),
+            loss=validation_loss,
         )
         if log_.evaluate(at_step, metrics, time.perf_counter() - eval_started):
             ds.save_weights(engine, best_dir / ds.WEIGHTS_FILE)
@@ -409,8 +446,19 @@ def train(
 
     schedule = ds.LoopSchedule.from_config(config)
     step, stopped_by = ds.run_steps(
-        engine, plan, log_, schedule, checkpoints_dir, run_shape, step, micro_batches, forward, evaluate
+        engine,
+        plan,
+        log_,
+        schedule,
+        checkpoints_dir,
+        run_shape,
+        step,
+        micro_batches,
+        forward,
+        evaluate,
+        durable=durable,
     )
+    rank_table = log_.rank_table()  # a collective: every rank takes part
     log_.close()
     log_.save(out_dir / "history.json")
 
@@ -428,6 +476,7 @@ def train(
         "steps": step,
         "total_steps": total_steps,
         "steps_this_run": log_.steps_this_run,
+        **rank_table,  # ranks: each rank's steps, items/s, mean loss, data wait; their spread
         "epochs": plan.epochs,
         "stopped_by": stopped_by if step < total_steps else "steps",
         "train_seconds": round(log_.train_seconds, 3),
@@ -511,7 +560,7 @@ def _check_inputs(
         load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named, not after the data is read
     from semcode.train.engine import check_checkpoints_dir
 
-    check_checkpoints_dir(out_dir / "checkpoints", config.resume)
+    check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root)
 
 
 def run(
@@ -653,11 +702,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     cfg.add_arguments(parser, TrainEncoderConfig)
     args = parser.parse_args(argv)
+    from semcode.train.engine import PREEMPTED_EXIT_CODE, Preempted  # torch: after --help
+
     try:
         config = cfg.from_args(TrainEncoderConfig, args, section="train_encoder")
         run(config, args.pairs, args.tokenizer, args.out)
     except cfg.BAD_INPUT_ERRORS as error:
         return cfg.bad_input("train-encoder", error)
+    except Preempted as error:  # SIGTERM: checkpointed; non-zero so that a retry continues
+        log(TAG, str(error))
+        return PREEMPTED_EXIT_CODE
     return 0
 
 

@@ -56,8 +56,10 @@ import os
 import random
 import resource
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -68,11 +70,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from semcode import storage
 from semcode.config import ConfigError
 from semcode.progress import Progress, format_seconds, log
 from semcode.train.safe_load import check_checkpoint
 
 CHECKPOINT_PREFIX = "step-"
+DURABLE_CHECKPOINT_DIR = "checkpoint"  # <checkpoint_root>/step-NNNNNN/checkpoint/: the local step-NNNNNN/
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what Kubernetes reports for a container stopped by its signal
 LATEST_FILE = "latest"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -383,15 +388,20 @@ def save_checkpoint(
     if is_main_process():
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
-        pointer_tmp = root / (LATEST_FILE + ".tmp")
-        pointer_tmp.write_text(final.name + "\n")
-        os.replace(pointer_tmp, root / LATEST_FILE)  # atomic: `latest` always names a complete checkpoint
+        write_latest(root, final.name)
         if keep > 0:
             for old in list_checkpoints(root)[:-keep]:
                 if old != final:
                     shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def write_latest(checkpoints_dir: Path, name: str) -> None:
+    """Point ``latest`` at ``name``, atomically: it always names a complete checkpoint."""
+    pointer_tmp = checkpoints_dir / (LATEST_FILE + ".tmp")
+    pointer_tmp.write_text(name + "\n")
+    os.replace(pointer_tmp, checkpoints_dir / LATEST_FILE)
 
 
 def load_latest_checkpoint(checkpoints_dir: str | Path, engine: Any) -> dict[str, Any] | None:
@@ -414,6 +424,142 @@ def load_latest_checkpoint(checkpoints_dir: str | Path, engine: Any) -> dict[str
     _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
     state["path"] = str(path)
     return state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What survives the pod: durable checkpoints, and SIGTERM
+
+
+class Preempted(RuntimeError):
+    """SIGTERM stopped training once a checkpoint was written (and made durable): the process should exit
+    non-zero (PREEMPTED_EXIT_CODE from the command line) so that a retry continues from the checkpoint."""
+
+
+def durable_location(root: str, run_id: str, task: str) -> str:
+    """``<root>/<run_id>/<task>``: where one task of one pipeline run keeps its checkpoints. Without a
+    root, a task of ``semcode run`` keeps them in its run's folder, ``$SEMCODE_RUN_CHECKPOINTS/<task>``;
+    anything else keeps none ('')."""
+    import semcode
+
+    if not root:
+        run_checkpoints = os.environ.get(semcode.RUN_CHECKPOINTS_ENV, "")
+        return (
+            storage.join(run_checkpoints, storage.check_relative_name(task, "task name"))
+            if run_checkpoints
+            else ""
+        )
+    for value, what in ((run_id, "pipeline run id"), (task, "task name")):
+        if not value or "/" in value:
+            raise ValueError(f"{what} {value!r} must be one non-empty path segment")
+        storage.check_relative_name(value, what)
+    return storage.join(root, run_id, task)
+
+
+@dataclass(frozen=True)
+class DurableCheckpoints:
+    """``root`` (an s3:// prefix, or a folder on a volume that outlives the pod) mirrors ``checkpoints/``.
+
+    Layout under ``root``::
+
+        step-000120/checkpoint/...   the local checkpoints/step-000120/, as save_checkpoint wrote it
+        step-000120/<extra>/...      each folder of ``extras`` (the best weights so far) at that step
+        latest                       the name of the newest complete upload, written last
+
+    ``push`` uploads a complete local checkpoint (botocore retries failed requests, with backoff), and
+    only then moves ``latest``: a task killed mid-upload leaves ``latest`` on the previous complete
+    upload, never on a half one. It then deletes all but the newest ``keep`` uploads (0 keeps all).
+    ``restore`` copies the upload ``latest`` names back into the local folders, for the stage to resume
+    from exactly as from its own checkpoints. Ranks share the local checkpoints folder (one node, or a
+    shared volume): the main process uploads and downloads, the others wait at a barrier.
+    """
+
+    root: str
+    checkpoints_dir: Path
+    extras: tuple[Path, ...] = ()
+    keep: int = 2
+
+    def restore(self) -> str | None:
+        """Download the upload ``latest`` names into the local folders; its name, or None (no upload yet)."""
+        pointer = storage.join(self.root, LATEST_FILE)
+        if not storage.exists(pointer):
+            return None
+        name = storage.check_relative_name(
+            storage.read_text(pointer).strip(), f"the checkpoint {pointer} names"
+        )
+        source = storage.join(self.root, name)
+        local = self.checkpoints_dir / name
+        shutil.rmtree(local, ignore_errors=True)
+        storage.copy_tree(storage.join(source, DURABLE_CHECKPOINT_DIR), local)
+        for folder in self.extras:
+            shutil.rmtree(folder, ignore_errors=True)
+            if storage.list_files(storage.join(source, folder.name)):
+                storage.copy_tree(storage.join(source, folder.name), folder)
+        write_latest(self.checkpoints_dir, name)
+        return name
+
+    def push(self, checkpoint: Path) -> str:
+        """Upload a complete local checkpoint (and the extras), then ``latest``; returns where it went."""
+        target = storage.join(self.root, checkpoint.name)
+        storage.remove_tree(target)  # what a killed earlier upload of this step left
+        storage.copy_tree(checkpoint, storage.join(target, DURABLE_CHECKPOINT_DIR))
+        for folder in self.extras:
+            if folder.is_dir() and any(folder.iterdir()):
+                storage.copy_tree(folder, storage.join(target, folder.name))
+        storage.write_text(storage.join(self.root, LATEST_FILE), checkpoint.name + "\n")
+        if self.keep > 0:
+            for old in self.uploads()[: -self.keep]:
+                storage.remove_tree(storage.join(self.root, old))
+        return target
+
+    def uploads(self) -> list[str]:
+        """The step-NNNNNN names under ``root``, oldest first (complete or not: ``latest`` says which is)."""
+        prefix = self.root.rstrip("/") + "/"  # list_files gives root/name, local or s3://
+        names = {uri[len(prefix) :].split("/")[0] for uri in storage.list_files(self.root)}
+        return sorted(name for name in names if name.startswith(CHECKPOINT_PREFIX))
+
+
+def restore_durable(durable: DurableCheckpoints | None, resume: bool) -> bool:
+    """Before ``resume_state``: bring the newest durable checkpoint into the local folder (the main
+    process; every rank calls). Returns whether to resume: asked for, or a durable checkpoint found."""
+    if durable is None:
+        return resume
+    if is_main_process():
+        name = durable.restore()
+        log("train", f"checkpoint_root {durable.root}: " + (f"restored {name}" if name else "nothing yet"))
+    barrier()
+    return resume or (durable.checkpoints_dir / LATEST_FILE).exists()
+
+
+class StopRequest:
+    """SIGTERM (Kubernetes' notice, a grace period before SIGKILL) as a flag the loop reads between steps.
+
+    Installed only in the main thread (Python delivers signals there); elsewhere it never fires. With
+    several ranks ``agreed`` all-reduces the flag, so every rank stops at the same step even when only
+    one was signalled.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def agreed(self, device: Any) -> bool:
+        if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+            return self.received
+        flag = torch.tensor([float(self.received)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -464,11 +610,14 @@ def plan_steps(
     )
 
 
-def check_checkpoints_dir(checkpoints_dir: str | Path, resume: bool) -> None:
-    """Refuse to start a fresh run over an earlier run's checkpoints (call before any expensive work).
+def check_checkpoints_dir(checkpoints_dir: str | Path, resume: bool, checkpoint_root: str = "") -> None:
+    """Refuse to start a fresh run over an earlier run's checkpoints, or with a ``checkpoint_root`` that
+    cannot be written (call before any expensive work).
 
     Never mix two runs' checkpoints (pruning would then delete the new ones), never delete a run.
     """
+    if checkpoint_root:
+        storage.check_writable(checkpoint_root, "checkpoint_root")
     if not resume and (Path(checkpoints_dir) / LATEST_FILE).exists():
         raise ValueError(
             f"{checkpoints_dir} holds an earlier run's checkpoints; pass --resume to continue it, "
@@ -561,6 +710,7 @@ def run_steps(
     forward: Callable[[Any], StepOutput],
     evaluate: Callable[[int], None],
     tensorboard_dir: Path | None = None,
+    durable: DurableCheckpoints | None = None,
 ) -> LoopResult:
     """The training loop of both stages, from optimizer step ``start_step`` to the plan's end or the budget.
 
@@ -570,8 +720,12 @@ def run_steps(
     for the progress line, e.g. ``{"loss": ...}``, the items the micro-batch trained on, values logged
     as they are, e.g. a learnable temperature). ``evaluate(step)`` runs when due and at the end.
     ``tensorboard_dir`` (default: ``checkpoints_dir``'s parent, the stage's output directory, /
-    tensorboard) receives the live metrics. Returns the last optimizer step and what stopped the run
-    ("steps" or "time_budget").
+    tensorboard) receives the live metrics. ``durable``: each checkpoint is also uploaded there.
+    Returns the last optimizer step and what stopped the run ("steps" or "time_budget").
+
+    SIGTERM (a preempted or evicted pod) ends the run after the optimizer step under way: a checkpoint
+    (made durable), an evaluation only if one was due anyway (so the history matches an uninterrupted
+    run's), then Preempted is raised.
     """
     ranks = world_size()
     step = start_step
@@ -586,72 +740,89 @@ def run_steps(
     sums: dict[str, float] = {}
     items = 0
     data_seconds = 0.0
-    try:
-        while micro_step < plan.total_micro and stopped_by == "steps":
-            epoch, position = divmod(micro_step, plan.micro_per_epoch)
-            batches = micro_batches(epoch, position, plan.total_micro - micro_step)
-            for batch, waited in _timed(batches):
-                data_seconds += waited
-                output = forward(batch)
-                engine.backward(output.loss)
-                for name, value in output.averaged.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / schedule.grad_accum
-                items += output.items
-                as_is = output.as_is
-                boundary = engine.is_gradient_accumulation_boundary()
-                lr = current_lr(engine)  # the LR of this update: the scheduler steps after it
-                # Before the step: gradients are all-reduced by now and not yet clipped.
-                grad_norm = gradient_norm(engine) if boundary and own_grad_norm else None
-                engine.step()
-                micro_step += 1
-                if not boundary:
-                    continue
+    checkpoint = None
+    with StopRequest() as stop_request:
+        try:
+            while micro_step < plan.total_micro and stopped_by == "steps":
+                epoch, position = divmod(micro_step, plan.micro_per_epoch)
+                batches = micro_batches(epoch, position, plan.total_micro - micro_step)
+                for batch, waited in _timed(batches):
+                    data_seconds += waited
+                    output = forward(batch)
+                    engine.backward(output.loss)
+                    for name, value in output.averaged.items():
+                        sums[name] = sums.get(name, 0.0) + float(value.detach()) / schedule.grad_accum
+                    items += output.items
+                    as_is = output.as_is
+                    boundary = engine.is_gradient_accumulation_boundary()
+                    lr = current_lr(engine)  # the LR of this update: the scheduler steps after it
+                    # Before the step: gradients are all-reduced by now and not yet clipped.
+                    grad_norm = gradient_norm(engine) if boundary and own_grad_norm else None
+                    engine.step()
+                    micro_step += 1
+                    if not boundary:
+                        continue
 
-                step += 1
-                if not math.isfinite(sums["loss"]):
-                    raise FloatingPointError(
-                        f"loss is {sums['loss']} at step {step}; try a lower lr or grad_clip"
+                    step += 1
+                    if not math.isfinite(sums["loss"]):
+                        raise FloatingPointError(
+                            f"loss is {sums['loss']} at step {step}; try a lower lr or grad_clip"
+                        )
+                    if grad_norm is None:
+                        norm = engine.get_global_grad_norm()  # None when DeepSpeed computed none
+                        grad_norm = None if norm is None else float(norm)
+                    log_.step(
+                        step,
+                        epoch + 1,
+                        {**sums, **as_is},
+                        lr,
+                        items * ranks,
+                        rank_items=items,
+                        grad_norm=grad_norm,
+                        data_seconds=data_seconds,
                     )
-                if grad_norm is None:
-                    norm = engine.get_global_grad_norm()  # None when DeepSpeed computed none
-                    grad_norm = None if norm is None else float(norm)
-                log_.step(
-                    step,
-                    epoch + 1,
-                    {**sums, **as_is},
-                    lr,
-                    items * ranks,
-                    rank_items=items,
-                    grad_norm=grad_norm,
-                    data_seconds=data_seconds,
-                )
-                sums, items, data_seconds = {}, 0, 0.0
+                    sums, items, data_seconds = {}, 0, 0.0
 
-                last = step == plan.total_steps
-                if not last and time_budget_exceeded(
-                    run_started, schedule.time_budget_minutes, engine.device
-                ):
-                    stopped_by = "time_budget"
-                    log_.message(f"time budget of {schedule.time_budget_minutes} min reached at step {step}")
-                final = last or stopped_by != "steps"
-                if final or is_due(step, schedule.eval_every):
-                    evaluate(step)
-                if final or is_due(step, schedule.checkpoint_every):
-                    train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
-                    path = save_checkpoint(
-                        checkpoints_dir, engine, step, train_state, schedule.keep_checkpoints
-                    )
-                    log_.message(f"checkpoint {path}")
-                    log_.restart_clock()
-                while epochs_done < micro_step // plan.micro_per_epoch:
-                    epochs_done += 1
-                    log_.end_epoch(epochs_done, step, complete=True)
-                if final:
-                    if micro_step % plan.micro_per_epoch:  # max_steps or the budget ended it mid-epoch
-                        log_.end_epoch(epochs_done + 1, step, complete=False)
-                    break
-    finally:
-        log_.flush_live()  # a crash keeps the curves up to it
+                    last = step == plan.total_steps
+                    if not last and stop_request.agreed(engine.device):
+                        stopped_by = "preempted"
+                        log_.message(f"SIGTERM: stopping after step {step} with a checkpoint")
+                    elif not last and time_budget_exceeded(
+                        run_started, schedule.time_budget_minutes, engine.device
+                    ):
+                        stopped_by = "time_budget"
+                        log_.message(
+                            f"time budget of {schedule.time_budget_minutes} min reached at step {step}"
+                        )
+                    final = last or stopped_by != "steps"
+                    if is_due(step, schedule.eval_every) or (final and stopped_by != "preempted"):
+                        evaluate(step)
+                    if final or is_due(step, schedule.checkpoint_every):
+                        train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
+                        checkpoint = save_checkpoint(
+                            checkpoints_dir, engine, step, train_state, schedule.keep_checkpoints
+                        )
+                        if durable is not None:
+                            if is_main_process():
+                                checkpoint = durable.push(checkpoint)
+                            barrier()
+                        log_.message(f"checkpoint {checkpoint}")
+                        log_.restart_clock()
+                    while epochs_done < micro_step // plan.micro_per_epoch:
+                        epochs_done += 1
+                        log_.end_epoch(epochs_done, step, complete=True)
+                    if final:
+                        if micro_step % plan.micro_per_epoch:  # max_steps or the budget ended it mid-epoch
+                            log_.end_epoch(epochs_done + 1, step, complete=False)
+                        break
+        finally:
+            log_.flush_live()  # a crash keeps the curves up to it
+    if stopped_by == "preempted":
+        raise Preempted(
+            f"stopped by SIGTERM after step {step}: checkpoint {checkpoint}; a retry of the task"
+            + (" (or a new run with its --resume)" if durable else " with --resume")
+            + " continues from it"
+        )
     return LoopResult(step, stopped_by)
 
 
@@ -785,6 +956,8 @@ class TrainingLog:
         self.steps_this_run = 0
         self.items_this_run = 0
         self.train_seconds = 0.0
+        # This rank's own share of this run, for rank_table: steps, items, seconds, data wait, loss sum.
+        self.rank_totals = {"steps": 0, "items": 0, "seconds": 0.0, "data_seconds": 0.0, "loss_sum": 0.0}
         self._clock = time.perf_counter()
         self.quiet = not is_main_process()  # one process speaks for all ranks
         plain = not sys.stderr.isatty() if force_plain is None else force_plain
@@ -849,6 +1022,12 @@ class TrainingLog:
         self.items_this_run += items
         self.train_seconds += seconds
         self.loss_name = next(iter(values), self.loss_name)
+        totals = self.rank_totals
+        totals["steps"] += 1
+        totals["items"] += items if rank_items is None else rank_items
+        totals["seconds"] += seconds
+        totals["data_seconds"] += data_seconds
+        totals["loss_sum"] += float(values.get(self.loss_name, 0.0))
         entry = {"step": step, "epoch": epoch, "lr": lr, **{k: float(v) for k, v in values.items()}}
         if grad_norm is not None:
             entry["grad_norm"] = float(grad_norm)
@@ -890,6 +1069,37 @@ class TrainingLog:
             if grad_norm is not None:
                 scalars["train/grad_norm"] = grad_norm
         self.live.add(scalars, step)
+
+    def rank_table(self) -> dict[str, Any]:
+        """Every rank's share of this run, gathered (a collective: every rank calls it): ``{"ranks":
+        [{rank, steps, items_per_second, mean_loss, data_wait_seconds, data_wait_share, peak_rss_mib},
+        ...], "items_per_second_spread": max / min}``; with two or more ranks also one line per rank."""
+        totals = self.rank_totals
+        seconds, steps = totals["seconds"], totals["steps"]
+        mine = {
+            "rank": rank(),
+            "steps": steps,
+            "items_per_second": round(totals["items"] / seconds, 2) if seconds > 0 else 0.0,
+            "mean_loss": round(totals["loss_sum"] / steps, 6) if steps else None,
+            "data_wait_seconds": round(totals["data_seconds"], 3),
+            "data_wait_share": round(totals["data_seconds"] / seconds, 4) if seconds > 0 else 0.0,
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+        }
+        ranks = [mine]
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        rates = [entry["items_per_second"] for entry in ranks]
+        spread = round(max(rates) / min(rates), 3) if min(rates) > 0 else None
+        if len(ranks) > 1:
+            for entry in ranks:
+                self.message(
+                    f"rank {entry['rank']}: {entry['steps']} steps | {entry['items_per_second']:,.1f} "
+                    f"{self.unit}/s | mean loss {_format_value(entry['mean_loss'] or 0.0)} | data wait "
+                    f"{entry['data_wait_share']:.1%} | peak RSS {entry['peak_rss_mib']:,.0f} MiB"
+                )
+            self.message(f"ranks: {len(ranks)} | {self.unit}/s max/min {spread}")
+        return {"ranks": ranks, "items_per_second_spread": spread}
 
     def step_line(self, step: int, epoch: int, values: dict[str, float], lr: float) -> str:
         names = list(values)
