@@ -21,13 +21,18 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 # --no-build-isolation: the build backend comes from the lock too, not from the newest setuptools.
+# --no-compile, then compileall on every core: pip byte-compiles each package on one core (about 95 s
+# of a 170 s set-up on 2 cores), compileall with workers=0 in about 45 s. Files that do not compile
+# (templates some packages ship as .py) are skipped, as pip skips them.
+PIP_INSTALL := $(PY) -m pip install --quiet --no-compile
 $(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet '$(PIP_PIN)'
-	$(PY) -m pip install --quiet '$(TORCH_PIN)'
-	$(PY) -m pip install --quiet -r requirements-test.lock
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PIP_INSTALL) '$(PIP_PIN)'
+	$(PIP_INSTALL) '$(TORCH_PIN)'
+	$(PIP_INSTALL) -r requirements-test.lock
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
+	$(PY) -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
 	$(PY) -c "import torch, deepspeed, faiss, tokenizers, transformers, kfp"
 	touch $(STAMP)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -374,6 +375,7 @@ def test_durable_checkpoints_move_latest_last_keep_the_newest_and_come_back_on_a
 
     # An upload killed half-way leaves files of step 8 but `latest` on step 6: never used.
     storage.write_text(storage.join(root, "step-000008", ds.DURABLE_CHECKPOINT_DIR, ds.WEIGHTS_FILE), "half")
+    shutil.rmtree(pod)  # the pod is gone (a hard-linked local copy outlives it too)
     new_pod = tmp_path / "pod-2"  # the retry: another node, an empty disk
     restored = ds.DurableCheckpoints(root, new_pod / "checkpoints", (new_pod / "best",), keep=2)
     assert restored.restore() == "step-000006"

@@ -67,6 +67,7 @@ def test_a_range_instead_of_a_pin_is_refused(tmp_path: Path) -> None:
 
 def test_the_makefile_installs_from_the_lock() -> None:
     makefile = (REPO / "Makefile").read_text()
-    assert "pip install --quiet -r requirements-test.lock" in makefile
+    assert "PIP_INSTALL := $(PY) -m pip install --quiet --no-compile" in makefile
+    assert "$(PIP_INSTALL) -r requirements-test.lock" in makefile
     assert "--no-deps --no-build-isolation -e ." in makefile  # nothing resolved outside the lock
     assert "$(STAMP): pyproject.toml $(LOCKS)" in makefile  # a moved lock re-runs the set-up

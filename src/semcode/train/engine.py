@@ -501,8 +501,8 @@ class DurableCheckpoints:
         """Upload a complete local checkpoint (and the extras), then ``latest``; returns where it went."""
         target = storage.join(self.root, checkpoint.name)
         storage.remove_tree(target)  # what a killed earlier upload of this step left
-        storage.copy_tree(checkpoint, storage.join(target, DURABLE_CHECKPOINT_DIR))
-        for folder in self.extras:
+        _mirror(checkpoint, storage.join(target, DURABLE_CHECKPOINT_DIR))
+        for folder in self.extras:  # copied: unlike a checkpoint, an extra is rewritten in place
             if folder.is_dir() and any(folder.iterdir()):
                 storage.copy_tree(folder, storage.join(target, folder.name))
         storage.write_text(storage.join(self.root, LATEST_FILE), checkpoint.name + "\n")
@@ -528,6 +528,20 @@ def restore_durable(durable: DurableCheckpoints | None, resume: bool) -> bool:
         log("train", f"checkpoint_root {durable.root}: " + (f"restored {name}" if name else "nothing yet"))
     barrier()
     return resume or (durable.checkpoints_dir / LATEST_FILE).exists()
+
+
+def _mirror(folder: Path, destination: str) -> None:
+    """Copy a complete checkpoint folder to S3 or another folder; on the same local file system, hard
+    links instead: save_checkpoint never writes a complete checkpoint's files again (a new one is a new
+    folder), so a link is as good as a copy, and `semcode run`'s durable copy of a 360 MB checkpoint
+    costs nothing."""
+    if not storage.is_s3(destination):
+        try:
+            shutil.copytree(folder, destination, copy_function=os.link)
+            return
+        except OSError:  # another file system (EXDEV) or no links there: copy
+            shutil.rmtree(destination, ignore_errors=True)
+    storage.copy_tree(folder, destination)
 
 
 class StopRequest:
