@@ -138,3 +138,16 @@ def test_report_has_a_per_rank_table_of_each_training_stage() -> None:
     assert "items/s max/min 1.077" in table
     assert "<td>1,510.2</td>" in table and "<td>3.1%</td>" in table and "<td>2,048</td>" in table
     assert "Workers: train_decoder" not in page  # no ranks recorded: no empty section
+
+
+def test_report_shows_a_handful_of_decoder_samples_best_decoding_docstrings_first() -> None:
+    def sample(source: str, decoding: str, index: int, parses: bool) -> dict:
+        return {"from": source, "decoding": decoding, "query": f"q{index} <b>", "generated": f"def f{index}(): <x>", "parses": parses}  # fmt: skip
+
+    samples = [sample("code", "best_of_8", 1, True), sample("query", "greedy", 2, True)]
+    samples += [sample("query", "best_of_8", i, i % 2 == 0) for i in range(3, 9)]
+    page = report_html(BUNDLE, METRICS, samples=samples)
+    section = page.split("<h2>Decoder samples (best_of_8)</h2>")[1].split("<h2>")[0]
+    assert re.findall(r"<td>(q\d) &lt;b&gt;</td>", section) == ["q3", "q4", "q5", "q6"]  # escaped, 4 shown
+    assert "def f3(): &lt;x&gt;" in section and section.count("does not parse") == 2
+    assert "Decoder samples" not in report_html(BUNDLE, METRICS)

@@ -73,6 +73,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     OUTPUT_NAME,
     PRECISIONS,
     REPORT_FILE,
+    SAMPLES_FILE,
     TOKENIZER_FILE,
     TOWERS,
     onnx_files,
@@ -456,7 +457,11 @@ def assemble_bundle(
         for stage, stage_dir in (("encoder", Path(encoder_dir)), ("decoder", decoder_stage))
         if stage_dir is not None and (stage_dir / HISTORY_FILE).is_file()
     }
-    (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics, histories))
+    samples_file = None if decoder_stage is None else decoder_stage / SAMPLES_FILE
+    samples = []
+    if samples_file is not None and samples_file.is_file():
+        samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+    (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics, histories, samples))
     bundle["files"] = file_checksums(out)
     (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
     validate_bundle(out)

@@ -37,6 +37,7 @@ INDEX_FILE = "index.faiss"
 META_FILE = "index_meta.parquet"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"  # a training stage's per-step values and evaluations, beside its model
+SAMPLES_FILE = "samples.jsonl"  # the decoder stage's generated test samples, beside its history
 MODEL_CARD_FILE = "model_card.md"
 REPORT_FILE = "report.html"
 ENCODER_DIR = "encoder"

@@ -127,6 +127,7 @@ HYPERPARAMETERS = {
 }  # fmt: skip
 
 
+REPORT_SAMPLES = 4  # decoder samples shown in report.html
 RANK_HEADER = ["rank", "steps", "items/s", "mean loss", "data wait", "peak RSS (MiB)"]
 
 
@@ -578,9 +579,31 @@ def curves_html(title: str, history: dict, metrics: dict | None = None) -> str:
     )
 
 
-def report_html(bundle: dict, metrics: dict, histories: dict[str, dict] | None = None) -> str:
+def pick_samples(samples: list[dict], count: int = REPORT_SAMPLES) -> list[dict]:
+    """A handful of the decoder's test samples for the report: the best decoding it made (best-of-N
+    over greedy), from docstrings first (what a user types), then from code, in their saved order."""
+    decodings = sorted({str(s.get("decoding")) for s in samples}, key=lambda d: d == "greedy")
+    chosen = [s for s in samples if str(s.get("decoding")) == (decodings[0] if decodings else None)]
+    chosen.sort(key=lambda s: s.get("from") != "query")  # stable: docstrings first
+    return chosen[:count]
+
+
+def samples_html(samples: list[dict]) -> str:
+    does_not_parse = '<span class="failed">does not parse</span>'
+    rows = "".join(
+        f"<tr><td>{_e(s.get('query'))}</td><td><pre>{_e(s.get('generated'))}</pre></td>"
+        f"<td>{'parses' if s.get('parses') else does_not_parse}</td></tr>"
+        for s in samples
+    )
+    return f"<table><tr><th>docstring</th><th>generated</th><th>parse check</th></tr>{rows}</table>"
+
+
+def report_html(
+    bundle: dict, metrics: dict, histories: dict[str, dict] | None = None, samples: list[dict] | None = None
+) -> str:
     """report.html of a bundle: self-contained, every input text escaped. ``histories``: {stage: its
-    history.json} of the training stages, drawn as curves (inline SVG)."""
+    history.json} of the training stages, drawn as curves (inline SVG); ``samples``: the decoder's
+    samples.jsonl rows, of which a handful are shown with their parse check."""
     primary = (bundle.get("metrics") or {}).get("primary") or {}
     rows = metric_rows(metrics)
     header = ["suite", "protocol", "queries", "candidates", *(SYSTEM_LABELS[s] for s in SYSTEMS)]
@@ -639,6 +662,18 @@ def report_html(bundle: dict, metrics: dict, histories: dict[str, dict] | None =
             if facts
             else "<p>Not recorded.</p>"
         )
+    shown = pick_samples(samples or [])
+    if shown:
+        decoding = shown[0].get("decoding")
+        body += [
+            f"<h2>Decoder samples ({_e(decoding)})</h2>",
+            "<p>Code the decoder wrote from the embedding of a test docstring (or of test code), and "
+            "whether it parses (tree-sitter).</p>",
+            samples_html(shown),
+        ]
+    hyperparameters = hyperparameter_rows(bundle)
+    if hyperparameters:
+        body += ["<h2>Hyperparameters</h2>", _html_table(["stage", "setting", "value"], hyperparameters)]
     body += ["<h2>Intended use</h2>", f"<p>{_e(INTENDED_USE)}</p>", "<h2>Limitations</h2>", "<ul>"]
     body += [f"<li>{_e(item)}</li>" for item in LIMITATIONS]
     body.append("</ul>")

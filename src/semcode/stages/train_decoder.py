@@ -53,7 +53,7 @@ import numpy as np
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.contract import DECODER_SIZE_NAMES, ONNX_HELP, RUNTIME_HELP
+from semcode.contract import DECODER_SIZE_NAMES, ONNX_HELP, RUNTIME_HELP, SAMPLES_FILE
 from semcode.embed import check_runtime
 from semcode.progress import log
 
@@ -586,7 +586,7 @@ def run(
         )
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        with open(out / "samples.jsonl", "w") as handle:
+        with open(out / SAMPLES_FILE, "w") as handle:
             for sample in samples:
                 handle.write(json.dumps(sample) + "\n")
         log(TAG, f"{summary_line(metrics)} -> {decoder_dir}")
