@@ -86,7 +86,8 @@ def tensorboard_during_a_tiny_run(chromium: str, out_dir: Path) -> tuple[Path, i
             raise SystemExit(
                 f"TensorBoard never served two points of {LOSS_TAG} (url {url}, run rc {run.poll()})"
             )
-        shot = screenshot(chromium, url + "#timeseries&tagFilter=train%2Floss", out_dir / "tensorboard.png")
+        # TensorBoard's time-series page groups the cards by tag prefix: rank/, then train/ (the loss).
+        shot = screenshot(chromium, url + "#timeseries", out_dir / "tensorboard.png", height=2600)
         run.wait()  # let the run finish
         return shot, points
     finally:

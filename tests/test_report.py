@@ -151,3 +151,12 @@ def test_report_shows_a_handful_of_decoder_samples_best_decoding_docstrings_firs
     assert re.findall(r"<td>(q\d) &lt;b&gt;</td>", section) == ["q3", "q4", "q5", "q6"]  # escaped, 4 shown
     assert "def f3(): &lt;x&gt;" in section and section.count("does not parse") == 2
     assert "Decoder samples" not in report_html(BUNDLE, METRICS)
+
+
+def test_small_values_keep_their_digits_and_fact_tables_have_no_empty_header() -> None:
+    from semcode.report import _number
+
+    assert _number(5e-05) == "5e-05" and _number(5e-05, 3) == "5e-05"  # a learning rate, not 0.0000
+    assert _number(0.7669) == "0.7669" and _number(-0.0109) == "-0.0109" and _number(0.0) == "0.0000"
+    page = report_html(BUNDLE, METRICS)
+    assert "<thead><tr><th></th><th></th></tr></thead>" not in page

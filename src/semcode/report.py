@@ -44,6 +44,8 @@ def _number(value: Any, digits: int = 4) -> str:
     if isinstance(value, bool) or value is None:
         return "-" if value is None else str(value)
     if isinstance(value, float):
+        if value and abs(value) < 10 ** -(digits - 1):  # a learning rate: 5e-05, not 0.0000
+            return f"{value:.{max(1, digits - 2)}g}"
         return f"{value:.{digits}f}"
     return str(value)
 
@@ -439,9 +441,11 @@ def _e(text: Any) -> str:
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table; a header of empty cells (the label / value fact tables) is left out, not drawn empty."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def mrr_chart_svg(rows: list[dict], bar_width: int = 18, height: int = 200) -> str:
