@@ -118,14 +118,14 @@ DATA_LICENCE_NOTE = (
     "check them before you redistribute the bundle or use its results."
 )
 # The stage settings the model card lists (bundle.json source.stage_configs), in this order.
-HYPERPARAMETERS = {
-    "TrainEncoderConfig": (
+HYPERPARAMETERS = {  # config class -> (the stage's name in the table, its settings)
+    "TrainEncoderConfig": ("encoder", (
         "init_from", "size", "towers", "max_length", "inference_max_length", "epochs", "max_steps",
         "time_budget_minutes", "batch_size", "grad_accum", "lr", "warmup_ratio", "temperature",
         "learnable_temperature", "distill_weight", "hard_negative_weight", "teacher_filter_top_k",
         "teacher_false_negatives", "docstring_share", "zero_stage", "seed",
-    ),
-    "TrainDecoderConfig": ("size", "max_length", "max_steps", "time_budget_minutes", "batch_size", "lr", "seed"),
+    )),
+    "TrainDecoderConfig": ("decoder", ("size", "max_length", "max_steps", "time_budget_minutes", "batch_size", "lr", "seed")),
 }  # fmt: skip
 
 
@@ -152,13 +152,8 @@ def hyperparameter_rows(bundle: dict) -> list[list[str]]:
     """[stage, setting, value] of the training stages' resolved configs, as bundle.json recorded them."""
     configs = (bundle.get("source") or {}).get("stage_configs") or {}
     rows = []
-    for config_class, names in HYPERPARAMETERS.items():
+    for config_class, (stage, names) in HYPERPARAMETERS.items():
         config = configs.get(config_class) or {}
-        stage = (
-            config_class.removesuffix("Config")
-            .replace("TrainEncoder", "encoder")
-            .replace("TrainDecoder", "decoder")
-        )
         rows += [[stage, name, str(config[name])] for name in names if name in config]
     return rows
 

@@ -242,10 +242,7 @@ def train(
     engine = ds.initialize(model, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
 
-    durable = None
-    if config.checkpoint_root:
-        durable = ds.DurableCheckpoints(config.checkpoint_root, checkpoints_dir, (), config.keep_checkpoints)
-    resume = ds.restore_durable(durable, config.resume)
+    durable, resume = ds.restore_durable(config, checkpoints_dir)
     state = ds.resume_state(checkpoints_dir, engine, resume, run_shape)
     step = state["step"] if state else 0
     log_ = ds.TrainingLog(

@@ -369,12 +369,7 @@ def train(
             device=engine.device, dtype=torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
         )
 
-    durable = None
-    if config.checkpoint_root:
-        durable = ds.DurableCheckpoints(
-            config.checkpoint_root, checkpoints_dir, (best_dir,), config.keep_checkpoints
-        )
-    resume = ds.restore_durable(durable, config.resume)
+    durable, resume = ds.restore_durable(config, checkpoints_dir, (best_dir,))
     state = ds.resume_state(checkpoints_dir, engine, resume, run_shape)
     step = state["step"] if state else 0
     log_ = ds.TrainingLog(

@@ -518,16 +518,21 @@ class DurableCheckpoints:
         return sorted(name for name in names if name.startswith(CHECKPOINT_PREFIX))
 
 
-def restore_durable(durable: DurableCheckpoints | None, resume: bool) -> bool:
-    """Before ``resume_state``: bring the newest durable checkpoint into the local folder (the main
-    process; every rank calls). Returns whether to resume: asked for, or a durable checkpoint found."""
-    if durable is None:
-        return resume
+def restore_durable(
+    config: Any, checkpoints_dir: Path, extras: tuple[Path, ...] = ()
+) -> tuple[DurableCheckpoints | None, bool]:
+    """Before ``resume_state``, for a training stage config (``checkpoint_root``, ``keep_checkpoints``,
+    ``resume``): the stage's DurableCheckpoints (None without a root), with the newest durable checkpoint
+    brought into the local folder (by the main process; every rank calls), and whether to resume: asked
+    for, or a durable checkpoint found."""
+    if not config.checkpoint_root:
+        return None, config.resume
+    durable = DurableCheckpoints(config.checkpoint_root, checkpoints_dir, extras, config.keep_checkpoints)
     if is_main_process():
         name = durable.restore()
         log("train", f"checkpoint_root {durable.root}: " + (f"restored {name}" if name else "nothing yet"))
     barrier()
-    return resume or (durable.checkpoints_dir / LATEST_FILE).exists()
+    return durable, config.resume or (checkpoints_dir / LATEST_FILE).exists()
 
 
 def _mirror(folder: Path, destination: str) -> None:
