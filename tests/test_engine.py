@@ -268,7 +268,13 @@ def test_run_steps_writes_tensorboard_events_that_match_history(tmp_path, monkey
         # evaluations, the one before the loop (step 0) included
         assert [s for s, _ in found["valid/mrr"]] == [e["step"] for e in history["evals"]] == [0, 2, 4, 6, 8]
         assert [v for _, v in found["valid/mrr"]] == pytest.approx([e["mrr"] for e in history["evals"]])
-        for tag in ("items_per_second", "step_seconds", "data_wait_seconds", "peak_rss_mib"):
+        for tag in (
+            "items_per_second",
+            "step_seconds",
+            "data_wait_seconds",
+            "allreduce_seconds",
+            "peak_rss_mib",
+        ):
             values = [v for _, v in found[f"rank/{tag}"]]
             assert len(values) == TOTAL_STEPS and all(v >= 0 for v in values), tag
         assert min(v for _, v in found["rank/peak_rss_mib"]) > 10  # a Python process with torch in it
@@ -297,13 +303,69 @@ def test_grad_norm_is_the_same_whether_deepspeed_or_the_loop_measures_it(tmp_pat
 
 def test_live_log_dirs_switch_and_prefix(tmp_path, monkeypatch):
     assert ds.live_log_dirs("encoder", tmp_path / "tb") == [tmp_path / "tb"]
+    assert ds.live_log_upload("encoder") is None
     monkeypatch.setenv(ds.TENSORBOARD_PREFIX_ENV, str(tmp_path / "logs"))
     assert ds.live_log_dirs("encoder", tmp_path / "tb") == [tmp_path / "tb", tmp_path / "logs" / "encoder"]
+    assert ds.live_log_upload("encoder") is None
     monkeypatch.setenv(ds.TENSORBOARD_PREFIX_ENV, "s3://bucket/logs")
-    with pytest.raises(ValueError, match="s3://bucket/logs"):
+    assert ds.live_log_dirs("encoder", tmp_path / "tb") == [tmp_path / "tb"]  # uploaded, not written
+    assert ds.live_log_upload("encoder") == "s3://bucket/logs/encoder"
+    monkeypatch.setenv(ds.TENSORBOARD_PREFIX_ENV, "gs://bucket/logs")
+    with pytest.raises(ValueError, match="gs://bucket/logs"):
         ds.live_log_dirs("encoder", tmp_path / "tb")
     monkeypatch.setenv(ds.TENSORBOARD_SWITCH_ENV, "0")
     assert ds.live_log_dirs("encoder", tmp_path / "tb") == []
+    monkeypatch.setenv(ds.TENSORBOARD_PREFIX_ENV, "s3://bucket/logs")
+    assert ds.live_log_upload("encoder") is None
+
+
+def test_event_files_reach_s3_while_training_and_tensorboard_reads_them_there(tmp_path, monkeypatch, s3_env):
+    """A live S3 prefix: the mirror uploads grown event files as it goes (not only at the end), and
+    TensorBoard's own reader (its boto3 file system, S3_ENDPOINT) reads the curves back from S3."""
+
+    prefix = f"{s3_env}/runs/one"
+    monkeypatch.setenv(ds.TENSORBOARD_PREFIX_ENV, prefix)
+    ds.check_live_log_prefix("toy")  # writable: no error
+    local = tmp_path / "tb"
+    live = ds.LiveMetrics([local], 0, upload_to=ds.live_log_upload("toy"))
+    live.mirror.every = 3600.0  # the test drives the uploads itself
+    live.add({"train/loss": 2.0}, 1)
+    live.flush()
+    live.mirror.sync()
+    uploaded = storage.list_files(f"{prefix}/toy")
+    assert len(uploaded) == 1 and "events.out.tfevents." in uploaded[0]
+    first_size = len(storage.read_bytes(uploaded[0]))
+    live.add({"train/loss": 1.0}, 2)
+    live.close()  # flushes and uploads once more
+    assert len(storage.read_bytes(uploaded[0])) > first_size
+
+    monkeypatch.setenv("S3_ENDPOINT", os.environ["AWS_ENDPOINT_URL"])  # what TensorBoard's S3 reader reads
+    assert scalars(f"{prefix}/toy")["train/loss"] == [(1, 2.0), (2, 1.0)]
+
+
+def test_an_unwritable_live_log_prefix_is_refused_before_training(tmp_path, monkeypatch, s3_env):
+    monkeypatch.setenv(ds.TENSORBOARD_PREFIX_ENV, "s3://no-such-bucket-semcode/logs")
+    with pytest.raises(OSError, match=f"{ds.TENSORBOARD_PREFIX_ENV}.*no-such-bucket-semcode"):
+        ds.check_live_log_prefix("encoder")
+
+
+def test_a_failed_upload_is_said_once_and_retried(tmp_path, monkeypatch, capsys):
+
+    calls = []
+
+    def failing_copy(src, dst):
+        calls.append(dst)
+        if len(calls) <= 2:
+            raise OSError("endpoint unreachable")
+
+    monkeypatch.setattr(storage, "copy", failing_copy)
+    (tmp_path / "events.out.tfevents.1").write_bytes(b"x")
+    mirror = ds.EventFileMirror(tmp_path, "s3://bucket/logs", every=3600.0)
+    mirror.sync()
+    mirror.sync()
+    mirror.close()  # the third try succeeds
+    assert calls == ["s3://bucket/logs/events.out.tfevents.1"] * 3
+    assert capsys.readouterr().err.count("endpoint unreachable") == 1
 
 
 def test_no_event_files_when_switched_off(tmp_path, monkeypatch):
@@ -320,11 +382,21 @@ def test_two_ranks_each_write_their_own_scalars(tmp_path):
     rank0, rank1 = scalars(tmp_path / "tensorboard"), scalars(tmp_path / "tensorboard" / "rank-1")
     assert "train/loss" in rank0 and "valid/mrr" in rank0
     assert set(rank1) == {
-        f"rank/{t}" for t in ("items_per_second", "step_seconds", "data_wait_seconds", "peak_rss_mib")
+        f"rank/{t}"
+        for t in (
+            "items_per_second",
+            "step_seconds",
+            "data_wait_seconds",
+            "allreduce_seconds",
+            "peak_rss_mib",
+        )
     }
     assert [s for s, _ in rank1["rank/items_per_second"]] == list(range(1, TOTAL_STEPS + 1))
+    # Two ranks all-reduce their gradients: each rank's clock saw time in it at every step.
+    assert all(v > 0 for _, v in rank1["rank/allreduce_seconds"])
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["steps"][0]["items"] == MICRO_BATCH * GRAD_ACCUM * 2  # both ranks' rows
+    assert all(e["allreduce_seconds"] > 0 for e in history["steps"])
 
 
 def run_two_ranks_script(script: str, *args: str) -> None:

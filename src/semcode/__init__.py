@@ -43,6 +43,9 @@ RUN_PID_ENV = "SEMCODE_RUN_PID"
 # `semcode run` also names its run's folder for durable checkpoints: <run-dir>/checkpoints/<task>
 # (semcode.train.engine.durable_location), which `semcode run --resume` continues from.
 RUN_CHECKPOINTS_ENV = "SEMCODE_RUN_CHECKPOINTS"
+# A second place for the training stages' TensorBoard event files: a local path or an s3:// prefix
+# (semcode.train.engine.live_log_dirs / live_log_upload); `semcode run` checks it is writable first.
+TENSORBOARD_PREFIX_ENV = "SEMCODE_TENSORBOARD_DIR"
 RUN_WATCH_SECONDS = 0.5
 
 

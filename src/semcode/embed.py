@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from semcode import storage
 from semcode.config import ConfigError, available_cores
 from semcode.contract import (
     ACTIVATION_QUANTIZATION_KEY,
@@ -231,8 +232,19 @@ class OnnxEncoder:
 
 
 def check_encoder_spec(spec: str, what: str = "encoder") -> None:
-    """``minilm`` or an encoder directory; raises FileNotFoundError before any model is loaded."""
-    if spec == MINILM_ALIAS or str(spec).startswith("s3://"):
+    """``minilm`` or an encoder directory (local or s3://); raises FileNotFoundError before any model is
+    loaded. On S3 only the config file is looked for (one request): the files are checked once downloaded."""
+    if spec == MINILM_ALIAS:
+        return
+    if storage.is_s3(spec):
+        try:
+            found = any(
+                storage.exists(storage.join(spec, name)) for name in (ENCODER_CONFIG_FILE, "config.json")
+            )
+        except OSError as error:  # an unreachable endpoint, a missing bucket, bad credentials
+            raise FileNotFoundError(f"{what} {spec}: cannot check it: {error}") from None
+        if not found:
+            raise FileNotFoundError(f"{what} {spec}: neither {ENCODER_CONFIG_FILE} nor config.json there")
         return
     path = Path(spec)
     if not path.is_dir():

@@ -130,7 +130,7 @@ HYPERPARAMETERS = {  # config class -> (the stage's name in the table, its setti
 
 
 REPORT_SAMPLES = 4  # decoder samples shown in report.html
-RANK_HEADER = ["rank", "steps", "items/s", "mean loss", "data wait", "peak RSS (MiB)"]
+RANK_HEADER = ["rank", "steps", "items/s", "mean loss", "data wait", "all-reduce", "peak RSS (MiB)"]
 
 
 def rank_rows(ranks: list[dict]) -> list[list[str]]:
@@ -142,6 +142,7 @@ def rank_rows(ranks: list[dict]) -> list[list[str]]:
             f"{entry.get('items_per_second', 0):,.1f}",
             _number(entry.get("mean_loss")),
             f"{entry.get('data_wait_share', 0):.1%}",
+            f"{entry.get('allreduce_share', 0):.1%}",
             f"{entry.get('peak_rss_mib', 0):,.0f}",
         ]
         for entry in ranks

@@ -131,6 +131,32 @@ def test_an_unwritable_registry_is_refused_before_any_task(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_s3_locations_other_than_the_registry_are_checked_before_any_task(
+    tmp_path, capsys, monkeypatch, s3_env
+):
+    """The starting checkpoint and the live curves' prefix: a missing S3 checkpoint or an unwritable
+    prefix is refused, named, before the run folder exists."""
+    runs = str(tmp_path / "runs")
+    argv = [
+        "--preset",
+        "local",
+        "--runs-dir",
+        runs,
+        "--param",
+        f"train_encoder_init_from={s3_env}/no/encoder",
+    ]
+    assert local_run.main(argv) == 2
+    assert f"train_encoder.init_from {s3_env}/no/encoder: neither" in capsys.readouterr().err
+
+    monkeypatch.setenv("SEMCODE_TENSORBOARD_DIR", "s3://no-such-bucket-semcode/curves")
+    assert local_run.main(["--preset", "tiny", "--runs-dir", runs]) == 2
+    assert (
+        "SEMCODE_TENSORBOARD_DIR s3://no-such-bucket-semcode/curves is not writable"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_registry_location():
     assert local_run.resolve_location("s3://models/registry") == "s3://models/registry"
     assert local_run.resolve_location("runs/registry") == str(Path("runs/registry").resolve())

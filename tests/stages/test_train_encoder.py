@@ -182,6 +182,7 @@ def test_main_writes_documented_outputs(trained: Path):
     assert metrics["steps"] == metrics["total_steps"] == 36  # 200 pairs // 16 = 12 steps x 3 epochs
     (only_rank,) = metrics["ranks"]
     assert only_rank["rank"] == 0 and only_rank["steps"] == 36 and metrics["items_per_second_spread"] == 1.0
+    assert only_rank["allreduce_seconds"] == 0.0  # a world of one reduces nothing
     assert metrics["stopped_by"] == "steps"
     assert metrics["pairs_per_second"] > 0 and metrics["train_seconds"] > 0
     assert metrics["final_model"] == "best"
@@ -453,6 +454,7 @@ def test_two_ranks_with_zero2_resume_identically(data_dirs, tmp_path):
     assert [entry["rank"] for entry in metrics["ranks"]] == [0, 1]
     assert all(entry["steps"] == 12 and entry["items_per_second"] > 0 for entry in metrics["ranks"])
     assert all(0 <= entry["data_wait_share"] < 1 and entry["mean_loss"] > 0 for entry in metrics["ranks"])
+    assert all(0 < entry["allreduce_share"] < 1 for entry in metrics["ranks"])  # ZeRO 2's reduce, timed
     assert metrics["items_per_second_spread"] >= 1.0
     last = "checkpoints/step-000012/model.safetensors"
     full_weights, resumed_weights = (

@@ -41,6 +41,7 @@ def train_decoder(
     threads: int,
     time_budget_minutes: float,
     checkpoint_root: str,
+    tensorboard_prefix: str,
     resume_run_id: str,
     run_id: str,
     task_name: str,
@@ -81,6 +82,7 @@ def train_decoder(
         threads: torch CPU threads (0 = every core).
         time_budget_minutes: stop training after this much (0 = none).
         checkpoint_root: durable checkpoints: an s3:// prefix ('' = none); this task's are under <checkpoint_root>/<run>/<task_name>.
+        tensorboard_prefix: live curves: an s3:// prefix (or mounted path) this task uploads its TensorBoard event files to while it trains, under <prefix>/<run>/<task_name> ('' = in the artifact only).
         resume_run_id: continue from that earlier run's checkpoints instead of this run's ('' = this run).
         run_id: this pipeline run's id (the pipeline passes dsl.PIPELINE_JOB_ID_PLACEHOLDER).
         task_name: this task's name in the pipeline (dsl.PIPELINE_TASK_NAME_PLACEHOLDER).
@@ -91,7 +93,7 @@ def train_decoder(
     from semcode import config
     from semcode.components.scalars import save_curves_page, save_metrics_file
     from semcode.stages import train_decoder as stage
-    from semcode.train.engine import durable_location
+    from semcode.train.engine import TENSORBOARD_PREFIX_ENV, durable_location
 
     stage_config = config.from_dict(
         stage.TrainDecoderConfig,
@@ -126,6 +128,8 @@ def train_decoder(
         },
         source="train_decoder component",
     )
+    if tensorboard_prefix:  # read by the training loop (semcode.train.engine.live_log_dirs / live_log_upload)
+        os.environ[TENSORBOARD_PREFIX_ENV] = durable_location(tensorboard_prefix, run_id, task_name)
     encoder_dir = os.path.join(encoder.path, "encoder")
     result = stage.run(
         stage_config, encoder_dir, pairs.path, tokenizer.path, decoder.path, onnx_dir=onnx.path

@@ -51,6 +51,7 @@ def train_encoder(
     gpu_tolerations: list,
     s3_secret_name: str,
     checkpoint_root: str,
+    tensorboard_prefix: str,
     resume_run_id: str,
     run_id: str,
     task_name: str,
@@ -106,6 +107,7 @@ def train_encoder(
         gpu_tolerations: tolerations of the TrainJob's pods.
         s3_secret_name: Secret with the S3 credentials the TrainJob's pods read and write artifacts with.
         checkpoint_root: durable checkpoints: an s3:// prefix ('' = none); this task's are under <checkpoint_root>/<run>/<task_name>.
+        tensorboard_prefix: live curves: an s3:// prefix (or mounted path) this task uploads its TensorBoard event files to while it trains, under <prefix>/<run>/<task_name> ('' = in the artifact only).
         resume_run_id: continue from that earlier run's checkpoints instead of this run's ('' = this run).
         run_id: this pipeline run's id (the pipeline passes dsl.PIPELINE_JOB_ID_PLACEHOLDER).
         task_name: this task's name in the pipeline (dsl.PIPELINE_TASK_NAME_PLACEHOLDER).
@@ -117,7 +119,7 @@ def train_encoder(
     from semcode.cluster import trainjob
     from semcode.components.scalars import save_curves_page, save_metrics_file
     from semcode.stages import train_encoder as stage
-    from semcode.train.engine import durable_location
+    from semcode.train.engine import TENSORBOARD_PREFIX_ENV, durable_location
 
     if init_encoder is not None:  # a later round continues from an earlier round's encoder
         init_from = os.path.join(init_encoder.path, "encoder")
@@ -161,6 +163,8 @@ def train_encoder(
         },
         source="train_encoder component",
     )
+    if tensorboard_prefix:  # read by the training loop (semcode.train.engine.live_log_dirs / live_log_upload)
+        os.environ[TENSORBOARD_PREFIX_ENV] = durable_location(tensorboard_prefix, run_id, task_name)
     result = trainjob.run_distributed(
         "train-encoder",
         trainjob.config_flags(stage_config),

@@ -52,9 +52,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import semcode
 from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import storage
+from semcode.embed import check_encoder_spec
 from semcode.pipeline import params as pipeline_params
 from semcode.pipeline.compile import load_pipeline
 from semcode.progress import format_seconds, log
@@ -229,6 +231,14 @@ def prepare(
     # after the training.
     if registry:
         storage.check_writable(registry, "registry (--registry)")
+    # The other places outside the run folder a run reads or writes: the starting checkpoint, the live
+    # curves' prefix (both may be s3://).
+    init_from = configs["train_encoder"].init_from
+    if init_from:
+        check_encoder_spec(init_from, "train_encoder.init_from")
+    live_prefix = os.environ.get(semcode.TENSORBOARD_PREFIX_ENV, "")
+    if live_prefix:
+        storage.check_writable(live_prefix, semcode.TENSORBOARD_PREFIX_ENV)
     arguments = pipeline_params.preset_arguments(preset, preset_name, overrides)
     return configs, arguments
 

@@ -76,6 +76,7 @@ CLUSTER_PARAMETERS = (
     "num_nodes",
     "trainjob_runtime",
     "checkpoint_root",
+    "tensorboard_prefix",
     "resume_run_id",
 )
 # A config field's Python type -> the KFP parameter type that carries it.

@@ -246,6 +246,7 @@ def train_pipeline(
     num_nodes: int = 1,
     trainjob_runtime: str = "torch-distributed",
     checkpoint_root: str = "",
+    tensorboard_prefix: str = "",
     resume_run_id: str = "",
 ) -> Outputs:
     """Train a natural-language-to-code search model and release it when it beats the published one.
@@ -361,6 +362,7 @@ def train_pipeline(
         num_nodes: Nodes for each train_encoder task; above 1 the task submits a Kubeflow Trainer TrainJob (num_nodes x gpu_count GPUs) running the same stage, and waits for it. Needs the Trainer installed and the S3 secret pointing at the pipeline root's store.
         trainjob_runtime: ClusterTrainingRuntime of multi-node TrainJobs: torch-distributed or deepspeed-distributed.
         checkpoint_root: Durable checkpoints of the training tasks: an s3:// prefix; each task writes <checkpoint_root>/<run id>/<task> as it trains and resumes from it when retried (a preempted pod, a lost node) ('' = checkpoints stay in the pod).
+        tensorboard_prefix: Live training curves: an s3:// prefix (or a path mounted on the training pods) each training task uploads its TensorBoard event files to while it trains, under <tensorboard_prefix>/<run id>/<task> (`tensorboard --logdir s3://...` or a Kubeflow TensorBoard on it; '' = only in the artifacts; single-node training tasks only).
         resume_run_id: Continue the training tasks of an earlier run of this pipeline from its checkpoints under checkpoint_root (semcode submit --resume RUN_ID; '' = this run's own).
     """
     # 1. ingest: sources -> pairs (train/valid/test) + corpus
@@ -420,6 +422,7 @@ def train_pipeline(
         gpu_tolerations=gpu_tolerations,
         s3_secret_name=s3_secret_name,
         checkpoint_root=checkpoint_root,
+        tensorboard_prefix=tensorboard_prefix,
         resume_run_id=resume_run_id,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
@@ -541,6 +544,7 @@ def train_pipeline(
         threads=train_decoder_threads,
         time_budget_minutes=train_decoder_time_budget_minutes,
         checkpoint_root=checkpoint_root,
+        tensorboard_prefix=tensorboard_prefix,
         resume_run_id=resume_run_id,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,

@@ -407,7 +407,7 @@ def _check_inputs(
 ) -> None:
     """Fail fast, before any model is loaded, on inputs that cannot work."""
     from semcode.embed import check_encoder_spec
-    from semcode.train.engine import check_checkpoints_dir
+    from semcode.train.engine import check_checkpoints_dir, check_live_log_prefix
 
     for split in ("train", "test"):
         if not sorted((pairs_dir / split).glob("part-*.parquet")):
@@ -420,6 +420,7 @@ def _check_inputs(
     load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named
     check_encoder_spec(str(encoder_dir))
     check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root)
+    check_live_log_prefix("decoder")
 
 
 def code_languages(pairs_dir: Path, split: str) -> dict[str, str]:

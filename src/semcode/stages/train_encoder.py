@@ -553,9 +553,10 @@ def _check_inputs(
         from semcode.tokenizer import load_tokenizer
 
         load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named, not after the data is read
-    from semcode.train.engine import check_checkpoints_dir
+    from semcode.train.engine import check_checkpoints_dir, check_live_log_prefix
 
     check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root)
+    check_live_log_prefix("encoder")
 
 
 def run(

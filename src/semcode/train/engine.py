@@ -44,7 +44,10 @@ torch.utils.tensorboard, into the stage's output directory::
                             peak_rss_mib, cuda_max_allocated_mib), and so on per rank
 
 ``SEMCODE_TENSORBOARD_DIR=/some/dir`` also writes the same files to ``/some/dir/<tag>/`` (a local or mounted
-path; s3:// is refused for now); ``SEMCODE_TENSORBOARD=0`` writes none (for benchmarks).
+path); with ``s3://bucket/prefix`` each rank uploads its event files to ``<prefix>/<tag>/[rank-<r>/]`` every
+``TENSORBOARD_UPLOAD_SECONDS`` while it trains and once more at the end (EventFileMirror), so
+``tensorboard --logdir s3://bucket/prefix`` shows the curves live. ``SEMCODE_TENSORBOARD=0`` writes none
+(for benchmarks).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+import semcode
 from semcode import storage
 from semcode.config import ConfigError
 from semcode.progress import Progress, format_seconds, log
@@ -88,9 +92,10 @@ SHM_COMM_OP = (
     "deepspeed_shm_comm"  # deepspeed.ops.__compatible_ops__ name of the CPU shared-memory all-reduce
 )
 TENSORBOARD_DIR = "tensorboard"  # inside the stage's output directory, so the artifact carries the curves
-TENSORBOARD_PREFIX_ENV = "SEMCODE_TENSORBOARD_DIR"  # a second place to write them: <prefix>/<tag>/
+TENSORBOARD_PREFIX_ENV = semcode.TENSORBOARD_PREFIX_ENV  # a second place for them: <prefix>/<tag>/
 TENSORBOARD_SWITCH_ENV = "SEMCODE_TENSORBOARD"  # "0": no event files at all (throughput benchmarks)
 TENSORBOARD_FLUSH_SECONDS = 5  # how stale a live curve may be; the writer's own thread flushes
+TENSORBOARD_UPLOAD_SECONDS = 30.0  # how stale a curve on S3 may be: one PUT per grown event file
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -759,6 +764,7 @@ def run_steps(
     sums: dict[str, float] = {}
     items = 0
     data_seconds = 0.0
+    allreduce = AllReduceClock(engine)
     checkpoint = None
     with StopRequest() as stop_request:
         try:
@@ -799,6 +805,7 @@ def run_steps(
                         rank_items=items,
                         grad_norm=grad_norm,
                         data_seconds=data_seconds,
+                        allreduce_seconds=allreduce.take(),
                     )
                     sums, items, data_seconds = {}, 0, 0.0
 
@@ -845,6 +852,40 @@ def run_steps(
     return LoopResult(step, stopped_by)
 
 
+class AllReduceClock:
+    """Seconds this rank spends in DeepSpeed's gradient all-reduce: the transfer and the wait for the
+    slowest rank, the idle time a load imbalance costs.
+
+    DeepSpeed's engine calls ``engine.allreduce_gradients`` from ``backward`` (every ZeRO stage: the
+    whole reduction with ZeRO 0/1, what overlapping did not hide with ZeRO 2); this wraps that bound
+    method with a clock, on CUDA synchronising first so the clock sees NCCL's work, not its launch.
+    Installed only with two or more ranks: a world of one reduces nothing.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.seconds = 0.0
+        original = getattr(engine, "allreduce_gradients", None)
+        if original is None or world_size() < 2:
+            return
+        on_cuda = getattr(engine, "device", torch.device("cpu")).type == "cuda"
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if on_cuda:
+                    torch.cuda.synchronize(engine.device)
+                self.seconds += time.perf_counter() - started
+
+        engine.allreduce_gradients = timed
+
+    def take(self) -> float:
+        """The seconds since the last take."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 def _timed(batches: Iterable[Any]) -> Iterable[tuple[Any, float]]:
     """(batch, seconds spent getting it): the loop's wait on data (a DataLoader's workers, tokenizing)."""
     iterator = iter(batches)
@@ -884,22 +925,78 @@ def _format_value(value: float) -> str:
 
 
 def live_log_dirs(tag: str, tensorboard_dir: str | Path) -> list[Path]:
-    """Where rank 0's event files go: ``tensorboard_dir``, and ``$SEMCODE_TENSORBOARD_DIR/<tag>`` when set.
-
-    Empty with ``SEMCODE_TENSORBOARD=0``. Raises ValueError for a log prefix that is a URL: only local (or
-    mounted) paths are written for now, s3:// is not.
-    """
+    """Where rank 0's event files are written: ``tensorboard_dir``, and ``$SEMCODE_TENSORBOARD_DIR/<tag>``
+    when that is a local (or mounted) path. Empty with ``SEMCODE_TENSORBOARD=0``. An ``s3://`` prefix is
+    not written to directly: see ``live_log_upload``."""
     if os.environ.get(TENSORBOARD_SWITCH_ENV, "1") == "0":
         return []
     dirs = [Path(tensorboard_dir)]
     prefix = os.environ.get(TENSORBOARD_PREFIX_ENV, "")
-    if prefix:
+    if prefix and not storage.is_s3(prefix):
         if "://" in prefix:
-            raise ValueError(
-                f"{TENSORBOARD_PREFIX_ENV}={prefix}: only a local or mounted path is supported (s3:// is not yet)"
-            )
+            raise ValueError(f"{TENSORBOARD_PREFIX_ENV}={prefix}: give a local path or an s3:// prefix")
         dirs.append(Path(prefix) / tag)
     return dirs
+
+
+def live_log_upload(tag: str) -> str | None:
+    """The S3 prefix that rank 0's event files are uploaded to while training (``<prefix>/<tag>``), when
+    ``$SEMCODE_TENSORBOARD_DIR`` is an ``s3://`` prefix (and logging is on); else None."""
+    prefix = os.environ.get(TENSORBOARD_PREFIX_ENV, "")
+    if os.environ.get(TENSORBOARD_SWITCH_ENV, "1") == "0" or not storage.is_s3(prefix):
+        return None
+    return storage.join(prefix, tag)
+
+
+def check_live_log_prefix(tag: str) -> None:
+    """Fail before training, naming the variable, when ``$SEMCODE_TENSORBOARD_DIR`` cannot be written."""
+    prefix = os.environ.get(TENSORBOARD_PREFIX_ENV, "")
+    if prefix and os.environ.get(TENSORBOARD_SWITCH_ENV, "1") != "0":
+        storage.check_writable(live_log_upload(tag) or Path(prefix) / tag, TENSORBOARD_PREFIX_ENV)
+
+
+class EventFileMirror:
+    """Keeps copies of one folder's event files under an S3 prefix while they grow.
+
+    TensorBoard's event files only ever grow, and S3 has no append: each upload PUTs the whole file,
+    so a reader sees the events up to the last upload, never a torn file. A daemon thread uploads the
+    files whose size changed every ``every`` seconds; ``close`` uploads once more. A failed upload is
+    said once on stderr and retried at the next turn: the curves are not worth stopping training for.
+    """
+
+    def __init__(self, folder: Path, destination: str, every: float = TENSORBOARD_UPLOAD_SECONDS) -> None:
+        self.folder, self.destination, self.every = folder, destination, every
+        self._sizes: dict[str, int] = {}
+        self._warned = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tensorboard-upload", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sync()
+
+    def sync(self) -> None:
+        """Upload every event file of the folder (not its sub-folders: other ranks') that grew."""
+        with self._lock:
+            for path in sorted(self.folder.glob("events.out.tfevents.*")):
+                size = path.stat().st_size
+                if self._sizes.get(path.name) == size:
+                    continue
+                try:
+                    storage.copy(path, storage.join(self.destination, path.name))
+                except OSError as error:
+                    if not self._warned:
+                        log("tensorboard", f"upload to {self.destination} failed (retried): {error}")
+                        self._warned = True
+                    continue
+                self._sizes[path.name] = size
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sync()
 
 
 class LiveMetrics:
@@ -910,7 +1007,9 @@ class LiveMetrics:
     ``purge_step`` (a resumed run's first step) hides what a crashed run logged past its checkpoint.
     """
 
-    def __init__(self, log_dirs: list[Path], rank_: int, purge_step: int | None = None) -> None:
+    def __init__(
+        self, log_dirs: list[Path], rank_: int, purge_step: int | None = None, upload_to: str | None = None
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.dirs = [d if rank_ == 0 else d / f"rank-{rank_}" for d in log_dirs]
@@ -918,6 +1017,10 @@ class LiveMetrics:
             SummaryWriter(str(d), purge_step=purge_step, max_queue=100, flush_secs=TENSORBOARD_FLUSH_SECONDS)
             for d in self.dirs
         ]
+        self.mirror = None
+        if upload_to:  # the first folder's files, uploaded as they grow (``upload_to``/rank-<r> per rank)
+            destination = upload_to if rank_ == 0 else storage.join(upload_to, f"rank-{rank_}")
+            self.mirror = EventFileMirror(self.dirs[0], destination)
 
     def add(self, values: dict[str, float], step: int) -> None:
         """Write ``values`` (tag -> value) as scalars at ``step``: one event for all of them.
@@ -941,6 +1044,8 @@ class LiveMetrics:
     def close(self) -> None:
         for writer in self.writers:
             writer.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 class TrainingLog:
@@ -976,7 +1081,14 @@ class TrainingLog:
         self.items_this_run = 0
         self.train_seconds = 0.0
         # This rank's own share of this run, for rank_table: steps, items, seconds, data wait, loss sum.
-        self.rank_totals = {"steps": 0, "items": 0, "seconds": 0.0, "data_seconds": 0.0, "loss_sum": 0.0}
+        self.rank_totals = {
+            "steps": 0,
+            "items": 0,
+            "seconds": 0.0,
+            "data_seconds": 0.0,
+            "allreduce_seconds": 0.0,
+            "loss_sum": 0.0,
+        }
         self._clock = time.perf_counter()
         self.quiet = not is_main_process()  # one process speaks for all ranks
         plain = not sys.stderr.isatty() if force_plain is None else force_plain
@@ -1000,11 +1112,15 @@ class TrainingLog:
         dirs = live_log_dirs(self.tag, tensorboard_dir)
         if not dirs or self.live is not None:
             return
-        self.live = LiveMetrics(dirs, rank(), purge_step=start_step + 1 if start_step else None)
+        upload_to = live_log_upload(self.tag)
+        self.live = LiveMetrics(
+            dirs, rank(), purge_step=start_step + 1 if start_step else None, upload_to=upload_to
+        )
         if start_step == 0 and not self.quiet:
             for entry in self.history["evals"]:
                 self._write_eval(entry)
-        self.message(f"tensorboard: {', '.join(str(d) for d in self.live.dirs)}")
+        shown = [str(d) for d in self.live.dirs] + ([upload_to] if upload_to else [])
+        self.message(f"tensorboard: {', '.join(shown)}")
 
     def flush_live(self) -> None:
         if self.live is not None:
@@ -1028,11 +1144,13 @@ class TrainingLog:
         rank_items: int | None = None,
         grad_norm: float | None = None,
         data_seconds: float = 0.0,
+        allreduce_seconds: float = 0.0,
     ) -> None:
         """Record optimizer step ``step`` (1-based) of ``epoch`` (1-based); ``values``' first key is the loss.
 
         ``items``: what all ranks trained on in this step; ``rank_items``: this rank's share (default
-        all of it); ``grad_norm``: before clipping; ``data_seconds``: time this rank waited for batches.
+        all of it); ``grad_norm``: before clipping; ``data_seconds``: time this rank waited for batches;
+        ``allreduce_seconds``: time it spent in the gradient all-reduce (AllReduceClock).
         """
         now = time.perf_counter()
         seconds = now - self._clock
@@ -1046,14 +1164,19 @@ class TrainingLog:
         totals["items"] += items if rank_items is None else rank_items
         totals["seconds"] += seconds
         totals["data_seconds"] += data_seconds
+        totals["allreduce_seconds"] += allreduce_seconds
         totals["loss_sum"] += float(values.get(self.loss_name, 0.0))
         entry = {"step": step, "epoch": epoch, "lr": lr, **{k: float(v) for k, v in values.items()}}
         if grad_norm is not None:
             entry["grad_norm"] = float(grad_norm)
         entry.update({"items": items, "seconds": round(seconds, 4), "data_seconds": round(data_seconds, 4)})
+        if allreduce_seconds:
+            entry["allreduce_seconds"] = round(allreduce_seconds, 4)
         self.history["steps"].append(entry)
         if self.live is not None:
-            self._write_step(step, values, lr, items, rank_items, grad_norm, data_seconds, seconds)
+            self._write_step(
+                step, values, lr, items, rank_items, grad_norm, data_seconds, allreduce_seconds, seconds
+            )
         text = self.step_line(step, epoch, values, lr)
         if self.quiet:
             return
@@ -1071,6 +1194,7 @@ class TrainingLog:
         rank_items: int | None,
         grad_norm: float | None,
         data_seconds: float,
+        allreduce_seconds: float,
         seconds: float,
     ) -> None:
         per_second = 1.0 / seconds if seconds > 0 else 0.0
@@ -1078,6 +1202,7 @@ class TrainingLog:
             "rank/items_per_second": (items if rank_items is None else rank_items) * per_second,
             "rank/step_seconds": seconds,
             "rank/data_wait_seconds": data_seconds,
+            "rank/allreduce_seconds": allreduce_seconds,
             "rank/peak_rss_mib": peak_rss_mib(),
         }
         if torch.cuda.is_available():
@@ -1091,8 +1216,8 @@ class TrainingLog:
 
     def rank_table(self) -> dict[str, Any]:
         """Every rank's share of this run, gathered (a collective: every rank calls it): ``{"ranks":
-        [{rank, steps, items_per_second, mean_loss, data_wait_seconds, data_wait_share, peak_rss_mib},
-        ...], "items_per_second_spread": max / min}``; with two or more ranks also one line per rank."""
+        [{rank, steps, items_per_second, mean_loss, data_wait_seconds, data_wait_share, allreduce_seconds,
+        allreduce_share, peak_rss_mib}, ...], "items_per_second_spread": max / min}``; with two or more ranks also one line per rank."""
         totals = self.rank_totals
         seconds, steps = totals["seconds"], totals["steps"]
         mine = {
@@ -1102,6 +1227,8 @@ class TrainingLog:
             "mean_loss": round(totals["loss_sum"] / steps, 6) if steps else None,
             "data_wait_seconds": round(totals["data_seconds"], 3),
             "data_wait_share": round(totals["data_seconds"] / seconds, 4) if seconds > 0 else 0.0,
+            "allreduce_seconds": round(totals["allreduce_seconds"], 3),
+            "allreduce_share": round(totals["allreduce_seconds"] / seconds, 4) if seconds > 0 else 0.0,
             "peak_rss_mib": round(peak_rss_mib(), 1),
         }
         ranks = [mine]
@@ -1115,7 +1242,8 @@ class TrainingLog:
                 self.message(
                     f"rank {entry['rank']}: {entry['steps']} steps | {entry['items_per_second']:,.1f} "
                     f"{self.unit}/s | mean loss {_format_value(entry['mean_loss'] or 0.0)} | data wait "
-                    f"{entry['data_wait_share']:.1%} | peak RSS {entry['peak_rss_mib']:,.0f} MiB"
+                    f"{entry['data_wait_share']:.1%} | all-reduce {entry['allreduce_share']:.1%} | "
+                    f"peak RSS {entry['peak_rss_mib']:,.0f} MiB"
                 )
             self.message(f"ranks: {len(ranks)} | {self.unit}/s max/min {spread}")
         return {"ranks": ranks, "items_per_second_spread": spread}
