@@ -300,3 +300,70 @@ def test_union_selector_and_index_types_without_selectors(data: tuple[np.ndarray
         faiss_index.restricted_search(index, queries, K, union, 0.0)
     with pytest.raises(ValueError, match="at least one selector"):
         faiss_index.union_selector([])
+
+
+@pytest.mark.parametrize(("factory", "params", "least"), INDEX_KINDS, ids=[kind[0] for kind in INDEX_KINDS])
+def test_an_index_built_from_shards_is_the_index_of_their_concatenation(
+    data: tuple[np.ndarray, np.ndarray],
+    exact: tuple[np.ndarray, np.ndarray],
+    factory: str,
+    params: dict,
+    least: float,
+) -> None:
+    """Shards of uneven sizes (memmaps, as build_index reads embed-corpus outputs): ids run over them in
+    order, the training sample is the same rows, so Flat and IVF give the very same results and HNSW
+    (whose graph depends on insertion order and threads) the same recall within 0.01."""
+    vectors, queries = data
+    _, exact_ids = exact
+    parts = [vectors[:1100], vectors[1100:1200], vectors[1200:]]
+    whole = faiss_index.build_index(vectors, factory, use_gpu="no", seed=3)
+    sharded = faiss_index.build_index(parts, factory, use_gpu="no", seed=3)
+    recalls = []
+    for index in (whole, sharded):
+        faiss_index.set_search_params(index, **params)
+        recalls.append(faiss_index.recall_at_k(faiss_index.search(index, queries, K)[1], exact_ids, K))
+    assert abs(recalls[0] - recalls[1]) <= 0.01 and min(recalls) >= least, recalls
+    if not factory.startswith("HNSW"):
+        np.testing.assert_array_equal(
+            faiss_index.search(whole, queries, K)[1], faiss_index.search(sharded, queries, K)[1]
+        )
+    np.testing.assert_array_equal(faiss_index.exact_search(parts, queries, K)[1], exact_ids)
+
+
+def test_on_disk_ivf_merged_from_shards_maps_its_lists_and_matches_in_memory(
+    data: tuple[np.ndarray, np.ndarray], exact: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    vectors, queries = data
+    _, exact_ids = exact
+    parts = [vectors[:1000], vectors[1000:2500], vectors[2500:]]
+    factory = "IVF32,PQ8x4"
+    in_memory = faiss_index.build_index(vectors, factory, use_gpu="no", seed=1)
+    on_disk = faiss_index.build_ivf_on_disk(parts, factory, tmp_path / "index.faiss", use_gpu="no", seed=1)
+    faiss_index.save_index(on_disk, tmp_path / "index.faiss")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "index.faiss",
+        "index.ivfdata",
+    ]  # no shards left
+    (tmp_path / "copied").mkdir()
+    for name in ("index.faiss", "index.ivfdata"):
+        (tmp_path / name).rename(tmp_path / "copied" / name)
+    loaded = faiss_index.load_index(tmp_path / "copied" / "index.faiss")
+    assert loaded.ntotal == N
+    invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded).invlists)
+    assert isinstance(invlists, faiss.OnDiskInvertedLists)
+    recalls = []
+    for index in (in_memory, loaded):
+        faiss_index.set_search_params(index, nprobe=8)
+        recalls.append(faiss_index.recall_at_k(faiss_index.search(index, queries, K)[1], exact_ids, K))
+    assert abs(recalls[0] - recalls[1]) <= 0.01, recalls
+    with pytest.raises(ValueError, match="needs an IVF index without a refine stage"):
+        faiss_index.build_ivf_on_disk(parts, "IVF32,PQ8x4,RFlat", tmp_path / "refined.faiss", use_gpu="no")
+
+
+def test_shards_of_different_dimensions_are_refused(data: tuple[np.ndarray, np.ndarray]) -> None:
+    vectors, _ = data
+    other = faiss_index.clustered_unit_vectors(50, DIM // 2, seed=5)
+    with pytest.raises(ValueError, match=r"different dimensions \[16, 32\]"):
+        faiss_index.build_index([vectors[:100], other], "Flat", use_gpu="no")
+    with pytest.raises(ValueError, match="empty list of shards"):
+        faiss_index.build_index([], "Flat", use_gpu="no")

@@ -63,6 +63,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     HISTORY_FILE,
     INDEX_FILE,
     INPUT_NAMES,
+    IVFDATA_FILE,
     KINDS,
     LEXICAL_DIR,
     META_COLUMNS,
@@ -381,6 +382,9 @@ def assemble_bundle(
         shutil.copyfile(onnx_path / name_, out / name_)
     _copy_dir(encoder_path, out / ENCODER_DIR)
     shutil.copyfile(index_path / INDEX_FILE, out / INDEX_FILE)
+    ivfdata = (index_path / IVFDATA_FILE).is_file()  # an on-disk IVF index: its inverted lists beside it
+    if ivfdata:
+        shutil.copyfile(index_path / IVFDATA_FILE, out / IVFDATA_FILE)
     shutil.copyfile(index_path / META_FILE, out / META_FILE)
     lexical = lexical_info(index_path, index_metrics)
     if lexical is not None:
@@ -427,6 +431,8 @@ def assemble_bundle(
         "default_encoder": files[precision]["query"],
         "index": {
             "file": INDEX_FILE,
+            # an on-disk IVF index's inverted lists, mapped from beside "file" (semcode.index.load_index)
+            "ivfdata": IVFDATA_FILE if ivfdata else None,
             "meta": META_FILE,
             "ntotal": index_metrics.get("ntotal"),
             "dim": index_metrics.get("dim"),
@@ -539,7 +545,8 @@ def _check_index(
         return problems, info  # reported as missing files
     try:
         try:  # memory-mapped: a big index is not read into memory just to count it
-            index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR
+            index = faiss.read_index(str(index_path), flags)
         except RuntimeError:  # index types FAISS cannot map
             index = faiss.read_index(str(index_path))
         info.update(ntotal=int(index.ntotal), dim=int(index.d))
@@ -738,6 +745,8 @@ def bundle_file_names(bundle: dict) -> list[tuple[str, Any]]:
     """(where in bundle.json, name) of every file or folder name bundle.json points at."""
     index = _mapping(bundle.get("index"))
     names: list[tuple[str, Any]] = [(f"index.{key}", index[key]) for key in ("file", "meta") if key in index]
+    if index.get("ivfdata") is not None:
+        names.append(("index.ivfdata", index["ivfdata"]))
     names += [(key, bundle[key]) for key in ("decoder", "default_encoder") if bundle.get(key) is not None]
     if "dir" in _mapping(bundle.get("lexical")):
         names.append(("lexical.dir", bundle["lexical"]["dir"]))

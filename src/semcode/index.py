@@ -14,6 +14,14 @@ An index is described by a FAISS *factory string* (``faiss.index_factory``), cho
 or given explicitly. Recall is always measured against exact search (``exact_search``), which streams
 the database in blocks (faiss.contrib.exhaustive_search.knn_ground_truth), so it works on a memmap.
 
+Sharded corpora: ``build_index`` and ``exact_search`` also take a list of arrays (the shards' [N_i, D]
+vectors, memmaps as np.load(mmap_mode="r") opens them), read as their concatenation: ids run over the
+shards in order, the training sample is the same seeded sample of the concatenated rows, so the index is
+the one a single array would give. ``build_ivf_on_disk`` builds an IVF index too large for memory with
+faiss' own facilities: trained once, each shard added to a copy of the trained index and written out,
+the copies' inverted lists merged into one OnDiskInvertedLists file (faiss.contrib.ondisk.merge_ondisk)
+that ``load_index`` maps instead of reading.
+
 GPU: with a GPU build of FAISS and a visible GPU (``use_gpu="auto"``), training and adding run there:
 the whole index when ``index_cpu_to_gpu`` supports it (IVF-Flat, IVF-PQ), else only the IVF k-means
 (HNSW graphs and refine wrappers are built on the CPU). The returned index is always a CPU index, ready
@@ -24,8 +32,9 @@ from __future__ import annotations
 
 import math
 import re
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +42,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 from faiss.contrib.exhaustive_search import knn_ground_truth
+from faiss.contrib.ondisk import merge_ondisk
 
 from semcode.progress import Progress, log
 
@@ -46,6 +56,10 @@ UNIT_NORM_TOLERANCE = 1e-3
 EXACT_SEARCH_BLOCK = 65_536  # database rows per block of exact search
 BATCHED_REPEATS = 3
 HNSW_FILTER_MIN_FRACTION = 0.1  # rarer subsets: an exact filtered scan beats the graph (restricted_search)
+IVFDATA_SUFFIX = (
+    ".ivfdata"  # build_ivf_on_disk: the inverted lists beside the index file, <index stem>.ivfdata
+)
+Vectors = np.ndarray | Sequence[np.ndarray]  # one [N, D] array, or shards read as their concatenation
 
 
 class FactoryChoice(Protocol):
@@ -73,6 +87,29 @@ def check_vectors(name: str, x: np.ndarray, dim: int | None = None) -> np.ndarra
     if x.dtype != np.float32:
         raise ValueError(f"{name} must be float32, got {x.dtype}")
     return np.ascontiguousarray(x)
+
+
+def check_parts(name: str, vectors: Vectors) -> list[np.ndarray]:
+    """``vectors`` (one array or a list of shards) as a list of float32 [rows, dim] arrays of one dim."""
+    parts = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
+    if not parts:
+        raise ValueError(f"{name} is an empty list of shards: nothing to index")
+    parts = [check_vectors(f"{name}[{i}]" if len(parts) > 1 else name, part) for i, part in enumerate(parts)]
+    dims = sorted({part.shape[1] for part in parts})
+    if len(dims) > 1:
+        raise ValueError(f"{name}: the shards have different dimensions {dims} (dimension mismatch)")
+    return parts
+
+
+def take_rows(parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The rows ``rows`` (sorted numbers into the concatenation of ``parts``) as one contiguous array."""
+    starts = np.cumsum([0] + [len(part) for part in parts])
+    bounds = np.searchsorted(rows, starts)
+    pieces = [
+        part[rows[lo:hi] - start]
+        for part, start, lo, hi in zip(parts, starts[:-1], bounds[:-1], bounds[1:], strict=True)
+    ]
+    return np.ascontiguousarray(np.concatenate(pieces))
 
 
 def check_unit_norm(name: str, x: np.ndarray, sample: int = 1000) -> None:
@@ -214,7 +251,7 @@ def train_sample_size(n_vectors: int, index: faiss.Index, requested: int = 0) ->
 
 
 def build_index(
-    vectors: np.ndarray,
+    vectors: Vectors,
     factory: str,
     metric: str = "ip",
     train_sample: int = 0,
@@ -225,18 +262,45 @@ def build_index(
 ) -> faiss.Index:
     """A CPU index over ``vectors`` [N, D] (ids 0..N-1 in row order), trained on a seeded sample, added in batches.
 
-    ``train_sample``: vectors to train on (0 = automatic, see train_sample_size); only indexes that need
-    training (IVF, PQ) use it. ``add_batch`` rows are added at a time, so a memmap is read in pieces.
-    ``ef_construction`` sets HNSW's build-time beam (FAISS' default 40 when None).
+    ``vectors``: one array, or a list of shards (ids run over them in order; the same index as their
+    concatenation). ``train_sample``: vectors to train on (0 = automatic, see train_sample_size); only
+    indexes that need training (IVF, PQ) use it. ``add_batch`` rows are added at a time, so a memmap is
+    read in pieces. ``ef_construction`` sets HNSW's build-time beam (FAISS' default 40 when None).
     """
-    vectors = check_vectors("vectors", vectors)
-    n, dim = vectors.shape
+    parts = check_parts("vectors", vectors)
+    index, work, gpu_keepalive = _trained_index(
+        parts, factory, metric, train_sample, add_batch, use_gpu, seed, ef_construction
+    )
+    n = sum(len(part) for part in parts)
+    with Progress(f"{TAG}-add", total=n, unit="vectors") as progress:
+        for part in parts:
+            for start in range(0, len(part), add_batch):
+                batch = np.ascontiguousarray(part[start : start + add_batch])
+                work.add(batch)
+                progress.update(len(batch))
+    return _back_on_cpu(index, work, gpu_keepalive)
+
+
+def _trained_index(
+    parts: list[np.ndarray],
+    factory: str,
+    metric: str,
+    train_sample: int,
+    add_batch: int,
+    use_gpu: str,
+    seed: int,
+    ef_construction: int | None,
+) -> tuple[faiss.Index, faiss.Index, list]:
+    """(the new CPU index, the index to add to: itself or its GPU copy, GPU objects to keep alive), trained
+    on a seeded sample of the rows of ``parts`` when the index type needs training."""
+    n, dim = sum(len(part) for part in parts), parts[0].shape[1]
     if n == 0:
         raise ValueError("vectors is empty: nothing to index")
     if add_batch < 1:
         raise ValueError(f"add_batch must be >= 1, got {add_batch}")
     if metric == "ip":
-        check_unit_norm("vectors", vectors)
+        for i, part in enumerate(parts):
+            check_unit_norm("vectors" if len(parts) == 1 else f"vectors[{i}]", part)
     validate_factory(factory, dim, n, metric)
     on_gpu = resolve_use_gpu(use_gpu)
     index = new_index(factory, dim, metric)
@@ -251,7 +315,7 @@ def build_index(
     if not index.is_trained:
         size = train_sample_size(n, index, train_sample)
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-        sample = np.ascontiguousarray(vectors[rows])
+        sample = take_rows(parts, rows)
         log(TAG, f"training {factory!r} on {size} of {n} vectors{' (GPU)' if on_gpu else ''}")
         start = time.perf_counter()
         try:
@@ -262,17 +326,77 @@ def build_index(
             ) from None
         log(TAG, f"trained in {time.perf_counter() - start:.1f}s")
         del sample
-    with Progress(f"{TAG}-add", total=n, unit="vectors") as progress:
-        for start in range(0, n, add_batch):
-            batch = np.ascontiguousarray(vectors[start : start + add_batch])
-            work.add(batch)
-            progress.update(len(batch))
+    return index, work, gpu_keepalive
+
+
+def _back_on_cpu(index: faiss.Index, work: faiss.Index, gpu_keepalive: list) -> faiss.Index:
+    """The CPU index once ``work`` (``index`` or its GPU copy) holds the vectors."""
+    ivf = ivf_part(index)
+    on_gpu = bool(gpu_keepalive)
     if work is not index:
         index = faiss.index_gpu_to_cpu(work)
     if ivf is not None and on_gpu:
         ivf_part(index).clustering_index = None  # the GPU k-means index is not part of the saved index
     del gpu_keepalive
     return index
+
+
+def build_ivf_on_disk(
+    vectors: Vectors,
+    factory: str,
+    index_path: str | Path,
+    metric: str = "ip",
+    train_sample: int = 0,
+    add_batch: int = 65_536,
+    use_gpu: str = "auto",
+    seed: int = 0,
+) -> faiss.Index:
+    """An IVF index over ``vectors`` (one array or shards, ids 0..N-1 over them in order) whose inverted
+    lists live in ``<index_path stem>.ivfdata`` beside ``index_path``, not in memory.
+
+    faiss' recipe (faiss.contrib.ondisk, the "indexing 1G vectors" wiki page): the index is trained once
+    on a seeded sample (as build_index trains it, on the GPU when there is one); every shard is added,
+    in batches, to a copy of the trained index, written to a temporary file beside ``index_path`` and
+    let go; ``merge_ondisk`` then merges the copies' inverted lists (memory-mapped) into one
+    OnDiskInvertedLists file. The returned index refers to that file; ``save_index`` it to
+    ``index_path``. Only an IVF index without a refine stage (",RFlat" keeps every vector in memory);
+    a pre-transform (OPQ) is fine.
+    """
+    parts = check_parts("vectors", vectors)
+    index_path = Path(index_path)
+    probe = new_index(factory, parts[0].shape[1], metric)
+    if ivf_part(probe) is None or isinstance(faiss.downcast_index(probe), faiss.IndexRefine):
+        raise ValueError(
+            f"an on-disk index needs an IVF index without a refine stage, got {factory!r} "
+            "(e.g. 'IVF4096,PQ48x8' or 'OPQ48,IVF4096,PQ48x8'; ',RFlat' keeps every vector in memory)"
+        )
+    index, work, gpu_keepalive = _trained_index(
+        parts, factory, metric, train_sample, add_batch, use_gpu, seed, None
+    )
+    trained = _back_on_cpu(index, work, gpu_keepalive)
+    n = sum(len(part) for part in parts)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    ivfdata = index_path.with_suffix(IVFDATA_SUFFIX)
+    ivfdata.unlink(missing_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix=".ivf-shards-", dir=index_path.parent) as tmp,
+        Progress(f"{TAG}-add", total=n, unit="vectors") as progress,
+    ):
+        shard_files, offset = [], 0
+        for number, part in enumerate(parts):
+            shard_index = faiss.clone_index(trained)
+            for start in range(0, len(part), add_batch):
+                batch = np.ascontiguousarray(part[start : start + add_batch])
+                ids = np.arange(offset + start, offset + start + len(batch), dtype=np.int64)
+                shard_index.add_with_ids(batch, ids)
+                progress.update(len(batch))
+            offset += len(part)
+            shard_files.append(str(Path(tmp) / f"shard-{number:05d}.index"))
+            faiss.write_index(shard_index, shard_files[-1])
+            del shard_index
+        merge_ondisk(trained, shard_files, str(ivfdata))
+    log(TAG, f"{len(parts)} shard(s) merged into the on-disk inverted lists {ivfdata}")
+    return trained
 
 
 def _hnsw_part(index: faiss.Index) -> faiss.IndexHNSW | None:
@@ -422,20 +546,22 @@ def restricted_search(
     return scores, ids
 
 
-def _blocks(vectors: np.ndarray, block: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(vectors), block):
-        yield np.ascontiguousarray(vectors[start : start + block])
+def _blocks(parts: list[np.ndarray], block: int) -> Iterator[np.ndarray]:
+    for vectors in parts:
+        for start in range(0, len(vectors), block):
+            yield np.ascontiguousarray(vectors[start : start + block])
 
 
 def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip", block: int = EXACT_SEARCH_BLOCK
+    vectors: Vectors, queries: np.ndarray, k: int, metric: str = "ip", block: int = EXACT_SEARCH_BLOCK
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top ``k`` of ``queries`` [Q, D] over ``vectors`` [N, D], streamed in blocks of rows."""
-    vectors = check_vectors("vectors", vectors)
-    queries = check_vectors("queries", queries, vectors.shape[1])
+    """Brute-force top ``k`` of ``queries`` [Q, D] over ``vectors`` [N, D] (or shards: their concatenation),
+    streamed in blocks of rows."""
+    parts = check_parts("vectors", vectors)
+    queries = check_vectors("queries", queries, parts[0].shape[1])
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    scores, ids = knn_ground_truth(queries, _blocks(vectors, block), k, metric_type(metric))
+    scores, ids = knn_ground_truth(queries, _blocks(parts, block), k, metric_type(metric))
     return scores.astype(np.float32), ids.astype(np.int64)
 
 
@@ -545,7 +671,9 @@ def save_index(index: faiss.Index, path: str | Path) -> Path:
 
 
 def load_index(path: str | Path) -> faiss.Index:
+    """faiss.read_index; an on-disk IVF index (build_ivf_on_disk) maps its ``.ivfdata`` file from the index
+    file's own directory (IO_FLAG_ONDISK_SAME_DIR), wherever the pair was copied to."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FAISS index file {path} does not exist")
-    return faiss.read_index(str(path))
+    return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)

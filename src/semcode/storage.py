@@ -306,6 +306,57 @@ def read_bytes(uri: PathOrUri) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=16)
+def _arrow_s3(
+    endpoint_url: str | None,
+    region: str,
+    access_key: str | None,
+    secret_key: str | None,
+    session_token: str | None,
+    max_attempts: int,
+) -> Any:
+    import pyarrow.fs
+
+    return pyarrow.fs.S3FileSystem(
+        access_key=access_key,
+        secret_key=secret_key,
+        session_token=session_token,
+        region=region,
+        endpoint_override=endpoint_url,  # with an endpoint, buckets are paths (as for boto3 above)
+        connect_timeout=10,
+        request_timeout=60,
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+    )
+
+
+def open_input_file(uri: PathOrUri) -> Any:
+    """A streaming, seekable reader of a local file or an S3 object (a ``pyarrow.NativeFile``).
+
+    Nothing is read until asked: on S3 each read is a ranged GET (pyarrow's S3 filesystem, configured
+    from the same environment as boto3 here), so ``pyarrow.parquet.ParquetFile`` reads a footer or one
+    row group at a time, and ``io.BufferedReader(open_input_file(uri), size)`` streams lines in
+    ``size``-byte requests. A missing file raises ``FileNotFoundError`` naming it.
+    """
+    import pyarrow.fs
+
+    uri = os.fspath(uri)
+    if not is_s3(uri):
+        if not os.path.isfile(uri):
+            raise FileNotFoundError(f"file not found: {uri}")
+        return pyarrow.fs.LocalFileSystem().open_input_file(os.path.abspath(uri))
+    bucket, key = _object_key(uri)
+    s = s3_settings()
+    filesystem = _arrow_s3(
+        s.endpoint_url, s.region, s.access_key, s.secret_key, s.session_token, s.max_attempts
+    )
+    try:
+        return filesystem.open_input_file(f"{bucket}/{key}")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"S3 object not found: {uri} (at {s.endpoint_name()})") from None
+    except OSError as error:
+        raise StorageError(f"S3 read of {uri} at {s.endpoint_name()} failed: {error}") from error
+
+
 def read_text(uri: PathOrUri, encoding: str = "utf-8") -> str:
     return read_bytes(uri).decode(encoding)
 

@@ -130,8 +130,10 @@ def test_an_existing_pipeline_gets_a_new_version_and_no_cache_is_in_that_version
     spec = uncached[0]
     dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
     tasks = [task for dag in dags for task in dag["tasks"].values()]
-    # 17 stage tasks (a first training per round-count branch, 3 rounds of mine + train) + 6 condition DAGs
-    assert len(tasks) == 23 and all(task["cachingOptions"] == {"enableCache": False} for task in tasks)
+    # 22 stage tasks (ingest: one task or shard indices + shard + merge; a first training per round-count
+    # branch, 3 rounds of mine + train; plan + embed shard + build_index) + 11 DAGs (9 conditions and
+    # branch groups, 2 ParallelFor loops)
+    assert len(tasks) == 33 and all(task["cachingOptions"] == {"enableCache": False} for task in tasks)
     assert "caching off" in first.query["description"]
     # caching on (the default): the package as compiled
     assert documents(second.upload) == committed
@@ -282,13 +284,14 @@ def test_package_tasks_and_durations():
     assert sorted(package.task_names()) == sorted(
         [
             "ingest",
+            *("ingest-shard-indices", "ingest-shard", "ingest-merge"),  # ingest_shards > 1
             "train-tokenizer",
             *("train-encoder", "train-encoder-2", "train-encoder-3"),  # one per hard-negative branch...
             *("train-encoder-4", "train-encoder-5", "train-encoder-6"),  # ...and one per round
             *("mine-hard-negatives", "mine-hard-negatives-2", "mine-hard-negatives-3"),
             "evaluate",
             "train-decoder",
-            "build-index",
+            *("plan-corpus-shards", "embed-corpus", "build-index"),
             "export-onnx",
             "gate",
             "publish",

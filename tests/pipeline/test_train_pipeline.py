@@ -25,24 +25,34 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted(CONFIGS_DIR.glob("*.yaml"))
 STAGE_EXECUTORS = {  # executor -> the stage module its component calls
     "exec-ingest": "ingest",
+    "exec-ingest-shard-indices": "ingest",
+    "exec-ingest-shard": "ingest",
+    "exec-ingest-merge": "ingest",
     "exec-train-tokenizer": "train_tokenizer",
     "exec-train-encoder": "train_encoder",
     "exec-mine-hard-negatives": "mine_hard_negatives",
     "exec-train-decoder": "train_decoder",
     "exec-evaluate": "evaluate",
+    "exec-plan-corpus-shards": "embed_corpus",
+    "exec-embed-corpus": "embed_corpus",
     "exec-build-index": "build_index",
     "exec-export-onnx": "export_onnx",
     "exec-gate": "gate",
     "exec-publish": "publish",
 }
-GPU_STAGES = ("train_encoder", "mine_hard_negatives", "train_decoder")
+GPU_EXECUTORS = ("exec-train-encoder", "exec-mine-hard-negatives", "exec-train-decoder", "exec-embed-corpus")
 TASKS = (
     "ingest",
+    "ingest-shard-indices",
+    "ingest-shard",
+    "ingest-merge",
     "train-tokenizer",
     "train-encoder",
     "mine-hard-negatives",
     "train-decoder",
     "evaluate",
+    "plan-corpus-shards",
+    "embed-corpus",
     "build-index",
     "export-onnx",
     "gate",
@@ -67,6 +77,11 @@ def stage_of(executor: str) -> str:
     return STAGE_EXECUTORS[re.sub(r"-\d+$", "", executor)]
 
 
+def on_gpu(executor: str) -> bool:
+    """exec-embed-corpus-2 -> True: the executors of the GPU pool's tasks."""
+    return re.sub(r"-\d+$", "", executor) in GPU_EXECUTORS
+
+
 def all_tasks(spec: dict) -> dict[str, dict]:
     """Every task of the root DAG and of the condition sub-DAGs, by name."""
     tasks = dict(spec["root"]["dag"]["tasks"])
@@ -80,7 +95,11 @@ def all_tasks(spec: dict) -> dict[str, dict]:
 
 def test_committed_yaml_is_up_to_date(tmp_path):
     """Fails when pipelines/ or components/ changed without `semcode compile`."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SEMCODE_IMAGE_")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SEMCODE_IMAGE_") and name != "SEMCODE_EMBED_PARALLELISM"
+    }
     fresh = tmp_path / "train_pipeline.yaml"
     subprocess.run(
         [sys.executable, "-m", "semcode.pipeline.compile", "--output", str(fresh)],
@@ -148,9 +167,9 @@ def test_train_encoder_requests_gpus_on_the_gpu_pool(compiled):
         "componentInputParameter": "pipelinechannel--gpu_count"
     }
 
-    gpu_executors = [name for name in platform if stage_of(name) in GPU_STAGES]
-    # 3 first trainings (one per round-count branch), 3 rounds of mine + train, the decoder
-    assert len(gpu_executors) == 10
+    gpu_executors = [name for name in platform if on_gpu(name)]
+    # 3 first trainings (one per round-count branch), 3 rounds of mine + train, the decoder, the corpus shards
+    assert len(gpu_executors) == 11
     for executor in gpu_executors:
         gpu = platform[executor]
         node_selector = gpu["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
@@ -166,8 +185,8 @@ def test_train_encoder_requests_gpus_on_the_gpu_pool(compiled):
     assert toleration in defaults["gpu_tolerations"]["defaultValue"]
     assert defaults["gpu_node_selector"]["defaultValue"] == {"nvidia.com/gpu.present": "true"}
 
-    for executor in spec["deploymentSpec"]["executors"]:  # only training and mining ask for GPUs
-        if stage_of(executor) in GPU_STAGES:
+    for executor in spec["deploymentSpec"]["executors"]:  # only training, mining and embedding ask for GPUs
+        if on_gpu(executor):
             continue
         assert "accelerator" not in spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
         assert "nodeSelector" not in platform[executor] and "tolerations" not in platform[executor]
@@ -190,7 +209,7 @@ def test_every_task_has_requests_limits_retries_and_its_image(compiled, pipeline
             "resourceMemoryLimit",
         ):
             assert field in resources, (name, field)
-        assert container["image"] == (GPU_IMAGE if stage in GPU_STAGES else CPU_IMAGE)
+        assert container["image"] == (GPU_IMAGE if on_gpu(name) else CPU_IMAGE)
         assert f"from semcode.stages import {stage} as stage" in container["command"][-1]
         assert "pip install" not in " ".join(container["command"])  # no packages_to_install, no kfp install
     tasks = all_tasks(spec)
@@ -206,6 +225,53 @@ def test_caching_is_on_except_for_the_registry_tasks(compiled):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
     for name in ("gate", "publish"):
         assert not tasks[name]["cachingOptions"].get("enableCache"), name
+
+
+def test_ingest_is_one_task_or_a_fan_out_over_shards_into_one_merge(compiled):
+    """ingest_shards == 1: the ingest task; else ingest_shard_indices -> ParallelFor(ingest_shard) ->
+    ingest_merge over the collected shards. The tokenizer (and everything after) takes the branch that ran."""
+    spec, _ = compiled
+    components = spec["components"]
+    fan_out = next(
+        c["dag"]["tasks"] for c in components.values() if "ingest-merge" in c.get("dag", {}).get("tasks", {})
+    )
+    loop_name, loop = next((name, task) for name, task in fan_out.items() if "parameterIterator" in task)
+    assert loop["parameterIterator"]["items"] == {
+        "inputParameter": "pipelinechannel--ingest-shard-indices-Output"
+    }
+    assert fan_out["ingest-shard-indices"]["inputs"]["parameters"]["shards"] == {
+        "componentInputParameter": "pipelinechannel--ingest_shards"
+    }
+    loop_tasks = components[loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(loop_tasks) == ["ingest-shard"]
+    assert loop_tasks["ingest-shard"]["inputs"]["parameters"]["index"] == {
+        "componentInputParameter": "pipelinechannel--ingest-shard-indices-Output-loop-item"
+    }
+    assert fan_out["ingest-merge"]["inputs"]["artifacts"]["shards"] == {
+        "taskOutputArtifact": {
+            "outputArtifactKey": "pipelinechannel--ingest-shard-shard",
+            "producerTask": loop_name,
+        }
+    }
+    assert (
+        components["comp-ingest-merge"]["inputDefinitions"]["artifacts"]["shards"]["isArtifactList"] is True
+    )
+
+    conditions = [
+        task["triggerPolicy"]["condition"] for task in all_tasks(spec).values() if "triggerPolicy" in task
+    ]
+    assert "int(inputs.parameter_values['pipelinechannel--ingest_shards']) == 1" in conditions
+    assert "!(int(inputs.parameter_values['pipelinechannel--ingest_shards']) == 1)" in conditions
+    tokenizer_inputs = spec["root"]["dag"]["tasks"]["train-tokenizer"]["inputs"]["artifacts"]
+    branches = components[f"comp-{tokenizer_inputs['corpus']['taskOutputArtifact']['producerTask']}"]
+    selectors = branches["dag"]["outputs"]["artifacts"][
+        tokenizer_inputs["corpus"]["taskOutputArtifact"]["outputArtifactKey"]
+    ]
+    assert [s["outputArtifactKey"] for s in selectors["artifactSelectors"]] == [
+        "pipelinechannel--ingest-corpus",
+        "pipelinechannel--ingest-merge-corpus",
+    ]
+    assert spec["root"]["inputDefinitions"]["parameters"]["ingest_shards"]["defaultValue"] == 1
 
 
 def test_publish_runs_only_when_the_gate_passed_and_a_registry_is_given(compiled):
@@ -268,6 +334,67 @@ def test_the_stages_that_embed_after_the_export_run_its_files(compiled):
         executor = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
         if name != "gate":
             assert "onnx_dir=onnx.path" in executor["command"][-1], name
+    embed = all_tasks(spec)["embed-corpus"]  # inside the ParallelFor: export-onnx's output as a channel
+    assert embed["inputs"]["artifacts"]["onnx"] == {
+        "componentInputArtifact": "pipelinechannel--export-onnx-onnx"
+    }
+    assert (
+        "onnx_dir=onnx.path"
+        in spec["deploymentSpec"]["executors"]["exec-embed-corpus"]["container"]["command"][-1]
+    )
+
+
+def test_the_corpus_is_embedded_in_a_parallel_for_on_the_gpu_pool_and_collected_by_build_index(compiled):
+    """plan-corpus-shards -> ParallelFor over its shard numbers (parallelism fixed at compile time) of
+    embed-corpus, each asking for gpu_count GPUs -> build-index over the dsl.Collected shard artifacts."""
+    from semcode.pipeline.train_pipeline import EMBED_PARALLELISM
+
+    spec, platform = compiled
+    root = spec["root"]["dag"]["tasks"]
+    plan = root["plan-corpus-shards"]
+    assert plan["inputs"]["parameters"]["shards"] == {"componentInputParameter": "build_index_shards"}
+    assert plan["inputs"]["parameters"]["shard_rows"] == {"componentInputParameter": "build_index_shard_rows"}
+    loops = {
+        name: task
+        for name, task in root.items()
+        if "embed-corpus" in spec["components"][task["componentRef"]["name"]].get("dag", {}).get("tasks", {})
+    }
+    assert len(loops) == 1, loops
+    ((loop_name, loop),) = loops.items()
+    assert loop["taskInfo"]["name"] == "corpus-shards"
+    iterator = loop["parameterIterator"]
+    assert iterator["items"]["inputParameter"] == "pipelinechannel--plan-corpus-shards-Output"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == EMBED_PARALLELISM > 0
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["embed-corpus"]
+    for key in ("shard", "shards"):  # each iteration's own item {"shard": k, "shards": N}
+        assert body["inputs"]["parameters"][key] == {
+            "componentInputParameter": iterator["itemInput"],
+            "parameterExpressionSelector": f'parseJson(string_value)["{key}"]',
+        }
+    # the GPU count reaches the loop's tasks (the accelerator limit is resolved from it)
+    assert body["inputs"]["parameters"]["gpu_count"] == {
+        "componentInputParameter": "pipelinechannel--gpu_count"
+    }
+    assert loop["inputs"]["parameters"]["pipelinechannel--gpu_count"] == {
+        "componentInputParameter": "gpu_count"
+    }
+    resources = spec["deploymentSpec"]["executors"]["exec-embed-corpus"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "gpu_count" in resources["accelerator"]["resourceCount"]
+    assert platform["exec-embed-corpus"]["nodeSelector"]["nodeSelectorJson"][
+        "componentInputParameter"
+    ].endswith("gpu_node_selector")
+    build = root["build-index"]
+    assert build["inputs"]["artifacts"]["embedded"] == {
+        "taskOutputArtifact": {
+            "outputArtifactKey": "pipelinechannel--embed-corpus-embeddings",
+            "producerTask": loop_name,
+        }
+    }
+    assert spec["components"]["comp-build-index"]["inputDefinitions"]["artifacts"]["embedded"][
+        "isArtifactList"
+    ]
+    assert "corpus" not in build["inputs"]["artifacts"]  # the shards carry the corpus' rows
 
 
 def test_images_come_from_the_environment():

@@ -260,6 +260,46 @@ def test_the_filter_works_in_every_index_kind(
     assert all(len(hits) == 5 and {h.language for h in hits} == {"python"} for hits in python)
 
 
+def test_an_on_disk_ivf_index_ships_in_the_bundle_and_is_searched_mapped(
+    tiny_run: TinyRun, searcher: Searcher, corpus: list[dict], tmp_path: Path
+):
+    """build-index --ivf-on-disk writes index.faiss + index.ivfdata: the bundle carries both (checksummed),
+    the Searcher maps the inverted lists from wherever the bundle lies, and (all lists probed) finds what
+    the Flat index finds."""
+    from semcode.index import build_ivf_on_disk, set_search_params
+
+    index_dir = Path(shutil.copytree(tiny_run.index, tmp_path / "index"))
+    vectors = faiss.downcast_index(searcher.index).reconstruct_n(0, searcher.size)
+    index = build_ivf_on_disk(
+        [vectors[:50], vectors[50:]], "IVF4,Flat", index_dir / "index.faiss", use_gpu="no"
+    )
+    set_search_params(index, nprobe=4)
+    save_index(index, index_dir / "index.faiss")
+    bundle = bundles.assemble_bundle(
+        tmp_path / "bundle",
+        name="semcode",
+        version="v1",
+        encoder_dir=tiny_run.encoder,
+        onnx_dir=tiny_run.onnx,
+        index_dir=index_dir,
+        metrics=tiny_run.eval_metrics(),
+    )
+    assert bundle["index"]["ivfdata"] == "index.ivfdata" and "index.ivfdata" in bundle["files"]
+    moved = Path(shutil.move(tmp_path / "bundle", tmp_path / "elsewhere"))
+    shutil.rmtree(index_dir)  # the bundle's index refers to its own copy of the lists, not to these
+    bundles.validate_bundle(moved)
+    mapped = Searcher(moved, threads=1)
+    invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped.index).invlists)
+    assert isinstance(invlists, faiss.OnDiskInvertedLists)
+    queries = [row["code"] for row in corpus[:20]]
+    expected = [[hit.id for hit in hits] for hits in searcher.search_batch(queries, 3, mode="dense")]
+    assert [[hit.id for hit in hits] for hits in mapped.search_batch(queries, 3, mode="dense")] == expected
+    truncated = Path(shutil.copytree(moved, tmp_path / "truncated"))  # not the mapped copy: SIGBUS
+    (truncated / "index.ivfdata").write_bytes(b"")  # a bundle whose lists were truncated is refused
+    with pytest.raises(bundles.BundleError, match="index.ivfdata"):
+        bundles.validate_bundle(truncated)
+
+
 def test_an_old_bundle_without_language_repo_or_start_line_still_searches(
     tiny_bundle: Path, corpus: list[dict], tmp_path: Path, capsys
 ):

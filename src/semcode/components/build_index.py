@@ -1,4 +1,5 @@
-"""Component build_index: encoder + corpus -> FAISS index with its metadata (semcode.stages.build_index)."""
+"""Component build_index: the embedded corpus shards + encoder -> FAISS index with its metadata
+(semcode.stages.build_index)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -10,7 +11,7 @@ from semcode.components.images import CPU_IMAGE
 def build_index(
     encoder: Input[Model],
     onnx: Input[Model],
-    corpus: Input[Dataset],
+    embedded: Input[list[Artifact]],
     pairs: Input[Dataset],
     index: Output[Artifact],
     metrics: Output[Metrics],
@@ -19,21 +20,23 @@ def build_index(
     whole_sources: list,
     recall_queries: int,
     runtime: str,
+    ivf_on_disk: bool,
 ):
-    """Embed the corpus with the encoder's code tower and build a FAISS index over it.
+    """Build a FAISS index over the embedded corpus shards: trained once on a sample, every shard added.
 
     Args:
         encoder: train_encoder's output.
         onnx: export_onnx's output: the onnx runtimes run its files (the bundle's) as they are.
-        corpus: ingest's corpus.
+        embedded: embed_corpus's outputs, every shard of the run (dsl.Collected over the fan-out).
         pairs: ingest's pairs; recall and latency use the queries of their test split.
-        index: index.faiss, index_meta.parquet, metrics.json, config.json.
+        index: index.faiss (and index.ivfdata), index_meta.parquet, bm25/, metrics.json, config.json.
         metrics: recall@10 against exact search, search latency, index size.
         factory: FAISS index factory string ('' = chosen by corpus size).
         max_corpus: index at most this many corpus rows (0 = all).
         whole_sources: sources indexed whole under max_corpus; the others share what is left.
         recall_queries: queries for recall@10 and latency.
-        runtime: torch, or onnx-int8 / onnx-fp32 (the encoder exported as the bundle's is; faster on CPU).
+        runtime: the shards' runtime; the recall queries are embedded with it: torch, or onnx-int8 / onnx-fp32.
+        ivf_on_disk: an IVF index's inverted lists in index.ivfdata, mapped by search (indexes beyond memory).
     """
     import os
 
@@ -49,16 +52,18 @@ def build_index(
             "whole_sources": whole_sources,
             "recall_queries": recall_queries,
             "runtime": runtime,
+            "ivf_on_disk": ivf_on_disk,
         },
         source="build_index component",
     )
     result = stage.run(
         stage_config,
         os.path.join(encoder.path, "encoder"),
-        corpus.path,
+        None,
         index.path,
         pairs_dir=pairs.path,
         onnx_dir=onnx.path,
+        shard_dirs=[shard.path for shard in embedded],
     )
     metrics.log_metric("ntotal", result["ntotal"])
     metrics.log_metric("recall@10", result["recall@10"])

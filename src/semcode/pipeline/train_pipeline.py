@@ -4,8 +4,9 @@ Steps, in the order the function below wires them:
 
     1 ingest -> 2 train_tokenizer -> 3 train_encoder (then 0..2 hard-negative rounds: mine_hard_negatives
     -> train_encoder continuing the encoder) -> 4 export_onnx -> 5 evaluate, 6 train_decoder and
-    7 build_index (independent of each other) -> 8 gate -> 9 publish (only when the gate passed and a
-    registry is given)
+    7 build_index (independent of each other; 7 is plan_corpus_shards -> a dsl.ParallelFor of
+    embed_corpus over the corpus shards on the GPU pool -> build_index over the dsl.Collected shards)
+    -> 8 gate -> 9 publish (only when the gate passed and a registry is given)
 
 evaluate, train_decoder and build_index take export_onnx's files: with an onnx runtime (the local preset)
 they run the very files the bundle ships instead of exporting the encoder again (about 20 s each on 2
@@ -27,14 +28,19 @@ never disagree. The cluster parameters (``gpu_count``, ``gpu_node_selector``, ``
 
 Cluster settings, all in this module:
 
-- train_encoder, mine_hard_negatives and train_decoder ask for ``gpu_count`` nvidia.com/gpu, are scheduled on the GPU
-  pool (the node selector and tolerations parameters) and get a memory-backed /dev/shm (PyTorch data
-  loader workers and NCCL share memory through it; the container default is 64 MB);
+- train_encoder, mine_hard_negatives, train_decoder and every embed_corpus shard ask for ``gpu_count``
+  nvidia.com/gpu, are scheduled on the GPU pool (the node selector and tolerations parameters) and get
+  a memory-backed /dev/shm (PyTorch data loader workers and NCCL share memory through it; the
+  container default is 64 MB);
 - with ``num_nodes`` > 1 each train_encoder task submits a Kubeflow Trainer TrainJob that runs the same
   stage on ``num_nodes`` nodes (semcode.cluster.trainjob), follows it and collects its output; the task's own
   pod keeps its GPU request meanwhile (a KFP DAG cannot make a resource request depend on a parameter
   in a way kfp.local also runs);
 - the CPU stages get modest requests and limits;
+- at most ``EMBED_PARALLELISM`` embed_corpus shards run at once (``SEMCODE_EMBED_PARALLELISM`` when
+  ``semcode compile`` runs, default 8): KFP fixes a ParallelFor's parallelism in the compiled YAML
+  (``iteratorPolicy.parallelismLimit``), so it cannot be a run parameter; kfp.local runs at most two
+  iterations at a time whatever it says;
 - every task reads S3 credentials from the Kubernetes Secret ``s3_secret_name`` as environment
   variables: keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (required), AWS_ENDPOINT_URL (MinIO,
   SeaweedFS; leave it out for AWS) and AWS_DEFAULT_REGION (optional). No value is in this file or
@@ -50,17 +56,19 @@ Cluster settings, all in this module:
   and write the registry, which changes between runs with the same inputs.
 """
 
-from typing import NamedTuple
+import os
+from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Model, PipelineTask
 
 from semcode.components.build_index import build_index
+from semcode.components.embed_corpus import embed_corpus, plan_corpus_shards
 from semcode.components.evaluate import evaluate
 from semcode.components.export_onnx import export_onnx
 from semcode.components.gate import gate
 from semcode.components.images import GPU_IMAGE
-from semcode.components.ingest import ingest
+from semcode.components.ingest import ingest, ingest_merge, ingest_shard, ingest_shard_indices
 from semcode.components.mine_hard_negatives import mine_hard_negatives
 from semcode.components.publish import publish
 from semcode.components.train_decoder import train_decoder
@@ -80,6 +88,8 @@ GPU_STAGE = (
 )  # training, mining, the decoder, beside their GPUs; /dev/shm counts in its memory
 SHM_SIZE = "16Gi"
 GPU_RESOURCE = "nvidia.com/gpu"
+
+EMBED_PARALLELISM = int(os.environ.get("SEMCODE_EMBED_PARALLELISM", "8"))  # shards embedded at once
 
 RETRIES = 2
 RETRY_BACKOFF = "10s"  # then 20 s: a retried pod waits for scheduling anyway
@@ -116,6 +126,26 @@ def on_gpu_pool(
     return task
 
 
+def ingest_step(settings: dict, shards: Any, s3_secret_name: Any) -> tuple[Any, Any]:
+    """Step 1 of the pipeline: the (pairs, corpus) artifacts of one ingest task when ``shards`` is 1, else
+    of the fan-out (ingest_shard_indices -> a dsl.ParallelFor of ingest_shard -> ingest_merge over the
+    dsl.Collected shards). ``settings`` are the ingest parameters every one of those tasks takes."""
+    with dsl.If(shards == 1, name="one-ingest-task"):
+        ingest_task = on_cluster(ingest(**settings), CPU_STAGE, s3_secret_name)
+    with dsl.Else(name="ingest-shards"):
+        shard_list = on_cluster(ingest_shard_indices(shards=shards), LIGHT_STAGE, s3_secret_name)
+        with dsl.ParallelFor(shard_list.output, name="ingest-shard-fan-out") as shard_index:
+            shard_task = ingest_shard(index=shard_index, shards=shards, **settings)
+            on_cluster(shard_task, CPU_STAGE, s3_secret_name)
+        merge_task = ingest_merge(
+            shards=dsl.Collected(shard_task.outputs["shard"]), shard_count=shards, **settings
+        )
+        on_cluster(merge_task, CPU_STAGE, s3_secret_name)
+    pairs = dsl.OneOf(ingest_task.outputs["pairs"], merge_task.outputs["pairs"])
+    corpus = dsl.OneOf(ingest_task.outputs["corpus"], merge_task.outputs["corpus"])
+    return pairs, corpus
+
+
 class Outputs(NamedTuple):
     """What a run hands back (kfp.local returns these; the KFP UI lists them as the run's outputs)."""
 
@@ -132,6 +162,7 @@ def train_pipeline(
     ingest_max_files_per_source: int = 0,
     ingest_corpus_near_dup: bool = True,
     ingest_workers: int = 1,
+    ingest_shards: int = 1,
     # train_tokenizer
     train_tokenizer_vocab_size: int = 32768,
     train_tokenizer_min_frequency: int = 2,
@@ -224,6 +255,9 @@ def train_pipeline(
     build_index_whole_sources: list = [],  # noqa: B006
     build_index_recall_queries: int = 1000,
     build_index_runtime: str = "torch",
+    build_index_shards: int = 0,
+    build_index_shard_rows: int = 1_000_000,
+    build_index_ivf_on_disk: bool = False,
     # export_onnx
     export_onnx_max_mrr_loss: float = 0.005,
     export_onnx_parity_texts: int = 512,
@@ -252,11 +286,12 @@ def train_pipeline(
     """Train a natural-language-to-code search model and release it when it beats the published one.
 
     Args:
-        ingest_sources: Sources as KIND:LOCATION: python:stdlib, python:site-packages, dir:PATH, csn:PATH, pairs:PATH, humaneval: (PATH local or s3://).
+        ingest_sources: Sources as KIND:LOCATION: python:stdlib, python:site-packages, dir:PATH, csn:PATH, pairs:PATH, text:PATH (JSONL/Parquet rows with a text or content column: The Stack, code-rag-bench), humaneval: (PATH local or s3://).
         ingest_languages: Languages read from dir: and JSONL sources, e.g. ["go", "java"]; [] = all of python, go, java, javascript, typescript, ruby, php, rust, c, cpp (python: sources stay Python).
         ingest_max_files_per_source: Read at most this many files per source, sampled by path hash (0 = all).
         ingest_corpus_near_dup: Also remove near duplicates from the corpus (exact ones always).
         ingest_workers: Processes that parse source files (1 = in the ingest process).
+        ingest_shards: Split every source's files into this many shards by a stable hash of their path, ingested side by side (a ParallelFor, one pod each) and merged with one global deduplication: the same pairs and corpus as 1 (1 = one ingest task).
         train_tokenizer_vocab_size: Vocabulary size, including the 256 byte symbols and 5 special tokens.
         train_tokenizer_min_frequency: A pair of tokens must occur at least this often to be merged.
         train_tokenizer_fertility_rows: At most this many rows (test pairs) for the fertility measurement.
@@ -343,6 +378,9 @@ def train_pipeline(
         build_index_whole_sources: Sources indexed whole under build_index_max_corpus, e.g. ["python:stdlib"]; the other sources share the rest evenly.
         build_index_recall_queries: Queries for the index's recall@10 and latency (sampled, seeded).
         build_index_runtime: Run the encoder with torch, or exported as the bundle's is: onnx-int8 (~2.5x faster on CPU) or onnx-fp32.
+        build_index_shards: Corpus shards embedded in parallel on the GPU pool, one pod each (0 = one per build_index_shard_rows selected rows).
+        build_index_shard_rows: Selected corpus rows per shard when build_index_shards is 0.
+        build_index_ivf_on_disk: Keep an IVF index's inverted lists in index.ivfdata beside index.faiss (faiss' on-disk merge; search maps them): for indexes larger than memory; needs an IVF build_index_factory without RFlat.
         export_onnx_max_mrr_loss: Largest test MRR drop of int8 vs fp32 ONNX for int8 to be the default.
         export_onnx_parity_texts: Validation rows whose query and code are encoded for the ONNX parity check.
         export_onnx_latency_repeats: Timed calls per runner and shape in the latency measurement.
@@ -365,16 +403,17 @@ def train_pipeline(
         tensorboard_prefix: Live training curves: an s3:// prefix (or a path mounted on the training pods) each training task uploads its TensorBoard event files to while it trains, under <tensorboard_prefix>/<run id>/<task> (`tensorboard --logdir s3://...` or a Kubeflow TensorBoard on it; '' = only in the artifacts; single-node training tasks only).
         resume_run_id: Continue the training tasks of an earlier run of this pipeline from its checkpoints under checkpoint_root (semcode submit --resume RUN_ID; '' = this run's own).
     """
-    # 1. ingest: sources -> pairs (train/valid/test) + corpus
-    ingest_task = ingest(
+    # 1. ingest: sources -> pairs (train/valid/test) + corpus. One task, or with ingest_shards > 1 a fan-out:
+    #    each shard reads its share of every source's files and signs its rows (MinHash); one merge
+    #    deduplicates across all shards and splits: the same pairs and corpus as the one task.
+    ingest_settings = dict(
         sources=ingest_sources,
         languages=ingest_languages,
         max_files_per_source=ingest_max_files_per_source,
         corpus_near_dup=ingest_corpus_near_dup,
         workers=ingest_workers,
     )
-    on_cluster(ingest_task, CPU_STAGE, s3_secret_name)
-    pairs, corpus = ingest_task.outputs["pairs"], ingest_task.outputs["corpus"]
+    pairs, corpus = ingest_step(ingest_settings, ingest_shards, s3_secret_name)
 
     # 2. train_tokenizer: corpus -> tokenizer (used when training from scratch)
     tokenizer_task = train_tokenizer(
@@ -551,17 +590,40 @@ def train_pipeline(
     )
     on_gpu_pool(decoder_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
 
-    # 7. build_index: encoder + corpus -> FAISS index
+    # 7. build_index: the corpus cut into shards (build_index's row selection, contiguous runs), each
+    #    embedded by its own pod on the GPU pool; then one task trains the index on a sample of all the
+    #    vectors and adds every shard -> FAISS index (the same ids as one pod embedding it all)
+    plan_task = plan_corpus_shards(
+        corpus=corpus,
+        shards=build_index_shards,
+        shard_rows=build_index_shard_rows,
+        max_corpus=build_index_max_corpus,
+    )
+    on_cluster(plan_task, LIGHT_STAGE, s3_secret_name)
+    with dsl.ParallelFor(plan_task.output, name="corpus-shards", parallelism=EMBED_PARALLELISM) as item:
+        embed_task = embed_corpus(
+            encoder=encoder,
+            onnx=onnx,
+            corpus=corpus,
+            shard=item.shard,
+            shards=item.shards,
+            gpu_count=gpu_count,
+            max_corpus=build_index_max_corpus,
+            whole_sources=build_index_whole_sources,
+            runtime=build_index_runtime,
+        )
+        on_gpu_pool(embed_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
     index_task = build_index(
         encoder=encoder,
         onnx=onnx,
-        corpus=corpus,
+        embedded=dsl.Collected(embed_task.outputs["embeddings"]),
         pairs=pairs,
         factory=build_index_factory,
         max_corpus=build_index_max_corpus,
         whole_sources=build_index_whole_sources,
         recall_queries=build_index_recall_queries,
         runtime=build_index_runtime,
+        ivf_on_disk=build_index_ivf_on_disk,
     )
     on_cluster(index_task, CPU_STAGE, s3_secret_name)
 

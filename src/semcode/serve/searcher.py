@@ -163,14 +163,20 @@ def query_encoder_file(bundle: dict, precision: str | None = None) -> str:
 
 def query_files(bundle: dict, precision: str | None = None) -> list[str]:
     """The bundle files a query reads (relative paths), bundle.json aside: the tokenizer, the query
-    encoder, the index and its metadata, then the lexical index's files when the bundle has one."""
+    encoder, the index and its metadata, then the lexical index's files when the bundle has one and an
+    on-disk IVF index's inverted lists (``index.ivfdata``) when it has them."""
     index = bundle["index"]
-    return [
-        bundles.TOKENIZER_FILE,
-        query_encoder_file(bundle, precision),
-        index.get("file", bundles.INDEX_FILE),
-        index.get("meta", bundles.META_FILE),
-    ] + lexical_files(bundle)
+    ivfdata = [index["ivfdata"]] if index.get("ivfdata") else []  # an on-disk IVF index's inverted lists
+    return (
+        [
+            bundles.TOKENIZER_FILE,
+            query_encoder_file(bundle, precision),
+            index.get("file", bundles.INDEX_FILE),
+            index.get("meta", bundles.META_FILE),
+        ]
+        + lexical_files(bundle)
+        + ivfdata
+    )
 
 
 def lexical_files(bundle: dict) -> list[str]:

@@ -1,4 +1,20 @@
-"""Stage build_index: embed the corpus with the encoder's code tower and build a FAISS index over it.
+"""Stage build_index: embed the corpus with the encoder's code tower (or take it embedded in shards) and
+build a FAISS index over it.
+
+Two ways in, one index out. ``--corpus``: this stage embeds the corpus itself, in one pod (below).
+``--embedded``: the corpus was embedded in shards by semcode.stages.embed_corpus (the pipeline runs one
+pod per shard on the GPU pool, a dsl.ParallelFor); this stage checks the shards are every shard of one
+embedding run (numbers 0..N-1 once each, one dimension, encoder, runtime and row selection, the one this
+config asks for; any other set is an error naming the shard), concatenates their metadata in shard order,
+trains the index once on a seeded sample of all their vectors (the same rows a single array's sample
+takes) and adds every shard in batches (index_shards). The shards are contiguous runs of the very rows
+the one-pod way embeds, so both give the same ids, metadata, coverage and recall queries; only the
+vectors' batching differs. With ``ivf_on_disk`` an IVF index keeps its inverted lists in
+``out/index.ivfdata`` (faiss.contrib.ondisk: each shard added to a copy of the trained index, the copies
+merged into one OnDiskInvertedLists file), which search maps rather than reads; for indexes beyond the
+pod's memory.
+
+The rest describes the one-pod way; from the index on, both are the same (finish_index).
 
 Reads ``corpus/part-*.parquet`` (the ingest corpus) shard by shard in chunks: every row, or with
 ``max_corpus`` a seeded sample of that many rows spread over the ``source`` column (the ``whole_sources``
@@ -10,6 +26,7 @@ exact "Flat" up to ``flat_max`` vectors, "HNSW{m},Flat" up to ``hnsw_max``, IVF-
 exact vectors beyond; ``factory`` overrides), on the GPU when FAISS has one. Writes::
 
     out/index.faiss          faiss.write_index; FAISS id i = row i of index_meta.parquet
+    out/index.ivfdata        with ivf_on_disk only: the inverted lists (semcode.index.load_index maps them)
     out/index_meta.parquet   semcode.contract.META_COLUMNS of every indexed function, in id order: code,
                              language, repo, path, start_line (from the url's #L<start>, or the
                              corpus' own start_line column when it has one), func_name, url,
@@ -21,7 +38,8 @@ exact vectors beyond; ``factory`` overrides), on the GPU when FAISS has one. Wri
                              index seconds, index size on disk and in memory, and ``coverage``:
                              {"indexed", "corpus_rows", "sampled_by", "per_source": {source:
                              [indexed, total]}} ("all", or "seeded sample (seed S), even share per source"; with
-                             ``whole_sources``: "...: python:stdlib whole, an even share per other source")
+                             ``whole_sources``: "...: python:stdlib whole, an even share per other source"),
+                             ``embedded_in_shards`` (N, or null when embedded here) and ``ivf_on_disk``
     out/config.json          the resolved config
 
 Every output is written through a temporary name (``out/.index.faiss.partial``, ...) and renamed when
@@ -65,7 +83,7 @@ from semcode import config as cfg
 from semcode import index as faiss_index
 from semcode import storage
 from semcode.config import ConfigError, field
-from semcode.contract import LEXICAL_DIR, META_COLUMNS, ONNX_HELP, RUNTIME_HELP
+from semcode.contract import IVFDATA_FILE, LEXICAL_DIR, META_COLUMNS, ONNX_HELP, RUNTIME_HELP
 from semcode.data.pairs import PAIR_SCHEMA, read_split
 from semcode.embed import EmbedFn, check_runtime
 from semcode.progress import Progress, log
@@ -73,6 +91,9 @@ from semcode.progress import Progress, log
 TAG = "build-index"
 INDEX_FILE = "index.faiss"
 META_FILE = "index_meta.parquet"
+# One embedded shard of the corpus (semcode.stages.embed_corpus writes it, index_shards reads it):
+SHARD_VECTORS_FILE = "embeddings.npy"  # float32 [count, dim], row i = row i of the shard's META_FILE
+SHARD_MANIFEST_FILE = "manifest.json"  # shard, shards, dim, count, encoder, the selection it belongs to
 START_LINE = "start_line"  # not a corpus column (yet): parsed from the url's #L<start> fragment
 SIGNATURE = "signature"  # a corpus column since signatures were extracted; "" for older corpora
 DOC = "doc"  # the corpus' query column: the doc comment's first paragraph, on one line
@@ -116,6 +137,13 @@ class BuildIndexConfig:
         (), "sources indexed whole under max_corpus (e.g. python:stdlib); the others share what is left"
     )
     recall_queries: int = field(1000, "queries for recall@10 and latency (sampled, seeded)")
+    shards: int = field(
+        0, "corpus shards the pipeline embeds in parallel (0 = one per shard_rows selected rows)"
+    )
+    shard_rows: int = field(1_000_000, "selected corpus rows per shard when shards is 0")
+    ivf_on_disk: bool = field(
+        False, "IVF inverted lists in index.ivfdata beside index.faiss, mapped, not read (IVF without RFlat)"
+    )
     use_gpu: str = field("auto", "FAISS on the GPU: auto (when faiss-gpu sees one), yes, no")
     device: str = field("auto", "torch device for the encoder: auto (cuda when available), cpu, cuda")
     runtime: str = field("torch", RUNTIME_HELP)
@@ -123,7 +151,16 @@ class BuildIndexConfig:
 
     def validate(self) -> None:
         check_runtime(self.runtime)
-        for name in ("flat_max", "hnsw_max", "ivf_nlist", "pq_m", "train_sample", "max_length", "max_corpus"):
+        for name in (
+            "flat_max",
+            "hnsw_max",
+            "ivf_nlist",
+            "pq_m",
+            "train_sample",
+            "max_length",
+            "max_corpus",
+            "shards",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not isinstance(self.whole_sources, tuple) or not all(
@@ -138,6 +175,7 @@ class BuildIndexConfig:
             "add_batch_size",
             "encode_batch_size",
             "recall_queries",
+            "shard_rows",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -322,6 +360,43 @@ def select_rows(
     return RowSelection(shard_rows, len(selected), corpus_rows, sampled_by, source_rows)
 
 
+def selected_rows(corpus_dir: str | Path, max_corpus: int) -> int:
+    """How many rows select_rows chooses (every row, or ``max_corpus`` of them), from the shards' Parquet
+    metadata alone: what the pipeline sizes its embedding fan-out by before reading any row."""
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in corpus_shards(corpus_dir))
+    if rows == 0:
+        raise ValueError(f"corpus {corpus_dir} is empty: no rows")
+    return min(max_corpus, rows) if max_corpus else rows
+
+
+def split_selection(selection: RowSelection, files: list[Path], shard: int, shards: int) -> RowSelection:
+    """Shard ``shard`` of ``shards`` of ``selection``: its selected rows split into contiguous runs in corpus
+    order, as even as can be (of S selected rows, shard k holds ranks [k*S//shards, (k+1)*S//shards)), so
+    the shards one after another are the selection, row for row, and FAISS ids stay those of one pod.
+    ``corpus_rows``, ``sampled_by`` and ``source_rows`` stay the whole selection's."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise ValueError(f"shard must be in 0..shards-1 with shards >= 1, got shard {shard} of {shards}")
+    counts = [pq.ParquetFile(path).metadata.num_rows for path in files]
+    per_file = [
+        count if rows is None else len(rows) for rows, count in zip(selection.shard_rows, counts, strict=True)
+    ]
+    first, last = shard * selection.selected // shards, (shard + 1) * selection.selected // shards
+    shard_rows: list[np.ndarray | None] = []
+    file_start = 0
+    for rows, count, chosen in zip(selection.shard_rows, counts, per_file, strict=True):
+        lo, hi = max(first, file_start) - file_start, min(last, file_start + chosen) - file_start
+        file_start += chosen
+        if hi <= lo:
+            shard_rows.append(np.empty(0, dtype=np.int64))
+        elif rows is None:
+            shard_rows.append(None if (lo, hi) == (0, count) else np.arange(lo, hi, dtype=np.int64))
+        else:
+            shard_rows.append(rows[lo:hi])
+    return RowSelection(
+        shard_rows, last - first, selection.corpus_rows, selection.sampled_by, selection.source_rows
+    )
+
+
 def _check_embeddings(vectors: np.ndarray, rows: int, dim: int, what: str) -> np.ndarray:
     if not isinstance(vectors, np.ndarray) or vectors.shape != (rows, dim):
         shape = getattr(vectors, "shape", None)
@@ -339,6 +414,16 @@ class EmbeddedCorpus:
     queries: list[str] = dataclass_field(default_factory=list)  # a reservoir sample of the corpus' queries
     queries_seen: int = 0
     per_source: Counter[str] = dataclass_field(default_factory=Counter)  # vectors written per source
+
+    def sample_query(self, query: str, rng: random.Random, size: int) -> None:
+        """Reservoir-sample the non-empty ``query`` (up to ``size`` kept), in the order rows are indexed."""
+        if not query:
+            return
+        self.queries_seen += 1
+        if len(self.queries) < size:
+            self.queries.append(query)
+        elif (slot := rng.randrange(self.queries_seen)) < size:
+            self.queries[slot] = query
 
 
 def selected_batches(
@@ -394,12 +479,7 @@ def embed_corpus(
                 done.rows_read += table.num_rows
                 table = table.filter(pc.not_equal(pc.fill_null(table["code"], ""), ""))
                 for query in table["query"].to_pylist():
-                    if query:
-                        done.queries_seen += 1
-                        if len(done.queries) < n_queries:
-                            done.queries.append(query)
-                        elif (slot := rng.randrange(done.queries_seen)) < n_queries:
-                            done.queries[slot] = query
+                    done.sample_query(query, rng, n_queries)
                 codes = table["code"].to_pylist()
                 if codes:
                     vectors = _check_embeddings(embed(codes, "code"), len(codes), dim, "code")
@@ -470,6 +550,37 @@ def coverage(corpus: EmbeddedCorpus, selection: RowSelection) -> dict:
     }
 
 
+def prepare_out(out_dir: str | Path) -> Path:
+    """The output directory, emptied of an earlier run's outputs: a run that fails never leaves old and
+    new files mixed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (
+        out / "metrics.json",
+        out / INDEX_FILE,
+        out / IVFDATA_FILE,
+        out / META_FILE,
+        out / cfg.RESOLVED_CONFIG_NAME,
+    ):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(out / LEXICAL_DIR, ignore_errors=True)
+    return out
+
+
+def plan_factory(config: BuildIndexConfig, n_vectors: int, dim: int) -> str:
+    """The factory string for ``n_vectors`` (config.factory, or by size), checked before any work."""
+    factory = faiss_index.choose_factory(n_vectors, dim, config)
+    faiss_index.validate_factory(factory, dim, n_vectors)
+    if config.ivf_on_disk:
+        probe = faiss_index.new_index(factory, dim)
+        if faiss_index.ivf_part(probe) is None or "RFlat" in factory or "Refine" in factory:
+            raise ConfigError(
+                f"ivf_on_disk needs an IVF index without a refine stage, got factory {factory!r} for "
+                f"{n_vectors} vectors; set factory, e.g. 'IVF4096,PQ48x8' or 'OPQ48,IVF4096,PQ48x8'"
+            )
+    return factory
+
+
 def index_corpus(
     config: BuildIndexConfig,
     embed: EmbedFn,
@@ -492,8 +603,7 @@ def index_corpus(
         raise ValueError(f"corpus {corpus_dir} is empty: {len(shards)} shard(s), no rows")
     selection = select_rows(shards, config.max_corpus, config.seed, config.whole_sources)
     n_rows = selection.selected
-    factory = faiss_index.choose_factory(n_rows, dim, config)
-    faiss_index.validate_factory(factory, dim, n_rows)
+    factory = plan_factory(config, n_rows, dim)
     on_gpu = faiss_index.resolve_use_gpu(config.use_gpu)
     queries = sample_test_queries(pairs_dir, config.recall_queries, config.seed) if pairs_dir else None
     where = "GPU" if on_gpu else "CPU"
@@ -503,20 +613,10 @@ def index_corpus(
         f"FAISS on the {where}",
     )
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # An earlier run's outputs go first: a run that fails never leaves old and new files mixed.
-    for stale in (out / "metrics.json", out / INDEX_FILE, out / META_FILE, out / cfg.RESOLVED_CONFIG_NAME):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(out / LEXICAL_DIR, ignore_errors=True)
+    out = prepare_out(out_dir)
     with tempfile.TemporaryDirectory(prefix="semcode-embeddings-") as tmp:
         # 1. Embed the code into a memmap (bounded memory); the metadata goes to Parquet in the same order.
-        embedding_path = Path(tmp) / "embeddings.npy"
-        with storage.disk_space_errors(embedding_path):
-            embedding_file = np.lib.format.open_memmap(
-                embedding_path, mode="w+", dtype=np.float32, shape=(n_rows, dim)
-            )
-            reserve_space(embedding_path)
+        embedding_file = open_embeddings(Path(tmp) / "embeddings.npy", n_rows, dim)
         chunk_rows = config.encode_batch_size * CHUNK_BATCHES
         with storage.atomic_output(out / META_FILE) as meta_partial:
             corpus = embed_corpus(
@@ -534,12 +634,70 @@ def index_corpus(
                 f"corpus {corpus_dir}: all {corpus.rows_read} rows read have empty code; nothing to index"
             )
         embedding_file.flush()
-        vectors = embedding_file[: corpus.count]
+        # 2-4. Build, save, load back and measure the index.
+        metrics = finish_index(
+            config,
+            embed,
+            dim,
+            [embedding_file[: corpus.count]],
+            out,
+            factory,
+            corpus,
+            selection,
+            queries,
+            pairs_dir,
+            started,
+            encoder,
+        )
+        del embedding_file  # release the memmap before its directory goes
+    return metrics
 
-        # 2. Build the index, set its search knobs (they are saved with it) and save it.
-        start = time.perf_counter()
+
+def open_embeddings(path: Path, rows: int, dim: int) -> np.memmap:
+    """A float32 [rows, dim] .npy memmap at ``path`` with its disk space reserved (reserve_space)."""
+    with storage.disk_space_errors(path):
+        embedding_file = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+        reserve_space(path)
+    return embedding_file
+
+
+def finish_index(
+    config: BuildIndexConfig,
+    embed: EmbedFn,
+    dim: int,
+    parts: list[np.ndarray],
+    out: Path,
+    factory: str,
+    corpus: EmbeddedCorpus,
+    selection: RowSelection,
+    queries: list[str] | None,
+    pairs_dir: str | Path | None,
+    started: float,
+    encoder: str,
+    shards: int | None = None,
+) -> dict:
+    """Build the index over ``parts`` (the embedded rows of ``out``/index_meta.parquet, in its order; one
+    array, or the shards'), save it, load it back as search does, measure recall@10 and latency, write
+    the lexical index, metrics.json and config.json; returns the metrics. Both ways of building (one pod,
+    or shards) end here."""
+    on_gpu = faiss_index.resolve_use_gpu(config.use_gpu)
+    index_path = out / INDEX_FILE
+    # 2. Build the index, set its search knobs (they are saved with it) and save it.
+    start = time.perf_counter()
+    if config.ivf_on_disk:  # inverted lists in out/index.ivfdata (merged per shard), mapped by search
+        index = faiss_index.build_ivf_on_disk(
+            parts,
+            factory,
+            index_path,
+            metric="ip",
+            train_sample=config.train_sample,
+            add_batch=config.add_batch_size,
+            use_gpu=config.use_gpu,
+            seed=config.seed,
+        )
+    else:
         index = faiss_index.build_index(
-            vectors,
+            parts,
             factory,
             metric="ip",
             train_sample=config.train_sample,
@@ -548,41 +706,38 @@ def index_corpus(
             seed=config.seed,
             ef_construction=config.ef_construction,
         )
-        search_params = faiss_index.set_search_params(
-            index, ef_search=config.ef_search, nprobe=config.nprobe, refine_k_factor=config.refine_k_factor
-        )
-        index_seconds = time.perf_counter() - start
-        index_type = faiss_index.describe(index)
-        index_path = out / INDEX_FILE
-        with storage.atomic_output(index_path) as index_partial:
-            faiss_index.save_index(index, index_partial)
-        del index
+    search_params = faiss_index.set_search_params(
+        index, ef_search=config.ef_search, nprobe=config.nprobe, refine_k_factor=config.refine_k_factor
+    )
+    index_seconds = time.perf_counter() - start
+    index_type = faiss_index.describe(index)
+    with storage.atomic_output(index_path) as index_partial:
+        faiss_index.save_index(index, index_partial)
+    del index
 
-        # 3. Load it back as a search service would, measuring its memory.
-        rss_before = rss_bytes()
-        index = faiss_index.load_index(index_path)
-        rss_after = rss_bytes()
+    # 3. Load it back as a search service would, measuring its memory.
+    rss_before = rss_bytes()
+    index = faiss_index.load_index(index_path)
+    rss_after = rss_bytes()
 
-        # 4. Recall@10 against exact search and the search latency, on real queries (query tower).
-        if queries is None:
-            queries = corpus.queries
-            query_source = f"corpus query column ({corpus.queries_seen} indexed rows have one)"
-        else:
-            query_source = f"{pairs_dir}/test query column"
-        if queries:
-            query_vectors = _check_embeddings(embed(queries, "query"), len(queries), dim, "query")
-        else:  # no natural language anywhere: the code vectors of sampled corpus rows stand in
-            rows = np.sort(
-                np.random.default_rng(config.seed).permutation(corpus.count)[: config.recall_queries]
-            )
-            query_vectors = np.ascontiguousarray(vectors[rows])
-            query_source = "corpus code vectors (no queries found)"
-        k = min(RECALL_K, corpus.count)
-        _, exact_ids = faiss_index.exact_search(vectors, query_vectors, k)
-        _, approx_ids = faiss_index.search(index, query_vectors, k)
-        recall = faiss_index.recall_at_k(approx_ids, exact_ids, k)
-        latency = faiss_index.measure_latency(index, query_vectors, k)
-        del vectors, embedding_file  # release the memmap before its directory goes
+    # 4. Recall@10 against exact search and the search latency, on real queries (query tower).
+    if queries is None:
+        queries = corpus.queries
+        query_source = f"corpus query column ({corpus.queries_seen} indexed rows have one)"
+    else:
+        query_source = f"{pairs_dir}/test query column"
+    if queries:
+        query_vectors = _check_embeddings(embed(queries, "query"), len(queries), dim, "query")
+    else:  # no natural language anywhere: the code vectors of sampled corpus rows stand in
+        rows = np.sort(np.random.default_rng(config.seed).permutation(corpus.count)[: config.recall_queries])
+        query_vectors = faiss_index.take_rows(parts, rows)
+        query_source = "corpus code vectors (no queries found)"
+    k = min(RECALL_K, corpus.count)
+    _, exact_ids = faiss_index.exact_search(parts, query_vectors, k)
+    _, approx_ids = faiss_index.search(index, query_vectors, k)
+    recall = faiss_index.recall_at_k(approx_ids, exact_ids, k)
+    latency = faiss_index.measure_latency(index, query_vectors, k)
+    ivfdata = out / IVFDATA_FILE
 
     metrics = {
         "factory": factory,
@@ -603,16 +758,19 @@ def index_corpus(
         "index_seconds": round(index_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "index_file_bytes": index_path.stat().st_size,
+        "ivf_on_disk": config.ivf_on_disk,
+        "ivfdata_file_bytes": ivfdata.stat().st_size if ivfdata.is_file() else 0,
         "meta_file_bytes": (out / META_FILE).stat().st_size,
         "lexical": write_lexical_index(out / META_FILE, out),
         "index_memory_mb": None if rss_before is None else round((rss_after - rss_before) / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "faiss_gpu": on_gpu,
-        "corpus_rows": rows_total,
+        "corpus_rows": selection.corpus_rows,
         "coverage": coverage(corpus, selection),
         "rows_read": corpus.rows_read,
         "rows_skipped_empty_code": corpus.rows_read - corpus.count,
         "encoder": encoder,
+        "embedded_in_shards": shards,  # None: embedded here, in one pod
     }
     with storage.atomic_output(out / "metrics.json") as metrics_partial:
         metrics_partial.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -626,25 +784,184 @@ def index_corpus(
     return metrics
 
 
-def run(
+# ---------------------------------------------------------------------------------------------
+# Index assembly from embedded shards (semcode.stages.embed_corpus writes them)
+
+SHARDS_MUST_AGREE = {  # manifest key -> what it is, for the error that names the shards disagreeing
+    "shards": "shard count",
+    "dim": "embedding dimension",
+    "encoder_id": "encoder (the sha256 of its weights)",
+    "runtime": "encoder runtime",
+    "max_length": "tokens per text",
+    "selection": "row selection (max_corpus, whole_sources, seed and the corpus they sampled)",
+}
+
+
+def encoder_identity(encoder_dir: str | Path) -> str:
+    """What tells two encoders apart: ``sha256:<digest of the weights>`` for a directory, else the alias."""
+    from semcode.embed import encoder_digest
+
+    path = Path(encoder_dir)
+    return f"sha256:{encoder_digest(path)}" if path.is_dir() else str(encoder_dir)
+
+
+def read_shards(
+    shard_dirs: Sequence[str | Path], config: BuildIndexConfig
+) -> list[tuple[Path, dict, np.ndarray]]:
+    """The embedded shards as (directory, manifest, vectors memmap), in shard order, checked before any
+    work: each has its files; together they are shards 0..N-1 of one embedding run, each once, with one
+    dimension, encoder, runtime and row selection, and that selection is the one ``config`` asks for;
+    each shard's vectors are float32 [count, dim] with one metadata row per vector. A failed check is an
+    error naming the shard directories."""
+    if not shard_dirs:
+        raise ValueError("no embedded shards given (expected embed-corpus outputs)")
+    found = []
+    for shard_dir in map(Path, shard_dirs):
+        if not shard_dir.is_dir():
+            raise FileNotFoundError(f"embedded shard {shard_dir} does not exist")
+        missing = [
+            n for n in (SHARD_MANIFEST_FILE, SHARD_VECTORS_FILE, META_FILE) if not (shard_dir / n).is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"embedded shard {shard_dir} lacks {', '.join(missing)} (expected an embed-corpus output)"
+            )
+        found.append((shard_dir, json.loads((shard_dir / SHARD_MANIFEST_FILE).read_text())))
+    for key, what in SHARDS_MUST_AGREE.items():
+        values = {str(d): m.get(key) for d, m in found}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            listed = "; ".join(f"{d}: {json.dumps(v, sort_keys=True)}" for d, v in values.items())
+            raise ValueError(f"the embedded shards have different {what} ({key}): {listed}")
+    shards = found[0][1]["shards"]
+    numbers = Counter(m["shard"] for _, m in found)
+    twice = sorted(number for number, times in numbers.items() if times > 1)
+    absent = sorted(set(range(shards)) - set(numbers))
+    if twice or absent:
+        given = ", ".join(f"{d} (shard {m['shard']})" for d, m in found)
+        problem = f"shard(s) {absent} missing" if absent else f"shard(s) {twice} given more than once"
+        raise ValueError(f"embedded shards of a {shards}-shard run: {problem}; given {given}")
+    settings = {
+        **found[0][1]["selection"],
+        "runtime": found[0][1]["runtime"],
+        "max_length": found[0][1]["max_length"],
+    }
+    for name in ("max_corpus", "whole_sources", "seed", "runtime", "max_length"):
+        wanted = list(getattr(config, name)) if name == "whole_sources" else getattr(config, name)
+        if settings[name] != wanted:
+            raise ValueError(
+                f"the embedded shards ({found[0][0]}, ...) were embedded with {name}={settings[name]!r}, "
+                f"this build-index config has {name}={wanted!r}: embed the corpus again with the same {name}"
+            )
+    checked = []
+    for shard_dir, manifest in sorted(found, key=lambda item: item[1]["shard"]):
+        vectors = np.load(shard_dir / SHARD_VECTORS_FILE, mmap_mode="r")
+        expected = (manifest["count"], manifest["dim"])
+        if vectors.dtype != np.float32 or vectors.shape != expected:
+            raise ValueError(
+                f"embedded shard {shard_dir}: {SHARD_VECTORS_FILE} is {vectors.dtype} {vectors.shape}, its "
+                f"manifest says float32 {expected}"
+            )
+        meta_rows = pq.ParquetFile(shard_dir / META_FILE).metadata.num_rows
+        if meta_rows != manifest["count"]:
+            raise ValueError(
+                f"embedded shard {shard_dir}: {META_FILE} has {meta_rows} rows for {manifest['count']} vectors"
+            )
+        checked.append((shard_dir, manifest, vectors))
+    return checked
+
+
+def index_shards(
     config: BuildIndexConfig,
-    encoder_dir: str | Path,
-    corpus_dir: str | Path,
+    embed: EmbedFn,
+    dim: int,
+    shard_dirs: Sequence[str | Path],
     out_dir: str | Path,
     pairs_dir: str | Path | None = None,
-    onnx_dir: str | Path | None = None,
+    encoder: str = "",
+    encoder_id: str | None = None,
 ) -> dict:
-    """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``;
-    ``onnx_dir``: export_onnx's output of that encoder, whose files an onnx runtime runs as they are."""
-    config.validate()
-    from semcode.embed import check_encoder_spec, load_embed_fn
+    """Build, save and measure the index over embedded shards (embed-corpus outputs); returns the metrics.
 
-    # 1. Every input checked before the model loads.
-    check_encoder_spec(str(encoder_dir))
-    corpus_shards(corpus_dir)
-    if pairs_dir is not None:
-        sample_test_queries(pairs_dir, 1, config.seed)
-    # 2. The encoder, as the configured runtime runs it.
+    The index is trained once on a seeded sample of all the shards' vectors and every shard is added in
+    batches, in shard order (semcode.index.build_index over the list of shard memmaps; with
+    ``ivf_on_disk`` each shard is added to a copy of the trained index and the copies merged on disk,
+    semcode.index.build_ivf_on_disk), so FAISS id i = row i of the shards' metadata one after another,
+    which is what one pod embedding the same selection gives. ``embed`` embeds the recall queries (kind
+    "query"); with ``encoder_id`` (encoder_identity) the shards must have been embedded by that encoder.
+    """
+    config.validate()
+    started = time.perf_counter()
+    shards = read_shards(shard_dirs, config)
+    first = shards[0][1]
+    if first["dim"] != dim:
+        raise ValueError(
+            f"the embedded shards ({shards[0][0]}, ...) hold dim {first['dim']} vectors, the query encoder "
+            f"returns dim {dim} (dimension mismatch)"
+        )
+    if encoder_id is not None and first["encoder_id"] != encoder_id:
+        raise ValueError(
+            f"the embedded shards ({shards[0][0]}, ...) were embedded by encoder {first['encoder_id']} "
+            f"({first['encoder']}), this index's queries by {encoder_id} ({encoder}): embed the corpus with it"
+        )
+    total = sum(manifest["count"] for _, manifest, _ in shards)
+    if total == 0:
+        raise ValueError(f"the {len(shards)} embedded shard(s) hold no vectors (every row had empty code)")
+    factory = plan_factory(config, total, dim)
+    queries = sample_test_queries(pairs_dir, config.recall_queries, config.seed) if pairs_dir else None
+    chosen = first["selection"]
+    selection = RowSelection(
+        [], chosen["selected"], chosen["corpus_rows"], chosen["sampled_by"], chosen["source_rows"]
+    )
+    corpus = EmbeddedCorpus(
+        count=total,
+        rows_read=sum(manifest["rows_read"] for _, manifest, _ in shards),
+        seconds=sum(manifest["embed_seconds"] for _, manifest, _ in shards),  # pod-seconds, all shards
+    )
+    for _, manifest, _ in shards:
+        corpus.per_source.update(manifest["per_source"])
+    log(
+        TAG,
+        f"{total} vectors of {len(shards)} embedded shard(s) ({selection.sampled_by}), dim {dim}: index "
+        f"{factory!r}, FAISS on the {'GPU' if faiss_index.resolve_use_gpu(config.use_gpu) else 'CPU'}",
+    )
+
+    out = prepare_out(out_dir)
+    # 1. The shards' metadata one after another (row i = FAISS id i), and the query sample single-pod
+    #    build-index draws: the same reservoir over the same rows' queries in the same order.
+    rng = random.Random(config.seed)
+    with (
+        storage.atomic_output(out / META_FILE) as meta_partial,
+        pq.ParquetWriter(meta_partial, META_SCHEMA, compression="zstd") as meta_writer,
+    ):
+        for shard_dir, _, _ in shards:
+            for batch in pq.ParquetFile(shard_dir / META_FILE).iter_batches(batch_size=8192):
+                meta_writer.write_table(pa.Table.from_batches([batch]).cast(META_SCHEMA))
+                for query in batch.column(DOC).to_pylist():
+                    corpus.sample_query(query, rng, config.recall_queries)
+    # 2-4. Build (trained once, every shard added), save, load back and measure the index.
+    return finish_index(
+        config,
+        embed,
+        dim,
+        [vectors for _, _, vectors in shards],
+        out,
+        factory,
+        corpus,
+        selection,
+        queries,
+        pairs_dir,
+        started,
+        encoder,
+        shards=len(shards),
+    )
+
+
+def load_encoder(
+    config: BuildIndexConfig, encoder_dir: str | Path, onnx_dir: str | Path | None = None
+) -> tuple[EmbedFn, int]:
+    """The encoder as ``config.runtime`` runs it: (embedding callable, dim); embed-corpus uses it too."""
+    from semcode.embed import load_embed_fn
+
     embed, dim = load_embed_fn(
         str(encoder_dir),
         config.encode_batch_size,
@@ -654,7 +971,50 @@ def run(
         exported=onnx_dir,
     )
     log(TAG, f"encoder {encoder_dir}: dim {dim}")
-    # 3. Embed the corpus, build and measure the index, write it with its metadata and lexical index.
+    return embed, dim
+
+
+def run(
+    config: BuildIndexConfig,
+    encoder_dir: str | Path,
+    corpus_dir: str | Path | None,
+    out_dir: str | Path,
+    pairs_dir: str | Path | None = None,
+    onnx_dir: str | Path | None = None,
+    shard_dirs: Sequence[str | Path] | None = None,
+) -> dict:
+    """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``, or with
+    ``shard_dirs`` instead (embed-corpus outputs of that encoder) index their vectors, embedding only the
+    recall queries; ``onnx_dir``: export_onnx's output of that encoder, whose files an onnx runtime runs
+    as they are."""
+    config.validate()
+    from semcode.embed import check_encoder_spec
+
+    # 1. Every input checked before the model loads.
+    if (corpus_dir is None) == (shard_dirs is None):
+        raise ValueError("give either a corpus directory or embedded shards (embed-corpus outputs), not both")
+    check_encoder_spec(str(encoder_dir))
+    if shard_dirs is not None:
+        read_shards(shard_dirs, config)
+    else:
+        corpus_shards(corpus_dir)
+    if pairs_dir is not None:
+        sample_test_queries(pairs_dir, 1, config.seed)
+    # 2. The encoder, as the configured runtime runs it.
+    embed, dim = load_encoder(config, encoder_dir, onnx_dir)
+    # 3. Embed the corpus (or take the shards' vectors), build and measure the index, write it with its
+    #    metadata and lexical index.
+    if shard_dirs is not None:
+        return index_shards(
+            config,
+            embed,
+            dim,
+            shard_dirs,
+            out_dir,
+            pairs_dir=pairs_dir,
+            encoder=str(encoder_dir),
+            encoder_id=encoder_identity(encoder_dir),
+        )
     return index_corpus(
         config, embed, dim, corpus_dir, out_dir, pairs_dir=pairs_dir, encoder=str(encoder_dir)
     )
@@ -670,15 +1030,21 @@ def main(argv: list[str] | None = None) -> int:
             "  semcode build-index --encoder runs/encoder --corpus runs/ingest/corpus \\\n"
             "      --pairs runs/ingest/pairs --out runs/index\n"
             "  semcode build-index --encoder minilm --corpus runs/ingest/corpus --out runs/index \\\n"
-            "      --factory 'HNSW32,Flat' --ef-search 128"
+            "      --factory 'HNSW32,Flat' --ef-search 128\n"
+            "  semcode build-index --encoder runs/encoder --embedded runs/embed-0 runs/embed-1 \\\n      --out runs/index"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--encoder", required=True, metavar="DIR", help="encoder directory (train-encoder output) or minilm"
     )
-    parser.add_argument(
-        "--corpus", required=True, metavar="DIR", help="corpus directory of part-*.parquet shards"
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--corpus", metavar="DIR", help="corpus directory of part-*.parquet shards")
+    inputs.add_argument(
+        "--embedded",
+        nargs="+",
+        metavar="DIR",
+        help="embed-corpus outputs, every shard of one run: index their vectors instead of embedding",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory for the index")
     parser.add_argument(
@@ -692,7 +1058,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = cfg.from_args(BuildIndexConfig, args, section="build_index")
-        run(config, args.encoder, args.corpus, args.out, pairs_dir=args.pairs, onnx_dir=args.onnx)
+        run(
+            config,
+            args.encoder,
+            args.corpus,
+            args.out,
+            pairs_dir=args.pairs,
+            onnx_dir=args.onnx,
+            shard_dirs=args.embedded,
+        )
     except (*cfg.BAD_INPUT_ERRORS, OSError) as error:  # OSError: a full disk, named by its path
         return cfg.bad_input("build-index", error)
     return 0

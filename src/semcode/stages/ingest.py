@@ -4,7 +4,9 @@ Sources are spec strings (see :mod:`semcode.data.sources`): ``python:stdlib`` an
 ``python:site-packages`` (the embedded default: this interpreter's own code), ``dir:PATH`` (local or
 ``s3://``; code in Python, Go, Java, JavaScript, TypeScript, Ruby, PHP, Rust, C and C++, or only
 the ``languages`` asked for), ``csn:PATH`` (CodeSearchNet/CodeXGLUE JSONL), ``pairs:PATH`` (query/code JSONL) and
-``humaneval:`` (evaluation only). Every spec and path is checked before any work starts.
+``text:PATH`` (raw JSONL/Parquet rows with a ``text`` or ``content`` column: The Stack, code-rag-bench) and
+``humaneval:`` (evaluation only). Every spec and path, and the layout of every text: file, is checked
+before any work starts.
 
 Steps: read every source (counting rejects by reason) -> fail on a source that yields nothing
 or whose error share exceeds ``max_reject_share`` -> remove exact and near-duplicate code from the
@@ -33,6 +35,18 @@ Choices:
   most functions of a package on purpose, and that is not a sign of bad input.
 - ``max_files_per_source`` picks files by a stable hash of their path, so a small sample still
   spreads over many packages (and the split by package still has units to split).
+
+Sharded (``shards`` > 1; the pipeline's ``ingest_shards``): :func:`run_shard` reads shard I of N of every
+source (files split by a stable hash of their path) and computes the MinHash signatures of its rows,
+the costly half of near-duplicate detection; it writes ``{pairs,corpus,eval}.parquet`` (PAIR_SCHEMA +
+``source_index``, ``file_index``, ``minhash``) and ``shard.json``. :func:`merge` takes shards 0..N-1
+(refusing a missing one or one made with another config), puts the rows in the order one read gives,
+sums the per-source stats (and only then fails a source that gave nothing), and runs steps 2-4 once
+over everything with the shards' signatures: exact and near duplicates are found across shards, and the
+output (pairs, corpus, eval, manifest but timings) is the same as one ``run`` on the same sources. The
+manifest's ``fan_out`` holds each shard's seconds and rows; ``seconds`` is the slowest shard plus the
+merge (the wall time when the shards run side by side). The merge holds every row in memory, as one
+``run`` does: sharding spreads the reading, extraction and signing, not the final pass.
 """
 
 from __future__ import annotations
@@ -42,22 +56,32 @@ import contextlib
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as field_factory
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
 from semcode.data import clean
 from semcode.data.languages import LANGUAGES, check_languages
-from semcode.data.pairs import SPLITS, write_shards
+from semcode.data.pairs import COLUMNS, PAIR_SCHEMA, SPLITS, normalise_row, write_shards
 from semcode.data.sources import (
+    WHOLE,
     ExtractOptions,
+    Shard,
     SourceError,
     SourceResult,
     SourceSpec,
+    SourceStats,
     check_exists,
+    check_layout,
     parse_spec,
     read_source,
 )
@@ -66,6 +90,7 @@ from semcode.progress import log
 
 TAG = "ingest"
 MANIFEST_NAME = "manifest.json"
+SHARD_MANIFEST_NAME = "shard.json"
 MAX_REPO_NAMES = 1000  # repository names listed per split in the manifest; counts are always complete
 
 
@@ -114,6 +139,12 @@ class IngestConfig:
         2, "fail when fewer pairs are left after deduplication (contrastive training needs other pairs)"
     )
     rows_per_shard: int = field(50_000, "rows per Parquet shard")
+    shards: int = field(
+        1,
+        "split every source's files into this many shards by a stable hash of their path; each shard is read "
+        "apart (the pipeline: side by side, a dsl.ParallelFor) and one merge deduplicates across all of them: "
+        "the output is the same as with 1",
+    )
     workers: int = field(
         1,
         "processes that parse files; 2 or more also deduplicate the corpus beside the pairs (spawned; 1 = in this process)",
@@ -140,7 +171,7 @@ class IngestConfig:
         for name in ("min_docstring_tokens", "min_code_lines", "max_code_chars", "max_files_per_source"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_file_bytes", "max_line_chars", "rows_per_shard", "workers", "min_pairs"):
+        for name in ("max_file_bytes", "max_line_chars", "rows_per_shard", "workers", "min_pairs", "shards"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         try:
@@ -171,13 +202,15 @@ class IngestConfig:
         )
 
 
-def check_sources(config: IngestConfig) -> list[SourceSpec]:
-    """Parse every spec and check every path exists, before any work; IngestError names the source."""
+def check_sources(config: IngestConfig, shard: Shard = WHOLE) -> list[SourceSpec]:
+    """Parse every spec, check every path exists and the layout of every text: file ``shard`` reads
+    (its text column, see sources.check_layout), before any work; IngestError names the source."""
     specs = []
     for text in config.sources:
         try:
             spec = parse_spec(text)
             check_exists(spec)
+            check_layout(spec, shard)
         except SourceError as error:
             raise IngestError(str(error)) from None
         specs.append(spec)
@@ -188,11 +221,10 @@ def check_sources(config: IngestConfig) -> list[SourceSpec]:
     return specs
 
 
-def check_result(result: SourceResult, max_reject_share: float) -> list[str]:
+def check_result(stats: SourceStats, max_reject_share: float) -> list[str]:
     """Raise IngestError for a source that gave nothing or too much bad input; return warnings."""
-    stats = result.stats
     seen = f"{stats.files_seen} files" + (f", {stats.records_seen} records" if stats.records_seen else "")
-    if not result.pairs and not result.corpus and not result.eval_rows:
+    if not stats.pairs and not stats.corpus_rows and not stats.eval_rows:
         raise IngestError(
             f"source '{stats.spec}' yielded no pairs: {seen}, rejected ({stats.rejects_text()})"
         )
@@ -201,7 +233,7 @@ def check_result(result: SourceResult, max_reject_share: float) -> list[str]:
             f"source '{stats.spec}': {stats.errors} of {stats.error_units} inputs are bad "
             f"({stats.error_share:.0%} > max_reject_share {max_reject_share:.0%}); rejects: {stats.rejects_text()}"
         )
-    if not result.pairs and not result.eval_rows:
+    if not stats.pairs and not stats.eval_rows:
         return [f"source '{stats.spec}' yielded corpus rows but no pairs ({stats.rejects_text()})"]
     return []
 
@@ -230,47 +262,103 @@ def _language_totals(source_stats: dict[str, dict]) -> dict[str, dict]:
     return {language: totals[language] for language in sorted(totals)}
 
 
-def run(config: IngestConfig, out_dir: str | Path) -> dict:
-    """Ingest ``config.sources`` into ``out_dir``; returns the manifest (also written as manifest.json)."""
-    config.validate()
-    specs = check_sources(config)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise IngestError(f"output {out} exists and is not a directory")
-    start = time.perf_counter()
-    cpu_start = time.process_time()
-    options = config.extract_options()
+@dataclass
+class Gathered:
+    """What reading the sources gave (all of them, or one shard's share), before deduplication.
 
-    # 1. Read every source.
-    pairs: list[dict] = []
-    corpus: list[dict] = []
-    eval_rows: dict[str, list[dict]] = {}
-    source_stats: dict[str, dict] = {}
-    warnings: list[str] = []
-    for spec in specs:
+    ``*_order`` is each row's (source position in ``config.sources``, file position in that source's
+    whole file list): sorting the shards' rows by it, stably, gives the order one unsharded read gives,
+    which is what makes the greedy deduplication (first occurrence kept) come out the same.
+    """
+
+    pairs: list[dict] = field_factory(default_factory=list)
+    corpus: list[dict] = field_factory(default_factory=list)
+    eval_rows: list[dict] = field_factory(default_factory=list)
+    pair_order: list[tuple[int, int]] = field_factory(default_factory=list)
+    corpus_order: list[tuple[int, int]] = field_factory(default_factory=list)
+    eval_order: list[tuple[int, int]] = field_factory(default_factory=list)
+    stats: dict[str, SourceStats] = field_factory(
+        default_factory=dict
+    )  # spec -> its stats, in config.sources order
+
+    def add(self, source_index: int, result: SourceResult) -> None:
+        for rows, order, new_rows, files in (
+            (self.pairs, self.pair_order, result.pairs, result.pair_files),
+            (self.corpus, self.corpus_order, result.corpus, result.corpus_files),
+            (self.eval_rows, self.eval_order, result.eval_rows, result.eval_files),
+        ):
+            rows.extend(new_rows)
+            order.extend((source_index, file_index) for file_index in files)
+
+
+def read_sources(
+    config: IngestConfig, specs: list[SourceSpec], shard: Shard = WHOLE, check: bool = True
+) -> Gathered:
+    """Read every source (``shard``'s share of each); with ``check`` fail on a source that yields nothing
+    or too much bad input as soon as it is read (a shard's share can be empty: shards are checked merged)."""
+    options = config.extract_options()
+    gathered = Gathered()
+    for source_index, spec in enumerate(specs):
         try:
-            result = read_source(spec, options, progress_tag=TAG)
+            result = read_source(spec, options, progress_tag=TAG, shard=shard)
         except SourceError as error:  # a dir: without a file of the selected languages
             raise IngestError(str(error)) from None
         stats = result.stats
         log(
             TAG,
-            f"{spec.text}: {stats.files_seen} files, {stats.functions_found} functions, "
+            f"{spec.text}{shard_label(shard)}: {stats.files_seen} files, {stats.functions_found} functions, "
             f"{stats.pairs + stats.eval_rows} pairs, {stats.corpus_rows} corpus rows in {stats.seconds:.1f}s",
         )
-        warnings += check_result(result, config.max_reject_share)
-        source_stats[spec.text] = stats.to_dict()
-        pairs += result.pairs
-        corpus += result.corpus
-        if result.eval_rows:
-            eval_rows.setdefault(spec.kind, []).extend(result.eval_rows)
+        if check:
+            check_result(stats, config.max_reject_share)
+        gathered.stats[spec.text] = stats
+        gathered.add(source_index, result)
+    return gathered
+
+
+def shard_label(shard: Shard) -> str:
+    return f" (shard {shard.index} of {shard.count})" if shard.count > 1 else ""
+
+
+@dataclass
+class Signatures:
+    """MinHash signatures computed beforehand (by the shards), row for row with Gathered's lists."""
+
+    pairs: np.ndarray
+    corpus: np.ndarray | None  # None when corpus_near_dup is off: the corpus needs exact dedup only
+    eval_rows: np.ndarray
+
+
+def finish(
+    config: IngestConfig,
+    specs: list[SourceSpec],
+    gathered: Gathered,
+    out: Path,
+    *,
+    start: float,
+    cpu_start: float,
+    signatures: Signatures | None = None,
+    extra: dict | None = None,
+    seconds_before: float = 0.0,
+    cpu_seconds_before: float = 0.0,
+) -> dict:
+    """Deduplicate, split and write what was read (steps 2-4 of the module docstring); the manifest."""
+    pairs, corpus = gathered.pairs, gathered.corpus
+    source_stats = {text: stats.to_dict() for text, stats in gathered.stats.items()}
+    warnings = [w for stats in gathered.stats.values() for w in check_result(stats, config.max_reject_share)]
+    eval_rows: dict[str, list[dict]] = {}
+    for row, (source_index, _) in zip(gathered.eval_rows, gathered.eval_order, strict=True):
+        eval_rows.setdefault(specs[source_index].kind, []).append(row)
 
     # 2. Deduplicate: pairs across all sources (evaluation rows are the reference, never removed),
     #    and the corpus. With two or more workers the corpus (the larger, about 0.4 ms a row) is
     #    deduplicated in a spawned process while this one does the pairs.
-    all_eval = [row for rows in eval_rows.values() for row in rows]
+    all_eval = gathered.eval_rows
     corpus_settings = dict(
-        near=config.corpus_near_dup, threshold=config.near_dup_threshold, num_perm=config.num_perm
+        near=config.corpus_near_dup,
+        threshold=config.near_dup_threshold,
+        num_perm=config.num_perm,
+        signatures=signatures.corpus if signatures is not None else None,
     )
     corpus_codes = [row["code"] for row in corpus]
     log(TAG, f"deduplicating {len(corpus)} corpus rows (exact{' + near' if config.corpus_near_dup else ''})")
@@ -287,6 +375,8 @@ def run(config: IngestConfig, out_dir: str | Path) -> dict:
             threshold=config.near_dup_threshold,
             num_perm=config.num_perm,
             reference=[row["code"] for row in all_eval],
+            signatures=signatures.pairs if signatures is not None else None,
+            reference_signatures=signatures.eval_rows if signatures is not None else None,
         )
         if corpus_job is None:
             corpus_dedup = clean.deduplicate(corpus_codes, **corpus_settings)
@@ -327,7 +417,7 @@ def run(config: IngestConfig, out_dir: str | Path) -> dict:
         shards[f"eval/{suite}"] = _write(rows, out / "eval" / suite, config.rows_per_shard)
         eval_manifest[suite] = {"rows": len(rows), "dir": f"eval/{suite}"}
 
-    seconds = time.perf_counter() - start
+    seconds = seconds_before + time.perf_counter() - start
     files_seen = sum(s["files_seen"] for s in source_stats.values())
     manifest = {
         "sources": source_stats,
@@ -357,11 +447,12 @@ def run(config: IngestConfig, out_dir: str | Path) -> dict:
         "warnings": warnings,
         "seconds": round(seconds, 2),
         # CPU time of this process (parsing workers not included): wall time on a shared machine lies
-        "cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "cpu_seconds": round(cpu_seconds_before + time.process_time() - cpu_start, 2),
         "throughput": {
             "files_per_s": round(files_seen / seconds, 1) if seconds > 0 else 0.0,
             "pairs_per_s": round(len(pairs) / seconds, 1) if seconds > 0 else 0.0,
         },
+        **(extra or {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -376,18 +467,254 @@ def run(config: IngestConfig, out_dir: str | Path) -> dict:
     return manifest
 
 
+def _output_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise IngestError(f"output {out} exists and is not a directory")
+    return out
+
+
+def run(config: IngestConfig, out_dir: str | Path) -> dict:
+    """Ingest ``config.sources`` into ``out_dir``; returns the manifest (also written as manifest.json).
+
+    With ``config.shards`` > 1: every shard (:func:`run_shard`) one after another, then :func:`merge`:
+    what the pipeline's fan-out does, in this process; the output is the same as with one shard.
+    """
+    config.validate()
+    if config.shards > 1:
+        check_sources(config)  # every path and layout before the first shard starts
+        with tempfile.TemporaryDirectory(prefix="semcode-ingest-shards-") as scratch:
+            dirs = [Path(scratch) / f"shard-{index:05d}" for index in range(config.shards)]
+            for index, directory in enumerate(dirs):
+                run_shard(config, index, directory)
+            return merge(config, dirs, out_dir)
+    specs = check_sources(config)
+    out = _output_dir(out_dir)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    gathered = read_sources(config, specs)  # 1. read every source, each checked as it is read
+    return finish(config, specs, gathered, out, start=start, cpu_start=cpu_start)
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded ingest: run_shard for each of config.shards shards (side by side), then one merge
+
+
+def shard_indices(shards: int) -> list[int]:
+    """``[0, ..., shards - 1]``: what the pipeline's ParallelFor iterates over."""
+    if shards < 1:
+        raise IngestError(f"shards must be >= 1, got {shards}")
+    return list(range(shards))
+
+
+def _shard_schema(num_perm: int) -> pa.Schema:
+    return (
+        PAIR_SCHEMA.append(pa.field("source_index", pa.int32()))
+        .append(pa.field("file_index", pa.int32()))
+        .append(pa.field("minhash", pa.list_(pa.uint32(), num_perm)))
+    )
+
+
+def _write_shard_rows(
+    path: Path,
+    rows: list[dict],
+    order: list[tuple[int, int]],
+    signatures: np.ndarray | None,
+    num_perm: int,
+    rows_per_chunk: int,
+) -> None:
+    """One shard's rows with their order keys and MinHash signatures (null when not computed)."""
+    schema = _shard_schema(num_perm)
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for begin in range(0, max(len(rows), 1), rows_per_chunk):
+            chunk = rows[begin : begin + rows_per_chunk]
+            table = pa.Table.from_pylist([normalise_row(row) for row in chunk], schema=PAIR_SCHEMA)
+            keys = order[begin : begin + rows_per_chunk]
+            if signatures is None:
+                minhash = pa.nulls(len(chunk), schema.field("minhash").type)
+            else:
+                values = pa.array(signatures[begin : begin + len(chunk)].reshape(-1), pa.uint32())
+                minhash = pa.FixedSizeListArray.from_arrays(values, num_perm)
+            table = (
+                table.append_column(schema.field("source_index"), pa.array([k[0] for k in keys], pa.int32()))
+                .append_column(schema.field("file_index"), pa.array([k[1] for k in keys], pa.int32()))
+                .append_column(schema.field("minhash"), minhash)
+            )
+            writer.write_table(table)
+
+
+def run_shard(config: IngestConfig, shard: int, out_dir: str | Path) -> dict:
+    """Read shard ``shard`` of ``config.shards`` of every source and compute its rows' MinHash signatures;
+    writes ``out_dir/{pairs,corpus,eval}.parquet`` (rows + order keys + signatures) and ``shard.json``
+    (the shard, the config, the per-source stats). Nothing is deduplicated or split: :func:`merge` does."""
+    config.validate()
+    try:
+        part = Shard(shard, config.shards)
+    except ValueError as error:
+        raise IngestError(str(error)) from None
+    specs = check_sources(config, part)
+    out = _output_dir(out_dir)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    gathered = read_sources(config, specs, part, check=False)
+
+    # The costly half of near-duplicate detection, here where the work is spread: one sketch per distinct
+    # code of the pairs and evaluation rows (always near-deduplicated) and of the corpus when asked.
+    codes = [row["code"] for row in gathered.pairs + gathered.eval_rows]
+    if config.corpus_near_dup:
+        codes += [row["code"] for row in gathered.corpus]
+    log(TAG, f"MinHash signatures of {len(codes)} rows{shard_label(part)}")
+    computed = clean.signatures(codes, num_perm=config.num_perm)
+    n_pairs, n_eval = len(gathered.pairs), len(gathered.eval_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows, order, sketches in (
+        ("pairs", gathered.pairs, gathered.pair_order, computed[:n_pairs]),
+        ("eval", gathered.eval_rows, gathered.eval_order, computed[n_pairs : n_pairs + n_eval]),
+        (
+            "corpus",
+            gathered.corpus,
+            gathered.corpus_order,
+            computed[n_pairs + n_eval :] if config.corpus_near_dup else None,
+        ),
+    ):
+        _write_shard_rows(
+            out / f"{name}.parquet", rows, order, sketches, config.num_perm, config.rows_per_shard
+        )
+    manifest = {
+        "shard": part.index,
+        "shards": part.count,
+        "config": cfg.to_dict(config),
+        "sources": {text: stats.to_dict() for text, stats in gathered.stats.items()},
+        "rows": {"pairs": n_pairs, "corpus": len(gathered.corpus), "eval": n_eval},
+        "seconds": round(time.perf_counter() - start, 2),
+        "cpu_seconds": round(time.process_time() - cpu_start, 2),
+    }
+    (out / SHARD_MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    log(
+        TAG,
+        f"shard {part.index} of {part.count}: {n_pairs} pairs, {len(gathered.corpus)} corpus rows, "
+        f"{n_eval} evaluation rows (before deduplication) in {manifest['seconds']:.1f}s -> {out}",
+    )
+    return manifest
+
+
+def _read_shard_manifests(config: IngestConfig, shard_dirs: list[Path]) -> list[dict]:
+    """The shards' shard.json, in shard order; IngestError unless they are shards 0..N-1 of one ingest
+    with this config (``workers`` and ``rows_per_shard`` may differ: they do not change the rows)."""
+    if not shard_dirs:
+        raise IngestError("merge needs the output directories of the shards, got none")
+    manifests = []
+    for directory in shard_dirs:
+        path = directory / SHARD_MANIFEST_NAME
+        if not path.is_file():
+            raise IngestError(f"{directory} is not an ingest shard: it has no {SHARD_MANIFEST_NAME}")
+        manifests.append(json.loads(path.read_text()))
+    counts = {m["shards"] for m in manifests}
+    indices = sorted(m["shard"] for m in manifests)
+    if counts != {config.shards} or indices != list(range(config.shards)):
+        raise IngestError(
+            f"merge needs shards 0..{config.shards - 1} of {config.shards} (config shards={config.shards}), "
+            f"got shard(s) {indices} of {sorted(counts)}"
+        )
+    ignored = ("workers", "rows_per_shard")
+    mine = {k: v for k, v in cfg.to_dict(config).items() if k not in ignored}
+    for manifest, directory in zip(manifests, shard_dirs, strict=True):
+        theirs = {k: v for k, v in manifest["config"].items() if k not in ignored}
+        if theirs != mine:
+            different = sorted(k for k in mine if theirs.get(k) != mine[k])
+            raise IngestError(f"shard {directory} was ingested with another config: {different} differ")
+    return sorted(manifests, key=lambda m: m["shard"])
+
+
+def _read_shard_rows(
+    shard_dirs: list[Path], name: str, num_perm: int
+) -> tuple[list[dict], list[tuple[int, int]], np.ndarray | None]:
+    """Every shard's ``name`` rows, in the order one unsharded read gives, with their signatures."""
+    table = pa.concat_tables([pq.read_table(directory / f"{name}.parquet") for directory in shard_dirs])
+    source_index = table.column("source_index").to_numpy()
+    file_index = table.column("file_index").to_numpy()
+    order = np.lexsort((file_index, source_index))  # stable: a file's rows keep their order
+    table = table.take(pa.array(order))
+    minhash = table.column("minhash").combine_chunks()
+    sketches = None
+    if len(minhash) and minhash.null_count == 0:
+        sketches = minhash.flatten().to_numpy().reshape(-1, num_perm)
+    elif not len(minhash):
+        sketches = np.empty((0, num_perm), dtype=np.uint32)
+    keys = list(
+        zip(table.column("source_index").to_pylist(), table.column("file_index").to_pylist(), strict=True)
+    )
+    return table.select(list(COLUMNS)).to_pylist(), keys, sketches
+
+
+def merge(config: IngestConfig, shard_dirs: list[str | Path], out_dir: str | Path) -> dict:
+    """Merge the outputs of :func:`run_shard` for shards 0..N-1 into what :func:`run` writes for the same
+    sources: the rows in one read's order, the per-source stats summed (and checked), one global exact +
+    near-duplicate pass over the shards' signatures, the split, the manifest (with ``fan_out`` timing)."""
+    config.validate()
+    specs = [parse_spec(text) for text in config.sources]
+    out = _output_dir(out_dir)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    dirs = [Path(directory) for directory in shard_dirs]
+    manifests = _read_shard_manifests(config, dirs)
+    dirs = sorted(dirs, key=lambda d: json.loads((d / SHARD_MANIFEST_NAME).read_text())["shard"])
+
+    gathered = Gathered()
+    for spec in specs:
+        total = SourceStats(spec.text, spec.kind)
+        for manifest in manifests:
+            total.add(SourceStats.from_dict(spec.text, manifest["sources"][spec.text]))
+        gathered.stats[spec.text] = total
+        check_result(total, config.max_reject_share)
+    gathered.pairs, gathered.pair_order, pair_sketches = _read_shard_rows(dirs, "pairs", config.num_perm)
+    gathered.eval_rows, gathered.eval_order, eval_sketches = _read_shard_rows(dirs, "eval", config.num_perm)
+    gathered.corpus, gathered.corpus_order, corpus_sketches = _read_shard_rows(
+        dirs, "corpus", config.num_perm
+    )
+    if pair_sketches is None or eval_sketches is None:
+        raise IngestError(f"shards {[str(d) for d in dirs]} lack the MinHash signatures of their pairs")
+    signatures = Signatures(pairs=pair_sketches, corpus=corpus_sketches, eval_rows=eval_sketches)
+    log(TAG, f"merging {len(dirs)} shards: {len(gathered.pairs)} pairs, {len(gathered.corpus)} corpus rows")
+    slowest = max(m["seconds"] for m in manifests)
+    fan_out = {
+        "shards": len(manifests),
+        "shard_seconds": [m["seconds"] for m in manifests],
+        "shard_cpu_seconds": [m["cpu_seconds"] for m in manifests],
+        "shard_rows": [m["rows"] for m in manifests],
+    }
+    manifest = finish(
+        config,
+        specs,
+        gathered,
+        out,
+        start=start,
+        cpu_start=cpu_start,
+        signatures=signatures,
+        extra={"fan_out": fan_out},
+        seconds_before=slowest,  # the shards ran side by side: the slowest one is on the critical path
+        cpu_seconds_before=sum(m["cpu_seconds"] for m in manifests),
+    )
+    fan_out["merge_seconds"] = round(time.perf_counter() - start, 2)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="semcode ingest",
         description="Extract, deduplicate and split (query, code) pairs and a code corpus from sources.",
         epilog=(
             "sources (repeat --source):\n"
-            "  python:stdlib  python:site-packages  dir:PATH  csn:PATH  pairs:PATH  humaneval:\n"
-            "  PATH may be local or s3://bucket/prefix\n\n"
+            "  python:stdlib  python:site-packages  dir:PATH  csn:PATH  pairs:PATH  text:PATH  humaneval:\n"
+            "  PATH may be local or s3://bucket/prefix; text: reads JSONL/Parquet rows with a text or content\n"
+            "  column (The Stack, code-rag-bench)\n\n"
             "example:\n"
             "  semcode ingest --source python:stdlib --source python:site-packages --out runs/ingest\n"
             "  semcode ingest --source dir:~/src/myrepo --source humaneval: --out runs/ingest\n"
-            "  semcode ingest --source dir:~/src/services --languages go,java --out runs/ingest"
+            "  semcode ingest --source dir:~/src/services --languages go,java --out runs/ingest\n"
+            "  semcode ingest --source text:s3://data/the-stack-sample/ --out runs/ingest\n\n"
+            "sharded (the pipeline's ingest_shards: shards side by side, then one merge):\n"
+            "  semcode ingest --source python:stdlib --shards 3 --shard 0 --out runs/shard-0   # ... 1, 2\n"
+            "  semcode ingest --source python:stdlib --shards 3 --merge runs/shard-0 runs/shard-1 runs/shard-2 "
+            "--out runs/ingest"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -399,6 +726,19 @@ def main(argv: list[str] | None = None) -> int:
         help="a source KIND:LOCATION (repeatable; replaces the default sources)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    stage = parser.add_mutually_exclusive_group()
+    stage.add_argument(
+        "--shard",
+        type=int,
+        metavar="I",
+        help="read only shard I (0-based) of --shards N into --out: its rows and MinHash signatures, for --merge",
+    )
+    stage.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="SHARD_DIR",
+        help="merge the --out directories of shards 0..N-1 (same sources and --shards N) into --out",
+    )
     cfg.add_arguments(parser, IngestConfig)
     args = parser.parse_args(argv)
     if args.source:  # --source is the documented spelling of the config field `sources`
@@ -407,7 +747,15 @@ def main(argv: list[str] | None = None) -> int:
         args.languages = cfg.comma_list(args.languages)
     try:
         config = cfg.from_args(IngestConfig, args, section="ingest")
-        manifest = run(config, args.out)
+        if args.shard is not None:
+            shard = run_shard(config, args.shard, args.out)
+            rows = shard["rows"]
+            print(
+                f"{args.out}: shard {shard['shard']} of {shard['shards']}: {rows['pairs']} pairs, "
+                f"{rows['corpus']} corpus rows, {rows['eval']} evaluation rows (before deduplication)"
+            )
+            return 0
+        manifest = merge(config, args.merge, args.out) if args.merge else run(config, args.out)
     except (*cfg.BAD_INPUT_ERRORS, OSError) as error:  # ConfigError and IngestError are ValueErrors
         return cfg.bad_input("ingest", error)
     sizes = manifest["split"]["sizes"]
