@@ -20,7 +20,10 @@ INDEX_KINDS = [
     ("HNSW16,Flat", {"ef_search": 64}, 0.95),
     ("IVF32,Flat", {"nprobe": 8}, 0.9),
     ("IVF32,PQ8x4,RFlat", {"nprobe": 8, "refine_k_factor": 8}, 0.9),
+    # what choose_factory picks beyond exact_refine_max, scaled down
+    ("OPQ8,IVF32_HNSW16,PQ8x4,Refine(SQ8)", {"nprobe": 8, "refine_k_factor": 8}, 0.85),
 ]
+KNOB_NAMES = {"ef_search": "efSearch", "nprobe": "nprobe", "refine_k_factor": "k_factor_rf"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,7 +48,15 @@ def exact(data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def thresholds(**overrides: object) -> SimpleNamespace:
-    values = {"factory": "", "flat_max": 1000, "hnsw_max": 5000, "hnsw_m": 32, "ivf_nlist": 0, "pq_m": 0}
+    values = {
+        "factory": "",
+        "flat_max": 1000,
+        "hnsw_max": 5000,
+        "exact_refine_max": 20_000_000,
+        "hnsw_m": 32,
+        "ivf_nlist": 0,
+        "pq_m": 0,
+    }
     return SimpleNamespace(**{**values, **overrides})
 
 
@@ -76,7 +87,12 @@ def test_each_index_kind_builds_searches_and_recalls(
     index = faiss_index.build_index(vectors, factory, add_batch=1000, seed=0, ef_construction=40)
     assert index.ntotal == N and index.d == DIM and index.is_trained
     applied = faiss_index.set_search_params(index, **params)
-    assert len(applied) == len(params)  # each given knob applies to its own kind
+    assert {KNOB_NAMES[name] for name in params} <= set(applied)  # each given knob applies to its kind
+    if "_HNSW" in factory:  # the HNSW coarse quantizer searches with a beam of at least nprobe
+        assert applied["quantizer_efSearch"] == params["nprobe"]
+        assert (
+            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch == params["nprobe"]
+        )
 
     scores, ids = faiss_index.search(index, queries, K)
     assert scores.shape == ids.shape == (N_QUERIES, K)
@@ -117,6 +133,11 @@ def test_choose_factory_by_thresholds() -> None:
     assert faiss_index.choose_factory(5000, 384, config) == "HNSW32,Flat"
     assert faiss_index.choose_factory(5001, 384, config) == "IVF64,PQ48x8,RFlat"  # <= N / 40 lists
     assert faiss_index.choose_factory(2_000_000, 384, config) == "IVF4096,PQ48x8,RFlat"
+    assert faiss_index.choose_factory(20_000_000, 384, config) == "IVF16384,PQ48x8,RFlat"
+    # beyond exact_refine_max: 8-bit re-ranking vectors, OPQ, an HNSW coarse quantizer; FAISS builds it
+    big = faiss_index.choose_factory(100_000_000, 384, config)
+    assert big == "OPQ48,IVF32768_HNSW32,PQ48x8,Refine(SQ8)"
+    assert faiss_index.describe(faiss_index.new_index(big, 384)).startswith("IndexRefine")
     assert faiss_index.choose_factory(5001, 768, thresholds(ivf_nlist=100, pq_m=64)) == "IVF100,PQ64x8,RFlat"
 
 
@@ -140,7 +161,9 @@ def test_auto_sizes() -> None:
     ivf = faiss_index.new_index("IVF1000,Flat", DIM)
     assert faiss_index.train_sample_size(10**7, ivf) == 40_000
     assert faiss_index.train_sample_size(5_000, ivf) == 5_000
-    assert faiss_index.train_sample_size(10**8, faiss_index.new_index("IVF65536,Flat", DIM)) == 1_000_000
+    assert faiss_index.train_sample_size(10**8, faiss_index.new_index("IVF16384,Flat", DIM)) == 655_360
+    # the memory cap never leaves fewer than 40 training vectors per list
+    assert faiss_index.train_sample_size(10**8, faiss_index.new_index("IVF32768,Flat", DIM)) == 1_310_720
     assert faiss_index.train_sample_size(10**7, ivf, requested=123) == 123
 
 
@@ -276,10 +299,8 @@ def test_restricted_search_returns_only_selected_ids_and_recalls(
     recall = faiss_index.recall_at_k(ids, subset[exact_ids], K)
     assert recall >= min_recall, f"{factory} over {fraction:.0%} of the ids: recall@{K} {recall}"
     # The index's own knobs are left as they were.
-    assert faiss_index.set_search_params(index, **params) == {
-        {"ef_search": "efSearch", "nprobe": "nprobe", "refine_k_factor": "k_factor_rf"}[name]: value
-        for name, value in params.items()
-    }
+    applied = faiss_index.set_search_params(index, **params)
+    assert {KNOB_NAMES[name]: value for name, value in params.items()}.items() <= applied.items()
 
 
 def test_union_selector_and_index_types_without_selectors(data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -289,9 +310,12 @@ def test_union_selector_and_index_types_without_selectors(data: tuple[np.ndarray
     union = faiss_index.union_selector([faiss_index.id_selector(odd), faiss_index.id_selector(low)])
     _, ids = faiss_index.restricted_search(index, queries, K, union, 0.5)
     assert ((ids % 2 == 1) | (ids < 10)).all()
-    # A pre-transformed index takes no selector here: None, so the caller over-fetches.
+    # A pre-transformed index (OPQ, L2norm) filters the index under its transform.
     wrapped = faiss_index.build_index(vectors, "L2norm,Flat")
-    assert faiss_index.restricted_search(wrapped, queries, K, union, 0.5) is None
+    _, ids = faiss_index.restricted_search(wrapped, queries, K, union, 0.5)
+    assert ((ids % 2 == 1) | (ids < 10)).all()
+    # An index type that takes no selector: None, so the caller over-fetches.
+    assert faiss_index.restricted_search_params(faiss.IndexLSH(DIM, 16), union, 0.5) is None
     with pytest.raises(ValueError, match="non-empty 1-D int64"):
         faiss_index.id_selector(np.array([1, 2], dtype=np.int32))
     with pytest.raises(ValueError, match="non-empty 1-D int64"):

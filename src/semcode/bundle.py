@@ -535,8 +535,9 @@ def _check_onnx(path: Path, dim: int | None) -> list[str]:
 def _check_index(
     bundle_dir: Path, index_file: str, meta_file: str, dim: int | None
 ) -> tuple[list[str], dict]:
-    import faiss
     import pyarrow.parquet as pq
+
+    from semcode.index import load_index
 
     problems: list[str] = []
     info: dict[str, Any] = {}
@@ -544,11 +545,7 @@ def _check_index(
     if not index_path.is_file() or not meta_path.is_file():
         return problems, info  # reported as missing files
     try:
-        try:  # memory-mapped: a big index is not read into memory just to count it
-            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR
-            index = faiss.read_index(str(index_path), flags)
-        except RuntimeError:  # index types FAISS cannot map
-            index = faiss.read_index(str(index_path))
+        index = load_index(index_path)  # memory-mapped: a big index is not read in just to count it
         info.update(ntotal=int(index.ntotal), dim=int(index.d))
     except RuntimeError as error:
         problems.append(f"{index_file}: cannot be read by FAISS ({str(error).splitlines()[0]})")

@@ -275,7 +275,7 @@ def test_factory_override_builds_ivf_pq_with_refine(corpus_dir: Path, tmp_path: 
     assert metrics["index_type"] == "IndexRefineFlat(IndexIVFPQ)"
     assert metrics["rows_read"] == 20  # max_corpus: 20 sampled rows, less those with empty code
     assert metrics["ntotal"] == 20 - metrics["rows_skipped_empty_code"]
-    assert metrics["search_params"] == {"nprobe": 2, "k_factor_rf": 8.0}
+    assert metrics["search_params"] == {"nprobe": 2, "k_factor_rf": 16.0}
     assert metrics["recall@10"] == 1.0  # both lists probed, every candidate re-ranked exactly
 
 

@@ -23,7 +23,8 @@ column first, then only the row groups holding them are read). Embeds each chunk
 ``code`` and appends the vectors to a memory-mapped file in a temporary directory (under $TMPDIR: N x dim
 x 4 bytes, 1.5 GB per million vectors at dim 384), so memory does not grow with the corpus. Then builds the index the corpus size calls for (semcode.index.choose_factory:
 exact "Flat" up to ``flat_max`` vectors, "HNSW{m},Flat" up to ``hnsw_max``, IVF-PQ re-ranked with the
-exact vectors beyond; ``factory`` overrides), on the GPU when FAISS has one. Writes::
+exact vectors up to ``exact_refine_max``, then OPQ + IVF-PQ with an HNSW coarse quantizer re-ranked with
+8-bit vectors (docs/capacity.md); ``factory`` overrides), on the GPU when FAISS has one. Writes::
 
     out/index.faiss          faiss.write_index; FAISS id i = row i of index_meta.parquet
     out/index.ivfdata        with ivf_on_disk only: the inverted lists (semcode.index.load_index maps them)
@@ -124,8 +125,14 @@ class BuildIndexConfig:
     ivf_nlist: int = field(0, "IVF inverted lists (0 = about 4 * sqrt(N), a power of two)")
     pq_m: int = field(0, "PQ sub-quantizers, must divide the dimension (0 = largest divisor <= dim / 8)")
     nprobe: int = field(32, "IVF lists visited per query, saved with the index")
-    # bench_index, 100k x 384: recall@10 0.53 / 0.94 / 0.998 with 1 / 4 / 8, for +0.01 ms per query at 8.
-    refine_k_factor: float = field(8.0, "IVF-PQ re-ranks k * this many PQ candidates with the exact vectors")
+    exact_refine_max: int = field(
+        20_000_000,
+        "up to this many vectors IVF-PQ re-ranks with the exact vectors (RFlat, 1.6 GB per million at dim "
+        "384); beyond: OPQ, an HNSW coarse quantizer and 8-bit re-ranking vectors (Refine(SQ8), 0.45 GB)",
+    )
+    # bench_index, 100k x 384: recall@10 0.53 / 0.94 / 0.998 with 1 / 4 / 8; bench_index_scale, 1M: 0.987
+    # at 8, 0.999 at 16 for +0.06 ms per query (bench/RESULTS.md).
+    refine_k_factor: float = field(16.0, "IVF-PQ re-ranks k * this many PQ candidates with the exact vectors")
     train_sample: int = field(0, "vectors to train IVF/PQ on (0 = max(40 * nlist, 10000), at most 1M)")
     add_batch_size: int = field(65_536, "vectors added to the index per call")
     encode_batch_size: int = field(64, "texts per encoder forward pass")
@@ -181,6 +188,10 @@ class BuildIndexConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.hnsw_max < self.flat_max:
             raise ConfigError(f"hnsw_max ({self.hnsw_max}) must be >= flat_max ({self.flat_max})")
+        if self.exact_refine_max < self.hnsw_max:
+            raise ConfigError(
+                f"exact_refine_max ({self.exact_refine_max}) must be >= hnsw_max ({self.hnsw_max})"
+            )
         if self.refine_k_factor < 1:
             raise ConfigError(f"refine_k_factor must be >= 1, got {self.refine_k_factor}")
         if self.use_gpu not in faiss_index.USE_GPU_CHOICES:
