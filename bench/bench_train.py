@@ -21,9 +21,11 @@ temperature (MNRL's scale 20 = 1 / 0.05) and AdamW, on the same device:
 Note the two losses differ in one respect: semcode's is symmetric (query->code and code->query), MNRL
 is query->code only; semcode does that extra work in the same step.
 
-Each (system, round) runs in its own process, alternating, so both see the same machine load; the
-first ``--skip`` steps of each run (allocations, warm caches) are left out of its pairs/s. Prints one
-JSON object with each run's pairs/s, the medians and the ratio semcode / sentence-transformers.
+Each (system, round) runs in its own process, alternating (the order flips every round), so both see
+the same machine load; the first ``--skip`` steps of each run (allocations, warm caches) are left out of
+its pairs/s. Prints one JSON object with each run's pairs/s, the medians, the ratio of the medians
+(semcode / sentence-transformers, or on / off) and each round's own ratio ("paired_ratios", the two runs
+of a round back to back) with their median.
 """
 
 from __future__ import annotations
@@ -183,7 +185,9 @@ def main() -> None:
         sides = {"semcode": ("semcode", {}), "sentence-transformers": ("sentence-transformers", {})}
     rates: dict[str, list[float]] = {side: [] for side in sides}
     for round_index in range(args.rounds):
-        for side, (system, env_changes) in sides.items():
+        # The order alternates between rounds, so a machine getting slower or faster favours neither side.
+        order = list(sides.items()) if round_index % 2 == 0 else list(sides.items())[::-1]
+        for side, (system, env_changes) in order:
             command = [sys.executable, __file__, "--system", system] + [
                 f"--{name.replace('_', '-')}={getattr(args, name)}"
                 for name in ("pairs", "steps", "skip", "batch_size", "max_length", "lr", "device")
@@ -197,12 +201,16 @@ def main() -> None:
             print(f"[bench-train] {side}: {rates[side][-1]} pairs/s", file=sys.stderr)
     medians = {side: round(statistics.median(values), 2) for side, values in rates.items()}
     first, second = list(sides)
+    # Each round's two runs ran back to back under the same load: their ratio is the paired measurement.
+    paired = [round(a / b, 4) for a, b in zip(rates[first], rates[second], strict=True)]
     print(
         json.dumps(
             {
                 "pairs_per_second": rates,
                 "median": medians,
                 f"ratio_{first}_over_{second}".replace("-", "_"): round(medians[first] / medians[second], 3),
+                "paired_ratios": paired,
+                "median_paired_ratio": round(statistics.median(paired), 4),
                 "setup": {
                     "compare": args.compare,
                     "steps": args.steps,

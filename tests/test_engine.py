@@ -469,6 +469,42 @@ def test_durable_checkpoints_move_latest_last_keep_the_newest_and_come_back_on_a
         ds.DurableCheckpoints(root, tmp_path / "pod-3" / "checkpoints").restore()
 
 
+def test_a_store_lost_mid_training_is_one_error_and_latest_stays_on_the_last_complete_upload(
+    tmp_path, monkeypatch, capsys
+):
+    root = str(tmp_path / "volume" / "run-1" / "train-encoder")
+    durable = ds.DurableCheckpoints(root, tmp_path / "pod" / "checkpoints")
+    durable.push(fake_checkpoint(tmp_path / "pod" / "checkpoints", 2))
+
+    def unreachable(*args, **kwargs):
+        raise storage.StorageError("cannot reach S3 endpoint http://127.0.0.1:9 after 2 attempts")
+
+    monkeypatch.setattr(storage, "copy_tree", unreachable)
+    monkeypatch.setattr(storage, "write_text", unreachable)
+    with pytest.raises(
+        ds.DurableCheckpointError, match="durable checkpoint step-000004 not stored: cannot reach"
+    ):
+        durable.push(fake_checkpoint(tmp_path / "pod" / "checkpoints", 4))
+    monkeypatch.undo()
+    assert storage.read_text(storage.join(root, ds.LATEST_FILE)).strip() == "step-000002"
+
+    # The training stages end with that one line and exit 1 (a fault: KFP retries the task), no traceback.
+    from semcode.stages import train_decoder, train_encoder
+
+    for stage, argv in (
+        (train_encoder, ["--pairs", "p", "--out", str(tmp_path / "e"), "--init-from", "minilm"]),
+        (train_decoder, ["--encoder", "e", "--pairs", "p", "--tokenizer", "t", "--out", str(tmp_path / "d")]),
+    ):
+
+        def lost(*args, **kwargs):
+            raise ds.DurableCheckpointError("durable checkpoint step-000004 not stored: gone")
+
+        monkeypatch.setattr(stage, "run", lost)
+        assert stage.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "error: durable checkpoint step-000004 not stored: gone" in err and "Traceback" not in err
+
+
 def test_durable_location_is_one_place_per_run_and_task(monkeypatch, tmp_path):
     import semcode
 

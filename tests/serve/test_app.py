@@ -99,7 +99,8 @@ def test_liveness_answers_while_loading_and_readiness_waits_for_the_bundle(tiny_
         not_ready = client.get("/readyz")
         assert not_ready.status_code == 503 and not_ready.json()["status"] == "loading"
         early = client.post("/search", json={"query": "read a file"})
-        assert early.status_code == 503 and "not ready" in early.json()["detail"]
+        assert early.status_code == 503 and "not ready" in early.json()["detail"][0]["msg"]
+        assert early.json()["detail"][0]["loc"] == ["service"] and early.headers["retry-after"] == "1"
         release.set()
         ready = wait_ready(client)
         assert ready["bundle"]["name"] == "semcode" and ready["bundle"]["encoder"] == "encoder.int8.onnx"

@@ -371,3 +371,24 @@ def test_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
 
     assert ingest.main(["--source", "nope:x", "--out", str(out)]) == 2
     assert "unknown source 'nope:x'" in capsys.readouterr().err
+
+
+def test_a_full_disk_names_the_folder_it_could_not_write(tmp_path: Path, monkeypatch, capsys):
+    """pyarrow's own message names no file ("Error writing bytes to file ... No space left on device")."""
+    import errno
+
+    real_write_shards = ingest.write_shards
+
+    def fill_the_disk_at_the_corpus(rows, directory, rows_per_shard):
+        if Path(directory).name == "corpus":
+            raise OSError(
+                errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device"
+            )
+        return real_write_shards(rows, directory, rows_per_shard=rows_per_shard)
+
+    monkeypatch.setattr(ingest, "write_shards", fill_the_disk_at_the_corpus)
+    out = tmp_path / "out"
+    code = ingest.main(["--source", f"csn:{CSN}", "--out", str(out), "--num-perm", "64", "--min-pairs", "1"])
+    assert code == 2
+    assert f"No space left on device while writing {out / 'corpus'}" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()  # nothing says the stage finished

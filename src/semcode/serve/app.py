@@ -20,7 +20,8 @@ outside 1..``max_k``, a language the bundle has no functions in -> 400 (naming t
 mode other than dense/lexical/hybrid or one the bundle cannot serve (it has no lexical index) -> 400; a
 body over ``max_body_bytes`` -> 413, refused before it is read. All answer
 ``{"detail": [{"loc": [where, field], "msg", "type"}]}`` (the 422s without FastAPI's echo of the input).
-Before the bundle is ready, or when the queue is full, /search answers 503.
+Before the bundle is ready, or when the queue is full, /search answers 503 in the same shape
+(``loc`` ["service"], ``type`` "unavailable") with Retry-After.
 
 The bundle loads in a background thread after the server starts listening, so liveness answers at once
 and readiness says when queries can be served (a big S3 bundle takes a while to download). When loading
@@ -342,7 +343,9 @@ class BodyLimit:
 
 
 def unavailable(message: str) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": message}, headers={"Retry-After": "1"})
+    """503 in the one error shape every refusal has (the service, not a field, is the ``loc``)."""
+    detail = [{"loc": ["service"], "msg": message, "type": "unavailable"}]
+    return JSONResponse(status_code=503, content={"detail": detail}, headers={"Retry-After": "1"})
 
 
 def create_app(

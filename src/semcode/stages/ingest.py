@@ -68,6 +68,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semcode import config as cfg
+from semcode import storage
 from semcode.config import ConfigError, field
 from semcode.data import clean
 from semcode.data.languages import LANGUAGES, check_languages
@@ -245,8 +246,14 @@ def _clear_shards(directory: Path) -> None:
 
 
 def _write(rows: list[dict], directory: Path, rows_per_shard: int) -> int:
-    _clear_shards(directory)
-    return len(write_shards(rows, directory, rows_per_shard=rows_per_shard))
+    with storage.disk_space_errors(directory):  # a full disk names the folder it could not write
+        _clear_shards(directory)
+        return len(write_shards(rows, directory, rows_per_shard=rows_per_shard))
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    with storage.disk_space_errors(path):
+        path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _language_totals(source_stats: dict[str, dict]) -> dict[str, dict]:
@@ -455,7 +462,7 @@ def finish(
         **(extra or {}),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_manifest(out / MANIFEST_NAME, manifest)
     cfg.save_resolved(config, out)
     for warning in warnings:
         log(TAG, f"warning: {warning}")
@@ -524,7 +531,7 @@ def _write_shard_rows(
 ) -> None:
     """One shard's rows with their order keys and MinHash signatures (null when not computed)."""
     schema = _shard_schema(num_perm)
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+    with storage.disk_space_errors(path), pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for begin in range(0, max(len(rows), 1), rows_per_chunk):
             chunk = rows[begin : begin + rows_per_chunk]
             table = pa.Table.from_pylist([normalise_row(row) for row in chunk], schema=PAIR_SCHEMA)
@@ -587,7 +594,7 @@ def run_shard(config: IngestConfig, shard: int, out_dir: str | Path) -> dict:
         "seconds": round(time.perf_counter() - start, 2),
         "cpu_seconds": round(time.process_time() - cpu_start, 2),
     }
-    (out / SHARD_MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_manifest(out / SHARD_MANIFEST_NAME, manifest)
     log(
         TAG,
         f"shard {part.index} of {part.count}: {n_pairs} pairs, {len(gathered.corpus)} corpus rows, "
@@ -693,7 +700,7 @@ def merge(config: IngestConfig, shard_dirs: list[str | Path], out_dir: str | Pat
         cpu_seconds_before=sum(m["cpu_seconds"] for m in manifests),
     )
     fan_out["merge_seconds"] = round(time.perf_counter() - start, 2)
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_manifest(out / MANIFEST_NAME, manifest)
     return manifest
 
 

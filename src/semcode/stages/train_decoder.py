@@ -642,7 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", default=None, metavar="DIR", help=ONNX_HELP)
     cfg.add_arguments(parser, TrainDecoderConfig)
     args = parser.parse_args(argv)
-    from semcode.train.engine import PREEMPTED_EXIT_CODE, Preempted  # torch: after --help
+    from semcode.train.engine import (
+        PREEMPTED_EXIT_CODE,
+        DurableCheckpointError,
+        Preempted,
+    )  # torch: after --help
 
     try:
         config = cfg.from_args(TrainDecoderConfig, args, section="train_decoder")
@@ -652,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as error:  # SIGTERM: checkpointed; non-zero so that a retry continues
         log(TAG, str(error))
         return PREEMPTED_EXIT_CODE
+    except DurableCheckpointError as error:  # the store went away mid-training: a fault, not bad input
+        log(TAG, f"error: {error}")
+        return 1
     return 0
 
 

@@ -698,7 +698,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     cfg.add_arguments(parser, TrainEncoderConfig)
     args = parser.parse_args(argv)
-    from semcode.train.engine import PREEMPTED_EXIT_CODE, Preempted  # torch: after --help
+    from semcode.train.engine import (
+        PREEMPTED_EXIT_CODE,
+        DurableCheckpointError,
+        Preempted,
+    )  # torch: after --help
 
     try:
         config = cfg.from_args(TrainEncoderConfig, args, section="train_encoder")
@@ -708,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as error:  # SIGTERM: checkpointed; non-zero so that a retry continues
         log(TAG, str(error))
         return PREEMPTED_EXIT_CODE
+    except DurableCheckpointError as error:  # the store went away mid-training: a fault, not bad input
+        log(TAG, f"error: {error}")
+        return 1
     return 0
 
 

@@ -460,6 +460,10 @@ def durable_location(root: str, run_id: str, task: str) -> str:
     return storage.join(root, run_id, task)
 
 
+class DurableCheckpointError(storage.StorageError):
+    """The durable store failed mid-training (after the S3 client's own retries)."""
+
+
 @dataclass(frozen=True)
 class DurableCheckpoints:
     """``root`` (an s3:// prefix, or a folder on a volume that outlives the pod) mirrors ``checkpoints/``.
@@ -503,17 +507,28 @@ class DurableCheckpoints:
         return name
 
     def push(self, checkpoint: Path) -> str:
-        """Upload a complete local checkpoint (and the extras), then ``latest``; returns where it went."""
+        """Upload a complete local checkpoint (and the extras), then ``latest``; returns where it went.
+
+        Raises DurableCheckpointError (a StorageError) when the store stays unreachable after the S3
+        client's retries: the task ends (the stages exit 1 with that one line) and ``latest`` still names
+        the previous complete upload, which a retry continues from.
+        """
         target = storage.join(self.root, checkpoint.name)
-        storage.remove_tree(target)  # what a killed earlier upload of this step left
-        _mirror(checkpoint, storage.join(target, DURABLE_CHECKPOINT_DIR))
-        for folder in self.extras:  # copied: unlike a checkpoint, an extra is rewritten in place
-            if folder.is_dir() and any(folder.iterdir()):
-                storage.copy_tree(folder, storage.join(target, folder.name))
-        storage.write_text(storage.join(self.root, LATEST_FILE), checkpoint.name + "\n")
-        if self.keep > 0:
-            for old in self.uploads()[: -self.keep]:
-                storage.remove_tree(storage.join(self.root, old))
+        try:
+            storage.remove_tree(target)  # what a killed earlier upload of this step left
+            _mirror(checkpoint, storage.join(target, DURABLE_CHECKPOINT_DIR))
+            for folder in self.extras:  # copied: unlike a checkpoint, an extra is rewritten in place
+                if folder.is_dir() and any(folder.iterdir()):
+                    storage.copy_tree(folder, storage.join(target, folder.name))
+            storage.write_text(storage.join(self.root, LATEST_FILE), checkpoint.name + "\n")
+            if self.keep > 0:
+                for old in self.uploads()[: -self.keep]:
+                    storage.remove_tree(storage.join(self.root, old))
+        except storage.StorageError as error:
+            raise DurableCheckpointError(
+                f"durable checkpoint {checkpoint.name} not stored: {error}; {storage.join(self.root, LATEST_FILE)} "
+                "still names the last complete upload, which a retry of the task continues from"
+            ) from None
         return target
 
     def uploads(self) -> list[str]:
