@@ -141,13 +141,14 @@ class QuietConsole(io.TextIOBase):
     def _filter(self, state: Any, line: str) -> str | None:
         """The line to show for ``line`` (None: drop it); records task starts and finishes."""
         plain = ANSI.sub("", line)
+        record = KFP_RECORD.match(plain)
+        if record:  # never part of a dump: a record also ends a skip whose closing line went elsewhere
+            state.skip_until = None  # (a ParallelFor's threads interleave their tasks' lines)
+            return self._kfp_record(state, record["level"], record["message"])
         if state.skip_until is not None:  # inside a JSON dump or an outputs block
             if state.skip_until.fullmatch(plain):
                 state.skip_until = None
             return None
-        record = KFP_RECORD.match(plain)
-        if record:
-            return self._kfp_record(state, record["level"], record["message"])
         if RULE.match(plain) or not plain.strip():
             return None
         text = plain[len(self.RELAY_INDENT) :] if plain.startswith(self.RELAY_INDENT) else plain
@@ -241,6 +242,65 @@ def prepare(
         storage.check_writable(live_prefix, semcode.TENSORBOARD_PREFIX_ENV)
     arguments = pipeline_params.preset_arguments(preset, preset_name, overrides)
     return configs, arguments
+
+
+def thread_safe_task_logging() -> None:
+    """Make kfp.local's (2.17) per-task print indent and logger set-up safe for a ParallelFor's threads.
+
+    ``logging_utils.indented_print`` swaps ``builtins.print`` for an indenting wrapper and puts back the
+    one it found; ``local_logger_context`` clears the root logger's handlers, adds its own and puts the
+    old ones back. Two iterations running at once undo both in the wrong order: print stayed indented
+    for the rest of the run, and a record logged while another thread had just cleared the handlers was
+    lost, so QuietConsole missed task lines (a 3-shard run's stage table lacked a shard, then ended at
+    build_index). Here one print wrapper stays installed and each thread has its own indent, and the
+    logger is set up by the first context to enter and put back by the last to leave.
+    """
+    import builtins
+
+    from kfp.local import logging_utils
+
+    if getattr(logging_utils, "_semcode_thread_safe", False):
+        return
+    original_print = builtins.print
+    indent = threading.local()
+
+    def indented(*args: Any, **kwargs: Any) -> None:
+        spaces = getattr(indent, "spaces", 0)
+        if spaces:
+            original_print(" " * spaces, end="", file=kwargs.get("file"))
+        original_print(*args, **kwargs)
+
+    @contextmanager
+    def indented_print(num_spaces: int = 4) -> Any:
+        indent.spaces = getattr(indent, "spaces", 0) + num_spaces
+        try:
+            yield
+        finally:
+            indent.spaces -= num_spaces
+
+    original_logger_context = logging_utils.local_logger_context
+    lock = threading.Lock()
+    users = {"count": 0, "context": None}  # threads inside; the context the first of them entered
+
+    @contextmanager
+    def local_logger_context() -> Any:
+        with lock:
+            if users["count"] == 0:
+                users["context"] = original_logger_context()
+                users["context"].__enter__()
+            users["count"] += 1
+        try:
+            yield
+        finally:
+            with lock:
+                users["count"] -= 1
+                if users["count"] == 0:
+                    users["context"].__exit__(None, None, None)
+
+    builtins.print = indented
+    logging_utils.indented_print = indented_print
+    logging_utils.local_logger_context = local_logger_context
+    logging_utils._semcode_thread_safe = True
 
 
 def allow_oneof_artifacts() -> None:
@@ -341,6 +401,7 @@ def run_pipeline(arguments: dict[str, Any], run_dir: Path, cache_dir: Path) -> d
     import semcode
 
     allow_oneof_artifacts()
+    thread_safe_task_logging()
     # Idle OpenMP threads sleep instead of spinning: on a laptop (or a shared machine) the task's torch
     # threads otherwise burn the cores that ONNX Runtime, the tokenizer workers or anything else need.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
