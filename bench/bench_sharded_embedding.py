@@ -24,30 +24,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from semcode import config as cfg
+from semcode.cluster.trainjob import config_flags
 from semcode.index import load_index
+from semcode.stages.build_index import BuildIndexConfig
 
 SEMCODE = str(Path(sys.executable).with_name("semcode"))
-# build_index config keys passed on to both ways (the row selection and the encoder's settings).
-PASSED_ON = (
-    "max_corpus",
-    "whole_sources",
-    "runtime",
-    "encode_batch_size",
-    "max_length",
-    "recall_queries",
-    "seed",
-)
-
-
-def flags(config: dict) -> list[str]:
-    out = []
-    for key in PASSED_ON:
-        if key not in config:
-            continue
-        value = config[key]
-        flag = "--" + key.replace("_", "-")
-        out += [flag, ",".join(value) if isinstance(value, list) else str(value)]
-    return out
 
 
 def timed(command: list[str]) -> float:
@@ -68,8 +50,9 @@ def main() -> None:
     job = args.job
     encoder = job / "train-encoder" / "encoder" / "encoder"
     corpus, pairs, onnx = job / "ingest" / "corpus", job / "ingest" / "pairs", job / "export-onnx" / "onnx"
-    config = json.loads((job / "build-index" / "index" / "config.json").read_text())["config"]
-    common = ["--encoder", str(encoder), "--onnx", str(onnx), *flags(config)]
+    resolved = json.loads((job / "build-index" / "index" / "config.json").read_text())["config"]
+    config = cfg.from_dict(BuildIndexConfig, resolved, source="the run's build-index config.json")
+    common = ["--encoder", str(encoder), "--onnx", str(onnx), *config_flags(config)]
     scratch = args.out or Path(tempfile.mkdtemp(prefix="semcode-sharded-"))
 
     single = scratch / "single"

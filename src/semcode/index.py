@@ -351,6 +351,13 @@ def _back_on_cpu(index: faiss.Index, work: faiss.Index, gpu_keepalive: list) -> 
     return index
 
 
+def on_disk_capable(factory: str, dim: int, metric: str = "ip") -> bool:
+    """Whether build_ivf_on_disk can keep ``factory``'s inverted lists on disk: an IVF index (a
+    pre-transform such as OPQ is fine) without a refine stage, which would keep every vector in memory."""
+    index = new_index(factory, dim, metric)  # held: a downcast of a temporary would outlive its index
+    return ivf_part(index) is not None and not isinstance(faiss.downcast_index(index), faiss.IndexRefine)
+
+
 def build_ivf_on_disk(
     vectors: Vectors,
     factory: str,
@@ -374,8 +381,7 @@ def build_ivf_on_disk(
     """
     parts = check_parts("vectors", vectors)
     index_path = Path(index_path)
-    probe = new_index(factory, parts[0].shape[1], metric)
-    if ivf_part(probe) is None or isinstance(faiss.downcast_index(probe), faiss.IndexRefine):
+    if not on_disk_capable(factory, parts[0].shape[1], metric):
         raise ValueError(
             f"an on-disk index needs an IVF index without a refine stage, got {factory!r} "
             "(e.g. 'IVF4096,PQ48x8' or 'OPQ48,IVF4096,PQ48x8'; ',RFlat' keeps every vector in memory)"

@@ -141,14 +141,13 @@ class QuietConsole(io.TextIOBase):
     def _filter(self, state: Any, line: str) -> str | None:
         """The line to show for ``line`` (None: drop it); records task starts and finishes."""
         plain = ANSI.sub("", line)
-        record = KFP_RECORD.match(plain)
-        if record:  # never part of a dump: a record also ends a skip whose closing line went elsewhere
-            state.skip_until = None  # (a ParallelFor's threads interleave their tasks' lines)
-            return self._kfp_record(state, record["level"], record["message"])
         if state.skip_until is not None:  # inside a JSON dump or an outputs block
             if state.skip_until.fullmatch(plain):
                 state.skip_until = None
             return None
+        record = KFP_RECORD.match(plain)
+        if record:
+            return self._kfp_record(state, record["level"], record["message"])
         if RULE.match(plain) or not plain.strip():
             return None
         text = plain[len(self.RELAY_INDENT) :] if plain.startswith(self.RELAY_INDENT) else plain

@@ -380,13 +380,18 @@ def selected_rows(corpus_dir: str | Path, max_corpus: int) -> int:
     return min(max_corpus, rows) if max_corpus else rows
 
 
+def check_shard(shard: int, shards: int) -> None:
+    """Raise ConfigError unless ``shard`` is one of 0..shards-1 and ``shards`` >= 1."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise ConfigError(f"shard must be in 0..shards-1 with shards >= 1, got shard {shard} of {shards}")
+
+
 def split_selection(selection: RowSelection, files: list[Path], shard: int, shards: int) -> RowSelection:
     """Shard ``shard`` of ``shards`` of ``selection``: its selected rows split into contiguous runs in corpus
     order, as even as can be (of S selected rows, shard k holds ranks [k*S//shards, (k+1)*S//shards)), so
     the shards one after another are the selection, row for row, and FAISS ids stay those of one pod.
     ``corpus_rows``, ``sampled_by`` and ``source_rows`` stay the whole selection's."""
-    if shards < 1 or not 0 <= shard < shards:
-        raise ValueError(f"shard must be in 0..shards-1 with shards >= 1, got shard {shard} of {shards}")
+    check_shard(shard, shards)
     counts = [pq.ParquetFile(path).metadata.num_rows for path in files]
     per_file = [
         count if rows is None else len(rows) for rows, count in zip(selection.shard_rows, counts, strict=True)
@@ -582,13 +587,11 @@ def plan_factory(config: BuildIndexConfig, n_vectors: int, dim: int) -> str:
     """The factory string for ``n_vectors`` (config.factory, or by size), checked before any work."""
     factory = faiss_index.choose_factory(n_vectors, dim, config)
     faiss_index.validate_factory(factory, dim, n_vectors)
-    if config.ivf_on_disk:
-        probe = faiss_index.new_index(factory, dim)
-        if faiss_index.ivf_part(probe) is None or "RFlat" in factory or "Refine" in factory:
-            raise ConfigError(
-                f"ivf_on_disk needs an IVF index without a refine stage, got factory {factory!r} for "
-                f"{n_vectors} vectors; set factory, e.g. 'IVF4096,PQ48x8' or 'OPQ48,IVF4096,PQ48x8'"
-            )
+    if config.ivf_on_disk and not faiss_index.on_disk_capable(factory, dim):
+        raise ConfigError(
+            f"ivf_on_disk needs an IVF index without a refine stage, got factory {factory!r} for "
+            f"{n_vectors} vectors; set factory, e.g. 'IVF4096,PQ48x8' or 'OPQ48,IVF4096,PQ48x8'"
+        )
     return factory
 
 

@@ -53,6 +53,7 @@ from semcode.stages.build_index import (
     SHARD_MANIFEST_FILE,
     SHARD_VECTORS_FILE,
     BuildIndexConfig,
+    check_shard,
     corpus_shards,
     embed_corpus,
     encoder_identity,
@@ -77,11 +78,6 @@ def plan(config: BuildIndexConfig, corpus_dir: str | Path) -> list[dict[str, int
     shards = max(1, min(shards, selected))
     log(TAG, f"{selected} selected corpus rows: {shards} shard(s)")
     return [{"shard": shard, "shards": shards} for shard in range(shards)]
-
-
-def check_shard(shard: int, shards: int) -> None:
-    if shards < 1 or not 0 <= shard < shards:
-        raise ConfigError(f"shard must be in 0..shards-1 with shards >= 1, got shard {shard} of {shards}")
 
 
 def trimmed(path: Path, rows: int) -> None:
