@@ -43,7 +43,8 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from semcode.data import extract, sources
+from semcode.data import extract
+from semcode.data.sources import code as sources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIN_DOCSTRING_TOKENS = 3

@@ -18,7 +18,9 @@ import random
 import sys
 from pathlib import Path
 
-from semcode.data.sources import ExtractOptions, parse_spec, read_source
+from semcode.data.sources import read_source
+from semcode.data.sources.rows import ExtractOptions
+from semcode.data.sources.spec import parse_spec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from semcode.data.pairs import read_split
-from semcode.data.sources import ExtractOptions, humaneval_query, parse_spec, read_code_files
+from semcode.data.sources.code import read_code_files
+from semcode.data.sources.jsonl import humaneval_query
+from semcode.data.sources.rows import ExtractOptions
+from semcode.data.sources.spec import parse_spec
 
 SUITES = ("test", "humaneval", "cosqa", "polyglot")
 BENCHMARKS_ENV = "SEMCODE_BENCHMARKS_DIR"
@@ -289,7 +292,7 @@ def repository_suite(repo_dir: str | Path, source: str) -> Suite:
     """A repository queried by its own doc comments over all its own functions, named
     ``polyglot-<language>`` after the language most of its functions are written in.
 
-    The repository is read like a ``dir:`` ingest source (semcode.data.sources.read_code_files, the
+    The repository is read like a ``dir:`` ingest source (semcode.data.sources.code.read_code_files, the
     ingest defaults; the language of each file from its extension; test, vendored and generated files
     skipped). Candidates are every extracted function, so undocumented ones are distractors too;
     queries are the functions whose doc comment makes a pair (its first paragraph), each with its

@@ -13,7 +13,9 @@ import pytest
 
 from semcode.config import from_dict
 from semcode.data.pairs import SPLITS, read_split, read_table
-from semcode.data.sources import ExtractOptions, Shard, parse_spec, read_source
+from semcode.data.sources import read_source
+from semcode.data.sources.rows import ExtractOptions, Shard
+from semcode.data.sources.spec import parse_spec
 from semcode.stages import ingest
 from semcode.stages.ingest import IngestConfig, IngestError
 

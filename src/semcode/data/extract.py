@@ -112,6 +112,9 @@ class Function:
     end_line: int  # 1-based, inclusive
     language: str = "python"
     signature: str = ""  # the header up to the body, on one line: "def f(x):", "func F(x int) error"
+    # The pair rule it breaks (test_name, dunder, too_short, too_long) when extracted with index_all:
+    # still a definition a user may search for, so an index row, but never a training pair. "" = none.
+    pair_reject: str = ""
 
 
 def _words(text: str) -> list[str]:
@@ -580,12 +583,15 @@ def extract_functions(
     path: str = "",
     min_code_lines: int = 3,
     max_code_chars: int = 0,
+    index_all: bool = False,
 ) -> tuple[list[Function], Counter[str]]:
     """All wanted functions of one file, and counts of the skipped ones by reason.
 
     ``path`` only picks a grammar variant (``.tsx``). Raises ``SyntaxError`` when the source does not
     parse (see the module docstring); the caller counts that file as rejected. ``max_code_chars`` of
-    0 means no limit.
+    0 means no limit. ``index_all``: a function that breaks a name or size rule is returned anyway, with
+    the rule in ``pair_reject`` (and still counted in the rejects): the index wants every definition,
+    one line or a thousand, dunders and test-named helpers included; only an empty body is dropped.
     """
     rules = RULES[language]
     data = source.encode("utf-8", errors="surrogatepass")
@@ -604,7 +610,9 @@ def extract_functions(
             reason = "test_name"
         if reason:
             rejects[reason] += 1
-            continue
+            if not index_all:
+                continue
+        pair_reject = reason or ""
         first = prefix[0] if prefix else candidate.outer
         end = _code_end(candidate.node, rules.comment_types)
         start_line, end_line = first.start_point.row + 1, _last_row(end) + 1
@@ -625,12 +633,23 @@ def extract_functions(
             code = _code_lines(data, first, end) if has_body else ""
             query = doc_query(docstring, markup=True)
         reason = check_code(code, min_code_lines=min_code_lines, max_code_chars=max_code_chars)
-        if reason:
+        if reason and not pair_reject:
             rejects[reason] += 1
+        if reason == "empty_body" or (reason and not index_all):
             continue
         signature = _signature(candidate, data)
         functions.append(
-            Function(func_name, code, docstring, query, start_line, end_line, language, signature)
+            Function(
+                func_name,
+                code,
+                docstring,
+                query,
+                start_line,
+                end_line,
+                language,
+                signature,
+                pair_reject or reason or "",
+            )
         )
     return functions, rejects
 

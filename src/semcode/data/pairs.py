@@ -32,7 +32,7 @@ PAIR_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("source", pa.string()),  # the source spec the row came from
         # The function's header on one line (``def f(x):``); added later: shards written before it lack
-        # the column, so readers that need it check (semcode.stages.build_index fills "").
+        # the column, so readers that need it check (semcode.corpus.meta_table fills "").
         ("signature", pa.string()),
     ]
 )

@@ -73,20 +73,11 @@ from semcode.config import ConfigError, field
 from semcode.data import clean
 from semcode.data.languages import LANGUAGES, check_languages
 from semcode.data.pairs import COLUMNS, PAIR_SCHEMA, SPLITS, normalise_row, write_shards
-from semcode.data.sources import (
-    WHOLE,
-    ExtractOptions,
-    Shard,
-    SourceError,
-    SourceResult,
-    SourceSpec,
-    SourceStats,
-    check_exists,
-    check_layout,
-    parse_spec,
-    read_source,
-)
-from semcode.data.split import SPLIT_UNITS, assign_split, split_rows, unit_of
+from semcode.data.sources import read_source
+from semcode.data.sources.rows import WHOLE, ExtractOptions, Shard, SourceResult, SourceStats
+from semcode.data.sources.spec import SourceError, SourceSpec, check_exists, parse_spec
+from semcode.data.sources.text import check_layout
+from semcode.data.split import SPLIT_UNITS, SplitResult, assign_split, split_rows, unit_of
 from semcode.progress import log
 
 TAG = "ingest"
@@ -114,7 +105,14 @@ class IngestConfig:
         "auto", "split by 'repo', by 'file', or 'auto' (repo; file if a split would be empty)"
     )
     min_docstring_tokens: int = field(3, "a pair needs at least this many word tokens in its query")
-    min_code_lines: int = field(3, "skip functions with fewer non-blank lines (from def, docstring removed)")
+    min_code_lines: int = field(
+        3, "no pair from a function with fewer non-blank lines (from def, docstring removed); still indexed"
+    )
+    index_all: bool = field(
+        True,
+        "every definition becomes a corpus (index) row, documented or not, one line or a thousand, dunders "
+        "and test-named helpers too; only pairs keep the name and size rules (false: the corpus keeps them too)",
+    )
     max_code_chars: int = field(8000, "skip functions longer than this many characters (0 = no limit)")
     max_file_bytes: int = field(1_000_000, "skip source files bigger than this (generated code)")
     max_line_chars: int = field(
@@ -195,6 +193,7 @@ class IngestConfig:
             min_docstring_tokens=self.min_docstring_tokens,
             min_code_lines=self.min_code_lines,
             max_code_chars=self.max_code_chars,
+            index_all=self.index_all,
             max_file_bytes=self.max_file_bytes,
             max_line_chars=self.max_line_chars,
             max_files=self.max_files_per_source,
@@ -205,7 +204,7 @@ class IngestConfig:
 
 def check_sources(config: IngestConfig, shard: Shard = WHOLE) -> list[SourceSpec]:
     """Parse every spec, check every path exists and the layout of every text: file ``shard`` reads
-    (its text column, see sources.check_layout), before any work; IngestError names the source."""
+    (its text column, see sources.text.check_layout), before any work; IngestError names the source."""
     specs = []
     for text in config.sources:
         try:
@@ -336,31 +335,24 @@ class Signatures:
     eval_rows: np.ndarray
 
 
-def finish(
-    config: IngestConfig,
-    specs: list[SourceSpec],
-    gathered: Gathered,
-    out: Path,
-    *,
-    start: float,
-    cpu_start: float,
-    signatures: Signatures | None = None,
-    extra: dict | None = None,
-    seconds_before: float = 0.0,
-    cpu_seconds_before: float = 0.0,
-) -> dict:
-    """Deduplicate, split and write what was read (steps 2-4 of the module docstring); the manifest."""
-    pairs, corpus = gathered.pairs, gathered.corpus
-    source_stats = {text: stats.to_dict() for text, stats in gathered.stats.items()}
-    warnings = [w for stats in gathered.stats.values() for w in check_result(stats, config.max_reject_share)]
-    eval_rows: dict[str, list[dict]] = {}
+def _eval_suites(specs: list[SourceSpec], gathered: Gathered) -> dict[str, list[dict]]:
+    """The evaluation rows by suite (the kind of the source that gave them: ``humaneval``)."""
+    suites: dict[str, list[dict]] = {}
     for row, (source_index, _) in zip(gathered.eval_rows, gathered.eval_order, strict=True):
-        eval_rows.setdefault(specs[source_index].kind, []).append(row)
+        suites.setdefault(specs[source_index].kind, []).append(row)
+    return suites
 
-    # 2. Deduplicate: pairs across all sources (evaluation rows are the reference, never removed),
-    #    and the corpus. With two or more workers the corpus (the larger, about 0.4 ms a row) is
-    #    deduplicated in a spawned process while this one does the pairs.
-    all_eval = gathered.eval_rows
+
+def _deduplicate(
+    config: IngestConfig, gathered: Gathered, signatures: Signatures | None
+) -> tuple[list[dict], list[dict], dict]:
+    """Step 2: the pairs and corpus rows left after deduplication, and the manifest's ``dedup`` block.
+
+    Pairs are deduplicated across all sources (evaluation rows are the reference, never removed), and
+    the corpus. With two or more workers the corpus (the larger, about 0.4 ms a row) is deduplicated in
+    a spawned process while this one does the pairs. Fewer than ``min_pairs`` pairs left is an IngestError.
+    """
+    pairs, corpus = gathered.pairs, gathered.corpus
     corpus_settings = dict(
         near=config.corpus_near_dup,
         threshold=config.near_dup_threshold,
@@ -381,7 +373,7 @@ def finish(
             near=True,
             threshold=config.near_dup_threshold,
             num_perm=config.num_perm,
-            reference=[row["code"] for row in all_eval],
+            reference=[row["code"] for row in gathered.eval_rows],
             signatures=signatures.pairs if signatures is not None else None,
             reference_signatures=signatures.eval_rows if signatures is not None else None,
         )
@@ -398,19 +390,41 @@ def finish(
             f"{list(config.sources)} ({removed} of {len(pair_dedup.keep)} were duplicates); training needs at "
             f"least min_pairs={config.min_pairs}: give more or other code"
         )
+    return pairs, corpus, {"pairs": pair_dedup.summary(), "corpus": corpus_dedup.summary()}
 
-    # 3. Split by repository (or file); corpus rows carry their unit's split too.
+
+def _split(config: IngestConfig, pairs: list[dict], corpus: list[dict]) -> SplitResult:
+    """Step 3: split the pairs by repository (or file); corpus rows carry their unit's split too."""
     try:
         split = split_rows(pairs, ratios=config.ratios, seed=config.seed, unit=config.split_unit)
     except ValueError as error:
         raise IngestError(str(error)) from None
-    warnings += split.warnings
     assigned = {unit_of(row, split.unit): row["split"] for row in pairs}
     for row in corpus:
         key = unit_of(row, split.unit)
         row["split"] = assigned.get(key) or assign_split(key, config.seed, config.ratios)
+    return split
 
-    # 4. Write.
+
+def _split_manifest(config: IngestConfig, split: SplitResult, corpus: list[dict]) -> dict:
+    """The manifest's ``split`` block: unit, seed, ratios and each split's rows, units and repositories."""
+    return {
+        "unit": split.unit,
+        "seed": config.seed,
+        "ratios": dict(zip(SPLITS, config.ratios, strict=True)),
+        "sizes": split.sizes,
+        "units": split.units,
+        "repos": {name: len(names) for name, names in split.repos.items()},
+        "repo_names": {name: names[:MAX_REPO_NAMES] for name, names in split.repos.items()},
+        "corpus_sizes": {name: sum(1 for r in corpus if r["split"] == name) for name in SPLITS},
+    }
+
+
+def _write_rows(
+    config: IngestConfig, out: Path, pairs: list[dict], corpus: list[dict], suites: dict[str, list[dict]]
+) -> tuple[dict[str, int], dict]:
+    """Step 4: write the pairs per split, the corpus and each evaluation suite; (shards written per
+    folder, the manifest's ``eval`` block)."""
     shards: dict[str, int] = {}
     for name in SPLITS:
         shards[f"pairs/{name}"] = _write(
@@ -420,9 +434,33 @@ def finish(
     eval_manifest = {}
     for stale_suite in (out / "eval").glob("*"):  # suites of an earlier run that this one lacks
         _clear_shards(stale_suite)
-    for suite, rows in eval_rows.items():
+    for suite, rows in suites.items():
         shards[f"eval/{suite}"] = _write(rows, out / "eval" / suite, config.rows_per_shard)
         eval_manifest[suite] = {"rows": len(rows), "dir": f"eval/{suite}"}
+    return shards, eval_manifest
+
+
+def finish(
+    config: IngestConfig,
+    specs: list[SourceSpec],
+    gathered: Gathered,
+    out: Path,
+    *,
+    start: float,
+    cpu_start: float,
+    signatures: Signatures | None = None,
+    extra: dict | None = None,
+    seconds_before: float = 0.0,
+    cpu_seconds_before: float = 0.0,
+) -> dict:
+    """Deduplicate, split and write what was read (steps 2-4 of the module docstring); the manifest."""
+    source_stats = {text: stats.to_dict() for text, stats in gathered.stats.items()}
+    warnings = [w for stats in gathered.stats.values() for w in check_result(stats, config.max_reject_share)]
+    suites = _eval_suites(specs, gathered)
+    pairs, corpus, dedup = _deduplicate(config, gathered, signatures)  # 2. deduplicate
+    split = _split(config, pairs, corpus)  # 3. split
+    warnings += split.warnings
+    shards, eval_manifest = _write_rows(config, out, pairs, corpus, suites)  # 4. write
 
     seconds = seconds_before + time.perf_counter() - start
     files_seen = sum(s["files_seen"] for s in source_stats.values())
@@ -435,20 +473,11 @@ def finish(
             "functions_found": sum(s["functions_found"] for s in source_stats.values()),
             "pairs": len(pairs),
             "corpus_rows": len(corpus),
-            "eval_rows": len(all_eval),
+            "eval_rows": len(gathered.eval_rows),
         },
         "languages": _language_totals(source_stats),
-        "dedup": {"pairs": pair_dedup.summary(), "corpus": corpus_dedup.summary()},
-        "split": {
-            "unit": split.unit,
-            "seed": config.seed,
-            "ratios": dict(zip(SPLITS, config.ratios, strict=True)),
-            "sizes": split.sizes,
-            "units": split.units,
-            "repos": {name: len(names) for name, names in split.repos.items()},
-            "repo_names": {name: names[:MAX_REPO_NAMES] for name, names in split.repos.items()},
-            "corpus_sizes": {name: sum(1 for r in corpus if r["split"] == name) for name in SPLITS},
-        },
+        "dedup": dedup,
+        "split": _split_manifest(config, split, corpus),
         "eval": eval_manifest,
         "shards": shards,
         "warnings": warnings,

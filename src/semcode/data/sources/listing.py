@@ -1,0 +1,103 @@
+"""The files of a source's location, local or ``s3://``: directory walks and listings, JSONL/Parquet file
+lists, streamed lines, and which of them a shard reads.
+
+Hidden directories (``.git``, ``.venv``), ``__pycache__`` and ``site-packages`` are skipped everywhere.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+
+from semcode import storage
+from semcode.data.sources.rows import ExtractOptions, Shard, SourceStats
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+PARQUET_SUFFIXES = (".parquet",)
+TEXT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
+SKIPPED_DIRS = ("__pycache__", "site-packages")
+STREAM_BYTES = 8 << 20  # read size of streamed files: one ranged GET per 8 MiB on S3
+
+
+def walk_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
+    """Relative paths (with "/") of every file under a local directory, sorted, junk dirs pruned."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
+        rel = os.path.relpath(dirpath, root)
+        for name in filenames:
+            found.append(PurePosixPath(Path(rel) / name).as_posix() if rel != "." else name)
+    return sorted(found)
+
+
+def dir_files(location: str, on_error: Callable[[OSError], None]) -> tuple[str, list[tuple[str, str, str]]]:
+    """A dir: location's repo name (the directory's name) and its files as (relative path with "/", where
+    to read it, url), local or under an ``s3://`` prefix, junk dirs skipped."""
+    if storage.is_s3(location):
+        prefix = location.rstrip("/")
+        repo = prefix.rsplit("/", 1)[-1] or storage.split_s3(prefix)[0]
+        listed = []
+        for uri in storage.list_files(prefix, recursive=True):
+            rel = uri[len(prefix) + 1 :]
+            if not any(p.startswith(".") or p in SKIPPED_DIRS for p in rel.split("/")[:-1]):
+                listed.append((rel, uri, uri))
+    else:
+        root = os.path.abspath(location)
+        repo = os.path.basename(root.rstrip(os.sep)) or "root"
+        listed = [
+            (rel, os.path.join(root, rel), Path(root, rel).as_uri()) for rel in walk_files(root, on_error)
+        ]
+    return repo, listed
+
+
+def _files_ending(location: str, suffixes: tuple[str, ...]) -> list[str]:
+    """A file location as it is; the files of a directory (or prefix) that end in ``suffixes``, sorted."""
+    if storage.is_s3(location):
+        if location.endswith(suffixes) and not location.endswith("/"):
+            return [location]
+        return [uri for uri in storage.list_files(location, recursive=True) if uri.endswith(suffixes)]
+    if os.path.isfile(location):
+        return [location]
+    return [path for path in storage.list_files(location, recursive=True) if path.endswith(suffixes)]
+
+
+def jsonl_files(location: str) -> list[str]:
+    """The JSONL files of a file or directory location (``.jsonl``/``.jsonl.gz`` in directories)."""
+    return _files_ending(location, JSONL_SUFFIXES)
+
+
+def text_files(location: str) -> list[str]:
+    """The ``.jsonl``/``.jsonl.gz``/``.parquet`` files of a file or directory location, sorted."""
+    return _files_ending(location, TEXT_SUFFIXES)
+
+
+def read_lines(location: str) -> Iterator[bytes]:
+    """The lines of a (maybe gzipped) local file or S3 object, streamed (S3: in STREAM_BYTES ranged reads,
+    never the whole object in memory); raises OSError/EOFError when unreadable."""
+    with io.BufferedReader(storage.open_input_file(location), STREAM_BYTES) as raw:
+        magic = raw.peek(2)[:2]
+        stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+        yield from stream
+
+
+def file_label(location: str) -> tuple[str, str]:
+    """(repo fallback, url base) for a JSONL file: its name without suffixes, and a URI."""
+    name = location.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(suffix)
+    url = location if storage.is_s3(location) else Path(location).resolve().as_uri()
+    return name, url
+
+
+def owned_files(
+    files: list[str], options: ExtractOptions, shard: Shard, stats: SourceStats
+) -> list[tuple[int, str]]:
+    """(position, file) of the files this shard reads, after the max_files limit; counts them in stats."""
+    limit = options.max_files or len(files)
+    owned = [shard.owns(file) for file in files]
+    stats.files_seen = sum(owned)
+    stats.files_skipped_by_limit = sum(owned[limit:])
+    return [(index, file) for index, file in enumerate(files[:limit]) if owned[index]]

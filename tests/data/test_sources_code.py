@@ -1,0 +1,286 @@
+"""Code sources on small real inputs: a toy package, bad files, a checkout of mixed languages, the
+interpreter's stdlib and site-packages, S3."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import sysconfig
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from semcode import storage
+from semcode.data.sources import read_source
+from semcode.data.sources.code import read_code_files, site_packages_dirs
+from semcode.data.sources.rows import ExtractOptions
+from semcode.data.sources.spec import SourceError, SourceSpec, check_exists, parse_spec
+
+DATA = Path(__file__).parent
+
+TOY_PAIRS = {
+    "version_string",
+    "distance",
+    "midpoint",
+    "latest_point",
+    "Polygon.perimeter",
+    "Polygon.bounding_box",
+    "Polygon.fetch_vertices",
+    "outer",
+    "slugify",
+    "word_count",
+    "shout",
+    "square_area",
+}
+TOY_CORPUS_ONLY = {"area_of_circle", "Polygon.is_valid"}
+# Definitions that break a pair rule (dunder, test name, one line): index rows all the same, never pairs.
+TOY_INDEX_ONLY = {"identity", "Polygon.__init__", "Polygon.__len__", "Polygon.test_invariants"}
+LATIN1_WITH_COOKIE = (
+    b"# -*- coding: latin-1 -*-\n"
+    b"def greet(name):\n"
+    b'    """Return a greeting in German: Gr\xfc\xdfe."""\n'
+    b'    text = "Gr\xfc\xdfe, " + name\n'
+    b"    return text\n"
+)
+
+
+def make_bad_files(root: Path) -> None:
+    """The bad inputs a real checkout can hold, written as bytes (they cannot live in the repo)."""
+    (root / "broken_syntax.py").write_text('def broken(:\n    """Never parses."""\n    return 1\n')
+    (root / "blob.py").write_bytes(b"\x00\x01\x02 binary data \x00 with NUL bytes\n")
+    (root / "latin1_no_cookie.py").write_bytes(b'def f():\n    """Gr\xfc\xdfe."""\n    return 1\n')
+    (root / "latin1_cookie.py").write_bytes(LATIN1_WITH_COOKIE)
+    (root / "dangling.py").symlink_to(root / "does_not_exist.py")
+
+
+@pytest.fixture
+def toy_repo(tmp_path: Path) -> Path:
+    """The toy package copied into a checkout-like directory, with bad files and a .git dir added."""
+    repo = tmp_path / "toyrepo"
+    shutil.copytree(DATA / "toypkg", repo / "toypkg")
+    (repo / ".git").mkdir()
+    (repo / ".git" / "hook.py").write_text(
+        'def hidden():\n    """Hidden dirs are skipped."""\n    return 1\n'
+    )
+    make_bad_files(repo)
+    return repo
+
+
+def test_dir_source_extracts_and_counts_every_reject(toy_repo: Path):
+    result = read_source(parse_spec(f"dir:{toy_repo}"), ExtractOptions())
+    stats = result.stats
+    pair_names = {row["func_name"] for row in result.pairs}
+    corpus_names = {row["func_name"] for row in result.corpus}
+    assert pair_names == TOY_PAIRS | {"greet"}
+    assert corpus_names == TOY_PAIRS | TOY_CORPUS_ONLY | TOY_INDEX_ONLY | {"greet"}
+    # 6 toy files + 5 bad ones; the .git dir is not walked
+    assert stats.files_seen == 11
+    assert stats.files_parsed == 6  # 5 toy files (not tests/helpers.py) + the latin-1 file with a cookie
+    assert stats.rejects == {
+        "test_path": 1,
+        "syntax_error": 1,
+        "binary": 1,
+        "decode_error": 1,
+        "unreadable": 1,
+        "dunder": 2,
+        "test_name": 1,
+        "too_short": 1,
+        "empty_body": 1,
+        "no_docstring": 1,
+        "short_docstring": 1,
+    }
+    assert stats.errors == 4 and stats.error_units == 10
+    assert (stats.pairs, stats.corpus_rows) == (len(result.pairs), len(result.corpus))
+
+
+def test_without_index_all_the_corpus_keeps_the_pair_rules(toy_repo: Path):
+    result = read_source(parse_spec(f"dir:{toy_repo}"), ExtractOptions(index_all=False))
+    assert {row["func_name"] for row in result.corpus} == TOY_PAIRS | TOY_CORPUS_ONLY | {"greet"}
+    assert result.stats.rejects["dunder"] == 2 and result.stats.rejects["too_short"] == 1
+
+    row = next(r for r in result.pairs if r["func_name"] == "distance")
+    assert row["repo"] == "toyrepo" and row["path"] == "toypkg/geometry.py"
+    assert row["url"] == (toy_repo / "toypkg" / "geometry.py").as_uri() + "#L6-L14"
+    assert row["source"] == f"dir:{toy_repo}" and row["language"] == "python"
+    assert row["query"] == "Return the Euclidean distance between two points."
+    greet = next(r for r in result.pairs if r["func_name"] == "greet")
+    assert greet["query"] == "Return a greeting in German: Grüße."
+    assert '"Grüße, "' in greet["code"]
+
+
+def test_workers_give_the_same_rows(toy_repo: Path):
+    spec = parse_spec(f"dir:{toy_repo}")
+    serial = read_source(spec, ExtractOptions(workers=1))
+    parallel = read_source(spec, ExtractOptions(workers=2))
+    assert parallel.pairs == serial.pairs and parallel.corpus == serial.corpus
+    assert parallel.stats.rejects == serial.stats.rejects
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_permission_denied_file_is_unreadable(tmp_path: Path):
+    repo = tmp_path / "repo"
+    shutil.copytree(DATA / "toypkg", repo)
+    (repo / "geometry.py").chmod(0)
+    result = read_source(parse_spec(f"dir:{repo}"), ExtractOptions())
+    assert result.stats.rejects["unreadable"] == 1
+
+
+def test_python_stdlib_and_site_packages_samples():
+    options = ExtractOptions(max_files=25)
+    stdlib = read_source(parse_spec("python:stdlib"), options)
+    assert stdlib.stats.files_parsed + stdlib.stats.errors == 25
+    assert stdlib.stats.files_skipped_by_limit > 100 and stdlib.stats.rejects["test_path"] > 100
+    assert all("/" not in row["repo"] and not row["repo"].endswith(".py") for row in stdlib.pairs)
+    assert len({row["repo"] for row in stdlib.corpus}) > 5  # the sample spreads over packages
+    site = read_source(parse_spec("python:site-packages"), options)
+    assert all(not row["repo"].endswith((".dist-info", ".py")) for row in site.corpus)
+    # url: the installed file, with the function's lines; path stays relative to the package root.
+    roots = [sysconfig.get_paths()["stdlib"], *site_packages_dirs()]
+    for row in stdlib.corpus + site.corpus:
+        file, _, lines = row["url"].partition("#")
+        local = Path(unquote(urlparse(file).path))
+        assert file.startswith("file:///") and local.is_file(), row["url"]
+        assert any(local == Path(root, row["path"]) for root in roots), (row["url"], row["path"])
+        start, end = (int(n) for n in re.fullmatch(r"L(\d+)-L(\d+)", lines).groups())
+        header = local.read_text(encoding="utf-8", errors="replace").splitlines()[start - 1 : end]
+        assert row["signature"].split("(")[0] in " ".join(" ".join(header).split()), row["url"]
+    assert stdlib.pairs and site.pairs
+
+
+def test_s3_dir_and_jsonl(s3_env: str, tmp_path: Path):
+    for path in sorted((DATA / "toypkg").rglob("*.py")):
+        rel = path.relative_to(DATA / "toypkg").as_posix()
+        storage.write_bytes(f"{s3_env}/code/toypkg/{rel}", path.read_bytes())
+    storage.write_bytes(f"{s3_env}/code/toypkg/broken.py", b"def broken(:\n")
+    storage.write_bytes(f"{s3_env}/code/toypkg/.git/x.py", b"def hidden(): pass\n")
+    spec = parse_spec(f"dir:{s3_env}/code/toypkg")
+    check_exists(spec)
+    result = read_source(spec, ExtractOptions())
+    assert {row["func_name"] for row in result.pairs} == TOY_PAIRS
+    assert result.stats.rejects["syntax_error"] == 1 and result.stats.files_seen == 7
+    row = next(r for r in result.pairs if r["func_name"] == "distance")
+    assert row["repo"] == "toypkg" and row["path"] == "geometry.py"
+    assert row["url"] == f"{s3_env}/code/toypkg/geometry.py#L6-L14"
+
+    storage.write_bytes(f"{s3_env}/csn/a.jsonl", (DATA / "csn" / "python_train_0.jsonl").read_bytes())
+    storage.write_bytes(
+        f"{s3_env}/csn/b.jsonl.gz", gzip.compress((DATA / "csn" / "codexglue_test.jsonl").read_bytes())
+    )
+    storage.write_bytes(f"{s3_env}/csn/readme.txt", b"not data")
+    csn = read_source(parse_spec(f"csn:{s3_env}/csn"), ExtractOptions())
+    assert csn.stats.files_seen == 2 and csn.stats.pairs == 6  # 5 Python, 1 Java
+    with pytest.raises(SourceError, match="does not exist"):
+        check_exists(parse_spec(f"dir:{s3_env}/nothing/here"))
+
+
+# --------------------------------------------------------------------------------------------
+# Many languages
+
+MIXED_FILES = {
+    "api/server.go": (
+        "package api\n\n// Serve starts the HTTP server on the given address.\n"
+        "func Serve(addr string) error {\n\tsrv := &http.Server{Addr: addr}\n\treturn srv.ListenAndServe()\n}\n"
+    ),
+    "api/server_test.go": "package api\n\nfunc TestServe(t *testing.T) {\n\tt.Skip()\n\treturn\n}\n",
+    "web/src/format.ts": (
+        "/** Formats a price in cents as a dollar string. */\n"
+        "export function formatPrice(cents: number): string {\n  const dollars = cents / 100;\n"
+        "  return `$${dollars.toFixed(2)}`;\n}\n"
+    ),
+    "lib/util.rb": (
+        "# Returns the slug of a title for use in URLs.\ndef slugify(title)\n"
+        "  words = title.downcase.split\n  words.join('-')\nend\n"
+    ),
+    "tools/clean.py": (
+        'def clean(text):\n    """Remove control characters from the text."""\n'
+        "    kept = [c for c in text if c.isprintable()]\n    return ''.join(kept)\n"
+    ),
+    "vendor/github.com/x/lib.go": (
+        "package lib\n\n// Vendored helper that must not be read.\n"
+        "func Helper() int {\n\tx := 1\n\treturn x\n}\n"
+    ),
+    "web/node_modules/left-pad/index.js": "/** Pads a string. */\nfunction pad(s) {\n  s = ' ' + s;\n  return s;\n}\n",
+    "web/dist/app.min.js": "function a(){return 1}\n",
+    "api/types.pb.go": "package api\n",
+    "api/zz_deepcopy.go": (
+        "// Code generated by deepcopy-gen. DO NOT EDIT.\n\npackage api\n\n// DeepCopy copies the object.\n"
+        "func (in *Obj) DeepCopy() *Obj {\n\tout := new(Obj)\n\treturn out\n}\n"
+    ),
+    "README.md": "# mixed\n",
+    "Makefile": "all:\n",
+}
+
+
+@pytest.fixture
+def mixed_repo(tmp_path: Path) -> Path:
+    """A checkout with code in four languages, a test, vendored and generated files, and docs."""
+    repo = tmp_path / "mixed"
+    for rel, text in MIXED_FILES.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    return repo
+
+
+def test_dir_of_mixed_languages(mixed_repo: Path):
+    result = read_source(parse_spec(f"dir:{mixed_repo}"), ExtractOptions())
+    stats = result.stats
+    by_name = {row["func_name"]: row for row in result.pairs}
+    assert {name: row["language"] for name, row in by_name.items()} == {
+        "Serve": "go",
+        "formatPrice": "typescript",
+        "slugify": "ruby",
+        "clean": "python",
+    }
+    assert by_name["formatPrice"]["query"] == "Formats a price in cents as a dollar string."
+    assert by_name["formatPrice"]["path"] == "web/src/format.ts" and by_name["Serve"]["repo"] == "mixed"
+    assert "Formats a price" not in by_name["formatPrice"]["code"]
+    assert by_name["slugify"]["url"] == (mixed_repo / "lib" / "util.rb").as_uri() + "#L2-L5"
+    assert by_name["clean"]["signature"] == "def clean(text):"
+    assert by_name["Serve"]["signature"] == "func Serve(addr string) error"
+    assert stats.files_seen == 10  # README.md and the Makefile are not code
+    assert stats.rejects == {"test_path": 1, "vendored": 2, "generated": 3}
+    assert stats.error_units == 4  # files skipped by their path (or header) are not inputs
+    languages = stats.to_dict()["languages"]
+    assert languages["go"] == {
+        "files": 5,
+        "functions": 1,
+        "pairs": 1,
+        "rejects": {"generated": 2, "test_path": 1, "vendored": 1},
+    }
+    assert languages["typescript"]["pairs"] == languages["python"]["pairs"] == 1
+    assert languages["javascript"]["rejects"] == {"generated": 1, "vendored": 1}
+
+
+def test_dir_languages_filter_and_no_matching_files(mixed_repo: Path):
+    only = read_source(parse_spec(f"dir:{mixed_repo}"), ExtractOptions(languages=("ruby", "python")))
+    assert {row["language"] for row in only.corpus} == {"ruby", "python"}
+    assert set(only.stats.languages) == {"ruby", "python"} and only.stats.files_seen == 2
+    with pytest.raises(
+        SourceError, match=r"no rust, java files in .*mixed \(extensions \.rs, \.java\)"
+    ) as error:
+        read_source(parse_spec(f"dir:{mixed_repo}"), ExtractOptions(languages=("rust", "java")))
+    assert ".go (5)" in str(error.value) and ".md (1)" in str(error.value)
+
+
+def test_a_file_with_one_huge_line_is_skipped_before_parsing(tmp_path: Path) -> None:
+    """A minified or data file with the size limit raised: skipped as long_line, with bounded memory."""
+    import resource
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "data.py").write_text("TABLE = [" + "1, " * 2_000_000 + "]\n")  # one 6 MB line
+    (repo / "ok.py").write_text(
+        'def add(a, b):\n    """Add two numbers and return the sum."""\n    c = a + b\n    return c\n'
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = read_code_files(
+        SourceSpec("dir", str(repo), f"dir:{repo}"),
+        ExtractOptions(max_file_bytes=50_000_000, min_code_lines=2),
+    )
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.stats.rejects["long_line"] == 1
+    assert [row["func_name"] for row in result.corpus] == ["add"]
+    assert grown_mb < 500

@@ -1,0 +1,258 @@
+"""JSONL sources on small real inputs: CSN/CodeXGLUE, generic pairs, HumanEval."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from semcode.data.sources import read_source
+from semcode.data.sources.rows import ExtractOptions
+from semcode.data.sources.spec import parse_spec
+
+DATA = Path(__file__).parent
+
+
+def test_csn_and_codexglue_jsonl():
+    result = read_source(parse_spec(f"csn:{DATA / 'csn'}"), ExtractOptions(languages=("python",)))
+    stats = result.stats
+    assert stats.files_seen == 2 and stats.records_seen == 9
+    assert stats.rejects == {
+        "malformed_json": 1,
+        "short_docstring": 1,
+        "test_name": 1,
+        "other_language": 1,
+    }
+    by_name = {row["func_name"]: row for row in result.pairs}
+    assert set(by_name) == {
+        "get_debug_flag",
+        "byte_bounds",
+        "dict_to_sequence",
+        "Session.close",
+        "print_report",
+    }
+    close = by_name["Session.close"]
+    assert close["query"] == "Closes all adapters and as such the session."
+    assert (
+        close["code"] == "def close(self):\n        for v in self.adapters.values():\n            v.close()\n"
+    )
+    assert close["repo"] == "psf/requests" and close["path"] == "requests/sessions.py"
+    assert close["url"].startswith("https://github.com/psf/requests/")
+    # Python 2 code: the docstring is removed by the tokenizer fallback
+    assert (
+        by_name["print_report"]["code"]
+        == "def print_report(rows):\n    for row in rows:\n        print row\n    print 'done'\n"
+    )
+    # CodeXGLUE: the docstring comes from the code when the field is empty
+    assert by_name["get_debug_flag"]["query"] == "Get whether debug mode should be enabled for the app."
+    assert '"""' not in by_name["get_debug_flag"]["code"]
+    # Hugging Face code_search_net column names
+    assert by_name["byte_bounds"]["repo"] == "numpy/numpy"
+    assert by_name["byte_bounds"]["path"] == "numpy/lib/utils.py"
+    # a short docstring still gives a corpus row, with its query
+    assert {row["func_name"] for row in result.corpus} == set(by_name) | {"noop_twice"}
+
+
+def test_csn_gzipped_file_and_languages(tmp_path: Path):
+    gz = tmp_path / "python_train_0.jsonl.gz"
+    gz.write_bytes(gzip.compress((DATA / "csn" / "python_train_0.jsonl").read_bytes()))
+    result = read_source(parse_spec(f"csn:{gz}"), ExtractOptions(languages=("python",)))
+    assert result.stats.pairs == 3 and result.stats.records_seen == 7
+    both = read_source(parse_spec(f"csn:{gz}"), ExtractOptions(languages=("python", "java")))
+    assert "Main.add" in {row["func_name"] for row in both.pairs}
+    every = read_source(parse_spec(f"csn:{gz}"), ExtractOptions())  # no languages given: all of them
+    assert every.stats.pairs == 4 and every.stats.to_dict()["languages"]["java"]["pairs"] == 1
+
+
+def test_truncated_gzip_is_unreadable_but_keeps_earlier_lines(tmp_path: Path):
+    data = gzip.compress((DATA / "csn" / "python_train_0.jsonl").read_bytes() * 50)
+    gz = tmp_path / "cut.jsonl.gz"
+    gz.write_bytes(data[: len(data) // 2])
+    result = read_source(parse_spec(f"csn:{gz}"), ExtractOptions())
+    assert result.stats.rejects["unreadable"] == 1
+    assert result.stats.records_seen > 0
+
+
+def test_fields_of_the_wrong_type_are_counted_as_such(tmp_path: Path):
+    path = tmp_path / "typed.jsonl"
+    good = {"query": "add two numbers", "code": "def add(a, b):\n    s = a + b\n    return s\n"}
+    rows = [good, {**good, "code": 42}, {**good, "query": ["a", "list"]}, {"query": "no code here"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    stats = read_source(parse_spec(f"pairs:{path}"), ExtractOptions()).stats
+    assert stats.rejects == {"wrong_type": 2, "missing_field": 1}
+    csn = tmp_path / "csn.jsonl"
+    csn.write_text(json.dumps({"code": {"not": "text"}, "docstring": "x y z", "language": "go"}) + "\n")
+    assert read_source(parse_spec(f"csn:{csn}"), ExtractOptions()).stats.rejects == {"wrong_type": 1}
+
+
+def test_pairs_jsonl():
+    path = DATA / "pairs" / "pairs_example.jsonl"
+    result = read_source(parse_spec(f"pairs:{path}"), ExtractOptions())
+    stats = result.stats
+    assert stats.records_seen == 7
+    assert stats.rejects == {"malformed_json": 2, "missing_field": 1}
+    assert stats.error_share == pytest.approx(3 / 7)
+    rows = {row["query"]: row for row in result.pairs}
+    assert set(rows) == {
+        "read a json file into a dict",
+        "reverse a string",
+        "sum of squares of a list",
+        "sort a list",  # user queries are taken as given, short ones too
+    }
+    assert rows["read a json file into a dict"]["repo"] == "acme/tools"
+    assert rows["reverse a string"]["repo"] == "pairs_example"  # no repo: the file name
+    assert rows["reverse a string"]["hard_negatives"] == ["def upper(s):\n    return s.upper()\n"]
+    assert len(rows["sum of squares of a list"]["hard_negatives"]) == 2
+    assert rows["reverse a string"]["url"] == path.resolve().as_uri() + "#L2"
+    assert all(row["hard_negatives"] == [] for row in result.corpus)
+    assert len(result.corpus) == 4
+
+
+def test_humaneval_is_evaluation_only():
+    result = read_source(parse_spec("humaneval:"), ExtractOptions())
+    assert result.pairs == [] and result.corpus == []
+    assert len(result.eval_rows) == 164 and result.stats.eval_rows == 164
+    first = result.eval_rows[0]
+    assert first["path"] == "HumanEval/0" and first["func_name"] == "has_close_elements"
+    assert first["query"] == (
+        "Check if in given list of numbers, are any two numbers closer to each other than given threshold."
+    )
+    assert first["code"].startswith(
+        "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+    )
+    assert "for idx, elem in enumerate(numbers):" in first["code"] and ">>>" not in first["code"]
+    assert first["split"] == "test" and first["repo"] == "humaneval"
+    assert all(row["query"] and row["code"] for row in result.eval_rows)
+
+
+CSN_SIX = [
+    {
+        "repo": "pallets/click",
+        "path": "src/click/utils.py",
+        "func_name": "make_str",
+        "original_string": 'def make_str(value):\n    """Converts a value into a valid string."""\n'
+        "    if isinstance(value, bytes):\n        return value.decode('utf-8', 'replace')\n"
+        "    return str(value)",
+        "language": "python",
+        "code": "",
+        "code_tokens": ["def", "make_str", "(", "value", ")", ":"],
+        "docstring": "Converts a value into a valid string.",
+        "docstring_tokens": ["Converts", "a", "value", "into", "a", "valid", "string", "."],
+        "url": "https://github.com/pallets/click/blob/0/src/click/utils.py#L40-L45",
+        "partition": "train",
+    },
+    {
+        "repo": "google/guava",
+        "path": "guava/src/com/google/common/base/Strings.java",
+        "func_name": "Strings.nullToEmpty",
+        "original_string": "public static String nullToEmpty(@Nullable String string) {\n"
+        '    return (string == null) ? "" : string;\n  }',
+        "language": "java",
+        "code": "",
+        "code_tokens": ["public", "static", "String", "nullToEmpty"],
+        "docstring": "Returns the given string if it is non-null; the empty string otherwise.\n\n"
+        "@param string the string to test and possibly return\n@return {@code string} itself if it is non-null",
+        "docstring_tokens": ["Returns", "the", "given", "string", "if", "it", "is", "non", "-", "null"],
+        "url": "https://github.com/google/guava/blob/0/guava/src/com/google/common/base/Strings.java#L40-L42",
+        "partition": "train",
+    },
+    {
+        "repo": "expressjs/express",
+        "path": "lib/utils.js",
+        "func_name": "acceptParams",
+        "original_string": "function acceptParams(str) {\n  var parts = str.split(/ *; */);\n"
+        "  var ret = { value: parts[0], quality: 1, params: {} };\n  return ret;\n}",
+        "language": "javascript",
+        "code": "",
+        "code_tokens": ["function", "acceptParams", "(", "str", ")"],
+        "docstring": "Parse accept params `str` returning an\nobject with `.value`, `.quality` and `.params`.\n\n"
+        "@param {String} str\n@return {Object}\n@api private",
+        "docstring_tokens": ["Parse", "accept", "params", "str", "returning", "an", "object"],
+        "url": "https://github.com/expressjs/express/blob/0/lib/utils.js#L90-L95",
+        "partition": "valid",
+    },
+    {
+        "repo": "spf13/cobra",
+        "path": "command.go",
+        "func_name": "Command.HasParent",
+        "original_string": "func (c *Command) HasParent() bool {\n\tparent := c.parent\n\treturn parent != nil\n}",
+        "language": "go",
+        "code": "",
+        "code_tokens": ["func", "(", "c", "*", "Command", ")", "HasParent"],
+        "docstring": "HasParent determines if the command is a child command.",
+        "docstring_tokens": [
+            "HasParent",
+            "determines",
+            "if",
+            "the",
+            "command",
+            "is",
+            "a",
+            "child",
+            "command",
+        ],
+        "url": "https://github.com/spf13/cobra/blob/0/command.go#L1300-L1303",
+        "partition": "test",
+    },
+    {
+        "repo": "guzzle/guzzle",
+        "path": "src/Utils.php",
+        "func_name": "Utils.jsonDecode",
+        "original_string": "public static function jsonDecode(string $json, bool $assoc = false)\n{\n"
+        "    $data = \\json_decode($json, $assoc);\n    return $data;\n}",
+        "language": "php",
+        "code": "",
+        "code_tokens": ["public", "static", "function", "jsonDecode"],
+        "docstring": "Wrapper for json_decode that throws when an error occurs.\n\n@param string $json JSON data to parse",
+        "docstring_tokens": [
+            "Wrapper",
+            "for",
+            "json_decode",
+            "that",
+            "throws",
+            "when",
+            "an",
+            "error",
+            "occurs",
+        ],
+        "url": "https://github.com/guzzle/guzzle/blob/0/src/Utils.php#L300-L305",
+        "partition": "train",
+    },
+    {
+        "repo": "sinatra/sinatra",
+        "path": "lib/sinatra/base.rb",
+        "func_name": "Base.settings",
+        "original_string": "def settings\n      self.class.settings\n      self\n    end",
+        "language": "ruby",
+        "code": "",
+        "code_tokens": ["def", "settings"],
+        "docstring": "Access settings defined with Base.set.",
+        "docstring_tokens": ["Access", "settings", "defined", "with", "Base", ".", "set", "."],
+        "url": "https://github.com/sinatra/sinatra/blob/0/lib/sinatra/base.rb#L950-L953",
+        "partition": "train",
+    },
+]
+
+
+def test_csn_rows_of_the_six_languages(tmp_path: Path):
+    import json
+
+    path = tmp_path / "six.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in CSN_SIX))
+    result = read_source(parse_spec(f"csn:{path}"), ExtractOptions())
+    rows = {row["language"]: row for row in result.pairs}
+    assert set(rows) == {"python", "java", "javascript", "go", "php", "ruby"}
+    assert rows["java"]["query"] == "Returns the given string if it is non-null; the empty string otherwise."
+    assert rows["javascript"]["query"] == (
+        "Parse accept params `str` returning an object with `.value`, `.quality` and `.params`."
+    )
+    assert rows["php"]["query"] == "Wrapper for json_decode that throws when an error occurs."
+    assert rows["go"]["func_name"] == "Command.HasParent" and rows["go"]["repo"] == "spf13/cobra"
+    assert '"""' not in rows["python"]["code"] and rows["python"]["code"].startswith("def make_str(value):\n")
+    assert rows["python"]["signature"] == "def make_str(value):"
+    assert set(result.stats.to_dict()["languages"]) == set(rows)
+    only_go = read_source(parse_spec(f"csn:{path}"), ExtractOptions(languages=("go",)))
+    assert [row["language"] for row in only_go.pairs] == ["go"]
+    assert only_go.stats.rejects == {"other_language": 5}
