@@ -206,3 +206,57 @@ def test_text_signature_of_a_function_given_as_text():
     assert extract.text_signature("// Doc.\nfunc F(x int) error {\n\treturn nil\n}") == "func F(x int) error"
     assert extract.text_signature("def f(a={}):\n    return a") == "def f(a={}):"
     assert extract.text_signature("") == ""
+
+
+INDEX_ALL_SOURCE = '''
+import os
+
+
+def getenv(key, default=None):
+    """Get an environment variable, return None if it doesn't exist."""
+    return os.environ.get(key, default)
+
+
+@dataclass
+class Store(Base):
+    """A key-value store on disk."""
+
+    # not a method
+    def __init__(self, root: str) -> None:  # a comment the outline leaves out
+        self.root = root
+
+    async def get(self, key) -> bytes:
+        """Read one value."""
+        return open(os.path.join(self.root, key), "rb").read()
+
+    def test_layout(self):
+        return True
+'''
+
+
+def test_index_all_keeps_every_definition_and_marks_the_pair_rule_it_breaks():
+    functions, rejects = extract.extract_functions(INDEX_ALL_SOURCE, index_all=True)
+    by_name = {f.func_name: f for f in functions}
+    assert {name: f.pair_reject for name, f in by_name.items()} == {
+        "getenv": "too_short",
+        "Store.__init__": "dunder",
+        "Store.get": "too_short",
+        "Store.test_layout": "test_name",
+        "Store": "class",
+    }
+    assert rejects == {"too_short": 2, "dunder": 1, "test_name": 1}  # counted as before: pairs lose them
+    assert by_name["getenv"].query == "Get an environment variable, return None if it doesn't exist."
+    store = by_name["Store"]
+    assert store.code == (
+        "@dataclass\nclass Store(Base):\n"
+        "    def __init__(self, root: str) -> None: ...\n"
+        "    async def get(self, key) -> bytes: ...\n"
+        "    def test_layout(self): ...\n"
+    )
+    assert (store.signature, store.query, store.start_line) == (
+        "class Store(Base):",
+        "A key-value store on disk.",
+        10,
+    )
+    without, same_rejects = extract.extract_functions(INDEX_ALL_SOURCE)
+    assert without == [] and same_rejects == rejects

@@ -112,8 +112,8 @@ class Function:
     end_line: int  # 1-based, inclusive
     language: str = "python"
     signature: str = ""  # the header up to the body, on one line: "def f(x):", "func F(x int) error"
-    # The pair rule it breaks (test_name, dunder, too_short, too_long) when extracted with index_all:
-    # still a definition a user may search for, so an index row, but never a training pair. "" = none.
+    # The pair rule it breaks (test_name, dunder, too_short, too_long) when extracted with index_all, or
+    # "class" (a class outline): still a definition a user searches for, an index row, never a pair.
     pair_reject: str = ""
 
 
@@ -651,7 +651,49 @@ def extract_functions(
                 pair_reject or reason or "",
             )
         )
+    if index_all and rules.doc == "docstring":
+        functions.extend(_python_classes(root, rules))
     return functions, rejects
+
+
+def _python_classes(root: tree_sitter.Node, rules: LanguageRules) -> list[Function]:
+    """Module-level Python classes as index rows (``pair_reject`` "class": never a training pair).
+
+    A class's code is its outline, what a reader skims first: decorators and header, then one
+    ``def ...: ...`` line per method, bodies and docstrings left out (the class docstring is its ``query``
+    and ``docstring``): "TemporaryDirectory" is found by its name and doc, not by its longest method.
+    """
+    classes = []
+    for child in root.named_children:
+        inner, outer = _unwrap(child, rules)
+        if inner.type not in rules.container_types or inner.has_error:
+            continue
+        body = inner.child_by_field_name("body")
+        methods = [
+            f"    {_method_header(method)}: ..."
+            for method in (_unwrap(c, rules)[0] for c in (body.named_children if body is not None else []))
+            if method.type in rules.function_types
+        ]
+        docstring = _python_docstring(inner)[0]
+        code = _text_between(outer, body).rstrip() + "\n" + "\n".join(methods or ["    ..."]) + "\n"
+        signature = one_line(_text_between(inner, body))
+        start, end = outer.start_point.row + 1, _last_row(inner) + 1
+        name = _container_name(inner)
+        query = doc_query(docstring)
+        classes.append(Function(name, code, docstring, query, start, end, rules.name, signature, "class"))
+    return classes
+
+
+def _method_header(method: tree_sitter.Node) -> str:
+    """``def name(params) -> type`` of a Python method on one line: comments before its body left out."""
+    end = method.child_by_field_name("return_type") or method.child_by_field_name("parameters") or method
+    return one_line(method.text[: end.end_byte - method.start_byte].decode("utf-8", errors="replace"))
+
+
+def _text_between(node: tree_sitter.Node, body: tree_sitter.Node | None) -> str:
+    """The source from ``node``'s start to where ``body`` starts (the whole node without a body)."""
+    end = body.start_byte if body is not None else node.end_byte
+    return node.text[: end - node.start_byte].decode("utf-8", errors="replace") if node.text else ""
 
 
 def check_name(name: str) -> str | None:
