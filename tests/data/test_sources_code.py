@@ -36,8 +36,8 @@ TOY_PAIRS = {
     "square_area",
 }
 TOY_CORPUS_ONLY = {"area_of_circle", "Polygon.is_valid"}
-# Definitions that break a pair rule (dunder, test name, one line): index rows all the same, never pairs.
-TOY_INDEX_ONLY = {"identity", "Polygon.__init__", "Polygon.__len__", "Polygon.test_invariants"}
+# Definitions that break a pair rule (dunder, test name, one line) and classes: index rows all the same, never pairs.
+TOY_INDEX_ONLY = {"identity", "Polygon.__init__", "Polygon.__len__", "Polygon.test_invariants", "Polygon"}
 LATIN1_WITH_COOKIE = (
     b"# -*- coding: latin-1 -*-\n"
     b"def greet(name):\n"

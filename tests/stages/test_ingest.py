@@ -97,7 +97,7 @@ def test_run_end_to_end(tmp_path: Path):
     assert dedup["after"] == len(pairs)
 
     toy = per_source[f"dir:{repo}"]
-    assert toy["pairs"] == 12 and toy["corpus_rows"] == 18 and toy["files_seen"] == 9  # 4 index-only rows
+    assert toy["pairs"] == 12 and toy["corpus_rows"] == 19 and toy["files_seen"] == 9  # 5 index-only rows
     assert toy["rejects"]["syntax_error"] == 1 and toy["rejects"]["binary"] == 1
     assert toy["rejects"]["decode_error"] == 1 and toy["rejects"]["test_path"] == 1
     # no languages given: every language, so the Java row of the CSN file is read too
@@ -198,7 +198,7 @@ def test_two_workers_write_what_one_writes(tmp_path: Path):
     dedup = {
         n: {k: v for k, v in m["dedup"]["corpus"].items() if k != "seconds"} for n, m in manifests.items()
     }
-    assert dedup[1] == dedup[2] and dedup[1]["before"] == 29  # with the 4 index-only toy rows
+    assert dedup[1] == dedup[2] and dedup[1]["before"] == 30  # with the 5 index-only toy rows
 
 
 def test_pairs_that_copy_an_evaluation_problem_are_removed(tmp_path: Path):
