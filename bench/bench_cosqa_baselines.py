@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from semcode.evaluation import BM25Index, dot_score_blocks, protocol_ranks, retrieval_metrics
+from semcode.evaluation import dot_score_blocks, protocol_ranks, retrieval_metrics
+from semcode.retrieval import BM25Index
 from semcode.suites import cosqa_suite
 
 

@@ -134,11 +134,11 @@ def cpu_simd() -> str:
 def default_config() -> object:
     """build_index's config with its defaults (the fields choose_factory reads, and the search knobs)."""
     try:
-        from semcode.stages.build_index import BuildIndexConfig
+        from semcode.corpus import BuildIndexConfig
 
         return BuildIndexConfig()
-    except Exception as error:  # noqa: BLE001 - the stage is being edited elsewhere: say so, use its last defaults
-        log(f"semcode.stages.build_index not importable ({error!r}); using its defaults as of 2026-12-03")
+    except Exception as error:  # noqa: BLE001 - the library is being edited elsewhere: say so, use its last defaults
+        log(f"semcode.corpus not importable ({error!r}); using its defaults as of 2026-12-03")
         return SimpleNamespace(
             factory="",
             flat_max=50_000,

@@ -61,8 +61,8 @@ import pyarrow.parquet as pq
 from semcode import index as faiss_index
 from semcode.config import available_cores
 from semcode.embed import OnnxEncoder
-from semcode.evaluation import BM25Index
 from semcode.progress import log
+from semcode.retrieval import BM25Index
 from semcode.serve.searcher import Searcher, resolve_bundle
 
 TAG = "bench-search"
@@ -207,7 +207,7 @@ def bench_bundle(
     encoder: dict, functions: pa.Table, real: np.ndarray, args: argparse.Namespace, work: Path
 ) -> tuple[Path, dict]:
     """A bundle-shaped folder (only what a query reads) with the 100k-vector index: real rows first."""
-    from semcode.stages.build_index import BuildIndexConfig
+    from semcode.corpus import BuildIndexConfig
 
     dim = (
         real.shape[1]

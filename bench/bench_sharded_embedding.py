@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 from semcode import config as cfg
 from semcode.cluster.trainjob import config_flags
+from semcode.corpus import BuildIndexConfig
 from semcode.index import load_index
-from semcode.stages.build_index import BuildIndexConfig
 
 SEMCODE = str(Path(sys.executable).with_name("semcode"))
 

@@ -405,7 +405,7 @@ def test_the_bundle_carries_the_lexical_index_and_the_fusion(tiny_bundle: Path, 
     import bm25s
     import pyarrow.parquet as pq
 
-    from semcode.evaluation import BM25Index
+    from semcode.retrieval import BM25Index
 
     meta = json.loads((tiny_bundle / "bundle.json").read_text())
     assert meta["lexical"] == {

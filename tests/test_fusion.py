@@ -1,4 +1,4 @@
-"""The fusion rules of hybrid retrieval (semcode.evaluation.fuse) on hand-made score arrays, and the choice
+"""The fusion rules of hybrid retrieval (semcode.retrieval.fuse) on hand-made score arrays, and the choice
 of a rule on a tiny real valid split (a hand-made embedding function, real BM25)."""
 
 from __future__ import annotations
@@ -6,15 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semcode.evaluation import (
-    RRF_K,
-    choose_fusion,
-    competition_ranks,
-    convex_fusion,
-    fuse,
-    fusion_name,
-    rrf_fusion,
-)
+from semcode.evaluation import choose_fusion
+from semcode.retrieval import RRF_K, competition_ranks, convex_fusion, fuse, fusion_name, rrf_fusion
 from semcode.suites import pairs_suite
 
 # Two queries, four candidates. Query 0: the cosine prefers candidate 0, BM25 candidate 2 strongly.

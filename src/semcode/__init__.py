@@ -8,11 +8,15 @@ The module map, lowest layer first. A module imports only from its own layer or 
    config       frozen stage configs, presets (semcode/configs/*.yaml, package data), CLI flags
    progress     log lines and progress bars;  storage  local paths and s3:// (boto3)
 1. library, importable and CPU-testable
-   data/        sources, extraction, cleaning, splits, Parquet shards;  tokenizer  the BPE tokenizer
-   models/      the encoder and the decoder;  losses  the contrastive loss;  train/  the DeepSpeed engine
+   data/        sources/ (per kind), extraction, cleaning, splits, Parquet shards;  tokenizer  the BPE tokenizer
+   models/      the encoder and the decoder;  losses  the contrastive loss
+   train/       distributed (DeepSpeed set-up), checkpoints, history, loop (the step loop)
    embed        an encoder spec -> an embedding function, every runtime (torch, ONNX Runtime)
    export       torch -> fp32 / int8 ONNX;  index  FAISS;  mining  hard negatives
+   corpus       which corpus rows are indexed, their search documents, their embedding in chunks
    evaluation   retrieval metrics, BM25, paired intervals;  suites  the evaluation suites
+   everyday     the everyday-queries suite (suite_data/everyday.jsonl): load, score, coverage
+   retrieval    search-time scoring: the BM25 index, the fusion of dense and BM25 scores (hybrid)
    decoding     code from embeddings, and its metrics;  bundle  assemble, validate, publish a bundle
    report       the model card and report.html
 2. what runs the library
@@ -41,10 +45,10 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # the tasks follow within a second too.
 RUN_PID_ENV = "SEMCODE_RUN_PID"
 # `semcode run` also names its run's folder for durable checkpoints: <run-dir>/checkpoints/<task>
-# (semcode.train.engine.durable_location), which `semcode run --resume` continues from.
+# (semcode.train.checkpoints.durable_location), which `semcode run --resume` continues from.
 RUN_CHECKPOINTS_ENV = "SEMCODE_RUN_CHECKPOINTS"
 # A second place for the training stages' TensorBoard event files: a local path or an s3:// prefix
-# (semcode.train.engine.live_log_dirs / live_log_upload); `semcode run` checks it is writable first.
+# (semcode.train.history.live_log_dirs / live_log_upload); `semcode run` checks it is writable first.
 TENSORBOARD_PREFIX_ENV = "SEMCODE_TENSORBOARD_DIR"
 RUN_WATCH_SECONDS = 0.5
 

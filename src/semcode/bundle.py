@@ -15,7 +15,7 @@ it cannot)::
       index.faiss          FAISS index over the corpus; FAISS id i = row i of index_meta.parquet
       index_meta.parquet   code, repo, path, func_name, url of every indexed function
       bm25/                BM25 over the same rows (row i = FAISS id i) in bm25s' own format, codes split by
-                           semcode.evaluation.split_identifiers (only when build_index wrote one)
+                           semcode.retrieval.split_identifiers (only when build_index wrote one)
       metrics.json         every stage's metrics: {"primary", "evaluate", "export_onnx", "build_index", ...}
       model_card.md, report.html
 
@@ -33,7 +33,7 @@ int8 parity), ``source`` (stage configs and whatever the caller adds), ``files``
 Hybrid search (optional keys: bundles made before them lack them and still load, dense only):
 ``lexical`` ({"dir": "bm25", "tokenizer": "split_identifiers", "stopwords": false, "ntotal"}; only when
 the bundle has the lexical index), ``fusion`` ({"rule": "convex" or "rrf", "weight", "chosen_on", ...}:
-evaluate's choice on the valid split, semcode.evaluation.fuse) and ``default_mode`` (one of
+evaluate's choice on the valid split, semcode.retrieval.fuse) and ``default_mode`` (one of
 SEARCH_MODES: "hybrid" when the lexical index is there and hybrid beat dense on the valid split, else
 "dense").
 
@@ -44,6 +44,7 @@ with a ``_COMPLETE.json`` marker written last, and ``<registry>/<name>/latest``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -80,7 +81,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     onnx_files,
 )
 from semcode.embed import encoder_digest
-from semcode.evaluation import DEFAULT_FUSION, check_fusion
+from semcode.retrieval import DEFAULT_FUSION, check_fusion
 
 BUNDLE_FORMAT = 1
 
@@ -352,8 +353,6 @@ def assemble_bundle(
     stages' metrics for metrics.json and the model card, e.g. {"ingest": manifest, "train_encoder": ...}.
     Raises BundleError naming every bad input before anything is copied.
     """
-    from semcode import report
-
     check_version(version)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -376,6 +375,61 @@ def assemble_bundle(
     precision = "int8" if parity["default_precision"] == "int8" else "fp32"
 
     # 1. Copy the files into the contract layout.
+    ivfdata, lexical = copy_bundle_files(
+        out, encoder_path, onnx_path, index_path, decoder_path, files, index_metrics
+    )
+
+    # 2. metrics.json: every stage's metrics under its name.
+    all_metrics = collect_metrics(metrics, export_metrics, index_metrics, decoder_metrics, stage_metrics)
+    (out / METRICS_FILE).write_text(json.dumps(all_metrics, indent=2) + "\n")
+
+    # 3. bundle.json (checksums last), the model card and the report.
+    stage_dirs = [encoder_path.parent, encoder_path, onnx_path, index_path, decoder_stage]
+    bundle = {
+        "bundle_format": BUNDLE_FORMAT,
+        "name": name,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "semcode_version": __version__,
+        "dim": int(export_metrics.get("embedding_dim", encoder_config.get("embedding_dim", 0))),
+        "max_length": int(export_metrics.get("max_length", encoder_config.get("max_length", 0))),
+        "query_prefix": export_metrics.get("query_prefix", encoder_config.get("query_prefix", "")),
+        "code_prefix": export_metrics.get("code_prefix", encoder_config.get("code_prefix", "")),
+        "towers": towers,
+        "encoders": files,
+        "default_precision": precision,
+        "default_files": files[precision],
+        "default_encoder": files[precision]["query"],
+        "index": index_entry(index_metrics, ivfdata),
+        "decoder": DECODER_DIR if decoder_path is not None else None,
+        "metrics": {
+            "primary": metrics["primary"],
+            "values": flat_metrics(metrics.get("suites") or {}),
+            "int8_parity": parity,
+            "index_recall@10": index_metrics.get("recall@10"),
+        },
+        "source": bundle_source(encoder_path, encoder_config, stage_dirs, extra),
+    }
+    bundle.update(search_modes(metrics, lexical))
+    write_card_and_report(out, bundle, all_metrics, Path(encoder_dir), decoder_stage)
+    bundle["files"] = file_checksums(out)
+    (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
+    validate_bundle(out)
+    return bundle
+
+
+def copy_bundle_files(
+    out: Path,
+    encoder_path: Path,
+    onnx_path: Path,
+    index_path: Path,
+    decoder_path: Path | None,
+    files: dict[str, dict[str, str]],
+    index_metrics: dict,
+) -> tuple[bool, dict | None]:
+    """Copy the tokenizer, the ONNX ``files``, the encoder, the index (with its inverted lists when on
+    disk), its metadata and lexical index, and the decoder into ``out``; returns (whether the index has
+    index.ivfdata, bundle.json ``lexical`` or None)."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path / TOKENIZER_FILE, out / TOKENIZER_FILE)
     for name_ in sorted({f for per_kind in files.values() for f in per_kind.values()}):
@@ -392,8 +446,18 @@ def assemble_bundle(
         lexical["dir"] = LEXICAL_DIR
     if decoder_path is not None:
         _copy_dir(decoder_path, out / DECODER_DIR, skip=(METRICS_FILE,))  # its metrics go to metrics.json
+    return ivfdata, lexical
 
-    # 2. metrics.json: every stage's metrics under its name.
+
+def collect_metrics(
+    metrics: dict,
+    export_metrics: dict,
+    index_metrics: dict,
+    decoder_metrics: dict | None,
+    stage_metrics: dict[str, dict] | None,
+) -> dict[str, Any]:
+    """metrics.json: evaluate's primary metric, then every stage's metrics under its name (``stage_metrics``
+    add stages, never replace these)."""
     all_metrics: dict[str, Any] = {
         "primary": metrics["primary"],
         "evaluate": metrics,
@@ -404,63 +468,63 @@ def assemble_bundle(
         all_metrics["train_decoder"] = decoder_metrics
     for stage, values in (stage_metrics or {}).items():
         all_metrics.setdefault(stage, values)
-    (out / METRICS_FILE).write_text(json.dumps(all_metrics, indent=2) + "\n")
+    return all_metrics
 
-    # 3. bundle.json (checksums last), the model card and the report.
+
+def bundle_source(
+    encoder_path: Path, encoder_config: dict, stage_dirs: Iterable[Path | None], extra: dict | None
+) -> dict:
+    """bundle.json ``source``: the encoder, its config, ``stage_configs`` ({config class: resolved config}
+    of the stage outputs that have a config.json; a later one of the same class wins) and ``extra``."""
     configs = {}
-    for stage_dir in (encoder_path.parent, encoder_path, onnx_path, index_path, decoder_stage):
+    for stage_dir in stage_dirs:
         config = stage_config(stage_dir) if stage_dir is not None else None
         if config is not None:
             configs[config["config_class"]] = config["config"]
     source = {"encoder": str(encoder_path), "encoder_config": encoder_config, "stage_configs": configs}
     source.update(extra or {})
-    bundle = {
-        "bundle_format": BUNDLE_FORMAT,
-        "name": name,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "semcode_version": __version__,
-        "dim": int(export_metrics.get("embedding_dim", encoder_config.get("embedding_dim", 0))),
-        "max_length": int(export_metrics.get("max_length", encoder_config.get("max_length", 0))),
-        "query_prefix": export_metrics.get("query_prefix", encoder_config.get("query_prefix", "")),
-        "code_prefix": export_metrics.get("code_prefix", encoder_config.get("code_prefix", "")),
-        "towers": towers,
-        "encoders": files,
-        "default_precision": precision,
-        "default_files": files[precision],
-        "default_encoder": files[precision]["query"],
-        "index": {
-            "file": INDEX_FILE,
-            # an on-disk IVF index's inverted lists, mapped from beside "file" (semcode.index.load_index)
-            "ivfdata": IVFDATA_FILE if ivfdata else None,
-            "meta": META_FILE,
-            "ntotal": index_metrics.get("ntotal"),
-            "dim": index_metrics.get("dim"),
-            "factory": index_metrics.get("factory"),
-            "index_type": index_metrics.get("index_type"),
-            "metric": index_metrics.get("metric", "inner_product"),
-            # {"indexed", "corpus_rows", "sampled_by", "per_source": {source: [indexed, total]}}; None for
-            # an index built before build_index recorded it
-            "coverage": index_metrics.get("coverage"),
-        },
-        "decoder": DECODER_DIR if decoder_path is not None else None,
-        "metrics": {
-            "primary": metrics["primary"],
-            "values": flat_metrics(metrics.get("suites") or {}),
-            "int8_parity": parity,
-            "index_recall@10": index_metrics.get("recall@10"),
-        },
-        "source": source,
+    return source
+
+
+def index_entry(index_metrics: dict, ivfdata: bool) -> dict:
+    """bundle.json ``index``: its files and what build_index's metrics say of it."""
+    return {
+        "file": INDEX_FILE,
+        # an on-disk IVF index's inverted lists, mapped from beside "file" (semcode.index.load_index)
+        "ivfdata": IVFDATA_FILE if ivfdata else None,
+        "meta": META_FILE,
+        "ntotal": index_metrics.get("ntotal"),
+        "dim": index_metrics.get("dim"),
+        "factory": index_metrics.get("factory"),
+        "index_type": index_metrics.get("index_type"),
+        "metric": index_metrics.get("metric", "inner_product"),
+        # {"indexed", "corpus_rows", "sampled_by", "per_source": {source: [indexed, total]}}; None for
+        # an index built before build_index recorded it
+        "coverage": index_metrics.get("coverage"),
     }
+
+
+def search_modes(metrics: dict, lexical: dict | None) -> dict:
+    """bundle.json ``lexical`` (when the index has one), ``fusion`` (evaluate's choice, or DEFAULT_FUSION)
+    and ``default_mode`` (dense without a lexical index)."""
     fusion = metrics.get("fusion") or {**DEFAULT_FUSION, "chosen_on": None}
-    if lexical is not None:
-        bundle["lexical"] = lexical
-    bundle["fusion"] = {key: value for key, value in fusion.items() if key != "default_mode"}
-    bundle["default_mode"] = fusion.get("default_mode", "dense") if lexical is not None else "dense"
+    modes: dict[str, Any] = {} if lexical is None else {"lexical": lexical}
+    modes["fusion"] = {key: value for key, value in fusion.items() if key != "default_mode"}
+    modes["default_mode"] = fusion.get("default_mode", "dense") if lexical is not None else "dense"
+    return modes
+
+
+def write_card_and_report(
+    out: Path, bundle: dict, all_metrics: dict, encoder_stage: Path, decoder_stage: Path | None
+) -> None:
+    """model_card.md and report.html in ``out``, with the training histories and the decoder's samples
+    found in the encoder's and decoder's stage outputs."""
+    from semcode import report
+
     (out / MODEL_CARD_FILE).write_text(report.model_card(bundle, all_metrics))
     histories = {
         stage: read_json(stage_dir / HISTORY_FILE, f"{stage} history")
-        for stage, stage_dir in (("encoder", Path(encoder_dir)), ("decoder", decoder_stage))
+        for stage, stage_dir in (("encoder", encoder_stage), ("decoder", decoder_stage))
         if stage_dir is not None and (stage_dir / HISTORY_FILE).is_file()
     }
     samples_file = None if decoder_stage is None else decoder_stage / SAMPLES_FILE
@@ -468,10 +532,6 @@ def assemble_bundle(
     if samples_file is not None and samples_file.is_file():
         samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
     (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics, histories, samples))
-    bundle["files"] = file_checksums(out)
-    (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
-    validate_bundle(out)
-    return bundle
 
 
 def file_checksums(bundle_dir: Path) -> dict[str, dict[str, Any]]:
@@ -496,7 +556,7 @@ def _check_onnx(path: Path, dim: int | None) -> list[str]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # any parse failure is a broken file, whatever onnx raises
         return [f"{path.name}: cannot be read as ONNX ({type(error).__name__}: {error})"]
-    problems = []
+    problems = _external_data_problems(model, path)
 
     def describe(value: Any) -> tuple[int, list]:
         tensor = value.type.tensor_type
@@ -547,6 +607,7 @@ def _check_index(
     try:
         index = load_index(index_path)  # memory-mapped: a big index is not read in just to count it
         info.update(ntotal=int(index.ntotal), dim=int(index.d))
+        problems += _vector_problems(index, index_file)
     except RuntimeError as error:
         problems.append(f"{index_file}: cannot be read by FAISS ({str(error).splitlines()[0]})")
     try:
@@ -769,6 +830,224 @@ def check_file_names(bundle: dict) -> list[str]:
     return problems
 
 
+# The tokenizer probe: tokenizer.json runs in a child process, one text at a time under a time limit, so a
+# pre-tokenizer regex that backtracks without end (it is user-supplied data, and HF tokenizers runs it in
+# Rust, holding the GIL) can be stopped by killing the child, and one that gives up (Oniguruma's retry limit:
+# tokenizers then panics, a BaseException) or a text it cannot encode is reported instead of raised.
+TOKENIZER_SECONDS = 2.0  # the longest one text may take to tokenize (a normal one takes microseconds)
+TOKENIZER_START_SECONDS = 60.0  # starting the child: a Python, tokenizers and the tokenizer.json
+TOKENIZER_PROBE_CHARS = 1000  # as long as the longest query serve accepts by default
+# What makes a backtracking regex blow up: long runs of one character class, or of two alternating ones,
+# ending in a character that makes the match fail at the end.
+TOKENIZER_PROBES = tuple(
+    unit * (TOKENIZER_PROBE_CHARS // len(unit)) + end
+    for unit in ("a", "aA", "1", " ", "_", "a ", "ab1_", ".", "'", "\u00e9", "\t", "a\n", "a.", "a-")
+    for end in ("", "!")
+)
+_TOKENIZER_WORKER = """
+import json, sys
+from tokenizers import Tokenizer
+tokenizer = Tokenizer.from_file(sys.argv[1])
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    try:
+        tokenizer.encode(json.loads(line))
+        answer = ""
+    except BaseException as error:
+        answer = (f"{type(error).__name__}: {error}".strip().splitlines() or ["?"])[0][:300]
+    sys.stdout.write(json.dumps(answer) + "\\n")
+    sys.stdout.flush()
+"""
+
+
+class TokenizerWorker:
+    """A bundle's tokenizer.json in a child process: ``check(texts)`` tokenizes each text there, within
+    ``seconds``, and returns for each None (fine) or why not (the tokenizer raised or panicked on it, its
+    process died, or it ran out of time: the process is then killed and a fresh one started). The calling
+    thread never hangs on, and never dies of, a text. ``prefix`` is prepended as the encoder prepends it.
+    Not thread-safe: one caller at a time (serve's batcher)."""
+
+    def __init__(
+        self, tokenizer_path: str | os.PathLike[str], prefix: str = "", seconds: float = TOKENIZER_SECONDS
+    ):
+        self.path, self.prefix, self.seconds = str(tokenizer_path), prefix, seconds
+        self.process: Any = None
+        self.restarts = 0
+        self._buffer = b""
+        self._start()
+
+    def _start(self) -> None:
+        import subprocess
+        import sys
+
+        env = {**os.environ, "RUST_BACKTRACE": "0", "PYTHONIOENCODING": "utf-8"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _TOKENIZER_WORKER, self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # a panic's message and backtrace; the answer says what happened
+            env=env,
+        )
+        self._buffer = b""
+        if self._read_line(TOKENIZER_START_SECONDS) != "ready":
+            code = self.process.poll()
+            self.close()
+            raise RuntimeError(f"{self.path}: the tokenizer process did not start (exit {code})")
+
+    def _read_line(self, seconds: float) -> str | None:
+        """The child's next line, or None when it sent none within ``seconds`` or closed its output."""
+        import select
+        import time
+
+        deadline = time.monotonic() + seconds
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def check(self, texts: Iterable[str]) -> list[str | None]:
+        """For each text, None or why it cannot be tokenized. The texts go to the child together (up to
+        about 32 KB at a time, well inside a pipe's buffer) and each answer must come within ``seconds`` of
+        the one before; after a text that runs out of time or kills the child, the rest are sent again to a
+        fresh one."""
+        waiting = [
+            json.dumps(self.prefix + text).encode() + b"\n" for text in texts
+        ]  # ASCII: \\ud800 escaped
+        results: list[str | None] = []
+        while waiting:
+            size, count = 0, 0
+            while count < len(waiting) and (count == 0 or size + len(waiting[count]) <= 32768):
+                size, count = size + len(waiting[count]), count + 1
+            chunk, waiting = waiting[:count], waiting[count:]
+            try:
+                self.process.stdin.write(b"".join(chunk))
+                self.process.stdin.flush()
+            except OSError:  # the child is gone: every answer below is missing, the first text is blamed
+                pass
+            for done in range(len(chunk)):
+                answer = self._read_line(self.seconds)
+                if answer is not None:
+                    results.append(json.loads(answer) or None)
+                    continue
+                results.append(self._restart())
+                waiting = chunk[done + 1 :] + waiting
+                break
+        return results
+
+    def check_one(self, text: str) -> str | None:
+        return self.check([text])[0]
+
+    def _restart(self) -> str:
+        """Kill the child (stuck, or dead already), start a fresh one; why the text it was on failed."""
+        died = self.process.poll()
+        self.close()
+        self.restarts += 1
+        self._start()
+        if died is None:
+            return f"the tokenizer did not finish within {self.seconds:g} s (stopped)"
+        return f"the tokenizer process died on it (exit {died})"
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait()
+            for stream in (self.process.stdin, self.process.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def probe_tokenizer(
+    tokenizer_path: str | os.PathLike[str], prefix: str = "", seconds: float = TOKENIZER_SECONDS
+) -> list[str]:
+    """Problems found by tokenizing TOKENIZER_PROBES (long runs that make a backtracking pre-tokenizer regex
+    blow up) in a TokenizerWorker, each within ``seconds``: at most one, naming the probe."""
+    try:
+        worker = TokenizerWorker(tokenizer_path, prefix, seconds)
+    except RuntimeError as error:
+        return [f"{TOKENIZER_FILE}: {error}"]
+    try:
+        for text in TOKENIZER_PROBES:
+            problem = worker.check_one(text)
+            if problem is not None:
+                shown = f"{text[:8]!r} x {len(text)} chars"
+                return [
+                    f"{TOKENIZER_FILE}: tokenizing a test text ({shown}) failed: {problem}; a pre-tokenizer "
+                    "regex that backtracks without bound would let one query stall or crash search"
+                ]
+        return []
+    finally:
+        worker.close()
+
+
+def _external_data_problems(model: Any, path: Path) -> list[str]:
+    """One problem per tensor of an ONNX model whose external data (``location``) is not a file inside the
+    folder of ``path`` (the bundle): ONNX Runtime would open it wherever it points."""
+    import onnx
+
+    def tensors(graph: Any) -> Iterable[Any]:
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.TENSOR:
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    yield from tensors(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from tensors(subgraph)
+
+    problems = []
+    for tensor in tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        try:
+            storage.contained_join(
+                path.parent, location, f"{path.name}: tensor {tensor.name!r} external data"
+            )
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        if not (path.parent / location).is_file():
+            problems.append(f"{path.name}: tensor {tensor.name!r} external data {location!r} is missing")
+    return sorted(set(problems))
+
+
+VECTOR_CHECK_BATCH = 65536  # vectors reconstructed at a time when checking an index for NaN
+
+
+def _vector_problems(index: Any, index_file: str) -> list[str]:
+    """A problem when a stored vector holds NaN or infinity (dense search silently never returns it, and
+    hybrid fuses NaN); an index type that cannot give its vectors back is not checked."""
+    import numpy as np
+
+    bad, first = 0, None
+    for start in range(0, int(index.ntotal), VECTOR_CHECK_BATCH):
+        count = min(VECTOR_CHECK_BATCH, int(index.ntotal) - start)
+        try:
+            vectors = index.reconstruct_n(start, count)  # [count, dim]
+        except RuntimeError:  # e.g. an IVF index without a direct map
+            return []
+        rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        bad += len(rows)
+        if first is None and len(rows):
+            first = start + int(rows[0])
+    if bad:
+        return [
+            f"{index_file}: {bad} vector(s) hold NaN or infinity (the first: id {first}); rebuild the index"
+        ]
+    return []
+
+
 def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
     """Check a bundle (local, or s3:// downloaded first) against the contract; raise BundleError listing
     every problem, else return a summary: name, version, dim, towers, files, bytes, index ntotal."""
@@ -806,6 +1085,8 @@ def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
             Tokenizer.from_file(str(root / TOKENIZER_FILE))
         except Exception as error:  # tokenizers raises a plain Exception for a bad file
             problems.append(f"{TOKENIZER_FILE}: tokenizers cannot load it ({error})")
+        else:  # a bounded test run: a regex that backtracks without end is found here, not by a query
+            problems += probe_tokenizer(root / TOKENIZER_FILE, str(bundle.get("query_prefix") or ""))
     for name in onnx_names:
         if (root / name).is_file():
             problems += _check_onnx(root / name, dim)

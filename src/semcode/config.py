@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import stat
 import sys
 import typing
 from pathlib import Path
@@ -103,6 +104,28 @@ def save_resolved(config: Any, out_dir: str | Path, name: str = RESOLVED_CONFIG_
     return path
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config or preset is a few KB; more is not one
+
+
+def read_config_text(path: Path) -> str:
+    """The text of the regular file ``path``, at most MAX_CONFIG_BYTES; ConfigError (one line) for anything
+    else: a device (/dev/zero reads without end), a FIFO (its read waits for a writer for ever), a folder,
+    or a file too big. The file is opened without blocking and checked by its descriptor, so a FIFO put in
+    its place after a check cannot hang the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file (a device, FIFO or folder): give a YAML file")
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is over {MAX_CONFIG_BYTES:,} bytes: not a config file")
+    return data.decode("utf-8")
+
+
 def load_yaml(path_or_preset: str | Path) -> dict[str, Any]:
     """Read a YAML file, or a preset by name (``tiny`` -> semcode/configs/tiny.yaml, shipped with the package)."""
     path = Path(path_or_preset)
@@ -112,7 +135,7 @@ def load_yaml(path_or_preset: str | Path) -> dict[str, Any]:
         presets = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.exists() else []
         raise ConfigError(f"config file or preset '{path_or_preset}' not found; presets: {presets}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_config_text(path)) or {}
     except yaml.YAMLError as error:  # its own text says "<unicode string>": name the file instead
         mark = getattr(error, "problem_mark", None)
         where = f"{path}, line {mark.line + 1} column {mark.column + 1}" if mark else str(path)

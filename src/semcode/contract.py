@@ -14,11 +14,11 @@ PRECISIONS = ("fp32", "int8")  # of the ONNX encoders
 RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # how a stage that only embeds runs an encoder
 RUNTIME_HELP = (
     f"how the encoder runs: {'|'.join(RUNTIMES)}; onnx-*: exported as the bundle's is and run by ONNX "
-    "Runtime on the CPU (int8: what search uses, ~2.5x faster than torch on CPU cores)"
+    "Runtime on the CPU (int8: what search uses, faster than torch on CPU cores; bench/RESULTS.md)"
 )
 ONNX_HELP = (
     "export-onnx output of this encoder: an onnx-* runtime runs its files as they are instead of "
-    "exporting the encoder again (the files the bundle ships; about 20 s less on 2 cores)"
+    "exporting the encoder again (the files the bundle ships; the time it saves: bench/RESULTS.md)"
 )
 
 # Model sizes (the architectures behind them: semcode.models.encoder.ENCODER_SIZES, .decoder.DECODER_SIZES)
@@ -44,7 +44,7 @@ REPORT_FILE = "report.html"
 ENCODER_DIR = "encoder"
 DECODER_DIR = "decoder"
 # The lexical index over the same rows as the FAISS index (row i = FAISS id i): bm25s' own format
-# (bm25s.BM25.load(dir)), codes split by semcode.evaluation.split_identifiers; bundle.json "lexical"
+# (bm25s.BM25.load(dir)), codes split by semcode.retrieval.split_identifiers; bundle.json "lexical"
 # names it. Bundles built before it lack it and still load (search offers dense only).
 LEXICAL_DIR = "bm25"
 ENCODER_CONFIG_FILE = "semcode_encoder.json"  # beside config.json in a semcode encoder directory

@@ -16,7 +16,7 @@ import html
 import math
 from typing import Any
 
-SYSTEMS = ("model", "bm25", "hybrid", "zero_shot")  # hybrid: the model fused with BM25 (evaluation.fuse)
+SYSTEMS = ("model", "bm25", "hybrid", "zero_shot")  # hybrid: the model fused with BM25 (retrieval.fuse)
 SYSTEM_LABELS = {"model": "model", "bm25": "BM25", "hybrid": "hybrid", "zero_shot": "zero-shot"}
 SYSTEM_COLOURS = {"model": "#3b6fd6", "bm25": "#d98c2b", "hybrid": "#8a5cc2", "zero_shot": "#7a9a5a"}
 PROTOCOLS = ("csn", "full")
@@ -134,7 +134,7 @@ RANK_HEADER = ["rank", "steps", "items/s", "mean loss", "data wait", "all-reduce
 
 
 def rank_rows(ranks: list[dict]) -> list[list[str]]:
-    """The training stage's per-rank table (metrics.json ``ranks``, semcode.train.engine.rank_table)."""
+    """The training stage's per-rank table (metrics.json ``ranks``; semcode.train.history's rank_table)."""
     return [
         [
             str(entry.get("rank")),

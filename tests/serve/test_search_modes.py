@@ -20,7 +20,7 @@ import pytest
 from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run
 from fastapi.testclient import TestClient
 
-from semcode.evaluation import BM25Index, fuse
+from semcode.retrieval import BM25Index, fuse
 from semcode.serve.app import MicroBatcher, ServeConfig, bundle_loader, create_app
 from semcode.serve.search import main
 from semcode.serve.searcher import Searcher

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from semcode.config import ConfigError
+from semcode.contract import META_COLUMNS
 from semcode.data.pairs import write_shards
 from semcode.index import omp_threads
 from semcode.stages import build_index as stage
@@ -229,7 +229,7 @@ def test_minilm_index_finds_the_function_a_query_describes(minilm_run: Path) -> 
         "signature",
         "doc",
     ]
-    assert tuple(meta.column_names) == stage.META_COLUMNS
+    assert tuple(meta.column_names) == META_COLUMNS
     assert meta.num_rows == N_WITH_CODE
     index = load_index(minilm_run / "index.faiss")
     queries = ["greatest common divisor of two integers", "read a json file"]
@@ -336,13 +336,6 @@ def indexed_names(corpus: Path, out: Path, **config: object) -> tuple[list[str],
     return pq.read_table(out / "index_meta.parquet")["func_name"].to_pylist(), metrics
 
 
-def test_even_shares_take_small_sources_whole_and_split_the_rest() -> None:
-    assert stage.even_shares([10, 40, 6], 24) == [9, 9, 6]
-    assert stage.even_shares([8_586, 89_216], 25_000) == [8_586, 16_414]  # the local preset's sources
-    assert stage.even_shares([5, 5, 5], 4) == [2, 1, 1]  # the last row to the first of the ties
-    assert stage.even_shares([3, 0, 2], 100) == [3, 0, 2]  # a cap over the corpus: everything
-
-
 def test_a_capped_index_is_a_seeded_sample_spread_over_sources(sourced_corpus: Path, tmp_path: Path) -> None:
     names, metrics = indexed_names(sourced_corpus, tmp_path / "a", max_corpus=24, seed=1)
     assert metrics["coverage"] == {
@@ -421,16 +414,6 @@ def test_dimension_mismatch_is_a_clear_error(corpus_dir: Path, tmp_path: Path) -
 
 
 def test_bad_corpus_inputs(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        stage.corpus_shards(tmp_path / "missing")
-    (tmp_path / "nothing").mkdir()
-    with pytest.raises(FileNotFoundError, match="no part-\\*.parquet"):
-        stage.corpus_shards(tmp_path / "nothing")
-    (tmp_path / "code_only").mkdir()
-    pq.write_table(pa.table({"code": ["def f(): pass"]}), tmp_path / "code_only" / "part-00000.parquet")
-    missing = r"no column\(s\) \['language', 'repo', 'path', 'func_name', 'url', 'query'\]"
-    with pytest.raises(ValueError, match=missing):
-        stage.corpus_shards(tmp_path / "code_only")
     write_shards([], tmp_path / "empty")
     with pytest.raises(ValueError, match="is empty"):
         stage.index_corpus(
@@ -481,14 +464,3 @@ def test_a_full_disk_leaves_no_truncated_index_and_names_the_path(
     # The earlier run's outputs were removed first, the truncated file never took the real name, nothing
     # partial is left, and no metrics.json says the stage finished.
     assert sorted(path.name for path in out.iterdir()) == ["index_meta.parquet"]
-
-
-def test_config_validation() -> None:
-    with pytest.raises(ConfigError, match="use_gpu"):
-        stage.BuildIndexConfig(use_gpu="maybe").validate()
-    with pytest.raises(ConfigError, match="refine_k_factor"):
-        stage.BuildIndexConfig(refine_k_factor=0.5).validate()
-    with pytest.raises(ConfigError, match="recall_queries must be >= 1"):
-        stage.BuildIndexConfig(recall_queries=0).validate()
-    with pytest.raises(ConfigError, match="runtime"):
-        stage.BuildIndexConfig(runtime="tensorrt").validate()

@@ -55,7 +55,8 @@ def onnx_with_failed_parity(run: TinyRun, folder: Path) -> Path:
 def run_gate(
     run: TinyRun, out: Path, evaluation: Path, registry: str = "", onnx: Path | None = None, **values
 ) -> dict:
-    config = cfg.from_dict(gate.GateConfig, {"registry": registry, **values})
+    # The tiny run's test split has 7 queries: compared with the champion only below the default minimum.
+    config = cfg.from_dict(gate.GateConfig, {"registry": registry, "min_comparable_queries": 1, **values})
     return gate.run(config, run.encoder, onnx or run.onnx, run.index, evaluation, out)
 
 
@@ -139,6 +140,7 @@ def test_a_candidate_worse_beyond_tolerance_is_refused_but_its_bundle_is_kept(ti
     out = tmp_path / "gate"
     argv = ["--encoder", str(tiny_run.encoder), "--onnx", str(tiny_run.onnx), "--index", str(tiny_run.index)]
     argv += ["--metrics", str(evaluation), "--out", str(out), "--registry", registry, "--version", "v2"]
+    argv += ["--min-comparable-queries", "1"]
     assert gate.main(argv) == gate.EXIT_REFUSED
     decision = json.loads((out / "decision.json").read_text())
     assert decision["passed"] is False

@@ -207,7 +207,7 @@ def test_training_raises_validation_mrr(trained: Path, data_dirs: tuple[Path, Pa
 
     from semcode.models.encoder import build_encoder, load_encoder
     from semcode.train.data import load_pairs
-    from semcode.train.engine import seed_everything
+    from semcode.train.distributed import seed_everything
 
     pairs_dir, tokenizer_dir = data_dirs
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))

@@ -17,7 +17,7 @@ Runtimes (the ClusterTrainingRuntimes Kubeflow Trainer installs):
 - ``torch-distributed`` (the default): one pod per node, each running ``torchrun``. The Trainer gives
   every node PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT, which
   torchrun reads; torchrun gives every process RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-  MASTER_PORT, which DeepSpeed reads (semcode.train.engine.setup_distributed). The image needs nothing
+  MASTER_PORT, which DeepSpeed reads (semcode.train.distributed.setup_distributed). The image needs nothing
   beyond torch.
 - ``deepspeed-distributed``: OpenMPI. A launcher pod runs ``mpirun`` over SSH into the node pods; the
   command below maps OpenMPI's ranks to the torch variables and forwards the S3 variables (processes

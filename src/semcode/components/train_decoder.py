@@ -93,7 +93,8 @@ def train_decoder(
     from semcode import config
     from semcode.components.scalars import save_curves_page, save_metrics_file
     from semcode.stages import train_decoder as stage
-    from semcode.train.engine import TENSORBOARD_PREFIX_ENV, durable_location
+    from semcode.train.checkpoints import durable_location
+    from semcode.train.history import TENSORBOARD_PREFIX_ENV
 
     stage_config = config.from_dict(
         stage.TrainDecoderConfig,
@@ -128,7 +129,7 @@ def train_decoder(
         },
         source="train_decoder component",
     )
-    if tensorboard_prefix:  # read by the training loop (semcode.train.engine.live_log_dirs / live_log_upload)
+    if tensorboard_prefix:  # read by the training log (semcode.train.history.live_log_dirs, live_log_upload)
         os.environ[TENSORBOARD_PREFIX_ENV] = durable_location(tensorboard_prefix, run_id, task_name)
     encoder_dir = os.path.join(encoder.path, "encoder")
     result = stage.run(

@@ -119,7 +119,8 @@ def train_encoder(
     from semcode.cluster import trainjob
     from semcode.components.scalars import save_curves_page, save_metrics_file
     from semcode.stages import train_encoder as stage
-    from semcode.train.engine import TENSORBOARD_PREFIX_ENV, durable_location
+    from semcode.train.checkpoints import durable_location
+    from semcode.train.history import TENSORBOARD_PREFIX_ENV
 
     if init_encoder is not None:  # a later round continues from an earlier round's encoder
         init_from = os.path.join(init_encoder.path, "encoder")
@@ -163,7 +164,7 @@ def train_encoder(
         },
         source="train_encoder component",
     )
-    if tensorboard_prefix:  # read by the training loop (semcode.train.engine.live_log_dirs / live_log_upload)
+    if tensorboard_prefix:  # read by the training log (semcode.train.history.live_log_dirs, live_log_upload)
         os.environ[TENSORBOARD_PREFIX_ENV] = durable_location(tensorboard_prefix, run_id, task_name)
     result = trainjob.run_distributed(
         "train-encoder",

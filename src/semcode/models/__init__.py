@@ -1,4 +1,5 @@
-"""Models: the code search encoder (``semcode.models.encoder``)."""
+"""Models: the code search encoder (``semcode.models.encoder``, its names re-exported here) and the code
+decoder that writes code from the encoder's embeddings (``semcode.models.decoder``, imported from there)."""
 
 from semcode.models.encoder import (
     ENCODER_SIZES,

@@ -9,9 +9,9 @@ Steps, in the order the function below wires them:
     -> 8 gate -> 9 publish (only when the gate passed and a registry is given)
 
 evaluate, train_decoder and build_index take export_onnx's files: with an onnx runtime (the local preset)
-they run the very files the bundle ships instead of exporting the encoder again (about 20 s each on 2
-cores). With torch (the GPU presets) they only wait for it: export_onnx is minutes against hours of
-training.
+they run the very files the bundle ships instead of exporting the encoder again (the time that saves:
+bench/RESULTS.md). With torch (the GPU presets) they only wait for it: export_onnx is minutes against
+hours of training.
 
 The same function runs on a cluster (``semcode compile`` writes train_pipeline.yaml beside this file for
 the KFP UI; ``semcode submit`` uploads and starts it) and on one machine (``semcode run``: kfp.local's
@@ -336,7 +336,7 @@ def train_pipeline(
         mine_hard_negatives_candidates: The candidate pool: sample (the mined rows' codes) or train (every train code).
         mine_hard_negatives_max_train_pairs: Mine a seeded sample of this many train pairs; the round trains on them only (0 = all).
         mine_hard_negatives_batch_size: Texts per encoder forward pass while mining.
-        mine_hard_negatives_runtime: Run the encoder with torch, or exported: onnx-int8 (~2.5x faster on CPU) or onnx-fp32.
+        mine_hard_negatives_runtime: Run the encoder with torch, or exported: onnx-int8 (faster on CPU: bench/RESULTS.md) or onnx-fp32.
         hard_negative_training_max_steps: Optimizer steps of each round's training (0 = as many as epochs gives).
         hard_negative_training_epochs: Passes over the mined pairs in each round (ignored when max_steps > 0).
         hard_negative_training_lr: Peak learning rate of each round (lower than the first training's: it continues a trained encoder).
@@ -372,12 +372,12 @@ def train_pipeline(
         evaluate_suites: Suites to evaluate, of test, humaneval, cosqa, polyglot (one suite per held-out repository in ../shared/benchmarks/polyglot, about 10k functions: minutes on a CPU); cosqa and polyglot are skipped when absent.
         evaluate_max_queries: Evaluate at most this many queries per suite, a seeded sample (0 = all).
         evaluate_n_distractors: Distractors per query in the CodeSearchNet protocol.
-        evaluate_runtime: Run the encoders with torch, or exported as the bundle's is: onnx-int8 (what search uses; ~2.5x faster on CPU) or onnx-fp32.
+        evaluate_runtime: Run the encoders with torch, or exported as the bundle's is: onnx-int8 (what search uses; faster on CPU: bench/RESULTS.md) or onnx-fp32.
         build_index_factory: FAISS index factory string, e.g. 'HNSW32,Flat' ('' = chosen by corpus size).
         build_index_max_corpus: Index at most this many corpus rows (0 = all).
         build_index_whole_sources: Sources indexed whole under build_index_max_corpus, e.g. ["python:stdlib"]; the other sources share the rest evenly.
         build_index_recall_queries: Queries for the index's recall@10 and latency (sampled, seeded).
-        build_index_runtime: Run the encoder with torch, or exported as the bundle's is: onnx-int8 (~2.5x faster on CPU) or onnx-fp32.
+        build_index_runtime: Run the encoder with torch, or exported as the bundle's is: onnx-int8 (faster on CPU: bench/RESULTS.md) or onnx-fp32.
         build_index_shards: Corpus shards embedded in parallel on the GPU pool, one pod each (0 = one per build_index_shard_rows selected rows).
         build_index_shard_rows: Selected corpus rows per shard when build_index_shards is 0.
         build_index_ivf_on_disk: Keep an IVF index's inverted lists in index.ivfdata beside index.faiss (faiss' on-disk merge; search maps them): for indexes larger than memory; needs an IVF build_index_factory without RFlat.

@@ -23,6 +23,25 @@ body over ``max_body_bytes`` -> 413, refused before it is read. All answer
 Before the bundle is ready, or when the queue is full, /search answers 503 in the same shape
 (``loc`` ["service"], ``type`` "unavailable") with Retry-After.
 
+One request fails alone, never its batch: a query that is not UTF-8 text (JSON's lone surrogate
+``"\\ud800"``) is refused with 400 before it is queued; in the batcher every query is first tokenized in a
+child process of its own (semcode.bundle.TokenizerWorker) within ``query_timeout_s``, so a query that makes
+the bundle's tokenizer fail, panic or backtrack without end gets its own 400 (the child is killed and
+restarted) and the rest of the batch is answered; a batch the encoder refuses is encoded again one query at
+a time. The tokenizer also gets a bounded test run on adversarial texts before the bundle is ready
+(semcode.bundle.probe_tokenizer: a catastrophic regex fails the load). If the batcher thread dies all the
+same, or the index file changes on disk under the server (``index.faiss`` rewritten or replaced: it is read
+into memory at load unless ``mmap_index``, and its size, mtime and inode are checked before every batch),
+every waiting request gets 503, /readyz turns 503 with the reason, the reason is logged in one line and
+``semcode serve`` exits with status 1, so that Kubernetes restarts it.
+
+Connections (uvicorn, configured here): a request must arrive whole, head and body, within
+``request_timeout_s`` of the connection's opening or its first byte (a client that connects and sends
+nothing, or half a request, is disconnected: such connections cannot pile up and exhaust the descriptors);
+an idle keep-alive connection is closed after ``keep_alive_s``; beyond ``max_connections`` open connections
+uvicorn answers 503; SIGTERM (or SIGINT) stops the server within ``shutdown_timeout_s`` (requests still
+running then are cancelled; queued ones get 503).
+
 The bundle loads in a background thread after the server starts listening, so liveness answers at once
 and readiness says when queries can be served (a big S3 bundle takes a while to download). When loading
 fails, ``semcode serve`` exits with status 1.
@@ -49,20 +68,23 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode.config import ConfigError, field
 from semcode.progress import log
-from semcode.serve.searcher import Hit, Searcher, resolve_bundle
+from semcode.serve.searcher import Hit, Searcher, check_text, resolve_bundle
 
 TAG = "serve"
 LANGUAGE_QUERY = Query(None, description="only these languages' functions (repeatable, or go,rust)")
@@ -86,11 +108,44 @@ class ServeConfig:
     )
     precision: str = field("", "query encoder precision: int8 or fp32 ('' = the bundle's default)")
     cache_dir: str = field("", "where S3 bundles are downloaded ('' = ~/.cache/semcode/bundles)")
+    query_timeout_s: float = field(
+        2.0,
+        "longest the bundle's tokenizer may take on one query (in a child process, killed beyond: that "
+        "query alone gets 400)",
+    )
+    request_timeout_s: float = field(
+        10.0,
+        "a request must arrive whole (head and body) within this many seconds of the connection's opening "
+        "or its first byte, else the connection is closed",
+    )
+    keep_alive_s: float = field(5.0, "an idle keep-alive connection is closed after this many seconds")
+    max_connections: int = field(
+        1000, "open connections and requests at most; beyond, uvicorn answers 503 at once"
+    )
+    shutdown_timeout_s: float = field(
+        10.0, "SIGTERM waits at most this long for running requests before it stops the server"
+    )
+    mmap_index: bool = field(
+        False,
+        "map index.faiss instead of reading it into memory (replicas on one machine then share it; a file "
+        "changed in place is still refused before each batch, but one shortened during a search can SIGBUS)",
+    )
 
     def validate(self) -> None:
-        for name in ("max_query_chars", "max_k", "max_body_bytes", "default_k", "max_batch", "max_queue"):
+        for name in (
+            "max_query_chars",
+            "max_k",
+            "max_body_bytes",
+            "default_k",
+            "max_batch",
+            "max_queue",
+            "max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("query_timeout_s", "request_timeout_s", "keep_alive_s", "shutdown_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.default_k <= self.max_k:
             raise ConfigError(f"default_k must be in 1..max_k ({self.max_k}), got {self.default_k}")
         if self.batch_wait_ms < 0:
@@ -116,29 +171,70 @@ class Pending:
     mode: str = "dense"  # checked (Searcher.check_mode)
 
 
-class Overloaded(RuntimeError):
+class Unavailable(RuntimeError):
+    """The batcher cannot take or answer requests now (it stopped, or died): a 503."""
+
+
+class Overloaded(Unavailable):
     """The request queue is full."""
 
 
-class MicroBatcher:
-    """A worker thread that answers queued queries in batches: one encoder call and one FAISS search each."""
+class QueryError(ValueError):
+    """This one query cannot be answered (the tokenizer fails on it, or not within the time limit): a 400 for
+    its request alone."""
 
-    def __init__(self, searcher: Searcher, max_batch: int, wait_ms: float, max_queue: int) -> None:
+
+def _settle(future: Future, error: BaseException) -> None:
+    """Fail ``future`` with ``error`` unless it is already answered or cancelled."""
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
+class MicroBatcher:
+    """A worker thread that answers queued queries in batches: one encoder call and one FAISS search each.
+
+    ``screen`` (texts -> for each None or why it cannot be tokenized; serve's is a TokenizerWorker's
+    ``check``) runs first, so a bad query fails alone. ``on_death`` is called with the reason if the thread
+    dies (an index file changed on disk, or a bug): every waiting request has had its 503 by then."""
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        max_batch: int,
+        wait_ms: float,
+        max_queue: int,
+        screen: Callable[[Sequence[str]], list[str | None]] | None = None,
+        on_death: Callable[[str], None] | None = None,
+    ) -> None:
         self.searcher = searcher
         self.max_batch = max_batch
         self.wait_seconds = wait_ms / 1000
+        self.screen = screen
+        self.on_death = on_death
         self.queue: queue.Queue[Pending | None] = queue.Queue(maxsize=max_queue)
         self.requests = 0
         self.batches = 0
         self.batched = 0  # requests answered in batches (cancelled ones excluded)
         self.max_batch_seen = 0
+        self.refused = 0  # queries refused alone (their tokenization failed)
+        self.error = ""  # why the thread died
+        self.closing = False
+        self.in_flight: list[Pending] = []
         self.thread = threading.Thread(target=self._loop, name="semcode-batcher", daemon=True)
         self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self.error
 
     def submit(
         self, query: str, k: int, language: tuple[str, ...] | None = None, mode: str = "dense"
     ) -> Future:
         """Queue one query; the future resolves to its list of Hit (or the search's exception)."""
+        if self.closing or not self.alive:
+            raise Unavailable(self.error or "the server is shutting down")
         pending = Pending(query, k, Future(), language, mode)
         try:
             self.queue.put_nowait(pending)
@@ -147,10 +243,27 @@ class MicroBatcher:
         self.requests += 1
         return pending.future
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Answer what is queued, then stop the worker."""
-        self.queue.put(None)
+    def close(self, timeout: float = 5.0) -> None:
+        """Answer what is queued, then stop the worker (what it has not answered within ``timeout`` gets 503)."""
+        self.closing = True
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
         self.thread.join(timeout)
+        self._fail_waiting(Unavailable("the server is shutting down"))
+
+    def _fail_waiting(self, error: Unavailable) -> None:
+        """503 for the batch in flight and everything still queued."""
+        for pending in self.in_flight:
+            _settle(pending.future, error)
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                _settle(item.future, error)
 
     def _collect(self, first: Pending) -> tuple[list[Pending], bool]:
         """``first`` and whatever arrives within the wait, up to max_batch; and whether to stop after."""
@@ -167,48 +280,99 @@ class MicroBatcher:
         return batch, False
 
     def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch, stop = self._collect(first)
-            self._answer(batch)
-            if stop:
-                return
+        try:
+            while True:
+                first = self.queue.get()
+                if first is None:
+                    return
+                batch, stop = self._collect(first)
+                self.in_flight = batch
+                self._answer(batch)
+                self.in_flight = []
+                if stop:
+                    return
+        except BaseException as error:  # whatever it is, the waiting requests must hear of it
+            self.error = f"the batcher stopped: {type(error).__name__}: {error}"
+            self._fail_waiting(Unavailable(self.error))
+            if self.on_death is not None:
+                self.on_death(self.error)
 
     def _answer(self, batch: list[Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]  # skip requests gone meanwhile
         if not live:
             return
+        self.searcher.check_unchanged()  # IndexChanged ends the thread: the process must reload the bundle
         needs_vector = [p for p in live if p.mode != "lexical"]  # lexical ranks by BM25 alone
-        vectors = None
-        if needs_vector:
-            try:  # one encoder run for the whole batch
-                vectors = self.searcher.encode([p.query for p in needs_vector])
-            except Exception as error:  # every waiting request must hear about it, whatever it is
-                for pending in needs_vector:
-                    pending.future.set_exception(error)
-                live = [p for p in live if p.mode == "lexical"]
-                needs_vector = []
+        if self.screen is not None and needs_vector:  # each text through the tokenizer alone, time-limited
+            for pending, problem in zip(
+                needs_vector, self.screen([p.query for p in needs_vector]), strict=True
+            ):
+                if problem is not None:
+                    self.refused += 1
+                    _settle(pending.future, QueryError(f"the bundle's tokenizer cannot encode it: {problem}"))
+            needs_vector = [p for p in needs_vector if not p.future.done()]
+        vectors, needs_vector = self._encode(needs_vector)
+        live = [p for p in live if not p.future.done()]
         vector_row = {id(p): row for row, p in enumerate(needs_vector)}  # request -> its row of vectors
         groups: dict[tuple[tuple[str, ...] | None, str], list[Pending]] = {}
         for pending in live:
             groups.setdefault((pending.language, pending.mode), []).append(pending)
         for (language, mode), group in groups.items():  # then one search per language filter and mode
-            group_vectors = None if mode == "lexical" else vectors[[vector_row[id(p)] for p in group]]
-            try:
-                results = self.searcher.search_encoded(
-                    [p.query for p in group], group_vectors, max(p.k for p in group), language, mode
-                )
-            except Exception as error:
-                for pending in group:
-                    pending.future.set_exception(error)
-                continue
-            for pending, hits in zip(group, results, strict=True):
-                pending.future.set_result(hits[: pending.k])
+            self._search(group, language, mode, vectors, vector_row)
         self.batches += 1
         self.batched += len(live)
         self.max_batch_seen = max(self.max_batch_seen, len(live))
+
+    def _encode(self, pending: list[Pending]) -> tuple[np.ndarray | None, list[Pending]]:
+        """(vectors, the requests they belong to): one encoder run for the batch; if the encoder refuses
+        it, one run per query, and only the queries it refuses fail (400 for a ValueError, else 500)."""
+        if not pending:
+            return None, []
+        try:
+            return self.searcher.encode([p.query for p in pending]), pending
+        except Exception:  # which query is at fault is found below
+            pass
+        rows, kept = [], []
+        for item in pending:
+            try:
+                rows.append(self.searcher.encode([item.query])[0])
+                kept.append(item)
+            except ValueError as error:
+                _settle(item.future, QueryError(str(error)))
+            except Exception as error:
+                _settle(item.future, error)
+        return (np.stack(rows) if rows else None), kept
+
+    def _search(
+        self,
+        group: list[Pending],
+        language: tuple[str, ...] | None,
+        mode: str,
+        vectors: np.ndarray | None,
+        vector_row: dict[int, int],
+    ) -> None:
+        """One search for ``group`` (same language filter and mode); if it fails, one per request, so that
+        only a request at fault hears of it (400 for a ValueError, else the error: 500)."""
+
+        def run(part: list[Pending]) -> None:
+            part_vectors = None if mode == "lexical" else vectors[[vector_row[id(p)] for p in part]]
+            results = self.searcher.search_encoded(
+                [p.query for p in part], part_vectors, max(p.k for p in part), language, mode
+            )
+            for pending, hits in zip(part, results, strict=True):
+                pending.future.set_result(hits[: pending.k])
+
+        if len(group) > 1:
+            try:
+                run(group)
+                return
+            except Exception:  # which request is at fault is found below
+                pass
+        for pending in group:
+            try:
+                run([pending])
+            except Exception as error:
+                _settle(pending.future, QueryError(str(error)) if isinstance(error, ValueError) else error)
 
     def stats(self) -> dict:
         return {
@@ -217,6 +381,7 @@ class MicroBatcher:
             "mean_batch_size": round(self.batched / self.batches, 3) if self.batches else 0.0,
             "max_batch_size": self.max_batch_seen,
             "queued": self.queue.qsize(),
+            "refused_queries": self.refused,
         }
 
 
@@ -237,6 +402,8 @@ class Service:
         self.error = ""
         self.searcher: Searcher | None = None
         self.batcher: MicroBatcher | None = None
+        self.tokenizer: bundles.TokenizerWorker | None = None
+        self.was_ready = False  # the bundle loaded (a failure after that is the batcher's, not the load's)
         self.started_at = time.time()
 
     def start(self) -> None:
@@ -245,14 +412,30 @@ class Service:
     def _load(self) -> None:
         try:
             searcher = self.load()
+            # A bounded test run of the tokenizer (a catastrophic regex fails the load), then the child process
+            # that tokenizes each query within query_timeout_s before the batch is encoded.
+            tokenizer = searcher.bundle_dir / bundles.TOKENIZER_FILE
+            prefix = str(searcher.bundle["query_prefix"])
+            problems = bundles.probe_tokenizer(tokenizer, prefix, self.config.query_timeout_s)
+            if problems:
+                raise bundles.BundleError(
+                    f"{searcher.bundle_dir}: its tokenizer is not safe to serve", problems
+                )
+            self.tokenizer = bundles.TokenizerWorker(tokenizer, prefix, self.config.query_timeout_s)
             started = time.perf_counter()
             searcher.search(WARM_UP_QUERY, 1)  # the first ONNX Runtime run allocates; keep it off a request
             warm_up_ms = (time.perf_counter() - started) * 1000
             self.batcher = MicroBatcher(
-                searcher, self.config.max_batch, self.config.batch_wait_ms, self.config.max_queue
+                searcher,
+                self.config.max_batch,
+                self.config.batch_wait_ms,
+                self.config.max_queue,
+                screen=self.tokenizer.check,
+                on_death=self._failed,
             )
             self.searcher = searcher
             self.state = "ready"
+            self.was_ready = True
             about = searcher.describe()
             log(
                 TAG,
@@ -263,12 +446,28 @@ class Service:
             self.error = f"{type(error).__name__}: {error}"
             self.state = "failed"
             log(TAG, f"loading the bundle failed: {self.error}")
+            if self.tokenizer is not None:
+                self.tokenizer.close()
             if self.on_failure is not None:
                 self.on_failure()
+
+    def _failed(self, reason: str) -> None:
+        """The batcher died (its waiting requests got 503): unready from now on, and the server stops."""
+        self.error = reason
+        self.state = "failed"
+        log(TAG, f"not ready any more, stopping: {reason}")
+        if self.on_failure is not None:
+            self.on_failure()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.batcher is not None and self.batcher.alive
 
     def stop(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self.tokenizer is not None:
+            self.tokenizer.close()
 
     def stats(self) -> dict:
         stats = {"state": self.state, "uptime_s": round(time.time() - self.started_at, 1)}
@@ -384,6 +583,10 @@ def create_app(
         mode: str | None,
     ) -> JSONResponse | dict:
         k = config.default_k if k is None else k
+        try:
+            check_text(query, query_field)
+        except ValueError as error:  # checked first: no later message may echo a string JSON cannot encode
+            return input_error(location, query_field, str(error))
         if not query.strip():
             return input_error(location, query_field, f"{query_field} is empty: say what the code should do")
         if len(query) > config.max_query_chars:
@@ -394,7 +597,7 @@ def create_app(
             )
         if not 1 <= k <= config.max_k:
             return input_error(location, "k", f"k must be between 1 and {config.max_k}, got {k}")
-        if service.state != "ready" or service.batcher is None or service.searcher is None:
+        if not service.ready or service.batcher is None or service.searcher is None:
             return unavailable(
                 f"not ready: the bundle is {service.state}" + (f" ({service.error})" if service.error else "")
             )
@@ -411,7 +614,20 @@ def create_app(
             future = service.batcher.submit(query, k, languages, mode)
         except Overloaded as error:
             return unavailable(f"overloaded: {error}; retry shortly")
-        hits: list[Hit] = await asyncio.wrap_future(future)
+        except Unavailable as error:
+            return unavailable(f"not ready: {error}")
+        try:
+            hits: list[Hit] = await asyncio.wrap_future(future)
+        except QueryError as error:  # this query alone: the rest of its batch was answered
+            return input_error(location, query_field, str(error))
+        except Unavailable as error:
+            return unavailable(f"not ready: {error}")
+        except Exception as error:  # a bug, not the client's doing: one line in the log, the shape kept
+            log(TAG, f"a search failed: {type(error).__name__}: {error}")
+            detail = [
+                {"loc": ["service"], "msg": f"the search failed: {type(error).__name__}", "type": "error"}
+            ]
+            return JSONResponse(status_code=500, content={"detail": detail})
         return {
             "query": query,
             "k": k,
@@ -440,9 +656,9 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz():
-        if service.state == "ready" and service.searcher is not None:
+        if service.ready and service.searcher is not None:
             return {"status": "ready", "bundle": service.searcher.describe()}
-        content = {"status": service.state}
+        content = {"status": "failed" if service.state == "ready" else service.state}
         if service.error:
             content["error"] = service.error
         return JSONResponse(status_code=503, content=content)
@@ -460,7 +676,7 @@ def bundle_loader(bundle: str, config: ServeConfig) -> Callable[[], Searcher]:
 
     def load() -> Searcher:
         local = resolve_bundle(bundle, config.cache_dir or None, precision)
-        return Searcher(local, precision, config.threads)
+        return Searcher(local, precision, config.threads, mmap_index=config.mmap_index)
 
     return load
 
@@ -509,14 +725,79 @@ def main(argv: list[str] | None = None) -> int:
             server.should_exit = True
 
     app = create_app(bundle_loader(args.bundle, config), config, on_failure=stop_server)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    server = uvicorn.Server(uvicorn_config(app, config, args.host, args.port, args.log_level))
     log(TAG, f"loading {args.bundle} in the background; /readyz answers 200 once it is ready")
     server.run()
     service: Service = app.state.service
-    if service.state == "failed":
+    if service.state == "failed" and not service.was_ready:
         print(f"semcode serve: error: could not load {args.bundle}: {service.error}", file=sys.stderr)
         return 1
+    if service.state == "failed":
+        print(f"semcode serve: error: stopped serving {args.bundle}: {service.error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def uvicorn_config(app: FastAPI, config: ServeConfig, host: str, port: int, log_level: str) -> Any:
+    """uvicorn's settings for ``app``: its HTTP/1.1 protocol with a per-request deadline
+    (``request_timeout_s``), the keep-alive timeout, the connection limit and the shutdown bound."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=deadline_protocol(config.request_timeout_s),
+        timeout_keep_alive=config.keep_alive_s,
+        limit_concurrency=config.max_connections,
+        timeout_graceful_shutdown=config.shutdown_timeout_s,
+    )
+
+
+def deadline_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, plus: a request must arrive whole (head and body) within ``seconds`` of the
+    connection's opening or of its first byte, else the connection is closed. uvicorn itself times out only
+    idle keep-alive connections, so a client that connects and sends nothing, or half a request, would hold
+    its connection (and a file descriptor) for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    waiting = (h11.IDLE, h11.SEND_BODY)  # the client's side of h11: no request yet, or its body under way
+
+    class DeadlineH11Protocol(H11Protocol):
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state in waiting:
+                self._arm()  # a request is partly here: its deadline runs from its first byte
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(seconds, self._expire)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _expire(self) -> None:
+            self.deadline = None
+            if self.conn.their_state in waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return DeadlineH11Protocol
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ decoding, ``--temperature`` plain sampling with top-p. Two ways to name the mode
 
 The text is embedded as a query (the docstring side) unless ``--as-code``: the decoder learned mostly
 from code embeddings (reconstruction) and from a share of docstring embeddings.
+
+A bundle is checked as ``semcode search`` checks it before anything is loaded (``verify_bundle``): every
+name bundle.json gives (the decoder folder too) must lie inside the bundle, and the tokenizer, the encoders
+and every file of the decoder must have the size and sha256 bundle.json lists (a decoder file it does not
+list is refused too: it would be read unchecked).
 """
 
 from __future__ import annotations
@@ -105,13 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def decoder_bundle(bundle_dir: Path) -> dict:
     """bundle.json of a bundle that has a decoder; FileNotFoundError naming the bundle otherwise."""
-    bundle = bundles.read_bundle_json(bundle_dir)
+    from semcode.serve.searcher import check_bundle_json
+
+    bundle = check_bundle_json(bundles.read_bundle_json(bundle_dir), str(bundle_dir))
     if not bundle.get("decoder"):
         raise FileNotFoundError(
             f"bundle {bundle_dir} has no decoder/ (bundle.json decoder is null): it was assembled without a "
             "train-decoder output; train one (semcode train-decoder) or use a bundle that has it"
         )
     return bundle
+
+
+def verify_bundle(bundle_dir: Path, bundle: dict, precision: str | None) -> Path:
+    """The decoder folder of a checked bundle; BundleError naming every file that differs from bundle.json
+    (size or sha256), is missing, or lies in the decoder folder without being listed, and a decoder folder
+    that leads out of the bundle (a symlink)."""
+    from semcode import storage
+    from semcode.serve.searcher import verify_files
+
+    decoder = Path(storage.contained_join(bundle_dir, str(bundle["decoder"]), "bundle.json decoder"))
+    encoders = bundle["encoders"][precision] if precision else bundle["default_files"]
+    prefix = decoder.relative_to(bundle_dir).as_posix().rstrip("/") + "/"
+    listed = {name for name in (bundle.get("files") or {}) if name.startswith(prefix)}
+    present = {p.relative_to(bundle_dir).as_posix() for p in decoder.rglob("*") if p.is_file()}
+    names = [bundles.TOKENIZER_FILE, *sorted(set(encoders.values())), *sorted(listed | present)]
+    verify_files(bundle_dir, bundle, names)
+    return decoder
 
 
 def load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, dict, dict]:
@@ -129,8 +153,8 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, dict, dict]:
         if args.encoder:
             raise ValueError("--encoder is for a decoder directory; a bundle brings its own encoder")
         bundle = decoder_bundle(path)
+        decoder_path = verify_bundle(path, bundle, args.precision)
         embed = bundle_embed_fn(path, bundle, args.precision, args.threads)
-        decoder_path = path / str(bundle["decoder"])
         about = {"bundle": str(path), "name": bundle["name"], "version": bundle["version"]}
     else:
         if not args.encoder:
@@ -155,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     text = " ".join(args.text).strip()
     if not text:
         parser.error("TEXT is empty")
+    from semcode.serve.searcher import check_text
+
+    try:
+        check_text(text, "TEXT")
+    except ValueError as error:  # undecodable bytes in argv: Python keeps them as surrogates
+        print(f"semcode generate: error: {error}", file=sys.stderr)
+        return 2
     temperature = 0.0 if args.greedy else args.temperature
     if args.greedy and args.temperature > 0:
         parser.error("--greedy and --temperature > 0 contradict each other")

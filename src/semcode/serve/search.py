@@ -9,6 +9,11 @@ only those languages' functions. ``--mode dense|lexical|hybrid`` picks how (semc
 the query vector, BM25, or both fused by the bundle's rule; default: the bundle's ``default_mode``); a
 bundle without a lexical index offers dense only and says so. Imports no torch: ONNX Runtime,
 tokenizers, bm25s and FAISS answer the query (semcode.serve.searcher).
+
+The text output is made of indexed code, file names and doc comments, which anyone can write: terminal
+control sequences in them (an escape that retitles the window, clears the screen or sets the clipboard) are
+removed before printing (``printable``); ``--json`` keeps every character, escaped. A QUERY that is not valid
+UTF-8 (undecodable bytes on the command line) is refused with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,12 +21,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
 from semcode.bundle import BundleError
-from semcode.serve.searcher import SEARCH_MODES, Hit, Searcher, default_cache_dir, resolve_bundle
+from semcode.serve.searcher import (
+    SEARCH_MODES,
+    Hit,
+    Searcher,
+    check_text,
+    default_cache_dir,
+    resolve_bundle,
+)
 from semcode.storage import StorageError
+
+# Terminal control: ESC sequences (CSI "ESC [ ... final", OSC "ESC ] ... BEL or ESC \\", DCS/APC/PM/SOS strings,
+# two-character escapes), their 8-bit C1 forms, and every other C0/C1 control but tab and newline.
+CONTROL_SEQUENCES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS, SOS, PM, APC
+    r"|\x1b[ -/]*[0-~]?"  # other escapes (and a lone ESC)
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # other control characters (tab and newline stay)
+)
 
 EPILOG = """examples:
   semcode search runs/latest/gate/bundle "read a file line by line" -k 5
@@ -90,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: str) -> str:
+    """``text`` without terminal control sequences or control characters (tab and newline kept): what an
+    indexed file may hold must not move the cursor, retitle the terminal or write the clipboard."""
+    return CONTROL_SEQUENCES.sub("", text)
+
+
 def shown_lines(code: str, max_lines: int) -> tuple[str, int]:
     """The first ``max_lines`` lines of ``code`` (all when 0) and how many lines were left out."""
     lines = code.rstrip("\n").splitlines()
@@ -128,9 +156,9 @@ def coverage_line(searcher: Searcher) -> str:
 def format_hit(hit: Hit, max_lines: int, color: bool) -> str:
     """``rank. path:line  language  score``, the signature, the doc line, then the first lines of the code
     (and the url when it is not the local file the location already names)."""
-    code, hidden = shown_lines(hit.code, max_lines)
-    header = f"{hit.rank:>2}. {hit.location()}  {hit.language or '?'}  {hit.score:.4f}"
-    signature, doc = hit.signature, hit.doc
+    code, hidden = shown_lines(printable(hit.code), max_lines)
+    header = printable(f"{hit.rank:>2}. {hit.location()}  {hit.language or '?'}  {hit.score:.4f}")
+    signature, doc = printable(hit.signature), printable(hit.doc)
     if color:
         code = highlight(code, hit.path)
         signature = highlight(signature, hit.path) if signature else ""
@@ -139,7 +167,7 @@ def format_hit(hit: Hit, max_lines: int, color: bool) -> str:
     lines = [header]
     lines += [f"    {text}" for text in (signature, doc) if text]
     if hit.url and not hit.url.startswith("file://"):
-        lines.append(f"    {hit.url}")
+        lines.append(f"    {printable(hit.url)}")
     lines.append("")
     lines += [f"    {line}" for line in code.splitlines()]
     if hidden:
@@ -166,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     query = " ".join(args.query).strip()
     if not query:
         parser.error("QUERY is empty")
+    try:
+        check_text(query, "QUERY")
+    except ValueError as error:  # undecodable bytes in argv: Python keeps them as surrogates
+        print(f"semcode search: error: {error}", file=sys.stderr)
+        return 2
     if args.k < 1:
         parser.error(f"-k must be >= 1, got {args.k}")
     if args.max_lines < 0:

@@ -37,7 +37,7 @@ without one):
   for each function of their union the score it lacks is computed (BM25 is read off the query's BM25
   scores of every function; the cosine of a function only BM25 found is its stored vector, FAISS
   reconstruct, times the query vector), then the union is ranked by bundle.json ``fusion``
-  (semcode.evaluation.fuse: the rule and weight evaluate chose on the valid split); the score is the
+  (semcode.retrieval.fuse: the rule and weight evaluate chose on the valid split); the score is the
   fused one.
 
 The language filter applies to every mode. A bundle without a lexical index (made before it) offers
@@ -63,9 +63,9 @@ from semcode import bundle as bundles
 from semcode import storage
 from semcode.contract import META_COLUMNS
 from semcode.embed import OnnxEncoder
-from semcode.evaluation import DEFAULT_FUSION, BM25Index, check_fusion, fuse
 from semcode.index import id_selector, load_index, omp_threads, restricted_search, union_selector
 from semcode.progress import log
+from semcode.retrieval import DEFAULT_FUSION, BM25Index, check_fusion, fuse
 
 TAG = "search"
 CACHE_ENV = "SEMCODE_CACHE_DIR"  # overrides the default cache root (~/.cache/semcode)
@@ -275,9 +275,8 @@ def download_bundle(uri: str, cache_dir: str | os.PathLike[str], precision: str 
                 f"{storage.join(uri, name)}: downloaded file does not match bundle.json's sha256"
             )
         fetched.append(name)
-    partial = target / f".{bundles.BUNDLE_JSON}.partial"
-    partial.write_text(bundle_text)
-    os.replace(partial, target / bundles.BUNDLE_JSON)
+    with storage.unique_partial(target / bundles.BUNDLE_JSON) as partial:  # other processes share the cache
+        partial.write_text(bundle_text)
     if fetched:
         log(TAG, f"downloaded {', '.join(fetched)} of {uri} to {target}")
     return target
@@ -307,6 +306,30 @@ def resolve_bundle(
 # Searching
 
 
+def check_text(text: str, what: str) -> str:
+    """``text`` when it can be written as UTF-8; else ValueError naming ``what`` and where. A JSON body's
+    ``"\\ud800"`` (a lone surrogate) and a command-line argument's invalid UTF-8 bytes (which Python keeps as
+    surrogates) reach here as such strings; no tokenizer can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{what} is not valid UTF-8 text ({error.reason}: {text[error.start : error.end]!r} at character "
+            f"{error.start})"
+        ) from None
+    return text
+
+
+class IndexChanged(RuntimeError):
+    """A served index file changed on disk after it was loaded (size, mtime or inode)."""
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int]:
+    """(size, mtime in ns, inode, device) of ``path``: what changes when a file is rewritten or replaced."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev
+
+
 class Searcher:
     """A loaded bundle: ``search(query, k, language)`` and ``search_batch(queries, k, language)`` return
     ranked ``Hit`` lists.
@@ -316,7 +339,11 @@ class Searcher:
     """
 
     def __init__(
-        self, bundle_dir: str | os.PathLike[str], precision: str | None = None, threads: int = 0
+        self,
+        bundle_dir: str | os.PathLike[str],
+        precision: str | None = None,
+        threads: int = 0,
+        mmap_index: bool = True,
     ) -> None:
         started = time.perf_counter()
         self.bundle_dir = Path(bundle_dir)
@@ -336,7 +363,13 @@ class Searcher:
             self.bundle["query_prefix"],
             threads=threads,
         )
-        self.index = load_index(self.bundle_dir / index_file)
+        # The index files as loaded: a file rewritten in place under a mapped index gives wrong answers (same
+        # size) or SIGBUS (shorter), so check_unchanged() refuses to search once one differs; mmap_index=False
+        # reads the index into memory (an on-disk IVF index's .ivfdata stays mapped).
+        ivfdata = self.bundle["index"].get("ivfdata")
+        index_files = [index_file] + ([ivfdata] if ivfdata else [])
+        self.index_stamps = {name: file_stamp(self.bundle_dir / name) for name in index_files}
+        self.index = load_index(self.bundle_dir / index_file, mmap=mmap_index)
         self.meta = read_meta(self.bundle_dir / meta_file)
         dims = {
             "bundle.json dim": self.bundle["dim"],
@@ -423,9 +456,33 @@ class Searcher:
         return tuple(names)
 
     def encode(self, queries: Sequence[str]) -> np.ndarray:
-        """float32 [len(queries), dim] unit vectors, in one encoder run (up to the encoder's batch size)."""
+        """float32 [len(queries), dim] unit vectors, in one encoder run (up to the encoder's batch size).
+        ValueError when the tokenizer cannot encode a query (a string that is not UTF-8, a pre-tokenizer
+        regex that gives up: HF tokenizers panics, a BaseException, which is turned into the ValueError)."""
         self.encode_calls += 1
-        return self.encoder.encode(list(queries))
+        try:
+            return self.encoder.encode([check_text(query, "the query") for query in queries])
+        except BaseException as error:
+            if type(error).__name__ != "PanicException":  # pyo3's: a Rust panic inside tokenizers
+                raise
+            reason = (str(error).strip().splitlines() or ["?"])[0]
+            raise ValueError(f"the bundle's tokenizer failed on the query ({reason})") from None
+
+    def check_unchanged(self) -> None:
+        """IndexChanged unless every index file still has the size, mtime and inode it had when loaded."""
+        for name, stamp in self.index_stamps.items():
+            try:
+                now = file_stamp(self.bundle_dir / name)
+            except OSError as error:
+                raise IndexChanged(
+                    f"{self.bundle_dir / name} is gone since it was loaded ({error})"
+                ) from None
+            if now != stamp:
+                raise IndexChanged(
+                    f"{self.bundle_dir / name} changed on disk since it was loaded (size {stamp[0]:,} -> "
+                    f"{now[0]:,} bytes, mtime or inode changed): refusing to search it; restart to load the "
+                    "bundle again"
+                )
 
     def check_mode(self, mode: str | None) -> str:
         """``mode`` (None: the bundle's default_mode) if this bundle offers it; ValueError names a bad one
@@ -499,7 +556,9 @@ class Searcher:
         mode: str | None = None,
     ) -> list[list[Hit]]:
         """The top ``k`` of each query in ``mode`` (None: the bundle's default), given the query vectors
-        [Q, dim] already encoded (unused, and may be None, in lexical mode)."""
+        [Q, dim] already encoded (unused, and may be None, in lexical mode). IndexChanged when an index
+        file changed on disk since it was loaded (check_unchanged)."""
+        self.check_unchanged()
         mode = self.check_mode(mode)
         if mode == "lexical":
             return self.lexical_search(queries, k, language)

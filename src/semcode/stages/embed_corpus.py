@@ -4,23 +4,24 @@ The first half of build_index, cut into shards so that the pipeline embeds a big
 once (a dsl.ParallelFor over the shard numbers ``plan`` returns), after which build_index trains the index
 once and adds every shard (``semcode build-index --embedded ...``, semcode.stages.build_index.index_shards).
 
-It takes build_index's own config (the same preset section, ``build_index``): the rows are build_index's
-selection (semcode.stages.build_index.select_rows: every row of ``corpus/part-*.parquet``, or with
-``max_corpus`` the seeded sample spread over the sources, ``whole_sources`` whole), and the encoder runs
-as build_index runs it (``runtime``, ``encode_batch_size``, ``max_length``, ``device``; with an onnx
-runtime, export_onnx's files). The selected rows are split into ``shards`` contiguous runs in corpus
-order (split_selection): of S selected rows, shard k embeds ranks [k*S//N, (k+1)*S//N). The shards one
-after another are therefore, row for row and vector for vector, what one build_index pod embeds, and
-the index built from them has the same FAISS ids. Rows whose code is empty are skipped, as there.
+It takes build_index's own config (semcode.corpus.BuildIndexConfig, the same preset section,
+``build_index``): the rows are build_index's selection (semcode.corpus.select_rows: every row of
+``corpus/part-*.parquet``, or with ``max_corpus`` the seeded sample spread over the sources,
+``whole_sources`` whole), and the encoder runs as build_index runs it (``runtime``, ``encode_batch_size``,
+``max_length``, ``device``; with an onnx runtime, export_onnx's files). The selected rows are split into
+``shards`` contiguous runs in corpus order (semcode.corpus.split_selection): of S selected rows, shard k
+embeds ranks [k*S//N, (k+1)*S//N). The shards one after another are therefore, row for row and vector for
+vector, what one build_index pod embeds, and the index built from them has the same FAISS ids. Rows whose
+code is empty are skipped, as there.
 
 ``plan`` picks the shard count: ``shards`` when set, else one shard per ``shard_rows`` selected rows
 (from the Parquet metadata alone: nothing is read), never more shards than rows; it returns the
 ParallelFor's items, ``{"shard": k, "shards": N}`` each. Writes::
 
     out/embeddings.npy       float32 [count, dim], L2-normalised; row i = row i of index_meta.parquet
-    out/index_meta.parquet   semcode.contract.META_COLUMNS of the shard's rows (build_index's META_SCHEMA)
-    out/manifest.json        shard, shards, dim, count, rows_read, rows_selected, first_row (the shard's
-                             first rank in the selection), encoder, encoder_id (sha256 of the weights, or
+    out/index_meta.parquet   semcode.contract.META_COLUMNS of the shard's rows (semcode.corpus.META_SCHEMA)
+    out/manifest.json        semcode.corpus.shard_manifest: shard, shards, dim, count, rows_read,
+                             rows_selected, first_row (the shard's first rank in the selection), encoder, encoder_id (sha256 of the weights, or
                              the alias), runtime, max_length, per_source {source: vectors}, embed_seconds,
                              embed_per_s and ``selection``: {max_corpus, whole_sources, seed, selected,
                              corpus_rows, sampled_by, source_rows}, which build_index checks every shard
@@ -45,9 +46,7 @@ from semcode import config as cfg
 from semcode import storage
 from semcode.config import ConfigError
 from semcode.contract import ONNX_HELP
-from semcode.embed import EmbedFn
-from semcode.progress import log
-from semcode.stages.build_index import (
+from semcode.corpus import (
     CHUNK_BATCHES,
     META_FILE,
     SHARD_MANIFEST_FILE,
@@ -55,14 +54,17 @@ from semcode.stages.build_index import (
     BuildIndexConfig,
     check_shard,
     corpus_shards,
-    embed_corpus,
+    embed_selection,
     encoder_identity,
     load_encoder,
     open_embeddings,
     select_rows,
     selected_rows,
+    shard_manifest,
     split_selection,
 )
+from semcode.embed import EmbedFn
+from semcode.progress import log
 
 TAG = "embed-corpus"
 COPY_ROWS = 65_536  # rows per block when a shard's vectors are trimmed to the rows with code
@@ -128,7 +130,7 @@ def embed_shard(
         storage.atomic_output(out / META_FILE) as meta_partial,
     ):
         vectors = open_embeddings(vectors_partial, part.selected, dim)
-        done = embed_corpus(
+        done = embed_selection(
             files,
             part,
             embed,
@@ -141,31 +143,7 @@ def embed_shard(
         vectors.flush()
         del vectors
         trimmed(vectors_partial, done.count)
-    manifest = {
-        "shard": shard,
-        "shards": shards,
-        "dim": dim,
-        "count": done.count,
-        "rows_read": done.rows_read,
-        "rows_selected": part.selected,
-        "first_row": shard * selection.selected // shards,
-        "encoder": encoder,
-        "encoder_id": encoder_id or encoder,
-        "runtime": config.runtime,
-        "max_length": config.max_length,
-        "per_source": dict(done.per_source),
-        "embed_seconds": round(done.seconds, 3),
-        "embed_per_s": round(done.count / done.seconds, 1) if done.seconds > 0 else 0.0,
-        "selection": {
-            "max_corpus": config.max_corpus,
-            "whole_sources": list(config.whole_sources),
-            "seed": config.seed,
-            "selected": selection.selected,
-            "corpus_rows": selection.corpus_rows,
-            "sampled_by": selection.sampled_by,
-            "source_rows": selection.source_rows,
-        },
-    }
+    manifest = shard_manifest(config, selection, part, done, shard, shards, dim, encoder, encoder_id)
     with storage.atomic_output(out / SHARD_MANIFEST_FILE) as manifest_partial:
         manifest_partial.write_text(json.dumps(manifest, indent=2) + "\n")
     with storage.atomic_output(out / cfg.RESOLVED_CONFIG_NAME) as config_partial:

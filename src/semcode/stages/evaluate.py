@@ -4,7 +4,7 @@ For each suite (semcode.suites: ``test`` = pairs/test, ``humaneval``, ``cosqa`` 
 when the shared benchmarks are present; ``polyglot`` is one suite per held-out repository, named
 ``polyglot-<language>``) and each protocol (``csn``: gold + 999 random distractors; ``full``: the whole
 suite corpus), it ranks the gold with the encoder ("model"), BM25 ("bm25"), the two fused ("hybrid",
-semcode.evaluation.fuse) and, when given, a baseline encoder such as the fine-tuning's initial
+semcode.retrieval.fuse) and, when given, a baseline encoder such as the fine-tuning's initial
 checkpoint ("zero_shot"), all on the same queries and the same candidates.
 
 Hybrid's rule and weight are chosen first, on the valid split of the pairs (``pairs/valid``; never
@@ -23,7 +23,7 @@ queries alone, ranked among the whole test corpus (every language's code stays a
 same metrics, systems and paired intervals. Writes::
 
     out/metrics.json   {"suites": {suite: {protocol: {system: {mrr, recall@1/5/10, ndcg@10,
-                        median_rank, n_queries}}, "n_queries", "n_candidates", ...,
+                        median_rank, n_queries}}, "n_queries", "n_candidates", "queries_sha256", ...,
                         "by_language": {language: {"n_queries", protocol: {system: ...}, ...}},
                         "hybrid_vs": {protocol: {"model": hybrid - model, paired interval}}}},
                         "fusion": {"rule", "weight", "chosen_on", "valid_mrr": {...}, ...},
@@ -41,6 +41,7 @@ the same way.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -53,15 +54,9 @@ from semcode.config import ConfigError, field
 from semcode.contract import ONNX_HELP, RUNTIME_HELP
 from semcode.data.pairs import read_split
 from semcode.embed import EmbedFn, check_runtime
-from semcode.evaluation import (
-    DEFAULT_FUSION,
-    FUSION_WEIGHTS,
-    PROTOCOLS,
-    check_fusion,
-    choose_fusion,
-    evaluate_suite,
-)
+from semcode.evaluation import PROTOCOLS, choose_fusion, evaluate_suite
 from semcode.progress import log
+from semcode.retrieval import DEFAULT_FUSION, FUSION_WEIGHTS, check_fusion
 from semcode.suites import (
     SUITES,
     Suite,
@@ -196,6 +191,16 @@ def pick_fusion(config: EvaluateConfig, pairs_dir: str | Path | None, embed: Emb
         "chosen_on": f"valid ({suite.source}), full-corpus MRR",
         **{key: value for key, value in chosen.items() if key not in ("rule", "weight")},
     }
+
+
+def query_set_sha256(suite: Suite) -> str:
+    """sha256 of a suite's queries, each with its gold code, in order: two evaluations with the same hash
+    asked the same questions (metrics.json ``suites.<suite>.queries_sha256``; the gate compares a candidate
+    with the champion only on such suites)."""
+    digest = hashlib.sha256()
+    for query, gold in zip(suite.queries, suite.gold.tolist(), strict=True):
+        digest.update(json.dumps([query, suite.codes[gold]]).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def metric_name(*parts: str) -> str:
@@ -351,6 +356,7 @@ def run(
             fusion=fusion,
         )
         results[suite.name]["source"] = suite.source
+        results[suite.name]["queries_sha256"] = query_set_sha256(suite)  # the gate compares like with like
 
     metrics = {
         "suites": results,

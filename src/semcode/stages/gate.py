@@ -5,8 +5,15 @@ decoder) and the champion's metrics from the registry: ``<registry>/<name>/lates
 champion's version folder, whose ``metrics.json`` (or bundle.json's metrics summary) holds its primary
 metric. The candidate passes when
 
-1. there is no champion (no registry given, or nothing published under ``name`` yet), or its primary
-   metric is at most ``tolerance`` (absolute) below the champion's: higher is better; and
+1. there is no champion (no registry given, or nothing published under ``name`` yet: the first release), or
+   on every suite the two are comparable on, the candidate's primary metric (its protocol, system and
+   metric, on that suite) is at most ``tolerance`` (absolute) below the champion's: higher is better. A
+   suite is comparable when both were evaluated on it with the same queries (evaluate's ``queries_sha256``
+   of the suite: its queries and their gold code) and it has at least ``min_comparable_queries`` of them:
+   an MRR on 2 queries of a 32-function repository says nothing against one on 2,811 stdlib queries. When
+   no suite is comparable (other data, too few queries, or a champion evaluated before semcode recorded the
+   hash), the decision says "no comparable champion" and why, and rests on the baselines: a candidate that
+   BM25 beats on its primary metric's suite is refused, unless ``allow_below_bm25``; and
 2. int8 parity held in the export (export_onnx kept int8 as the default encoder), unless
    ``require_int8_parity`` is off, in which case a bundle that serves the fp32 encoder may pass too; and
 3. on no guarded suite (``guarded_suites``: names or shell patterns of the suites evaluate ran) is the
@@ -76,6 +83,15 @@ class GateConfig:
     zero_shot_regression: str = field(
         "refuse", "what a regression below zero-shot on a guarded suite does: refuse | warn (pass, say so)"
     )
+    min_comparable_queries: int = field(
+        30,
+        "a suite is compared with the champion only when both were evaluated on the same queries (their "
+        "hash) and it has at least this many",
+    )
+    allow_below_bm25: bool = field(
+        False,
+        "with no comparable champion, pass a candidate that BM25 beats on its primary metric's suite",
+    )
 
     def validate(self) -> None:
         if not bundles.VERSION_PATTERN.fullmatch(self.name) or self.name == bundles.LATEST:
@@ -87,6 +103,8 @@ class GateConfig:
             )
         if self.tolerance < 0:
             raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.min_comparable_queries < 1:
+            raise ConfigError(f"min_comparable_queries must be >= 1, got {self.min_comparable_queries}")
         if self.zero_shot_regression not in ZERO_SHOT_REGRESSION:
             raise ConfigError(
                 f"zero_shot_regression must be one of {list(ZERO_SHOT_REGRESSION)}, got {self.zero_shot_regression!r}"
@@ -121,24 +139,107 @@ def champion_metrics(registry: str, name: str) -> tuple[str, dict] | None:
     ]
 
 
+def evaluated_suites(metrics: dict) -> dict[str, dict]:
+    """{suite: evaluate's record of it} from evaluate's metrics.json or a bundle's metrics.json."""
+    suites = metrics.get("suites") or (metrics.get("evaluate") or {}).get("suites") or {}
+    return {name: suite for name, suite in suites.items() if isinstance(suite, dict)}
+
+
+def comparability(config: GateConfig, mine: dict | None, theirs: dict | None, champion: str) -> str | None:
+    """None when a suite may be compared with the champion's evaluation of it, else why not."""
+    if mine is None:
+        return "the candidate was not evaluated on it"
+    if theirs is None:
+        return f"the champion {champion} was not evaluated on it"
+    if not theirs.get("queries_sha256"):
+        return (
+            f"the champion {champion}'s metrics record no hash of its queries (evaluated before semcode did)"
+        )
+    if not mine.get("queries_sha256"):
+        return "the candidate's metrics record no hash of its queries"
+    if mine["queries_sha256"] != theirs["queries_sha256"]:
+        return (
+            f"other queries: the candidate's {mine.get('n_queries')} (sha256 {mine['queries_sha256'][:12]}) "
+            f"vs the champion's {theirs.get('n_queries')} (sha256 {theirs['queries_sha256'][:12]})"
+        )
+    if int(mine.get("n_queries") or 0) < config.min_comparable_queries:
+        return f"{mine.get('n_queries')} queries, fewer than min_comparable_queries {config.min_comparable_queries}"
+    return None
+
+
+def champion_comparisons(config: GateConfig, candidate: dict, champion: dict, version: str) -> list[dict]:
+    """One entry per suite the candidate was evaluated on, the primary metric's suite first: ``{"suite",
+    "metric", "comparable", "why_not"}`` and, where comparable (``comparability``), ``"candidate",
+    "champion", "delta", "passed"``: the primary metric's protocol, system and metric on that suite."""
+    primary_suite, rest = config.primary_metric.split("/", 1)
+    mine, theirs = evaluated_suites(candidate), evaluated_suites(champion)
+    entries = []
+    for suite in sorted(mine, key=lambda name: (name != primary_suite, name)):
+        metric = f"{suite}/{rest}"
+        why_not = comparability(config, mine[suite], theirs.get(suite), version)
+        values = bundles.metric_value(candidate, metric), bundles.metric_value(champion, metric)
+        if why_not is None and None in values:
+            why_not = f"{metric} is missing from the " + ("candidate" if values[0] is None else "champion")
+        entry = {"suite": suite, "metric": metric, "comparable": why_not is None, "why_not": why_not}
+        if why_not is None:
+            delta = values[0] - values[1]
+            entry.update(candidate=values[0], champion=values[1], delta=delta)
+            entry["passed"] = delta >= -config.tolerance
+        entries.append(entry)
+    return entries
+
+
 def compare(
-    config: GateConfig, candidate: float, champion: float | None, champion_version: str | None
-) -> tuple[bool, str]:
-    """(passed, the reason as a sentence) for the primary metric."""
+    config: GateConfig, candidate: float, comparisons: list[dict], champion_version: str | None
+) -> tuple[bool, list[str], bool]:
+    """(passed, the reasons, whether a comparable champion decided) of the champion check: the candidate
+    may be at most ``tolerance`` worse on every comparable suite. The first reason is about the primary
+    metric; with a champion but no comparable suite, passed is False and the baselines decide."""
     metric = config.primary_metric
     if champion_version is None:
         where = f"registry {config.registry}" if config.registry else "no registry given"
-        return True, f"{metric} {candidate:.4f}: no champion to compare with ({where})"
-    if champion is None:
-        return False, (
-            f"{metric} {candidate:.4f}: the champion {champion_version} has no {metric}, so the two cannot be "
-            "compared; publish by hand or gate on a metric both have"
+        return True, [f"{metric} {candidate:.4f}: no champion to compare with ({where})"], False
+    compared = [entry for entry in comparisons if entry["comparable"]]
+    primary = next((entry for entry in comparisons if entry["metric"] == metric), None)
+    why_not = "the candidate was not evaluated on it" if primary is None else primary["why_not"]
+    if not compared:
+        reason = (
+            f"{metric} {candidate:.4f}: no comparable champion ({champion_version}: {why_not}; nor on any other "
+            "suite), so the decision rests on the baselines"
         )
-    delta = candidate - champion
-    comparison = f"{metric} {candidate:.4f} vs champion {champion_version} {champion:.4f} ({delta:+.4f})"
-    if delta >= -config.tolerance:
-        return True, f"{comparison}: not worse than -{config.tolerance}"
-    return False, f"{comparison}: worse than the tolerance -{config.tolerance}"
+        return False, [reason], False
+    lines = []
+    for entry in compared:
+        comparison = (
+            f"{entry['metric']} {entry['candidate']:.4f} vs champion {champion_version} "
+            f"{entry['champion']:.4f} ({entry['delta']:+.4f})"
+        )
+        verdict = "not worse than" if entry["passed"] else "worse than the tolerance"
+        lines.append(f"{comparison}: {verdict} -{config.tolerance}")
+    if primary is None or not primary["comparable"]:
+        lines.insert(
+            0, f"{metric} {candidate:.4f}: not comparable with champion {champion_version} ({why_not})"
+        )
+    return all(entry["passed"] for entry in compared), lines, True
+
+
+def bm25_reason(config: GateConfig, metrics: dict) -> tuple[bool, str]:
+    """(passed, the reason) of the baseline check made when no champion is comparable: BM25 may not beat the
+    candidate on its primary metric's suite (same protocol and metric), unless allow_below_bm25."""
+    suite, protocol, _, name = config.primary_metric.split("/")
+    baseline = f"{suite}/{protocol}/bm25/{name}"
+    model, bm25 = (
+        bundles.metric_value(metrics, config.primary_metric),
+        bundles.metric_value(metrics, baseline),
+    )
+    if bm25 is None:
+        return True, f"{baseline} was not evaluated: no baseline to hold the candidate to"
+    comparison = f"{config.primary_metric} {model:.4f} vs {baseline} {bm25:.4f}"
+    if model >= bm25:
+        return True, f"{comparison}: not below BM25"
+    if config.allow_below_bm25:
+        return True, f"{comparison}: BM25 beats the candidate, but allow_below_bm25 is on: not refused"
+    return False, f"{comparison}: BM25 beats the candidate, refused (allow_below_bm25 would pass it)"
 
 
 def parity_reason(config: GateConfig, parity: dict) -> tuple[bool, str]:
@@ -242,16 +343,21 @@ def run(
     )
     parity = bundles.int8_parity(export_metrics)
 
-    # 2. The champion, from the registry's latest pointer.
+    # 2. The champion, from the registry's latest pointer; compared only on the suites both were evaluated on
+    # with the same queries.
     champion = champion_metrics(config.registry, config.name)
-    champion_folder, champion_version, champion_value = None, None, None
+    champion_folder, champion_version, champion_value, compared = None, None, None, []
     if champion is not None:
         champion_folder, metrics = champion
         champion_version = champion_folder.rstrip("/").rsplit("/", 1)[-1]
         champion_value = bundles.metric_value(metrics, config.primary_metric)
+        compared = champion_comparisons(config, candidate_metrics, metrics, champion_version)
 
     # 3. The decision.
-    metric_passed, metric_reason = compare(config, candidate_value, champion_value, champion_version)
+    metric_passed, metric_why, comparable = compare(config, candidate_value, compared, champion_version)
+    if champion is not None and not comparable:  # no comparable champion: the baselines decide
+        metric_passed, bm25_why = bm25_reason(config, candidate_metrics)
+        metric_why.append(bm25_why)
     parity_passed, parity_why = parity_reason(config, parity)
     comparisons = zero_shot_comparisons(config, candidate_metrics)
     zero_shot_passed, zero_shot_why = zero_shot_reason(config, comparisons)
@@ -261,7 +367,7 @@ def run(
     )
     decision = {
         "passed": passed,
-        "reasons": [metric_reason, parity_why, *zero_shot_why],
+        "reasons": [metric_why[0], parity_why, *zero_shot_why, *metric_why[1:]],
         "name": config.name,
         "primary_metric": config.primary_metric,
         "tolerance": config.tolerance,
@@ -270,9 +376,16 @@ def run(
         "zero_shot_regression": config.zero_shot_regression,
         "zero_shot_comparisons": comparisons,
         "candidate": {"version": version, "value": candidate_value, "int8_parity": parity},
+        # the champion compared against (publish moves latest only while it is still this version)
         "champion": None
         if champion is None
-        else {"version": champion_version, "path": champion_folder, "value": champion_value},
+        else {
+            "version": champion_version,
+            "path": champion_folder,
+            "value": champion_value,
+            "comparable": comparable,
+            "suites": compared,
+        },
         "registry": config.registry,
         "bundle": str(bundle_dir),
     }

@@ -176,13 +176,135 @@ def _examples(
     ]
 
 
+def embed_pairs(
+    config: MineHardNegativesConfig,
+    encoder_dir: str | Path,
+    queries: list[str],
+    codes: list[str],
+    seconds: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Step 1: ``queries`` [n] with the query side and ``codes`` [N] with the code side of ``encoder_dir``,
+    each with the encoder's prefix; returns (query vectors [n, D], code vectors [N, D], D) and records
+    the seconds of each in ``seconds``."""
+    from semcode.embed import load_embed_fn
+
+    embed, dim = load_embed_fn(
+        str(encoder_dir),
+        config.batch_size,
+        config.max_length or None,
+        config.device,
+        show_progress=True,
+        runtime=config.runtime,
+    )
+    start = time.perf_counter()
+    query_vectors = embed(queries, "query")  # [n, D]
+    seconds["encode_queries"] = time.perf_counter() - start
+    start = time.perf_counter()
+    code_vectors = embed(codes, "code")  # [N, D]
+    seconds["encode_codes"] = time.perf_counter() - start
+    return query_vectors, code_vectors, dim
+
+
+def mine_negatives(
+    config: MineHardNegativesConfig,
+    query_vectors: np.ndarray,
+    code_vectors: np.ndarray,
+    pool_codes: list[str],
+    gold_ids: np.ndarray,
+    seconds: dict[str, float],
+) -> tuple[mining.MinedNegatives, np.ndarray, int]:
+    """Steps 2 and 3: each query's exact top candidates in the pool, then semcode.mining's filters; returns
+    (the negatives, the positives' scores [n], the search depth) and records the seconds of each step."""
+    from semcode import index as faiss_index
+
+    # 2. Exact top-k by inner product, deep enough that the gold and its copies leave range_max candidates.
+    start = time.perf_counter()
+    keys = mining.duplicate_keys(pool_codes)  # [N]
+    depth = mining.search_depth(config.range_max, keys)
+    top_scores, top_ids = faiss_index.exact_search(code_vectors, query_vectors, depth)  # [n, depth] each
+    positive = mining.positive_scores(query_vectors, code_vectors, gold_ids)  # [n]
+    seconds["search"] = time.perf_counter() - start
+
+    # 3. The filters.
+    start = time.perf_counter()
+    mined = mining.select_hard_negatives(
+        top_ids,
+        top_scores,
+        positive,
+        gold_ids,
+        keys,
+        config.count,
+        range_min=config.range_min,
+        range_max=config.range_max,
+        relative_margin=config.relative_margin,
+        absolute_margin=config.absolute_margin,
+        sampling=config.sampling,
+        seed=config.seed,
+    )
+    seconds["filter"] = time.perf_counter() - start
+    return mined, positive, depth
+
+
+def write_mined_pairs(
+    config: MineHardNegativesConfig,
+    table: pa.Table,
+    pairs_dir: Path,
+    out: Path,
+    mined_rows: np.ndarray,
+    pool_codes: list[str],
+    mined: mining.MinedNegatives,
+) -> dict[str, int]:
+    """Step 4: the pairs into ``out/pairs``: the mined rows of the train ``table`` get their negatives' code;
+    without a sample every train row is written; the other splits are copied. Returns rows per split."""
+    negatives_of = {
+        int(row): [pool_codes[j] for j in ids if j >= 0]
+        for row, ids in zip(mined_rows, mined.ids, strict=True)
+    }
+    written_rows = mined_rows if config.max_train_pairs else np.arange(table.num_rows)
+    train_rows = table.take(pa.array(written_rows)).to_pylist()
+    for row, record in zip(written_rows, train_rows, strict=True):
+        if int(row) in negatives_of:
+            record["hard_negatives"] = negatives_of[int(row)]
+    out.mkdir(parents=True, exist_ok=True)
+    return write_pairs(pairs_dir, out / "pairs", train_rows)
+
+
+def summarise(
+    config: MineHardNegativesConfig,
+    mined: mining.MinedNegatives,
+    positive: np.ndarray,
+    pool_size: int,
+    seconds: dict[str, float],
+) -> tuple[dict[str, float | int], dict[str, dict], dict[str, float]]:
+    """metrics.json (the report's scalars), the score summaries and the seconds, rounded, of mining
+    ``len(positive)`` rows against a pool of ``pool_size`` codes."""
+    per_row = mined.per_row()  # [n]
+    n_encoded = len(positive) + pool_size
+    encode_seconds = seconds["encode_queries"] + seconds["encode_codes"]
+    rounded = {name: round(value, 3) for name, value in seconds.items()}
+    scores = {
+        "positive": mining.score_summary(positive),
+        "kept_negative": mining.score_summary(mined.scores),
+        "removed_too_close": mining.score_summary(mined.too_close_scores),
+    }
+    metrics: dict[str, float | int] = {
+        "rows_mined": len(positive),
+        "pool_size": pool_size,
+        "negatives_written": int(per_row.sum()),
+        "rows_short": int((per_row < config.count).sum()),
+        "rows_without_negatives": int((per_row == 0).sum()),
+        **{f"removed_{reason}": value for reason, value in mined.removed.items()},
+        **{f"{name}_score_p50": summary["p50"] for name, summary in scores.items() if summary["count"]},
+        "encode_per_s": round(n_encoded / encode_seconds, 1) if encode_seconds > 0 else 0.0,
+        "seconds": rounded["total"],
+    }
+    return metrics, scores, rounded
+
+
 def run(
     config: MineHardNegativesConfig, encoder_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path
 ) -> dict:
     """Mine hard negatives for the train split of ``pairs_dir`` with ``encoder_dir``; returns the report."""
-    from semcode import index as faiss_index
-    from semcode.embed import load_embed_fn
-
     config.validate()
     started = time.perf_counter()
     pairs_dir, out = Path(pairs_dir), Path(out_dir)
@@ -202,91 +324,24 @@ def run(
         TAG,
         f"mining {len(mined_rows)} of {len(queries)} train pairs against a pool of {len(pool_codes)} codes",
     )
+    seconds: dict[str, float] = {}
 
     # 1. Embed the queries (query side) and the pool (code side), each with the encoder's prefix.
-    embed, dim = load_embed_fn(
-        str(encoder_dir),
-        config.batch_size,
-        config.max_length or None,
-        config.device,
-        show_progress=True,
-        runtime=config.runtime,
+    mined_queries = [queries[i] for i in mined_rows]
+    query_vectors, code_vectors, dim = embed_pairs(config, encoder_dir, mined_queries, pool_codes, seconds)
+    # 2-3. Exact top-k by inner product and the filters.
+    mined, positive, depth = mine_negatives(
+        config, query_vectors, code_vectors, pool_codes, gold_ids, seconds
     )
-    start = time.perf_counter()
-    query_vectors = embed([queries[i] for i in mined_rows], "query")  # [n, D]
-    encode_queries_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    code_vectors = embed(pool_codes, "code")  # [N, D]
-    encode_codes_seconds = time.perf_counter() - start
-
-    # 2. Exact top-k by inner product, deep enough that the gold and its copies leave range_max candidates.
-    start = time.perf_counter()
-    keys = mining.duplicate_keys(pool_codes)  # [N]
-    depth = mining.search_depth(config.range_max, keys)
-    top_scores, top_ids = faiss_index.exact_search(code_vectors, query_vectors, depth)  # [n, depth] each
-    positive = mining.positive_scores(query_vectors, code_vectors, gold_ids)  # [n]
-    search_seconds = time.perf_counter() - start
-
-    # 3. The filters.
-    start = time.perf_counter()
-    mined = mining.select_hard_negatives(
-        top_ids,
-        top_scores,
-        positive,
-        gold_ids,
-        keys,
-        config.count,
-        range_min=config.range_min,
-        range_max=config.range_max,
-        relative_margin=config.relative_margin,
-        absolute_margin=config.absolute_margin,
-        sampling=config.sampling,
-        seed=config.seed,
-    )
-    filter_seconds = time.perf_counter() - start
-
     # 4. The pairs: mined rows get their negatives' code; without a sample every train row is written.
     start = time.perf_counter()
-    negatives_of = {
-        int(row): [pool_codes[j] for j in ids if j >= 0]
-        for row, ids in zip(mined_rows, mined.ids, strict=True)
-    }
-    written_rows = mined_rows if config.max_train_pairs else np.arange(len(queries))
-    train_rows = table.take(pa.array(written_rows)).to_pylist()
-    for row, record in zip(written_rows, train_rows, strict=True):
-        if int(row) in negatives_of:
-            record["hard_negatives"] = negatives_of[int(row)]
-    out.mkdir(parents=True, exist_ok=True)
-    split_sizes = write_pairs(pairs_dir, out / "pairs", train_rows)
-    write_seconds = time.perf_counter() - start
+    split_sizes = write_mined_pairs(config, table, pairs_dir, out, mined_rows, pool_codes, mined)
+    seconds["write"] = time.perf_counter() - start
+    seconds["total"] = time.perf_counter() - started
 
+    # 5. The report, its scalars (metrics.json) and the resolved config.
+    metrics, scores, seconds = summarise(config, mined, positive, len(pool_codes), seconds)
     per_row = mined.per_row()  # [n]
-    n_encoded = len(mined_rows) + len(pool_codes)
-    encode_seconds = encode_queries_seconds + encode_codes_seconds
-    seconds = {
-        "encode_queries": round(encode_queries_seconds, 3),
-        "encode_codes": round(encode_codes_seconds, 3),
-        "search": round(search_seconds, 3),
-        "filter": round(filter_seconds, 3),
-        "write": round(write_seconds, 3),
-        "total": round(time.perf_counter() - started, 3),
-    }
-    scores = {
-        "positive": mining.score_summary(positive),
-        "kept_negative": mining.score_summary(mined.scores),
-        "removed_too_close": mining.score_summary(mined.too_close_scores),
-    }
-    metrics: dict[str, float | int] = {
-        "rows_mined": len(mined_rows),
-        "pool_size": len(pool_codes),
-        "negatives_written": int(per_row.sum()),
-        "rows_short": int((per_row < config.count).sum()),
-        "rows_without_negatives": int((per_row == 0).sum()),
-        **{f"removed_{reason}": value for reason, value in mined.removed.items()},
-        **{f"{name}_score_p50": summary["p50"] for name, summary in scores.items() if summary["count"]},
-        "encode_per_s": round(n_encoded / encode_seconds, 1) if encode_seconds > 0 else 0.0,
-        "seconds": seconds["total"],
-    }
     report = {
         "encoder": str(encoder_dir),
         "pairs": str(pairs_dir),
@@ -303,12 +358,7 @@ def run(
         "seconds": seconds,
         "metrics": metrics,
         "examples": _examples(
-            [queries[i] for i in mined_rows],
-            [codes[i] for i in mined_rows],
-            pool_codes,
-            gold_ids,
-            positive,
-            mined,
+            mined_queries, [codes[i] for i in mined_rows], pool_codes, gold_ids, positive, mined
         ),
         "config": cfg.to_dict(config),
     }

@@ -11,9 +11,18 @@ The steps, in this order, so that ``latest`` never names a partial copy:
 1. validate the bundle (semcode.bundle.validate_bundle): a broken bundle is refused before any copy;
 2. refuse a version that is already published (its folder has the marker): versions are immutable,
    a new model gets a new version. A folder without the marker is the debris of a failed publish and
-   is copied over;
+   is copied over (resumed); a copy that fails because the registry's disk is full is removed at once
+   (cleaned), so that it does not keep the space a retry needs;
 3. copy the files, bundle.json last, check that they are all there, write the marker;
-4. replace ``latest`` in one atomic step (one PUT on S3, a temporary file and os.replace on disk).
+4. move ``latest`` as a compare-and-swap: under an exclusive lock (semcode.storage.exclusive_lock: a lock
+   file on disk, a conditional write or a lease object on S3), ``latest`` is read again and must still
+   name the champion the gate compared the bundle with (bundle.json ``source.gate.champion``: a version,
+   or none when the registry was empty); then it is replaced in one atomic step (one PUT on S3, a
+   temporary file and os.replace on disk). When another publish moved it meanwhile (gate B, publish A,
+   publish B), the bundle is refused naming both versions (exit 3), its copy is removed, and ``latest``
+   stays: gate it again against the new champion. The same check runs before the copy, so a stale bundle
+   is refused at once. A bundle assembled without the gate (no ``source.gate``) has no champion to check:
+   it is published as before, and the log says so.
 
 A failure anywhere before step 4 leaves ``latest`` where it was. Writes out/manifest.json (what was
 copied where, the previous and new pointers, seconds) and out/config.json.
@@ -38,6 +47,35 @@ from semcode.config import ConfigError, field
 from semcode.progress import Progress, log
 
 TAG = "publish"
+EXIT_REFUSED = 3  # latest no longer names the champion the gate compared with (as semcode gate's refusal)
+LATEST_LOCK = ".latest.lock"  # <registry>/<name>/.latest.lock: held while latest is checked and moved
+UNKNOWN = object()  # a bundle without a gate record: no champion to check
+
+
+class ChampionChanged(RuntimeError):
+    """``latest`` names another version than the champion the gate compared the bundle with."""
+
+
+def gated_champion(bundle: dict) -> object:
+    """The champion version the gate compared the bundle with (None: the registry was empty), or UNKNOWN for
+    a bundle assembled without the gate."""
+    gate = (bundle.get("source") or {}).get("gate")
+    if not isinstance(gate, dict) or "champion" not in gate:
+        return UNKNOWN
+    champion = gate["champion"]
+    return champion.get("version") if isinstance(champion, dict) else None
+
+
+def check_champion(expected: object, current: dict | None, config: PublishConfig, version: str) -> None:
+    """ChampionChanged unless ``latest`` (``current``) still names the champion the gate compared with."""
+    now = None if current is None else current.get("version")
+    if expected is UNKNOWN or now == expected:
+        return
+    compared = f"champion {expected}" if expected else "no champion (the registry was empty)"
+    raise ChampionChanged(
+        f"refused: {config.name} {version} was gated against {compared}, but latest in {config.registry} "
+        f"now names {now}; gate it again against {now} before publishing"
+    )
 
 
 @dataclass(frozen=True)
@@ -102,6 +140,10 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
                 f"{target} holds an incomplete earlier attempt (no {bundles.COMPLETE_MARKER}); copying over it",
             )
         previous = bundles.read_latest(config.registry, config.name)
+        expected = gated_champion(bundle)
+        check_champion(expected, previous, config, version)  # stale already: refused before any copy
+        if expected is UNKNOWN:
+            log(TAG, f"{bundle_dir} records no gate decision: latest moves without a champion check")
 
         # 3. Copy, check, mark complete.
         log(
@@ -109,7 +151,13 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
             f"{config.name} {version}: {summary['files'] + 1} files, {summary['bytes'] / 1e6:.1f} MB -> {target}",
         )
         copy_started = time.perf_counter()
-        copied = copy_bundle(local_bundle, target)
+        try:
+            copied = copy_bundle(local_bundle, target)
+        except OSError as error:
+            if storage.is_disk_full(error):  # the half copy would keep the space a retry needs
+                storage.remove_tree(target)
+                log(TAG, f"the registry's disk is full: removed the partial copy {target}")
+            raise
         copy_seconds = time.perf_counter() - copy_started
         published_at = utc_now()
         completion = {
@@ -122,15 +170,22 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
         }
         storage.write_text(marker, json.dumps(completion, indent=2) + "\n")
 
-    # 4. Only now does latest move.
-    pointer = {
-        "version": version,
-        "path": target,
-        "published_at": published_at,
-        "primary_metric": bundle["metrics"].get("primary"),
-        "previous_version": None if previous is None else previous.get("version"),
-    }
-    bundles.write_latest(config.registry, config.name, pointer)
+    # 4. Only now does latest move: compare-and-swap, under the registry's lock.
+    with storage.exclusive_lock(storage.join(config.registry, config.name, LATEST_LOCK)):
+        previous = bundles.read_latest(config.registry, config.name)
+        try:
+            check_champion(expected, previous, config, version)
+        except ChampionChanged:
+            storage.remove_tree(target)  # never released: the marker goes with it, nothing points at it
+            raise
+        pointer = {
+            "version": version,
+            "path": target,
+            "published_at": published_at,
+            "primary_metric": bundle["metrics"].get("primary"),
+            "previous_version": None if previous is None else previous.get("version"),
+        }
+        bundles.write_latest(config.registry, config.name, pointer)
 
     manifest = {
         "registry": config.registry,
@@ -177,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.from_args(PublishConfig, args, section="publish")
         run(config, args.bundle, args.out)
+    except ChampionChanged as error:
+        print(f"semcode publish: {error}", file=sys.stderr)
+        return EXIT_REFUSED
     except (*cfg.BAD_INPUT_ERRORS, BundleError, ConfigError, OSError) as error:
         return cfg.bad_input("publish", error)
     return 0

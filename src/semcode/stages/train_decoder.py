@@ -6,7 +6,7 @@ output; the decoder's vocabulary). Writes::
 
     out/decoder/                 the decoder (semcode.models.decoder: transformers checkpoint + prefix MLP +
                                  semcode_decoder.json + tokenizer), what the release bundle carries
-    out/checkpoints/step-NNNNNN/ resumable checkpoints (semcode.train.engine), and `latest`
+    out/checkpoints/step-NNNNNN/ resumable checkpoints (semcode.train.checkpoints), and `latest`
     out/history.json             per step: loss, lr, tokens; evaluations on the valid split
     out/metrics.json             test metrics (below), training throughput, seconds per phase
     out/samples.jsonl            the generated test samples beside their references
@@ -18,7 +18,7 @@ decoder also learns to write code for a description (``semcode generate BUNDLE "
 decoder turns the embedding into ``prefix_tokens`` virtual tokens and learns to write the function's
 tokens after them (teacher forcing, loss on the code tokens only). With ``skip_long_functions`` it trains
 only on functions that fit in ``max_length`` tokens, so every example ends with ``</s>`` and the
-decoder learns to finish what it starts. The loop is the encoder's (semcode.train.engine): DeepSpeed,
+decoder learns to finish what it starts. The loop is the encoder's (semcode.train.loop): DeepSpeed,
 warmup + cosine LR, checkpoints, ``--resume``, a time budget, progress lines.
 
 Metrics on the test split (up to ``max_eval_pairs`` distinct functions, a seeded sample), each decoded
@@ -202,13 +202,24 @@ def train(
 
     from semcode.decoding import reconstruction_metrics
     from semcode.models.decoder import make_batch
-    from semcode.train import engine as ds
+    from semcode.train.checkpoints import full_state_dict, restore_durable, resume_state
     from semcode.train.data import epoch_batches
+    from semcode.train.distributed import (
+        adamw,
+        deepspeed_config,
+        initialize,
+        is_main_process,
+        save_deepspeed_config,
+        setup_distributed,
+        warmup_cosine_schedule,
+    )
+    from semcode.train.history import TrainingLog
+    from semcode.train.loop import LoopSchedule, StepOutput, plan_steps, run_steps
 
     checkpoints_dir = out_dir / "checkpoints"
-    ds.setup_distributed()
+    setup_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    plan = ds.plan_steps(
+    plan = plan_steps(
         len(train_set),
         config.batch_size,
         config.grad_accum,
@@ -233,19 +244,19 @@ def train(
         "query_share": config.query_share,
     }
 
-    optimizer = ds.adamw(model, config.lr, config.weight_decay)
-    scheduler = ds.warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps, config.min_lr_ratio)
-    ds_config = ds.deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
-    if ds.is_main_process():
-        ds.save_deepspeed_config(ds_config, out_dir)
+    optimizer = adamw(model, config.lr, config.weight_decay)
+    scheduler = warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps, config.min_lr_ratio)
+    ds_config = deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
+    if is_main_process():
+        save_deepspeed_config(ds_config, out_dir)
     started = time.perf_counter()
-    engine = ds.initialize(model, optimizer, scheduler, ds_config)
+    engine = initialize(model, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
 
-    durable, resume = ds.restore_durable(config, checkpoints_dir)
-    state = ds.resume_state(checkpoints_dir, engine, resume, run_shape)
+    durable, resume = restore_durable(config, checkpoints_dir)
+    state = resume_state(checkpoints_dir, engine, resume, run_shape)
     step = state["step"] if state else 0
-    log_ = ds.TrainingLog(
+    log_ = TrainingLog(
         "decoder",
         "tok",
         plan.total_steps,
@@ -274,12 +285,12 @@ def train(
             make_batch(train_set.token_ids, train_set.embeddings, rows) for rows in batches[position:][:count]
         )
 
-    def forward(batch: dict[str, torch.Tensor]) -> ds.StepOutput:
+    def forward(batch: dict[str, torch.Tensor]) -> StepOutput:
         output = engine(**{name: tensor.to(engine.device) for name, tensor in batch.items()})
-        return ds.StepOutput(output.loss, {"loss": output.loss}, int(batch["attention_mask"].sum()), {})
+        return StepOutput(output.loss, {"loss": output.loss}, int(batch["attention_mask"].sum()), {})
 
-    schedule = ds.LoopSchedule.from_config(config)
-    step, stopped_by = ds.run_steps(
+    schedule = LoopSchedule.from_config(config)
+    step, stopped_by = run_steps(
         engine,
         plan,
         log_,
@@ -296,7 +307,7 @@ def train(
     log_.close()
     log_.save(out_dir / "history.json")
 
-    final_state = ds.full_state_dict(engine)  # fp32 master weights; a collective under ZeRO
+    final_state = full_state_dict(engine)  # fp32 master weights; a collective under ZeRO
     model.float()
     model.load_state_dict(final_state)
     evals = log_.history["evals"]
@@ -407,7 +418,8 @@ def _check_inputs(
 ) -> None:
     """Fail fast, before any model is loaded, on inputs that cannot work."""
     from semcode.embed import check_encoder_spec
-    from semcode.train.engine import check_checkpoints_dir, check_live_log_prefix
+    from semcode.train.checkpoints import check_checkpoints_dir
+    from semcode.train.history import check_live_log_prefix
 
     for split in ("train", "test"):
         if not sorted((pairs_dir / split).glob("part-*.parquet")):
@@ -467,7 +479,7 @@ def run(
     from semcode.models.decoder import EOS_ID, build_decoder, code_token_ids
     from semcode.tokenizer import load_tokenizer
     from semcode.train.data import load_pairs
-    from semcode.train.engine import is_main_process, seed_everything
+    from semcode.train.distributed import is_main_process, seed_everything
 
     config.validate()
     started = time.perf_counter()
@@ -642,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", default=None, metavar="DIR", help=ONNX_HELP)
     cfg.add_arguments(parser, TrainDecoderConfig)
     args = parser.parse_args(argv)
-    from semcode.train.engine import (
+    from semcode.train.checkpoints import (
         PREEMPTED_EXIT_CODE,
         DurableCheckpointError,
         Preempted,

@@ -5,7 +5,7 @@ checkpoint (``init_from``: a saved semcode encoder, any transformers / sentence-
 an s3:// prefix, or ``minilm`` for all-MiniLM-L6-v2; its tokenizer then replaces ours). Writes::
 
     out/encoder/                 the final encoder (CodeSearchEncoder.save: sentence-transformers loadable)
-    out/checkpoints/step-NNNNNN/ resumable checkpoints (see semcode.train.engine), and `latest`
+    out/checkpoints/step-NNNNNN/ resumable checkpoints (see semcode.train.checkpoints), and `latest`
     out/best/model.safetensors   weights at the best validation MRR so far (+ best.json)
     out/history.json             per step: loss, contrastive (+ hard, temperature when used), lr; evaluations
     out/metrics.json             steps, seconds, pairs/s, best / final / zero-shot validation MRR
@@ -19,14 +19,17 @@ tokens per text; the saved encoder (and validation, which selects it) embeds ``i
 (0 = the same): the local preset trains on whole functions (256) and searches at 128, which scored
 better on CoSQA than 128 alone and on the held-out split than 256 alone (bench/RESULTS.md).
 
-The loop (``train``) is one flat function: each micro-batch is encoded by both towers, the loss is
-symmetric in-batch InfoNCE (plus a hard-negative term for rows whose ``hard_negatives`` column is
-filled, when ``hard_negative_weight`` > 0; plus, when ``distill_weight`` > 0, a KL term keeping the
-in-batch scores close to those of a frozen copy of ``init_from``), DeepSpeed does backward,
-accumulation, clipping and the update, and the LR follows linear warmup then cosine decay. With
-gradient accumulation the in-batch negatives are those of each micro-batch. Everything is seeded,
-and the data order is a function of (seed, epoch), so ``--resume`` continues exactly where the last
-checkpoint left off.
+``train`` is five numbered steps, each a small helper of this module: the plan (the steps, and the run's
+shape a resume must match); the loss (and a frozen teacher), AdamW, the LR schedule and the DeepSpeed
+engine; resume; the loop; the shipped weights. The loop itself is semcode.train.loop.run_steps, shared
+with train_decoder: this stage gives it three callbacks, its micro-batches, forward pass and evaluation.
+Each micro-batch is encoded by both towers, the loss is symmetric in-batch InfoNCE (plus a hard-negative
+term for rows whose ``hard_negatives`` column is filled, when ``hard_negative_weight`` > 0; plus, when
+``distill_weight`` > 0, a KL term keeping the in-batch scores close to those of a frozen copy of
+``init_from``), DeepSpeed does backward, accumulation, clipping and the update, and the LR follows linear
+warmup then cosine decay. With gradient accumulation the in-batch negatives are those of each
+micro-batch. Everything is seeded, and the data order is a function of (seed, epoch), so ``--resume``
+continues exactly where the last checkpoint left off.
 """
 
 from __future__ import annotations
@@ -307,21 +310,107 @@ def validation_metrics(
 def train(
     config: TrainEncoderConfig, model: Any, tokenizer: Any, train_pairs: Any, valid_pairs: Any, out_dir: Path
 ) -> dict[str, Any]:
-    """The training loop: DeepSpeed set-up, optional resume, steps, evaluations, checkpoints.
+    """The training run: DeepSpeed set-up, optional resume, the shared loop, the shipped weights.
 
     Leaves the best (or last) weights in ``model`` (float32, on the CPU) and returns the run's metrics.
     """
     import torch
 
-    from semcode.losses import ContrastiveLoss, EncoderWithLoss, add_teacher_embeddings
-    from semcode.train import engine as ds
-    from semcode.train.data import PairBatches, batch_loader, epoch_batches
+    from semcode.losses import EncoderWithLoss
+    from semcode.train.checkpoints import restore_durable, resume_state
+    from semcode.train.distributed import setup_distributed
+    from semcode.train.history import TrainingLog
+    from semcode.train.loop import LoopSchedule, run_steps
 
     checkpoints_dir, best_dir = out_dir / "checkpoints", out_dir / "best"
-    ds.setup_distributed()
+    # 1. The plan: optimizer steps over the train pairs on every rank, and the shape a resume must match.
+    setup_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    plan = ds.plan_steps(
-        len(train_pairs),
+    plan, run_shape = _plan(config, len(train_pairs), world_size)
+
+    # 2. The loss (and its frozen teacher), AdamW with warmup + cosine, the DeepSpeed engine.
+    loss_fn, teacher = _loss(config, model)
+    net = EncoderWithLoss(model, loss_fn)
+    engine, ds_config, init_seconds = _initialize(config, net, teacher, plan, out_dir)
+
+    # 3. Resume (from the durable copy when this disk has none) or start at step 0.
+    durable, resume = restore_durable(config, checkpoints_dir, (best_dir,))
+    state = resume_state(checkpoints_dir, engine, resume, run_shape)
+    step = state["step"] if state else 0
+    history = state["history"] if state else None
+    log_ = TrainingLog(
+        "encoder", "pairs", plan.total_steps, plan.epochs, config.log_every, metric="mrr", history=history
+    )
+    log_.announce_start(state, resume, checkpoints_dir)
+    log_.message(
+        f"{len(train_pairs)} train / {len(valid_pairs)} valid pairs | {plan.total_steps} steps x "
+        f"{config.batch_size * config.grad_accum * world_size} pairs | {plan.epochs} epoch(s) | "
+        f"device {engine.device} | deepspeed init {init_seconds:.1f}s"
+    )
+
+    # 4. The shared loop (semcode.train.loop.run_steps), fed by this stage's batches, forward and evaluation.
+    evaluate = _evaluator(config, model, tokenizer, valid_pairs, engine, loss_fn, log_, best_dir)
+    if step == 0 and config.init_from:
+        evaluate(0)  # zero-shot: what the checkpoint does before any training
+    micro_batches = _micro_batches(config, train_pairs, tokenizer, model, rank, world_size)
+    forward = _forward(config, engine, teacher)
+    schedule = LoopSchedule.from_config(config)
+    step, stopped_by = run_steps(
+        engine,
+        plan,
+        log_,
+        schedule,
+        checkpoints_dir,
+        run_shape,
+        step,
+        micro_batches,
+        forward,
+        evaluate,
+        durable=durable,
+    )
+    rank_table = log_.rank_table()  # a collective: every rank takes part
+    log_.close()
+    log_.save(out_dir / "history.json")
+
+    # 5. The shipped weights (the best validation MRR, or the last step without validation), the metrics.
+    best = log_.history["best"]
+    _keep_shipped_weights(engine, net, best_dir if best is not None else None)
+    evals = log_.history["evals"]
+    zero_shot = next((e["mrr"] for e in evals if e["step"] == 0), None)
+    return {
+        "steps": step,
+        "total_steps": plan.total_steps,
+        "steps_this_run": log_.steps_this_run,
+        **rank_table,  # ranks: each rank's steps, items/s, mean loss, data wait; their spread
+        "epochs": plan.epochs,
+        "stopped_by": stopped_by if step < plan.total_steps else "steps",
+        "train_seconds": round(log_.train_seconds, 3),
+        "pairs_per_second": round(log_.items_per_second(), 2),
+        "deepspeed_init_seconds": round(init_seconds, 3),
+        "train_pairs": len(train_pairs),
+        "valid_pairs": len(valid_pairs),
+        "world_size": world_size,
+        "device": str(engine.device),
+        "bf16": bool(ds_config["bf16"]["enabled"]),
+        "warmup_steps": plan.warmup_steps,
+        "final_loss": log_.history["steps"][-1]["loss"] if log_.history["steps"] else None,
+        "zero_shot_valid_mrr": zero_shot,
+        "final_valid_mrr": evals[-1]["mrr"] if evals and evals[-1]["step"] > 0 else None,
+        "best_valid_mrr": best["mrr"] if best else None,
+        "best_step": best["step"] if best else None,
+        "final_model": "best" if best is not None else "last",
+        "temperature": float(loss_fn.temperature),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _plan(config: TrainEncoderConfig, num_pairs: int, world_size: int) -> tuple[Any, dict[str, Any]]:
+    """Step 1 of ``train``: the StepPlan of a run over ``num_pairs`` train pairs, and its shape (what a
+    resumed run must equal)."""
+    from semcode.train.loop import plan_steps
+
+    plan = plan_steps(
+        num_pairs,
         config.batch_size,
         config.grad_accum,
         world_size,
@@ -330,16 +419,22 @@ def train(
         config.warmup_steps,
         config.warmup_ratio,
     )
-    total_steps, warmup_steps = plan.total_steps, plan.warmup_steps
     run_shape = {  # a resumed run must have the same shape, or it would not continue the same run
-        "total_steps": total_steps,
+        "total_steps": plan.total_steps,
         "batch_size": config.batch_size,
         "grad_accum": config.grad_accum,
         "seed": config.seed,
-        "train_pairs": len(train_pairs),
-        "warmup_steps": warmup_steps,
+        "train_pairs": num_pairs,
+        "warmup_steps": plan.warmup_steps,
         "world_size": world_size,
     }
+    return plan, run_shape
+
+
+def _loss(config: TrainEncoderConfig, model: Any) -> tuple[Any, Any]:
+    """Step 2 of ``train``: the contrastive loss, and the frozen teacher (a copy of the starting model,
+    taken before DeepSpeed moves it) when distilling or hiding the teacher's false negatives (else None)."""
+    from semcode.losses import ContrastiveLoss
 
     loss_fn = ContrastiveLoss(
         temperature=config.temperature,
@@ -355,38 +450,55 @@ def train(
     teacher = None
     if config.distill_weight > 0 or config.teacher_false_negatives:  # before training, before DeepSpeed
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    net = EncoderWithLoss(model, loss_fn)
-    optimizer = ds.adamw(net, config.lr, config.weight_decay)
-    scheduler = ds.warmup_cosine_schedule(optimizer, warmup_steps, total_steps, config.min_lr_ratio)
-    ds_config = ds.deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
-    if ds.is_main_process():
-        ds.save_deepspeed_config(ds_config, out_dir)
+    return loss_fn, teacher
+
+
+def _initialize(
+    config: TrainEncoderConfig, net: Any, teacher: Any, plan: Any, out_dir: Path
+) -> tuple[Any, dict, float]:
+    """Step 2 of ``train``: AdamW, warmup + cosine and the DeepSpeed engine over ``net`` (its config saved
+    in ``out_dir``), then the teacher (if any) on the engine's device and dtype; returns the engine, its
+    DeepSpeed config and the seconds ``initialize`` took."""
+    import torch
+
+    from semcode.train.distributed import (
+        adamw,
+        deepspeed_config,
+        initialize,
+        is_main_process,
+        save_deepspeed_config,
+        warmup_cosine_schedule,
+    )
+
+    optimizer = adamw(net, config.lr, config.weight_decay)
+    scheduler = warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps, config.min_lr_ratio)
+    ds_config = deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
+    if is_main_process():
+        save_deepspeed_config(ds_config, out_dir)
     started = time.perf_counter()
-    engine = ds.initialize(net, optimizer, scheduler, ds_config)
+    engine = initialize(net, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
     if teacher is not None:
         teacher.to(
             device=engine.device, dtype=torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
         )
+    return engine, ds_config, init_seconds
 
-    durable, resume = ds.restore_durable(config, checkpoints_dir, (best_dir,))
-    state = ds.resume_state(checkpoints_dir, engine, resume, run_shape)
-    step = state["step"] if state else 0
-    log_ = ds.TrainingLog(
-        "encoder",
-        "pairs",
-        total_steps,
-        plan.epochs,
-        config.log_every,
-        metric="mrr",
-        history=state["history"] if state else None,
-    )
-    log_.announce_start(state, resume, checkpoints_dir)
-    log_.message(
-        f"{len(train_pairs)} train / {len(valid_pairs)} valid pairs | {total_steps} steps x "
-        f"{config.batch_size * config.grad_accum * world_size} pairs | {plan.epochs} epoch(s) | "
-        f"device {engine.device} | deepspeed init {init_seconds:.1f}s"
-    )
+
+def _evaluator(
+    config: TrainEncoderConfig,
+    model: Any,
+    tokenizer: Any,
+    valid_pairs: Any,
+    engine: Any,
+    loss_fn: Any,
+    log_: Any,
+    best_dir: Path,
+) -> Any:
+    """The loop's ``evaluate(step)``: validation metrics (and loss) on the valid pairs, recorded in
+    ``log_``; a new best also saves its weights (and best.json) in ``best_dir``. Without valid pairs, nothing."""
+    from semcode.train.checkpoints import WEIGHTS_FILE, save_weights
+    from semcode.train.distributed import is_main_process
 
     def evaluate(at_step: int) -> None:
         if len(valid_pairs) == 0:
@@ -405,13 +517,20 @@ def train(
             loss=validation_loss,
         )
         if log_.evaluate(at_step, metrics, time.perf_counter() - eval_started):
-            ds.save_weights(engine, best_dir / ds.WEIGHTS_FILE)
-            if ds.is_main_process():
+            save_weights(engine, best_dir / WEIGHTS_FILE)
+            if is_main_process():
                 (best_dir / "best.json").write_text(json.dumps({"step": at_step, **metrics}, indent=2) + "\n")
         log_.restart_clock()
 
-    if step == 0 and config.init_from:
-        evaluate(0)  # zero-shot: what the checkpoint does before any training
+    return evaluate
+
+
+def _micro_batches(
+    config: TrainEncoderConfig, train_pairs: Any, tokenizer: Any, model: Any, rank: int, world_size: int
+) -> Any:
+    """The loop's ``micro_batches(epoch, position, count)``: this rank's tokenized micro-batches of the
+    epoch's seeded order, fed by ``num_workers`` tokenizer processes."""
+    from semcode.train.data import PairBatches, batch_loader, epoch_batches
 
     def micro_batches(epoch: int, position: int, count: int) -> Any:
         batches = epoch_batches(len(train_pairs), config.batch_size, config.seed, epoch, rank, world_size)
@@ -426,7 +545,16 @@ def train(
         )
         return batch_loader(dataset, config.num_workers, seed=config.seed + epoch)
 
-    def forward(batch: dict[str, torch.Tensor]) -> ds.StepOutput:
+    return micro_batches
+
+
+def _forward(config: TrainEncoderConfig, engine: Any, teacher: Any) -> Any:
+    """The loop's ``forward(batch)``: both towers and the loss on one micro-batch (with the teacher's
+    embeddings added when there is one); the loss parts to average, and the temperature when learnable."""
+    from semcode.losses import add_teacher_embeddings
+    from semcode.train.loop import StepOutput
+
+    def forward(batch: dict[str, Any]) -> StepOutput:
         batch = {name: tensor.to(engine.device) for name, tensor in batch.items()}
         if teacher is not None:
             batch = add_teacher_embeddings(teacher, batch)
@@ -437,61 +565,22 @@ def train(
         if teacher is not None:
             averaged["distill"] = output.distill
         as_is = {"temperature": output.temperature} if config.learnable_temperature else {}
-        return ds.StepOutput(output.total, averaged, len(batch["query_input_ids"]), as_is)
+        return StepOutput(output.total, averaged, len(batch["query_input_ids"]), as_is)
 
-    schedule = ds.LoopSchedule.from_config(config)
-    step, stopped_by = ds.run_steps(
-        engine,
-        plan,
-        log_,
-        schedule,
-        checkpoints_dir,
-        run_shape,
-        step,
-        micro_batches,
-        forward,
-        evaluate,
-        durable=durable,
-    )
-    rank_table = log_.rank_table()  # a collective: every rank takes part
-    log_.close()
-    log_.save(out_dir / "history.json")
+    return forward
 
-    # The shipped weights: the best validation MRR, or the last step without validation.
-    final_state = ds.full_state_dict(engine)  # a collective under ZeRO: every rank takes part
-    best = log_.history["best"]
+
+def _keep_shipped_weights(engine: Any, net: Any, best_dir: Path | None) -> None:
+    """Step 5 of ``train``: leave in ``net`` (float32, on the CPU) the weights saved in ``best_dir`` when
+    there is a best (and its file), else the last step's. Every rank calls: a collective under ZeRO."""
+    from semcode.train.checkpoints import WEIGHTS_FILE, full_state_dict, load_weights
+
+    final_state = full_state_dict(engine)  # a collective under ZeRO: every rank takes part
     net.float().cpu()
-    if best is not None and (best_dir / ds.WEIGHTS_FILE).exists():
-        ds.load_weights(net, best_dir / ds.WEIGHTS_FILE)
+    if best_dir is not None and (best_dir / WEIGHTS_FILE).exists():
+        load_weights(net, best_dir / WEIGHTS_FILE)
     else:
         net.load_state_dict(final_state)
-    evals = log_.history["evals"]
-    zero_shot = next((e["mrr"] for e in evals if e["step"] == 0), None)
-    return {
-        "steps": step,
-        "total_steps": total_steps,
-        "steps_this_run": log_.steps_this_run,
-        **rank_table,  # ranks: each rank's steps, items/s, mean loss, data wait; their spread
-        "epochs": plan.epochs,
-        "stopped_by": stopped_by if step < total_steps else "steps",
-        "train_seconds": round(log_.train_seconds, 3),
-        "pairs_per_second": round(log_.items_per_second(), 2),
-        "deepspeed_init_seconds": round(init_seconds, 3),
-        "train_pairs": len(train_pairs),
-        "valid_pairs": len(valid_pairs),
-        "world_size": world_size,
-        "device": str(engine.device),
-        "bf16": bool(ds_config["bf16"]["enabled"]),
-        "warmup_steps": warmup_steps,
-        "final_loss": log_.history["steps"][-1]["loss"] if log_.history["steps"] else None,
-        "zero_shot_valid_mrr": zero_shot,
-        "final_valid_mrr": evals[-1]["mrr"] if evals and evals[-1]["step"] > 0 else None,
-        "best_valid_mrr": best["mrr"] if best else None,
-        "best_step": best["step"] if best else None,
-        "final_model": "best" if best is not None else "last",
-        "temperature": float(loss_fn.temperature),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
 
 
 def pass_through(
@@ -502,7 +591,7 @@ def pass_through(
     What a preset that continues an earlier run's encoder with hard-negative rounds uses for its first
     training (src/semcode/configs/with_hard_negatives.yaml).
     """
-    from semcode.train.engine import TrainingLog
+    from semcode.train.history import TrainingLog
 
     log_ = TrainingLog("encoder", "pairs", total_steps=0, epochs=0, metric="mrr")
     log_.message(f"epochs 0: no training; {config.init_from} is passed on as it is")
@@ -553,7 +642,8 @@ def _check_inputs(
         from semcode.tokenizer import load_tokenizer
 
         load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named, not after the data is read
-    from semcode.train.engine import check_checkpoints_dir, check_live_log_prefix
+    from semcode.train.checkpoints import check_checkpoints_dir
+    from semcode.train.history import check_live_log_prefix
 
     check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root)
     check_live_log_prefix("encoder")
@@ -574,7 +664,7 @@ def run(
     from semcode.models.encoder import build_encoder, load_pretrained, resolve_checkpoint
     from semcode.train.augment import augment_pairs
     from semcode.train.data import PairSet, load_pairs
-    from semcode.train.engine import is_main_process, seed_everything
+    from semcode.train.distributed import is_main_process, seed_everything
 
     config.validate()
     pairs_dir, out = Path(pairs_dir), Path(out_dir)
@@ -698,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     cfg.add_arguments(parser, TrainEncoderConfig)
     args = parser.parse_args(argv)
-    from semcode.train.engine import (
+    from semcode.train.checkpoints import (
         PREEMPTED_EXIT_CODE,
         DurableCheckpointError,
         Preempted,
