@@ -43,3 +43,24 @@ def test_config_validation() -> None:
         corpus.BuildIndexConfig(recall_queries=0).validate()
     with pytest.raises(ConfigError, match="runtime"):
         corpus.BuildIndexConfig(runtime="tensorrt").validate()
+
+
+def test_search_documents_put_location_and_doc_before_the_code_in_every_language() -> None:
+    from semcode.corpus import dotted_location, search_document
+
+    assert dotted_location("json/__init__.py", "JSONEncoder.encode") == "json.JSONEncoder.encode"
+    assert dotted_location("tempfile.py", "mkdtemp") == "tempfile.mkdtemp"
+    assert dotted_location("pkg/server/handler.go", "Server.Serve") == "pkg.server.handler.Server.Serve"
+    assert dotted_location("lib/router/index.js", "proto.handle") == "lib.router.proto.handle"
+    assert dotted_location("src/net/mod.rs", "connect") == "src.net.connect"
+    assert dotted_location("", "main") == "main"
+    code = "def getenv(key, default=None):\n    return environ.get(key, default)\n"
+    doc = "Get an environment variable."
+    assert search_document("name+doc+code", code, doc, "os.py", "getenv") == f"os.getenv\n{doc}\n{code}"
+    assert search_document("doc+code", code, doc, "os.py", "getenv") == f"{doc}\n{code}"
+    assert search_document("code", code, doc, "os.py", "getenv") == code
+    undocumented = "int add(int a, int b) { return a + b; }"
+    assert (
+        search_document("name+doc+code", undocumented, "", "src/math.c", "add")
+        == f"src.math.add\n{undocumented}"
+    )

@@ -12,11 +12,19 @@ holding them are read when they are embedded (``selected_batches``). ``split_sel
 into contiguous runs in corpus order, one per embedded shard, so the shards one after another are the
 selection, row for row.
 
-Their search documents (``meta_table``): semcode.contract.META_COLUMNS cast to ``META_SCHEMA``: code,
+Their metadata (``meta_table``): semcode.contract.META_COLUMNS cast to ``META_SCHEMA``: code,
 language, repo, path, start_line (from the url's #L<start>, or the corpus' own start_line column),
 func_name, url, signature ("" for a corpus without one), doc (the corpus' query).
 
-Their embedding (``embed_selection``): chunk by chunk, the non-empty ``code`` of the selected rows into a
+Their search documents (``search_document``): what is embedded and what BM25 indexes is not the training
+target (code with its docstring cut out) but what a reader sees on opening the definition, in the view
+``BuildIndexConfig.document`` names (``DOCUMENT_VIEWS``): ``name+doc+code`` (the default) is the row's
+dotted location (``tempfile.mkdtemp``, ``json.JSONEncoder.encode``), its doc comment's first paragraph and
+its code, in that order, so a body cut at the encoder's max length never loses the name or the doc;
+``doc+code`` leaves out the location, ``code`` is the code alone (the view before search documents). The
+choice was measured on the everyday suite and CoSQA dev (bench/RESULTS.md, "search documents").
+
+Their embedding (``embed_selection``): chunk by chunk, the search documents of the selected rows into a
 float32 [N, D] memmap (``open_embeddings``: its disk space reserved up front, as a memmap that hits a full
 disk dies of SIGBUS), the metadata into Parquet in the same order, so vector i = metadata row i; rows
 whose code is empty are skipped.
@@ -71,6 +79,7 @@ META_SCHEMA = pa.schema(
 # What a corpus shard must have; start_line, signature and source are read when a shard has them.
 CORPUS_COLUMNS = tuple(name for name in META_COLUMNS if name not in (START_LINE, SIGNATURE, DOC))
 URL_LINE = r"#L(?P<line>\d+)(?:-L\d+)?$"  # python://stdlib/json/decoder.py#L42, file:///src/a.go#L12-L30
+DOCUMENT_VIEWS = ("name+doc+code", "doc+code", "code")  # search_document's views; the first is the default
 CHUNK_BATCHES = 32  # rows per embedding call = encode_batch_size * CHUNK_BATCHES (sorted by length inside)
 
 
@@ -103,6 +112,9 @@ class BuildIndexConfig:
     whole_sources: tuple[str, ...] = field(
         (), "sources indexed whole under max_corpus (e.g. python:stdlib); the others share what is left"
     )
+    document: str = field(
+        DOCUMENT_VIEWS[0], f"what each row is embedded and BM25-indexed as: {DOCUMENT_VIEWS}"
+    )
     recall_queries: int = field(1000, "queries for recall@10 and latency (sampled, seeded)")
     shards: int = field(
         0, "corpus shards the pipeline embeds in parallel (0 = one per shard_rows selected rows)"
@@ -118,6 +130,8 @@ class BuildIndexConfig:
 
     def validate(self) -> None:
         check_runtime(self.runtime)
+        if self.document not in DOCUMENT_VIEWS:
+            raise ConfigError(f"document must be one of {list(DOCUMENT_VIEWS)}, got {self.document!r}")
         for name in (
             "flat_max",
             "hnsw_max",
@@ -199,6 +213,35 @@ def meta_table(table: pa.Table) -> pa.Table:
         table = table.append_column(SIGNATURE, pa.array([""] * table.num_rows, type=pa.string()))
     table = table.append_column(DOC, pc.fill_null(table["query"], ""))
     return table.select(list(META_COLUMNS)).cast(META_SCHEMA)
+
+
+def dotted_location(path: str, func_name: str) -> str:
+    """``json/__init__.py`` + ``JSONEncoder.encode`` -> ``json.JSONEncoder.encode``: a row's place as a
+    reader names it (the file's extension and an ``__init__``/``index``/``mod`` file name dropped)."""
+    parts = [part for part in path.replace("\\", "/").split("/") if part not in ("", ".", "..")]
+    if parts:
+        stem = parts[-1].rsplit(".", 1)[0]
+        parts[-1:] = [] if stem in ("__init__", "index", "mod") else [stem]
+    return ".".join([*parts, func_name] if func_name else parts)
+
+
+def search_document(view: str, code: str, doc: str, path: str, func_name: str) -> str:
+    """The text a row is embedded and BM25-indexed as, in one of DOCUMENT_VIEWS (the module docstring)."""
+    if view == "code":
+        return code
+    head = [dotted_location(path, func_name)] if view == "name+doc+code" else []
+    return "\n".join([*head, *([doc] if doc else []), code])
+
+
+def search_documents(table: pa.Table, view: str) -> list[str]:
+    """search_document of every row of a table with code, path, func_name and doc (or query) columns."""
+    docs = table[DOC if DOC in table.column_names else "query"].to_pylist()
+    codes, paths, names = (table[name].to_pylist() for name in ("code", "path", "func_name"))
+    columns = zip(codes, docs, paths, names, strict=True)
+    return [
+        search_document(view, code or "", doc or "", path or "", name or "")
+        for code, doc, path, name in columns
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,8 +455,10 @@ def embed_selection(
     chunk_rows: int,
     n_queries: int,
     seed: int,
+    document: str = DOCUMENT_VIEWS[0],
 ) -> EmbeddedCorpus:
-    """Embed the non-empty ``code`` of the ``selection``'s rows into ``vectors_out`` [N, D], in corpus order.
+    """Embed the search documents (``document``: the view) of the ``selection``'s rows with non-empty code
+    into ``vectors_out`` [N, D], in corpus order.
 
     Row i of ``meta_path`` (Parquet, META_SCHEMA) describes vector i. Reads ``chunk_rows`` rows at a
     time, so only one chunk of text is in memory; ``vectors_out`` is a memmap. Also samples up to
@@ -435,7 +480,7 @@ def embed_selection(
                 table = table.filter(pc.not_equal(pc.fill_null(table["code"], ""), ""))
                 for query in table["query"].to_pylist():
                     done.sample_query(query, rng, n_queries)
-                codes = table["code"].to_pylist()
+                codes = search_documents(table, document)
                 if codes:
                     vectors = check_embeddings(embed(codes, "code"), len(codes), dim, "code")
                     vectors_out[done.count : done.count + len(codes)] = vectors

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semcode.contract import META_COLUMNS
+from semcode.corpus import DOCUMENT_VIEWS, search_documents
 from semcode.data.pairs import write_shards
 from semcode.index import omp_threads
 from semcode.stages import build_index as stage
@@ -248,7 +249,10 @@ def test_metadata_rows_align_with_faiss_ids(corpus_dir: Path, tmp_path: Path) ->
     assert {row["language"] for row in meta} == {"python"}
     index = stage.faiss_index.load_index(out / "index.faiss")
     stored = index.reconstruct_n(0, index.ntotal)
-    np.testing.assert_allclose(stored, hash_embed([row["code"] for row in meta], "code"), atol=1e-6)
+    documents = search_documents(pa.Table.from_pylist(meta), DOCUMENT_VIEWS[0])  # name, doc, code
+    location = meta[0]["path"].removesuffix(".py").replace("/", ".") + "." + meta[0]["func_name"]
+    assert documents[0] == f"{location}\n{meta[0]['doc']}\n{meta[0]['code']}"
+    np.testing.assert_allclose(stored, hash_embed(documents, "code"), atol=1e-6)
     assert [row["doc"] for row in meta] == [query for query, code, _ in FUNCTIONS if code]
     metrics = read_metrics(out)
     assert metrics["recall_queries"] == sum(1 for q, code, _ in FUNCTIONS if q and code)
@@ -358,7 +362,9 @@ def test_a_capped_index_is_a_seeded_sample_spread_over_sources(sourced_corpus: P
     meta = pq.read_table(tmp_path / "a" / "index_meta.parquet")
     index = stage.faiss_index.load_index(tmp_path / "a" / "index.faiss")
     np.testing.assert_allclose(
-        index.reconstruct_n(0, index.ntotal), hash_embed(meta["code"].to_pylist(), "code"), atol=1e-6
+        index.reconstruct_n(0, index.ntotal),
+        hash_embed(search_documents(meta, DOCUMENT_VIEWS[0]), "code"),
+        atol=1e-6,
     )
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from semcode import index as faiss_index
 from semcode.config import ConfigError
+from semcode.corpus import DOCUMENT_VIEWS, search_documents
 from semcode.data.pairs import write_shards
 from semcode.stages import build_index as index_stage
 from semcode.stages import embed_corpus as stage
@@ -95,7 +96,9 @@ def test_shards_are_the_single_pod_selection_and_index(corpus: Path, tmp_path: P
         vectors = np.concatenate([np.load(d / "embeddings.npy") for d in dirs])
         meta = pa.concat_tables([pq.read_table(d / "index_meta.parquet") for d in dirs])
         assert meta.combine_chunks().equals(single_meta.combine_chunks())
-        np.testing.assert_array_equal(vectors, hash_embed(single_meta["code"].to_pylist(), "code"))
+        np.testing.assert_array_equal(
+            vectors, hash_embed(search_documents(single_meta, DOCUMENT_VIEWS[0]), "code")
+        )
         # assembled: the same index, metadata, coverage and recall query sample
         out = tmp_path / f"assembled-{shards}"
         metrics = index_stage.index_shards(

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semcode import config as cfg
@@ -83,6 +84,7 @@ from semcode.config import ConfigError
 from semcode.contract import IVFDATA_FILE, LEXICAL_DIR, ONNX_HELP
 from semcode.corpus import (
     CHUNK_BATCHES,
+    DOCUMENT_VIEWS,
     META_FILE,
     BuildIndexConfig,
     EmbeddedCorpus,
@@ -95,6 +97,7 @@ from semcode.corpus import (
     load_encoder,
     open_embeddings,
     read_shards,
+    search_documents,
     select_rows,
     shards_summary,
 )
@@ -138,13 +141,16 @@ def rss_bytes() -> int | None:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def write_lexical_index(meta_path: Path, out_dir: Path) -> dict:
-    """BM25 over the code of every indexed row, read back from ``meta_path`` (so row i = FAISS id i), saved
+def write_lexical_index(meta_path: Path, out_dir: Path, document: str = DOCUMENT_VIEWS[0]) -> dict:
+    """BM25 over the search document (``document``: the view) of every indexed row, read back from ``meta_path`` (so row i = FAISS id i), saved
     in bm25s' own format in ``out_dir/bm25`` (semcode.contract.LEXICAL_DIR); returns what bundle.json
     ``lexical`` says of it, with its size and build time."""
     started = time.perf_counter()
-    batches = pq.ParquetFile(meta_path).iter_batches(batch_size=8192, columns=["code"])
-    index = BM25Index(code or "" for batch in batches for code in batch.column("code").to_pylist())
+    columns = ["code", "doc", "path", "func_name"]
+    batches = pq.ParquetFile(meta_path).iter_batches(batch_size=8192, columns=columns)
+    index = BM25Index(
+        text for batch in batches for text in search_documents(pa.Table.from_batches([batch]), document)
+    )
     with storage.atomic_output(out_dir / LEXICAL_DIR) as partial:
         index.save(partial)
     folder = out_dir / LEXICAL_DIR
@@ -251,6 +257,7 @@ def index_corpus(
                 chunk_rows,
                 config.recall_queries,
                 config.seed,
+                config.document,
             )
         if corpus.count == 0:
             raise ValueError(
@@ -327,7 +334,7 @@ def finish_index(
         "ivf_on_disk": config.ivf_on_disk,
         "ivfdata_file_bytes": ivfdata.stat().st_size if ivfdata.is_file() else 0,
         "meta_file_bytes": (out / META_FILE).stat().st_size,
-        "lexical": write_lexical_index(out / META_FILE, out),
+        "lexical": write_lexical_index(out / META_FILE, out, config.document),
         "index_memory_mb": None if rss_before is None else round((rss_after - rss_before) / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "faiss_gpu": on_gpu,

@@ -139,6 +139,7 @@ def embed_shard(
             config.encode_batch_size * CHUNK_BATCHES,
             0,  # no query sample: build_index draws it from the shards' metadata
             config.seed,
+            config.document,
         )
         vectors.flush()
         del vectors
