@@ -288,3 +288,10 @@ def restamp(bundle_dir: Path) -> Path:
     bundle["files"] = bundles.file_checksums(bundle_dir)
     (bundle_dir / "bundle.json").write_text(json.dumps(bundle))
     return bundle_dir
+
+
+def own_document(row: dict) -> str:
+    """An index_meta row's search document, as build_index embedded it: a query that should find the row."""
+    from semcode.corpus import DOCUMENT_VIEWS, search_document
+
+    return search_document(DOCUMENT_VIEWS[0], row["code"], row["doc"], row["path"], row["func_name"])

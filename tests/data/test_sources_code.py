@@ -9,12 +9,11 @@ import re
 import shutil
 import sysconfig
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 
 from semcode import storage
-from semcode.data.sources import read_source
+from semcode.data.sources import listing, read_source
 from semcode.data.sources.code import read_code_files, site_packages_dirs
 from semcode.data.sources.rows import ExtractOptions
 from semcode.data.sources.spec import SourceError, SourceSpec, check_exists, parse_spec
@@ -103,7 +102,7 @@ def test_without_index_all_the_corpus_keeps_the_pair_rules(toy_repo: Path):
 
     row = next(r for r in result.pairs if r["func_name"] == "distance")
     assert row["repo"] == "toyrepo" and row["path"] == "toypkg/geometry.py"
-    assert row["url"] == (toy_repo / "toypkg" / "geometry.py").as_uri() + "#L6-L14"
+    assert row["url"] == "dir://toyrepo/toypkg/geometry.py#L6-L14"  # the directory's name, not its place
     assert row["source"] == f"dir:{toy_repo}" and row["language"] == "python"
     assert row["query"] == "Return the Euclidean distance between two points."
     greet = next(r for r in result.pairs if r["func_name"] == "greet")
@@ -137,13 +136,13 @@ def test_python_stdlib_and_site_packages_samples():
     assert len({row["repo"] for row in stdlib.corpus}) > 5  # the sample spreads over packages
     site = read_source(parse_spec("python:site-packages"), options)
     assert all(not row["repo"].endswith((".dist-info", ".py")) for row in site.corpus)
-    # url: the installed file, with the function's lines; path stays relative to the package root.
-    roots = [sysconfig.get_paths()["stdlib"], *site_packages_dirs()]
-    for row in stdlib.corpus + site.corpus:
+    # url: python://<source>/<path>, never this machine's absolute path, with the function's lines; path
+    # stays relative to the package root.
+    roots = {"stdlib": [sysconfig.get_paths()["stdlib"]], "site-packages": site_packages_dirs()}
+    for kind, row in [("stdlib", r) for r in stdlib.corpus] + [("site-packages", r) for r in site.corpus]:
         file, _, lines = row["url"].partition("#")
-        local = Path(unquote(urlparse(file).path))
-        assert file.startswith("file:///") and local.is_file(), row["url"]
-        assert any(local == Path(root, row["path"]) for root in roots), (row["url"], row["path"])
+        assert file == f"python://{kind}/{row['path']}", row["url"]
+        local = next(Path(root, row["path"]) for root in roots[kind] if Path(root, row["path"]).is_file())
         start, end = (int(n) for n in re.fullmatch(r"L(\d+)-L(\d+)", lines).groups())
         header = local.read_text(encoding="utf-8", errors="replace").splitlines()[start - 1 : end]
         assert row["signature"].split("(")[0] in " ".join(" ".join(header).split()), row["url"]
@@ -237,7 +236,7 @@ def test_dir_of_mixed_languages(mixed_repo: Path):
     assert by_name["formatPrice"]["query"] == "Formats a price in cents as a dollar string."
     assert by_name["formatPrice"]["path"] == "web/src/format.ts" and by_name["Serve"]["repo"] == "mixed"
     assert "Formats a price" not in by_name["formatPrice"]["code"]
-    assert by_name["slugify"]["url"] == (mixed_repo / "lib" / "util.rb").as_uri() + "#L2-L5"
+    assert by_name["slugify"]["url"] == f"dir://{mixed_repo.name}/lib/util.rb#L2-L5"
     assert by_name["clean"]["signature"] == "def clean(text):"
     assert by_name["Serve"]["signature"] == "func Serve(addr string) error"
     assert stats.files_seen == 10  # README.md and the Makefile are not code
@@ -284,3 +283,20 @@ def test_a_file_with_one_huge_line_is_skipped_before_parsing(tmp_path: Path) -> 
     assert result.stats.rejects["long_line"] == 1
     assert [row["func_name"] for row in result.corpus] == ["add"]
     assert grown_mb < 500
+
+
+def test_a_git_checkouts_commit_is_in_its_urls_and_no_absolute_path_is(toy_repo: Path):
+    commit = "3f2c1e0b9a8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"
+    (toy_repo / ".git" / "refs" / "heads").mkdir(parents=True)
+    (toy_repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (toy_repo / ".git" / "refs" / "heads" / "main").write_text(commit + "\n")
+    assert listing.git_head(str(toy_repo)) == commit
+    result = read_source(parse_spec(f"dir:{toy_repo}"), ExtractOptions())
+    assert all(row["url"].startswith(f"dir://toyrepo@{commit}/") for row in result.corpus)
+    assert not any(str(toy_repo.parent) in row["url"] for row in result.corpus + result.pairs)
+    (toy_repo / ".git" / "refs" / "heads" / "main").unlink()  # packed refs, a detached head, no repo
+    (toy_repo / ".git" / "packed-refs").write_text(f"# pack-refs with: peeled\n{commit} refs/heads/main\n")
+    assert listing.git_head(str(toy_repo)) == commit
+    (toy_repo / ".git" / "HEAD").write_text(commit)
+    assert listing.git_head(str(toy_repo)) == commit
+    assert listing.git_head(str(toy_repo / "toypkg")) == ""

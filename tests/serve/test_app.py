@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run
+from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run, own_document
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -47,9 +47,9 @@ def corpus(tiny_bundle: Path) -> list[dict]:
 
 
 def query_for(row: dict) -> str:
-    """A function's code as a query, within the default 1000-character limit (the encoder reads only its
-    first max_length = 64 tokens anyway)."""
-    return row["code"][:1000]
+    """A function's search document as a query, within the default 1000-character limit (the encoder reads
+    only its first max_length = 64 tokens anyway)."""
+    return own_document(row)[:1000]
 
 
 def wait_ready(client: TestClient | httpx.Client, timeout: float = READY_TIMEOUT_S) -> dict:

@@ -23,14 +23,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bundle_fixture import POLYGLOT_FUNCTIONS, TinyRun, assemble_tiny_bundle, cached_tiny_run, restamp
+from bundle_fixture import (
+    POLYGLOT_FUNCTIONS,
+    TinyRun,
+    assemble_tiny_bundle,
+    cached_tiny_run,
+    own_document,
+    restamp,
+)
 
 from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import storage
 from semcode.index import save_index
 from semcode.serve.search import format_hit, main, shown_lines
-from semcode.serve.searcher import OLD_BUNDLE_DEFAULTS, Searcher, resolve_bundle
+from semcode.serve.searcher import OLD_BUNDLE_DEFAULTS, Hit, Searcher, resolve_bundle
 from semcode.stages import publish
 
 HEAVY_MODULES = ("torch", "transformers", "sentence_transformers", "deepspeed")
@@ -107,7 +114,7 @@ def test_searcher_follows_bundle_json(searcher: Searcher, tiny_bundle: Path, tmp
 @pytest.mark.parametrize("precision", [None, "fp32"])
 def test_a_functions_own_code_finds_it_first(tiny_bundle: Path, corpus: list[dict], precision: str | None):
     searcher = Searcher(tiny_bundle, precision, threads=1)
-    results = searcher.search_batch([row["code"] for row in corpus], 3)
+    results = searcher.search_batch([own_document(row) for row in corpus], 3)
     top1 = [hits[0].id for hits in results]
     found_first = sum(found == gold for gold, found in enumerate(top1))
     assert found_first >= 0.95 * len(corpus), f"only {found_first}/{len(corpus)} functions found first"
@@ -585,3 +592,29 @@ def test_registry_latest_resolves_to_the_newest_version(
         assert answer["results"][0]["func_name"] == corpus[9]["func_name"]
         if not storage.is_s3(registry):  # a local registry is searched in place
             assert answer["bundle"]["path"] == os.path.join(registry, "semcode", "v2")
+
+
+def test_locations_are_relative_and_links_follow_the_template():
+    commit = "3f2c1e0b9a8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"
+    hit = Hit(
+        1,
+        0.9,
+        0,
+        "go",
+        "api",
+        "pkg/server.go",
+        12,
+        "Server.Serve",
+        f"dir://api@{commit}/pkg/server.go#L12-L30",
+        "",
+    )
+    assert hit.location() == "pkg/server.go:12" and hit.commit() == commit
+    template = "https://git.example.com/org/{repo}/blob/{commit}/{path}#L{line}"
+    assert hit.link(template) == f"https://git.example.com/org/api/blob/{commit}/pkg/server.go#L12"
+    stdlib = Hit(
+        1, 0.9, 0, "python", "json", "json/decoder.py", None, "f", "python://stdlib/json/decoder.py", ""
+    )
+    assert stdlib.location() == "json/decoder.py" and stdlib.commit() == ""
+    assert stdlib.link("{path}@{commit}:{line}") == "json/decoder.py@HEAD:1"
+    with pytest.raises(ValueError, match="branch"):
+        hit.link("https://host/{branch}/{path}")

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="ONNX Runtime threads (default: 0 = all cores)"
     )
     parser.add_argument(
+        "--link-base",
+        default=None,
+        metavar="TEMPLATE",
+        help="show a link per hit: {path}, {line}, {repo}, {commit}, {func_name} filled in, e.g. "
+        "'https://github.com/org/repo/blob/{commit}/{path}#L{line}'",
+    )
+    parser.add_argument(
         "--cache-dir",
         default=None,
         metavar="DIR",
@@ -153,9 +160,9 @@ def coverage_line(searcher: Searcher) -> str:
     return f"searching {searcher.size:,}{of} functions ({how})"
 
 
-def format_hit(hit: Hit, max_lines: int, color: bool) -> str:
+def format_hit(hit: Hit, max_lines: int, color: bool, link_base: str | None = None) -> str:
     """``rank. path:line  language  score``, the signature, the doc line, then the first lines of the code
-    (and the url when it is not the local file the location already names)."""
+    (and the link ``link_base`` makes, or the url when it is remote: s3://, http)."""
     code, hidden = shown_lines(printable(hit.code), max_lines)
     header = printable(f"{hit.rank:>2}. {hit.location()}  {hit.language or '?'}  {hit.score:.4f}")
     signature, doc = printable(hit.signature), printable(hit.doc)
@@ -166,7 +173,9 @@ def format_hit(hit: Hit, max_lines: int, color: bool) -> str:
         header = f"\x1b[1m{header}\x1b[0m"
     lines = [header]
     lines += [f"    {text}" for text in (signature, doc) if text]
-    if hit.url and not hit.url.startswith("file://"):
+    if link_base:
+        lines.append(f"    {printable(hit.link(link_base))}")
+    elif hit.url and not hit.url.startswith(("file://", "python://", "dir://")):
         lines.append(f"    {printable(hit.url)}")
     lines.append("")
     lines += [f"    {line}" for line in code.splitlines()]
@@ -183,6 +192,8 @@ def mode_words(searcher: Searcher, mode: str) -> str:
     if mode == "hybrid":
         fusion = searcher.fusion
         rule = "rrf" if fusion["rule"] == "rrf" else f"cos + {fusion['weight']:g} x BM25 / max BM25"
+        if "question_weight" in fusion:
+            rule += f" ({fusion['question_weight']:g} x for a question)"
         return f"hybrid: {searcher.encoder_file} + BM25, {rule}"
     only = "" if len(searcher.modes) > 1 else "; dense only: the bundle has no lexical index"
     return f"dense: {searcher.encoder_file}{only}"
@@ -203,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-k must be >= 1, got {args.k}")
     if args.max_lines < 0:
         parser.error(f"--max-lines must be >= 0, got {args.max_lines}")
+    if args.link_base:
+        try:
+            Hit(0, 0.0, 0, None, "", "", None, "", "", "").link(args.link_base)
+        except ValueError as error:
+            parser.error(str(error))
     try:
         started = time.perf_counter()
         searcher = Searcher(
@@ -226,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             "mode": mode,
             "bundle": searcher.describe(),
             "coverage": (searcher.bundle.get("index") or {}).get("coverage"),
-            "results": [hit.to_dict() for hit in hits],
+            "results": [
+                {**hit.to_dict(), **({"link": hit.link(args.link_base)} if args.link_base else {})}
+                for hit in hits
+            ],
             "took_ms": round(took_ms, 3),
             "load_ms": round(load_ms, 1),
         }
@@ -236,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     print(coverage_line(searcher))
     print()
     for hit in hits:
-        print(format_hit(hit, args.max_lines, color))
+        print(format_hit(hit, args.max_lines, color, args.link_base))
         print()
     counts = searcher.language_counts()
     among = (

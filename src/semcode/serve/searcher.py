@@ -37,8 +37,8 @@ without one):
   for each function of their union the score it lacks is computed (BM25 is read off the query's BM25
   scores of every function; the cosine of a function only BM25 found is its stored vector, FAISS
   reconstruct, times the query vector), then the union is ranked by bundle.json ``fusion``
-  (semcode.retrieval.fuse: the rule and weight evaluate chose on the valid split); the score is the
-  fused one.
+  (semcode.retrieval.fuse_queries: the spec evaluate chose on its mix of suites; a question-form query
+  gets the spec's ``question_weight`` when it has one, as in evaluate); the score is the fused one.
 
 The language filter applies to every mode. A bundle without a lexical index (made before it) offers
 dense only, and says so (``modes``, and the error for another mode).
@@ -48,11 +48,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -65,7 +65,7 @@ from semcode.contract import META_COLUMNS
 from semcode.embed import OnnxEncoder
 from semcode.index import id_selector, load_index, omp_threads, restricted_search, union_selector
 from semcode.progress import log
-from semcode.retrieval import DEFAULT_FUSION, BM25Index, check_fusion, fuse
+from semcode.retrieval import DEFAULT_FUSION, BM25Index, fuse_queries, fusion_spec
 
 TAG = "search"
 CACHE_ENV = "SEMCODE_CACHE_DIR"  # overrides the default cache root (~/.cache/semcode)
@@ -106,10 +106,29 @@ class Hit:
     doc: str = ""  # the doc comment's first paragraph; "" without one (or in bundles made before it)
 
     def location(self) -> str:
-        """Where to open it: ``path:start_line`` (``json/decoder.py:42``), the local file for a ``file://``
-        url (``/src/app/main.go:12``); no ``:line`` when the line is unknown."""
-        where = unquote(urlparse(self.url).path) if self.url.startswith("file://") else self.path
-        return f"{where}:{self.start_line}" if self.start_line else where
+        """Where to open it, relative to its source root: ``path:start_line`` (``json/decoder.py:42``); no
+        ``:line`` when the line is unknown. Never the machine that built the bundle's own paths."""
+        return f"{self.path}:{self.start_line}" if self.start_line else self.path
+
+    def commit(self) -> str:
+        """The commit of the git checkout it came from (``dir://repo@<commit>/...`` urls), else ""."""
+        match = re.match(r"dir://[^/@]*@([0-9a-f]{40})/", self.url)
+        return match.group(1) if match else ""
+
+    def link(self, template: str) -> str:
+        """``template`` with {path}, {line}, {repo}, {commit} and {func_name} filled in, e.g.
+        ``https://host/org/repo/blob/{commit}/{path}#L{line}``; ValueError naming an unknown field."""
+        fields = {
+            "path": self.path,
+            "line": self.start_line or 1,
+            "repo": self.repo,
+            "commit": self.commit() or "HEAD",
+            "func_name": self.func_name,
+        }
+        try:
+            return template.format(**fields)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"--link-base {template!r}: {error!r}; fields: {', '.join(fields)}") from None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "location": self.location()}
@@ -356,13 +375,20 @@ class Searcher:
             raise FileNotFoundError(f"bundle {self.bundle_dir} lacks {', '.join(missing)}")
         verify_files(self.bundle_dir, self.bundle, query_files(self.bundle, precision))
         self.encoder_file = encoder_file
-        self.encoder = OnnxEncoder(
-            self.bundle_dir / encoder_file,
-            self.bundle_dir / tokenizer,
-            int(self.bundle["max_length"]),
-            self.bundle["query_prefix"],
-            threads=threads,
-        )
+        try:
+            self.encoder = OnnxEncoder(
+                self.bundle_dir / encoder_file,
+                self.bundle_dir / tokenizer,
+                int(self.bundle["max_length"]),
+                self.bundle["query_prefix"],
+                threads=threads,
+            )
+        except Exception as error:  # ONNX Runtime's own types (e.g. external data it refuses to open)
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise bundles.BundleError(
+                f"{self.bundle_dir} is not a usable release bundle",
+                [f"{encoder_file} or {tokenizer} cannot be loaded ({type(error).__name__}: {reason})"],
+            ) from None
         # The index files as loaded: a file rewritten in place under a mapped index gives wrong answers (same
         # size) or SIGBUS (shorter), so check_unchanged() refuses to search once one differs; mmap_index=False
         # reads the index into memory (an on-disk IVF index's .ivfdata stays mapped).
@@ -387,9 +413,9 @@ class Searcher:
         self.language_ids = language_ids(self.meta["language"])
         self.selectors = {name: id_selector(ids) for name, ids in self.language_ids.items()}
         self.lexical = load_lexical(self.bundle_dir, self.bundle, self.size)
-        fusion = self.bundle.get("fusion") or DEFAULT_FUSION
-        self.fusion = {"rule": fusion["rule"], "weight": float(fusion.get("weight", 0.0))}
-        check_fusion(self.fusion["rule"], self.fusion["weight"])
+        self.fusion = fusion_spec(
+            self.bundle.get("fusion") or DEFAULT_FUSION
+        )  # rule, weight[, question_weight]
         self.modes = SEARCH_MODES if self.lexical is not None else ("dense",)
         self.default_mode = self.bundle.get("default_mode", "dense") if self.lexical is not None else "dense"
         self.encode_calls = 0
@@ -541,7 +567,7 @@ class Searcher:
             found = dense_ids[row] >= 0
             ids = np.union1d(dense_ids[row][found], lexical_ids)  # [U] ascending
             cosines = self._cosines(vectors[row], ids, dense_ids[row][found], dense_scores[row][found])
-            fused = fuse(cosines[None], bm25[ids][None], self.fusion["rule"], self.fusion["weight"])[0]
+            fused = fuse_queries(cosines[None], bm25[ids][None], [query], self.fusion)[0]  # its own weight
             order = np.argsort(-fused, kind="stable")[:k]  # ties: the smaller id first
             top_scores.append(fused[order])
             top_ids.append(ids[order])

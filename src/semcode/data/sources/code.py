@@ -25,8 +25,9 @@ Code files (``python:`` and ``dir:``) go through :mod:`semcode.data.extract`; ev
 function becomes a corpus row (``query`` empty without doc comment) and, when its doc comment's
 first paragraph has enough tokens, a pair row with the same ``code``. Every row carries its
 ``language`` and ``signature`` (the header on one line); the stats count files, functions, pairs and
-rejects per language too. ``url`` is where the function is: the file's ``file://`` URI (for ``python:``
-the installed file, e.g. ``file:///usr/lib/python3.12/json/decoder.py``) or its ``s3://`` URI, with
+rejects per language too. ``url`` is where the function is, never the build machine's absolute path:
+``python://stdlib/json/decoder.py``, ``python://site-packages/requests/api.py``, ``dir://<repo>/<path>``
+for a local directory (its name, then the path inside it), or the file's ``s3://`` URI, with
 ``#L<start>-L<end>``; ``path`` is relative to the package or directory root (``json/decoder.py``).
 """
 
@@ -43,7 +44,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from semcode import storage
 from semcode.data import extract, languages
@@ -196,8 +196,7 @@ def _stdlib_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
         if "/" in rel and not os.path.exists(os.path.join(root, top, "__init__.py")):
             continue  # a top-level directory that is not a package (data, scripts)
         repo = top.removesuffix(".py")
-        location = os.path.join(root, rel)
-        tasks.append(FileTask(location, repo, rel, Path(location).as_uri()))
+        tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://stdlib/{rel}"))
     return tasks
 
 
@@ -223,8 +222,7 @@ def _site_packages_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
             if top.endswith((".dist-info", ".egg-info", ".data")) or top.startswith("__editable__"):
                 continue
             repo = top.removesuffix(".py")
-            location = os.path.join(root, rel)
-            tasks.append(FileTask(location, repo, rel, Path(location).as_uri()))
+            tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://site-packages/{rel}"))
     return tasks
 
 

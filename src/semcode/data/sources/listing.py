@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -47,10 +48,35 @@ def dir_files(location: str, on_error: Callable[[OSError], None]) -> tuple[str, 
     else:
         root = os.path.abspath(location)
         repo = os.path.basename(root.rstrip(os.sep)) or "root"
-        listed = [
-            (rel, os.path.join(root, rel), Path(root, rel).as_uri()) for rel in walk_files(root, on_error)
-        ]
+        # The url names the directory (and a git checkout's commit) and the path inside it, not where this
+        # machine keeps it: dir://toyrepo/pkg/geometry.py, dir://api@3f2c1e0.../main.go.
+        commit = git_head(root)
+        base = f"dir://{repo}@{commit}" if commit else f"dir://{repo}"
+        listed = [(rel, os.path.join(root, rel), f"{base}/{rel}") for rel in walk_files(root, on_error)]
     return repo, listed
+
+
+def git_head(root: str) -> str:
+    """The commit a git checkout at ``root`` has checked out (40 hex digits), or "" when it is none.
+
+    Read from ``.git/HEAD`` and the ref it names (a loose ref file or ``packed-refs``), without running git."""
+    git = os.path.join(root, ".git")
+    try:
+        with open(os.path.join(git, "HEAD"), encoding="utf-8") as head_file:
+            head = head_file.read(256).strip()
+        if not head.startswith("ref: "):
+            return head if re.fullmatch(r"[0-9a-f]{40}", head) else ""
+        ref = head[5:]
+        ref_path = os.path.join(git, *ref.split("/"))
+        if os.path.isfile(ref_path):
+            with open(ref_path, encoding="utf-8") as ref_file:
+                commit = ref_file.read(256).strip()
+        else:
+            with open(os.path.join(git, "packed-refs"), encoding="utf-8") as packed:
+                commit = next((line.split()[0] for line in packed if line.rstrip().endswith(f" {ref}")), "")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ""
 
 
 def _files_ending(location: str, suffixes: tuple[str, ...]) -> list[str]:
