@@ -26,6 +26,7 @@ LAYERS = [  # lowest first; the first part of a module's name below semcode deci
         "export",
         "index",
         "corpus",
+        "embedding_cache",
         "retrieval",
         "bundle",
         "report",

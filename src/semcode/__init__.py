@@ -12,6 +12,7 @@ The module map, lowest layer first. A module imports only from its own layer or 
    models/      the encoder and the decoder;  losses  the contrastive loss
    train/       distributed (DeepSpeed set-up), checkpoints, history, loop (the step loop)
    embed        an encoder spec -> an embedding function, every runtime (torch, ONNX Runtime)
+   embedding_cache  vectors an encoder embedded before, keyed by its weights and each text's sha256
    export       torch -> fp32 / int8 ONNX;  index  FAISS;  mining  hard negatives
    corpus       which corpus rows are indexed, their search documents, their embedding in chunks
    evaluation   retrieval metrics, BM25, paired intervals;  suites  the evaluation suites

@@ -115,6 +115,11 @@ class BuildIndexConfig:
     document: str = field(
         DOCUMENT_VIEWS[0], f"what each row is embedded and BM25-indexed as: {DOCUMENT_VIEWS}"
     )
+    embedding_cache: str = field(
+        "",
+        "a local folder of vectors this encoder embedded before (keyed by its weights and each text's sha256): "
+        "only new or changed texts are embedded ('' = no cache)",
+    )
     recall_queries: int = field(1000, "queries for recall@10 and latency (sampled, seeded)")
     shards: int = field(
         0, "corpus shards the pipeline embeds in parallel (0 = one per shard_rows selected rows)"
@@ -534,6 +539,17 @@ def load_encoder(
         exported=onnx_dir,
     )
     log(TAG, f"encoder {encoder_dir}: dim {dim}")
+    if config.embedding_cache:
+        from semcode.embedding_cache import EmbeddingCache, cached_embed_fn
+
+        setup = {
+            "encoder": encoder_identity(encoder_dir),
+            "runtime": config.runtime,
+            "max_length": config.max_length,
+        }
+        cache = EmbeddingCache(config.embedding_cache, setup, dim)
+        log(TAG, f"embedding cache {cache.folder}: {len(cache)} vectors of this encoder known")
+        embed = cached_embed_fn(embed, cache)
     return embed, dim
 
 
