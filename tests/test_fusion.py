@@ -1,12 +1,24 @@
-"""The fusion rules of hybrid retrieval (semcode.retrieval.fuse) on hand-made score arrays, and the choice
-of a rule on a tiny real valid split (a hand-made embedding function, real BM25)."""
+"""The fusion rules of hybrid retrieval (semcode.retrieval: fuse, per-query weights by query form) on hand-made
+score arrays, and the choice of a fusion on a mix of docstring- and question-style suites (hand-made embedding
+functions, real BM25)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from semcode.evaluation import choose_fusion
+from semcode import retrieval
+from semcode.evaluation import (
+    MixSuite,
+    best_relevant_ranks,
+    choose_fusion,
+    everyday_mix_suite,
+    mix_suite,
+    ranks_from_scores,
+)
+from semcode.everyday import EverydayQuery
 from semcode.retrieval import RRF_K, competition_ranks, convex_fusion, fuse, fusion_name, rrf_fusion
 from semcode.suites import pairs_suite
 
@@ -86,22 +98,203 @@ def length_embed(texts: list[str], kind: str) -> np.ndarray:
 
 def test_choose_fusion_picks_the_best_valid_mrr_and_hybrid_when_it_beats_dense() -> None:
     suite = pairs_suite("valid", [q for q, _ in VALID_PAIRS], [c for _, c in VALID_PAIRS], source="hand")
-    chosen = choose_fusion(suite, length_embed, weights=(0.0, 0.1, 0.5, 2.0))
-    assert set(chosen["valid_mrr"]) == {"convex@0", "convex@0.1", "convex@0.5", "convex@2", "rrf"}
-    assert chosen["valid_mrr"]["convex@0"] == chosen["valid_dense_mrr"] < 1.0
-    assert chosen["valid_bm25_mrr"] == 1.0
-    best = max(chosen["valid_mrr"].values())
-    assert chosen["valid_mrr"][fusion_name(chosen["rule"], chosen["weight"])] == best
-    assert chosen["beats_dense"] and chosen["default_mode"] == "hybrid"
-    assert chosen["n_queries"] == 6 and chosen["n_candidates"] == 6
+    mix = [mix_suite(suite, "docstring")]
+    chosen = choose_fusion(mix, length_embed, weights=(0.0, 0.1, 0.5, 2.0), per_form=False)
+    assert set(chosen["candidates"]) == {"convex@0", "convex@0.1", "convex@0.5", "convex@2", "rrf"}
+    mrr = {name: row["mrr"]["valid"] for name, row in chosen["candidates"].items()}
+    assert mrr["convex@0"] == chosen["suites"]["valid"]["dense_mrr"] < 1.0
+    assert chosen["suites"]["valid"]["bm25_mrr"] == 1.0
+    assert mrr[chosen["name"]] == max(mrr.values()) and chosen["name"] == fusion_name(
+        chosen["rule"], chosen["weight"]
+    )
+    assert chosen["default_mode"] == "hybrid" and chosen["chosen_on"] == ["valid"]
+    assert chosen["suites"]["valid"]["n_queries"] == 6 and chosen["suites"]["valid"]["n_candidates"] == 6
+    assert chosen["chosen_vs_dense"]["valid"]["mrr_difference"] > 0
 
-    # An encoder that already finds every gold: no fusion beats it, the first of the ties (weight 0) wins.
+    # An encoder that already finds every gold: no fusion beats it, the first of the ties (dense) wins.
     def perfect(texts: list[str], kind: str) -> np.ndarray:
         rows = [i for text in texts for i, pair in enumerate(VALID_PAIRS) if text in pair]
         return np.eye(len(VALID_PAIRS), dtype=np.float32)[rows]
 
-    chosen = choose_fusion(suite, perfect, weights=(0.0, 0.1))
-    assert (chosen["rule"], chosen["weight"]) == ("convex", 0.0)
-    assert not chosen["beats_dense"] and chosen["default_mode"] == "dense"
-    with pytest.raises(ValueError, match="at least one candidate"):
-        choose_fusion(suite, perfect, weights=(), rrf=False)
+    chosen = choose_fusion(mix, perfect, weights=(0.0, 0.1))
+    assert (chosen["rule"], chosen["weight"], chosen["name"]) == ("convex", 0.0, "convex@0")
+    assert chosen["default_mode"] == "dense"
+    # Dense is always a candidate, so there is always one to fall back to.
+    assert list(choose_fusion(mix, perfect, weights=(), rrf=False)["candidates"]) == ["convex@0"]
+    with pytest.raises(ValueError, match="at least one suite"):
+        choose_fusion([], perfect)
+
+
+# ---------------------------------------------------------------- query forms and per-query weights
+
+
+@pytest.mark.parametrize(
+    ("query", "form"),
+    [
+        ("How do I check if a file exists?", "question"),
+        ("how to copy a file in python", "question"),
+        ("what's the current time", "question"),
+        ("Is there a way to flatten a list", "question"),
+        ("json to dict?", "question"),
+        ("Parse a date string in ISO format.", "docstring"),
+        ("Returns the mean of the numbers", "docstring"),
+        ("Get the user's home directory", "docstring"),
+        ("Matches a glob pattern", "docstring"),
+        ("create temp directory", "keyword"),
+        ("python check if a variable is iterable", "keyword"),
+        ("HTTPResponse read body", "keyword"),
+        ("", "keyword"),
+    ],
+)
+def test_query_form(query: str, form: str) -> None:
+    assert retrieval.query_form(query) == form and form in retrieval.QUERY_FORMS
+
+
+PER_FORM = {"rule": "convex", "weight": 0.5, "question_weight": 0.05}
+
+
+def test_convex_fusion_takes_one_weight_per_query() -> None:
+    fused = convex_fusion(DENSE, LEXICAL, np.array([0.1, 0.7], dtype=np.float32))
+    np.testing.assert_array_equal(fused[0], convex_fusion(DENSE, LEXICAL, 0.1)[0])
+    np.testing.assert_array_equal(fused[1], DENSE[1])  # query 1 has no BM25 score: any weight keeps it
+    with pytest.raises(ValueError, match=r"per-query weights must be \[queries\] = \[2\], got \(3,\)"):
+        convex_fusion(DENSE, LEXICAL, np.zeros(3))
+    with pytest.raises(ValueError, match="one number or one per query"):
+        convex_fusion(DENSE, LEXICAL, np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        convex_fusion(DENSE, LEXICAL, np.array([0.1, -0.2]))
+
+    queries = ["How do I parse json?", "parse json"]  # a question, then keywords
+    np.testing.assert_array_equal(retrieval.query_weights(queries, PER_FORM), np.float32([0.05, 0.5]))
+    both = np.concatenate([DENSE[:1], DENSE[:1]])  # the same scores for both queries
+    lexical = np.concatenate([LEXICAL[:1], LEXICAL[:1]])
+    fused = retrieval.fuse_queries(both, lexical, queries, PER_FORM)
+    np.testing.assert_array_equal(fused[0], convex_fusion(DENSE[:1], LEXICAL[:1], 0.05)[0])
+    np.testing.assert_array_equal(fused[1], convex_fusion(DENSE[:1], LEXICAL[:1], 0.5)[0])
+    assert int(fused[0].argmax()) == 0 and int(fused[1].argmax()) == 2  # the question keeps its cosine's pick
+    with pytest.raises(ValueError, match="2 queries for 1 rows"):
+        retrieval.fuse_queries(DENSE[:1], LEXICAL[:1], queries, PER_FORM)
+
+
+def test_an_old_fusion_spec_works_unchanged() -> None:
+    """bundle.json "fusion" of bundles made before per-form weights: rule and weight (and what evaluate
+    recorded beside them); every query, question or not, gets the one weight, as before."""
+    old = {"rule": "convex", "weight": 0.3, "chosen_on": "valid (runs/pairs/valid), full-corpus MRR"}
+    assert retrieval.fusion_spec(old) == {"rule": "convex", "weight": 0.3} and not retrieval.is_dense(old)
+    queries = ["How do I parse json?", "parse json"]
+    both, lexical = np.concatenate([DENSE[:1]] * 2), np.concatenate([LEXICAL[:1]] * 2)
+    np.testing.assert_array_equal(
+        retrieval.fuse_queries(both, lexical, queries, old), fuse(both, lexical, "convex", 0.3)
+    )
+    rrf = {"rule": "rrf"}
+    np.testing.assert_array_equal(
+        retrieval.fuse_queries(DENSE, LEXICAL, ["a", "b"], rrf), rrf_fusion(DENSE, LEXICAL)
+    )
+    assert (
+        retrieval.fusion_spec(PER_FORM) == PER_FORM
+        and fusion_name("convex", 0.5, 0.05) == "convex@0.5,question@0.05"
+    )
+    assert retrieval.is_dense({"rule": "convex", "weight": 0.0, "question_weight": 0.0})
+    assert not retrieval.is_dense({"rule": "convex", "weight": 0.0, "question_weight": 0.1})
+    with pytest.raises(ValueError, match="question_weight applies to the convex rule only"):
+        retrieval.fusion_spec({"rule": "rrf", "weight": 0.0, "question_weight": 0.1})
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        retrieval.fusion_spec({"rule": "convex", "weight": 0.3, "question_weight": -1})
+    with pytest.raises(ValueError, match="fusion weight must be a number, got '0.3'"):
+        retrieval.fusion_spec({"rule": "convex", "weight": "0.3"})
+    with pytest.raises(ValueError, match="is not one of"):
+        retrieval.fusion_spec({"weight": 0.3})
+
+
+# ---------------------------------------------------------------- the choice on a mix: questions never pay
+
+# Hand-made vectors, one dimension per code: a docstring suite where the cosine prefers the wrong code
+# (0.8 against the gold's 0.6) and BM25 finds the gold; a question suite where the cosine finds the gold
+# (0.9) and BM25 a trap that merely shares the question's words.
+DOC_QUERIES = ["Parse a json document.", "Reverse the words of a sentence.", "Download a web page."]
+DOC_CODES = [code for _, code in VALID_PAIRS[:3]]
+QUESTIONS = ["How do I open a url?", "What is the size of a file?"]
+QUESTION_CODES = [
+    "def fetch(address):\n    return urlopen(address).read()",  # gold of question 0: no word in common
+    "def open_url_dialog():\n    show_url_dialog()",  # the trap: open, url
+    "def byte_count(path):\n    return os.stat(path).st_bytes",  # gold of question 1
+    "def file_size_label():\n    return 'the size of a file'",  # the trap
+]
+CODES = DOC_CODES + QUESTION_CODES
+
+
+def hand_embed(texts: list[str], kind: str) -> np.ndarray:
+    vectors = []
+    for text in texts:
+        vector = np.zeros(len(CODES), dtype=np.float32)
+        if text in CODES:
+            vector[CODES.index(text)] = 1.0
+        elif text in DOC_QUERIES:  # the next query's code first, its own second
+            i = DOC_QUERIES.index(text)
+            vector[(i + 1) % 3], vector[i] = 0.8, 0.6
+        else:  # a question: its gold, then its trap
+            gold = 3 + 2 * QUESTIONS.index(text)
+            vector[gold], vector[gold + 1] = 0.9, np.sqrt(1 - 0.81)
+        vectors.append(vector)
+    return np.stack(vectors)
+
+
+def hand_mix() -> list[MixSuite]:
+    docs = pairs_suite("valid", DOC_QUERIES, DOC_CODES, source="hand")
+    # Rows without a query are candidates only: the traps.
+    questions = pairs_suite("questions", [QUESTIONS[0], "", QUESTIONS[1], ""], QUESTION_CODES, source="hand")
+    return [mix_suite(docs, "docstring"), mix_suite(questions, "question")]
+
+
+def test_a_fusion_that_wins_on_docstrings_but_costs_questions_is_refused() -> None:
+    mix = hand_mix()
+    chosen = choose_fusion(mix, hand_embed, weights=(0.0, 0.1, 0.5))
+    table = chosen["candidates"]
+    assert table["convex@0"]["mrr"] == {"valid": pytest.approx(0.5), "questions": 1.0}  # dense
+    assert table["convex@0.5"]["mrr"] == {"valid": 1.0, "questions": 0.5}  # BM25's help and its trap
+    assert table["convex@0.5"]["loses_on"] == ["questions"] and table["rrf"]["loses_on"] == ["questions"]
+    assert table["convex@0.5"]["gain"] == pytest.approx(0.0)  # +0.5 on docstrings, -0.5 on questions
+    # Questions at their own (zero) weight: docstrings keep BM25's help, questions their cosine.
+    assert chosen["name"] == "convex@0.5,question@0" and chosen["default_mode"] == "hybrid"
+    assert retrieval.fusion_spec(chosen) == {"rule": "convex", "weight": 0.5, "question_weight": 0.0}
+    assert table[chosen["name"]]["mrr"] == {"valid": 1.0, "questions": 1.0}
+    assert chosen["chosen_on"] == ["valid", "questions"]
+    assert chosen["suites"]["questions"]["forms"] == {"question": 2}
+    assert chosen["suites"]["valid"]["forms"] == {"docstring": 3}
+    assert chosen["chosen_vs_dense"]["questions"]["mrr_difference"] == 0.0
+
+    # Without per-form weights every fusion that helps docstrings costs questions: dense it is.
+    plain = choose_fusion(mix, hand_embed, weights=(0.0, 0.1, 0.5), per_form=False)
+    assert plain["name"] == "convex@0" and plain["default_mode"] == "dense"
+    # On docstrings alone (the old choice) the same weight wins.
+    assert choose_fusion(mix[:1], hand_embed, weights=(0.0, 0.1, 0.5), per_form=False)["name"] == "convex@0.5"
+
+
+def test_mix_suites_rank_by_the_best_relevant_candidate() -> None:
+    scores = np.array([[0.9, 0.5, 0.7, 0.7], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    relevant = np.array([[False, True, True, False], [True, False, False, False]])
+    exclude = np.array([[False, False, False, True], [False, False, False, False]])
+    np.testing.assert_array_equal(best_relevant_ranks(scores, relevant), [3, 4])  # ties count against
+    np.testing.assert_array_equal(best_relevant_ranks(scores, relevant, exclude), [2, 4])
+    gold = np.array([2, 0])
+    one = np.zeros_like(relevant)
+    one[[0, 1], gold] = True
+    np.testing.assert_array_equal(best_relevant_ranks(scores, one), ranks_from_scores(scores, gold))
+
+    queries = [
+        EverydayQuery("a", "make a temp dir", "keyword", "files", (("tempfile.py", "mkdtemp"),)),
+        EverydayQuery("b", "How do I fly?", "question", "misc", (("antigravity.py", "fly"),)),
+        EverydayQuery(
+            "c", "join paths", "keyword", "paths", (("posixpath.py", "join"), ("ntpath.py", "join"))
+        ),
+    ]
+    rows = [("/usr/lib/python3.12/tempfile.py", "mkdtemp"), ("posixpath.py", "join"), ("ntpath.py", "join")]
+    suite = everyday_mix_suite(queries, rows, ["doc 0", "doc 1", "doc 2"], source="hand")
+    assert suite.style == "question" and suite.queries == ["make a temp dir", "join paths"]  # b: no row
+    assert suite.relevant.tolist() == [[0, 0], [1, 1], [1, 2]]
+    with pytest.raises(ValueError, match="one document per row"):
+        everyday_mix_suite(queries, rows, ["doc 0"])
+    with pytest.raises(ValueError, match="style 'prose' is not one of"):
+        replace(suite, style="prose")
+    with pytest.raises(ValueError, match="every query needs at least one relevant candidate"):
+        replace(suite, relevant=np.array([[0, 0]]))

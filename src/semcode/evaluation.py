@@ -30,26 +30,46 @@ Systems are embedding callables (``EmbedFn``: texts and kind "query"/"code" -> L
 ``[N, D]``), so this module never loads a model itself and is testable without one; BM25
 (semcode.retrieval.BM25Index) is the lexical baseline beside them.
 
-Hybrid (the system ``hybrid``): the model's cosine and BM25 of the same candidates fused by one of the
-rules of semcode.retrieval (``fuse``: ``convex`` or ``rrf``; described there, the one home of the rule
-that `semcode search --mode hybrid` applies too). evaluate chooses the rule and weight on the valid split
-(``choose_fusion``: the convex weights of ``FUSION_WEIGHTS`` and ``rrf``, by full-corpus MRR), never on
-test or an external suite.
+Hybrid (the system ``hybrid``): the model's cosine and BM25 of the same candidates fused by a fusion spec
+of semcode.retrieval (``fuse_queries``: ``convex``, one weight or a weight per query form, or ``rrf``;
+described there, the one home of the rule that `semcode search --mode hybrid` applies too). evaluate
+chooses the spec on a mix of suites (``choose_fusion``): docstring-style (the valid split) and
+question-style (CoSQA dev, the everyday suite; ``MixSuite``), never test or a held-out suite. The rule
+(``CHOICE_RULE``): among the candidates (dense, the convex weights of ``FUSION_WEIGHTS``, ``rrf``, and
+each convex pair of a weight and a smaller weight for questions), the best mean full-corpus MRR gain
+over dense across the mix, but never one below dense (point estimate) on a question-style suite. Dense
+is always a candidate, so the choice can always fall back to it; the default search mode is hybrid only
+when the chosen spec is not dense itself.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from semcode.embed import EmbedFn
 from semcode.progress import log
-from semcode.retrieval import FUSION_WEIGHTS, BM25Index, check_fusion, fuse, fusion_name
+from semcode.retrieval import (
+    FUSION_WEIGHTS,
+    BM25Index,
+    check_fusion,
+    convex_fusion,
+    fuse_queries,
+    fusion_name,
+    fusion_spec,
+    is_dense,
+    query_form,
+    query_weights,
+    rrf_fusion,
+)
 
 if TYPE_CHECKING:
+    from semcode.everyday import EverydayQuery
     from semcode.suites import Suite
 
 ScoreBlockFn = Callable[[int, int], np.ndarray]  # (start, end) -> scores [end - start, C] of those queries
@@ -411,8 +431,8 @@ def evaluate_suite(
     Returns ``{protocol: {system: metrics}, "n_queries", "n_candidates", "candidates_per_query":
     {protocol: {min, max, mean}}, "seconds": {system: s}, "model_vs": {protocol: {baseline:
     paired_mrr_difference}}}``; the BM25 system is named "bm25"; model_vs compares the system named
-    "model" with each other one (empty without a "model"). With ``fusion`` ({"rule", "weight"}, see
-    ``fuse``), a "model" and BM25, the system "hybrid" fuses the two on every candidate (block by block,
+    "model" with each other one (empty without a "model"). With ``fusion`` (a fusion spec, see
+    ``fuse_queries``), a "model" and BM25, the system "hybrid" fuses the two on every candidate (block by block,
     before a protocol picks its candidates), and ``"hybrid_vs": {protocol: {"model": paired interval of
     hybrid - model}}``. A suite whose queries are in two or more languages also gets ``"by_language":
     language_breakdown(...)`` (each language's queries among all the suite's candidates).
@@ -469,13 +489,14 @@ def evaluate_suite(
         record("bm25", score_blocks["bm25"], started)
     if fusion is not None and "model" in score_blocks and "bm25" in score_blocks:
         started = time.perf_counter()
-        rule, weight = fusion["rule"], float(fusion["weight"])
-        check_fusion(rule, weight)
+        spec = fusion_spec(fusion)
         dense, lexical = score_blocks["model"], score_blocks["bm25"]
-        record(
-            "hybrid", lambda start, end: fuse(dense(start, end), lexical(start, end), rule, weight), started
-        )
-        result["fusion"] = {"rule": rule, "weight": weight}
+
+        def hybrid_block(start: int, end: int) -> np.ndarray:
+            return fuse_queries(dense(start, end), lexical(start, end), suite.queries[start:end], spec)
+
+        record("hybrid", hybrid_block, started)
+        result["fusion"] = spec
     # The model against each baseline on the same queries: is the gap more than this suite's noise?
     result["model_vs"] = {
         protocol: {
@@ -512,69 +533,239 @@ def evaluate_suite(
     return result
 
 
-# ---------------------------------------------------------------- the fusion rule, chosen on the valid split
+# ---------------------------------------------------------------- the fusion rule, chosen on a mix of suites
+
+QUERY_STYLES = ("docstring", "question")  # how a suite's queries are written (MixSuite.style)
+CHOICE_RULE = (
+    "the candidate with the best mean full-corpus MRR gain over dense across the mix's suites (each suite "
+    "counts once), among those whose MRR is not below dense's (point estimate) on any question-style suite; "
+    "ties go to the earlier candidate (dense first, then smaller weights)"
+)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make field-wise == ambiguous
+class MixSuite:
+    """One suite of the mix the fusion is chosen on (choose_fusion).
+
+    ``style``: "docstring" (its queries are docstrings: the valid split) or "question" (queries as people
+    type them, keyword or question form: CoSQA dev, the everyday suite); the chosen fusion may never cost a
+    question-style suite MRR. ``relevant`` [R, 2] int64: (query, candidate) pairs, every query at least
+    one; a query's rank is its best-ranked relevant candidate's (``best_relevant_ranks``). ``exclude``
+    [E, 2]: (query, candidate) pairs that are neither relevant nor a distractor (semcode.suites).
+    """
+
+    name: str
+    style: str
+    queries: list[str]
+    codes: list[str]
+    relevant: np.ndarray
+    exclude: np.ndarray
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.style not in QUERY_STYLES:
+            raise ValueError(f"suite {self.name}: style {self.style!r} is not one of {list(QUERY_STYLES)}")
+        if not self.queries or not self.codes:
+            raise ValueError(f"suite {self.name}: choosing a fusion needs queries and candidates")
+        for what, pairs in (("relevant", self.relevant), ("exclude", self.exclude)):
+            if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
+                raise ValueError(f"suite {self.name}: {what} must be integer pairs [N, 2], got {pairs.shape}")
+            if len(pairs) and (
+                pairs[:, 0].min() < 0
+                or pairs[:, 0].max() >= len(self.queries)
+                or pairs[:, 1].min() < 0
+                or pairs[:, 1].max() >= len(self.codes)
+            ):
+                raise ValueError(f"suite {self.name}: a {what} pair lies outside its queries or candidates")
+        # Sorted by query, as exclusion_mask reads them; a pair given twice counts once.
+        object.__setattr__(self, "relevant", np.unique(self.relevant.astype(np.int64), axis=0))
+        object.__setattr__(self, "exclude", np.unique(self.exclude.astype(np.int64), axis=0))
+        if len(np.unique(self.relevant[:, 0])) != len(self.queries):
+            raise ValueError(f"suite {self.name}: every query needs at least one relevant candidate")
+
+
+def mix_suite(suite: Suite, style: str) -> MixSuite:
+    """A one-gold suite (semcode.suites.Suite: the valid split, CoSQA dev) as a suite of the mix."""
+    gold = _check_gold(suite.gold, len(suite.queries), len(suite.codes))
+    relevant = np.stack([np.arange(len(gold)), gold], axis=1)  # [Q, 2]
+    exclude = check_exclude(suite.exclude, gold, len(suite.codes))
+    return MixSuite(
+        suite.name, style, list(suite.queries), list(suite.codes), relevant, exclude, suite.source
+    )
+
+
+def everyday_mix_suite(
+    queries: Sequence[EverydayQuery],
+    rows: Sequence[tuple[str, str]],
+    documents: Sequence[str],
+    name: str = "everyday",
+    source: str = "",
+) -> MixSuite:
+    """The everyday suite (semcode.everyday) over index rows as a question-style suite of the mix.
+
+    ``rows[j]``: row j's (location, func_name); ``documents[j]``: what it is embedded and BM25-indexed as
+    (semcode.corpus.search_document). A row is relevant to a query when it is one of the query's accepted
+    answers (everyday.answer_key); a query with no accepted answer among the rows is left out (no ranking
+    can find it). Ranked by full-corpus MRR like every suite of the mix (not the suite's MRR@10).
+    """
+    from semcode.everyday import answer_key
+
+    if len(rows) != len(documents):
+        raise ValueError(f"{len(rows)} rows but {len(documents)} documents: one document per row")
+    row_of: dict[tuple[str, str], list[int]] = {}
+    for j, (location, func_name) in enumerate(rows):
+        key = answer_key(location, func_name)
+        if key is not None:
+            row_of.setdefault(key, []).append(j)
+    kept, pairs = [], []
+    for query in queries:
+        found = sorted({j for answer in query.answers for j in row_of.get(answer, [])})
+        if found:
+            pairs += [(len(kept), j) for j in found]
+            kept.append(query.query)
+    if not kept:
+        raise ValueError(
+            f"suite {name}: none of its {len(queries)} queries has an accepted answer in the rows"
+        )
+    relevant = np.array(pairs, dtype=np.int64)
+    return MixSuite(name, "question", kept, list(documents), relevant, np.zeros((0, 2), np.int64), source)
+
+
+def best_relevant_ranks(
+    scores: np.ndarray, relevant: np.ndarray, exclude_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """1 + the number of other candidates, neither relevant nor excluded, scoring >= the query's best
+    relevant candidate; scores [Q, C], relevant and exclude_mask [Q, C] bool -> ranks [Q] int64. With one
+    relevant candidate per query, ranks_from_scores."""
+    best = np.where(relevant, scores, -np.inf).max(axis=1)  # [Q] the best relevant candidate's score
+    beaten_by = (scores >= best[:, None]) & ~relevant  # [Q, C]
+    if exclude_mask is not None:
+        beaten_by &= ~exclude_mask
+    return 1 + beaten_by.sum(axis=1, dtype=np.int64)
+
+
+def fusion_candidates(weights: Sequence[float], rrf: bool = True, per_form: bool = True) -> list[dict]:
+    """The fusion specs choose_fusion tries, dense first: ``convex`` at each weight, ``rrf``, and with
+    ``per_form`` each pair of weights (w, question w') with w' < w (questions take less lexical help)."""
+    for weight in weights:
+        check_fusion("convex", weight)
+    weights = sorted({0.0, *map(float, weights)})
+    candidates = [{"rule": "convex", "weight": weight} for weight in weights]
+    candidates += [{"rule": "rrf", "weight": 0.0}] if rrf else []
+    if per_form:
+        candidates += [
+            {"rule": "convex", "weight": weight, "question_weight": question}
+            for weight in weights
+            for question in weights
+            if question < weight
+        ]
+    return candidates
+
+
+def spec_name(spec: Mapping) -> str:
+    """fusion_name of a fusion spec."""
+    return fusion_name(spec["rule"], spec["weight"], spec.get("question_weight"))
 
 
 def choose_fusion(
-    suite: Suite,
+    mix: Sequence[MixSuite],
     embed: EmbedFn,
     weights: Sequence[float] = FUSION_WEIGHTS,
     rrf: bool = True,
+    per_form: bool = True,
     bm25_stopwords: bool = False,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    seed: int = 0,
 ) -> dict:
-    """The fusion rule and weight with the best full-corpus MRR on ``suite`` (the valid split, never test).
+    """The fusion spec chosen on ``mix`` (never test or a held-out suite) by CHOICE_RULE.
 
-    Candidates: ``convex`` at each of ``weights``, then ``rrf`` (with ``rrf``); the first best one wins
-    (so a tie goes to the smaller weight). Returns ``{"rule", "weight", "valid_mrr": {candidate: MRR},
-    "valid_dense_mrr", "valid_bm25_mrr", "beats_dense": the winner's MRR > the model's alone,
-    "default_mode": "hybrid" if it does else "dense", "n_queries", "n_candidates"}``.
+    Candidates: fusion_candidates(weights, rrf, per_form); each is ranked on every suite of the mix,
+    full-corpus, the model's cosine fused with BM25 over that suite's candidates (fuse_queries). Returns
+    the chosen spec (``rule``, ``weight``, ``question_weight`` for a per-form one) with ``"name"``,
+    ``"default_mode"`` ("dense" when the chosen spec is dense itself, else "hybrid"), ``"chosen_on"``
+    [suite names], ``"criterion"`` (CHOICE_RULE), ``"suites": {suite: {style, source, n_queries,
+    n_candidates, forms (query_form counts), dense_mrr, bm25_mrr}}``, ``"candidates": {name: {"mrr":
+    {suite: MRR}, "gain": mean MRR - dense's, "loses_on": [question-style suites below dense]}}`` and
+    ``"chosen_vs_dense": {suite: paired_mrr_difference}``.
     """
-    if not weights and not rrf:
-        raise ValueError("choose_fusion needs at least one candidate: a convex weight or rrf")
-    for weight in weights:
-        check_fusion("convex", weight)
-    candidates = [("convex", float(weight)) for weight in weights] + ([("rrf", 0.0)] if rrf else [])
-    n_queries, n_codes = len(suite.queries), len(suite.codes)
-    if n_queries < 1 or n_codes < 1:
-        raise ValueError(f"suite {suite.name}: choosing a fusion needs queries and candidates")
+    if not mix:
+        raise ValueError("choose_fusion needs at least one suite to choose on")
+    names = [suite.name for suite in mix]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the suites of the mix must have distinct names, got {names}")
+    candidates = fusion_candidates(weights, rrf, per_form)
     started = time.perf_counter()
-    dense_block = dot_score_blocks(embed(list(suite.queries), "query"), embed(list(suite.codes), "code"))
-    index = BM25Index(suite.codes, stopwords=bm25_stopwords)
-    gold = _check_gold(suite.gold, n_queries, n_codes)
-    exclude = check_exclude(suite.exclude, gold, n_codes)
-    names = ["dense", "bm25"] + [fusion_name(rule, weight) for rule, weight in candidates]
-    ranks = {name: np.zeros(n_queries, dtype=np.int64) for name in names}  # name -> [Q] full-corpus ranks
-    for start in range(0, n_queries, block_size):
-        end = min(start + block_size, n_queries)
-        dense = dense_block(start, end)  # [b, C]
-        lexical = index.scores(suite.queries[start:end])  # [b, C]
-        mask = exclusion_mask(exclude, start, end, n_codes)
-        ranks["dense"][start:end] = ranks_from_scores(dense, gold[start:end], mask)
-        ranks["bm25"][start:end] = ranks_from_scores(lexical, gold[start:end], mask)
-        for rule, weight in candidates:
-            fused = fuse(dense, lexical, rule, weight)
-            ranks[fusion_name(rule, weight)][start:end] = ranks_from_scores(fused, gold[start:end], mask)
-    mrr = {name: float(np.mean(1.0 / ranks[name])) for name in names}
-    best_rule, best_weight = max(candidates, key=lambda c: mrr[fusion_name(*c)])  # max: the first of ties
-    best = fusion_name(best_rule, best_weight)
-    beats_dense = mrr[best] > mrr["dense"]
-    chosen = {
-        "rule": best_rule,
-        "weight": best_weight,
-        "valid_mrr": {fusion_name(*c): round(mrr[fusion_name(*c)], 6) for c in candidates},
-        "valid_dense_mrr": round(mrr["dense"], 6),
-        "valid_bm25_mrr": round(mrr["bm25"], 6),
-        "beats_dense": bool(beats_dense),
-        "default_mode": "hybrid" if beats_dense else "dense",
-        "n_queries": n_queries,
-        "n_candidates": n_codes,
+    mrr: dict[str, dict[str, float]] = {}  # suite -> {candidate or "bm25": MRR}
+    ranks_of: dict[str, dict[str, np.ndarray]] = {}  # suite -> {candidate: [Q] ranks}
+    suites: dict = {}
+    for suite in mix:
+        n_queries, n_codes = len(suite.queries), len(suite.codes)
+        dense_block = dot_score_blocks(embed(suite.queries, "query"), embed(suite.codes, "code"))
+        index = BM25Index(suite.codes, stopwords=bm25_stopwords)
+        query_weights_of = [  # [Q] each candidate's weight per query; None for rrf
+            query_weights(suite.queries, spec) if spec["rule"] == "convex" else None for spec in candidates
+        ]
+        ranks = {name: np.zeros(n_queries, np.int64) for name in ["bm25", *map(spec_name, candidates)]}
+        for start in range(0, n_queries, block_size):
+            end = min(start + block_size, n_queries)
+            dense = dense_block(start, end)  # [b, C]
+            lexical = index.scores(suite.queries[start:end])  # [b, C]
+            relevant = exclusion_mask(suite.relevant, start, end, n_codes)  # [b, C]
+            excluded = exclusion_mask(suite.exclude, start, end, n_codes)  # [b, C]
+            ranks["bm25"][start:end] = best_relevant_ranks(lexical, relevant, excluded)
+            for spec, per_query in zip(candidates, query_weights_of, strict=True):
+                if per_query is None:
+                    fused = rrf_fusion(dense, lexical)
+                else:
+                    fused = convex_fusion(dense, lexical, per_query[start:end])
+                ranks[spec_name(spec)][start:end] = best_relevant_ranks(fused, relevant, excluded)
+        ranks_of[suite.name] = ranks
+        mrr[suite.name] = {name: float(np.mean(1.0 / r)) for name, r in ranks.items()}
+        dense_name = spec_name(candidates[0])
+        suites[suite.name] = {
+            "style": suite.style,
+            "source": suite.source,
+            "n_queries": n_queries,
+            "n_candidates": n_codes,
+            "forms": dict(Counter(query_form(query) for query in suite.queries)),
+            "dense_mrr": round(mrr[suite.name][dense_name], 6),
+            "bm25_mrr": round(mrr[suite.name]["bm25"], 6),
+        }
+
+    dense_name = spec_name(candidates[0])  # convex@0: the dense ranking
+    table: dict = {}
+    for spec in candidates:
+        name = spec_name(spec)
+        gaps = {s.name: mrr[s.name][name] - mrr[s.name][dense_name] for s in mix}
+        table[name] = {
+            "mrr": {s.name: round(mrr[s.name][name], 6) for s in mix},
+            "gain": float(np.mean(list(gaps.values()))),
+            "loses_on": [s.name for s in mix if s.style == "question" and gaps[s.name] < 0],
+        }
+    allowed = [spec for spec in candidates if not table[spec_name(spec)]["loses_on"]]  # dense always is
+    chosen = max(allowed, key=lambda spec: table[spec_name(spec)]["gain"])  # max: the first of ties
+    name = spec_name(chosen)
+    for row in table.values():
+        row["gain"] = round(row["gain"], 6)
+    result = {
+        **chosen,
+        "name": name,
+        "default_mode": "dense" if is_dense(chosen) else "hybrid",
+        "chosen_on": names,
+        "criterion": CHOICE_RULE,
+        "suites": suites,
+        "candidates": table,
+        "chosen_vs_dense": {
+            s.name: paired_mrr_difference(ranks_of[s.name][name], ranks_of[s.name][dense_name], seed=seed)
+            for s in mix
+        },
         "seconds": round(time.perf_counter() - started, 3),
     }
-    tried = ", ".join(f"{name} {value:.4f}" for name, value in chosen["valid_mrr"].items())
+    summary = ", ".join(f"{s.name} ({s.style}) dense {suites[s.name]['dense_mrr']:.4f}" for s in mix)
+    chosen_mrr = ", ".join(f"{s} {v:.4f}" for s, v in table[name]["mrr"].items())
     log(
         "evaluate",
-        f"fusion on {suite.name} ({n_queries} queries, {n_codes} candidates): dense {mrr['dense']:.4f}, "
-        f"bm25 {mrr['bm25']:.4f}, {tried} -> {best} (default mode {chosen['default_mode']})",
+        f"fusion on {summary}: {len(candidates)} candidates -> {name} ({chosen_mrr}; "
+        f"default mode {result['default_mode']})",
     )
-    return chosen
+    return result

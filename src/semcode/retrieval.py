@@ -22,14 +22,22 @@ Hybrid (the system ``hybrid``): the model's cosine and BM25 of the same candidat
   lists, a candidate outside one list is ranked within the union on that side: rank > N there as in the
   whole corpus, so only contributions below 1 / (61 + N) differ.
 
-evaluate chooses the rule and weight on the valid split (semcode.evaluation.choose_fusion: the convex
-weights of ``FUSION_WEIGHTS`` and ``rrf``, by full-corpus MRR), never on test or an external suite.
+A fusion spec (bundle.json ``fusion``, ``fusion_spec``) is ``{"rule", "weight"}`` and, for ``convex``,
+optionally ``"question_weight"``: the weight of a query in question form (``query_form``: "How do I ...",
+"... ?"), ``weight`` that of any other (keyword or docstring form). Questions are phrased unlike code and
+its docstrings; the words they share with a function are rarely the ones that identify it, so they can
+take less lexical help than identifier-like and docstring-like queries (issue 30). Per query: hybrid
+``[Q, C] = cos + weights[Q, None] * bm25 / max_bm25`` (``query_weights``, ``fuse_queries``). A spec
+without ``question_weight`` (every bundle made before it) gives every query ``weight``, as it always did.
+
+evaluate chooses the spec on a mix of docstring-style and question-style suites (the valid split, CoSQA
+dev, the everyday suite; semcode.evaluation.choose_fusion), never on test or a held-out suite.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,15 +137,106 @@ def bm25_scores(queries: Sequence[str], codes: Sequence[str], stopwords: bool = 
 FUSION_RULES = ("convex", "rrf")
 RRF_K = 60
 FUSION_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-DEFAULT_FUSION = {"rule": "convex", "weight": 0.1}  # without a valid split to choose on: the issue's probe
+DEFAULT_FUSION = {"rule": "convex", "weight": 0.1}  # without a suite to choose on: the issue's probe
+DENSE_FUSION = {"rule": "convex", "weight": 0.0}  # the dense ranking itself
 
 
-def check_fusion(rule: str, weight: float) -> None:
-    """ValueError naming a bad rule (listing the valid ones) or a negative or non-finite weight."""
+def check_fusion(rule: str, weight: float | np.ndarray) -> None:
+    """ValueError naming a bad rule (listing the valid ones) or a negative or non-finite weight (one number,
+    or one per query)."""
     if rule not in FUSION_RULES:
         raise ValueError(f"fusion rule {rule!r} is not one of {list(FUSION_RULES)}")
-    if not np.isfinite(weight) or weight < 0:
+    weights = np.asarray(weight, dtype=np.float64)
+    if not np.isfinite(weights).all() or (weights < 0).any():
         raise ValueError(f"fusion weight must be a finite number >= 0, got {weight}")
+
+
+def _number(spec: Mapping, key: str) -> float:
+    value = spec.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"fusion {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def fusion_spec(spec: Mapping) -> dict:
+    """A fusion spec checked and reduced to what fusing needs: ``{"rule", "weight"}`` and, for ``convex``,
+    ``"question_weight"`` when the spec has one (not None). ValueError names what is wrong.
+
+    An older bundle.json ``fusion`` (rule and weight only) comes back as it was; the keys evaluate records
+    beside them (``chosen_on``, ``candidates``, ...) are left out.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a fusion spec is a mapping with 'rule' and 'weight', got {spec!r:.80}")
+    rule, weight = spec.get("rule"), _number(spec, "weight")
+    check_fusion(rule, weight)
+    out = {"rule": rule, "weight": weight}
+    if spec.get("question_weight") is not None:
+        if rule != "convex":
+            raise ValueError(f"question_weight applies to the convex rule only, not {rule!r}")
+        question_weight = _number(spec, "question_weight")
+        check_fusion(rule, question_weight)
+        out["question_weight"] = question_weight
+    return out
+
+
+def is_dense(spec: Mapping) -> bool:
+    """Whether a fusion spec ranks as dense alone: convex with every weight 0."""
+    spec = fusion_spec(spec)
+    return spec["rule"] == "convex" and spec["weight"] == 0 and spec.get("question_weight", 0.0) == 0
+
+
+# ---------------------------------------------------------------- the form of a query
+
+QUERY_FORMS = ("question", "keyword", "docstring")
+# A query opening with one of these words is a question ("how to ...", "is there ...", "what's ...").
+QUESTION_WORDS = frozenset(
+    "how what whats which why where when who whom whose "
+    "can could is are was were am do does did should would will shall may might must has have".split()
+)
+# Docstrings open with a verb, imperative or third person: "Return the ...", "Returns the ...".
+DOCSTRING_VERBS = frozenset(
+    "return get set create make compute calculate convert check test build find load read write parse "
+    "add remove delete update generate open close run start stop send receive initialize initialise apply "
+    "extract split join sort copy save fetch process handle register call determine raise construct "
+    "decode encode format print validate yield wrap search match replace render resolve reset append "
+    "insert clear evaluate emit list count".split()
+)
+
+
+def query_form(query: str) -> str:
+    """How a query is phrased, read off its surface (no model): ``"question"``, ``"docstring"`` or ``"keyword"``.
+
+    - question: it ends with "?", or its first word is an interrogative or an auxiliary that opens a
+      question (QUESTION_WORDS: how, what, which, why, where, when, who, can, is, does, do, should, ...):
+      "How do I check if a file exists?", "how to copy a file in python";
+    - docstring: it starts with a capital letter and ends with "." or opens with a docstring verb, bare
+      or third person (DOCSTRING_VERBS: "Return ...", "Returns ...", "Gets ...", "Matches ..."): "Parse a
+      date string in ISO format.", "Returns the mean of the numbers";
+    - keyword: anything else: "create temp directory", "python check if a variable is iterable".
+    """
+    text = query.strip()
+    words = [word.lower() for word in _WORD.findall(text)]
+    if text.endswith("?") or (words and words[0] in QUESTION_WORDS):
+        return "question"
+    if text[:1].isupper() and words:
+        first = words[0]
+        verb = first in DOCSTRING_VERBS or any(
+            first.endswith(end) and first[: -len(end)] in DOCSTRING_VERBS for end in ("s", "es")
+        )
+        if verb or text.endswith("."):
+            return "docstring"
+    return "keyword"
+
+
+def query_weights(queries: Sequence[str], spec: Mapping) -> np.ndarray:
+    """The convex weight of each query [Q] float32: ``question_weight`` for a query in question form
+    (query_form), ``weight`` for any other; ``weight`` for all without a ``question_weight``."""
+    spec = fusion_spec(spec)
+    weights = np.full(len(queries), spec["weight"], dtype=np.float32)  # [Q]
+    if "question_weight" in spec:
+        questions = np.array([query_form(query) == "question" for query in queries], dtype=bool)
+        weights[questions] = spec["question_weight"]
+    return weights
 
 
 def _check_pair(dense: np.ndarray, lexical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,15 +251,21 @@ def _check_pair(dense: np.ndarray, lexical: np.ndarray) -> tuple[np.ndarray, np.
     return dense, lexical
 
 
-def convex_fusion(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
-    """dense [Q, C] + weight * lexical [Q, C] / its row max -> hybrid [Q, C] float32."""
+def convex_fusion(dense: np.ndarray, lexical: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
+    """dense [Q, C] + weight * lexical [Q, C] / its row max -> hybrid [Q, C] float32; ``weight`` one number
+    or one per query [Q] (query_weights)."""
     check_fusion("convex", weight)
     dense, lexical = _check_pair(dense, lexical)
+    weights = np.asarray(weight, dtype=np.float32)
+    if weights.ndim == 1 and weights.shape != (dense.shape[0],):
+        raise ValueError(f"per-query weights must be [queries] = [{dense.shape[0]}], got {weights.shape}")
+    if weights.ndim > 1:
+        raise ValueError(f"the weight must be one number or one per query [Q], got shape {weights.shape}")
     if dense.shape[1] == 0:
         return dense.copy()
     best = lexical.max(axis=1, keepdims=True)  # [Q, 1]
     normalised = np.divide(lexical, best, out=np.zeros_like(lexical), where=best > 0)  # [Q, C] in [0, 1]
-    return dense + np.float32(weight) * normalised
+    return dense + (weights[:, None] if weights.ndim else weights) * normalised  # [Q, 1] or [] * [Q, C]
 
 
 def competition_ranks(scores: np.ndarray) -> np.ndarray:
@@ -190,14 +295,30 @@ def rrf_fusion(dense: np.ndarray, lexical: np.ndarray, k: int = RRF_K) -> np.nda
     return fused.astype(np.float32)
 
 
-def fuse(dense: np.ndarray, lexical: np.ndarray, rule: str, weight: float = 0.0) -> np.ndarray:
-    """Hybrid scores [Q, C] of dense and lexical [Q, C] by ``rule`` (FUSION_RULES; see the module doc)."""
+def fuse(dense: np.ndarray, lexical: np.ndarray, rule: str, weight: float | np.ndarray = 0.0) -> np.ndarray:
+    """Hybrid scores [Q, C] of dense and lexical [Q, C] by ``rule`` (FUSION_RULES; see the module doc);
+    ``weight`` one number or one per query [Q] (convex only; rrf takes none)."""
     check_fusion(rule, weight)
     if rule == "convex":
         return convex_fusion(dense, lexical, weight)
     return rrf_fusion(dense, lexical)
 
 
-def fusion_name(rule: str, weight: float) -> str:
-    """How a fusion candidate is named in metrics: ``convex@0.1``, ``rrf``."""
-    return "rrf" if rule == "rrf" else f"convex@{weight:g}"
+def fuse_queries(dense: np.ndarray, lexical: np.ndarray, queries: Sequence[str], spec: Mapping) -> np.ndarray:
+    """Hybrid scores [Q, C] of ``queries`` (their dense and lexical scores [Q, C]) by a fusion spec
+    (fusion_spec): each query its own weight (query_weights). What evaluate measures and search applies."""
+    spec = fusion_spec(spec)
+    if len(queries) != np.shape(dense)[0]:
+        raise ValueError(f"{len(queries)} queries for {np.shape(dense)[0]} rows of scores: one row per query")
+    if spec["rule"] == "rrf":
+        return rrf_fusion(dense, lexical)
+    return convex_fusion(dense, lexical, query_weights(queries, spec))
+
+
+def fusion_name(rule: str, weight: float, question_weight: float | None = None) -> str:
+    """How a fusion candidate is named in metrics: ``convex@0.1``, ``convex@0.3,question@0`` (questions at
+    their own weight), ``rrf``."""
+    if rule == "rrf":
+        return "rrf"
+    name = f"convex@{weight:g}"
+    return name if question_weight is None else f"{name},question@{question_weight:g}"

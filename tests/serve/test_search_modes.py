@@ -126,6 +126,34 @@ def test_hybrid_is_the_fusion_rule_over_the_whole_corpus(
     assert hits[0].id == 11 and hits[0].score == pytest.approx(2 / 61)  # first on both sides
 
 
+def test_hybrid_gives_a_question_its_own_weight(
+    searcher: Searcher, tiny_bundle: Path, tmp_path: Path, capsys
+) -> None:
+    """A per-form fusion spec (question_weight): a question-form query is fused at its weight, any other at
+    ``weight``, over the whole corpus as evaluate fuses them (semcode.retrieval.fuse_queries)."""
+    spec = {**HYBRID, "question_weight": 0.0, "chosen_on": ["valid", "cosqa"]}
+    bundle = copy_with(tiny_bundle, tmp_path / "per_form", fusion=spec, default_mode="hybrid")
+    per_form = Searcher(bundle, threads=1)
+    assert per_form.describe()["fusion"] == {**HYBRID, "question_weight": 0.0}
+    index = BM25Index.load(tiny_bundle / "bm25")
+    vectors = per_form.index.reconstruct_n(0, per_form.size)  # [C, dim]
+    queries = ["How do I read a file line by line?", "read a file line by line"]  # a question, keywords
+    hits = per_form.search_batch(queries, 5, mode="hybrid")
+    for row, (query, weight) in enumerate(zip(queries, (0.0, HYBRID["weight"]), strict=True)):
+        dense = (vectors @ per_form.encode([query])[0])[None]  # [1, C]
+        full = fuse(dense, index.query_scores(query)[None], "convex", weight)[0]
+        top = np.argsort(-full, kind="stable")[:5]
+        assert [h.id for h in hits[row]] == top.tolist(), query
+    # The question at weight 0 ranks as dense does; an old spec (one weight) fuses it at 0.3 like the rest.
+    question = queries[0]
+    assert [h.id for h in hits[0]] == [h.id for h in per_form.search(question, 5, mode="dense")]
+    dense = (vectors @ searcher.encode([question])[0])[None]
+    old = np.argsort(-fuse(dense, index.query_scores(question)[None], **HYBRID)[0], kind="stable")[:5]
+    assert [h.id for h in searcher.search(question, 5, mode="hybrid")] == old.tolist()
+    assert main([str(bundle), question, "-k", "1"]) == 0
+    assert "cos + 0.3 x BM25 / max BM25 (0 x for a question)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_the_language_filter_applies_to_every_mode(searcher: Searcher, corpus: list[dict], mode: str):
     go = [i for i, row in enumerate(corpus) if row["language"] == "go"]
