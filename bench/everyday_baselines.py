@@ -1,4 +1,4 @@
-"""The everyday-queries suite (semcode/suite_data/everyday.jsonl) against the naive baselines, over the stdlib.
+"""The everyday-queries suite (semcode/suite_data/everyday.jsonl) against naive baselines, over the stdlib.
 
     .venv/bin/python bench/everyday_baselines.py                          # MiniLM + BM25, whole stdlib
     .venv/bin/python bench/everyday_baselines.py --limit 2000             # a quick look: the first 2,000 rows
@@ -13,6 +13,8 @@ sets over the same functions:
 - ``all``: every definition the extraction yields with ``index_all`` (what ingest indexes since issue 30:
   functions, methods, module-level classes, dunders, ``test``-named and one-line functions); with an
   extraction without ``index_all``, its functions and methods at ``min_code_lines=1``;
+- ``functions``: ``all`` without the class rows: every function and method, the naive baseline's corpus
+  ("every function's whole source"), the issue-30 probe's;
 - ``pair_rules``: the functions that pass the pair rules (``min_code_lines=3``, no dunders or test names,
   no classes): what ingest indexed before issue 30.
 
@@ -29,7 +31,7 @@ Systems:
   ``--cache-dir`` keyed by the model and a hash of the documents, so a rerun embeds nothing.
 - ``bm25``: semcode.retrieval.BM25Index (bm25s, identifiers split) over the same documents.
 - ``bundle:<mode>`` (with ``--bundle``): semcode.serve's Searcher over the bundle's own index, each mode it
-  offers, top 10; a hit's location is its file:// url when it has one, else its path.
+  offers, top 10; a hit's location is its python:// or file:// url when it has one, else its path.
 
 Prints the table (success@1/@3/@10, MRR@10, per form), coverage of each row set, and the paired MRR@10
 difference of each system against minilm on the same rows; ``--json`` writes everything.
@@ -103,6 +105,7 @@ def stdlib_rows(root: Path) -> tuple[list[dict], dict]:
                     "func_name": function.func_name,
                     "document": textwrap.dedent(whole).strip() + "\n",
                     "in_pairs": (function.func_name, function.start_line) in pair_rows,
+                    "is_class": getattr(function, "pair_reject", "") == "class",
                 }
             )
     corpus = {
@@ -187,7 +190,7 @@ def bundle_rankings(bundle: str, queries: list[str]) -> tuple[dict, list, dict]:
 
 
 def location(url: str | None, path: str | None) -> str:
-    return url if url and url.startswith("file://") else (path or "")
+    return url if url and url.startswith(("python://", "file://")) else (path or "")
 
 
 def summary_line(name: str, rows: str, scores: dict) -> str:
@@ -230,11 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     keys = [(r["path"], r["func_name"]) for r in rows]
     row_sets = {
         "all": np.ones(len(rows), dtype=bool),
+        "functions": np.array([not r["is_class"] for r in rows], dtype=bool),
         "pair_rules": np.array([r["in_pairs"] for r in rows], dtype=bool),
     }
-    log(
-        f"{corpus['files']} files, {len(rows)} rows ({int(row_sets['pair_rules'].sum())} under the pair rules)"
-    )
+    log(f"{corpus['files']} files, {len(rows)} rows ({int(row_sets['pair_rules'].sum())} under pair rules)")
 
     results: dict[str, dict] = {}
     for set_name, members in row_sets.items():
@@ -270,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"corpus: {corpus['stdlib']} (Python {corpus['python']}), {corpus['files']} files, "
-        f"{corpus['extraction']}: {len(rows)} rows 'all', {int(row_sets['pair_rules'].sum())} rows 'pair_rules' "
+        f"{corpus['extraction']}: {len(rows)} rows 'all', {int(row_sets['functions'].sum())} 'functions' (no "
+        f"classes), {int(row_sets['pair_rules'].sum())} 'pair_rules' "
         f"(min_code_lines={PAIR_MIN_CODE_LINES}, no classes, dunders or test names)"
         + (f"; first {args.limit} rows only" if args.limit else "")
     )
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bundle: {bundle_about}")
     print()
     print(
-        "| system | rows | S@1 | S@3 | S@10 | MRR@10 | keyword S@3 | keyword MRR@10 | question S@3 | question MRR@10 |"
+        "| system | rows | S@1 | S@3 | S@10 | MRR@10 | keyword S@3 | keyword MRR@10 | question S@3 "
+        "| question MRR@10 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, scores in results.items():

@@ -124,6 +124,10 @@ def test_load_refuses_bad_records(tmp_path: Path) -> None:
         ("/usr/lib/python3.11/tempfile.py", "tempfile.py"),
         ("/root/.pyenv/versions/3.11.7/lib/python3.11/http/client.py", "http/client.py"),
         ("file:///usr/lib/python3.11/os.py#L770-L780", "os.py"),
+        ("file:///opt/my%20py/lib/python3.11/json/__init__.py", "json/__init__.py"),
+        ("/usr/lib/python3.11/os.py#L770", "os.py"),
+        ("python://stdlib/json/decoder.py#L42", "json/decoder.py"),  # ingest's url
+        ("python://site-packages/requests/api.py", None),
         ("/opt/py/lib/python3.13t/os.py", "os.py"),
         ("C:\\Python311\\Lib\\ntpath.py", "ntpath.py"),
         ("cpython/Lib/shutil.py", "shutil.py"),  # a CPython checkout
@@ -223,3 +227,56 @@ def test_paired_difference_counts_a_miss_as_zero() -> None:
     mixed = everyday.paired_difference(np.array([1, 2]), np.array([0, 1]))
     assert mixed["mrr_difference"] == pytest.approx(((1 - 0) + (0.5 - 1)) / 2)
     assert mixed["ci95_low"] <= mixed["mrr_difference"] <= mixed["ci95_high"]
+
+
+def test_paired_difference_draws_as_the_evaluation_bootstrap_does() -> None:
+    """everyday repeats semcode.evaluation.paired_mrr_difference (an import back would close a circle):
+    the same figures, a miss (rank 0) as a reciprocal rank of 0."""
+    from semcode.evaluation import paired_mrr_difference
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 11, size=300), rng.integers(0, 11, size=300)
+    as_evaluation = paired_mrr_difference(np.where(a > 0, a, np.inf), np.where(b > 0, b, np.inf), 500, 7)
+    assert everyday.paired_difference(a, b, 500, 7) == pytest.approx(as_evaluation)
+
+
+# ---------------------------------------------------------------- ranking candidates (evaluate)
+
+
+def test_top_keys_ranks_by_score_and_ties_count_against_the_system() -> None:
+    queries, _ = hand_made()
+    a, b = queries[0], queries[1]  # a: tempfile.py mkdtemp; b: shutil.py copy or copy2
+    keys = [("m0.py", "f"), ("tempfile.py", "mkdtemp"), ("m1.py", "f"), ("shutil.py", "copy2"), None]
+    scores = np.array(
+        [
+            [0.5, 0.9, 0.1, 0.2, 0.0],  # mkdtemp first
+            [0.7, 0.7, 0.7, 0.7, 0.7],  # all tied: the accepted copy2 comes after every other candidate
+        ]
+    )
+    ranked = everyday.top_keys(scores, keys, [a, b])
+    assert ranked[0] == [keys[1], keys[0], keys[3], keys[2], None]
+    assert ranked[1][-1] == ("shutil.py", "copy2")
+    assert everyday.first_hit_ranks(ranked, [a, b]).tolist() == [1, 5]
+    many = [(f"m{i}.py", "f") for i in range(12)] + [("tempfile.py", "mkdtemp")]
+    assert everyday.top_keys(np.ones((1, 13)), many, [a]) == [many[:10]]  # a tie past the top 10: a miss
+    with pytest.raises(ValueError, match="scores of shape"):
+        everyday.top_keys(scores, keys[:4], [a, b])
+
+
+def test_evaluate_everyday_with_the_model_alone() -> None:
+    queries, _ = hand_made()
+    rows = [("/usr/lib/python3.11/tempfile.py", "mkdtemp"), ("/usr/lib/python3.11/re/__init__.py", "sub")]
+    documents = ["tempfile.mkdtemp\nMake a temporary folder.", "re.sub\nReplace matches."]
+
+    def embed(
+        texts: list[str], kind: str
+    ) -> np.ndarray:  # query "a" and mkdtemp on one axis, the rest on the other
+        return np.array([[1.0, 0.0] if text in ("a", documents[0]) else [0.0, 1.0] for text in texts])
+
+    result = everyday.evaluate_everyday(queries, rows, documents, {"model": embed}, bm25=False)
+    assert result["per_query"]["ranks"] == {"model": [1, 0, 0, 1]}  # b and c are not among the rows
+    assert result["stdlib"]["model"]["success@1"] == 0.5 and "hybrid" not in result["stdlib"]
+    assert result["model_vs"] == {} and result["hybrid_vs"] == {} and "fusion" not in result
+    assert result["coverage"]["uncovered"] == ["b-q", "c-kw"] and result["n_candidates"] == 2
+    question = result["by_form"]["question"]
+    assert question["n_queries"] == 2 and question["stdlib"]["model"]["success@1"] == 0.5  # b-q 0, d-q 1

@@ -26,6 +26,8 @@ LAYERS = [  # lowest first; the first part of a module's name below semcode deci
         "export",
         "index",
         "corpus",
+        "indexing",
+        "index_bundle",
         "embedding_cache",
         "retrieval",
         "bundle",

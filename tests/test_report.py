@@ -160,3 +160,45 @@ def test_small_values_keep_their_digits_and_fact_tables_have_no_empty_header() -
     assert _number(0.7669) == "0.7669" and _number(-0.0109) == "-0.0109" and _number(0.0) == "0.0000"
     page = report_html(BUNDLE, METRICS)
     assert "<thead><tr><th></th><th></th></tr></thead>" not in page
+
+
+def test_model_card_and_report_show_the_everyday_suite_per_system_and_form() -> None:
+    def scores(s1: float, s3: float, s10: float, mrr: float, n: int) -> dict:
+        return {"success@1": s1, "success@3": s3, "success@10": s10, "mrr@10": mrr, "n_queries": n}
+
+    gap = {"mrr_difference": 0.05, "ci95_low": 0.01, "ci95_high": 0.09}
+    everyday = {  # evaluate's layout: one protocol, "stdlib"
+        "stdlib": {"model": scores(0.4, 0.6, 0.8, 0.5, 4), "naive": scores(0.2, 0.5, 0.75, 0.35, 4)},
+        "by_form": {
+            "keyword": {"n_queries": 2, "stdlib": {"model": scores(0.5, 0.5, 1.0, 0.6, 2)}},
+            "question": {"n_queries": 2, "stdlib": {"model": scores(0.25, 0.75, 0.5, 0.4, 2)}},
+        },
+        "model_vs": {"stdlib": {"naive": gap}},
+        "hybrid_vs": {"stdlib": {"model": {"mrr_difference": -0.01, "ci95_low": -0.03, "ci95_high": 0.0}}},
+        "coverage": {"covered": 3, "n_queries": 4},
+        "n_queries": 4,
+        "n_candidates": 120,
+        "document": "name+doc+code",
+    }
+    metrics = {"evaluate": {"suites": {**METRICS["evaluate"]["suites"], "everyday": everyday}}}
+    assert metric_rows(metrics) == metric_rows(METRICS)  # no csn or full protocol: not in the MRR tables
+    assert ["everyday", "stdlib", "model - naive", "+0.0500", "+0.0100 .. +0.0900"] in gap_rows(metrics)
+
+    card = model_card(BUNDLE, metrics)
+    section = card.split("### Everyday queries")[1].split("## ")[0]
+    assert "| queries | system | success@1 | success@3 | success@10 | MRR@10 |" in section
+    assert "| all (4) | model | 0.4000 | 0.6000 | 0.8000 | 0.5000 |" in section
+    assert "| all (4) | naive | 0.2000 | 0.5000 | 0.7500 | 0.3500 |" in section
+    assert "| question (2) | model | 0.2500 | 0.7500 | 0.5000 | 0.4000 |" in section
+    assert "4 queries among 120 candidates" in section and "3 of them have an accepted answer" in section
+    assert "hybrid - model MRR@10 -0.0100 (95% -0.0300 .. +0.0000)" in section
+
+    page = report_html(BUNDLE, metrics)
+    section = page.split("<h2>Evaluation: everyday queries</h2>")[1].split("<h2>")[0]
+    assert (
+        "<td>keyword (2)</td><td>model</td><td>0.5000</td><td>0.5000</td><td>1.0000</td><td>0.6000</td>"
+        in section
+    )
+    assert "Everyday" not in model_card(BUNDLE, METRICS) and "everyday queries" not in report_html(
+        BUNDLE, METRICS
+    )

@@ -15,6 +15,8 @@ The module map, lowest layer first. A module imports only from its own layer or 
    embedding_cache  vectors an encoder embedded before, keyed by its weights and each text's sha256
    export       torch -> fp32 / int8 ONNX;  index  FAISS;  mining  hard negatives
    corpus       which corpus rows are indexed, their search documents, their embedding in chunks
+   indexing     a corpus's searchable index: FAISS built and measured, its metadata, BM25
+   index_bundle  the index-only bundle (semcode index): an existing encoder's files, a new index
    evaluation   retrieval metrics, BM25, paired intervals;  suites  the evaluation suites
    everyday     the everyday-queries suite (suite_data/everyday.jsonl): load, score, coverage
    retrieval    search-time scoring: the BM25 index, the fusion of dense and BM25 scores (hybrid)

@@ -561,6 +561,9 @@ class MixSuite:
     relevant: np.ndarray
     exclude: np.ndarray
     source: str = ""
+    # What ranks this suite when not choose_fusion's own embedding: the everyday suite is embedded as the
+    # index embeds its rows (build_index's max length), the other suites at evaluate's.
+    embed: EmbedFn | None = None
 
     def __post_init__(self) -> None:
         if self.style not in QUERY_STYLES:
@@ -600,6 +603,7 @@ def everyday_mix_suite(
     documents: Sequence[str],
     name: str = "everyday",
     source: str = "",
+    embed: EmbedFn | None = None,
 ) -> MixSuite:
     """The everyday suite (semcode.everyday) over index rows as a question-style suite of the mix.
 
@@ -628,7 +632,8 @@ def everyday_mix_suite(
             f"suite {name}: none of its {len(queries)} queries has an accepted answer in the rows"
         )
     relevant = np.array(pairs, dtype=np.int64)
-    return MixSuite(name, "question", kept, list(documents), relevant, np.zeros((0, 2), np.int64), source)
+    exclude = np.zeros((0, 2), np.int64)
+    return MixSuite(name, "question", kept, list(documents), relevant, exclude, source, embed)
 
 
 def best_relevant_ranks(
@@ -700,7 +705,8 @@ def choose_fusion(
     suites: dict = {}
     for suite in mix:
         n_queries, n_codes = len(suite.queries), len(suite.codes)
-        dense_block = dot_score_blocks(embed(suite.queries, "query"), embed(suite.codes, "code"))
+        suite_embed = suite.embed or embed
+        dense_block = dot_score_blocks(suite_embed(suite.queries, "query"), suite_embed(suite.codes, "code"))
         index = BM25Index(suite.codes, stopwords=bm25_stopwords)
         query_weights_of = [  # [Q] each candidate's weight per query; None for rrf
             query_weights(suite.queries, spec) if spec["rule"] == "convex" else None for spec in candidates

@@ -4,7 +4,8 @@ Both are made from bundle.json's content and the bundle's metrics.json (``{"prim
 "export_onnx", "build_index", optional "train_decoder", "ingest", "train_encoder", ...}``) and say the
 same things: what the model is, what it was trained on, how it ranks against BM25 and the zero-shot
 baseline per suite and protocol (the held-out ``polyglot-<language>`` repositories among the suites,
-and a suite's per-language breakdown as ``suite:language`` rows), whether int8 kept its accuracy, what the index holds, and what the
+and a suite's per-language breakdown as ``suite:language`` rows), the everyday-queries suite's success@k
+and MRR@10 per system and query form (``everyday_rows``), whether int8 kept its accuracy, what the index holds, and what the
 model is and is not for. The HTML has no external assets (inline CSS, an inline SVG bar chart of MRR
 per suite/protocol and system), so it opens anywhere, including the KFP UI's HTML viewer; every text
 taken from the inputs is escaped.
@@ -16,8 +17,16 @@ import html
 import math
 from typing import Any
 
+from semcode.everyday import MRR_AT, PROTOCOL, SUCCESS_AT, SUITE_NAME
+
 SYSTEMS = ("model", "bm25", "hybrid", "zero_shot")  # hybrid: the model fused with BM25 (retrieval.fuse)
-SYSTEM_LABELS = {"model": "model", "bm25": "BM25", "hybrid": "hybrid", "zero_shot": "zero-shot"}
+SYSTEM_LABELS = {
+    "model": "model",
+    "bm25": "BM25",
+    "hybrid": "hybrid",
+    "zero_shot": "zero-shot",
+    "naive": "naive",  # the everyday suite's afternoon baseline
+}
 SYSTEM_COLOURS = {"model": "#3b6fd6", "bm25": "#d98c2b", "hybrid": "#8a5cc2", "zero_shot": "#7a9a5a"}
 PROTOCOLS = ("csn", "full")
 
@@ -90,6 +99,15 @@ def metric_rows(metrics: dict) -> list[dict]:
 
 
 GAP_HEADER = ["suite", "protocol", "model - baseline", "MRR difference", "95% interval"]
+EVERYDAY_METRICS = (*(f"success@{k}" for k in SUCCESS_AT), f"mrr@{MRR_AT}")
+EVERYDAY_HEADER = ["queries", "system", *(metric.replace("mrr", "MRR") for metric in EVERYDAY_METRICS)]
+EVERYDAY_NOTE = (
+    "Everyday queries: searches people type, in keyword and question form, each with its accepted "
+    "standard-library answers (semcode/suite_data/everyday.jsonl), each ranking every standard-library "
+    "definition of the corpus; success@k is the share of queries with an accepted answer in the top k. "
+    "naive: the zero-shot start model over each definition's whole source (docstring and code), cosine only. "
+    "Its gaps (protocol stdlib, in the table above) are MRR@10 differences."
+)
 
 
 def gap_rows(metrics: dict) -> list[list[str]]:
@@ -109,6 +127,43 @@ def gap_rows(metrics: dict) -> list[list[str]]:
                     ]
                 )
     return rows
+
+
+def everyday_rows(metrics: dict) -> list[list[str]]:
+    """The everyday suite's table: for all its queries, then each form's, one row per system with its
+    success@1/@3/@10 and MRR@10; none when the suite was not evaluated."""
+    suite = ((metrics.get("evaluate") or {}).get("suites") or {}).get(SUITE_NAME)
+    if not isinstance(suite, dict):
+        return []
+    rows = []
+    for label, part in [("all", suite), *(suite.get("by_form") or {}).items()]:
+        systems = part.get(PROTOCOL) or {}
+        for system in (*SYSTEMS, "naive"):
+            if isinstance(systems.get(system), dict):
+                values = [_number(systems[system].get(metric)) for metric in EVERYDAY_METRICS]
+                rows.append([f"{label} ({part.get('n_queries')})", SYSTEM_LABELS[system], *values])
+    return rows
+
+
+def everyday_summary(metrics: dict) -> str:
+    """What the everyday suite ranked among and how many of its queries can be answered at all, and the
+    hybrid - model gap ("" when not evaluated)."""
+    suite = ((metrics.get("evaluate") or {}).get("suites") or {}).get(SUITE_NAME)
+    if not isinstance(suite, dict):
+        return ""
+    coverage = suite.get("coverage") or {}
+    text = (
+        f"{_number(suite.get('n_queries'))} queries among {_number(suite.get('n_candidates'))} candidates "
+        f"(embedded as {suite.get('document', '-')} documents); {_number(coverage.get('covered'))} of them "
+        "have an accepted answer among the candidates."
+    )
+    gap = ((suite.get("hybrid_vs") or {}).get(PROTOCOL) or {}).get("model")
+    if isinstance(gap, dict):
+        text += (
+            f" hybrid - model MRR@10 {gap['mrr_difference']:+.4f} "
+            f"(95% {gap['ci95_low']:+.4f} .. {gap['ci95_high']:+.4f})."
+        )
+    return text
 
 
 DATA_LICENCE_NOTE = (
@@ -405,6 +460,10 @@ def model_card(bundle: dict, metrics: dict) -> str:
                     "",
                     _md_table(GAP_HEADER, gaps),
                 ]
+            everyday = everyday_rows(metrics)
+            if everyday:
+                parts += ["", "### Everyday queries", "", EVERYDAY_NOTE, everyday_summary(metrics)]
+                parts += ["", _md_table(EVERYDAY_HEADER, everyday)]
     hyperparameters = hyperparameter_rows(bundle)
     if hyperparameters:
         parts += ["", "## Hyperparameters", "", _md_table(["stage", "setting", "value"], hyperparameters)]
@@ -638,6 +697,13 @@ def report_html(
             "<p>MRR difference on the same queries, with its 95% paired bootstrap interval (one that "
             "contains 0 is within the suite's noise).</p>",
             _html_table(GAP_HEADER, gaps),
+        ]
+    everyday = everyday_rows(metrics)
+    if everyday:
+        body += [
+            "<h2>Evaluation: everyday queries</h2>",
+            f"<p>{_e(EVERYDAY_NOTE)} {_e(everyday_summary(metrics))}</p>",
+            _html_table(EVERYDAY_HEADER, everyday),
         ]
     for stage, history in (histories or {}).items():
         charts = training_curves(history)

@@ -6,13 +6,16 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_suites import GO_FILES, RUBY_FILES, write_archive  # the tiny polyglot archives (tests/)
 
 from semcode.config import ConfigError
 from semcode.data.pairs import write_shards
+from semcode.evaluation import MixSuite
 from semcode.models.encoder import build_encoder
+from semcode.retrieval import fusion_spec
 from semcode.stages import evaluate as stage
 from semcode.tokenizer import SPECIAL_IDS, train_bpe
 
@@ -240,26 +243,22 @@ def test_hybrid_is_chosen_on_the_valid_split_and_used_on_every_suite(
     metrics = stage.run(config, tiny_encoder_dir, pairs, tmp_path / "eval")
 
     fusion = metrics["fusion"]
-    assert fusion["chosen_on"].startswith(f"valid ({pairs / 'valid'})")
-    assert set(fusion["valid_mrr"]) == {
-        "convex@0",
-        "convex@0.05",
-        "convex@0.1",
-        "convex@0.2",
-        "convex@0.3",
-        "convex@0.5",
-        "rrf",
-    }
-    assert fusion["n_queries"] == 5 and fusion["n_candidates"] == 5
-    best = max(fusion["valid_mrr"].values())
-    name = "rrf" if fusion["rule"] == "rrf" else f"convex@{fusion['weight']:g}"
-    assert fusion["valid_mrr"][name] == best
+    # cosqa is not evaluated here and no everyday suite is given: the mix is the valid split alone.
+    assert fusion["chosen_on"] == ["valid"] and set(fusion["skipped"]) == {"cosqa", "everyday"}
+    valid = fusion["suites"]["valid"]
+    assert valid["source"] == str(pairs / "valid") and valid["style"] == "docstring"
+    assert valid["n_queries"] == 5 and valid["n_candidates"] == 5 and valid["forms"] == {"docstring": 5}
+    convex = {f"convex@{w:g}" for w in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)}
+    assert convex | {"rrf"} <= set(fusion["candidates"])
+    assert "convex@0.5,question@0" in fusion["candidates"]  # the per-form variants
+    mrr = {name: row["mrr"]["valid"] for name, row in fusion["candidates"].items()}
+    assert mrr[fusion["name"]] == max(mrr.values())  # docstrings only: the best valid MRR wins
     # The untrained encoder ranks at random; BM25 finds these docstrings' words: hybrid beats dense.
-    assert fusion["valid_bm25_mrr"] > fusion["valid_dense_mrr"]
-    assert fusion["beats_dense"] == (best > fusion["valid_dense_mrr"])
-    assert fusion["default_mode"] == ("hybrid" if fusion["beats_dense"] else "dense")
-    for suite in metrics["suites"].values():  # the one chosen rule, on every suite and protocol
-        assert suite["fusion"] == {"rule": fusion["rule"], "weight": fusion["weight"]}
+    assert valid["bm25_mrr"] > valid["dense_mrr"] == mrr["convex@0"]
+    assert fusion["default_mode"] == ("hybrid" if mrr[fusion["name"]] > valid["dense_mrr"] else "dense")
+    spec = fusion_spec(fusion)
+    for suite in metrics["suites"].values():  # the one chosen spec, on every suite and protocol
+        assert suite["fusion"] == spec
         for protocol in ("csn", "full"):
             assert "hybrid" in suite[protocol] and "model" in suite["hybrid_vs"][protocol]
     assert "test.full.hybrid.mrr" in metrics["kfp_metrics"]
@@ -281,7 +280,35 @@ def test_hybrid_is_chosen_on_the_valid_split_and_used_on_every_suite(
         tmp_path / "pairs2",
         tmp_path / "eval2",
     )
-    assert again["fusion"]["valid_mrr"] == fusion["valid_mrr"]
+    assert again["fusion"]["candidates"] == fusion["candidates"]
+
+
+def test_the_fusion_mix_holds_cosqa_when_evaluated_and_the_suites_given(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs"
+    write_shards([{"query": q, "code": c} for q, c in VALID_PAIRS], pairs / "valid")
+    everyday = MixSuite(
+        "everyday",
+        "question",
+        ["how do I join paths?"],
+        ["def join(*parts): ..."],
+        np.array([[0, 0]]),
+        np.zeros((0, 2), np.int64),
+    )
+    config = stage.EvaluateConfig(suites=("test",), benchmarks_dir=str(tmp_path / "none"))
+    mix, skipped = stage.fusion_mix(config, pairs, [everyday])
+    assert [s.name for s in mix] == ["valid", "everyday"] and [s.style for s in mix] == [
+        "docstring",
+        "question",
+    ]
+    assert skipped == {"cosqa": "not among the evaluated suites"}
+    config = stage.EvaluateConfig(
+        suites=("cosqa",), benchmarks_dir=str(tmp_path / "none"), fusion_suites=("cosqa",)
+    )
+    mix, skipped = stage.fusion_mix(config, None, [everyday])
+    assert mix == [] and skipped["cosqa"].startswith("not present")
+    config = stage.EvaluateConfig(suites=("test",), fusion_suites=("valid", "everyday"))
+    mix, skipped = stage.fusion_mix(config, None)
+    assert mix == [] and set(skipped) == {"valid", "everyday"}
 
 
 def test_hybrid_with_weight_zero_is_the_model(tiny_encoder_dir: Path, tmp_path: Path) -> None:
@@ -342,6 +369,7 @@ def test_bad_inputs_fail_before_any_model_loads(pairs_dir: Path, tmp_path: Path,
         {"fusion_weights": (0.1, -0.2)},
         {"fusion_weights": (), "fusion_rrf": False},
         {"fusion_valid_queries": -1},
+        {"fusion_suites": ("test",)},
     ],
 )
 def test_config_validation(bad: dict) -> None:
@@ -378,3 +406,219 @@ def test_summary_table_and_flat_metrics() -> None:
     last = stage.summary_table(suites).splitlines()[-1]
     assert last.startswith("test:c++ | full     | 1       | 10") and "0.7500" in last
     assert stage.flatten_metrics(suites)["test.c__.full.model.mrr"] == 0.75  # unsafe characters become _
+
+
+# ---------------------------------------------------------------- the everyday suite over the corpus' stdlib rows
+
+EVERYDAY_SUITE = [
+    {
+        "id": "tempdir-kw",
+        "query": "create temp directory",
+        "form": "keyword",
+        "topic": "files",
+        "answers": [{"path": "tempfile.py", "name": "mkdtemp"}],
+    },
+    {
+        "id": "file-exists-q",
+        "query": "How do I check if a file exists?",
+        "form": "question",
+        "topic": "files",
+        "answers": [{"path": "genericpath.py", "name": "exists"}],
+    },
+]
+# (source, path, func_name, doc, code) of the tiny ingest corpus. BM25 finds "directory" in rmtree and
+# makedirs but nothing of "create temp directory" in mkdtemp; "exists" only in genericpath.exists.
+EVERYDAY_CORPUS = [
+    ("python:stdlib", "tempfile.py", "mkdtemp", "Make a unique temporary folder.", "def mkdtemp():\n    ..."),
+    (
+        "python:stdlib",
+        "genericpath.py",
+        "exists",
+        "Test whether a path exists.",
+        "def exists(path):\n    ...",
+    ),
+    ("python:stdlib", "shutil.py", "rmtree", "Recursively delete a directory tree.", "def rmtree(path): ..."),
+    ("python:stdlib", "os.py", "makedirs", "Super-mkdir; make a leaf directory.", "def makedirs(name): ..."),
+    ("python:stdlib", "os.py", "getcwd", "", ""),  # no code: never a candidate, as never indexed
+    # an accepted answer's location, but not the standard library: not a candidate
+    ("python:site-packages", "tempfile.py", "mkdtemp", "Create a temp directory.", "def mkdtemp(): ..."),
+]
+
+
+def keyword_embed(query_axes: dict[str, int], code_axes: dict[str, int]):
+    """A deterministic encoder: axis i is 1 when a text holds the word mapped to it (queries and code by
+    their own maps), and a small constant axis keeps every vector non-zero; unit vectors."""
+
+    def embed(texts: list[str], kind: str) -> np.ndarray:
+        out = np.zeros((len(texts), 3), dtype=np.float32)
+        out[:, 2] = 0.1
+        for row, text in enumerate(texts):
+            for word, axis in (query_axes if kind == "query" else code_axes).items():
+                out[row, axis] = 1.0 if word in text.lower() else out[row, axis]
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    return embed
+
+
+AXES = {"temp": 0, "exist": 1}
+SWAPPED = {"temp": 1, "exist": 0}
+
+
+@pytest.fixture
+def everyday_inputs(tmp_path: Path, monkeypatch) -> dict:
+    """A suite file, an ingest output folder holding corpus/, two encoder folders and load_embed_fn
+    replaced: "model" matches words to the same words (each answer's cosine 1), "start" matches a query's
+    words to the other word's code (each answer last, rank 4 of 4). ``calls``: (encoder, max_length, the
+    code texts it embedded)."""
+    suite = tmp_path / "everyday.jsonl"
+    suite.write_text("".join(json.dumps(record) + "\n" for record in EVERYDAY_SUITE))
+    rows = [
+        {"query": doc, "code": code, "path": path, "func_name": name, "source": source, "language": "python"}
+        for source, path, name, doc, code in EVERYDAY_CORPUS
+    ]
+    write_shards(rows, tmp_path / "ingest" / "corpus")
+    encoders = {}
+    for name in ("model", "start"):
+        encoders[name] = tmp_path / name
+        encoders[name].mkdir()
+        (encoders[name] / "config.json").write_text("{}")  # a checkpoint folder, as far as the checks go
+    calls: list[tuple[str, int | None, list[str]]] = []
+
+    def load_embed_fn(spec: str, max_length: int | None = None, **_) -> tuple:
+        name = Path(spec).name
+        inner = keyword_embed(AXES, AXES) if name == "model" else keyword_embed(SWAPPED, AXES)
+        call: tuple[str, int | None, list[str]] = (name, max_length, [])
+        calls.append(call)
+
+        def embed(texts: list[str], kind: str) -> np.ndarray:
+            call[2].extend(texts if kind == "code" else [])
+            return inner(texts, kind)
+
+        return embed, 3
+
+    monkeypatch.setattr("semcode.embed.load_embed_fn", load_embed_fn)
+    return {"suite": suite, "corpus": tmp_path / "ingest", "calls": calls, **encoders}
+
+
+def test_the_everyday_suite_ranks_the_corpus_stdlib_rows(
+    pairs_dir: Path, everyday_inputs: dict, tmp_path: Path
+) -> None:
+    from semcode.stages import gate
+
+    config = stage.EvaluateConfig(
+        suites=("test",), protocols=("full",), everyday_suite=str(everyday_inputs["suite"]), device="cpu"
+    )
+    out = tmp_path / "eval"
+    metrics = stage.run(
+        config,
+        everyday_inputs["model"],
+        pairs_dir,
+        out,
+        baseline_encoder=everyday_inputs["start"],
+        corpus_dir=everyday_inputs["corpus"],  # the ingest output folder: its corpus/ is read
+    )
+    suite = read_metrics(out)["suites"]["everyday"]
+    assert suite["n_queries"] == 2 and suite["n_candidates"] == 4  # stdlib rows with code only
+    assert suite["source"] == f"{everyday_inputs['corpus'] / 'corpus'} (python:stdlib rows)"
+    assert suite["coverage"] == {"covered": 2, "n_queries": 2, "fraction": 1.0, "uncovered": []}
+    assert suite["document"] == "name+doc+code"
+    assert suite["naive"] == {"document": "doc+code", "max_length": 256}
+    ranks = suite["per_query"]["ranks"]
+    assert suite["per_query"]["ids"] == ["tempdir-kw", "file-exists-q"]
+    # model and hybrid find both at 1; zero-shot and naive rank both last (4 of 4); BM25 finds the
+    # question at 1 and the keyword query at 4: mkdtemp ties with exists at 0, and ties count against.
+    assert ranks == {
+        "model": [1, 1],
+        "zero_shot": [4, 4],
+        "bm25": [4, 1],
+        "hybrid": [1, 1],
+        "naive": [4, 4],
+    }
+    scores = suite["stdlib"]
+    assert scores["model"] == {
+        "success@1": 1.0,
+        "success@3": 1.0,
+        "success@10": 1.0,
+        "mrr@10": 1.0,
+        "n_queries": 2,
+    }
+    assert (
+        scores["zero_shot"]
+        == scores["naive"]
+        == {
+            "success@1": 0.0,
+            "success@3": 0.0,
+            "success@10": 1.0,
+            "mrr@10": 0.25,
+            "n_queries": 2,
+        }
+    )
+    assert scores["bm25"] == {
+        "success@1": 0.5,
+        "success@3": 0.5,
+        "success@10": 1.0,
+        "mrr@10": 0.625,
+        "n_queries": 2,
+    }
+    assert suite["by_form"]["keyword"]["n_queries"] == 1
+    assert suite["by_form"]["keyword"]["stdlib"]["bm25"]["mrr@10"] == 0.25
+    assert suite["by_form"]["question"]["stdlib"]["bm25"]["success@1"] == 1.0
+    assert suite["by_topic"]["files"]["stdlib"]["model"]["success@3"] == 1.0
+    same = {"mrr_difference": 0.75, "ci95_low": 0.75, "ci95_high": 0.75}
+    assert suite["model_vs"] == {"stdlib": {"zero_shot": same, "naive": same}}
+    assert suite["hybrid_vs"] == {
+        "stdlib": {"model": {"mrr_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0}}
+    }
+    assert suite["fusion"] == fusion_spec(metrics["fusion"]) and "everyday" in metrics["fusion"]["chosen_on"]
+    # The model and the zero-shot start embed the search documents, the naive baseline the whole sources
+    # at 256 tokens.
+    calls = everyday_inputs["calls"]
+    assert [(name, length) for name, length, _ in calls] == [("model", None), ("start", None), ("start", 256)]
+    assert "tempfile.mkdtemp\nMake a unique temporary folder.\ndef mkdtemp():\n    ..." in calls[0][2]
+    assert calls[2][2][0] == "Make a unique temporary folder.\ndef mkdtemp():\n    ..."
+    assert metrics["kfp_metrics"]["everyday.stdlib.bm25.success@1"] == 0.5
+    assert metrics["kfp_metrics"]["everyday.keyword.stdlib.naive.mrr@10"] == 0.25
+    table = stage.summary_table(metrics["suites"])
+    assert re.search(
+        r"^all \(2\) +\| mrr@10 +\| 1\.0000 +\| 0\.6250 +\| 1\.0000 +\| 0\.2500 +\| 0\.2500", table, re.M
+    )
+    assert "model - zero-shot +0.7500 (+0.7500..+0.7500)" in table
+
+    # The gate guards it like every suite: model - zero-shot, paired.
+    guarded = [c for c in gate.zero_shot_comparisons(gate.GateConfig(), metrics) if c["suite"] == "everyday"]
+    assert [(c["protocol"], c["regressed"]) for c in guarded] == [("stdlib", False)]
+    # A model below its start on the suite (the two encoders swapped) is not promoted.
+    swapped = stage.run(
+        config,
+        everyday_inputs["start"],
+        pairs_dir,
+        tmp_path / "swapped",
+        baseline_encoder=everyday_inputs["model"],
+        corpus_dir=everyday_inputs["corpus"] / "corpus",  # the corpus folder itself
+    )
+    assert swapped["suites"]["everyday"]["model_vs"]["stdlib"]["zero_shot"]["ci95_high"] == -0.75
+    comparisons = gate.zero_shot_comparisons(gate.GateConfig(guarded_suites=("everyday",)), swapped)
+    passed, reasons = gate.zero_shot_reason(gate.GateConfig(), comparisons)
+    assert not passed
+    assert reasons == [
+        "everyday/stdlib: model - zero-shot MRR -0.7500 (95% -0.7500 .. -0.7500): below zero-shot"
+    ]
+
+
+def test_the_everyday_suite_is_skipped_without_stdlib_rows(
+    pairs_dir: Path, everyday_inputs: dict, tmp_path: Path
+) -> None:
+    config = stage.EvaluateConfig(suites=("test",), protocols=("full",), device="cpu")
+    metrics = stage.run(config, everyday_inputs["model"], pairs_dir, tmp_path / "none")  # no corpus
+    assert "everyday" not in metrics["suites"] and metrics["skipped"] == {}
+    corpus = tmp_path / "site-packages-only"
+    write_shards([{"query": "", "code": "def f(): ...", "source": "python:site-packages"}], corpus)
+    metrics = stage.run(config, everyday_inputs["model"], pairs_dir, tmp_path / "other", corpus_dir=corpus)
+    assert "everyday" not in metrics["suites"]
+    assert metrics["skipped"] == {"everyday": f"no python:stdlib rows with code in the corpus {corpus}"}
+    off = stage.EvaluateConfig(suites=("test",), protocols=("full",), everyday=False, device="cpu")
+    metrics = stage.run(off, everyday_inputs["model"], pairs_dir, tmp_path / "off", corpus_dir=corpus)
+    assert "everyday" not in metrics["suites"] and metrics["skipped"] == {}
+    with pytest.raises(FileNotFoundError, match="no part-"):  # not a corpus: bad input, before any model
+        stage.run(config, everyday_inputs["model"], pairs_dir, tmp_path / "bad", corpus_dir=tmp_path)
+    assert len(everyday_inputs["calls"]) == 3

@@ -20,6 +20,7 @@ def build_index(
     whole_sources: list,
     recall_queries: int,
     runtime: str,
+    max_length: int,
     ivf_on_disk: bool,
 ):
     """Build a FAISS index over the embedded corpus shards: trained once on a sample, every shard added.
@@ -36,6 +37,7 @@ def build_index(
         whole_sources: sources indexed whole under max_corpus; the others share what is left.
         recall_queries: queries for recall@10 and latency.
         runtime: the shards' runtime; the recall queries are embedded with it: torch, or onnx-int8 / onnx-fp32.
+        max_length: tokens per search document embedded (0 = the encoder\'s own limit).
         ivf_on_disk: an IVF index's inverted lists in index.ivfdata, mapped by search (indexes beyond memory).
     """
     import os
@@ -52,6 +54,7 @@ def build_index(
             "whole_sources": whole_sources,
             "recall_queries": recall_queries,
             "runtime": runtime,
+            "max_length": max_length,
             "ivf_on_disk": ivf_on_disk,
         },
         source="build_index component",

@@ -40,6 +40,7 @@ def embed_corpus(
     max_corpus: int,
     whole_sources: list,
     runtime: str,
+    max_length: int,
 ):
     """Embed one shard of the corpus with the encoder's code tower (build_index's row selection, split
     into contiguous shards).
@@ -56,6 +57,7 @@ def embed_corpus(
         max_corpus: index at most this many corpus rows (0 = all).
         whole_sources: sources indexed whole under max_corpus; the others share what is left.
         runtime: torch (bf16 on a GPU), or onnx-int8 / onnx-fp32 (the bundle's files, on the CPU).
+        max_length: tokens per search document embedded (0 = the encoder\'s own limit).
     """
     import os
 
@@ -68,6 +70,7 @@ def embed_corpus(
             "max_corpus": max_corpus,
             "whole_sources": whole_sources,
             "runtime": runtime,
+            "max_length": max_length,
             "device": "auto" if gpu_count > 0 else "cpu",
         },
         source="embed_corpus component",

@@ -11,6 +11,7 @@ def evaluate(
     encoder: Input[Model],
     onnx: Input[Model],
     pairs: Input[Dataset],
+    corpus: Input[Dataset],
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     suites: list,
@@ -18,13 +19,16 @@ def evaluate(
     n_distractors: int,
     baseline_encoder: str,
     runtime: str,
+    everyday_max_length: int,
 ):
-    """Retrieval metrics (MRR, Recall@1/5/10, NDCG@10) of the encoder, with BM25 on the same candidates.
+    """Retrieval metrics (MRR, Recall@1/5/10, NDCG@10; the everyday suite's success@k) of the encoder, with
+    BM25 on the same candidates.
 
     Args:
         encoder: train_encoder's output.
         onnx: export_onnx's output: the onnx runtimes run its files (the bundle's) as they are.
         pairs: ingest's pairs; their test split is the 'test' suite.
+        corpus: ingest's corpus; the everyday suite ranks its python:stdlib rows.
         evaluation: metrics.json (every suite, protocol and system) and config.json.
         metrics: every suite.protocol.system.metric as a KFP metric.
         suites: suites to evaluate: test, humaneval, cosqa, polyglot (the held-out repositories).
@@ -32,6 +36,7 @@ def evaluate(
         n_distractors: distractors per query in the csn protocol.
         baseline_encoder: also evaluate this encoder (alias or directory) as zero_shot ('' = none).
         runtime: torch, or onnx-int8 / onnx-fp32 (the encoders exported as the bundle's is; faster on CPU).
+        everyday_max_length: tokens per everyday candidate, build_index's (0 = the encoder's own limit).
     """
     import os
 
@@ -46,6 +51,7 @@ def evaluate(
             "max_queries": max_queries,
             "n_distractors": n_distractors,
             "runtime": runtime,
+            "everyday_max_length": everyday_max_length,
         },
         source="evaluate component",
     )
@@ -56,6 +62,7 @@ def evaluate(
         evaluation.path,
         baseline_encoder=baseline_encoder or None,
         onnx_dir=onnx.path,
+        corpus_dir=corpus.path,
     )
     for name, value in result["kfp_metrics"].items():
         metrics.log_metric(name, value)

@@ -255,6 +255,7 @@ def train_pipeline(
     build_index_whole_sources: list = [],  # noqa: B006
     build_index_recall_queries: int = 1000,
     build_index_runtime: str = "torch",
+    build_index_max_length: int = 0,
     build_index_shards: int = 0,
     build_index_shard_rows: int = 1_000_000,
     build_index_ivf_on_disk: bool = False,
@@ -378,6 +379,7 @@ def train_pipeline(
         build_index_whole_sources: Sources indexed whole under build_index_max_corpus, e.g. ["python:stdlib"]; the other sources share the rest evenly.
         build_index_recall_queries: Queries for the index's recall@10 and latency (sampled, seeded).
         build_index_runtime: Run the encoder with torch, or exported as the bundle's is: onnx-int8 (faster on CPU: bench/RESULTS.md) or onnx-fp32.
+        build_index_max_length: Tokens per search document embedded for the index (0 = the encoder's own limit).
         build_index_shards: Corpus shards embedded in parallel on the GPU pool, one pod each (0 = one per build_index_shard_rows selected rows).
         build_index_shard_rows: Selected corpus rows per shard when build_index_shards is 0.
         build_index_ivf_on_disk: Keep an IVF index's inverted lists in index.ivfdata beside index.faiss (faiss' on-disk merge; search maps them): for indexes larger than memory; needs an IVF build_index_factory without RFlat.
@@ -543,11 +545,13 @@ def train_pipeline(
         encoder=encoder,
         onnx=onnx,
         pairs=pairs,
+        corpus=corpus,  # the everyday suite ranks its python:stdlib rows
         suites=evaluate_suites,
         max_queries=evaluate_max_queries,
         n_distractors=evaluate_n_distractors,
         runtime=evaluate_runtime,
         baseline_encoder=train_encoder_init_from,
+        everyday_max_length=build_index_max_length,  # the everyday suite ranks rows as the index holds them
     )
     on_cluster(evaluate_task, CPU_STAGE, s3_secret_name)
 
@@ -611,6 +615,7 @@ def train_pipeline(
             max_corpus=build_index_max_corpus,
             whole_sources=build_index_whole_sources,
             runtime=build_index_runtime,
+            max_length=build_index_max_length,
         )
         on_gpu_pool(embed_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
     index_task = build_index(
@@ -623,6 +628,7 @@ def train_pipeline(
         whole_sources=build_index_whole_sources,
         recall_queries=build_index_recall_queries,
         runtime=build_index_runtime,
+        max_length=build_index_max_length,
         ivf_on_disk=build_index_ivf_on_disk,
     )
     on_cluster(index_task, CPU_STAGE, s3_secret_name)

@@ -7,15 +7,29 @@ suite corpus), it ranks the gold with the encoder ("model"), BM25 ("bm25"), the 
 semcode.retrieval.fuse) and, when given, a baseline encoder such as the fine-tuning's initial
 checkpoint ("zero_shot"), all on the same queries and the same candidates.
 
-Hybrid's rule and weight are chosen first, on the valid split of the pairs (``pairs/valid``; never
-test, never an external suite): ``fusion_valid_queries`` of its queries (a seeded sample, their gold
-codes as the candidates) ranked by the model fused with BM25 at each of ``fusion_weights`` (the convex
-rule) and by RRF, the best full-corpus MRR wins (semcode.evaluation.choose_fusion), and that one rule
-is the "hybrid" of every suite. It is ``metrics.json`` ``fusion`` (``{rule, weight, valid_mrr per
-candidate, valid_dense_mrr, default_mode, ...}``), which the gate writes into bundle.json: search
-defaults to hybrid only when it beat the model alone on the valid split. Without a valid split (no
-``--pairs``, or an empty one) hybrid uses DEFAULT_FUSION and says so (``chosen_on`` null,
-``default_mode`` dense).
+Hybrid's fusion spec is chosen first, on a mix of suites (``fusion_suites``, never test, never a held-out
+suite; ``fusion_mix``): the valid split of the pairs (``pairs/valid``: ``fusion_valid_queries`` of its
+queries, a seeded sample, their gold codes as the candidates; docstring-style), CoSQA dev (question-style;
+when cosqa is among the evaluated ``suites`` and present: all 500 queries, the model's vectors of its
+candidates shared with the suite's own evaluation) and the suites a caller hands pick_fusion (``extra``,
+e.g. the everyday suite over index rows, semcode.evaluation.everyday_mix_suite). The model fused with
+BM25 at each of ``fusion_weights`` (convex), by RRF and, with ``fusion_per_form``, with a smaller weight
+for question-form queries, is ranked on each; the best mean MRR gain over dense wins among the
+candidates that are not below dense on any question-style suite (semcode.evaluation.choose_fusion,
+CHOICE_RULE), and that one spec is the "hybrid" of every suite. It is ``metrics.json`` ``fusion``
+(``{rule, weight, question_weight?, name, chosen_on: [suites], candidates: {name: {mrr: {suite: MRR},
+gain, loses_on}}, suites, chosen_vs_dense, default_mode, skipped}``), which the gate writes into
+bundle.json: search defaults to hybrid only when the chosen spec is not dense itself. With no suite to
+choose on hybrid uses DEFAULT_FUSION and says so (``chosen_on`` null, ``reason``, ``default_mode`` dense).
+
+Everyday queries (with ``--corpus``, the ingest corpus; semcode.everyday): the project's suite of
+searches people type, each query ranking every ``python:stdlib`` row of the corpus that has code (as the
+index selects rows), as its search document in build_index's view (``document``), in one protocol,
+``stdlib``; the top 10 count: success@1/@3/@10 and MRR@10, per form (keyword, question) and topic. Systems:
+the model, BM25, hybrid, zero-shot, and "naive" (the zero-shot model over each row's whole source, doc and
+code, at ``naive_max_length`` tokens, cosine only: the afternoon baseline); ``model_vs`` holds the paired
+MRR@10 intervals of model - zero-shot and model - naive, ``hybrid_vs`` hybrid - model. The gate guards it
+like every suite (model - zero-shot). Without a corpus, or with no stdlib rows in it, it is skipped.
 
 Per language: a suite whose queries are in two or more languages (the test split of a multi-language
 ingest: each row's ``language``) is also broken down by language, in ``by_language``: each language's
@@ -25,8 +39,12 @@ same metrics, systems and paired intervals. Writes::
     out/metrics.json   {"suites": {suite: {protocol: {system: {mrr, recall@1/5/10, ndcg@10,
                         median_rank, n_queries}}, "n_queries", "n_candidates", "queries_sha256", ...,
                         "by_language": {language: {"n_queries", protocol: {system: ...}, ...}},
-                        "hybrid_vs": {protocol: {"model": hybrid - model, paired interval}}}},
-                        "fusion": {"rule", "weight", "chosen_on", "valid_mrr": {...}, ...},
+                        "hybrid_vs": {protocol: {"model": hybrid - model, paired interval}}},
+                        "everyday": {"stdlib": {system: {success@1/3/10, mrr@10, n_queries}},
+                        "by_form" / "by_topic": {value: {"n_queries", "stdlib": {system: ...}}},
+                        "model_vs": {"stdlib": {"zero_shot", "naive"}}, "hybrid_vs", "coverage",
+                        "n_candidates", "per_query": {"ids", "ranks"}, "document", ...}},
+                        "fusion": {"rule", "weight", "chosen_on", "candidates": {...}, ...},
                         "primary": {"name": "test/full/model/mrr", "value": ...},
                         "kfp_metrics": {"test.full.model.mrr": ..., "test.go.full.model.mrr": ...,
                         "polyglot-go.full.bm25.mrr": ...}, "skipped": {...}, "seconds": ...}
@@ -46,15 +64,28 @@ import json
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from semcode import config as cfg
+from semcode import everyday
 from semcode.config import ConfigError, field
 from semcode.contract import ONNX_HELP, RUNTIME_HELP
+from semcode.corpus import DOCUMENT_VIEWS
 from semcode.data.pairs import read_split
 from semcode.embed import EmbedFn, check_runtime
-from semcode.evaluation import PROTOCOLS, choose_fusion, evaluate_suite
+from semcode.evaluation import (
+    PROTOCOLS,
+    MixSuite,
+    choose_fusion,
+    evaluate_suite,
+    everyday_mix_suite,
+    mix_suite,
+)
+from semcode.everyday import NAIVE_MAX_LENGTH
 from semcode.progress import log
 from semcode.retrieval import DEFAULT_FUSION, FUSION_WEIGHTS, check_fusion
 from semcode.suites import (
@@ -72,6 +103,7 @@ TAG = "evaluate"
 # polyglot (eight held-out repositories, ~10k functions) is asked for by name: it adds minutes on a CPU.
 DEFAULT_SUITES = ("test", "humaneval", "cosqa")
 SYSTEM_ORDER = ("model", "bm25", "hybrid", "zero_shot")
+FUSION_MIX = ("valid", "cosqa", "everyday")  # the suites the fusion may be chosen on (fusion_mix)
 PRIMARY_METRIC = "mrr"
 METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_@-]")  # KFP metric names: these characters, "." between parts
 
@@ -102,11 +134,37 @@ class EvaluateConfig:
     fusion_weights: tuple[float, ...] = field(
         FUSION_WEIGHTS, "convex fusion weights tried on the valid split: cos + w * bm25 / max bm25"
     )
-    fusion_rrf: bool = field(True, "also try reciprocal-rank fusion (k=60) on the valid split")
+    fusion_rrf: bool = field(True, "also try reciprocal-rank fusion (k=60)")
+    fusion_per_form: bool = field(
+        True, "also try each convex weight with a smaller one for question-form queries"
+    )
+    fusion_suites: tuple[str, ...] = field(
+        FUSION_MIX,
+        f"suites the fusion and the default search mode are chosen on, of {list(FUSION_MIX)}: valid "
+        "(docstring-style); cosqa (when evaluated) and everyday (when given) question-style",
+    )
     fusion_valid_queries: int = field(
         500,
         "valid-split queries the fusion is chosen on, a seeded sample with their gold codes as the "
         "candidates (0 = every query among every valid code)",
+    )
+    everyday: bool = field(
+        True,
+        "with --corpus, also score the everyday-queries suite over the corpus' python:stdlib rows "
+        "(success@1/@3/@10, MRR@10; the naive baseline beside the others)",
+    )
+    everyday_suite: str = field("", "everyday suite file ('' = the packaged suite_data/everyday.jsonl)")
+    document: str = field(
+        DOCUMENT_VIEWS[0],
+        f"what each everyday candidate is embedded and BM25-indexed as, as build_index's: {DOCUMENT_VIEWS}",
+    )
+    everyday_max_length: int = field(
+        0,
+        "tokens per everyday candidate for the model and zero-shot (0 = max_length): build_index's max_length, "
+        "so the suite ranks the rows as the index holds them",
+    )
+    naive_max_length: int = field(
+        NAIVE_MAX_LENGTH, "tokens per text of the naive everyday baseline (the zero-shot model)"
     )
     device: str = field(
         "auto", "torch device for the encoders: auto (cuda when available), cpu, cuda, cuda:1"
@@ -122,7 +180,7 @@ class EvaluateConfig:
         for name in ("n_distractors", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_length", "max_queries", "fusion_valid_queries"):
+        for name in ("max_length", "everyday_max_length", "max_queries", "fusion_valid_queries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for weight in self.fusion_weights:
@@ -130,8 +188,16 @@ class EvaluateConfig:
                 check_fusion("convex", weight)
             except ValueError as error:
                 raise ConfigError(f"fusion_weights={list(self.fusion_weights)}: {error}") from None
+        if any(name not in FUSION_MIX for name in self.fusion_suites):
+            raise ConfigError(
+                f"fusion_suites={list(self.fusion_suites)}: each must be one of {list(FUSION_MIX)}"
+            )
         if self.hybrid and not self.fusion_weights and not self.fusion_rrf:
             raise ConfigError("hybrid needs a fusion to try: give fusion_weights or set fusion_rrf")
+        if self.document not in DOCUMENT_VIEWS:
+            raise ConfigError(f"document must be one of {list(DOCUMENT_VIEWS)}, got {self.document!r}")
+        if self.naive_max_length < 2:
+            raise ConfigError(f"naive_max_length must be >= 2, got {self.naive_max_length}")
 
 
 def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[list[Suite], dict[str, str]]:
@@ -160,6 +226,106 @@ def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[l
     return suites, skipped
 
 
+@dataclass(frozen=True)
+class EverydaySuite:
+    """The everyday suite's queries and its candidates: the corpus' python:stdlib rows with code."""
+
+    queries: list[everyday.EverydayQuery]
+    rows: list[tuple[str, str]]  # each candidate's (path, func_name)
+    documents: list[str]  # each candidate's search document, in the config's ``document`` view
+    whole_sources: list[str]  # ...and its whole source (everyday.NAIVE_DOCUMENT), for the naive baseline
+    source: str
+
+
+def load_everyday_suite(
+    config: EvaluateConfig, corpus_dir: str | Path | None
+) -> tuple[EverydaySuite | None, str]:
+    """The everyday suite over ``corpus_dir`` (the ingest corpus, or the ingest output folder holding it as
+    corpus/), its queries subsampled to max_queries; or None and why it is skipped ("" when config.everyday
+    is off). Its candidates are the rows whose ``source`` is python:stdlib and whose code is not empty, as
+    semcode.corpus selects rows for the index; a corpus that is not one raises (bad input)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from semcode.corpus import SOURCE, corpus_shards, search_documents
+
+    if not config.everyday:
+        return None, ""
+    if corpus_dir is None:
+        return None, "no corpus (--corpus: the ingest corpus) to take its python:stdlib rows from"
+    folder = Path(corpus_dir)
+    if not sorted(folder.glob("part-*.parquet")) and sorted((folder / "corpus").glob("part-*.parquet")):
+        folder = folder / "corpus"  # the ingest output folder
+    tables = [
+        pq.read_table(shard, columns=["code", "query", "path", "func_name", SOURCE])
+        for shard in corpus_shards(folder)
+        if SOURCE in pq.read_schema(shard).names
+    ]
+    table = pa.concat_tables(tables) if tables else None
+    if table is not None:
+        stdlib = pc.equal(table[SOURCE], everyday.STDLIB_SOURCE)
+        table = table.filter(pc.fill_null(pc.and_(stdlib, pc.not_equal(table["code"], "")), False))
+    if table is None or table.num_rows == 0:
+        return None, f"no {everyday.STDLIB_SOURCE} rows with code in the corpus {folder}"
+    queries = everyday.load_everyday(config.everyday_suite or None)
+    if 0 < config.max_queries < len(queries):
+        keep = np.random.default_rng(config.seed).choice(len(queries), config.max_queries, replace=False)
+        queries = [queries[i] for i in np.sort(keep)]
+    rows = list(zip(table["path"].to_pylist(), table["func_name"].to_pylist(), strict=True))
+    return EverydaySuite(
+        queries,
+        [(path or "", name or "") for path, name in rows],
+        search_documents(table, config.document),
+        search_documents(table, everyday.NAIVE_DOCUMENT),
+        f"{folder} ({everyday.STDLIB_SOURCE} rows)",
+    ), ""
+
+
+def everyday_fusion_suite(suite: EverydaySuite | None, embed: EmbedFn | None = None) -> list[MixSuite]:
+    """The everyday suite as a suite of the fusion mix (semcode.evaluation.everyday_mix_suite), or none when
+    there is no suite or no query has an accepted answer among its candidates."""
+    if suite is None or not everyday.coverage(suite.rows, suite.queries)["covered"]:
+        return []
+    return [everyday_mix_suite(suite.queries, suite.rows, suite.documents, source=suite.source, embed=embed)]
+
+
+def everyday_results(
+    config: EvaluateConfig,
+    suite: EverydaySuite,
+    systems: dict[str, EmbedFn],
+    naive: EmbedFn | None,
+    fusion: dict | None,
+) -> dict:
+    """metrics.json ``suites.everyday``: everyday.evaluate_everyday of the systems over the suite's
+    candidates, with where they came from, their view and the suite's hash (its queries and answers)."""
+    log(
+        TAG,
+        f"{everyday.SUITE_NAME}: {len(suite.queries)} queries, {len(suite.rows)} candidates from "
+        f"{suite.source} as {config.document!r} documents",
+    )
+    result = everyday.evaluate_everyday(
+        suite.queries,
+        suite.rows,
+        suite.documents,
+        systems,
+        naive=naive,
+        whole_sources=suite.whole_sources,
+        bm25=config.bm25,
+        bm25_stopwords=config.bm25_stopwords,
+        fusion=fusion,
+        seed=config.seed,
+    )
+    asked = "".join(json.dumps([q.query, sorted(q.answers)]) + "\n" for q in suite.queries)
+    result.update(
+        source=suite.source,
+        document=config.document,
+        naive={"document": everyday.NAIVE_DOCUMENT, "max_length": config.naive_max_length},
+        queries_sha256=hashlib.sha256(asked.encode()).hexdigest(),
+    )
+    return result
+
+
 def valid_split_suite(pairs_dir: str | Path | None, max_queries: int, seed: int) -> tuple[Suite | None, str]:
     """The valid split as a suite to choose the fusion on (max_queries of its queries, a seeded sample,
     their gold codes as the candidates; 0 = all), or None and why there is none."""
@@ -177,20 +343,80 @@ def valid_split_suite(pairs_dir: str | Path | None, max_queries: int, seed: int)
     return suite.subset(max_queries, seed=seed, golds_only=True), ""
 
 
-def pick_fusion(config: EvaluateConfig, pairs_dir: str | Path | None, embed: EmbedFn) -> dict:
-    """The fusion the "hybrid" system uses: chosen on the valid split (choose_fusion), else
-    DEFAULT_FUSION with ``chosen_on`` None and the reason."""
-    suite, reason = valid_split_suite(pairs_dir, config.fusion_valid_queries, config.seed)
-    if suite is None:
+def fusion_mix(
+    config: EvaluateConfig, pairs_dir: str | Path | None, extra: Sequence[MixSuite] = ()
+) -> tuple[list[MixSuite], dict[str, str]]:
+    """The suites of ``config.fusion_suites`` there are to choose the fusion on, and why each other one is
+    not there: valid (the valid split), cosqa (CoSQA dev, when among the evaluated ``suites`` and present),
+    and those of ``extra`` (e.g. everyday) by name."""
+    mix: list[MixSuite] = []
+    skipped: dict[str, str] = {}
+    given = {suite.name: suite for suite in extra}
+    for name in config.fusion_suites:
+        if name == "valid":
+            suite, reason = valid_split_suite(pairs_dir, config.fusion_valid_queries, config.seed)
+            if suite is None:
+                skipped[name] = reason
+            else:
+                mix.append(mix_suite(suite, "docstring"))
+        elif name == "cosqa" and "cosqa" not in config.suites:
+            skipped[name] = "not among the evaluated suites"
+        elif name == "cosqa":
+            try:
+                mix.append(
+                    mix_suite(cosqa_suite(find_benchmarks_dir(config.benchmarks_dir or None)), "question")
+                )
+            except FileNotFoundError as error:
+                skipped[name] = f"not present: {error}"
+        elif name in given:
+            mix.append(given[name])
+        else:
+            skipped[name] = "not given to choose on"
+    return mix, skipped
+
+
+def pick_fusion(
+    config: EvaluateConfig, pairs_dir: str | Path | None, embed: EmbedFn, extra: Sequence[MixSuite] = ()
+) -> dict:
+    """The fusion the "hybrid" system uses: chosen on fusion_mix (choose_fusion), with ``skipped`` {suite:
+    why not}; with no suite to choose on, DEFAULT_FUSION with ``chosen_on`` None and the reason."""
+    mix, skipped = fusion_mix(config, pairs_dir, extra)
+    if not mix:
+        reason = "no suite to choose on: " + "; ".join(f"{name}: {why}" for name, why in skipped.items())
         log(TAG, f"fusion: {reason}; hybrid uses {DEFAULT_FUSION} (not chosen), search defaults to dense")
-        return {**DEFAULT_FUSION, "chosen_on": None, "reason": reason, "default_mode": "dense"}
-    chosen = choose_fusion(suite, embed, config.fusion_weights, config.fusion_rrf, config.bm25_stopwords)
-    return {
-        "rule": chosen["rule"],
-        "weight": chosen["weight"],
-        "chosen_on": f"valid ({suite.source}), full-corpus MRR",
-        **{key: value for key, value in chosen.items() if key not in ("rule", "weight")},
-    }
+        return {
+            **DEFAULT_FUSION,
+            "chosen_on": None,
+            "reason": reason,
+            "skipped": skipped,
+            "default_mode": "dense",
+        }
+    for name, why in skipped.items():
+        log(TAG, f"fusion: not choosing on {name}: {why}")
+    chosen = choose_fusion(
+        mix,
+        embed,
+        config.fusion_weights,
+        config.fusion_rrf,
+        config.fusion_per_form,
+        config.bm25_stopwords,
+        seed=config.seed,
+    )
+    return {**chosen, "skipped": skipped}
+
+
+def remembering(embed: EmbedFn) -> EmbedFn:
+    """``embed`` that computes the vectors of a given list of texts of one kind once: the fusion mix and the
+    suites share CoSQA's candidates (6,267 functions)."""
+    memory: dict[tuple[str, str], np.ndarray] = {}
+
+    def embed_once(texts: list[str], kind: str) -> np.ndarray:
+        key = (kind, hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest())
+        if key not in memory:
+            memory[key] = embed(texts, kind)
+        return memory[key]
+
+    return embed_once
 
 
 def query_set_sha256(suite: Suite) -> str:
@@ -211,13 +437,15 @@ def metric_name(*parts: str) -> str:
 
 def flatten_metrics(suites: dict) -> dict[str, float]:
     """One scalar per suite, protocol, system and metric (for KFP): ``{"test.full.model.mrr": 0.61,
-    ...}``, and per language of a suite's breakdown ``{"test.go.full.model.mrr": 0.58, ...}``."""
+    ...}``, per language of a suite's breakdown ``{"test.go.full.model.mrr": 0.58, ...}``, and the everyday
+    suite's, per form too ``{"everyday.stdlib.model.success@3": 0.6, "everyday.question.stdlib...": ...}``."""
     flat: dict[str, float] = {}
     for suite_name, suite in suites.items():
         parts = [((suite_name,), suite)]
-        parts += [((suite_name, language), part) for language, part in suite.get("by_language", {}).items()]
+        for breakdown in ("by_language", "by_form"):
+            parts += [((suite_name, value), part) for value, part in suite.get(breakdown, {}).items()]
         for prefix, result in parts:
-            for protocol in PROTOCOLS:
+            for protocol in (*PROTOCOLS, everyday.PROTOCOL):
                 for system, metrics in result.get(protocol, {}).items():
                     for metric, value in metrics.items():
                         if metric != "n_queries":
@@ -237,7 +465,8 @@ def primary_metric(suites: dict) -> dict:
 
 def summary_table(suites: dict) -> str:
     """MRR per suite, protocol and system, with the model - zero-shot and hybrid - model gaps; after a
-    suite's rows, one ``suite:language`` row per protocol for each language of its breakdown."""
+    suite's rows, one ``suite:language`` row per protocol for each language of its breakdown; then the
+    everyday suite's table (everyday_table), when it was evaluated."""
     header = (
         "suite",
         "protocol",
@@ -277,18 +506,50 @@ def summary_table(suites: dict) -> str:
                     str(suite["n_queries"]),
                     candidates,
                     *("-" if v is None else f"{v:.4f}" for v in mrr),
-                    *(
-                        f"{gap['mrr_difference']:+.4f} ({gap['ci95_low']:+.4f}..{gap['ci95_high']:+.4f})"
-                        if gap
-                        else "-"
-                        for gap in gaps
-                    ),
+                    *(gap_text(gap) if gap else "-" for gap in gaps),
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    table = "MRR\n" + text_table(rows)
+    if everyday.SUITE_NAME in suites:
+        table += "\n\n" + everyday_table(suites[everyday.SUITE_NAME])
+    return table
+
+
+def gap_text(gap: dict) -> str:
+    """A paired difference and its 95% interval: ``+0.0123 (-0.0040..+0.0290)``."""
+    return f"{gap['mrr_difference']:+.4f} ({gap['ci95_low']:+.4f}..{gap['ci95_high']:+.4f})"
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of text cells in aligned columns, the first row a header with a rule under it."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "MRR\n" + "\n".join(lines)
+    return "\n".join(lines)
+
+
+def everyday_table(suite: dict) -> str:
+    """The everyday suite: success@1/@3/@10 and MRR@10 of each system (columns) on all its queries and on
+    each form's (rows), then its paired MRR@10 gaps and its coverage."""
+    systems = ("model", "bm25", "hybrid", "zero_shot", "naive")
+    rows = [("queries", "metric", *(system.replace("_", "-") for system in systems))]
+    for label, part in [("all", suite), *suite.get("by_form", {}).items()]:
+        for metric in (*(f"success@{k}" for k in everyday.SUCCESS_AT), f"mrr@{everyday.MRR_AT}"):
+            values = [part[everyday.PROTOCOL].get(system, {}).get(metric) for system in systems]
+            cells = ("-" if value is None else f"{value:.4f}" for value in values)
+            rows.append((f"{label} ({part['n_queries']})", metric, *cells))
+    gaps = [
+        f"{system} - {baseline.replace('_', '-')} {gap_text(gap)}"
+        for system, key in (("model", "model_vs"), ("hybrid", "hybrid_vs"))
+        for baseline, gap in (suite.get(key) or {}).get(everyday.PROTOCOL, {}).items()
+    ]
+    covered = suite.get("coverage") or {}
+    return (
+        f"{everyday.SUITE_NAME}: {suite['n_candidates']} candidates ({suite.get('source')})\n"
+        + text_table(rows)
+        + ("\nMRR@10 " + "; ".join(gaps) if gaps else "")
+        + f"\ncoverage: {covered.get('covered')} of {covered.get('n_queries')} queries have an accepted answer"
+    )
 
 
 def run(
@@ -298,9 +559,11 @@ def run(
     out_dir: str | Path,
     baseline_encoder: str | Path | None = None,
     onnx_dir: str | Path | None = None,
+    corpus_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate ``encoder_dir`` (and BM25, and ``baseline_encoder``) on the configured suites into ``out_dir``;
-    ``onnx_dir``: export_onnx's output of ``encoder_dir``, whose files an onnx runtime runs as they are."""
+    ``onnx_dir``: export_onnx's output of ``encoder_dir``, whose files an onnx runtime runs as they are;
+    ``corpus_dir``: the ingest corpus, whose python:stdlib rows the everyday suite ranks (skipped without)."""
     config.validate()
     started = time.perf_counter()
     # Check every input before loading models or embedding anything.
@@ -314,7 +577,12 @@ def run(
     if "test" in config.suites and pairs_dir is None:
         raise ValueError("the test suite needs a pairs directory (--pairs), or leave 'test' out of suites")
     suites, skipped = load_suites(config, pairs_dir)
-    if not suites:
+    everyday_suite, why_not = load_everyday_suite(config, corpus_dir)
+    if why_not:
+        log(TAG, f"skipping {everyday.SUITE_NAME}: {why_not}")
+        if corpus_dir is not None:  # a corpus without stdlib rows; no corpus at all: nothing was asked
+            skipped[everyday.SUITE_NAME] = why_not
+    if not suites and everyday_suite is None:
         raise ValueError(f"nothing to evaluate: every suite was skipped ({skipped})")
 
     device = resolve_device(config.device)
@@ -325,7 +593,7 @@ def run(
         show_progress=True,
         runtime=config.runtime,
     )
-    systems = {"model": load_embed_fn(str(encoder_dir), **settings, exported=onnx_dir)[0]}
+    systems = {"model": remembering(load_embed_fn(str(encoder_dir), **settings, exported=onnx_dir)[0])}
     if baseline_encoder is not None:
         systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **settings)[0]
     hybrid = config.hybrid and config.bm25
@@ -335,8 +603,18 @@ def run(
         f"{list(systems) + (['bm25'] if config.bm25 else []) + (['hybrid'] if hybrid else [])}, "
         + (f"device {device}" if config.runtime == "torch" else f"runtime {config.runtime}"),
     )
-    # 1. Hybrid's fusion rule and weight, chosen on the valid split before any suite is ranked.
-    fusion = pick_fusion(config, pairs_dir, systems["model"]) if hybrid else None
+    # The everyday suite ranks its rows as the index embeds them: at build_index's max length when asked.
+    everyday_systems = systems
+    if everyday_suite is not None and config.everyday_max_length not in (0, config.max_length):
+        index_settings = {**settings, "max_length": config.everyday_max_length}
+        everyday_systems = {
+            "model": remembering(load_embed_fn(str(encoder_dir), **index_settings, exported=onnx_dir)[0])
+        }
+        if baseline_encoder is not None:
+            everyday_systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **index_settings)[0]
+    # 1. Hybrid's fusion spec, chosen on the mix (valid, CoSQA dev, ...) before any suite is ranked.
+    extra = everyday_fusion_suite(everyday_suite, everyday_systems["model"])
+    fusion = pick_fusion(config, pairs_dir, systems["model"], extra) if hybrid else None
 
     # 2. Every suite, every system.
     results: dict = {}
@@ -357,6 +635,14 @@ def run(
         )
         results[suite.name]["source"] = suite.source
         results[suite.name]["queries_sha256"] = query_set_sha256(suite)  # the gate compares like with like
+    if everyday_suite is not None:
+        naive = None  # the naive baseline: the zero-shot model over whole sources, at naive_max_length
+        if baseline_encoder is not None:
+            naive_settings = {**settings, "max_length": config.naive_max_length}
+            naive = load_embed_fn(str(baseline_encoder), **naive_settings)[0]
+        results[everyday.SUITE_NAME] = everyday_results(
+            config, everyday_suite, everyday_systems, naive, fusion
+        )
 
     metrics = {
         "suites": results,
@@ -391,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=(
             "examples:\n"
             "  semcode evaluate --encoder runs/encoder --pairs runs/ingest/pairs --out runs/evaluate \\\n"
-            "      --baseline-encoder minilm\n"
+            "      --baseline-encoder minilm --corpus runs/ingest/corpus   # + the everyday suite\n"
             "  semcode evaluate --encoder minilm --suites humaneval --suites cosqa --out runs/minilm-eval\n"
             "  semcode evaluate --encoder minilm --suites polyglot --runtime onnx-int8 --out runs/polyglot"
         ),
@@ -408,6 +694,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="DIR",
         help="ingest pairs/ directory; its test split is the 'test' suite",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        metavar="DIR",
+        help="ingest corpus/ (or the ingest output folder): the everyday suite ranks its python:stdlib rows",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory for metrics.json")
     parser.add_argument(
@@ -428,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             baseline_encoder=args.baseline_encoder,
             onnx_dir=args.onnx,
+            corpus_dir=args.corpus,
         )
     except cfg.BAD_INPUT_ERRORS as error:
         return cfg.bad_input("evaluate", error)
