@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -769,10 +770,10 @@ def _umount(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def nearly_full_disk(path: Path, free_bytes: int) -> Iterator[bool]:
-    """A 4 MiB tmpfs at ``path`` with a filler file that leaves about ``free_bytes``; False without root."""
+def nearly_full_disk(path: Path, free_bytes: int, size: str = "4m") -> Iterator[bool]:
+    """A tmpfs of ``size`` at ``path`` with a filler file that leaves about ``free_bytes``; False without root."""
     path.mkdir(parents=True, exist_ok=True)
-    if not _mount_tmpfs(path, "4m"):
+    if not _mount_tmpfs(path, size):
         yield False
         return
     try:
@@ -1391,6 +1392,636 @@ def _(ctx: Context) -> tuple[bool, str]:
         f"on S3 = {pointer} (complete: {bool(complete)}); rerun: exit {second.rc}, "
         f"{restored.group(0) if restored else 'nothing restored: ' + first_error(second.text)}"
     )
+
+
+# -- Issue 31: serve fails one request, never a batch; untrusted files checked where they are opened --------
+
+
+def _serve(bundle: Path, *flags: str) -> tuple[subprocess.Popen, int, Any]:
+    """`semcode serve BUNDLE --threads 1 FLAGS` on a free port, its output in a temporary file."""
+    port = conftest._free_port()
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(
+        [SEMCODE, "serve", str(bundle), "--port", str(port), "--threads", "1", *flags],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment(None),
+    )
+    return process, port, log
+
+
+def _stop(process: subprocess.Popen, log: Any, bound: float = 30) -> tuple[float, str]:
+    """SIGTERM, then wait: (seconds it took to exit, its output). kill -9 past ``bound`` (seconds = inf)."""
+    started = time.monotonic()
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=bound)
+        seconds = time.monotonic() - started
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        seconds = float("inf")
+    log.seek(0)
+    return seconds, log.read()
+
+
+def _query_body(query: str, k: int = 3) -> bytes:
+    return json.dumps({"query": query, "k": k}).encode()  # a lone surrogate goes as "\ud800", as JSON allows
+
+
+def _with_split_regex(ctx: Context, name: str, regex: str) -> Path:
+    """The base bundle with ``regex`` split before its byte-level pre-tokenizer (bundle.json re-stamped: a
+    bundle as its publisher would ship it)."""
+    bundle = ctx.bundle_copy(name)
+    tokenizer = json.loads((bundle / "tokenizer.json").read_text())
+    split = {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+    tokenizer["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [split, tokenizer["pre_tokenizer"]]}
+    (bundle / "tokenizer.json").write_text(json.dumps(tokenizer))
+    edit_bundle_json(bundle, lambda meta: meta.update(files=bundles.file_checksums(bundle)))
+    return bundle
+
+
+def _restamped(bundle: Path) -> Path:
+    edit_bundle_json(bundle, lambda meta: meta.update(files=bundles.file_checksums(bundle)))
+    return bundle
+
+
+@case(
+    "i31-serve-lone-surrogate",
+    "`semcode serve BUNDLE --batch-wait-ms 20`; 5 rounds of 40 good clients + 1 sending "
+    '`{"query": "\\ud800"}` at once (POST)',
+    "the bad request alone gets 400 naming the query; all 200 good ones 200; /readyz 200 after",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    from collections import Counter
+
+    process, port, log = _serve(ctx.base.bundle, "--batch-wait-ms", "20")
+    good, bad = Counter(), Counter()
+    try:
+        if not _wait_ready(port, process, 120):
+            return False, "serve never became ready"
+        for _ in range(5):
+            bodies = [_query_body(f"read a file line by line {n}") for n in range(40)]
+            bodies.insert(17, _query_body("read a file \ud800 line by line"))
+            results: list = [None] * len(bodies)
+
+            def ask(i: int, body: bytes, results: list = results) -> None:
+                try:
+                    results[i] = _post(port, body, False)
+                except OSError as error:
+                    results[i] = (type(error).__name__, "")
+
+            threads = [threading.Thread(target=ask, args=(i, b)) for i, b in enumerate(bodies)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            status, answer = results.pop(17)
+            bad[status if "not valid UTF-8" in answer else f"{status} (wrong message)"] += 1
+            good.update(status for status, _ in results)
+        ready_after = _wait_ready(port, process, 10)
+    finally:
+        _, output = _stop(process, log)
+    ok = dict(good) == {200: 200} and dict(bad) == {400: 5} and ready_after and TRACEBACK not in output
+    return ok, f"good requests: {dict(good)}; the bad one: {dict(bad)}; /readyz 200 after: {ready_after}"
+
+
+@case(
+    "i31-serve-tokenizer-panic-and-hang",
+    "a bundle whose tokenizer splits on `(q+q+)+Z` (passes the load-time probe); `semcode serve "
+    "--query-timeout-s 1`; 10 good queries + one that makes Oniguruma give up (panic) + one that backtracks "
+    "for seconds, at once; then SIGTERM",
+    "the two bad ones 400 each, within seconds; the 10 good ones 200; /readyz 200 after; SIGTERM exits in <15 s",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    bundle = _with_split_regex(ctx, "regex-slow", "(q+q+)+Z")
+    process, port, log = _serve(bundle, "--query-timeout-s", "1", "--batch-wait-ms", "50")
+    try:
+        if not _wait_ready(port, process, 120):
+            _, output = _stop(process, log)
+            return False, f"serve never became ready: {first_error(output)}"
+        bodies = [_query_body(f"parse a date string {n}") for n in range(10)]
+        bodies += [_query_body("q" * 40 + "!"), _query_body(("q" * 23 + " ") * 40)]
+        results: list = [None] * len(bodies)
+        started = time.monotonic()
+
+        def ask(i: int) -> None:
+            results[i] = _post(port, bodies[i], False)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        seconds = time.monotonic() - started
+        ready_after = _wait_ready(port, process, 10)
+    finally:
+        stop_seconds, output = _stop(process, log)
+    statuses = [r[0] if r else None for r in results]
+    ok = (
+        statuses == [200] * 10 + [400, 400]
+        and "PanicException" in results[10][1]
+        and "did not finish within 1 s" in results[11][1]
+        and seconds < 30
+        and ready_after
+        and stop_seconds < 15
+        and TRACEBACK not in output
+    )
+    return ok, (
+        f"statuses {statuses} in {seconds:.1f} s; the bad ones: {results[10][1][:120]!r} / "
+        f"{results[11][1][:120]!r}; /readyz 200 after: {ready_after}; SIGTERM -> exit in {stop_seconds:.1f} s"
+    )
+
+
+@case(
+    "i31-catastrophic-tokenizer-regex",
+    "a bundle whose tokenizer splits on `(a+)+$`: `bundle.validate_bundle`, then `semcode serve` (/readyz "
+    "polled 120 s)",
+    "validate refuses naming tokenizer.json; serve never ready, exits 1 naming tokenizer.json",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    bundle = _with_split_regex(ctx, "regex-catastrophic", "(a+)+$")
+    try:
+        bundles.validate_bundle(bundle)
+        validated = "validated without an error"
+    except bundles.BundleError as error:
+        validated = f"refused: {error.problems[0][:160]}"
+    ready, result = serve_until_ready_or_exit(bundle, [], None, 120)
+    ok = (
+        validated.startswith("refused: tokenizer.json")
+        and not ready
+        and result.rc == 1
+        and "tokenizer.json" in result.err
+        and TRACEBACK not in result.err
+    )
+    return (
+        ok,
+        f"validate_bundle {validated}; serve: readyz 200 {ready}, exit {result.rc}: {first_error(result.err)}",
+    )
+
+
+@case(
+    "i31-serve-half-open-connections",
+    "`semcode serve --request-timeout-s 2 --shutdown-timeout-s 3`; 300 connections that send nothing or half "
+    "a request head; a real query meanwhile; then SIGTERM with 50 partial connections still open",
+    "the real query 200; every partial connection closed by the server within a few s; log small; exit < 10 s",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    import socket
+
+    process, port, log = _serve(ctx.base.bundle, "--request-timeout-s", "2", "--shutdown-timeout-s", "3")
+    sockets: list[socket.socket] = []
+    try:
+        if not _wait_ready(port, process, 120):
+            return False, "serve never became ready"
+        for n in range(300):
+            sock = socket.create_connection(("127.0.0.1", port))
+            if n % 2:
+                sock.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n")
+            sockets.append(sock)
+        status, _ = _post(port, _query_body("read a file line by line"), False)
+        deadline = time.monotonic() + 15
+        closed = 0
+        for sock in sockets:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                closed += sock.recv(100) == b""
+            except (TimeoutError, ConnectionResetError):
+                pass
+        closed_in = 15 - max(0.0, deadline - time.monotonic())
+        for sock in sockets:
+            sock.close()
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+        for sock in sockets:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\n")
+    finally:
+        stop_seconds, output = _stop(process, log)
+        for sock in sockets:
+            sock.close()
+    ok = status == 200 and closed == 300 and closed_in < 10 and stop_seconds < 10 and len(output) < 100_000
+    return ok, (
+        f"real query {status}; {closed} of 300 partial connections closed by the server within {closed_in:.1f} s; "
+        f"SIGTERM with 50 partial connections open -> exit in {stop_seconds:.1f} s; log {len(output):,} bytes"
+    )
+
+
+def _serve_then_change_index(ctx: Context, name: str, change: Callable[[Path], None]) -> tuple[bool, str]:
+    bundle = ctx.bundle_copy(name)
+    process, port, log = _serve(bundle)
+    try:
+        if not _wait_ready(port, process, 120):
+            return False, "serve never became ready"
+        before, _ = _post(port, _query_body("read a file line by line"), False)
+        change(bundle / "index.faiss")
+        after, answer = _post(port, _query_body("read a file line by line"), False)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        ready_after = process.poll() is None and _wait_ready(port, process, 2)
+    finally:
+        _, output = _stop(process, log)
+    ok = (
+        before == 200
+        and after == 503
+        and "index.faiss changed on disk" in answer
+        and process.returncode == 1
+        and not ready_after
+        and "index.faiss changed on disk" in output
+        and TRACEBACK not in output
+    )
+    return ok, (
+        f"before {before}, after the change {after} ({answer[:140]!r}); exit {process.returncode}: "
+        f"{first_error(output)}"
+    )
+
+
+def _flip_last_byte(path: Path) -> None:
+    with open(path, "r+b") as file:
+        file.seek(-1, os.SEEK_END)
+        last = file.read(1)
+        file.seek(-1, os.SEEK_END)
+        file.write(bytes([last[0] ^ 0xFF]))
+
+
+@case(
+    "i31-serve-index-overwritten-same-size",
+    "`semcode serve BUNDLE` (a copy); a query; index.faiss rewritten in place, same size; a query",
+    "the second query 503 naming index.faiss; /readyz never 200 again; exit 1 with one log line, no traceback",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    return _serve_then_change_index(ctx, "index-same-size", _flip_last_byte)
+
+
+@case(
+    "i31-serve-index-truncated",
+    "`semcode serve BUNDLE` (a copy); a query; index.faiss truncated to half in place; a query",
+    "no SIGBUS: the second query 503 naming index.faiss; exit 1 with one log line",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    return _serve_then_change_index(
+        ctx, "index-truncated", lambda path: os.truncate(path, path.stat().st_size // 2)
+    )
+
+
+@case(
+    "i31-search-invalid-utf8-query",
+    "`semcode search BUNDLE $'read a \\xff\\xfe file'` (invalid UTF-8 bytes in argv)",
+    "exit 2, one line naming QUERY, no traceback",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [SEMCODE, "search", str(ctx.base.bundle), b"read a \xff\xfe file"],
+        capture_output=True,
+        env=environment(None),
+        timeout=300,
+    )
+    result = Result(done.returncode, _text(done.stdout), _text(done.stderr), time.monotonic() - started)
+    ok, happened = refused(result, "QUERY is not valid UTF-8")
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    return ok and len(lines) == 1, happened + f" ({len(lines)} line(s) on stderr)"
+
+
+@case(
+    "i31-search-terminal-escapes",
+    "a bundle whose indexed code holds OSC 52 (clipboard), OSC 0 (title) and CSI 2J (clear); `semcode search` "
+    "text and --json on it",
+    "text output has no ESC/BEL/C1 character (the sequences removed whole); --json keeps them, escaped",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bundle = ctx.bundle_copy("escapes")
+    table = pq.read_table(bundle / "index_meta.parquet")
+    hostile = "\x1b]52;c;cHduZWQ=\x07\x1b]0;owned\x1b\\\x1b[2J\x9b31m"
+    codes = [code + "\n# " + hostile for code in table.column("code").to_pylist()]
+    paths = [path + hostile for path in table.column("path").to_pylist()]
+    for name, values in (("code", codes), ("path", paths)):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+    pq.write_table(table, bundle / "index_meta.parquet")
+    _restamped(bundle)
+    text = semcode("search", bundle, "read a file line by line", "-k", "3", "--max-lines", "0")
+    as_json = semcode("search", bundle, "read a file line by line", "-k", "3", "--json")
+    controls = sorted(
+        {f"{ord(c):#x}" for c in text.out if ord(c) < 32 and c not in "\n\t" or 0x7F <= ord(c) < 0xA0}
+    )
+    escaped = "\\u001b]52;c;cHduZWQ=\\u0007" in as_json.out
+    ok = text.rc == 0 and as_json.rc == 0 and not controls and "cHduZWQ=" not in text.out and escaped
+    return (
+        ok,
+        f"text: exit {text.rc}, control characters printed {controls or 'none'}; --json keeps them escaped: {escaped}",
+    )
+
+
+def _gated_copy(ctx: Context, name: str, version: str, champion: str | None) -> Path:
+    """The base bundle as the gate would have left it after comparing ``version`` with ``champion`` (None: an
+    empty registry). bundle.json is not among its own checksums: the copy validates."""
+    bundle = ctx.bundle_copy(name)
+
+    def edit(meta: dict) -> None:
+        meta["version"] = version
+        gate_record = meta["source"].setdefault("gate", {})
+        gate_record["champion"] = None if champion is None else {"version": champion}
+
+    edit_bundle_json(bundle, edit)
+    return bundle
+
+
+@case(
+    "i31-publish-stale-gate",
+    "gate B (empty registry), gate A (empty registry), `semcode publish` A, then `semcode publish` B",
+    "B refused with exit 3 naming B, 'no champion' and A; latest stays A; no B folder left",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    work = ctx.dir("stale-gate")
+    registry = work / "registry"
+    bundle_b = _gated_copy(ctx, "stale-gate/b", "b-1", None)
+    bundle_a = _gated_copy(ctx, "stale-gate/a", "a-1", None)
+    first = semcode("publish", "--bundle", bundle_a, "--registry", registry, "--out", work / "pa")
+    second = semcode("publish", "--bundle", bundle_b, "--registry", registry, "--out", work / "pb")
+    latest = json.loads((registry / "semcode" / "latest").read_text())["version"] if first.rc == 0 else None
+    ok, happened = refused(second, "b-1", "no champion", "a-1", rc=3)
+    ok = ok and first.rc == 0 and latest == "a-1" and not (registry / "semcode" / "b-1").exists()
+    return ok, f"publish A: exit {first.rc}; publish B: {happened}; latest -> {latest}"
+
+
+@case(
+    "i31-publish-two-writers",
+    "two bundles gated against champion c-1, `semcode publish`ed at the same moment into one local registry, "
+    "and the same into an S3 registry (rclone: no conditional writes, the lease path)",
+    "each time one exits 0 and moves latest, the other exits 3 naming both versions and leaves nothing",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    work = ctx.dir("two-writers")
+    champion = _gated_copy(ctx, "two-writers/c", "c-1", None)
+    writers = {v: _gated_copy(ctx, f"two-writers/{v}", v, "c-1") for v in ("x-1", "y-1")}
+    lines, ok = [], True
+    for where, registry, env in (
+        ("local", str(work / "registry"), None),
+        ("s3", f"{ctx.s3.bucket('two-writers')}/registry", ctx.s3.env()),
+    ):
+        first = semcode(
+            "publish", "--bundle", champion, "--registry", registry, "--out", work / f"{where}-c", env=env
+        )
+        outcomes: dict = {}
+
+        def publish(
+            version: str,
+            registry: str = registry,
+            env: dict | None = env,
+            where: str = where,
+            outcomes: dict = outcomes,
+        ) -> None:
+            out = work / f"{where}-{version}"
+            outcomes[version] = semcode(
+                "publish", "--bundle", writers[version], "--registry", registry, "--out", out, env=env
+            )
+
+        threads = [threading.Thread(target=publish, args=(v,)) for v in writers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        codes = {v: r.rc for v, r in outcomes.items()}
+        with environ(ctx.s3.env()):
+            pointer = bundles.read_latest(registry, "semcode")
+            winner = [v for v, rc in codes.items() if rc == 0]
+            loser = [v for v, rc in codes.items() if rc == 3]
+            left = loser and storage.exists(storage.join(registry, "semcode", loser[0]))
+        good = (
+            first.rc == 0
+            and sorted(codes.values()) == [0, 3]
+            and pointer is not None
+            and pointer["version"] == winner[0]
+            and not left
+            and all(v in outcomes[loser[0]].err for v in ("c-1", winner[0]))
+        )
+        ok = ok and good
+        lines.append(
+            f"{where}: exits {codes}, latest -> {pointer and pointer['version']}, loser left a folder: {bool(left)}"
+            + (f" ({first_error(outcomes[loser[0]].err)})" if loser else "")
+        )
+    return ok, "; ".join(lines)
+
+
+@case(
+    "i31-publish-full-registry",
+    "`semcode publish` into a registry on a 16 MiB tmpfs with ~2 MB free (the bundle is bigger); then the "
+    "filler removed and the same publish again",
+    "exit 2 'No space left'; no half-copied version left; the retry publishes",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    mount = ctx.dir("full-registry") / "disk"
+    with nearly_full_disk(mount, 2_000_000, size="16m") as mounted:
+        if not mounted:
+            test = "tests/stages/test_publish.py::test_a_copy_that_fills_the_disk_is_removed"
+            result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=ROOT)
+            return result.rc == 0, f"no tmpfs (not root): the tests' fake full disk: pytest exit {result.rc}"
+        registry = mount / "registry"
+        bundle = _gated_copy(ctx, "full-registry/b", "f-1", None)
+        size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+        first = semcode(
+            "publish", "--bundle", bundle, "--registry", registry, "--out", ctx.dir("full-registry") / "p1"
+        )
+        left = (
+            sorted(p.name for p in (registry / "semcode").iterdir())
+            if (registry / "semcode").exists()
+            else []
+        )
+        (mount / "filler").unlink()
+        retry = semcode(
+            "publish", "--bundle", bundle, "--registry", registry, "--out", ctx.dir("full-registry") / "p2"
+        )
+    ok, happened = refused(first, "No space left")
+    ok = ok and "f-1" not in left and retry.rc == 0 and size > 2_000_000
+    return (
+        ok,
+        f"bundle {size / 1e6:.1f} MB; {happened}; left in the registry: {left or 'nothing'}; retry: exit {retry.rc}",
+    )
+
+
+def _base_stage(ctx: Context, pattern: str) -> Path:
+    found = sorted(ctx.base.run_dir.glob(f"artifacts/*/{pattern}"))
+    if not found:
+        raise FileNotFoundError(f"no artifacts/*/{pattern} in {ctx.base.run_dir}")
+    return found[-1]
+
+
+@case(
+    "i31-gate-unrelated-test-sets",
+    "the base bundle published as champion; `semcode gate` of a candidate whose metrics come from another, "
+    "2-query test split (MRR 0.75; BM25 0.9 there), no other suite",
+    "exit 3: 'no comparable champion' naming why, and refused because BM25 beats it; with "
+    "--allow-below-bm25 exit 0",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    work = ctx.dir("unrelated")
+    registry = work / "registry"
+    published = semcode("publish", "--bundle", ctx.base.bundle, "--registry", registry, "--out", work / "p")
+    if published.rc != 0:
+        return False, f"publishing the champion failed: {first_error(published.err)}"
+    evaluation = _base_stage(ctx, "evaluate/evaluation")
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    test = metrics["suites"]["test"]
+    test["n_queries"], test["queries_sha256"] = 2, hashlib.sha256(b"another repository").hexdigest()
+    test["full"]["model"]["mrr"], test["full"]["bm25"]["mrr"] = 0.75, 0.9
+    metrics["suites"], metrics["primary"] = {"test": test}, {"name": "test/full/model/mrr", "value": 0.75}
+    (work / "eval").mkdir()
+    (work / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    args = [
+        "gate", "--encoder", ctx.base.encoder, "--onnx", _base_stage(ctx, "export-onnx/onnx"),
+        "--index", _base_stage(ctx, "build-index/index"), "--metrics", work / "eval", "--registry", registry,
+    ]  # fmt: skip
+    refused_run = semcode(*args, "--out", work / "g1", "--version", "go-1")
+    allowed = semcode(*args, "--out", work / "g2", "--version", "go-2", "--allow-below-bm25")
+    ok = (
+        refused_run.rc == 3
+        and "no comparable champion" in refused_run.text
+        and "other queries" in refused_run.text
+        and "BM25 beats the candidate" in refused_run.text
+        and allowed.rc == 0
+    )
+    reasons = (
+        json.loads((work / "g1" / "decision.json").read_text())["reasons"] if (work / "g1").exists() else []
+    )
+    return (
+        ok,
+        f"exit {refused_run.rc}: {reasons[:1]} ... {reasons[-1:]}; with --allow-below-bm25: exit {allowed.rc}",
+    )
+
+
+@case(
+    "i31-s3-cache-6-cold-searches",
+    "the base bundle on S3; 6 `semcode search s3://...` at once sharing one cold --cache-dir",
+    "all 6 exit 0 with results; no sha256 alarm; no temporary file left in the cache",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    uri = f"{ctx.s3.bucket('cache6')}/bundle"
+    with environ(ctx.s3.env()):
+        storage.copy_tree(ctx.base.bundle, uri)
+    cache = ctx.dir("cache6") / "cache"
+    results: list = [None] * 6
+
+    def search(i: int) -> None:
+        results[i] = semcode(
+            "search", uri, "read a file line by line", "--json", "--cache-dir", cache, env=ctx.s3.env()
+        )
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = [r.rc for r in results]
+    alarms = sum("sha256" in r.err for r in results)
+    left = [p.name for p in cache.rglob("*") if p.name.endswith(".partial")]
+    ok = codes == [0] * 6 and not alarms and not left
+    failed = next((first_error(r.err) for r in results if r.rc), "")
+    return ok, f"exits {codes}; sha256 alarms {alarms}; temporary files left {left or 'none'} {failed}"
+
+
+@case(
+    "i31-generate-tampered-bundle",
+    "`semcode generate BUNDLE 'Sort a list.'` on copies of the base bundle: decoder/config.json changed; "
+    "bundle.json decoder = an absolute path to a copy of decoder/ outside",
+    "exit 2 naming the file each time, as `semcode search` refuses a changed file; no traceback",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    if not (ctx.base.bundle / "decoder").is_dir():
+        return False, "the base bundle has no decoder/"
+    changed = ctx.bundle_copy("gen-changed")
+    config = changed / "decoder" / "config.json"
+    config.write_text(config.read_text().replace("{", "{ ", 1))
+    outside = ctx.bundle_copy("gen-outside")
+    elsewhere = ctx.dir("gen-outside") / "elsewhere"
+    shutil.copytree(outside / "decoder", elsewhere)
+    edit_bundle_json(outside, lambda meta: meta.update(decoder=str(elsewhere)))
+    first = semcode("generate", changed, "Sort a list.", "--max-tokens", "4")
+    second = semcode("generate", outside, "Sort a list.", "--max-tokens", "4")
+    ok1, happened1 = refused(first, "decoder/config.json")
+    ok2, happened2 = refused(second, "bundle.json decoder")
+    return ok1 and ok2, f"changed decoder: {happened1}; decoder outside: {happened2}"
+
+
+@case(
+    "i31-validate-onnx-external-data-and-nan",
+    "`bundle.validate_bundle` of copies of the base bundle: encoder.onnx's weights as external data at "
+    "`../../outside.bin` (present, checksummed); index.faiss with 2 NaN vectors (re-stamped); `semcode "
+    "search` of the first",
+    "each refused naming the file; search exits 2 without a traceback",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    import faiss
+    import numpy as np
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    external = ctx.bundle_copy("onnx-external")
+    for name in ("encoder.onnx", "encoder.int8.onnx"):
+        model = onnx.load(str(external / name))
+        convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=0
+        )
+        onnx.save(model, str(external / name))
+        shutil.move(external / f"{name}.data", ctx.dir("onnx-external").parent / f"{name}.data")
+        model = onnx.load(str(external / name), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = f"../../{name}.data"
+        onnx.save(model, str(external / name))
+    _restamped(external)
+    nan = ctx.bundle_copy("nan-vectors")
+    index = faiss.read_index(str(nan / "index.faiss"))
+    vectors = index.reconstruct_n(0, index.ntotal)
+    vectors[[1, 2]] = np.nan
+    index.reset()
+    index.add(vectors)
+    faiss.write_index(index, str(nan / "index.faiss"))
+    _restamped(nan)
+    verdicts = []
+    for bundle, must in ((external, "external data"), (nan, "NaN")):
+        try:
+            bundles.validate_bundle(bundle)
+            verdicts.append((False, "validated without an error"))
+        except bundles.BundleError as error:
+            verdicts.append((any(must in p for p in error.problems), f"refused: {error.problems[0][:140]}"))
+    search_ok, searched = refused(semcode("search", external, "read a file"), "encoder")
+    ok = all(v for v, _ in verdicts) and search_ok
+    return ok, f"external data: {verdicts[0][1]}; NaN: {verdicts[1][1]}; search: {searched}"
+
+
+@case(
+    "i31-config-dev-zero-and-fifo",
+    "`semcode run --preset /dev/zero`, `semcode evaluate --encoder minilm --out X --config FIFO` (nobody "
+    "writes it), `semcode serve B --config /dev/zero`; 60 s limit each",
+    "exit 2 within seconds, one line naming the file, no traceback, no memory growth",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    fifo = ctx.dir("config-fifo") / "config.yaml"
+    os.mkfifo(fifo)
+    results = [
+        semcode("run", "--preset", "/dev/zero", timeout=60),
+        semcode(
+            "evaluate",
+            "--encoder",
+            "minilm",
+            "--out",
+            ctx.dir("config-fifo") / "out",
+            "--config",
+            fifo,
+            timeout=60,
+        ),
+        semcode("serve", ctx.base.bundle, "--config", "/dev/zero", timeout=60),
+    ]
+    verdicts = [refused(result, "not a regular file") for result in results]
+    slow = [round(r.seconds, 1) for r in results if r.seconds > 30]
+    ok = all(v for v, _ in verdicts) and not slow
+    return ok, "; ".join(happened for _, happened in verdicts) + (f"; SLOW {slow}" if slow else "")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -425,7 +426,7 @@ def test_the_bundle_carries_the_lexical_index_and_the_fusion(tiny_bundle: Path, 
     # The fusion evaluate chose (the tiny run's pairs have a valid split) and the default mode.
     chosen = tiny_run.eval_metrics()["fusion"]
     assert meta["fusion"]["rule"] == chosen["rule"] and meta["fusion"]["weight"] == chosen["weight"]
-    assert meta["fusion"]["chosen_on"].startswith("valid")
+    assert meta["fusion"]["chosen_on"] == chosen["chosen_on"] and chosen["chosen_on"][0] == "valid"
     assert meta["default_mode"] == chosen["default_mode"]
     summary = bundles.validate_bundle(tiny_bundle)
     assert summary["lexical"] is True and summary["default_mode"] == meta["default_mode"]
@@ -486,3 +487,81 @@ def test_an_index_without_a_lexical_index_makes_a_dense_bundle(tiny_run: TinyRun
     )
     assert "lexical" not in bundle and bundle["default_mode"] == "dense"
     assert not (tmp_path / "bundle" / "bm25").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted files checked where they are opened (issue 31): the tokenizer's regexes, ONNX external data,
+# NaN vectors
+
+
+def with_split_regex(bundle_dir: Path, regex: str) -> None:
+    tokenizer = json.loads((bundle_dir / "tokenizer.json").read_text())
+    split = {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+    tokenizer["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [split, tokenizer["pre_tokenizer"]]}
+    (bundle_dir / "tokenizer.json").write_text(json.dumps(tokenizer))
+    rehash(bundle_dir)
+
+
+def test_validate_refuses_a_tokenizer_regex_that_backtracks_without_bound(bundle_copy: Path):
+    with_split_regex(bundle_copy, r"(\w+\s?)+$")
+    [problem] = problems_of(bundle_copy)
+    assert problem.startswith("tokenizer.json: tokenizing a test text") and "PanicException" in problem
+
+
+def test_the_tokenizer_worker_bounds_each_text_and_survives_a_hang(bundle_copy: Path):
+    with_split_regex(bundle_copy, "(q+q+)+Z")
+    worker = bundles.TokenizerWorker(bundle_copy / "tokenizer.json", seconds=0.5)
+    try:
+        started = time.monotonic()
+        answers = worker.check(
+            ["read a file", ("q" * 23 + " ") * 40, "parse a date", "q" * 40 + "!", "\ud800"]
+        )
+        assert time.monotonic() - started < 10
+        assert answers[0] is None and answers[2] is None
+        assert answers[1] == "the tokenizer did not finish within 0.5 s (stopped)"
+        assert answers[3].startswith("PanicException") and answers[4].startswith("TypeError")
+        assert worker.restarts == 1 and worker.check(["and again"]) == [None]
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/hostname", "linked.bin"])
+def test_validate_refuses_onnx_external_data_outside_the_bundle(bundle_copy: Path, location: str):
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    path = bundle_copy / "encoder.onnx"
+    model = onnx.load(str(path))
+    convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0
+    )
+    onnx.save(model, str(path))  # writes weights.bin beside it: inside the bundle, accepted
+    rehash(bundle_copy)
+    bundles.validate_bundle(bundle_copy)
+    (bundle_copy.parent / "outside.bin").write_bytes((bundle_copy / "weights.bin").read_bytes())
+    (bundle_copy / "linked.bin").symlink_to(bundle_copy.parent / "outside.bin")
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(path))
+    rehash(bundle_copy)
+    problems = problems_of(bundle_copy)
+    assert problems and all(location in problem for problem in problems if "external data" in problem)
+    assert any("external data" in problem for problem in problems)
+
+
+def test_validate_refuses_nan_vectors_in_the_index(bundle_copy: Path):
+    import faiss
+
+    index = faiss.read_index(str(bundle_copy / "index.faiss"))
+    vectors = index.reconstruct_n(0, index.ntotal)
+    vectors[[3, 7]] = np.nan
+    index.reset()
+    index.add(vectors)
+    faiss.write_index(index, str(bundle_copy / "index.faiss"))
+    rehash(bundle_copy)
+    assert problems_of(bundle_copy) == [
+        "index.faiss: 2 vector(s) hold NaN or infinity (the first: id 3); rebuild the index"
+    ]

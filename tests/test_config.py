@@ -39,3 +39,21 @@ def test_a_binary_config_file_is_named(tmp_path: Path) -> None:
 def test_a_missing_config_lists_the_presets(tmp_path: Path) -> None:
     with pytest.raises(cfg.ConfigError, match=r"not found; presets: \[.*'local'.*'tiny'"):
         cfg.load_yaml(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder", "huge"])
+def test_a_config_that_is_not_a_regular_file_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+    """--config/--preset /dev/zero read without end and a FIFO waited for a writer for ever (issue 31)."""
+    import os
+
+    path = {"device": Path("/dev/zero"), "folder": tmp_path, "fifo": tmp_path / "x.yaml"}.get(kind)
+    if kind == "fifo":
+        os.mkfifo(path)
+    if kind == "huge":
+        path = tmp_path / "huge.yaml"
+        path.write_text("a: 1\n" + "# padding\n" * 200_000)
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load_yaml(path)
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    assert ("over" in message) if kind == "huge" else ("not a regular file" in message)

@@ -272,3 +272,63 @@ def test_check_writable_finds_a_bad_registry_before_any_work(s3_env: str, tmp_pa
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(StorageError, match=r"registry .*a_file/registry is not writable"):
         storage.check_writable(tmp_path / "a_file" / "registry", "registry")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers that share a folder (issue 31): unique temporary names, and the lock publish moves latest under
+
+
+def test_concurrent_downloads_of_one_file_never_collide(s3_env: str, tmp_path: Path) -> None:
+    import threading
+
+    blob = os.urandom(6 * 1024 * 1024)
+    storage.write_bytes(f"{s3_env}/big.bin", blob)
+    target = tmp_path / "cache" / "big.bin"
+    errors: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            for _ in range(3):
+                storage.copy(f"{s3_env}/big.bin", target)
+                assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(blob).digest()
+        except BaseException as error:  # collected: a thread's exception would be lost
+            errors.append(error)
+
+    threads = [threading.Thread(target=download) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(p.name for p in target.parent.iterdir()) == ["big.bin"]  # no temporary file left
+
+
+def test_the_exclusive_lock_serialises_two_writers(base: str) -> None:
+    import threading
+    import time
+
+    lock, counter = storage.join(base, ".counter.lock"), storage.join(base, "counter")
+    storage.write_text(counter, "0")
+    held: list[tuple[float, float]] = []
+
+    def increment() -> None:
+        with storage.exclusive_lock(lock, wait_seconds=60):
+            started = time.monotonic()
+            value = int(storage.read_text(counter))
+            time.sleep(0.5)  # a read-check-write that would lose an update without the lock
+            storage.write_text(counter, str(value + 1))
+            held.append((started, time.monotonic()))
+
+    threads = [threading.Thread(target=increment) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert storage.read_text(counter) == "2"
+    (first_start, first_end), (second_start, _) = sorted(held)
+    assert second_start >= first_end  # never held by both at once
+
+    with storage.exclusive_lock(lock):  # held: another writer gives up after its wait, naming the holder
+        with pytest.raises(storage.LockBusy, match=f"held by {socket.gethostname()}:{os.getpid()}"):
+            with storage.exclusive_lock(lock, wait_seconds=0.3):
+                pass

@@ -32,10 +32,10 @@ int8 parity), ``source`` (stage configs and whatever the caller adds), ``files``
 
 Hybrid search (optional keys: bundles made before them lack them and still load, dense only):
 ``lexical`` ({"dir": "bm25", "tokenizer": "split_identifiers", "stopwords": false, "ntotal"}; only when
-the bundle has the lexical index), ``fusion`` ({"rule": "convex" or "rrf", "weight", "chosen_on", ...}:
-evaluate's choice on the valid split, semcode.retrieval.fuse) and ``default_mode`` (one of
-SEARCH_MODES: "hybrid" when the lexical index is there and hybrid beat dense on the valid split, else
-"dense").
+the bundle has the lexical index), ``fusion`` ({"rule": "convex" or "rrf", "weight", "question_weight"
+(optional, convex only), "chosen_on", ...}: evaluate's choice on its mix of docstring- and question-style
+suites, semcode.retrieval.fusion_spec and fuse_queries) and ``default_mode`` (one of SEARCH_MODES:
+"hybrid" when the lexical index is there and the chosen fusion is not dense itself, else "dense").
 
 A registry (local folder or ``s3://`` prefix) holds published bundles as ``<registry>/<name>/<version>/``
 with a ``_COMPLETE.json`` marker written last, and ``<registry>/<name>/latest``, a small JSON pointer
@@ -81,7 +81,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     onnx_files,
 )
 from semcode.embed import encoder_digest
-from semcode.retrieval import DEFAULT_FUSION, check_fusion
+from semcode.retrieval import DEFAULT_FUSION, fusion_spec
 
 BUNDLE_FORMAT = 1
 
@@ -607,7 +607,6 @@ def _check_index(
     try:
         index = load_index(index_path)  # memory-mapped: a big index is not read in just to count it
         info.update(ntotal=int(index.ntotal), dim=int(index.d))
-        problems += _vector_problems(index, index_file)
     except RuntimeError as error:
         problems.append(f"{index_file}: cannot be read by FAISS ({str(error).splitlines()[0]})")
     try:
@@ -701,7 +700,7 @@ def _check_hybrid(bundle_dir: Path, bundle: dict, ntotal: int | None) -> list[st
             problems.append(f"bundle.json fusion is {fusion!r:.60}, expected {{'rule', 'weight'}}")
         else:
             try:
-                check_fusion(fusion.get("rule"), float(fusion.get("weight", 0.0)))
+                fusion_spec(fusion)
             except (TypeError, ValueError) as error:
                 problems.append(f"bundle.json fusion: {error}")
     mode = bundle.get("default_mode", "dense")
@@ -1025,11 +1024,14 @@ def _external_data_problems(model: Any, path: Path) -> list[str]:
 VECTOR_CHECK_BATCH = 65536  # vectors reconstructed at a time when checking an index for NaN
 
 
-def _vector_problems(index: Any, index_file: str) -> list[str]:
+def _vector_problems(index_path: Path, index_file: str) -> list[str]:
     """A problem when a stored vector holds NaN or infinity (dense search silently never returns it, and
     hybrid fuses NaN); an index type that cannot give its vectors back is not checked."""
     import numpy as np
 
+    from semcode.index import load_index
+
+    index = load_index(index_path)
     bad, first = 0, None
     for start in range(0, int(index.ntotal), VECTOR_CHECK_BATCH):
         count = min(VECTOR_CHECK_BATCH, int(index.ntotal) - start)
@@ -1098,6 +1100,8 @@ def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
     problems += _check_hybrid(root, bundle, index_found.get("ntotal"))
     if isinstance(bundle.get("files"), dict):
         problems += _check_checksums(root, bundle["files"])
+    if not problems:  # the vectors are read only from files whose sizes and sha256 held (a short one: SIGBUS)
+        problems += _vector_problems(root / index_file, index_file)
     if problems:
         raise BundleError(where, problems)
     listed = bundle["files"]

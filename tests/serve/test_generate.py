@@ -127,3 +127,34 @@ def test_clear_errors(tiny_run: TinyRun, decoder_run: Path, tmp_path: Path, caps
         generate.main([str(tmp_path / "nowhere"), "Sort a list.", "--language", "cobol"])
     error = capsys.readouterr().err
     assert "unknown language 'cobol'; supported: python, go, java, javascript" in error
+
+
+def test_a_tampered_bundle_is_refused_as_search_refuses_it(bundle: Path, tmp_path: Path, capsys):
+    """A changed decoder file, an unlisted one, and a decoder folder outside the bundle (issue 31)."""
+    import shutil
+
+    changed = Path(shutil.copytree(bundle, tmp_path / "changed"))
+    config = changed / "decoder" / "config.json"
+    config.write_text(config.read_text().replace("{", "{ ", 1))
+    assert generate.main([str(changed), "Sort a list."]) == 2
+    assert "decoder/config.json: size or sha256 does not match" in capsys.readouterr().err
+
+    extra = Path(shutil.copytree(bundle, tmp_path / "extra"))
+    (extra / "decoder" / "planted.bin").write_bytes(b"x")
+    assert generate.main([str(extra), "Sort a list."]) == 2
+    assert "decoder/planted.bin is not listed in bundle.json files" in capsys.readouterr().err
+
+    outside = Path(shutil.copytree(bundle, tmp_path / "outside"))
+    meta = json.loads((outside / "bundle.json").read_text())
+    meta["decoder"] = str(tmp_path / "elsewhere")
+    (outside / "bundle.json").write_text(json.dumps(meta))
+    shutil.copytree(bundle / "decoder", tmp_path / "elsewhere")
+    assert generate.main([str(outside), "Sort a list."]) == 2
+    err = capsys.readouterr().err
+    assert "bundle.json decoder" in err and "not a relative name" in err and "Traceback" not in err
+
+    linked = Path(shutil.copytree(bundle, tmp_path / "linked"))
+    shutil.rmtree(linked / "decoder")
+    (linked / "decoder").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert generate.main([str(linked), "Sort a list."]) == 2
+    assert "resolves outside" in capsys.readouterr().err

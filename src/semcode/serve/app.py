@@ -132,15 +132,8 @@ class ServeConfig:
     )
 
     def validate(self) -> None:
-        for name in (
-            "max_query_chars",
-            "max_k",
-            "max_body_bytes",
-            "default_k",
-            "max_batch",
-            "max_queue",
-            "max_connections",
-        ):
+        counts = ("max_query_chars", "max_k", "max_body_bytes", "default_k", "max_batch", "max_queue")
+        for name in (*counts, "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("query_timeout_s", "request_timeout_s", "keep_alive_s", "shutdown_timeout_s"):
@@ -689,6 +682,12 @@ EPILOG = """examples:
   curl -s 'localhost:8080/search?q=merge+two+dicts&mode=lexical'
 
 BUNDLE is a bundle directory (local or s3://) or a registry pointer <registry>/<name>/latest.
+
+Connections (uvicorn): a request must arrive whole within --request-timeout-s of the connection's opening or
+first byte (else it is closed); an idle keep-alive connection is closed after --keep-alive-s; beyond
+--max-connections uvicorn answers 503; SIGTERM stops the server within --shutdown-timeout-s. A query the
+bundle's tokenizer fails on, or takes over --query-timeout-s for, gets 400 alone; if the server cannot go
+on (its index file changed on disk), /readyz answers 503 and it exits with status 1.
 """
 
 

@@ -20,7 +20,8 @@ metric. The candidate passes when
    candidate below its zero-shot starting point beyond the paired interval: for every protocol, the upper
    end of the 95% paired bootstrap interval of MRR(model) - MRR(zero-shot) must be >= 0. A fine-tune that
    loses to the checkpoint it started from is not released (``zero_shot_regression: warn`` records it and
-   lets it pass instead). Suites evaluated without a zero-shot baseline are named in the reasons.
+   lets it pass instead). Suites evaluated without a zero-shot baseline are named in the reasons. The
+   everyday-queries suite is one of them (``everyday``, its one protocol ``stdlib``, its MRR@10).
 
 Writes, whether it passed or not (a refused candidate can still be inspected)::
 

@@ -72,6 +72,11 @@ def check_champion(expected: object, current: dict | None, config: PublishConfig
     if expected is UNKNOWN or now == expected:
         return
     compared = f"champion {expected}" if expected else "no champion (the registry was empty)"
+    if now is None:
+        raise ChampionChanged(
+            f"refused: {config.name} {version} was gated against {compared}, but latest in {config.registry} "
+            "is gone; gate it again before publishing"
+        )
     raise ChampionChanged(
         f"refused: {config.name} {version} was gated against {compared}, but latest in {config.registry} "
         f"now names {now}; gate it again against {now} before publishing"
