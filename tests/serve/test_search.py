@@ -203,16 +203,14 @@ def test_language_filter_ranks_only_that_languages_functions(searcher: Searcher,
     assert len(go) == 3 and len(rust_java) == 3
     assert searcher.language_counts() == {"python": len(corpus) - 6, "go": 3, "rust": 2, "java": 1}
     for gold in go:
-        hits = searcher.search(corpus[gold]["code"], 10, "go")
+        hits = searcher.search(own_document(corpus[gold]), 10, "go")
         assert [h.id for h in hits][0] == gold and sorted(h.id for h in hits) == go  # k capped at 3
         assert {h.language for h in hits} == {"go"}
-        assert hits[0].location() == corpus[gold]["url"].removeprefix("file://").split("#")[0] + (
-            f":{corpus[gold]['start_line']}"
-        )
+        assert hits[0].location() == f"{corpus[gold]['path']}:{corpus[gold]['start_line']}"  # relative
     # A list, a comma list, any case: the same filter.
     gold = rust_java[0]
     for language in (["rust", "java"], "Rust, JAVA", ["rust,java", "rust"]):
-        hits = searcher.search_batch([corpus[gold]["code"], corpus[go[0]]["code"]], 2, language)
+        hits = searcher.search_batch([own_document(corpus[gold]), own_document(corpus[go[0]])], 2, language)
         assert hits[0][0].id == gold, language
         assert all(h.language in ("rust", "java") for query_hits in hits for h in query_hits)
     # Another language's code finds the best of the chosen language, never itself.
@@ -360,11 +358,11 @@ def test_cli_language_option_and_output(tiny_bundle: Path, corpus: list[dict], c
     go = ids_of(corpus, "go")
     gold = corpus[go[1]]
     code, out, _ = run_cli(
-        [str(tiny_bundle), gold["code"], "--language", "go,rust", "-k", "4", "--max-lines", "1"], capsys
+        [str(tiny_bundle), own_document(gold), "--language", "go,rust", "-k", "4", "--max-lines", "1"], capsys
     )
     assert code == 0
     lines = out.splitlines()
-    local = gold["url"].removeprefix("file://").split("#")[0]
+    local = gold["path"]
     assert re.fullmatch(rf" 1\. {re.escape(local)}:{gold['start_line']}  go  -?\d\.\d{{4}}", lines[2])
     assert lines[3:5] == [f"    {gold['signature']}", f"    {gold['doc']}"]
     assert gold["signature"] == "func ReadLines(path string) ([]string, error)"
@@ -372,7 +370,7 @@ def test_cli_language_option_and_output(tiny_bundle: Path, corpus: list[dict], c
     assert len(headers) == 4 and all(("  go  " in h) or ("  rust  " in h) for h in headers)
     assert "4 results from semcode v1" in out and ", 5 in go,rust," in out
 
-    code, out, _ = run_cli([str(tiny_bundle), gold["code"], "--language", "go", "--json"], capsys)
+    code, out, _ = run_cli([str(tiny_bundle), own_document(gold), "--language", "go", "--json"], capsys)
     answer = json.loads(out)
     assert answer["language"] == ["go"] and len(answer["results"]) == 3
     top = answer["results"][0]
@@ -391,15 +389,15 @@ def test_cli_language_option_and_output(tiny_bundle: Path, corpus: list[dict], c
 
 def test_cli_prints_ranked_hits_with_code(tiny_bundle: Path, corpus: list[dict], capsys):
     gold = next(row for row in corpus[12:] if row["doc"])  # a function with a docstring
-    code, out, _ = run_cli([str(tiny_bundle), gold["code"], "-k", "3", "--max-lines", "2"], capsys)
+    code, out, _ = run_cli([str(tiny_bundle), own_document(gold), "-k", "3", "--max-lines", "2"], capsys)
     assert code == 0
     lines = out.splitlines()
     coverage = json.loads((tiny_bundle / "bundle.json").read_text())["index"]["coverage"]
     assert lines[0] == f"searching {len(corpus):,} of {coverage['corpus_rows']:,} functions (all)"
     assert gold["language"] == "python" and gold["start_line"] > 0
-    # The location: the installed file (a python: source's url is its file:// URI) and the first line.
-    local = gold["url"].removeprefix("file://").split("#")[0]
-    assert Path(local).is_file() and local.endswith("/" + gold["path"])
+    # The location: the path relative to its source root and the first line, never this machine's path.
+    local = gold["path"]
+    assert gold["url"].startswith(("python://stdlib/", "python://site-packages/")), gold["url"]
     assert re.fullmatch(rf" 1\. {re.escape(local)}:{gold['start_line']}  python  \d\.\d{{4}}", lines[2])
     assert gold["signature"].startswith("def ") and gold["doc"]  # a function with a docstring
     assert lines[3:5] == [f"    {gold['signature']}", f"    {gold['doc']}"]
@@ -455,7 +453,7 @@ def test_cli_json_output(tiny_bundle: Path, corpus: list[dict], capsys):
         gold["start_line"],
         gold["url"],
     )
-    local = gold["url"].removeprefix("file://").split("#")[0]
+    local = gold["path"]
     assert results[0]["location"] == f"{local}:{gold['start_line']}"
     assert answer["language"] is None
     assert answer["bundle"]["languages"] == {
