@@ -43,8 +43,8 @@ from semcode.data.sources import read_source
 from semcode.data.sources.rows import ExtractOptions
 from semcode.data.sources.spec import parse_spec
 from semcode.embed import OnnxEncoder
-from semcode.evaluation import choose_fusion, everyday_mix_suite, mix_suite
-from semcode.everyday import load_everyday, score_everyday
+from semcode.evaluation import choose_fusion, mix_suite
+from semcode.everyday import everyday_mix_suite, load_everyday, score_everyday
 from semcode.retrieval import FUSION_WEIGHTS, BM25Index, fuse_queries, fusion_spec
 from semcode.suites import cosqa_suite, pairs_suite
 

@@ -14,11 +14,10 @@ from semcode.evaluation import (
     MixSuite,
     best_relevant_ranks,
     choose_fusion,
-    everyday_mix_suite,
     mix_suite,
     ranks_from_scores,
 )
-from semcode.everyday import EverydayQuery
+from semcode.everyday import EverydayQuery, everyday_mix_suite
 from semcode.retrieval import RRF_K, competition_ranks, convex_fusion, fuse, fusion_name, rrf_fusion
 from semcode.suites import pairs_suite
 

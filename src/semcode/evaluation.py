@@ -69,7 +69,6 @@ from semcode.retrieval import (
 )
 
 if TYPE_CHECKING:
-    from semcode.everyday import EverydayQuery
     from semcode.suites import Suite
 
 ScoreBlockFn = Callable[[int, int], np.ndarray]  # (start, end) -> scores [end - start, C] of those queries
@@ -158,6 +157,12 @@ def paired_mrr_difference(
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     per_query = 1.0 / ranks.astype(np.float64) - 1.0 / baseline_ranks.astype(np.float64)  # [Q]
+    return paired_bootstrap(per_query, resamples, seed)
+
+
+def paired_bootstrap(per_query: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The mean of per-query differences [Q] with its 95% paired bootstrap interval: the queries resampled
+    with replacement ``resamples`` times, the 2.5th..97.5th percentile of the means."""
     rng = np.random.default_rng(seed)
     differences = np.empty(resamples)  # [resamples]
     # A block of resamples at a time: memory stays [BOOTSTRAP_BLOCK, Q] on large suites (the draws are
@@ -595,45 +600,6 @@ def mix_suite(suite: Suite, style: str) -> MixSuite:
     return MixSuite(
         suite.name, style, list(suite.queries), list(suite.codes), relevant, exclude, suite.source
     )
-
-
-def everyday_mix_suite(
-    queries: Sequence[EverydayQuery],
-    rows: Sequence[tuple[str, str]],
-    documents: Sequence[str],
-    name: str = "everyday",
-    source: str = "",
-    embed: EmbedFn | None = None,
-) -> MixSuite:
-    """The everyday suite (semcode.everyday) over index rows as a question-style suite of the mix.
-
-    ``rows[j]``: row j's (location, func_name); ``documents[j]``: what it is embedded and BM25-indexed as
-    (semcode.corpus.search_document). A row is relevant to a query when it is one of the query's accepted
-    answers (everyday.answer_key); a query with no accepted answer among the rows is left out (no ranking
-    can find it). Ranked by full-corpus MRR like every suite of the mix (not the suite's MRR@10).
-    """
-    from semcode.everyday import answer_key
-
-    if len(rows) != len(documents):
-        raise ValueError(f"{len(rows)} rows but {len(documents)} documents: one document per row")
-    row_of: dict[tuple[str, str], list[int]] = {}
-    for j, (location, func_name) in enumerate(rows):
-        key = answer_key(location, func_name)
-        if key is not None:
-            row_of.setdefault(key, []).append(j)
-    kept, pairs = [], []
-    for query in queries:
-        found = sorted({j for answer in query.answers for j in row_of.get(answer, [])})
-        if found:
-            pairs += [(len(kept), j) for j in found]
-            kept.append(query.query)
-    if not kept:
-        raise ValueError(
-            f"suite {name}: none of its {len(queries)} queries has an accepted answer in the rows"
-        )
-    relevant = np.array(pairs, dtype=np.int64)
-    exclude = np.zeros((0, 2), np.int64)
-    return MixSuite(name, "question", kept, list(documents), relevant, exclude, source, embed)
 
 
 def best_relevant_ranks(

@@ -49,6 +49,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from semcode.embed import EmbedFn
+    from semcode.evaluation import MixSuite
 
 SUITE_NAME = "everyday"
 SUITE_FILE = "everyday.jsonl"  # in the package folder semcode/suite_data
@@ -229,11 +230,10 @@ def paired_difference(
     """MRR@10(ranks) - MRR@10(baseline_ranks) on the same queries, with its 95% paired bootstrap interval.
 
     Both first-hit ranks [Q] as ``score_everyday`` gives them (0 = not in the top 10, counted 0).
-    -> {"mrr_difference", "ci95_low", "ci95_high"}. The bootstrap is that of
-    semcode.evaluation.paired_mrr_difference, draw for draw (a test holds them equal); it is repeated here
-    because semcode.evaluation imports this module (its fusion mix holds the suite), and an import back
-    would close a circle.
+    -> {"mrr_difference", "ci95_low", "ci95_high"}: semcode.evaluation.paired_bootstrap's.
     """
+    from semcode.evaluation import paired_bootstrap
+
     ranks, baseline_ranks = np.asarray(ranks), np.asarray(baseline_ranks)
     if ranks.shape != baseline_ranks.shape or ranks.ndim != 1 or ranks.size == 0:
         raise ValueError(
@@ -246,15 +246,46 @@ def paired_difference(
     def reciprocal(r: np.ndarray) -> np.ndarray:  # a miss (0) adds nothing to MRR@10
         return np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0)
 
-    per_query = reciprocal(ranks) - reciprocal(baseline_ranks)  # [Q]
-    rng = np.random.default_rng(seed)
-    differences = np.empty(resamples)  # [resamples]
-    for start in range(0, resamples, BOOTSTRAP_BLOCK):  # [BOOTSTRAP_BLOCK, Q] draws at a time
-        count = min(BOOTSTRAP_BLOCK, resamples - start)
-        draws = rng.integers(0, per_query.size, size=(count, per_query.size))  # [count, Q]
-        differences[start : start + count] = per_query[draws].mean(axis=1)
-    low, high = np.percentile(differences, [2.5, 97.5])
-    return {"mrr_difference": float(per_query.mean()), "ci95_low": float(low), "ci95_high": float(high)}
+    return paired_bootstrap(reciprocal(ranks) - reciprocal(baseline_ranks), resamples, seed)
+
+
+def everyday_mix_suite(
+    queries: Sequence[EverydayQuery],
+    rows: Sequence[tuple[str, str]],
+    documents: Sequence[str],
+    name: str = "everyday",
+    source: str = "",
+    embed: EmbedFn | None = None,
+) -> MixSuite:
+    """The everyday suite (semcode.everyday) over index rows as a question-style suite of the mix.
+
+    ``rows[j]``: row j's (location, func_name); ``documents[j]``: what it is embedded and BM25-indexed as
+    (semcode.corpus.search_document). A row is relevant to a query when it is one of the query's accepted
+    answers (everyday.answer_key); a query with no accepted answer among the rows is left out (no ranking
+    can find it). Ranked by full-corpus MRR like every suite of the mix (not the suite's MRR@10).
+    """
+    from semcode.evaluation import MixSuite
+
+    if len(rows) != len(documents):
+        raise ValueError(f"{len(rows)} rows but {len(documents)} documents: one document per row")
+    row_of: dict[tuple[str, str], list[int]] = {}
+    for j, (location, func_name) in enumerate(rows):
+        key = answer_key(location, func_name)
+        if key is not None:
+            row_of.setdefault(key, []).append(j)
+    kept, pairs = [], []
+    for query in queries:
+        found = sorted({j for answer in query.answers for j in row_of.get(answer, [])})
+        if found:
+            pairs += [(len(kept), j) for j in found]
+            kept.append(query.query)
+    if not kept:
+        raise ValueError(
+            f"suite {name}: none of its {len(queries)} queries has an accepted answer in the rows"
+        )
+    relevant = np.array(pairs, dtype=np.int64)
+    exclude = np.zeros((0, 2), np.int64)
+    return MixSuite(name, "question", kept, list(documents), relevant, exclude, source, embed)
 
 
 # ---------------------------------------------------------------- ranking a corpus' candidates (evaluate)

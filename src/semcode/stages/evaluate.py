@@ -12,7 +12,7 @@ suite; ``fusion_mix``): the valid split of the pairs (``pairs/valid``: ``fusion_
 queries, a seeded sample, their gold codes as the candidates; docstring-style), CoSQA dev (question-style;
 when cosqa is among the evaluated ``suites`` and present: all 500 queries, the model's vectors of its
 candidates shared with the suite's own evaluation) and the suites a caller hands pick_fusion (``extra``,
-e.g. the everyday suite over index rows, semcode.evaluation.everyday_mix_suite). The model fused with
+e.g. the everyday suite over index rows, semcode.everyday.everyday_mix_suite). The model fused with
 BM25 at each of ``fusion_weights`` (convex), by RRF and, with ``fusion_per_form``, with a smaller weight
 for question-form queries, is ranked on each; the best mean MRR gain over dense wins among the
 candidates that are not below dense on any question-style suite (semcode.evaluation.choose_fusion,
@@ -82,10 +82,9 @@ from semcode.evaluation import (
     MixSuite,
     choose_fusion,
     evaluate_suite,
-    everyday_mix_suite,
     mix_suite,
 )
-from semcode.everyday import NAIVE_MAX_LENGTH
+from semcode.everyday import NAIVE_MAX_LENGTH, everyday_mix_suite
 from semcode.progress import log
 from semcode.retrieval import DEFAULT_FUSION, FUSION_WEIGHTS, check_fusion
 from semcode.suites import (
@@ -283,7 +282,7 @@ def load_everyday_suite(
 
 
 def everyday_fusion_suite(suite: EverydaySuite | None, embed: EmbedFn | None = None) -> list[MixSuite]:
-    """The everyday suite as a suite of the fusion mix (semcode.evaluation.everyday_mix_suite), or none when
+    """The everyday suite as a suite of the fusion mix (semcode.everyday.everyday_mix_suite), or none when
     there is no suite or no query has an accepted answer among its candidates."""
     if suite is None or not everyday.coverage(suite.rows, suite.queries)["covered"]:
         return []
