@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run
+from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run, own_document
 
 from semcode import bundle as bundles
-from semcode import report
+from semcode import bundle_checks, report
 from semcode.bundle import BundleError
 
 
@@ -75,7 +75,7 @@ def test_an_external_tool_can_search_with_the_bundle(tiny_bundle: Path):
 
     rows = pq.read_table(tiny_bundle / meta["index"]["meta"]).to_pylist()
     assert {"code", "path", "func_name", "url"} <= set(rows[0])
-    codes = [meta["code_prefix"] + rows[i]["code"] for i in (0, 5, 9)]
+    codes = [meta["code_prefix"] + own_document(rows[i]) for i in (0, 5, 9)]  # what the index embedded
     index = faiss.read_index(str(tiny_bundle / meta["index"]["file"]))
     assert index.ntotal == len(rows) == meta["index"]["ntotal"] and index.d == meta["dim"]
 
@@ -89,7 +89,7 @@ def test_an_external_tool_can_search_with_the_bundle(tiny_bundle: Path):
         query = embed(session, [meta["query_prefix"] + "read a configuration file"])
         assert query.shape == (1, meta["dim"])
 
-    # The index holds the fp32 code vectors: each function's own code finds itself first.
+    # The index holds the fp32 vectors of the search documents: each function's own finds it first.
     session = ort.InferenceSession(str(tiny_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
     scores, ids = index.search(embed(session, codes), 3)
     for position, row in enumerate((0, 5, 9)):
@@ -510,7 +510,7 @@ def test_validate_refuses_a_tokenizer_regex_that_backtracks_without_bound(bundle
 
 def test_the_tokenizer_worker_bounds_each_text_and_survives_a_hang(bundle_copy: Path):
     with_split_regex(bundle_copy, "(q+q+)+Z")
-    worker = bundles.TokenizerWorker(bundle_copy / "tokenizer.json", seconds=0.5)
+    worker = bundle_checks.TokenizerWorker(bundle_copy / "tokenizer.json", seconds=0.5)
     try:
         started = time.monotonic()
         answers = worker.check(

@@ -31,6 +31,7 @@ LAYERS = [  # lowest first; the first part of a module's name below semcode deci
         "embedding_cache",
         "retrieval",
         "bundle",
+        "bundle_checks",
         "report",
         "decoding",
     },  # fmt: skip

@@ -21,6 +21,7 @@ The module map, lowest layer first. A module imports only from its own layer or 
    everyday     the everyday-queries suite (suite_data/everyday.jsonl): load, score, coverage
    retrieval    search-time scoring: the BM25 index, the fusion of dense and BM25 scores (hybrid)
    decoding     code from embeddings, and its metrics;  bundle  assemble, validate, publish a bundle
+   bundle_checks  the per-file checks of a bundle: ONNX signature and external data, index, tokenizer probe
    report       the model card and report.html
 2. what runs the library
    stages/      one module per pipeline stage: run(config, inputs..., out_dir) and main(argv)

@@ -24,6 +24,7 @@ import pytest
 from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run, restamp
 from fastapi.testclient import TestClient
 
+from semcode import bundle_checks
 from semcode.serve import search
 from semcode.serve.app import MicroBatcher, QueryError, ServeConfig, bundle_loader, create_app
 from semcode.serve.searcher import Hit, Searcher
@@ -119,11 +120,10 @@ def test_a_lone_surrogate_costs_only_its_own_request(tiny_bundle: Path, alone: d
 def test_a_text_the_encoder_refuses_fails_alone_inside_a_batch(tiny_bundle: Path, alone: dict[str, int]):
     """Past the endpoint's check (the batcher's own guard): with the tokenizer screen, and without it, where the
     whole batch's encoder run fails and each query is encoded again alone."""
-    from semcode import bundle as bundles
 
     searcher = Searcher(tiny_bundle, threads=1)
     for screen in (True, False):
-        worker = bundles.TokenizerWorker(tiny_bundle / "tokenizer.json") if screen else None
+        worker = bundle_checks.TokenizerWorker(tiny_bundle / "tokenizer.json") if screen else None
         batcher = MicroBatcher(searcher, 64, 200.0, 100, screen=worker.check if worker else None)
         try:
             good = queries(5)

@@ -25,11 +25,11 @@ Before the bundle is ready, or when the queue is full, /search answers 503 in th
 
 One request fails alone, never its batch: a query that is not UTF-8 text (JSON's lone surrogate
 ``"\\ud800"``) is refused with 400 before it is queued; in the batcher every query is first tokenized in a
-child process of its own (semcode.bundle.TokenizerWorker) within ``query_timeout_s``, so a query that makes
+child process of its own (semcode.bundle_checks.TokenizerWorker) within ``query_timeout_s``, so a query that makes
 the bundle's tokenizer fail, panic or backtrack without end gets its own 400 (the child is killed and
 restarted) and the rest of the batch is answered; a batch the encoder refuses is encoded again one query at
 a time. The tokenizer also gets a bounded test run on adversarial texts before the bundle is ready
-(semcode.bundle.probe_tokenizer: a catastrophic regex fails the load). If the batcher thread dies all the
+(semcode.bundle_checks.probe_tokenizer: a catastrophic regex fails the load). If the batcher thread dies all the
 same, or the index file changes on disk under the server (``index.faiss`` rewritten or replaced: it is read
 into memory at load unless ``mmap_index``, and its size, mtime and inode are checked before every batch),
 every waiting request gets 503, /readyz turns 503 with the reason, the reason is logged in one line and
@@ -81,6 +81,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from semcode import bundle as bundles
+from semcode import bundle_checks
 from semcode import config as cfg
 from semcode.config import ConfigError, field
 from semcode.progress import log
@@ -395,7 +396,7 @@ class Service:
         self.error = ""
         self.searcher: Searcher | None = None
         self.batcher: MicroBatcher | None = None
-        self.tokenizer: bundles.TokenizerWorker | None = None
+        self.tokenizer: bundle_checks.TokenizerWorker | None = None
         self.was_ready = False  # the bundle loaded (a failure after that is the batcher's, not the load's)
         self.started_at = time.time()
 
@@ -409,12 +410,12 @@ class Service:
             # that tokenizes each query within query_timeout_s before the batch is encoded.
             tokenizer = searcher.bundle_dir / bundles.TOKENIZER_FILE
             prefix = str(searcher.bundle["query_prefix"])
-            problems = bundles.probe_tokenizer(tokenizer, prefix, self.config.query_timeout_s)
+            problems = bundle_checks.probe_tokenizer(tokenizer, prefix, self.config.query_timeout_s)
             if problems:
                 raise bundles.BundleError(
                     f"{searcher.bundle_dir}: its tokenizer is not safe to serve", problems
                 )
-            self.tokenizer = bundles.TokenizerWorker(tokenizer, prefix, self.config.query_timeout_s)
+            self.tokenizer = bundle_checks.TokenizerWorker(tokenizer, prefix, self.config.query_timeout_s)
             started = time.perf_counter()
             searcher.search(WARM_UP_QUERY, 1)  # the first ONNX Runtime run allocates; keep it off a request
             warm_up_ms = (time.perf_counter() - started) * 1000
