@@ -55,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semcode.pipeline.submit",
         "upload the pipeline, start a run on a KFP cluster, wait; fail when the run or gate fails",
     ),
+    "index": (
+        "semcode.stages.index",
+        "make code searchable with an encoder you have (or minilm), no training; --update refreshes it",
+    ),
     "search": ("semcode.serve.search", "search a release bundle's code with a natural-language query"),
     "serve": ("semcode.serve.app", "serve a bundle's code search as an HTTP JSON API"),
     "generate": ("semcode.serve.generate", "write code from a docstring or code with a bundle's decoder"),
@@ -65,6 +69,7 @@ EPILOG = """examples:
   semcode ingest --source python:stdlib --out runs/ingest
   semcode train-tokenizer --corpus runs/ingest/corpus --out runs/tokenizer
   semcode search runs/<run-id>/bundle "read a file line by line" -k 5
+  semcode index --encoder minilm --source dir:./repo --out ./repo-index   # no training, any code
   semcode <command> --help                      # flags and an example for each command
 """
 

@@ -300,3 +300,104 @@ def test_a_git_checkouts_commit_is_in_its_urls_and_no_absolute_path_is(toy_repo:
     (toy_repo / ".git" / "HEAD").write_text(commit)
     assert listing.git_head(str(toy_repo)) == commit
     assert listing.git_head(str(toy_repo / "toypkg")) == ""
+
+
+GOOD = 'def add_numbers(a, b):\n    """Add two numbers and return their sum."""\n    total = a + b\n    return total\n'
+
+
+@pytest.mark.timeout(60)  # a FIFO opened for reading without O_NONBLOCK waits for a writer forever
+def test_only_regular_files_inside_the_root_are_read(tmp_path: Path):
+    """Links out of the repository (a secret, /dev/zero), a FIFO, a socket and a name that is not UTF-8:
+    each skipped, counted and named; a link that stays inside is read; the rest of the source is read."""
+    import socket
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.py").write_text(GOOD.replace("return total", 'return "TOPSECRET"'))
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "good.py").write_text(GOOD)
+    (repo / "pkg" / "link.py").symlink_to(outside / "secret.py")
+    (repo / "pkg" / "zero.py").symlink_to("/dev/zero")
+    (repo / "inside.py").symlink_to(repo / "pkg" / "good.py")  # stays inside: read like any file
+    os.mkfifo(repo / "pkg" / "x.py")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(repo / "pkg" / "sock.py"))
+    (repo / "outlink").symlink_to(outside, target_is_directory=True)  # a linked folder: never walked
+    bad_name = os.fsencode(repo / "pkg") + b"/bad\xffname.py"
+    with open(bad_name, "w") as file:
+        file.write(GOOD)
+    try:
+        result = read_code_files(SourceSpec("dir", str(repo), f"dir:{repo}"), ExtractOptions(workers=2))
+    finally:
+        server.close()
+    stats = result.stats
+    assert not any("TOPSECRET" in row["code"] for row in result.corpus)
+    assert sorted(row["path"] for row in result.corpus) == ["inside.py", "pkg/good.py"]
+    assert {reason: stats.rejects[reason] for reason in ("outside_root", "not_regular", "bad_file_name")} == {
+        "outside_root": 2,
+        "not_regular": 2,
+        "bad_file_name": 1,
+    }
+    assert stats.errors == 0 and stats.files_seen == 7
+    assert sorted(stats.rejected_files) == [
+        "pkg/bad\\xffname.py: bad_file_name",
+        f"pkg/link.py: outside_root (a link to {outside / 'secret.py'})",
+        "pkg/sock.py: not_regular (a socket)",
+        "pkg/x.py: not_regular (a FIFO)",
+        "pkg/zero.py: outside_root (a link to /dev/zero)",
+    ]
+    assert stats.to_dict()["rejected_files"] == sorted(stats.rejected_files)
+
+
+def test_a_file_bigger_than_it_said_is_read_no_further_than_the_limit(tmp_path: Path):
+    from semcode.data.files import FileRefused, read_source_file
+
+    (tmp_path / "a.py").write_text("x = 1\n" * 100)
+    assert read_source_file(str(tmp_path / "a.py"), str(tmp_path), 600) == b"x = 1\n" * 100
+    with pytest.raises(FileRefused, match="too_large"):
+        read_source_file(str(tmp_path / "a.py"), str(tmp_path), 599)
+    with pytest.raises(FileRefused, match="not_regular: a character device"):
+        read_source_file("/dev/zero", "", 10)  # no root to leave: still never read
+
+
+def _nested_classes(levels: int) -> str:
+    """The second fault battery's file: ``levels`` classes, each inside the last (one space per level)."""
+    lines = [" " * i + f"class C{i}:" for i in range(levels)]
+    return "\n".join([*lines, " " * levels + "def method(self):", " " * (levels + 1) + "return 1", ""])
+
+
+def test_a_file_nested_past_the_limit_is_too_deep_before_parsing(tmp_path: Path):
+    """600 nested classes (190 KB) segfaulted tree-sitter-python; past CPython's own 100 levels a file is
+    skipped, named, before any parsing. Real code, however long its lines of alignment, is not."""
+    from semcode.data.sources.code import MAX_INDENT_LEVELS, indent_levels
+
+    assert indent_levels(_nested_classes(MAX_INDENT_LEVELS)) == MAX_INDENT_LEVELS + 1  # the method's body
+    assert indent_levels(_nested_classes(MAX_INDENT_LEVELS - 1)) == MAX_INDENT_LEVELS
+    aligned = "def f(a,\n" + " " * 150 + "b):\n    # a comment\n    return (a,\n" + " " * 200 + "b)\n"
+    assert indent_levels(aligned) == 2
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "deep.py").write_text(_nested_classes(600))
+    (repo / "good.py").write_text(GOOD)
+    result = read_code_files(SourceSpec("dir", str(repo), f"dir:{repo}"), ExtractOptions())
+    assert [row["func_name"] for row in result.corpus] == ["add_numbers"]
+    assert result.stats.rejected_files == ["deep.py: too_deep (over 100 levels of indentation)"]
+
+
+def test_a_file_that_kills_its_parsing_worker_costs_only_that_file(tmp_path: Path):
+    """A parse tree past the worker's memory cap (about 200 bytes of tree per byte of a long expression):
+    the worker dies, the file is a named parse_crash, a fresh worker reads the files after it, in order."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a_big.py").write_text("X = [\n" + "1,\n" * 1_500_000 + "]\n")  # 4.5 MB: ~900 MB of tree
+    for name in ("b_one.py", "c_two.py", "d_three.py"):
+        (repo / name).write_text(GOOD.replace("add_numbers", name[2:-3]))
+    spec = SourceSpec("dir", str(repo), f"dir:{repo}")
+    for workers in (1, 2):
+        options = ExtractOptions(max_file_bytes=10_000_000, parse_memory_mb=200, workers=workers)
+        result = read_code_files(spec, options)
+        assert [row["func_name"] for row in result.corpus] == ["one", "two", "three"]
+        assert result.stats.rejects["parse_crash"] == 1 and result.stats.files_parsed == 3
+        (named,) = result.stats.rejected_files
+        assert named.startswith("a_big.py: parse_crash (its parsing worker died (") and "200" in named

@@ -356,6 +356,38 @@ def test_time_budget_stops_with_a_final_checkpoint(data_dirs, tmp_path):
     assert (tmp_path / "budget" / "encoder" / "model.safetensors").is_file()
 
 
+def test_ctrl_c_checkpoints_exits_130_in_one_line_and_resume_continues(data_dirs, tmp_path):
+    """Ctrl-C at a terminal: SIGINT to the whole process group (the stage and its tokenizer worker) once
+    step 4 is checkpointed. The step under way ends with a checkpoint, one line says so, exit 130; the
+    same command with --resume restores it and finishes."""
+    pairs_dir, tokenizer_dir = data_dirs
+    out, log = tmp_path / "run", tmp_path / "first.log"
+    command = [sys.executable, "-m", "semcode.stages.train_encoder", "--pairs", str(pairs_dir)]
+    command += ["--tokenizer", str(tokenizer_dir), "--out", str(out), *TRAIN_FLAGS]
+    command += ["--epochs", "2", "--checkpoint-every", "4", "--eval-every", "0", "--num-workers", "1"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "SEMCODE_TENSORBOARD": "0"}
+    with open(log, "w") as stderr:
+        first = subprocess.Popen(command, env=environment, stderr=stderr, start_new_session=True)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert latest.exists(), log.read_text()[-2000:]
+    os.killpg(first.pid, signal.SIGINT)
+    assert first.wait(timeout=120) == 130, log.read_text()[-2000:]
+    text = log.read_text()
+    stopped_at = latest.read_text().strip()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
+    assert f"stopped by SIGINT (Ctrl-C) after step {int(stopped_at.removeprefix('step-'))}: " in text
+    assert "the same command with --resume continues from it" in text
+    assert stopped_at < "step-000024"  # 2 epochs of 12 steps: stopped early, not at the end
+
+    resumed = subprocess.run([*command, "--resume"], env=environment, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {out / 'checkpoints' / stopped_at} at step" in resumed.stderr
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 24
+
+
 def test_bad_inputs_fail_before_training(data_dirs, trained, tmp_path):
     pairs_dir, tokenizer_dir = data_dirs
     config = TrainEncoderConfig(size="tiny")

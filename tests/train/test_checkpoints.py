@@ -285,6 +285,18 @@ def test_sigterm_becomes_a_stop_flag_and_the_old_handler_comes_back():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_ctrl_c_is_a_stop_flag_with_exit_code_130_and_a_second_one_stops_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the loop finishes its step first
+        assert stop.agreed("cpu") and (stop.name, stop.exit_code) == ("SIGINT (Ctrl-C)", 130)
+        os.kill(os.getpid(), signal.SIGTERM)  # a later SIGTERM changes nothing
+        assert stop.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: the user will not wait
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_checkpoint_root_that_cannot_be_written_is_refused_before_training(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -215,8 +215,9 @@ def prepare(
     """(validated stage configs, pipeline arguments) of a preset with --param, --source, --languages and
     --registry.
 
-    Raises ConfigError for a bad preset or parameter, IngestError for a source that does not exist and
-    StorageError for a registry that cannot be written, before any task runs.
+    Raises ConfigError for a bad preset or parameter, IngestError for a source that does not exist or (a
+    small local dir:) holds too few doc comments to train on, and StorageError for a registry that cannot
+    be written, before any task runs.
     """
     overrides = parse_params(params)
     overrides.setdefault("gate", {})["registry"] = registry
@@ -227,6 +228,7 @@ def prepare(
     preset = cfg.load_yaml(preset_name)
     configs = pipeline_params.resolve_configs(preset, preset_name, overrides)
     ingest.check_sources(configs["ingest"])
+    ingest.check_trainable(configs["ingest"])  # too few doc comments to train: one line now, not a failed run
     # The registry is written at the very end: a dead endpoint or read-only bucket is found now, not
     # after the training.
     if registry:

@@ -55,6 +55,7 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import shlex
 import sys
 import tempfile
 import time
@@ -74,6 +75,7 @@ from semcode.data import clean
 from semcode.data.languages import LANGUAGES, check_languages
 from semcode.data.pairs import COLUMNS, PAIR_SCHEMA, SPLITS, normalise_row, write_shards
 from semcode.data.sources import read_source
+from semcode.data.sources.listing import walk_files
 from semcode.data.sources.rows import WHOLE, ExtractOptions, Shard, SourceResult, SourceStats
 from semcode.data.sources.spec import SourceError, SourceSpec, check_exists, parse_spec
 from semcode.data.sources.text import check_layout
@@ -84,6 +86,7 @@ TAG = "ingest"
 MANIFEST_NAME = "manifest.json"
 SHARD_MANIFEST_NAME = "shard.json"
 MAX_REPO_NAMES = 1000  # repository names listed per split in the manifest; counts are always complete
+PRECHECK_MAX_FILES = 5000  # local dir: sources this small are read once before a run to refuse it early
 
 
 class IngestError(ValueError):
@@ -118,6 +121,11 @@ class IngestConfig:
     max_line_chars: int = field(
         10_000, "skip source files with a longer line (minified or data): parsing one costs memory unbounded"
     )
+    parse_memory_mb: int = field(
+        1024,
+        "memory each file-parsing worker process may take (MB); a file whose parse tree needs more is skipped "
+        "as parse_crash, named in the manifest (a 1 MB file takes at most ~200 MB)",
+    )
     languages: tuple[str, ...] = field(
         (),
         f"read only these languages from dir: and JSONL sources (empty = all: {', '.join(LANGUAGES)}); "
@@ -135,7 +143,9 @@ class IngestConfig:
         0, "read at most this many files per source, sampled by path hash (0 = all)"
     )
     min_pairs: int = field(
-        2, "fail when fewer pairs are left after deduplication (contrastive training needs other pairs)"
+        2,
+        "fail when fewer pairs are left after deduplication (contrastive training needs other pairs); 0 = "
+        "corpus only: sources without doc comments are fine (an index without training, semcode index)",
     )
     rows_per_shard: int = field(50_000, "rows per Parquet shard")
     shards: int = field(
@@ -146,7 +156,8 @@ class IngestConfig:
     )
     workers: int = field(
         1,
-        "processes that parse files; 2 or more also deduplicate the corpus beside the pairs (spawned; 1 = in this process)",
+        "processes that read and parse files (each crash-isolated: a file that kills its worker is skipped, "
+        "named); 2 or more also deduplicate the corpus beside the pairs",
     )
 
     @property
@@ -167,10 +178,23 @@ class IngestConfig:
             )
         if self.split_unit not in SPLIT_UNITS:
             raise ConfigError(f"split_unit must be one of {list(SPLIT_UNITS)}, got {self.split_unit!r}")
-        for name in ("min_docstring_tokens", "min_code_lines", "max_code_chars", "max_files_per_source"):
+        for name in (
+            "min_docstring_tokens",
+            "min_code_lines",
+            "max_code_chars",
+            "max_files_per_source",
+            "min_pairs",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_file_bytes", "max_line_chars", "rows_per_shard", "workers", "min_pairs", "shards"):
+        for name in (
+            "max_file_bytes",
+            "max_line_chars",
+            "rows_per_shard",
+            "workers",
+            "shards",
+            "parse_memory_mb",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         try:
@@ -199,6 +223,7 @@ class IngestConfig:
             max_files=self.max_files_per_source,
             languages=check_languages(self.languages),
             workers=self.workers,
+            parse_memory_mb=self.parse_memory_mb,
         )
 
 
@@ -219,6 +244,29 @@ def check_sources(config: IngestConfig, shard: Shard = WHOLE) -> list[SourceSpec
             f"sources {list(config.sources)} are evaluation-only: add a training source, e.g. python:stdlib"
         )
     return specs
+
+
+def check_trainable(config: IngestConfig) -> None:
+    """Before any other work of a run: when every training source is a local dir: (PRECHECK_MAX_FILES files
+    at most), read them as ingest will and raise IngestError, in one line, when they hold fewer functions
+    with a doc comment than min_pairs, offering the index without training. Other or bigger sources are
+    left to ingest, whose own check (after deduplication) says the same once they are read."""
+    training = [spec for spec in map(parse_spec, config.sources) if not spec.eval_only]
+    local_dirs = all(spec.kind == "dir" and not storage.is_s3(spec.location) for spec in training)
+    if not config.min_pairs or not training or not local_dirs:
+        return
+    if sum(len(walk_files(spec.location, lambda error: None)) for spec in training) > PRECHECK_MAX_FILES:
+        return
+    try:
+        pairs = sum(len(read_source(spec, config.extract_options()).pairs) for spec in training)
+    except SourceError:  # e.g. no file of the selected languages: ingest says so, by name
+        return
+    if pairs < config.min_pairs:
+        raise IngestError(
+            f"{' '.join(spec.text for spec in training)}: {pairs} function{'s' if pairs != 1 else ''} with a "
+            f"doc comment, training needs at least min_pairs={config.min_pairs}; search this code without "
+            f"training: {index_command(config.sources)}"
+        )
 
 
 def check_result(stats: SourceStats, max_reject_share: float) -> list[str]:
@@ -315,6 +363,10 @@ def read_sources(
             f"{spec.text}{shard_label(shard)}: {stats.files_seen} files, {stats.functions_found} functions, "
             f"{stats.pairs + stats.eval_rows} pairs, {stats.corpus_rows} corpus rows in {stats.seconds:.1f}s",
         )
+        if stats.rejected_files:  # links out, FIFOs, devices, bad names, crashes: named, not just counted
+            named = sorted(stats.rejected_files)
+            more = f"; {len(named) - 3} more in {MANIFEST_NAME}" if len(named) > 3 else ""
+            log(TAG, f"{spec.text}: skipped {len(named)} files: {'; '.join(named[:3])}{more}")
         if check:
             check_result(stats, config.max_reject_share)
         gathered.stats[spec.text] = stats
@@ -388,9 +440,16 @@ def _deduplicate(
         raise IngestError(
             f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''} left after deduplication of sources "
             f"{list(config.sources)} ({removed} of {len(pair_dedup.keep)} were duplicates); training needs at "
-            f"least min_pairs={config.min_pairs}: give more or other code"
+            f"least min_pairs={config.min_pairs} (functions with doc comments): give more or other code, or "
+            f"search this code without training: {index_command(config.sources)}"
         )
     return pairs, corpus, {"pairs": pair_dedup.summary(), "corpus": corpus_dedup.summary()}
+
+
+def index_command(sources: tuple[str, ...] | list[str]) -> str:
+    """The command that makes ``sources`` searchable without training (the zero-shot encoder, no pairs)."""
+    given = " ".join(f"--source {shlex.quote(spec)}" for spec in sources if not spec.startswith("humaneval"))
+    return f"semcode index --encoder minilm {given} --out ./code-index"
 
 
 def _split(config: IngestConfig, pairs: list[dict], corpus: list[dict]) -> SplitResult:

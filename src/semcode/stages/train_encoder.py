@@ -789,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.add_arguments(parser, TrainEncoderConfig)
     args = parser.parse_args(argv)
     from semcode.train.checkpoints import (
-        PREEMPTED_EXIT_CODE,
+        INTERRUPTED_EXIT_CODE,
+        RESUME_HINT,
         DurableCheckpointError,
         Preempted,
     )  # torch: after --help
@@ -799,9 +800,12 @@ def main(argv: list[str] | None = None) -> int:
         run(config, args.pairs, args.tokenizer, args.out)
     except cfg.BAD_INPUT_ERRORS as error:
         return cfg.bad_input("train-encoder", error)
-    except Preempted as error:  # SIGTERM: checkpointed; non-zero so that a retry continues
+    except Preempted as error:  # SIGTERM or Ctrl-C: checkpointed; non-zero so that a retry continues
         log(TAG, str(error))
-        return PREEMPTED_EXIT_CODE
+        return error.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside the steps (setting up, evaluating, saving) or a second one
+        log(TAG, f"interrupted by Ctrl-C: {RESUME_HINT}")
+        return INTERRUPTED_EXIT_CODE
     except DurableCheckpointError as error:  # the store went away mid-training: a fault, not bad input
         log(TAG, f"error: {error}")
         return 1

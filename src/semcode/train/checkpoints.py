@@ -15,8 +15,9 @@ Checkpoint layout (one directory per optimizer step)::
 A checkpoint is written to ``step-000120.partial/`` and renamed when complete, so a crash mid-write never
 leaves a directory that ``latest`` could point to. A stage resumes with ``resume_state`` (after
 ``restore_durable``, which first brings back the newest durable copy, DurableCheckpoints, when the pod's
-disk is new). SIGTERM (StopRequest) ends the loop after the step under way with a checkpoint, then
-Preempted: the stage exits PREEMPTED_EXIT_CODE and a retry continues from it.
+disk is new). SIGTERM or Ctrl-C (StopRequest) ends the loop after the step under way with a checkpoint, then
+Preempted: the stage exits 128 + the signal's number (PREEMPTED_EXIT_CODE for SIGTERM, 130 for SIGINT) and
+a retry, or the same command with ``--resume``, continues from it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from semcode.train.safe_load import check_checkpoint
 CHECKPOINT_PREFIX = "step-"
 DURABLE_CHECKPOINT_DIR = "checkpoint"  # <checkpoint_root>/step-NNNNNN/checkpoint/: the local step-NNNNNN/
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what Kubernetes reports for a container stopped by its signal
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: a shell's code for a command stopped by Ctrl-C
+RESUME_HINT = "no new checkpoint; the same command with --resume continues from the latest one, if any"
 LATEST_FILE = "latest"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -195,7 +198,8 @@ def load_latest_checkpoint(checkpoints_dir: str | Path, engine: Any) -> dict[str
     path = latest_checkpoint(checkpoints_dir)
     if path is None:
         return None
-    check_checkpoint(path)  # DeepSpeed unpickles without weights_only: nothing planted gets that far
+    # DeepSpeed unpickles without weights_only: nothing planted (nor linked from outside) gets that far
+    check_checkpoint(path, within=checkpoints_dir)
     load_path, _ = engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / DEEPSPEED_TAG}")
@@ -244,8 +248,13 @@ def resume_state(
 
 
 class Preempted(RuntimeError):
-    """SIGTERM stopped training once a checkpoint was written (and made durable): the process should exit
-    non-zero (PREEMPTED_EXIT_CODE from the command line) so that a retry continues from the checkpoint."""
+    """SIGTERM (or Ctrl-C) stopped training once a checkpoint was written (and made durable): the process
+    should exit ``exit_code`` (128 + the signal: PREEMPTED_EXIT_CODE for SIGTERM, 130 for SIGINT), non-zero
+    so that a retry continues from the checkpoint."""
+
+    def __init__(self, message: str, exit_code: int = PREEMPTED_EXIT_CODE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def durable_location(root: str, run_id: str, task: str) -> str:
@@ -378,28 +387,47 @@ def _mirror(folder: Path, destination: str) -> None:
 
 
 class StopRequest:
-    """SIGTERM (Kubernetes' notice, a grace period before SIGKILL) as a flag the loop reads between steps.
+    """SIGTERM (Kubernetes' notice, a grace period before SIGKILL) and SIGINT (Ctrl-C at a terminal) as a
+    flag the loop reads between steps. A second Ctrl-C stops at once (KeyboardInterrupt, no checkpoint).
 
     Installed only in the main thread (Python delivers signals there); elsewhere it never fires. With
     several ranks ``agreed`` all-reduces the flag, so every rank stops at the same step even when only
     one was signalled.
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self) -> None:
         self.received = False
-        self._previous: Any = None
+        self.signal_number = signal.SIGTERM  # the first signal received (SIGTERM on a rank told by another)
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.received and signum == signal.SIGINT == self.signal_number:
+            raise KeyboardInterrupt  # Ctrl-C twice: the user will not wait for the step under way
+        if not self.received:
+            self.signal_number = signum
         self.received = True
+
+    @property
+    def name(self) -> str:
+        """The signal as a user knows it: "SIGTERM", "SIGINT (Ctrl-C)"."""
+        name = signal.Signals(self.signal_number).name
+        return name + " (Ctrl-C)" if self.signal_number == signal.SIGINT else name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal_number)
 
     def agreed(self, device: Any) -> bool:
         if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):

@@ -9,6 +9,7 @@ the same size); rank r takes the r-th slice of each. So a training position is o
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,8 @@ def batch_loader(dataset: PairBatches, num_workers: int = 0, seed: int = 0) -> D
     """Iterate tokenised micro-batches in order, tokenising ahead in ``num_workers`` processes.
 
     The loader gets its own generator: a DataLoader otherwise draws its base seed from torch's global
-    RNG, which would shift dropout masks and break identical resumption.
+    RNG, which would shift dropout masks and break identical resumption. Workers ignore Ctrl-C: a terminal
+    sends it to the whole process group, and the training process, not they, decides when to stop.
     """
     return DataLoader(
         dataset,
@@ -169,4 +171,9 @@ def batch_loader(dataset: PairBatches, num_workers: int = 0, seed: int = 0) -> D
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        worker_init_fn=_ignore_ctrl_c if num_workers else None,
     )
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -20,6 +20,7 @@ A stage sets up (semcode.train.distributed), resumes (semcode.train.checkpoints)
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -159,9 +160,9 @@ def run_steps(
     tensorboard) receives the live metrics. ``durable``: each checkpoint is also uploaded there.
     Returns the last optimizer step and what stopped the run ("steps" or "time_budget").
 
-    SIGTERM (a preempted or evicted pod) ends the run after the optimizer step under way: a checkpoint
-    (made durable), an evaluation only if one was due anyway (so the history matches an uninterrupted
-    run's), then Preempted is raised.
+    SIGTERM (a preempted or evicted pod) or Ctrl-C ends the run after the optimizer step under way: a
+    checkpoint (made durable), an evaluation only if one was due anyway (so the history matches an
+    uninterrupted run's), then Preempted is raised with the exit code the signal calls for.
     """
     ranks = world_size()
     step = start_step
@@ -224,7 +225,7 @@ def run_steps(
                     last = step == plan.total_steps
                     if not last and stop_request.agreed(engine.device):
                         stopped_by = "preempted"
-                        log_.message(f"SIGTERM: stopping after step {step} with a checkpoint")
+                        log_.message(f"{stop_request.name}: stopping after step {step} with a checkpoint")
                     elif not last and time_budget_exceeded(
                         run_started, schedule.time_budget_minutes, engine.device
                     ):
@@ -256,10 +257,14 @@ def run_steps(
         finally:
             log_.flush_live()  # a crash keeps the curves up to it
     if stopped_by == "preempted":
+        if stop_request.signal_number == signal.SIGINT and not durable:  # Ctrl-C on the stage itself
+            then = "the same command with --resume continues from it"
+        else:
+            retry = " (or a new run with its --resume)" if durable else " with --resume"
+            then = f"a retry of the task{retry} continues from it"
         raise Preempted(
-            f"stopped by SIGTERM after step {step}: checkpoint {checkpoint}; a retry of the task"
-            + (" (or a new run with its --resume)" if durable else " with --resume")
-            + " continues from it"
+            f"stopped by {stop_request.name} after step {step}: checkpoint {checkpoint}; {then}",
+            exit_code=stop_request.exit_code,
         )
     return LoopResult(step, stopped_by)
 

@@ -10,7 +10,8 @@
   of :data:`semcode.data.languages.LANGUAGES` (Python, Go, Java, JavaScript, TypeScript, Ruby, PHP,
   Rust, C, C++; by file extension), or only those in ``ExtractOptions.languages``; repo = the
   directory's name, path relative to it. Hidden directories (``.git``, ``.venv``), ``__pycache__``
-  and ``site-packages`` are skipped everywhere. A ``dir:`` without a single file of the selected
+  and ``site-packages`` are skipped everywhere, and in a ``dir:`` what its ``.gitignore`` files exclude
+  (semcode.data.gitignore; counted as the reject ``gitignored``, a folder once: it is not walked). A ``dir:`` without a single file of the selected
   languages is a SourceError naming the extensions it holds.
 
 Test paths (``tests/``, ``test_*.py``, ``x_test.go``, Ruby/JS ``spec/``), vendored files
@@ -20,6 +21,15 @@ than ``max_file_bytes`` are skipped by size, files whose first lines say ``Code 
 DO NOT EDIT`` after reading, and files with a line longer than ``max_line_chars`` (minified code,
 data) before parsing: their parse tree is the one thing whose memory a raised size limit leaves
 unbounded.
+
+Only regular files inside the source's root are read, at most ``max_file_bytes + 1`` bytes of each
+(:mod:`semcode.data.files`: a link out of the root is ``outside_root``, a FIFO or device
+``not_regular``, a name that is not UTF-8 ``bad_file_name``, each named in the manifest's
+``rejected_files``). A Python file nested deeper than MAX_INDENT_LEVELS (CPython's own limit; tree-sitter's
+scanner segfaults a few hundred levels further) is ``too_deep`` before parsing. Files are read and parsed
+in worker processes (:mod:`semcode.data.sources.workers`, ``workers`` of them, each with its memory
+capped at ``parse_memory_mb``): a file that crashes its worker is a ``parse_crash`` reject, named, and
+the ingest goes on.
 
 Code files (``python:`` and ``dir:``) go through :mod:`semcode.data.extract`; every extracted
 function becomes a corpus row (``query`` empty without doc comment) and, when its doc comment's
@@ -34,21 +44,23 @@ for a local directory (its name, then the path inside it), or the file's ``s3://
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
+import re
 import site
 import sysconfig
 import tokenize
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from semcode import storage
 from semcode.data import extract, languages
+from semcode.data.files import FileRefused, is_utf8, read_source_file, shown_name
+from semcode.data.gitignore import GitIgnore
 from semcode.data.sources import listing
 from semcode.data.sources.rows import (
+    NAMED_REASONS,
     WHOLE,
     ExtractOptions,
     Shard,
@@ -59,9 +71,11 @@ from semcode.data.sources.rows import (
     stable_hash,
 )
 from semcode.data.sources.spec import SourceError, SourceSpec
+from semcode.data.sources.workers import Workers
 from semcode.progress import Progress
 
 STDLIB_SKIPPED = ("site-packages", "dist-packages", "lib-dynload", "__pycache__")
+MAX_INDENT_LEVELS = 100  # CPython refuses deeper ("too many levels of indentation"); tree-sitter crashes ~500
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class FileTask:
     path: str  # relative, with "/"
     url: str  # url-like location without the #L fragment
     language: str = "python"
+    root: str = ""  # the source's root folder, resolved: nothing outside it is read ("" for S3)
 
 
 @dataclass
@@ -83,6 +98,13 @@ class FileOutcome:
     parsed: bool
     functions: int
     language: str = "python"
+    rejected_files: list[str] = field(default_factory=list)  # "path: reason (why)", see rows.NAMED_REASONS
+
+    def refuse(self, path: str, reason: str, detail: str = "") -> FileOutcome:
+        """Count ``reason`` once, and name the file beside it."""
+        self.rejects[reason] += 1
+        self.rejected_files.append(f"{shown_name(path)}: {reason}" + (f" ({detail})" if detail else ""))
+        return self
 
 
 def decode_source(data: bytes) -> tuple[str | None, str | None]:
@@ -100,15 +122,14 @@ def process_file(task: FileTask, spec_text: str, options: ExtractOptions) -> Fil
     """Read, decode, parse and extract one file; every failure becomes a reject reason."""
     outcome = FileOutcome([], [], Counter(), parsed=False, functions=0, language=task.language)
     try:
-        if not storage.is_s3(task.location) and os.path.getsize(task.location) > options.max_file_bytes:
+        data = read_source_file(task.location, task.root, options.max_file_bytes)
+    except FileRefused as refused:
+        if refused.reason == "too_large":
             outcome.rejects["too_large"] += 1
             return outcome
-        data = storage.read_bytes(task.location)
+        return outcome.refuse(task.path, refused.reason, refused.detail)
     except OSError:
         outcome.rejects["unreadable"] += 1
-        return outcome
-    if len(data) > options.max_file_bytes:
-        outcome.rejects["too_large"] += 1
         return outcome
     text, reason = decode_source(data)
     if text is None:
@@ -137,6 +158,10 @@ def extract_text(
     if max((len(line) for line in text.splitlines()), default=0) > options.max_line_chars:
         outcome.rejects["long_line"] += 1
         return outcome
+    if task.language == "python" and indent_levels(text) > MAX_INDENT_LEVELS:
+        return outcome.refuse(
+            task.path or task.url, "too_deep", f"over {MAX_INDENT_LEVELS} levels of indentation"
+        )
     try:
         with warnings.catch_warnings():  # invalid escapes etc. in other people's code are not our news
             warnings.simplefilter("ignore")
@@ -178,8 +203,37 @@ def extract_text(
     return outcome
 
 
-def _process_task(args: tuple[FileTask, str, ExtractOptions]) -> FileOutcome:
-    return process_file(*args)
+def indent_levels(text: str) -> int:
+    """How deep a Python file's indentation nests (as the tokenizer counts it: a stack of widths, blank and
+    comment lines aside); a regex first finds out in C whether any line is indented far enough to matter."""
+    if not re.search(rf"^[ \t]{{{MAX_INDENT_LEVELS},}}\S", text, re.MULTILINE):
+        return 0  # every level takes a column at least
+    widths = [0]
+    for line in text.splitlines():
+        body = line.lstrip(" \t")
+        if not body or body.startswith("#"):
+            continue
+        width = len(line.expandtabs(8)) - len(body)
+        while width < widths[-1]:
+            widths.pop()
+        if width > widths[-1]:
+            widths.append(width)
+    return len(widths) - 1
+
+
+def crashed(job: tuple[FileTask, str, ExtractOptions], how: str) -> FileOutcome:
+    """The outcome of a file whose worker died reading or parsing it (``on_crash`` of Workers.map)."""
+    task, _, options = job
+    return crashed_outcome(task.path, task.language, how, options)
+
+
+def crashed_outcome(name: str, language: str, how: str, options: ExtractOptions) -> FileOutcome:
+    """A ``parse_crash`` reject naming ``name`` (a file, a text: row) and how its worker died."""
+    outcome = FileOutcome([], [], Counter(), parsed=False, functions=0, language=language)
+    why = (
+        f"its parsing worker died ({how}): a parser crash, or past parse_memory_mb={options.parse_memory_mb}"
+    )
+    return outcome.refuse(name, "parse_crash", why)
 
 
 def _walk_py_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
@@ -188,6 +242,7 @@ def _walk_py_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
 
 def _stdlib_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
     root = sysconfig.get_paths()["stdlib"]
+    real_root = os.path.realpath(root)
     tasks = []
     for rel in _walk_py_files(root, on_error):
         top = rel.split("/")[0]
@@ -196,7 +251,7 @@ def _stdlib_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
         if "/" in rel and not os.path.exists(os.path.join(root, top, "__init__.py")):
             continue  # a top-level directory that is not a package (data, scripts)
         repo = top.removesuffix(".py")
-        tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://stdlib/{rel}"))
+        tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://stdlib/{rel}", root=real_root))
     return tasks
 
 
@@ -222,21 +277,24 @@ def _site_packages_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
             if top.endswith((".dist-info", ".egg-info", ".data")) or top.startswith("__editable__"):
                 continue
             repo = top.removesuffix(".py")
-            tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://site-packages/{rel}"))
+            url = f"python://site-packages/{rel}"
+            tasks.append(FileTask(os.path.join(root, rel), repo, rel, url, root=os.path.realpath(root)))
     return tasks
 
 
 def _dir_tasks(
-    spec: SourceSpec, options: ExtractOptions, on_error: Callable[[OSError], None]
+    spec: SourceSpec, options: ExtractOptions, on_error: Callable[[OSError], None], ignore: GitIgnore
 ) -> list[FileTask]:
-    """The files of a dir: source in the selected languages; SourceError when there is none."""
+    """The files of a dir: source in the selected languages, but what ``ignore`` (its .gitignore files)
+    excludes; SourceError when there is none."""
     location = spec.location
-    repo, listed = listing.dir_files(location, on_error)
+    repo, listed = listing.dir_files(location, on_error, ignore)
+    root = "" if storage.is_s3(location) else os.path.realpath(location)
     tasks, other_extensions = [], Counter()
     for rel, where, url in listed:
         language = languages.language_of_path(rel)
         if language is not None and options.wants(language):
-            tasks.append(FileTask(where, repo, rel, url, language))
+            tasks.append(FileTask(where, repo, rel, url, language, root))
         else:
             other_extensions[os.path.splitext(rel)[1].lower() or "(none)"] += 1
     if not tasks:
@@ -250,7 +308,10 @@ def _dir_tasks(
 
 
 def path_reject(task: FileTask) -> str | None:
-    """The path rule a file breaks before it is read (``test_path``, ``vendored``, ``generated``)."""
+    """The path rule a file breaks before it is read (``bad_file_name``, ``test_path``, ``vendored``,
+    ``generated``)."""
+    if not is_utf8(task.path):
+        return "bad_file_name"
     if extract.is_test_path(task.path, languages.RULES[task.language].test_path_words):
         return "test_path"
     if extract.is_vendored_path(task.path):
@@ -264,12 +325,12 @@ def _sample(tasks: list[FileTask], limit: int) -> list[FileTask]:
     """At most ``limit`` files, picked by a stable hash of their path so they spread over packages."""
     if not limit or len(tasks) <= limit:
         return tasks
-    chosen = sorted(tasks, key=lambda t: stable_hash(t.repo + "/" + t.path))[:limit]
+    chosen = sorted(tasks, key=lambda t: stable_hash(_task_key(t)))[:limit]
     return sorted(chosen, key=lambda t: (t.repo, t.path))
 
 
 def _task_key(task: FileTask) -> str:
-    return task.repo + "/" + task.path
+    return shown_name(task.repo + "/" + task.path)
 
 
 def read_code_files(
@@ -290,7 +351,10 @@ def read_code_files(
             _stdlib_tasks(on_walk_error) if spec.location == "stdlib" else _site_packages_tasks(on_walk_error)
         )
     else:
-        tasks = _dir_tasks(spec, options, on_walk_error)
+        ignore = GitIgnore()
+        tasks = _dir_tasks(spec, options, on_walk_error, ignore)
+        if ignore.skipped and shard.index == 0:  # every shard lists the tree: the first one counts it
+            stats.rejects["gitignored"] += ignore.skipped
     kept = []
     for task in tasks:
         mine = shard.owns(_task_key(task))
@@ -303,6 +367,8 @@ def read_code_files(
         elif mine:
             stats.rejects[reason] += 1
             stats.language(task.language).rejects[reason] += 1
+            if reason in NAMED_REASONS:
+                stats.rejected_files.append(f"{shown_name(task.path)}: {reason}")
     sampled = _sample(kept, options.max_files)
     chosen = {id(task) for task in sampled}
     stats.files_skipped_by_limit = sum(
@@ -313,13 +379,9 @@ def read_code_files(
     jobs = [(task, spec.text, options) for _, task in mine]
     files = [index for index, _ in mine]
     with progress_bar(progress_tag, spec, len(jobs)) as progress:
-        if options.workers > 1 and len(jobs) > 1:
-            # "spawn": children must not inherit the parent's boto3 connections (fork shares sockets).
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=options.workers, mp_context=context) as pool:
-                _collect(pool.map(_process_task, jobs, chunksize=16), files, result, progress)
-        else:
-            _collect(map(_process_task, jobs), files, result, progress)
+        if jobs:
+            with Workers(min(options.workers, len(jobs)), process_file, options.parse_memory_mb) as workers:
+                _collect(workers.map(jobs, crashed), files, result, progress)
     return result
 
 
@@ -335,6 +397,7 @@ def _collect(
         language.functions += outcome.functions
         language.pairs += len(outcome.pairs)
         language.rejects.update(outcome.rejects)
+        stats.rejected_files.extend(outcome.rejected_files)
         result.add(file_index, outcome.pairs, outcome.corpus)
         if progress is not None:
             progress.update(1, postfix=f"{len(result.pairs)} pairs")

@@ -1,7 +1,8 @@
 """The files of a source's location, local or ``s3://``: directory walks and listings, JSONL/Parquet file
 lists, streamed lines, and which of them a shard reads.
 
-Hidden directories (``.git``, ``.venv``), ``__pycache__`` and ``site-packages`` are skipped everywhere.
+Hidden directories (``.git``, ``.venv``), ``__pycache__`` and ``site-packages`` are skipped everywhere;
+in a ``dir:`` source also what its ``.gitignore`` files exclude (semcode.data.gitignore), counted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from semcode import storage
+from semcode.data.gitignore import GitIgnore
 from semcode.data.sources.rows import ExtractOptions, Shard, SourceStats
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -23,20 +25,29 @@ SKIPPED_DIRS = ("__pycache__", "site-packages")
 STREAM_BYTES = 8 << 20  # read size of streamed files: one ranged GET per 8 MiB on S3
 
 
-def walk_files(root: str, on_error: Callable[[OSError], None]) -> list[str]:
-    """Relative paths (with "/") of every file under a local directory, sorted, junk dirs pruned."""
+def walk_files(root: str, on_error: Callable[[OSError], None], ignore: GitIgnore | None = None) -> list[str]:
+    """Relative paths (with "/") of every file under a local directory, sorted, junk dirs pruned; with
+    ``ignore``, also what the tree's .gitignore files exclude (read as the walk enters each folder)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
         rel = os.path.relpath(dirpath, root)
+        if ignore is not None:
+            base = "" if rel == "." else PurePosixPath(Path(rel)).as_posix()
+            ignore.enter(root, base)
+            dirnames[:] = [d for d in dirnames if not ignore.skips(f"{base}/{d}".lstrip("/"), True)]
+            filenames = [n for n in filenames if not ignore.skips(f"{base}/{n}".lstrip("/"), False)]
         for name in filenames:
             found.append(PurePosixPath(Path(rel) / name).as_posix() if rel != "." else name)
     return sorted(found)
 
 
-def dir_files(location: str, on_error: Callable[[OSError], None]) -> tuple[str, list[tuple[str, str, str]]]:
+def dir_files(
+    location: str, on_error: Callable[[OSError], None], ignore: GitIgnore | None = None
+) -> tuple[str, list[tuple[str, str, str]]]:
     """A dir: location's repo name (the directory's name) and its files as (relative path with "/", where
-    to read it, url), local or under an ``s3://`` prefix, junk dirs skipped."""
+    to read it, url), local or under an ``s3://`` prefix, junk dirs skipped; with ``ignore``, what the
+    tree's .gitignore files exclude too (``ignore.skipped`` counts it)."""
     if storage.is_s3(location):
         prefix = location.rstrip("/")
         repo = prefix.rsplit("/", 1)[-1] or storage.split_s3(prefix)[0]
@@ -45,6 +56,8 @@ def dir_files(location: str, on_error: Callable[[OSError], None]) -> tuple[str, 
             rel = uri[len(prefix) + 1 :]
             if not any(p.startswith(".") or p in SKIPPED_DIRS for p in rel.split("/")[:-1]):
                 listed.append((rel, uri, uri))
+        if ignore is not None:
+            listed = _not_ignored(listed, ignore)
     else:
         root = os.path.abspath(location)
         repo = os.path.basename(root.rstrip(os.sep)) or "root"
@@ -52,8 +65,22 @@ def dir_files(location: str, on_error: Callable[[OSError], None]) -> tuple[str, 
         # machine keeps it: dir://toyrepo/pkg/geometry.py, dir://api@3f2c1e0.../main.go.
         commit = git_head(root)
         base = f"dir://{repo}@{commit}" if commit else f"dir://{repo}"
-        listed = [(rel, os.path.join(root, rel), f"{base}/{rel}") for rel in walk_files(root, on_error)]
+        files = walk_files(root, on_error, ignore)
+        listed = [(rel, os.path.join(root, rel), f"{base}/{rel}") for rel in files]
     return repo, listed
+
+
+def _not_ignored(listed: list[tuple[str, str, str]], ignore: GitIgnore) -> list[tuple[str, str, str]]:
+    """The listed files (an s3:// prefix's) that its .gitignore objects, read shallowest first, keep."""
+    ignore_files = [entry for entry in listed if entry[0].rsplit("/", 1)[-1] == ".gitignore"]
+    for rel, where, _ in sorted(ignore_files, key=lambda entry: entry[0].count("/")):
+        try:
+            ignore.add(storage.read_text(where), rel.rpartition("/")[0])
+        except (OSError, UnicodeDecodeError):  # unreadable: no rules from it
+            continue
+    kept = [entry for entry in listed if not ignore.ignored(entry[0])]
+    ignore.skipped += len(listed) - len(kept)
+    return kept
 
 
 def git_head(root: str) -> str:

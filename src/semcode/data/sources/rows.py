@@ -10,8 +10,14 @@ Reject reasons counted per source. Errors (bad input, counted toward ``max_rejec
 ``binary``, ``decode_error``, ``syntax_error``, ``unreadable`` (per file), ``malformed_json``,
 ``missing_field``, ``wrong_type`` (a required field that is not a string: ``"code": 42``; per JSONL line). Everything else is a rule doing its job (``test_path``,
 ``test_name``, ``dunder``, ``too_short``, ``too_long``, ``too_large``, ``long_line``, ``empty_body``,
-``no_docstring``, ``short_docstring``, ``other_language``, ``vendored``, ``generated``) and is never an error: a package can
+``no_docstring``, ``short_docstring``, ``other_language``, ``vendored``, ``generated``, ``gitignored``) and is never an error: a package can
 legitimately lose most functions to the rules.
+
+Files refused before they are read or parsed are also named in ``rejected_files`` (``path: reason (why)``,
+sorted, the first MAX_NAMED_REJECTS): ``bad_file_name`` (not UTF-8; shown with ``\\xNN`` escapes),
+``outside_root`` (a link that leaves the source's root), ``not_regular`` (a FIFO, socket or device),
+``too_deep`` (nesting past what the parser survives): rules, never errors; and ``parse_crash`` (the
+worker parsing it died: a grammar's crash, or past its memory cap), an error like ``syntax_error``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ ERROR_REASONS = (
     "malformed_json",
     "missing_field",
     "wrong_type",
+    "parse_crash",
 )
 COUNT_FIELDS = (  # the SourceStats counters, summed over shards
     "files_seen",
@@ -43,7 +50,10 @@ COUNT_FIELDS = (  # the SourceStats counters, summed over shards
     "corpus_rows",
     "eval_rows",
 )
-PATH_RULE_REASONS = ("test_path", "vendored", "generated")  # decided by the path (or a header), not errors
+# Decided by the path (or a header, or what the path names), not errors.
+PATH_RULE_REASONS = ("test_path", "vendored", "generated", "bad_file_name", "outside_root", "not_regular")
+NAMED_REASONS = ("bad_file_name", "outside_root", "not_regular", "too_deep", "parse_crash")
+MAX_NAMED_REJECTS = 100  # files named in the manifest per source; the counts are always complete
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class ExtractOptions:
     max_files: int = 0  # 0 = all
     languages: tuple[str, ...] = ()  # names from languages.LANGUAGES; empty = all
     workers: int = 1
+    parse_memory_mb: int = 1024  # each parsing worker's cap (semcode.data.sources.workers)
 
     def wants(self, language: str) -> bool:
         return not self.languages or language in self.languages
@@ -99,6 +110,7 @@ class SourceStats:
     rejects: Counter[str] = field(default_factory=Counter)
     languages: dict[str, LanguageStats] = field(default_factory=dict)
     seconds: float = 0.0
+    rejected_files: list[str] = field(default_factory=list)  # "path: reason (why)" of NAMED_REASONS
 
     def language(self, name: str) -> LanguageStats:
         return self.languages.setdefault(name, LanguageStats())
@@ -138,6 +150,7 @@ class SourceStats:
             )
             mine.rejects.update(theirs.rejects)
         self.seconds += other.seconds
+        self.rejected_files.extend(other.rejected_files)
 
     @classmethod
     def from_dict(cls, spec: str, data: dict) -> SourceStats:
@@ -145,6 +158,7 @@ class SourceStats:
         stats = cls(spec, data["kind"], **{name: int(data[name]) for name in COUNT_FIELDS})
         stats.rejects = Counter(data["rejects"])
         stats.seconds = float(data["seconds"])
+        stats.rejected_files = list(data.get("rejected_files", []))
         for name, counts in data["languages"].items():
             stats.languages[name] = LanguageStats(
                 counts["files"], counts["functions"], counts["pairs"], Counter(counts["rejects"])
@@ -164,6 +178,7 @@ class SourceStats:
             "corpus_rows": self.corpus_rows,
             "eval_rows": self.eval_rows,
             "rejects": dict(sorted(self.rejects.items())),
+            "rejected_files": sorted(self.rejected_files)[:MAX_NAMED_REJECTS],
             "errors": self.errors,
             "error_share": round(self.error_share, 4),
             "seconds": round(self.seconds, 2),

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 
 from semcode import storage
 from semcode.data import extract, languages
 from semcode.data.sources import listing, rows
-from semcode.data.sources.code import FileOutcome, FileTask, extract_text, path_reject
+from semcode.data.sources.code import FileOutcome, FileTask, crashed_outcome, extract_text, path_reject
 from semcode.data.sources.rows import WHOLE, ExtractOptions, Shard, SourceResult, SourceStats
 from semcode.data.sources.spec import SOURCE_KINDS, SourceError, SourceSpec
+from semcode.data.sources.workers import Workers
 
 # text: columns (any case); the first present wins
 TEXT_FIELDS = ("text", "content")
@@ -187,8 +186,9 @@ def text_row(
     return outcome
 
 
-def _text_job(args: tuple[dict, str, ExtractOptions, str, str]) -> FileOutcome:
-    return text_row(*args)
+def _crashed_row(job: tuple[dict, str, ExtractOptions, str, str], how: str) -> FileOutcome:
+    """A row (``text_row``'s arguments) whose worker died parsing it: named by its url."""
+    return crashed_outcome(job[4], TEXT_LANGUAGE, how, job[2])
 
 
 def _text_batches(file: str) -> Iterator[list[tuple[int, dict | None]]]:
@@ -229,16 +229,17 @@ def read_text(
     spec: SourceSpec, options: ExtractOptions, progress_tag: str | None = None, shard: Shard = WHOLE
 ) -> SourceResult:
     """Read a text: source (or ``shard``'s share of its files) record by record, streamed; bad records and
-    files are counted, not fatal. With ``options.workers`` > 1 records are extracted in spawned processes,
-    a batch at a time."""
+    files are counted, not fatal. Records are extracted in ``options.workers`` worker processes (see
+    :mod:`semcode.data.sources.workers`: a row that crashes its worker is a ``parse_crash`` reject)."""
     stats = SourceStats(spec.text, spec.kind)
     result = SourceResult([], [], [], stats)
     files = listing.owned_files(listing.text_files(spec.location), options, shard, stats)
     with contextlib.ExitStack() as stack:
-        pool = None
-        if options.workers > 1:
-            context = multiprocessing.get_context("spawn")
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=options.workers, mp_context=context))
+        pool = (
+            stack.enter_context(Workers(options.workers, text_row, options.parse_memory_mb))
+            if files
+            else None
+        )
         progress = stack.enter_context(rows.progress_bar(progress_tag, spec, len(files)))
         for file_index, file in files:
             _read_text_file(file, file_index, spec, options, result, pool)
@@ -253,7 +254,7 @@ def _read_text_file(
     spec: SourceSpec,
     options: ExtractOptions,
     result: SourceResult,
-    pool: ProcessPoolExecutor | None,
+    pool: Workers,
 ) -> None:
     stats = result.stats
     repo_default, url_base = listing.file_label(file)
@@ -266,8 +267,7 @@ def _read_text_file(
                     stats.rejects["malformed_json"] += 1
                 else:
                     jobs.append((record, spec.text, options, repo_default, f"{url_base}#row={number}"))
-            outcomes = pool.map(_text_job, jobs, chunksize=16) if pool is not None else map(_text_job, jobs)
-            for outcome in outcomes:
+            for outcome in pool.map(jobs, _crashed_row):
                 language = stats.language(outcome.language)
                 language.files += 1
                 stats.functions_found += outcome.functions
@@ -275,6 +275,7 @@ def _read_text_file(
                 language.pairs += len(outcome.pairs)
                 stats.rejects.update(outcome.rejects)
                 language.rejects.update(outcome.rejects)
+                stats.rejected_files.extend(outcome.rejected_files)
                 result.add(file_index, outcome.pairs, outcome.corpus)
         stats.files_parsed += 1
     except (OSError, EOFError, zlib.error):
