@@ -75,7 +75,8 @@ def test_an_external_tool_can_search_with_the_bundle(tiny_bundle: Path):
 
     rows = pq.read_table(tiny_bundle / meta["index"]["meta"]).to_pylist()
     assert {"code", "path", "func_name", "url"} <= set(rows[0])
-    codes = [meta["code_prefix"] + own_document(rows[i]) for i in (0, 5, 9)]  # what the index embedded
+    assert meta["index"]["document"] == "name+doc+code"  # how each row became the text it is embedded as
+    codes = [meta["code_prefix"] + own_document(rows[i]) for i in (0, 5, 9)]
     index = faiss.read_index(str(tiny_bundle / meta["index"]["file"]))
     assert index.ntotal == len(rows) == meta["index"]["ntotal"] and index.d == meta["dim"]
 

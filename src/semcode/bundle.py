@@ -25,7 +25,8 @@ bundle.json keys: ``bundle_format`` (1), ``name``, ``version``, ``created_at`` (
 ("int8" unless export_onnx found int8 too lossy), ``default_files`` ({"query": file, "code": file} of
 that precision), ``default_encoder`` (the default file that encodes queries: the one file with shared
 towers), ``index`` (file, meta, ntotal, dim, factory, metric, coverage: {"indexed", "corpus_rows",
-"sampled_by", "per_source": {source: [indexed, total]}} or null), ``decoder`` ("decoder" or null),
+"sampled_by", "per_source": {source: [indexed, total]}} or null, document and document_max_length: the
+view semcode.corpus.search_document embedded each row in and its max length), ``decoder`` ("decoder" or null),
 ``metrics`` (summary: primary, every suite/protocol/system metric as "suite/protocol/system/metric",
 int8 parity), ``source`` (stage configs and whatever the caller adds), ``files`` ({relative path:
 {"sha256", "bytes"}} for every file but bundle.json).
@@ -496,6 +497,10 @@ def index_entry(index_metrics: dict, ivfdata: bool) -> dict:
         # {"indexed", "corpus_rows", "sampled_by", "per_source": {source: [indexed, total]}}; None for
         # an index built before build_index recorded it
         "coverage": index_metrics.get("coverage"),
+        # the text each vector is of: semcode.corpus.search_document's view of the row and its max length
+        # (0: the bundle's max_length); None for an index built before search documents (code alone)
+        "document": index_metrics.get("document"),
+        "document_max_length": index_metrics.get("document_max_length"),
     }
 
 

@@ -285,6 +285,9 @@ def finish_index(
         "rows_skipped_empty_code": corpus.rows_read - corpus.count,
         "encoder": encoder,
         "embedded_in_shards": shards,  # None: embedded here, in one pod
+        # how each row became the text its vector is of (semcode.corpus.search_document)
+        "document": config.document,
+        "document_max_length": config.max_length,  # 0: the encoder's own max_length
     }
     with storage.atomic_output(out / "metrics.json") as metrics_partial:
         metrics_partial.write_text(json.dumps(metrics, indent=2) + "\n")
