@@ -61,7 +61,10 @@ def test_tiny_run_publishes_then_a_worse_run_is_refused(tmp_path, capsys):
 
     # 2. The same data, one training step: worse, so the gate refuses (exit 3, as semcode gate and submit)
     # and latest stays where it was. With TensorBoard served while it runs, and stopped after.
-    worse = tiny_preset_with(tmp_path / "worse.yaml", train_encoder={"max_steps": 1})
+    # (no hard-negative round after it: that round's ten steps would train it again)
+    worse = tiny_preset_with(
+        tmp_path / "worse.yaml", train_encoder={"max_steps": 1}, hard_negative={"rounds": 0}
+    )
     argv = ["--preset", str(worse), "--runs-dir", str(runs), "--run-id", "second", "--cache", "--tensorboard"]
     assert local_run.main(argv) == local_run.EXIT_REFUSED == 3
     captured = capsys.readouterr()
@@ -78,7 +81,7 @@ def test_tiny_run_publishes_then_a_worse_run_is_refused(tmp_path, capsys):
     # ingest and the tokenizer had the same inputs: reused from the first run (--cache, kfp.local's cache)
     artifacts = runs / "second" / "artifacts"
     assert not list(artifacts.glob("*/ingest")) and not list(artifacts.glob("*/train-tokenizer"))
-    assert list(artifacts.glob("*/**/train-encoder*"))  # inside the hard-negative-rounds branch
+    assert list(artifacts.glob("*/**/train-encoder*"))  # trained again (no round: outside that branch)
 
     # 3. A run directory is never reused.
     assert local_run.main(["--preset", "tiny", "--runs-dir", str(runs), "--run-id", "first"]) == 2

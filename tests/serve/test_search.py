@@ -35,6 +35,7 @@ from bundle_fixture import (
 from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import storage
+from semcode.contract import META_COLUMNS_ADDED
 from semcode.index import save_index
 from semcode.serve.search import format_hit, main, shown_lines
 from semcode.serve.searcher import OLD_BUNDLE_DEFAULTS, Hit, Searcher, resolve_bundle
@@ -308,7 +309,7 @@ def test_an_on_disk_ivf_index_ships_in_the_bundle_and_is_searched_mapped(
 def test_an_old_bundle_without_language_repo_or_start_line_still_searches(
     tiny_bundle: Path, corpus: list[dict], tmp_path: Path, capsys
 ):
-    assert set(OLD_BUNDLE_DEFAULTS) == set(bundles.META_COLUMNS_ADDED)
+    assert set(OLD_BUNDLE_DEFAULTS) == set(META_COLUMNS_ADDED)
     # An old bundle.json: no index coverage, no lexical index.
     index = json.loads((tiny_bundle / "bundle.json").read_text())["index"]
     index = {key: value for key, value in index.items() if key != "coverage"}
