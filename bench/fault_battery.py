@@ -2222,6 +2222,124 @@ def _(ctx: Context) -> tuple[bool, str]:
     return ok, "; ".join(happened for _, happened in verdicts) + (f"; SLOW {slow}" if slow else "")
 
 
+# -- Issue 31: stage outputs are complete or absent ----------------------------------------------------------
+
+
+def _killed_at_open(args: list, path: Path, log: Path) -> int:
+    """``semcode ARGS`` under strace, sent SIGKILL (kill -9, no cleanup runs) the moment it opens ``path``:
+    an exact crash point. Returns the exit status (-9 when the kill came)."""
+    command = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(path), "-e", "trace=open,openat"]
+    command += ["-e", "inject=open,openat:signal=SIGKILL", SEMCODE, *map(str, args)]
+    with open(log, "w") as output:
+        return subprocess.run(
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment(None)
+        ).returncode
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _siblings(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir())
+
+
+@case(
+    "i31-reingest-killed",
+    "`semcode ingest` into an --out holding an earlier ingest of other sources, kill -9 when it opens its "
+    "manifest.json (train, valid, test and corpus written); then the same command again",
+    "--out byte for byte the earlier ingest (no new split beside old ones); the next run removes the partial "
+    "folder and replaces the output whole",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    def many_repo_pairs(path: Path, repos: int, offset: int = 0) -> Path:
+        """Three distinct documented functions from each of ``repos`` repositories, as pairs JSONL."""
+        rows = [
+            {
+                "query": f"function {f} of repository {r}",
+                "code": f"def fn_{r}_{f}(value):\n"
+                + "".join(f"    n{r}x{f}y{k} = value + {k}\n" for k in range(8)),
+                "repo": f"org/repo{r}",
+                "path": f"mod{f}.py",
+                "func_name": f"fn_{r}_{f}",
+            }
+            for r in range(offset, offset + repos)
+            for f in range(3)
+        ]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return path
+
+    work = ctx.dir("reingest")
+    out = work / "out"
+    first = [f"pairs:{many_repo_pairs(work / 'a.jsonl', repos=30)}"]
+    second = [f"pairs:{many_repo_pairs(work / 'b.jsonl', repos=20, offset=100)}"]
+
+    def ingest(sources: list[str]) -> list:
+        return ["ingest", *[x for s in sources for x in ("--source", s)], "--out", out, "--num-perm", "64"]
+
+    if (result := semcode(*ingest(first))).rc != 0:
+        return False, f"the first ingest failed: {first_error(result.text)}"
+    before = _tree(out)
+    code = _killed_at_open(ingest(second), storage.partial_path(out) / "manifest.json", work / "killed.log")
+    after, left = _tree(out), [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    again = semcode(*ingest(second))
+    manifest = json.loads((out / "manifest.json").read_text()) if again.rc == 0 else {}
+    clean = [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    ok = code == -9 and after == before and again.rc == 0 and manifest["totals"]["pairs"] == 60 and not clean
+    return ok, (
+        f"killed: exit {code}; --out {'unchanged' if after == before else 'CHANGED'} ({len(after)} files), "
+        f"left beside it {left}; again: exit {again.rc}, {manifest.get('totals', {}).get('pairs')} pairs, "
+        f"left {clean}"
+    )
+
+
+@case(
+    "i31-reexport-killed",
+    "`semcode export-onnx` of model B into an --out holding model A's export, kill -9 when it opens the int8 "
+    "file (fp32 of B written); then again",
+    "--out byte for byte A's export (no fp32 of B beside int8 of A); no temporary folder in /tmp; the next "
+    "run removes the partial folder and writes B's export whole",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    from safetensors.torch import load_file, save_file
+
+    model_b = shutil.copytree(ctx.base.encoder, ctx.dir("reexport") / "model-b")  # A's weights, scaled
+    work = model_b.parent
+    for weights in model_b.rglob("model.safetensors"):
+        tensors = load_file(weights)
+        save_file({name: tensor * 1.01 for name, tensor in tensors.items()}, weights)
+    out = work / "out"
+    flags = ["--out", out]
+
+    def export(encoder: Path) -> list:
+        return ["export-onnx", "--encoder", encoder, *flags]
+
+    if (result := semcode(*export(ctx.base.encoder))).rc != 0:
+        return False, f"exporting model A failed: {first_error(result.text)}"
+    before = _tree(out)
+    int8 = next(name for name in before if name.endswith(".int8.onnx"))
+    quant_before = set(Path(tempfile.gettempdir()).glob("semcode-quant-*"))
+    code = _killed_at_open(export(model_b), storage.partial_path(out) / int8, work / "killed.log")
+    after, left = _tree(out), [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    in_tmp = sorted(str(p) for p in set(Path(tempfile.gettempdir()).glob("semcode-quant-*")) - quant_before)
+    again = semcode(*export(model_b))
+    renewed = _tree(out) if again.rc == 0 else {}
+    clean = [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    ok = (
+        code == -9
+        and after == before
+        and not in_tmp
+        and again.rc == 0
+        and all(renewed.get(n) != before[n] for n in before if n.endswith(".onnx"))
+        and not clean
+    )
+    return ok, (
+        f"killed: exit {code}; --out {'unchanged' if after == before else 'CHANGED'}, left beside it {left}, "
+        f"in /tmp {in_tmp}; again: exit {again.rc}, every .onnx file B's: "
+        f"{all(renewed.get(n) != before[n] for n in before if n.endswith('.onnx'))}, left {clean}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -295,3 +295,40 @@ def own_document(row: dict) -> str:
     from semcode.corpus import DOCUMENT_VIEWS, search_document
 
     return search_document(DOCUMENT_VIEWS[0], row["code"], row["doc"], row["path"], row["func_name"])
+
+
+TEXT_SUFFIXES = (".json", ".md", ".html", ".txt", ".yaml", ".yml", ".jsonl")
+
+
+def machine_paths(tmp_root: Path) -> list[str]:
+    """The build machine's folders no bundle file may name: the test's tmp folder, the working directory,
+    $HOME and the Python environment."""
+    import os
+    import sys
+
+    folders = {str(tmp_root), os.getcwd(), os.path.expanduser("~"), sys.prefix}
+    return sorted({f for folder in folders for f in (folder, os.path.realpath(folder)) if f.strip("/")})
+
+
+def files_naming(folder: Path, forbidden: list[str]) -> list[str]:
+    """'file: path' for every text-like file under ``folder`` (and every string column of its .parquet
+    files, and the files named ``latest``) that holds one of ``forbidden``; binary files are skipped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix in TEXT_SUFFIXES or path.name == "latest":
+            texts = [path.read_text(errors="replace")]
+        elif path.suffix == ".parquet":
+            table = pq.read_table(path)
+            texts = [
+                str(value)
+                for field in table.schema
+                if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+                for value in table[field.name].to_pylist()
+            ]
+        else:
+            continue  # ONNX, safetensors, FAISS: binary
+        found += [f"{path.relative_to(folder)}: {f}" for f in forbidden for text in texts if f in text][:1]
+    return found

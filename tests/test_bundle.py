@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import TinyRun, assemble_tiny_bundle, cached_tiny_run, own_document
+from bundle_fixture import (
+    TinyRun,
+    assemble_tiny_bundle,
+    cached_tiny_run,
+    files_naming,
+    machine_paths,
+    own_document,
+)
 
 from semcode import bundle as bundles
 from semcode import bundle_checks, report
@@ -141,7 +148,6 @@ def test_model_card_and_report_are_self_contained(tiny_bundle: Path):
 def test_bundle_json_and_the_model_card_say_what_the_index_covers(tiny_bundle: Path, tiny_run: TinyRun):
     coverage = json.loads((tiny_run.index / "metrics.json").read_text())["coverage"]
     meta = json.loads((tiny_bundle / "bundle.json").read_text())
-    assert meta["index"]["coverage"] == coverage
     assert coverage["indexed"] == meta["index"]["ntotal"] and coverage["sampled_by"] == "all"
     assert set(coverage["per_source"]) == {
         "python:stdlib",
@@ -149,9 +155,16 @@ def test_bundle_json_and_the_model_card_say_what_the_index_covers(tiny_bundle: P
         "dir:/srv/demo-rs",
         "dir:/srv/demo-java",
     }
+    # the bundle names no folder of the build machine: /srv/demo-go (under no known root) keeps its name
+    assert set(meta["index"]["coverage"]["per_source"]) == {
+        "python:stdlib",
+        "dir:<local>/demo-go",
+        "dir:<local>/demo-rs",
+        "dir:<local>/demo-java",
+    }
     card = (tiny_bundle / "model_card.md").read_text()
     assert f"{coverage['indexed']:,} of {coverage['corpus_rows']:,} functions (all)" in card
-    assert "dir:/srv/demo-go 3 of 3" in card
+    assert "dir:<local>/demo-go 3 of 3" in card
 
     sampled = {
         "indexed": 25_000,
@@ -566,3 +579,52 @@ def test_validate_refuses_nan_vectors_in_the_index(bundle_copy: Path):
     assert problems_of(bundle_copy) == [
         "index.faiss: 2 vector(s) hold NaN or infinity (the first: id 3); rebuild the index"
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# No build machine path in a bundle or a registry pointer
+
+
+def test_portable_rewrites_local_paths_and_keeps_urls_and_relative_names(tmp_path: Path):
+    run = tmp_path / "run"
+    roots = bundles.path_roots({"<run>": run})
+    kept = ["python://stdlib/json/__init__.py", "s3://models/registry/semcode/v1", "encoder/config.json"]
+    value = {
+        f"dir:{run}/src": [f"{run}/train_encoder/encoder", 3, None],
+        "text": f"1 rows of {run}/ingest/pairs and /srv/data/corpus.jsonl; see https://example.org/a/b",
+        "kept": kept,
+    }
+    assert bundles.portable(value, roots) == {
+        "dir:<run>/src": ["<run>/train_encoder/encoder", 3, None],
+        "text": "1 rows of <run>/ingest/pairs and <local>/corpus.jsonl; see https://example.org/a/b",
+        "kept": kept,
+    }
+    sibling = bundles.portable_text(f"{run}x/other", roots)  # a folder beside the run is not in it
+    assert not sibling.startswith("<run>") and str(tmp_path) not in sibling
+
+
+def test_a_published_bundle_names_no_folder_of_the_build_machine(tiny_run: TinyRun, tmp_path: Path):
+    from bundle_fixture import make_tiny_decoder
+
+    from semcode import config as cfg
+    from semcode.serve.searcher import resolve_pointer
+    from semcode.stages import publish
+
+    decoder = make_tiny_decoder(tiny_run, tmp_path / "train_decoder")
+    bundle = assemble_tiny_bundle(tiny_run, tmp_path / "bundle", decoder_dir=decoder)
+    registry = tmp_path / "registry"
+    publish.run(
+        cfg.from_dict(publish.PublishConfig, {"registry": str(registry), "name": "semcode"}),
+        bundle,
+        tmp_path / "publish",
+    )
+    forbidden = machine_paths(tmp_path.parent.parent) + machine_paths(tiny_run.root)
+    assert (bundle / "decoder" / "semcode_decoder.json").is_file()
+    assert files_naming(bundle, forbidden) == []
+    assert files_naming(registry, forbidden) == []  # the published copy and the latest pointer
+    pointer = json.loads((registry / "semcode" / "latest").read_text())
+    assert pointer["path"] == "semcode/v1"
+    assert resolve_pointer(str(registry / "semcode" / "latest")) == str(registry / "semcode" / "v1")
+    source = json.loads((bundle / "bundle.json").read_text())["source"]
+    # where it came from, symbolically: <run> is the folder that holds every stage output
+    assert source["encoder"].startswith("<run>/") and source["encoder"].endswith("/train_encoder/encoder")

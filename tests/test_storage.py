@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,3 +336,150 @@ def test_the_exclusive_lock_serialises_two_writers(base: str) -> None:
         with pytest.raises(storage.LockBusy, match=f"held by {socket.gethostname()}:{os.getpid()}"):
             with storage.exclusive_lock(lock, wait_seconds=0.3):
                 pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage outputs: complete or absent, never mixed (issue 31 item 1)
+
+
+def _write_output(out: Path, version: str, files: int = 3) -> None:
+    """A stage output of ``files`` parts and a manifest (last), each saying which version wrote it."""
+    for index in range(files):
+        (out / f"part-{index}.txt").write_text(version)
+    (out / "manifest.json").write_text(json.dumps({"version": version}))
+
+
+def _versions(out: Path) -> set[str]:
+    return {
+        json.loads(path.read_text())["version"] if path.suffix == ".json" else path.read_text()
+        for path in out.iterdir()
+    }
+
+
+def test_a_stage_output_that_fails_midway_leaves_the_earlier_one_whole(tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "ingest"
+    with storage.stage_output(out) as partial:
+        assert partial == tmp_path / "runs" / ".ingest.partial" and partial.is_dir()
+        _write_output(partial, "old")
+    assert _versions(out) == {"old"} and sorted(p.name for p in out.parent.iterdir()) == ["ingest"]
+
+    with pytest.raises(RuntimeError, match="killed"), storage.stage_output(out) as partial:
+        (partial / "part-0.txt").write_text("new")
+        raise RuntimeError("killed after one part")
+    assert _versions(out) == {"old"} and len(list(out.iterdir())) == 4
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ingest"]  # the partial is gone
+
+    with storage.stage_output(out) as partial:  # a complete re-run replaces it whole
+        _write_output(partial, "new", files=2)
+    assert _versions(out) == {"new"} and not (out / "part-2.txt").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ingest"]
+
+
+@pytest.mark.parametrize("point", ["writing", "before-swap", "between-renames", "after-swap"])
+def test_a_stage_output_killed_at_any_point_is_old_or_absent_and_the_next_run_cleans_up(
+    tmp_path: Path, point: str
+) -> None:
+    """os._exit in a child process at a chosen point of a re-run (no cleanup code runs, as with kill -9):
+    the output is the old one whole (or, between the two renames of the fallback swap, absent), never a mix;
+    the next run removes what the killed one left and writes the new one."""
+    out = tmp_path / "out"
+    with storage.stage_output(out) as partial:
+        _write_output(partial, "old")
+    script = f"""
+import os, sys
+from pathlib import Path
+from semcode import storage
+
+point = {point!r}
+if point == "between-renames":
+    storage._exchange = lambda first, second: False  # the two-rename fallback of systems without it
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith(".out.old"):
+            os._exit(9)
+    os.replace = replace
+if point == "after-swap":
+    real_exchange = storage._exchange
+    def exchange(first, second):
+        assert real_exchange(first, second)
+        os._exit(9)
+    storage._exchange = exchange
+with storage.stage_output(Path({str(out)!r})) as partial:
+    (partial / "part-0.txt").write_text("new")
+    if point == "writing":
+        os._exit(9)
+    (partial / "part-1.txt").write_text("new")
+    (partial / "manifest.json").write_text('{{"version": "new"}}')
+    if point == "before-swap":
+        os._exit(9)
+"""
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if point == "between-renames":
+        assert not out.exists() and left == [".out.old", ".out.partial"]
+    elif point == "after-swap":  # the swap was one step: the new output, the old one under the temporary name
+        assert _versions(out) == {"new"} and left == [".out.partial", "out"]
+    else:
+        assert _versions(out) == {"old"} and len(list(out.iterdir())) == 4 and left == [".out.partial", "out"]
+    with storage.stage_output(out) as partial:
+        _write_output(partial, "next", files=1)
+    assert _versions(out) == {"next"} and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_stage_output_refuses_a_folder_that_is_not_one(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with (
+        pytest.raises(FileExistsError, match="not a semcode stage output"),
+        storage.stage_output(tmp_path / "home"),
+    ):
+        pass
+    assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"), storage.stage_output(tmp_path / "file"):
+        pass
+
+
+def test_a_kept_partial_survives_a_failure_and_resume_seeds_from_a_complete_output(tmp_path: Path) -> None:
+    out, keep = tmp_path / "encoder", "checkpoints/latest"
+    with pytest.raises(KeyboardInterrupt), storage.stage_output(out, keep=keep) as partial:
+        (partial / "checkpoints").mkdir()
+        (partial / keep).write_text("step-4")
+        raise KeyboardInterrupt
+    assert (storage.partial_path(out) / keep).read_text() == "step-4" and not out.exists()
+    with storage.stage_output(out, keep=keep, resume=True) as partial:  # continues the kept partial
+        assert (partial / keep).read_text() == "step-4"
+        (partial / keep).write_text("step-8")
+        (partial / "metrics.json").write_text("{}")
+    assert (out / keep).read_text() == "step-8" and not storage.partial_path(out).exists()
+    with storage.stage_output(out, keep=keep, resume=True) as partial:  # seeded from the complete output
+        assert (partial / keep).read_text() == "step-8" and not (partial / "metrics.json").exists()
+        (partial / "metrics.json").write_text("{}")
+    with storage.stage_output(out, keep=keep) as partial:  # a fresh run starts empty
+        assert list(partial.iterdir()) == []
+        (partial / "metrics.json").write_text("{}")
+
+
+def test_an_unwritable_output_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.geteuid() != 0:  # root writes anywhere
+            with pytest.raises(
+                storage.OutputError, match=f"Permission denied while writing {locked / 'out'}: "
+            ):
+                with storage.stage_output(locked / "out") as partial:
+                    (partial / "manifest.json").write_text("{}")
+    finally:
+        locked.chmod(0o700)
+    error = OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".out.partial" / "x"))
+    with pytest.raises(storage.OutputError, match="read-only: write elsewhere") as raised:
+        with storage.disk_space_errors(tmp_path / "out"):
+            raise error
+    assert raised.value.errno == errno.EROFS
+    other = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "an-input"))
+    with pytest.raises(PermissionError) as raised, storage.disk_space_errors(tmp_path / "out"):
+        raise other  # an unreadable input is not the output's fault
+    assert raised.value is other

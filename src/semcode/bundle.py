@@ -40,7 +40,9 @@ suites, semcode.retrieval.fusion_spec and fuse_queries) and ``default_mode`` (on
 
 A registry (local folder or ``s3://`` prefix) holds published bundles as ``<registry>/<name>/<version>/``
 with a ``_COMPLETE.json`` marker written last, and ``<registry>/<name>/latest``, a small JSON pointer
-``{"version", "path", "published_at", "primary_metric"}`` that only ever names complete versions.
+``{"version", "path", "published_at", "primary_metric"}`` that only ever names complete versions (``path``:
+"<name>/<version>", relative to the registry). No file of a bundle and no pointer holds an absolute path of
+the machine that built it: ``portable`` rewrites them to "<run>/...", "<venv>/...", "~/..." and the like.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ import json
 import os
 import re
 import shutil
+import sys
+import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,6 +232,86 @@ def int8_parity(export_metrics: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Portable paths: nothing a bundle or a registry pointer holds names a folder of the build machine
+
+# An absolute local path left after the roots (two segments at least; not part of a URL, "<run>/x" or "~/x")
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~>/-])/[^\s/'\"<>|:;,()\[\]{}]+(?:/[^\s/'\"<>|:;,()\[\]{}]+)+/?")
+UNKNOWN_ROOT = "<local>"  # what stands for the folders of an absolute path under none of the roots
+
+
+def path_roots(named: dict[str, str | os.PathLike[str] | None] | None = None) -> list[tuple[str, str]]:
+    """(absolute folder, the name that replaces it), most specific first: ``named`` ({"<run>": the run folder,
+    "<bundle>": the bundle, ...}; "/" and s3:// ones are left out), then the build machine's own: the Python
+    environment <venv>, the Python installation <python>, the working directory <cwd>, the home ~ and the
+    temporary folder <tmp>. A folder under several is named by the deepest (a tie: the earlier)."""
+    candidates = [
+        *(named or {}).items(),
+        ("<venv>", sys.prefix),
+        ("<python>", sys.base_prefix),
+        ("<cwd>", os.getcwd()),
+        ("~", os.path.expanduser("~")),
+        ("<tmp>", tempfile.gettempdir()),
+    ]
+    roots: dict[str, str] = {}
+    for name, folder in candidates:
+        if folder is None or storage.is_s3(os.fspath(folder)) or not os.path.isabs(os.fspath(folder)):
+            continue
+        for variant in (os.path.abspath(folder), os.path.realpath(folder)):
+            if variant.rstrip("/"):
+                roots.setdefault(variant.rstrip("/"), name)
+    return sorted(roots.items(), key=lambda item: -len(item[0]))
+
+
+def portable_text(text: str, roots: list[tuple[str, str]]) -> str:
+    """``text`` with every absolute path under a root (path_roots) starting with the root's name instead
+    ("<run>/train_encoder/encoder"), and any other absolute local path reduced to its last name
+    ("<local>/data.jsonl"); URLs, s3:// URIs and relative names are kept."""
+    if "/" not in text:
+        return text
+    for folder, name in roots:
+        if folder in text:
+            text = re.sub(re.escape(folder) + r"(?![\w.-])", name.replace("\\", r"\\"), text)
+    return ABSOLUTE_PATH.sub(lambda m: f"{UNKNOWN_ROOT}/{m.group(0).rstrip('/').rsplit('/', 1)[-1]}", text)
+
+
+def portable(value: Any, roots: list[tuple[str, str]]) -> Any:
+    """``value`` (JSON: dicts, lists, strings, ...) with portable_text applied to every string, keys too."""
+    if isinstance(value, str):
+        return portable_text(value, roots)
+    if isinstance(value, dict):
+        return {portable(key, roots): portable(item, roots) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(item, roots) for item in value]
+    return value
+
+
+# JSON files of a model folder that hold vocabularies, not settings: never rewritten
+VOCABULARY_JSON = ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens")
+
+
+def portable_json_files(folder: Path, roots: list[tuple[str, str]]) -> None:
+    """Rewrite the settings JSON files under ``folder`` (a model's config.json, semcode_*.json, ...; not
+    its vocabularies) with ``portable``; a file that holds no path is left as it is."""
+    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
+        if path.name.startswith(VOCABULARY_JSON):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        fixed = portable(data, roots)
+        if fixed != data:
+            path.write_text(json.dumps(fixed, indent=2) + "\n")
+
+
+def run_folder(stage_dirs: Iterable[Path | None]) -> str | None:
+    """The deepest folder holding every stage output (the run's folder), None when it is the root."""
+    folders = [os.path.abspath(d) for d in stage_dirs if d is not None]
+    common = os.path.commonpath(folders) if folders else "/"
+    return None if common in ("/", os.path.abspath(os.sep)) else common
+
+
+# ---------------------------------------------------------------------------------------------
 # Assembling
 
 
@@ -370,17 +454,21 @@ def assemble_bundle(
     parity = int8_parity(export_metrics)
     precision = "int8" if parity["default_precision"] == "int8" else "fp32"
 
-    # 1. Copy the files into the contract layout.
+    # 1. Copy the files into the contract layout; the model folders' settings name no local folder.
     ivfdata, lexical = copy_bundle_files(
         out, encoder_path, onnx_path, index_path, decoder_path, files, index_metrics
     )
+    stage_dirs = [encoder_path.parent, encoder_path, onnx_path, index_path, decoder_stage]
+    roots = path_roots({"<bundle>": out, "<run>": run_folder(stage_dirs)})
+    for folder in (ENCODER_DIR, DECODER_DIR):
+        portable_json_files(out / folder, roots)
 
     # 2. metrics.json: every stage's metrics under its name.
     all_metrics = collect_metrics(metrics, export_metrics, index_metrics, decoder_metrics, stage_metrics)
+    all_metrics = portable(all_metrics, roots)
     (out / METRICS_FILE).write_text(json.dumps(all_metrics, indent=2) + "\n")
 
     # 3. bundle.json (checksums last), the model card and the report.
-    stage_dirs = [encoder_path.parent, encoder_path, onnx_path, index_path, decoder_stage]
     bundle = {
         "bundle_format": BUNDLE_FORMAT,
         "name": name,
@@ -407,7 +495,8 @@ def assemble_bundle(
         "source": bundle_source(encoder_path, encoder_config, stage_dirs, extra),
     }
     bundle.update(search_modes(metrics, lexical))
-    write_card_and_report(out, bundle, all_metrics, Path(encoder_dir), decoder_stage)
+    bundle = portable(bundle, roots)
+    write_card_and_report(out, bundle, all_metrics, Path(encoder_dir), decoder_stage, roots)
     bundle["files"] = file_checksums(out)
     (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
     validate_bundle(out)
@@ -515,10 +604,16 @@ def search_modes(metrics: dict, lexical: dict | None) -> dict:
 
 
 def write_card_and_report(
-    out: Path, bundle: dict, all_metrics: dict, encoder_stage: Path, decoder_stage: Path | None
+    out: Path,
+    bundle: dict,
+    all_metrics: dict,
+    encoder_stage: Path,
+    decoder_stage: Path | None,
+    roots: list[tuple[str, str]] | None = None,
 ) -> None:
     """model_card.md and report.html in ``out``, with the training histories and the decoder's samples
-    found in the encoder's and decoder's stage outputs."""
+    found in the encoder's and decoder's stage outputs (made ``portable`` with ``roots``, as ``bundle`` and
+    ``all_metrics`` already are)."""
     from semcode import report
 
     (out / MODEL_CARD_FILE).write_text(report.model_card(bundle, all_metrics))
@@ -531,6 +626,8 @@ def write_card_and_report(
     samples = []
     if samples_file is not None and samples_file.is_file():
         samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+    roots = path_roots({"<bundle>": out}) if roots is None else roots
+    histories, samples = portable(histories, roots), portable(samples, roots)
     (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics, histories, samples))
 
 
@@ -867,8 +964,11 @@ def resolve_latest(registry: str, name: str) -> str | None:
 
 
 def write_latest(registry: str, name: str, pointer: dict) -> None:
-    """Replace the ``latest`` pointer in one atomic step: one PUT on S3, os.replace on local disk."""
+    """Replace the ``latest`` pointer in one atomic step: one PUT on S3, os.replace on local disk. Its
+    ``path`` is made relative to the registry ("<name>/<version>"), whatever the caller gave, and nothing
+    in it names a local folder (``portable``)."""
     uri = latest_uri(registry, name)
+    pointer = {**portable(pointer, path_roots()), "path": f"{name}/{pointer['version']}"}
     data = json.dumps(pointer, indent=2) + "\n"
     if storage.is_s3(uri):
         storage.write_text(uri, data)  # a small object is one PutObject: readers see old or new, whole

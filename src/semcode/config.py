@@ -24,7 +24,15 @@ ConfigT = TypeVar("ConfigT")
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the presets: package data (pyproject)
 RESOLVED_CONFIG_NAME = "config.json"
 EXIT_BAD_INPUT = 2  # a stage command's exit code for bad input (a message on stderr, no traceback)
-BAD_INPUT_ERRORS = (FileNotFoundError, FileExistsError, ValueError)  # ConfigError is a ValueError
+
+
+class OutputError(OSError):
+    """A stage could not write its output: a full disk or quota, a read-only or forbidden folder. The
+    message names the path and the cause (semcode.storage.disk_space_errors); the errno is the original."""
+
+
+# ConfigError is a ValueError; OutputError: the one line of a full disk or an unwritable --out
+BAD_INPUT_ERRORS = (FileNotFoundError, FileExistsError, ValueError, OutputError)
 
 
 class ConfigError(ValueError):

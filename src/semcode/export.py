@@ -306,7 +306,8 @@ def quantize_int8(
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     large = model_bytes(fp32_path) >= PROTOBUF_LIMIT_BYTES
     fusions: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="semcode-quant-") as tmp:
+    # Beside the int8 file (the stage's partial output folder): a kill leaves nothing in /tmp.
+    with tempfile.TemporaryDirectory(prefix=".semcode-quant-", dir=int8_path.parent) as tmp:
         source, prepared = fp32_path, Path(tmp) / "prepared.onnx"
         try:
             if fuse:

@@ -16,7 +16,9 @@ search``, ``serve`` and ``generate`` read it unchanged; what sets it apart:
 - bundle.json ``source`` says what it is: ``{"kind": "index", "encoder": {spec, name, version, digest
   (sha256 of its weights), onnx (sha256 of each ONNX file)}, "sources": [{spec, kind, root, commit, repo,
   files, definitions, documented, rejects}], "document", "document_max_length", "stage_configs",
-  "update"}``, which ``semcode index --update`` reads back.
+  "update"}``, which ``semcode index --update`` reads back. A local source is recorded relative to the
+  bundle folder (``dir:../repo``: ``bundled_spec`` reads it back), every other local path symbolically
+  (semcode.bundle.portable): the bundle names no folder of the machine that made it.
 
 ``source_files.parquet`` (SOURCE_FILES; listed in bundle.json ``files`` as every file is): the sha256 of
 every file of a local ``dir:`` source when it was read, so that an update parses only the files that
@@ -197,6 +199,47 @@ def encoder_record(spec: str, encoder: dict, dest: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Portable sources: a local source is recorded relative to the bundle folder ("dir:../repo")
+
+
+def source_roots(source: dict, out: Path) -> dict[str, str]:
+    """{absolute folder of each local source: its path relative to the bundle folder ``out``}: the roots
+    (semcode.bundle.path_roots) that make ``source.sources`` portable and still readable by --update."""
+    roots = {}
+    for record in source.get("sources") or []:
+        location = str(record.get("root") or "")
+        if os.path.isabs(location) and not storage.is_s3(location):
+            roots[location] = os.path.relpath(location, out)
+    return roots
+
+
+def bundled_spec(text: str, bundle_dir: str | os.PathLike[str]) -> str:
+    """A source spec as bundle.json records it, with a relative local location taken from ``bundle_dir``
+    (``dir:../repo`` -> ``dir:/abs/repo``); absolute, s3:// and location-free specs are returned as they are."""
+    kind, sep, location = text.partition(":")
+    location = location.strip()
+    if not sep or not location or location.startswith("<") or storage.is_s3(location):
+        return text
+    if os.path.isabs(os.path.expanduser(location)) or "://" in location:
+        return text
+    return f"{kind}:{os.path.abspath(os.path.join(bundle_dir, location))}"
+
+
+def portable_sources_file(path: Path, roots: list[tuple[str, str]]) -> None:
+    """Rewrite SOURCE_FILES' ``source`` column with semcode.bundle.portable (when it is there)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return
+    table = pq.read_table(path)
+    if "source" in table.column_names:
+        column = pa.array(bundles.portable(table["source"].to_pylist(), roots), pa.string())
+        table = table.set_column(table.column_names.index("source"), "source", column)
+        pq.write_table(table, path, compression="zstd")
+
+
+# ---------------------------------------------------------------------------------------------
 # Assembling
 
 
@@ -224,6 +267,13 @@ def assemble_index_bundle(
     if lexical is not None:
         os.replace(index_dir / lexical["dir"], out / LEXICAL_DIR)
         lexical["dir"] = LEXICAL_DIR
+    # Local sources relative to the bundle (--update reads them back), every other local path symbolic.
+    roots = sorted(
+        [*source_roots(source, out).items(), *bundles.path_roots({"<bundle>": out})],
+        key=lambda root: -len(root[0]),
+    )
+    source = bundles.portable(source, roots)
+    portable_sources_file(out / SOURCE_FILES, roots)
     summary = encoder.get("metrics") or {}
     primary = summary.get("primary") or {"name": None, "value": None}
     all_metrics = {
@@ -232,6 +282,7 @@ def assemble_index_bundle(
         "encoder": encoder_metrics or {},
         "index": {"sources": source.get("sources"), "update": source.get("update")},
     }
+    all_metrics = bundles.portable(all_metrics, roots)
     (out / METRICS_FILE).write_text(json.dumps(all_metrics, indent=2) + "\n")
     fusion = encoder.get("fusion")  # none in a bundle made before hybrid search: dense
     modes = {"fusion": {**fusion, "default_mode": encoder.get("default_mode", "dense")}} if fusion else {}
@@ -253,7 +304,8 @@ def assemble_index_bundle(
         "source": source,
     }
     bundle.update(bundles.search_modes(modes, lexical))
-    bundles.write_card_and_report(out, bundle, all_metrics, out, None)
+    bundle = bundles.portable(bundle, roots)
+    bundles.write_card_and_report(out, bundle, all_metrics, out, None, roots)
     bundle["files"] = bundles.file_checksums(out)
     (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
     bundles.validate_bundle(out)

@@ -23,6 +23,7 @@ the endpoint, and the environment variables to check.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import io
@@ -43,7 +44,7 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from semcode.config import ConfigError
+from semcode.config import ConfigError, OutputError
 
 S3_PREFIX = "s3://"
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
@@ -564,10 +565,17 @@ def remove_tree(prefix: PathOrUri) -> int:
     return len(keys)
 
 
-# Disk space: errors that name the path that ran out, outputs that are complete or absent
+# Disk space and write errors that name the path, outputs that are complete or absent
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left; the user's quota exceeded
+NOT_WRITABLE_HINTS = {
+    errno.EROFS: "the file system is read-only: write elsewhere (a writable --out or folder)",
+    errno.EACCES: "no permission to write there: fix its permissions or write elsewhere",
+    errno.EPERM: "the operation is not permitted there: fix its permissions or write elsewhere",
+}
 PARTIAL_PREFIX = "."  # out/index.faiss is written as out/.index.faiss.partial, then renamed
 PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"  # where an earlier output waits while its replacement is renamed in
+STAGE_OUTPUT_MARKERS = ("manifest.json", "metrics.json", "config.json", "decision.json")
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -584,20 +592,44 @@ def _is_disk_full(error: BaseException) -> bool:
     )
 
 
+def _is_about(filename: Any, path: Path) -> bool:
+    """Whether an error's file name is ``path``, inside it, a folder above it, or a temporary sibling of it
+    (``.NAME...``): an unwritable input read inside a write block is not reported as the output."""
+    if filename is None:
+        return True
+    name, target = Path(os.fsdecode(filename)).absolute(), path.absolute()
+    if name == target or name.is_relative_to(target) or target.is_relative_to(name):
+        return True
+    return name.is_relative_to(target.parent) and target.name in name.relative_to(target.parent).parts[0]
+
+
+def _write_error(error: BaseException, path: Path) -> OutputError | None:
+    """``error`` as one OutputError line naming ``path`` and what to do, or None when it is another error."""
+    if _is_disk_full(error):
+        code = error.errno if isinstance(error, OSError) and error.errno else errno.ENOSPC
+        hint = "free space there or write elsewhere"
+    elif isinstance(error, OSError) and error.errno in NOT_WRITABLE_HINTS and _is_about(error.filename, path):
+        code, hint = error.errno, NOT_WRITABLE_HINTS[error.errno]
+    else:
+        return None
+    return OutputError(code, f"{os.strerror(code)} while writing {os.fspath(path)}: {hint}")
+
+
 @contextlib.contextmanager
 def disk_space_errors(path: PathOrUri) -> Iterator[None]:
     """Re-raise a full disk or quota inside the block (OSError ENOSPC/EDQUOT, or FAISS's RuntimeError for
-    one) as an OSError of the same errno that names ``path``: a bare "No space left on device" does not
-    say which of a stage's outputs, or which disk, ran out."""
+    one), or a read-only or forbidden ``path`` (EROFS, EACCES, EPERM on it or beside it), as an OutputError
+    of the same errno that names ``path`` and what to do: a bare "No space left on device" does not say which
+    of a stage's outputs, or which disk, ran out."""
     try:
         yield
+    except OutputError:
+        raise
     except (OSError, RuntimeError) as error:
-        if not _is_disk_full(error):
+        translated = _write_error(error, Path(os.fspath(path)))
+        if translated is None:
             raise
-        code = error.errno if isinstance(error, OSError) and error.errno else errno.ENOSPC
-        raise OSError(
-            code, f"{os.strerror(code)} while writing {os.fspath(path)}: free space there or write elsewhere"
-        ) from error
+        raise translated from error
 
 
 def _remove(path: Path) -> None:
@@ -607,32 +639,150 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def atomic_output(path: PathOrUri) -> Iterator[Path]:
-    """A temporary sibling to write the local file or folder ``path`` through (``.NAME.partial``): renamed onto
-    ``path`` (os.replace) when the block ends without error, removed when it fails, so a fault (a full disk,
-    a kill) never leaves a truncated file under the real name; a full disk is reported naming ``path``
-    (disk_space_errors). An existing ``path`` stays until the new one is complete (a folder is swapped:
-    the old one moved aside, the new one renamed in, the old one removed). S3 uploads need none of this:
-    an object appears only once its upload completed."""
+def partial_path(path: PathOrUri) -> Path:
+    """The temporary sibling ``.NAME.partial`` that ``path`` is written as before it is renamed into place."""
     target = Path(os.fspath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}{PARTIAL_SUFFIX}")
-    _remove(partial)  # left by an earlier run that was killed
+    return target.with_name(f"{PARTIAL_PREFIX}{target.name}{PARTIAL_SUFFIX}")
+
+
+def _old_path(target: Path) -> Path:
+    return target.with_name(f"{PARTIAL_PREFIX}{target.name}{OLD_SUFFIX}")
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without it
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE): at every instant each name holds one of
+    the two. False where the system or the file system cannot (the caller then renames twice)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(second))
+
+
+def _swap_into_place(partial: Path, target: Path) -> None:
+    """Put the complete ``partial`` at ``target``; an earlier folder there is replaced whole: exchanged in
+    one step where the system can (then removed), else moved aside to ``.NAME.old``, the new one renamed
+    in and the old one removed. A kill anywhere leaves ``target`` old, new or (between the two renames)
+    absent, never a mix, plus temporary siblings that the next write removes."""
+    if not (partial.is_dir() and target.is_dir() and not target.is_symlink()):
+        os.replace(partial, target)
+        return
+    if _exchange(partial, target):
+        shutil.rmtree(partial)  # the old output, now under the temporary name
+        return
+    old = _old_path(target)
+    _remove(old)
+    os.replace(target, old)
+    os.replace(partial, target)
+    shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathOrUri, keep: str = "") -> Iterator[Path]:
+    """A temporary sibling to write the local file or folder ``path`` through (``.NAME.partial``): renamed onto
+    ``path`` when the block ends without error, removed when it fails, so a fault (a full disk, a kill) never
+    leaves a truncated file under the real name; a full disk or an unwritable folder is reported naming
+    ``path`` (disk_space_errors). An existing ``path`` stays until the new one is complete, then is replaced
+    whole (_swap_into_place). A partial left by a run that was killed is removed first, unless it holds
+    ``keep`` (a relative path, e.g. ``checkpoints/latest``): then it is kept on entry and on failure, for a
+    resumed run to continue. S3 uploads need none of this: an object appears only once its upload completed."""
+    target = Path(os.fspath(path))
+    partial = partial_path(target)
+    with disk_space_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove(_old_path(target))  # left by a kill between the two renames of a swap
+        if not (keep and (partial / keep).exists()):
+            _remove(partial)  # left by an earlier run that was killed
+    succeeded = False
     try:
         with disk_space_errors(target):
-            yield partial
-        if partial.is_dir() and target.is_dir() and not target.is_symlink():
-            old = target.with_name(f"{PARTIAL_PREFIX}{target.name}.old")
-            _remove(old)
-            os.replace(target, old)
-            os.replace(partial, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(partial, target)
+            try:
+                yield partial
+            except OutputError as error:  # named by the path the user gave, not the temporary one
+                message = error.strerror.replace(os.fspath(partial), os.fspath(target))
+                raise OutputError(error.errno, message) from error
+            _swap_into_place(partial, target)
+        succeeded = True
     finally:
-        if partial.exists() or partial.is_symlink():
+        kept = not succeeded and keep and (partial / keep).exists()
+        if not kept and (partial.exists() or partial.is_symlink()):
             _remove(partial)
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse an ``--out`` that a stage output must not replace: a file, or a folder with files that are not
+    an earlier stage output (none of STAGE_OUTPUT_MARKERS): replacing it whole would delete them."""
+    if target.is_symlink() or not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"output {target} exists and is not a folder")
+    if any(target.iterdir()) and not any((target / name).is_file() for name in STAGE_OUTPUT_MARKERS):
+        raise FileExistsError(
+            f"output {target} holds files that are not a semcode stage output (none of "
+            f"{', '.join(STAGE_OUTPUT_MARKERS)}): a stage replaces its --out whole, so choose a new or empty folder"
+        )
+
+
+@contextlib.contextmanager
+def stage_output(out_dir: PathOrUri, keep: str = "", resume: bool = False) -> Iterator[Path]:
+    """The folder a stage writes its whole output into: a fresh ``.NAME.partial`` beside ``out_dir`` (the
+    same file system, so the final rename is one step), renamed onto ``out_dir`` when the block ends without
+    error (write the manifest or metrics file last); ``out_dir`` holding an earlier complete output is
+    replaced whole, never mixed. A failure or a kill leaves the earlier output or none, plus at most the
+    clearly named partial that the next run removes. Errors writing it are one OutputError line naming the
+    path and the cause (full disk, read-only, forbidden).
+
+    Training stages pass ``keep`` (their resumable state inside the output, ``checkpoints/latest``): a
+    partial holding it survives a failure and is continued by the next run (whose own checks ask for
+    --resume), and with ``resume`` an earlier complete output's ``keep`` folder is copied into the fresh
+    partial, so that --resume continues the run it holds."""
+    text = os.fspath(out_dir)
+    if is_s3(text):
+        raise ValueError(
+            f"output {text}: a stage writes a local folder (KFP maps its artifacts to local paths)"
+        )
+    target = Path(text)
+    _check_replaceable(target)
+    with atomic_output(target, keep=keep) as partial:
+        seed = keep.split("/", 1)[0] if keep else ""
+        if resume and seed and not partial.exists() and (target / keep).exists():
+            shutil.copytree(target / seed, partial / seed, symlinks=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        yield partial
+
+
+def atomic_stage(function: Any) -> Any:
+    """Decorate a stage's ``run(..., out_dir, ...)``: it writes into :func:`stage_output` of its ``out_dir``
+    argument, so its output appears at ``out_dir`` complete or not at all."""
+    import inspect
+
+    signature = inspect.signature(function)
+    if "out_dir" not in signature.parameters:
+        raise TypeError(f"{function.__qualname__} has no out_dir parameter")
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        with stage_output(bound.arguments["out_dir"]) as partial:
+            bound.arguments["out_dir"] = partial
+            return function(*bound.args, **bound.kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -245,7 +245,9 @@ def check_published(registry: str, version: str) -> None:
     assert folder == storage.join(registry, "semcode", version)
     assert storage.exists(storage.join(folder, bundles.COMPLETE_MARKER))
     pointer = latest_pointer(registry)
-    assert pointer["version"] == version and pointer["path"] == folder
+    assert (
+        pointer["version"] == version and pointer["path"] == f"semcode/{version}"
+    )  # relative to the registry
     assert pointer["primary_metric"]["name"] == METRIC
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from bundle_fixture import assemble_tiny_bundle, cached_tiny_run
+from bundle_fixture import assemble_tiny_bundle, cached_tiny_run, files_naming, machine_paths
 from fastapi.testclient import TestClient
 
 from semcode import bundle as bundles
@@ -96,13 +96,14 @@ def test_index_with_a_local_bundle_makes_a_release_bundle_of_undocumented_code(
     source = bundle["source"]
     encoder = json.loads((encoder_bundle / "bundle.json").read_text())
     assert source["encoder"]["name"] == encoder["name"] and source["encoder"]["version"] == encoder["version"]
-    assert source["encoder"]["digest"].startswith("sha256:") and source["encoder"]["spec"] == str(
-        encoder_bundle
-    )
+    assert source["encoder"]["digest"].startswith("sha256:")
+    assert source["encoder"]["spec"].endswith("/bundle")  # the spec given, no folder of this machine in it
+    assert files_naming(out, machine_paths(tmp_path) + machine_paths(encoder_bundle.parent)) == []
     for name in ("tokenizer.json", "encoder.int8.onnx", "encoder.onnx", "encoder/semcode_encoder.json"):
         assert bundle["files"][name]["sha256"] == encoder["files"][name]["sha256"], name
     (record,) = source["sources"]
-    assert record["spec"] == f"dir:{repo}" and record["root"] == str(repo) and record["commit"] == COMMIT
+    # relative to the bundle folder, which --update reads them from (bundled_spec)
+    assert record["spec"] == "dir:../myrepo" and record["root"] == "../myrepo" and record["commit"] == COMMIT
     assert record["definitions"] == len(INDEXED) and record["with_doc"] == 0
     assert record["files"] == 6 and record["skipped"] == {"gitignored": 2, "vendored": 1, "generated": 1}
     # gitignored: the build/ folder (not walked) and scratch_gen.py; generated: web/app.min.js

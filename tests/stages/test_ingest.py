@@ -394,3 +394,37 @@ def test_a_full_disk_names_the_folder_it_could_not_write(tmp_path: Path, monkeyp
     assert code == 2
     assert f"No space left on device while writing {out / 'corpus'}" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()  # nothing says the stage finished
+
+
+def test_a_re_ingest_that_dies_mid_write_leaves_the_earlier_output_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Issue 31 case 3: re-ingest other sources into an --out that holds an earlier ingest, dying once the
+    new train split is written. The earlier train, test and manifest stay together, nothing of the new run
+    is mixed in; the next run removes the partial folder and replaces the output whole."""
+    out = tmp_path / "out"
+    first = ingest.run(config(sources=[f"pairs:{many_repo_pairs(tmp_path / 'a.jsonl', repos=30)}"]), out)
+    before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    real_write = ingest._write
+
+    def dies_after_train(rows: list[dict], directory: Path, rows_per_shard: int) -> int:
+        written = real_write(rows, directory, rows_per_shard)
+        if directory.name == "train":
+            raise MemoryError("killed after the train split")
+        return written
+
+    monkeypatch.setattr(ingest, "_write", dies_after_train)
+    other = many_repo_pairs(tmp_path / "b.jsonl", repos=20, offset=100)
+    with pytest.raises(MemoryError):
+        ingest.run(config(sources=[f"pairs:{other}"]), out)
+    after = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "out"]
+
+    monkeypatch.setattr(ingest, "_write", real_write)
+    storage.partial_path(out).mkdir()  # what a kill -9 would have left
+    (storage.partial_path(out) / "stale").write_text("x")
+    second = ingest.run(config(sources=[f"pairs:{other}"]), out)
+    assert second["totals"]["pairs"] == 60 != first["totals"]["pairs"]
+    assert {row["repo"] for row in read_all_pairs(out)} == {f"org/repo{r}" for r in range(100, 120)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "out"]

@@ -163,6 +163,7 @@ def index_shards(
     )
 
 
+@storage.atomic_stage
 def run(
     config: BuildIndexConfig,
     encoder_dir: str | Path,

@@ -156,6 +156,7 @@ def embed_shard(
     return manifest
 
 
+@storage.atomic_stage
 def run(
     config: BuildIndexConfig,
     encoder_dir: str | Path,

@@ -71,7 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from semcode import config as cfg
-from semcode import everyday
+from semcode import everyday, storage
 from semcode.config import ConfigError, field
 from semcode.contract import ONNX_HELP, RUNTIME_HELP
 from semcode.corpus import DOCUMENT_VIEWS
@@ -551,6 +551,7 @@ def everyday_table(suite: dict) -> str:
     )
 
 
+@storage.atomic_stage
 def run(
     config: EvaluateConfig,
     encoder_dir: str | Path,

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from semcode import config as cfg
+from semcode import storage
 from semcode.config import ConfigError, field
 from semcode.contract import ENCODER_CONFIG_FILE, KINDS, TOKENIZER_FILE
 from semcode.export import (
@@ -158,6 +159,7 @@ def parity_texts(pairs_dir: Path | None, n: int) -> tuple[dict[str, list[str]], 
     return texts, f"{len(rows)} rows of the valid split of {pairs_dir}"
 
 
+@storage.atomic_stage
 def run(
     config: ExportOnnxConfig,
     encoder_dir: str | Path,

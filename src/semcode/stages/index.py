@@ -81,6 +81,7 @@ from semcode.index_bundle import (
     KIND,
     SOURCE_FILES,
     assemble_index_bundle,
+    bundled_spec,
     copy_encoder,
     encoder_record,
     export_zero_shot,
@@ -336,7 +337,9 @@ def previous_of(folder: Path, bundle: dict, view: str) -> Previous:
         known=reusable_vectors(folder, view),
         rows=rows_by_file(meta),
         identities={(row["repo"], row["path"], row["func_name"]) for row in meta},
-        digests=read_digests(folder / SOURCE_FILES),
+        digests={
+            bundled_spec(spec, folder): files for spec, files in read_digests(folder / SOURCE_FILES).items()
+        },
         same_reader=bundle.get("semcode_version") == __version__,
         bundle=bundle,
     )
@@ -491,7 +494,8 @@ def update(
             )
         config = dataclasses.replace(config, **{"version": "", **(settings or {})})
         config.validate()
-        specs = check_sources(sources or [entry["spec"] for entry in recorded.get("sources") or []])
+        recorded_specs = [bundled_spec(entry["spec"], folder) for entry in recorded.get("sources") or []]
+        specs = check_sources(sources or recorded_specs)
         check_unchanged(folder, old, (INDEX_FILE, META_FILE, SOURCE_FILES))
         with storage.atomic_output(folder) as partial:
             partial.mkdir()

@@ -569,6 +569,7 @@ def _output_dir(out_dir: str | Path) -> Path:
     return out
 
 
+@storage.atomic_stage
 def run(config: IngestConfig, out_dir: str | Path) -> dict:
     """Ingest ``config.sources`` into ``out_dir``; returns the manifest (also written as manifest.json).
 
@@ -637,6 +638,7 @@ def _write_shard_rows(
             writer.write_table(table)
 
 
+@storage.atomic_stage
 def run_shard(config: IngestConfig, shard: int, out_dir: str | Path) -> dict:
     """Read shard ``shard`` of ``config.shards`` of every source and compute its rows' MinHash signatures;
     writes ``out_dir/{pairs,corpus,eval}.parquet`` (rows + order keys + signatures) and ``shard.json``
@@ -740,6 +742,7 @@ def _read_shard_rows(
     return table.select(list(COLUMNS)).to_pylist(), keys, sketches
 
 
+@storage.atomic_stage
 def merge(config: IngestConfig, shard_dirs: list[str | Path], out_dir: str | Path) -> dict:
     """Merge the outputs of :func:`run_shard` for shards 0..N-1 into what :func:`run` writes for the same
     sources: the rows in one read's order, the per-source stats summed (and checked), one global exact +

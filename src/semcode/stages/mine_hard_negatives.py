@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from semcode import config as cfg
-from semcode import mining
+from semcode import mining, storage
 from semcode.config import ConfigError, field
 from semcode.contract import RUNTIME_HELP
 from semcode.data.pairs import SPLITS, read_split, shard_paths, write_shards
@@ -301,6 +301,7 @@ def summarise(
     return metrics, scores, rounded
 
 
+@storage.atomic_stage
 def run(
     config: MineHardNegativesConfig, encoder_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path
 ) -> dict:

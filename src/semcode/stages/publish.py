@@ -4,7 +4,8 @@ The registry is a local folder or an ``s3://bucket/prefix``; storage.py does the
 
     <registry>/<name>/<version>/                every file of the bundle (bundle.json last)
     <registry>/<name>/<version>/_COMPLETE.json  written once every file is there
-    <registry>/<name>/latest                    {"version", "path", "published_at", "primary_metric", ...}
+    <registry>/<name>/latest                    {"version", "path" ("<name>/<version>", relative to the
+                                                registry), "published_at", "primary_metric", ...}
 
 The steps, in this order, so that ``latest`` never names a partial copy:
 
@@ -185,7 +186,7 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
             raise
         pointer = {
             "version": version,
-            "path": target,
+            "path": f"{config.name}/{version}",  # relative to the registry: no local folder in the pointer
             "published_at": published_at,
             "primary_metric": bundle["metrics"].get("primary"),
             "previous_version": None if previous is None else previous.get("version"),

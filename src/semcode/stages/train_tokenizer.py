@@ -37,6 +37,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from semcode import config as cfg
+from semcode import storage
 from semcode.config import ConfigError, field
 from semcode.data.pairs import PAIR_SCHEMA, iter_column
 from semcode.progress import Progress, log
@@ -178,6 +179,7 @@ def check_pairs_test(pairs_dir: str | Path) -> Path:
     return test_dir
 
 
+@storage.atomic_stage
 def run(
     config: TrainTokenizerConfig,
     corpus_dir: str | Path,
