@@ -272,7 +272,7 @@ def test_search_by_language(client: TestClient, corpus: list[dict]):
     assert stats["bundle"]["languages"] == {"python": len(corpus) - 6, "go": 3, "rust": 2, "java": 1}
     coverage = stats["coverage"]  # the tiny bundle indexes its whole corpus: stdlib files and three dirs
     assert (coverage["indexed"], coverage["sampled_by"]) == (len(corpus), "all")
-    assert coverage["per_source"]["dir:/srv/demo-go"] == [3, 3]
+    assert coverage["per_source"]["dir:<local>/demo-go"] == [3, 3]
     assert coverage["per_source"]["python:stdlib"][0] == len(corpus) - 6
 
 
