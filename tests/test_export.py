@@ -180,6 +180,23 @@ def test_files_follow_the_bundle_contract_and_are_self_contained(shared_export) 
     assert fusions["multi_head_attention"] == fusions["bias_gelu"] == 2  # one per layer
 
 
+def test_exported_files_carry_no_build_machine_paths(shared_export) -> None:
+    """The exporter's stack traces (node doc_string, pkg.torch.* node metadata) are cleared in both files."""
+    import onnx
+
+    out, _ = shared_export
+    for name in ("encoder.onnx", "encoder.int8.onnx"):
+        model = onnx.load(str(out / name))
+        graphs = [model.graph, *model.functions]
+        texts = [model.doc_string] + [graph.doc_string for graph in graphs]
+        nodes = [node for graph in graphs for node in graph.node]
+        assert nodes
+        texts += [node.doc_string for node in nodes]
+        texts += [prop.value for node in nodes for prop in node.metadata_props]
+        assert not [text for text in texts if "/" in text or ".py" in text], name
+        assert not [p.key for node in nodes for p in node.metadata_props if p.key.startswith("pkg.torch.")]
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_dynamic_batch_and_sequence_match_torch(shared_export, shared_encoder: Path, precision: str) -> None:
     out, _ = shared_export

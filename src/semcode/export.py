@@ -185,6 +185,7 @@ def export_tower(
         onnx_program.model.metadata_props[key] = str(value)
     weight_bytes = sum(p.numel() * p.element_size() for p in tower.parameters())
     onnx_program.save(str(path), external_data=weight_bytes >= PROTOBUF_LIMIT_BYTES)
+    set_metadata(path)  # clears the exporter's stack traces (the build machine's paths) too
     return path
 
 
@@ -254,12 +255,51 @@ def drop_initializer_value_info(path: str | os.PathLike[str]) -> None:
         onnx.save(model, str(path))
 
 
-def set_metadata(path: str | os.PathLike[str], key: str, value: str) -> None:
-    """Set one metadata_props entry of the ONNX file at ``path`` (rewritten in place)."""
+# Node metadata the torch exporter records, as doc_string does: source paths of the machine that exported
+DEBUG_METADATA_PREFIX = "pkg.torch."
+
+
+def clear_debug_info(model: Any) -> int:
+    """Clear the doc_string of the model, its graphs, functions and every node in them (subgraphs too), and
+    the nodes' exporter metadata (``pkg.torch.*``: stack traces, FX node names), in an ``onnx.ModelProto``.
+    Only descriptive fields: the computation is unchanged. Returns how many nodes had something cleared."""
+    import onnx
+
+    cleared = 0
+
+    def nodes_of(graph: Any) -> None:
+        nonlocal cleared
+        graph.doc_string = ""
+        for node in graph.node:
+            debug = [prop for prop in node.metadata_props if prop.key.startswith(DEBUG_METADATA_PREFIX)]
+            if node.doc_string or debug:
+                cleared += 1
+                node.doc_string = ""
+                for prop in debug:
+                    node.metadata_props.remove(prop)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    nodes_of(attribute.g)
+                for subgraph in attribute.graphs:
+                    nodes_of(subgraph)
+
+    model.doc_string = ""
+    nodes_of(model.graph)
+    for function in model.functions:
+        function.doc_string = ""
+        nodes_of(function)
+    return cleared
+
+
+def set_metadata(path: str | os.PathLike[str], key: str | None = None, value: str = "") -> None:
+    """Set one metadata_props entry of the ONNX file at ``path`` (rewritten in place; none without ``key``),
+    and clear its debug info (``clear_debug_info``): what an export ships names no build machine's paths."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)  # external data stays where it is
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})
+    if key is not None:
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})
+    clear_debug_info(model)
     onnx.save(model, str(path))
 
 

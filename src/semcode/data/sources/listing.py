@@ -23,6 +23,8 @@ PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
 SKIPPED_DIRS = ("__pycache__", "site-packages")
 STREAM_BYTES = 8 << 20  # read size of streamed files: one ranged GET per 8 MiB on S3
+MAX_LINE_BYTES = 8 << 20  # a JSONL line longer than this is skipped unread (a long_line reject)
+SKIP_BYTES = 1 << 20  # read size while skipping such a line
 
 
 def walk_files(root: str, on_error: Callable[[OSError], None], ignore: GitIgnore | None = None) -> list[str]:
@@ -127,13 +129,25 @@ def text_files(location: str) -> list[str]:
     return _files_ending(location, TEXT_SUFFIXES)
 
 
-def read_lines(location: str) -> Iterator[bytes]:
+def read_lines(location: str, max_line_bytes: int = 0) -> Iterator[bytes | None]:
     """The lines of a (maybe gzipped) local file or S3 object, streamed (S3: in STREAM_BYTES ranged reads,
-    never the whole object in memory); raises OSError/EOFError when unreadable."""
+    never the whole object in memory); raises OSError/EOFError when unreadable.
+
+    A line longer than ``max_line_bytes`` (0: MAX_LINE_BYTES; its newline included) is never held whole: it
+    is read past in bounded chunks and given as None (the caller counts it, ``long_line``), so the line
+    numbers stay right.
+    """
+    max_line_bytes = max_line_bytes or MAX_LINE_BYTES
     with io.BufferedReader(storage.open_input_file(location), STREAM_BYTES) as raw:
         magic = raw.peek(2)[:2]
         stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
-        yield from stream
+        while line := stream.readline(max_line_bytes + 1):
+            if len(line) <= max_line_bytes:
+                yield line
+                continue
+            while not line.endswith(b"\n") and (line := stream.readline(SKIP_BYTES)):
+                pass
+            yield None
 
 
 def file_label(location: str) -> tuple[str, str]:

@@ -15,7 +15,8 @@ size, header and line-length rules and the extractor apply as for ``dir:``, so i
 corpus rows and, with a doc comment, pairs (urls ``...#row=N&L<start>-L<end>``). Any other row (prose,
 documentation, a language without an extractor) is one corpus row, the text as it is (``func_name`` and
 ``query`` empty, ``language`` its own name or ``text``), under the code rules (``min_code_lines``,
-``max_code_chars``: raise it, or 0, to keep long documents whole); with ``languages`` set such rows are
+``max_code_chars``: raise it, or 0, to keep long documents whole; a JSONL line over
+``listing.MAX_LINE_BYTES`` is skipped unread as ``long_line``); with ``languages`` set such rows are
 ``other_language``. Before any row is read, every file's layout is checked (a Parquet schema, a JSONL
 file's first record): no text column, or one that is not strings, is a SourceError naming the file
 (and line); later rows without text count as ``missing_field``/``wrong_type`` toward ``max_reject_share``.
@@ -114,7 +115,7 @@ def _check_text_file(spec: SourceSpec, file: str) -> None:
             )
         return
     for line_number, line in enumerate(listing.read_lines(file), start=1):
-        if not line.strip():
+        if line is None or not line.strip():  # a line over MAX_LINE_BYTES: the reading counts it
             continue
         where = f"source '{spec.text}': {file} line {line_number}"
         try:
@@ -191,9 +192,10 @@ def _crashed_row(job: tuple[dict, str, ExtractOptions, str, str], how: str) -> F
     return crashed_outcome(job[4], TEXT_LANGUAGE, how, job[2])
 
 
-def _text_batches(file: str) -> Iterator[list[tuple[int, dict | None]]]:
-    """The records of a text: file in batches of (row number from 1, record or None when malformed),
-    streamed: Parquet by pyarrow's iter_batches over the columns text_row reads, JSONL line by line."""
+def _text_batches(file: str) -> Iterator[list[tuple[int, dict | str]]]:
+    """The records of a text: file in batches of (row number from 1, record, or the reject reason of a line
+    that is none: ``malformed_json``, ``long_line``), streamed: Parquet by pyarrow's iter_batches over the
+    columns text_row reads, JSONL line by line (a line over listing.MAX_LINE_BYTES skipped unread)."""
     if _is_parquet(file):
         import pyarrow.parquet as pq
 
@@ -207,16 +209,19 @@ def _text_batches(file: str) -> Iterator[list[tuple[int, dict | None]]]:
                 yield [(number + offset + 1, row) for offset, row in enumerate(records)]
                 number += len(records)
         return
-    batch: list[tuple[int, dict | None]] = []
+    batch: list[tuple[int, dict | str]] = []
     size = 0
     for line_number, line in enumerate(listing.read_lines(file), start=1):
+        if line is None:
+            batch.append((line_number, "long_line"))
+            continue
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except (UnicodeDecodeError, ValueError):
             record = None
-        batch.append((line_number, record if isinstance(record, dict) else None))
+        batch.append((line_number, record if isinstance(record, dict) else "malformed_json"))
         size += len(line)
         if len(batch) >= TEXT_BATCH_ROWS or size >= TEXT_BATCH_BYTES:
             yield batch
@@ -263,8 +268,8 @@ def _read_text_file(
             stats.records_seen += len(batch)
             jobs = []
             for number, record in batch:
-                if record is None:
-                    stats.rejects["malformed_json"] += 1
+                if isinstance(record, str):  # a line that is no record: its reject reason
+                    stats.rejects[record] += 1
                 else:
                     jobs.append((record, spec.text, options, repo_default, f"{url_base}#row={number}"))
             for outcome in pool.map(jobs, _crashed_row):
