@@ -8,7 +8,8 @@ The module map, lowest layer first. A module imports only from its own layer or 
    config       frozen stage configs, presets (semcode/configs/*.yaml, package data), CLI flags
    progress     log lines and progress bars;  storage  local paths and s3:// (boto3)
 1. library, importable and CPU-testable
-   data/        sources/ (per kind), extraction, cleaning, splits, Parquet shards;  tokenizer  the BPE tokenizer
+   data/        sources/ (per kind), files (safe bounded reads), gitignore, refresh (what changed since an
+                index), extraction, cleaning, splits, Parquet shards;  tokenizer  the BPE tokenizer
    models/      the encoder and the decoder;  losses  the contrastive loss
    train/       distributed (DeepSpeed set-up), checkpoints, history, loop (the step loop)
    embed        an encoder spec -> an embedding function, every runtime (torch, ONNX Runtime)

@@ -24,7 +24,7 @@ TEXT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
 SKIPPED_DIRS = ("__pycache__", "site-packages")
 STREAM_BYTES = 8 << 20  # read size of streamed files: one ranged GET per 8 MiB on S3
 MAX_LINE_BYTES = 8 << 20  # a JSONL line longer than this is skipped unread (a long_line reject)
-SKIP_BYTES = 1 << 20  # read size while skipping such a line
+PIECE_BYTES = 1 << 20  # lines are read at most this much at a time
 
 
 def walk_files(root: str, on_error: Callable[[OSError], None], ignore: GitIgnore | None = None) -> list[str]:
@@ -141,12 +141,21 @@ def read_lines(location: str, max_line_bytes: int = 0) -> Iterator[bytes | None]
     with io.BufferedReader(storage.open_input_file(location), STREAM_BYTES) as raw:
         magic = raw.peek(2)[:2]
         stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
-        while line := stream.readline(max_line_bytes + 1):
-            if len(line) <= max_line_bytes:
-                yield line
+        while piece := stream.readline(PIECE_BYTES):
+            if piece.endswith(b"\n") or len(piece) < PIECE_BYTES:  # the whole line (most lines)
+                yield piece
                 continue
-            while not line.endswith(b"\n") and (line := stream.readline(SKIP_BYTES)):
-                pass
+            line = bytearray(piece)  # a long line: gathered piece by piece, up to the limit
+            while len(line) <= max_line_bytes and not line.endswith(b"\n"):
+                if not (piece := stream.readline(PIECE_BYTES)):
+                    break
+                line += piece
+            if len(line) <= max_line_bytes:
+                yield bytes(line)
+                continue
+            del line
+            while not piece.endswith(b"\n") and (piece := stream.readline(PIECE_BYTES)):
+                pass  # the rest of the line, read past
             yield None
 
 
