@@ -148,6 +148,15 @@ def paired_mrr_difference(
     2.5th..97.5th percentile of the differences: on a suite of a few hundred queries an MRR gap of
     0.01 is often noise, and this says so.
     """
+    ranks, baseline_ranks = paired_ranks(ranks, baseline_ranks, resamples)
+    per_query = 1.0 / ranks.astype(np.float64) - 1.0 / baseline_ranks.astype(np.float64)  # [Q]
+    return paired_bootstrap(per_query, resamples, seed)
+
+
+def paired_ranks(
+    ranks: np.ndarray, baseline_ranks: np.ndarray, resamples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two systems' ranks [Q] of the same queries as arrays; ValueError for other shapes or resamples < 1."""
     ranks, baseline_ranks = np.asarray(ranks), np.asarray(baseline_ranks)
     if ranks.shape != baseline_ranks.shape or ranks.ndim != 1 or ranks.size == 0:
         raise ValueError(
@@ -156,8 +165,7 @@ def paired_mrr_difference(
         )
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
-    per_query = 1.0 / ranks.astype(np.float64) - 1.0 / baseline_ranks.astype(np.float64)  # [Q]
-    return paired_bootstrap(per_query, resamples, seed)
+    return ranks, baseline_ranks
 
 
 def paired_bootstrap(per_query: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, float]:

@@ -232,16 +232,9 @@ def paired_difference(
     Both first-hit ranks [Q] as ``score_everyday`` gives them (0 = not in the top 10, counted 0).
     -> {"mrr_difference", "ci95_low", "ci95_high"}: semcode.evaluation.paired_bootstrap's.
     """
-    from semcode.evaluation import paired_bootstrap
+    from semcode.evaluation import paired_bootstrap, paired_ranks
 
-    ranks, baseline_ranks = np.asarray(ranks), np.asarray(baseline_ranks)
-    if ranks.shape != baseline_ranks.shape or ranks.ndim != 1 or ranks.size == 0:
-        raise ValueError(
-            f"ranks must be two non-empty 1-D arrays of the same queries, got shapes {ranks.shape} and "
-            f"{baseline_ranks.shape}"
-        )
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    ranks, baseline_ranks = paired_ranks(ranks, baseline_ranks, resamples)
 
     def reciprocal(r: np.ndarray) -> np.ndarray:  # a miss (0) adds nothing to MRR@10
         return np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0)
