@@ -34,6 +34,7 @@ from semcode.embed import (
 from semcode.export import (
     ExportError,
     choose_default_encoder,
+    clear_debug_info,
     cosine_stats,
     export_for_kind,
     export_tower,
@@ -192,9 +193,32 @@ def test_exported_files_carry_no_build_machine_paths(shared_export) -> None:
         nodes = [node for graph in graphs for node in graph.node]
         assert nodes
         texts += [node.doc_string for node in nodes]
-        texts += [prop.value for node in nodes for prop in node.metadata_props]
-        assert not [text for text in texts if "/" in text or ".py" in text], name
+        assert not any(texts), name  # every doc_string empty
+        values = [prop.value for node in nodes for prop in node.metadata_props]  # e.g. module scopes
+        leaked = [value[:200] for value in values if ".py" in value or "site-packages" in value]
+        assert not leaked, (name, leaked[:3])
         assert not [p.key for node in nodes for p in node.metadata_props if p.key.startswith("pkg.torch.")]
+
+
+def test_clear_debug_info_clears_nodes_subgraphs_and_functions_only() -> None:
+    import onnx
+    from onnx import helper
+
+    trace = 'File "/home/builder/src/semcode/models/encoder.py", line 12, in forward'
+    inner = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], doc_string=trace)], "inner", [], [])
+    branch = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner, doc_string=trace)
+    relu = helper.make_node("Relu", ["x"], ["z"], doc_string=trace)
+    relu.metadata_props.add(key="pkg.torch.onnx.stack_trace", value=trace)
+    relu.metadata_props.add(key="namespace", value="encoder: Encoder/relu")
+    graph = helper.make_graph([relu, branch], "g", [], [], doc_string=trace)
+    function = onnx.FunctionProto(name="f", domain="d", doc_string=trace)
+    function.node.append(helper.make_node("Relu", ["a"], ["b"], doc_string=trace))
+    model = helper.make_model(graph, doc_string=trace, functions=[function])
+    assert clear_debug_info(model) == 5  # Relu, If, the Identity of each branch, the function's Relu
+    assert trace not in str(model) and "builder" not in str(model)
+    kept = [(p.key, p.value) for p in model.graph.node[0].metadata_props]
+    assert kept == [("namespace", "encoder: Encoder/relu")]  # only the exporter's pkg.torch.* entries go
+    assert [n.op_type for n in model.graph.node] == ["Relu", "If"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

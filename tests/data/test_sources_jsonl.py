@@ -271,22 +271,38 @@ def _peak_bytes(read) -> tuple[object, int]:
 
 
 @pytest.mark.parametrize("gzipped", [False, True])
-def test_a_huge_jsonl_line_is_skipped_unread_with_bounded_memory(tmp_path: Path, gzipped: bool):
-    """A 20 MB line (over listing.MAX_LINE_BYTES) is a long_line reject, never held whole nor parsed."""
+def test_a_huge_jsonl_line_is_skipped_unread_with_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gzipped: bool
+):
+    """A 20 MB line (over listing.MAX_LINE_BYTES) is a long_line reject, never held whole nor parsed: the
+    memory a read takes is bounded by the read buffer and the line limit, not by the line."""
     from semcode.data.sources import listing
 
-    good = {"query": "add two numbers together", "code": "def add(a, b):\n    total = a + b\n    return total\n"}
+    good = {
+        "query": "add two numbers together",
+        "code": "def add(a, b):\n    total = a + b\n    return total\n",
+    }
     huge = json.dumps({"query": "a huge row", "code": "x = 1\n" * (20_000_000 // 6)}).encode()
     assert len(huge) > 2 * listing.MAX_LINE_BYTES
-    data = b"\n".join([json.dumps(good).encode(), huge, json.dumps(dict(good, repo="other")).encode()]) + b"\n"
+    data = (
+        b"\n".join([json.dumps(good).encode(), huge, json.dumps(dict(good, repo="other")).encode()]) + b"\n"
+    )
     path = tmp_path / ("pairs.jsonl.gz" if gzipped else "pairs.jsonl")
     path.write_bytes(gzip.compress(data, compresslevel=1) if gzipped else data)
     del huge, data
-    result, peak = _peak_bytes(lambda: read_source(parse_spec(f"pairs:{path}"), ExtractOptions()))
+
+    def read():
+        return read_source(parse_spec(f"pairs:{path}"), ExtractOptions())
+
+    result, peak = _peak_bytes(read)  # the defaults: an 8 MiB read buffer, 8 MiB lines at most
     assert result.stats.records_seen == 3 and result.stats.rejects == {"long_line": 1}
     assert [row["url"].rsplit("#", 1)[1] for row in result.pairs] == ["L1", "L3"]  # line numbers kept
-    # the read buffer and at most MAX_LINE_BYTES of the line, never the line whole (20 MB) nor parsed
-    assert peak < listing.STREAM_BYTES + listing.MAX_LINE_BYTES + (3 << 20), peak
+    assert peak < 2 * listing.STREAM_BYTES + listing.MAX_LINE_BYTES + (4 << 20), peak
+    monkeypatch.setattr(listing, "STREAM_BYTES", 1 << 20)
+    monkeypatch.setattr(listing, "MAX_LINE_BYTES", 1 << 20)
+    small, peak = _peak_bytes(read)
+    assert small.stats.rejects == {"long_line": 1} and len(small.pairs) == 2
+    assert peak < 6 << 20, peak  # a few MiB for a 20 MB line
 
 
 def test_a_long_code_in_a_pairs_row_is_too_long():

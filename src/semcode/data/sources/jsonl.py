@@ -241,9 +241,7 @@ def _check_kind(spec: SourceSpec, fields: set[str]) -> None:
         )
     if spec.kind == "pairs" and not pair_fields:
         hint = (
-            f"; for CodeSearchNet records (code and docstring) use csn:{spec.location}"
-            if csn_fields
-            else ""
+            f"; for CodeSearchNet records (code and docstring) use csn:{spec.location}" if csn_fields else ""
         )
         raise SourceError(
             f"source '{spec.text}' gave no pairs: its records have the fields {found}, not a query (or "
