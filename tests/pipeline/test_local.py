@@ -271,3 +271,40 @@ def test_a_killed_run_takes_its_tasks_with_it_and_resume_finishes_it(tmp_path):
     assert len(jobs) == 2 and (jobs[0] / "ingest").is_dir() and not (jobs[1] / "ingest").exists()
     assert not (runs / "r1" / "checkpoints").exists()  # done: nothing left to resume
     assert local_run.main(["--runs-dir", str(runs), "--resume", "r1"]) == 2  # finished: nothing to resume
+
+
+@pytest.mark.slow
+def test_sigterm_on_semcode_run_checkpoints_the_training_task_and_names_resume(tmp_path):
+    """SIGTERM (a pod's stop, or Ctrl-C's SIGINT) reaches `semcode run`: the running training task is asked to
+    checkpoint, the run exits 143 in one line naming `--resume RUN_ID`, and the checkpoint is in the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    argv = [
+        sys.executable,
+        "-m",
+        "semcode.cli",
+        "run",
+        "--preset",
+        "tiny",
+        "--runs-dir",
+        str(runs),
+        "--run-id",
+        "r1",
+    ]
+    argv += ["--param", "train_encoder_max_steps=3000", "--param", "train_encoder_checkpoint_every=1000"]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as it is printed
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    )
+    for line in process.stdout:
+        if line.startswith("[encoder] epoch 1/1 step"):  # a training task's lines (they come when it ends)
+            process.send_signal(signal.SIGTERM)  # lands in the next training task (the hard-negative round)
+            break
+    rest = process.communicate(timeout=300)[0]
+    assert process.returncode == 143, rest[-2000:]
+    assert f"continue with semcode run --runs-dir {runs} --resume r1" in rest
+    assert list((runs / "r1" / "checkpoints").glob("train-encoder*/latest")), rest[-2000:]

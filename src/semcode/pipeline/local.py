@@ -35,12 +35,14 @@ on 127.0.0.1 while the run lasts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +74,7 @@ SEARCH_EXAMPLE = "read a file line by line"
 # without "python" in their name; both are expected here.
 EXPECTED_WARNINGS = (r".*have no effect in the current local runner.*", r".*non-Python base image.*")
 
+DEFAULT_RUNS_DIR = "runs"
 EXIT_REFUSED = 3  # the gate refused the candidate (as semcode gate and semcode submit exit)
 
 # What kfp.local (2.17) writes to stdout: its own log records (logging_utils.local_logger_context) and,
@@ -441,6 +444,67 @@ def environment(variables: dict[str, str]) -> Any:
                 os.environ[name] = value
 
 
+def new_run_id() -> str:
+    """A new run's default id: the UTC time it starts, to the second."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+# ---------------------------------------------------------------------------------------------
+# A stop that saves: SIGTERM or Ctrl-C on `semcode run` asks its running task to checkpoint and stop (the
+# training stages save on SIGTERM, semcode.train.checkpoints), waits for it, and names the --resume command.
+# The tasks lead process groups of their own (semcode._end_with_the_run), so a terminal's Ctrl-C reaches only
+# this process; without this they would be killed with it, losing everything since their last checkpoint.
+TASK_STOP_SECONDS = 120.0  # how long a task may take to write its checkpoint and exit
+
+
+class RunStopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise RunStopped(signum)
+
+
+def task_processes() -> list[int]:
+    """The pids of this process's children (kfp.local's task processes), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # state, ppid, ...: after the command name
+        if fields[1] == str(os.getpid()) and fields[0] != "Z":
+            children.append(int(entry.name))
+    return children
+
+
+def stop_tasks(seconds: float = TASK_STOP_SECONDS) -> list[int]:
+    """SIGTERM to every running task's process group, then wait up to ``seconds`` for them to exit; a
+    second Ctrl-C (or SIGTERM) meanwhile stops waiting. Returns the pids that were asked to stop."""
+    tasks = task_processes()
+    for pid in tasks:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and any(pid in task_processes() for pid in tasks):
+            for pid in tasks:  # reap the ones that exited (kfp.local is no longer waiting for them)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.2)
+    except RunStopped:
+        pass
+    return tasks
+
+
 def run(
     preset_name: str,
     sources: list[str] | None,
@@ -471,7 +535,7 @@ def run(
         pipeline_params.check_arguments(
             arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}"
         )
-        run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        run_id = run_id or new_run_id()
         run_dir = runs_dir / run_id
         if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(
@@ -620,7 +684,11 @@ def main(argv: list[str] | None = None) -> int:
         help="set a pipeline parameter over the preset, repeatable: train_encoder_lr=3e-5 "
         "(as for semcode submit; the value is YAML)",
     )
-    parser.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    parser.add_argument(
+        "--runs-dir",
+        default=DEFAULT_RUNS_DIR,
+        help=f"where run directories go (default: ./{DEFAULT_RUNS_DIR})",
+    )
     parser.add_argument("--run-id", default=None, help="name of this run's directory (default: a timestamp)")
     parser.add_argument(
         "--resume",
@@ -652,12 +720,14 @@ def main(argv: list[str] | None = None) -> int:
                ("--cache", args.cache)) if value]  # fmt: skip
     if args.resume and (changed or args.preset != "local"):
         parser.error(f"--resume continues a run with its own settings: leave out {changed or ['--preset']}")
+    run_id = args.resume or args.run_id or new_run_id()
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         summary = run(
             args.preset,
             args.source,
             args.runs_dir,
-            args.resume or args.run_id,
+            run_id,
             registry=args.registry,
             cache=args.cache,
             params=args.param,
@@ -671,4 +741,19 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # kfp.local: a task failed; its log is above
         print(f"semcode run: error: {error}", file=sys.stderr)
         return 1
+    except RunStopped as stop:
+        print(f"[run] {stop}: asking the running task to checkpoint and stop", file=sys.stderr, flush=True)
+        stop_tasks()
+        runs_dir = (
+            "" if args.runs_dir == DEFAULT_RUNS_DIR else f"--runs-dir {shlex.quote(str(args.runs_dir))} "
+        )
+        print(
+            f"semcode run: stopped by {stop}; finished tasks and the training checkpoint are kept: continue with "
+            f"semcode run {runs_dir}--resume {run_id}",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0 if summary["passed"] else EXIT_REFUSED
