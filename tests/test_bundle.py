@@ -26,6 +26,7 @@ from bundle_fixture import (
 
 from semcode import bundle as bundles
 from semcode import bundle_checks, report
+from semcode import portable as portable_paths
 from semcode.bundle import BundleError
 
 
@@ -587,19 +588,19 @@ def test_validate_refuses_nan_vectors_in_the_index(bundle_copy: Path):
 
 def test_portable_rewrites_local_paths_and_keeps_urls_and_relative_names(tmp_path: Path):
     run = tmp_path / "run"
-    roots = bundles.path_roots({"<run>": run})
+    roots = portable_paths.path_roots({"<run>": run})
     kept = ["python://stdlib/json/__init__.py", "s3://models/registry/semcode/v1", "encoder/config.json"]
     value = {
         f"dir:{run}/src": [f"{run}/train_encoder/encoder", 3, None],
         "text": f"1 rows of {run}/ingest/pairs and /srv/data/corpus.jsonl; see https://example.org/a/b",
         "kept": kept,
     }
-    assert bundles.portable(value, roots) == {
+    assert portable_paths.portable(value, roots) == {
         "dir:<run>/src": ["<run>/train_encoder/encoder", 3, None],
         "text": "1 rows of <run>/ingest/pairs and <local>/corpus.jsonl; see https://example.org/a/b",
         "kept": kept,
     }
-    sibling = bundles.portable_text(f"{run}x/other", roots)  # a folder beside the run is not in it
+    sibling = portable_paths.portable_text(f"{run}x/other", roots)  # a folder beside the run is not in it
     assert not sibling.startswith("<run>") and str(tmp_path) not in sibling
 
 

@@ -11,7 +11,7 @@ import semcode
 
 SRC = Path(semcode.__file__).resolve().parent
 LAYERS = [  # lowest first; the first part of a module's name below semcode decides its layer
-    {"semcode", "contract", "config", "progress", "storage"},
+    {"semcode", "contract", "config", "progress", "storage", "locks"},
     {
         "data",
         "tokenizer",
@@ -32,6 +32,7 @@ LAYERS = [  # lowest first; the first part of a module's name below semcode deci
         "retrieval",
         "bundle",
         "bundle_checks",
+        "portable",
         "report",
         "decoding",
     },  # fmt: skip

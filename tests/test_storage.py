@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from semcode import storage
+from semcode import locks, storage
 from semcode.storage import StorageError
 
 
@@ -316,7 +316,7 @@ def test_the_exclusive_lock_serialises_two_writers(base: str) -> None:
     held: list[tuple[float, float]] = []
 
     def increment() -> None:
-        with storage.exclusive_lock(lock, wait_seconds=60):
+        with locks.exclusive_lock(lock, wait_seconds=60):
             started = time.monotonic()
             value = int(storage.read_text(counter))
             time.sleep(0.5)  # a read-check-write that would lose an update without the lock
@@ -332,9 +332,9 @@ def test_the_exclusive_lock_serialises_two_writers(base: str) -> None:
     (first_start, first_end), (second_start, _) = sorted(held)
     assert second_start >= first_end  # never held by both at once
 
-    with storage.exclusive_lock(lock):  # held: another writer gives up after its wait, naming the holder
-        with pytest.raises(storage.LockBusy, match=f"held by {socket.gethostname()}:{os.getpid()}"):
-            with storage.exclusive_lock(lock, wait_seconds=0.3):
+    with locks.exclusive_lock(lock):  # held: another writer gives up after its wait, naming the holder
+        with pytest.raises(locks.LockBusy, match=f"held by {socket.gethostname()}:{os.getpid()}"):
+            with locks.exclusive_lock(lock, wait_seconds=0.3):
                 pass
 
 

@@ -7,6 +7,7 @@ The module map, lowest layer first. A module imports only from its own layer or 
    contract     the release bundle's stable names: files, tower kinds, precisions, runtimes, ONNX I/O
    config       frozen stage configs, presets (semcode/configs/*.yaml, package data), CLI flags
    progress     log lines and progress bars;  storage  local paths and s3:// (boto3)
+   locks        an exclusive lock around a read-check-write, local (flock) or on S3 (a lease)
 1. library, importable and CPU-testable
    data/        sources/ (per kind), files (safe bounded reads), gitignore, refresh (what changed since an
                 index), extraction, cleaning, splits, Parquet shards;  tokenizer  the BPE tokenizer
@@ -23,6 +24,7 @@ The module map, lowest layer first. A module imports only from its own layer or 
    retrieval    search-time scoring: the BM25 index, the fusion of dense and BM25 scores (hybrid)
    decoding     code from embeddings, and its metrics;  bundle  assemble, validate, publish a bundle
    bundle_checks  the per-file checks of a bundle: ONNX signature and external data, index, tokenizer probe
+   portable     bundle contents made portable: no folder of the build machine named
    report       the model card and report.html
 2. what runs the library
    stages/      one module per pipeline stage: run(config, inputs..., out_dir) and main(argv)

@@ -18,7 +18,7 @@ search``, ``serve`` and ``generate`` read it unchanged; what sets it apart:
   files, definitions, documented, rejects}], "document", "document_max_length", "stage_configs",
   "update"}``, which ``semcode index --update`` reads back. A local source is recorded relative to the
   bundle folder (``dir:../repo``: ``bundled_spec`` reads it back), every other local path symbolically
-  (semcode.bundle.portable): the bundle names no folder of the machine that made it.
+  (semcode.portable.portable): the bundle names no folder of the machine that made it.
 
 ``source_files.parquet`` (SOURCE_FILES; listed in bundle.json ``files`` as every file is): the sha256 of
 every file of a local ``dir:`` source when it was read, so that an update parses only the files that
@@ -40,6 +40,7 @@ import numpy as np
 
 from semcode import __version__, storage
 from semcode import bundle as bundles
+from semcode import portable as portable_paths
 from semcode.contract import (
     BUNDLE_JSON,
     ENCODER_DIR,
@@ -204,7 +205,7 @@ def encoder_record(spec: str, encoder: dict, dest: Path) -> dict:
 
 def source_roots(source: dict, out: Path) -> dict[str, str]:
     """{absolute folder of each local source: its path relative to the bundle folder ``out``}: the roots
-    (semcode.bundle.path_roots) that make ``source.sources`` portable and still readable by --update."""
+    (semcode.portable.path_roots) that make ``source.sources`` portable and still readable by --update."""
     roots = {}
     for record in source.get("sources") or []:
         location = str(record.get("root") or "")
@@ -226,7 +227,7 @@ def bundled_spec(text: str, bundle_dir: str | os.PathLike[str]) -> str:
 
 
 def portable_sources_file(path: Path, roots: list[tuple[str, str]]) -> None:
-    """Rewrite SOURCE_FILES' ``source`` column with semcode.bundle.portable (when it is there)."""
+    """Rewrite SOURCE_FILES' ``source`` column with semcode.portable.portable (when it is there)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -234,7 +235,7 @@ def portable_sources_file(path: Path, roots: list[tuple[str, str]]) -> None:
         return
     table = pq.read_table(path)
     if "source" in table.column_names:
-        column = pa.array(bundles.portable(table["source"].to_pylist(), roots), pa.string())
+        column = pa.array(portable_paths.portable(table["source"].to_pylist(), roots), pa.string())
         table = table.set_column(table.column_names.index("source"), "source", column)
         pq.write_table(table, path, compression="zstd")
 
@@ -269,10 +270,10 @@ def assemble_index_bundle(
         lexical["dir"] = LEXICAL_DIR
     # Local sources relative to the bundle (--update reads them back), every other local path symbolic.
     roots = sorted(
-        [*source_roots(source, out).items(), *bundles.path_roots({"<bundle>": out})],
+        [*source_roots(source, out).items(), *portable_paths.path_roots({"<bundle>": out})],
         key=lambda root: -len(root[0]),
     )
-    source = bundles.portable(source, roots)
+    source = portable_paths.portable(source, roots)
     portable_sources_file(out / SOURCE_FILES, roots)
     summary = encoder.get("metrics") or {}
     primary = summary.get("primary") or {"name": None, "value": None}
@@ -282,7 +283,7 @@ def assemble_index_bundle(
         "encoder": encoder_metrics or {},
         "index": {"sources": source.get("sources"), "update": source.get("update")},
     }
-    all_metrics = bundles.portable(all_metrics, roots)
+    all_metrics = portable_paths.portable(all_metrics, roots)
     (out / METRICS_FILE).write_text(json.dumps(all_metrics, indent=2) + "\n")
     fusion = encoder.get("fusion")  # none in a bundle made before hybrid search: dense
     modes = {"fusion": {**fusion, "default_mode": encoder.get("default_mode", "dense")}} if fusion else {}
@@ -304,7 +305,7 @@ def assemble_index_bundle(
         "source": source,
     }
     bundle.update(bundles.search_modes(modes, lexical))
-    bundle = bundles.portable(bundle, roots)
+    bundle = portable_paths.portable(bundle, roots)
     bundles.write_card_and_report(out, bundle, all_metrics, out, None, roots)
     bundle["files"] = bundles.file_checksums(out)
     (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")

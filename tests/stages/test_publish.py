@@ -2,7 +2,7 @@
 compared the bundle with, checked under the registry's lock; two writers, a stale bundle, a full disk.
 
 The bundles are the tiny real run's (tests/bundle_fixture.py), gated for real against a local registry or a
-real S3 server (rclone serve s3, which ignores conditional writes: the lease path of storage.exclusive_lock).
+real S3 server (rclone serve s3, which ignores conditional writes: the lease path of locks.exclusive_lock).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semcode import __version__, storage
+from semcode import __version__, locks, storage
 from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode.config import ConfigError, field
@@ -477,7 +477,7 @@ def update(
     if storage.is_s3(str(bundle_dir)):
         raise ValueError(f"--update {bundle_dir}: refresh a local copy of the bundle, then publish it")
     folder = Path(bundle_dir)
-    with storage.exclusive_lock(folder.parent / f".{folder.name}.lock"):
+    with locks.exclusive_lock(folder.parent / f".{folder.name}.lock"):
         old = bundles.read_bundle_json(folder)
         recorded = old.get("source") if isinstance(old.get("source"), dict) else {}
         if recorded.get("kind") != KIND:

@@ -15,7 +15,7 @@ The steps, in this order, so that ``latest`` never names a partial copy:
    is copied over (resumed); a copy that fails because the registry's disk is full is removed at once
    (cleaned), so that it does not keep the space a retry needs;
 3. copy the files, bundle.json last, check that they are all there, write the marker;
-4. move ``latest`` as a compare-and-swap: under an exclusive lock (semcode.storage.exclusive_lock: a lock
+4. move ``latest`` as a compare-and-swap: under an exclusive lock (semcode.locks.exclusive_lock: a lock
    file on disk, a conditional write or a lease object on S3), ``latest`` is read again and must still
    name the champion the gate compared the bundle with (bundle.json ``source.gate.champion``: a version,
    or none when the registry was empty); then it is replaced in one atomic step (one PUT on S3, a
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from semcode import bundle as bundles
 from semcode import config as cfg
-from semcode import storage
+from semcode import locks, storage
 from semcode.bundle import BundleError
 from semcode.bundle import resolve_latest as resolve_latest  # re-exported: publish.resolve_latest
 from semcode.config import ConfigError, field
@@ -177,7 +177,7 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
         storage.write_text(marker, json.dumps(completion, indent=2) + "\n")
 
     # 4. Only now does latest move: compare-and-swap, under the registry's lock.
-    with storage.exclusive_lock(storage.join(config.registry, config.name, LATEST_LOCK)):
+    with locks.exclusive_lock(storage.join(config.registry, config.name, LATEST_LOCK)):
         previous = bundles.read_latest(config.registry, config.name)
         try:
             check_champion(expected, previous, config, version)
