@@ -570,6 +570,10 @@ def test_generated_and_vendored_paths():
     assert extract.is_vendored_path("vendor/github.com/x/y.go")
     assert extract.is_vendored_path("web/node_modules/lodash/index.js")
     assert not extract.is_vendored_path("src/vendors.go")
+    assert extract.is_vendored_path("pip/_vendor/requests/api.py")
+    assert extract.is_vendored_path("botocore/vendored/six.py")
+    assert extract.is_vendored_path("sklearn/externals/_packaging/version.py")
+    assert not extract.is_vendored_path("mypkg/_vendor.py")
     for path in ("dist/app.min.js", "proto/api_pb2.py", "api/api.pb.go", "src/Schema.generated.ts"):
         assert extract.is_generated_path(path), path
     assert not extract.is_generated_path("src/generator.py")

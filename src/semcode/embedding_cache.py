@@ -44,14 +44,17 @@ class EmbeddingCache:
     """The cached vectors of one encoder set-up (``setup``: encoder identity, runtime, max length) under
     ``root``; ``dim`` is checked against every chunk read and every vector added."""
 
-    def __init__(self, root: str | os.PathLike[str], setup: dict, dim: int) -> None:
-        digest = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:24]
-        self.folder = Path(root) / digest
+    def __init__(self, root: str | os.PathLike[str] | None, setup: dict, dim: int) -> None:
         self.dim = dim
         self.hits = 0
         self.misses = 0
         self._rows: dict[bytes, tuple[int, int]] = {}  # key -> (chunk number, row)
         self._chunks: list[np.ndarray] = []
+        self.folder: Path | None = None
+        if root is None:  # in memory (known_vectors): nothing read or written
+            return
+        digest = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:24]
+        self.folder = Path(root) / digest
         self.folder.mkdir(parents=True, exist_ok=True)
         setup_file = self.folder / "setup.json"
         if not setup_file.exists():
@@ -61,6 +64,14 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    @classmethod
+    def known_vectors(cls, keys: np.ndarray, vectors: np.ndarray) -> EmbeddingCache:
+        """An in-memory cache of vectors [N, D] already made under keys [N, 16] (e.g. those an index holds,
+        semcode.index_bundle.reusable_vectors); what it embeds besides stays in memory."""
+        cache = cls(None, {}, vectors.shape[1])
+        cache.add(keys, vectors)
+        return cache
 
     def _load_chunk(self, path: Path) -> None:
         try:
@@ -75,6 +86,9 @@ class EmbeddingCache:
                 f"skipping {path}: keys {keys.shape} and vectors {vectors.shape} do not fit dim {self.dim}",
             )
             return
+        self._keep(keys, vectors)
+
+    def _keep(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         number = len(self._chunks)
         self._chunks.append(vectors.astype(np.float32, copy=False))
         for row, key in enumerate(keys):
@@ -95,6 +109,9 @@ class EmbeddingCache:
         if len(keys) != len(vectors) or vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"keys {keys.shape} and vectors {vectors.shape} do not fit dim {self.dim}")
         if not len(keys):
+            return
+        if self.folder is None:
+            self._keep(keys, vectors)
             return
         handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".chunk-", suffix=".npz")
         with os.fdopen(handle, "wb") as out:

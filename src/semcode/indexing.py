@@ -159,6 +159,7 @@ def index_corpus(
     out_dir: str | Path,
     pairs_dir: str | Path | None = None,
     encoder: str = "",
+    encoder_id: str = "",
 ) -> dict:
     """Embed the corpus with ``embed`` (kind "code"), build, save and measure the index; returns the metrics.
 
@@ -219,6 +220,7 @@ def index_corpus(
             pairs_dir,
             started,
             encoder,
+            encoder_id=encoder_id,
         )
         del embedding_file  # release the memmap before its directory goes
     return metrics
@@ -238,6 +240,7 @@ def finish_index(
     started: float,
     encoder: str,
     shards: int | None = None,
+    encoder_id: str = "",
 ) -> dict:
     """Build the index over ``parts`` (the embedded rows of ``out``/index_meta.parquet, in its order; one
     array, or the shards'), save it, load it back as search does, measure recall@10 and latency, write
@@ -284,6 +287,8 @@ def finish_index(
         "rows_read": corpus.rows_read,
         "rows_skipped_empty_code": corpus.rows_read - corpus.count,
         "encoder": encoder,
+        # semcode.corpus.encoder_identity of it: evaluate takes the index's vectors only from the same weights
+        "encoder_id": encoder_id,
         "embedded_in_shards": shards,  # None: embedded here, in one pod
         # how each row became the text its vector is of (semcode.corpus.search_document)
         "document": config.document,

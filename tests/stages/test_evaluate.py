@@ -622,3 +622,74 @@ def test_the_everyday_suite_is_skipped_without_stdlib_rows(
     with pytest.raises(FileNotFoundError, match="no part-"):  # not a corpus: bad input, before any model
         stage.run(config, everyday_inputs["model"], pairs_dir, tmp_path / "bad", corpus_dir=tmp_path)
     assert len(everyday_inputs["calls"]) == 3
+
+
+def test_the_everyday_model_pass_takes_the_vectors_the_index_holds(
+    pairs_dir: Path, everyday_inputs: dict, tmp_path: Path
+) -> None:
+    from semcode.corpus import BuildIndexConfig, encoder_identity
+    from semcode.indexing import index_corpus
+
+    for name, weights in (("model", b"model weights"), ("start", b"start weights")):
+        (everyday_inputs[name] / "model.safetensors").write_bytes(weights)  # two identities
+    corpus = everyday_inputs["corpus"] / "corpus"
+
+    def index_made_by(encoder: str) -> Path:
+        out = tmp_path / f"index-of-{encoder}"
+        embed = keyword_embed(AXES, AXES)
+        identity = encoder_identity(everyday_inputs[encoder])
+        index_corpus(BuildIndexConfig(), embed, 3, corpus, out, encoder=encoder, encoder_id=identity)
+        return out
+
+    config = stage.EvaluateConfig(
+        suites=("test",), protocols=("full",), everyday_suite=str(everyday_inputs["suite"]), device="cpu"
+    )
+    calls = everyday_inputs["calls"]
+    stdlib = {"tempfile.mkdtemp", "genericpath.exists", "shutil.rmtree", "os.makedirs"}
+
+    def stdlib_documents_the_model_embedded() -> int:
+        return sum(text.split("\n")[0] in stdlib for text in calls[0][2])
+
+    embedded = stage.run(config, everyday_inputs["model"], pairs_dir, tmp_path / "a", corpus_dir=corpus)
+    assert stdlib_documents_the_model_embedded() == 4  # remembered after the fusion mix's pass
+    calls.clear()
+    reused = stage.run(
+        config,
+        everyday_inputs["model"],
+        pairs_dir,
+        tmp_path / "b",
+        corpus_dir=corpus,
+        index_dir=index_made_by("model"),
+    )
+    assert stdlib_documents_the_model_embedded() == 0  # every one came from the index
+    assert reused["suites"]["everyday"]["stdlib"] == embedded["suites"]["everyday"]["stdlib"]
+    # An index another encoder made (or another document view, length or runtime) is not trusted.
+    calls.clear()
+    stage.run(
+        config,
+        everyday_inputs["model"],
+        pairs_dir,
+        tmp_path / "c",
+        corpus_dir=corpus,
+        index_dir=index_made_by("start"),
+    )
+    assert stdlib_documents_the_model_embedded() == 4
+
+
+def test_a_suite_of_too_few_queries_is_reported_not_ranked(tmp_path: Path) -> None:
+    rows = [{"query": q, "code": c, "language": "python", "repo": "hand"} for q, c in PAIRS[:2]]
+    write_shards(rows, tmp_path / "pairs" / "test")
+    config = stage.EvaluateConfig(suites=("test",), min_queries=3)
+    suites, skipped = stage.load_suites(config, tmp_path / "pairs")
+    assert suites == [] and skipped["test"].startswith("too few queries to evaluate: 2 queries in ")
+    assert skipped["test"].endswith("min_queries 3")
+    assert [
+        s.name for s in stage.load_suites(stage.EvaluateConfig(suites=("test",)), tmp_path / "pairs")[0]
+    ] == ["test"]
+    write_shards([], tmp_path / "pairs" / "test")  # an empty test split: too few at the default
+    assert (
+        "0 queries"
+        in stage.load_suites(stage.EvaluateConfig(suites=("test",)), tmp_path / "pairs")[1]["test"]
+    )
+    with pytest.raises(ConfigError, match="min_queries must be >= 1"):
+        stage.EvaluateConfig(min_queries=0).validate()

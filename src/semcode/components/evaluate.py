@@ -12,6 +12,7 @@ def evaluate(
     onnx: Input[Model],
     pairs: Input[Dataset],
     corpus: Input[Dataset],
+    index: Input[Artifact],
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     suites: list,
@@ -29,6 +30,7 @@ def evaluate(
         onnx: export_onnx's output: the onnx runtimes run its files (the bundle's) as they are.
         pairs: ingest's pairs; their test split is the 'test' suite.
         corpus: ingest's corpus; the everyday suite ranks its python:stdlib rows.
+        index: build_index's output over that corpus: the everyday model pass takes its vectors.
         evaluation: metrics.json (every suite, protocol and system) and config.json.
         metrics: every suite.protocol.system.metric as a KFP metric.
         suites: suites to evaluate: test, humaneval, cosqa, polyglot (the held-out repositories).
@@ -63,6 +65,7 @@ def evaluate(
         baseline_encoder=baseline_encoder or None,
         onnx_dir=onnx.path,
         corpus_dir=corpus.path,
+        index_dir=index.path,
     )
     for name, value in result["kfp_metrics"].items():
         metrics.log_metric(name, value)

@@ -94,7 +94,10 @@ _DECLARATOR_NAMES = (
 )
 
 # Generated and vendored files (matched on the path relative to the repository root).
-VENDORED_DIRS = ("vendor", "node_modules", "third_party")
+# Python packages keep theirs under `_vendor/` (pip, setuptools, torch), `vendored/` (botocore) or
+# `externals/` (joblib, scikit-learn): about 5,700 definitions of this machine's site-packages, copies of
+# other packages that crowd the real ones out of search results.
+VENDORED_DIRS = ("vendor", "_vendor", "vendored", "_vendored", "externals", "node_modules", "third_party")
 _GENERATED_NAME = re.compile(r"(\.min\.js|_pb2\.py|_pb2_grpc\.py|\.pb\.go)$|\.generated\.")
 _GENERATED_MARK = re.compile(r"Code generated\b.*\bDO NOT EDIT")
 GENERATED_MARK_LINES = 10  # "Code generated ... DO NOT EDIT" counts in the first lines only
@@ -147,7 +150,8 @@ def is_dunder(name: str) -> bool:
 
 
 def is_vendored_path(path: str) -> bool:
-    """A file under ``vendor/``, ``node_modules/`` or ``third_party/``: someone else's code, copied in."""
+    """A file under one of VENDORED_DIRS (``vendor/``, ``pip/_vendor/``, ``node_modules/``, ...): someone
+    else's code, copied in."""
     return any(part in VENDORED_DIRS for part in path.split("/")[:-1])
 
 

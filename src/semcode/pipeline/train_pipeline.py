@@ -3,10 +3,11 @@
 Steps, in the order the function below wires them:
 
     1 ingest -> 2 train_tokenizer -> 3 train_encoder (then 0..2 hard-negative rounds: mine_hard_negatives
-    -> train_encoder continuing the encoder) -> 4 export_onnx -> 5 evaluate, 6 train_decoder and
-    7 build_index (independent of each other; 7 is plan_corpus_shards -> a dsl.ParallelFor of
-    embed_corpus over the corpus shards on the GPU pool -> build_index over the dsl.Collected shards)
-    -> 8 gate -> 9 publish (only when the gate passed and a registry is given)
+    -> train_encoder continuing the encoder) -> 4 export_onnx -> 5 train_decoder and 6 build_index
+    (independent of each other; 6 is plan_corpus_shards -> a dsl.ParallelFor of embed_corpus over the
+    corpus shards on the GPU pool -> build_index over the dsl.Collected shards) -> 7 evaluate (after the
+    index: the everyday suite's model pass takes the index's vectors of the rows it ranks instead of
+    embedding them again) -> 8 gate -> 9 publish (only when the gate passed and a registry is given)
 
 evaluate, train_decoder and build_index take export_onnx's files: with an onnx runtime (the local preset)
 they run the very files the bundle ships instead of exporting the encoder again (the time that saves:
@@ -184,9 +185,12 @@ def train_pipeline(
     train_encoder_temperature: float = 0.05,
     train_encoder_learnable_temperature: bool = False,
     train_encoder_zero_stage: int = 0,
+    train_encoder_precision: str = "auto",
     train_encoder_seed: int = 0,
     train_encoder_eval_every: int = 100,
     train_encoder_checkpoint_every: int = 200,
+    train_encoder_checkpoint_every_epochs: int = 0,
+    train_encoder_keep_checkpoints: int = 2,
     train_encoder_max_train_pairs: int = 0,
     train_encoder_max_valid_pairs: int = 1000,
     train_encoder_time_budget_minutes: float = 0.0,
@@ -232,9 +236,12 @@ def train_pipeline(
     train_decoder_lr: float = 0.001,
     train_decoder_warmup_ratio: float = 0.05,
     train_decoder_zero_stage: int = 0,
+    train_decoder_precision: str = "auto",
     train_decoder_seed: int = 0,
     train_decoder_eval_every: int = 0,
     train_decoder_checkpoint_every: int = 200,
+    train_decoder_checkpoint_every_epochs: int = 0,
+    train_decoder_keep_checkpoints: int = 2,
     train_decoder_max_train_pairs: int = 0,
     train_decoder_max_valid_pairs: int = 200,
     train_decoder_max_eval_pairs: int = 1000,
@@ -314,7 +321,10 @@ def train_pipeline(
         train_encoder_zero_stage: DeepSpeed ZeRO stage: 0, 1 or 2 (1 and 2 partition optimizer state over GPUs).
         train_encoder_seed: Seed for initialisation, data order and dropout.
         train_encoder_eval_every: Validate every this many steps (0 = only at the end); the best validation MRR is shipped.
+        train_encoder_precision: Training precision: auto (bf16 on a GPU, fp32 on the CPU), bf16, fp16 (dynamic loss scaling, for GPUs without bf16 such as V100 and T4) or fp32 (when half precision diverges); every training task of the run.
         train_encoder_checkpoint_every: Checkpoint every this many steps (0 = only at the end).
+        train_encoder_checkpoint_every_epochs: Also checkpoint at the end of every this many epochs (0 = by steps only).
+        train_encoder_keep_checkpoints: Keep the newest this many checkpoints, in the pod and under checkpoint_root (0 = all).
         train_encoder_max_train_pairs: Train on a seeded sample of this many pairs (0 = all).
         train_encoder_max_valid_pairs: Validate on a seeded sample of this many pairs (0 = all).
         train_encoder_time_budget_minutes: Stop training after this many minutes (0 = no limit).
@@ -360,7 +370,10 @@ def train_pipeline(
         train_decoder_zero_stage: DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs).
         train_decoder_seed: Seed for initialisation, the samples and the data order.
         train_decoder_eval_every: Evaluate on the valid split every this many steps (0 = only at the end).
+        train_decoder_precision: Training precision of the decoder: auto, bf16, fp16 or fp32 (as train_encoder_precision).
         train_decoder_checkpoint_every: Checkpoint every this many steps (0 = only at the end).
+        train_decoder_checkpoint_every_epochs: Also checkpoint at the end of every this many epochs (0 = by steps only).
+        train_decoder_keep_checkpoints: Keep the newest this many checkpoints, in the pod and under checkpoint_root (0 = all).
         train_decoder_max_train_pairs: Train on a seeded sample of this many functions (0 = all).
         train_decoder_max_valid_pairs: Evaluate during training on this many valid functions (0 = none).
         train_decoder_max_eval_pairs: Test functions for the metrics and the round-trip corpus (0 = all).
@@ -450,9 +463,12 @@ def train_pipeline(
         teacher_filter_pool=train_encoder_teacher_filter_pool,
         docstring_share=train_encoder_docstring_share,
         zero_stage=train_encoder_zero_stage,
+        precision=train_encoder_precision,
         seed=train_encoder_seed,
         eval_every=train_encoder_eval_every,
         checkpoint_every=train_encoder_checkpoint_every,
+        checkpoint_every_epochs=train_encoder_checkpoint_every_epochs,
+        keep_checkpoints=train_encoder_keep_checkpoints,
         max_valid_pairs=train_encoder_max_valid_pairs,
         num_workers=train_encoder_num_workers,
         num_nodes=num_nodes,
@@ -540,22 +556,7 @@ def train_pipeline(
     on_cluster(onnx_task, CPU_STAGE, s3_secret_name)
     onnx = onnx_task.outputs["onnx"]
 
-    # 5. evaluate: model vs BM25 (vs init_from zero-shot when fine-tuning) on the test split and suites
-    evaluate_task = evaluate(
-        encoder=encoder,
-        onnx=onnx,
-        pairs=pairs,
-        corpus=corpus,  # the everyday suite ranks its python:stdlib rows
-        suites=evaluate_suites,
-        max_queries=evaluate_max_queries,
-        n_distractors=evaluate_n_distractors,
-        runtime=evaluate_runtime,
-        baseline_encoder=train_encoder_init_from,
-        everyday_max_length=build_index_max_length,  # the everyday suite ranks rows as the index holds them
-    )
-    on_cluster(evaluate_task, CPU_STAGE, s3_secret_name)
-
-    # 6. train_decoder: code from the final encoder's embeddings (frozen), beside evaluate and the index
+    # 5. train_decoder: code from the final encoder's embeddings (frozen), beside evaluate and the index
     decoder_task = train_decoder(
         encoder=encoder,
         onnx=onnx,
@@ -574,9 +575,12 @@ def train_pipeline(
         lr=train_decoder_lr,
         warmup_ratio=train_decoder_warmup_ratio,
         zero_stage=train_decoder_zero_stage,
+        precision=train_decoder_precision,
         seed=train_decoder_seed,
         eval_every=train_decoder_eval_every,
         checkpoint_every=train_decoder_checkpoint_every,
+        checkpoint_every_epochs=train_decoder_checkpoint_every_epochs,
+        keep_checkpoints=train_decoder_keep_checkpoints,
         max_train_pairs=train_decoder_max_train_pairs,
         max_valid_pairs=train_decoder_max_valid_pairs,
         max_eval_pairs=train_decoder_max_eval_pairs,
@@ -594,7 +598,7 @@ def train_pipeline(
     )
     on_gpu_pool(decoder_task, gpu_count, gpu_node_selector, gpu_tolerations, s3_secret_name)
 
-    # 7. build_index: the corpus cut into shards (build_index's row selection, contiguous runs), each
+    # 6. build_index: the corpus cut into shards (build_index's row selection, contiguous runs), each
     #    embedded by its own pod on the GPU pool; then one task trains the index on a sample of all the
     #    vectors and adds every shard -> FAISS index (the same ids as one pod embedding it all)
     plan_task = plan_corpus_shards(
@@ -632,6 +636,23 @@ def train_pipeline(
         ivf_on_disk=build_index_ivf_on_disk,
     )
     on_cluster(index_task, CPU_STAGE, s3_secret_name)
+
+    # 7. evaluate (after the index, whose vectors it reuses): model vs BM25 (vs init_from zero-shot when
+    #    fine-tuning) on the test split and suites
+    evaluate_task = evaluate(
+        encoder=encoder,
+        onnx=onnx,
+        pairs=pairs,
+        corpus=corpus,  # the everyday suite ranks its python:stdlib rows...
+        index=index_task.outputs["index"],  # ...and its model pass takes the index's vectors of them
+        suites=evaluate_suites,
+        max_queries=evaluate_max_queries,
+        n_distractors=evaluate_n_distractors,
+        runtime=evaluate_runtime,
+        baseline_encoder=train_encoder_init_from,
+        everyday_max_length=build_index_max_length,  # the everyday suite ranks rows as the index holds them
+    )
+    on_cluster(evaluate_task, CPU_STAGE, s3_secret_name)
 
     # 8. gate: everything -> release bundle + report; passed when not worse than the registry's champion
     gate_task = gate(

@@ -160,6 +160,7 @@ def index_shards(
         started,
         encoder,
         shards=len(shards),
+        encoder_id=encoder_id or "",
     )
 
 
@@ -176,9 +177,13 @@ def run(
     """Index ``corpus_dir`` with the code tower of ``encoder_dir`` (or ``minilm``) into ``out_dir``, or with
     ``shard_dirs`` instead (embed-corpus outputs of that encoder) index their vectors, embedding only the
     recall queries; ``onnx_dir``: export_onnx's output of that encoder, whose files an onnx runtime runs
-    as they are."""
+    as they are. ``encoder_dir`` may be a train-encoder checkpoint."""
     config.validate()
     from semcode.embed import check_encoder_spec
+    from semcode.train.checkpoints import encoder_from_checkpoint
+
+    encoder_spec = str(encoder_dir)  # as given: recorded as the encoder
+    encoder_dir = encoder_from_checkpoint(encoder_spec)
 
     # 1. Every input checked before the model loads.
     if (corpus_dir is None) == (shard_dirs is None):
@@ -202,11 +207,18 @@ def run(
             shard_dirs,
             out_dir,
             pairs_dir=pairs_dir,
-            encoder=str(encoder_dir),
+            encoder=encoder_spec,
             encoder_id=encoder_identity(encoder_dir),
         )
     return index_corpus(
-        config, embed, dim, corpus_dir, out_dir, pairs_dir=pairs_dir, encoder=str(encoder_dir)
+        config,
+        embed,
+        dim,
+        corpus_dir,
+        out_dir,
+        pairs_dir=pairs_dir,
+        encoder=encoder_spec,
+        encoder_id=encoder_identity(encoder_dir),
     )
 
 
@@ -226,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--encoder", required=True, metavar="DIR", help="encoder directory (train-encoder output) or minilm"
+        "--encoder",
+        required=True,
+        metavar="DIR",
+        help="encoder directory (train-encoder output), one of its checkpoints (checkpoints/step-NNNNNN) or minilm",
     )
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--corpus", metavar="DIR", help="corpus directory of part-*.parquet shards")

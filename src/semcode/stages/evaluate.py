@@ -47,8 +47,13 @@ same metrics, systems and paired intervals. Writes::
                         "fusion": {"rule", "weight", "chosen_on", "candidates": {...}, ...},
                         "primary": {"name": "test/full/model/mrr", "value": ...},
                         "kfp_metrics": {"test.full.model.mrr": ..., "test.go.full.model.mrr": ...,
-                        "polyglot-go.full.bm25.mrr": ...}, "skipped": {...}, "seconds": ...}
+                        "polyglot-go.full.bm25.mrr": ...}, "skipped": {suite: why}, "seconds": ...}
     out/config.json    the resolved config
+
+A suite with fewer than ``min_queries`` queries (1 by default: a test split the user's own files left
+empty; raise it to leave a small repository's 3 test queries out) is too few to evaluate: it is not
+ranked, ``skipped`` says so ("too few queries to evaluate: ..."), the report shows it, and the gate
+judges on the suites there are.
 
 and a summary table (MRR per suite, protocol and system; a suite's languages as ``test:go`` rows) on
 stderr. ``--encoder`` and ``--baseline-encoder`` take an encoder directory or the alias ``minilm``
@@ -77,6 +82,7 @@ from semcode.contract import ONNX_HELP, RUNTIME_HELP
 from semcode.corpus import DOCUMENT_VIEWS
 from semcode.data.pairs import read_split
 from semcode.embed import EmbedFn, check_runtime
+from semcode.embedding_cache import EmbeddingCache, cached_embed_fn
 from semcode.evaluation import (
     PROTOCOLS,
     MixSuite,
@@ -104,6 +110,9 @@ DEFAULT_SUITES = ("test", "humaneval", "cosqa")
 SYSTEM_ORDER = ("model", "bm25", "hybrid", "zero_shot")
 FUSION_MIX = ("valid", "cosqa", "everyday")  # the suites the fusion may be chosen on (fusion_mix)
 PRIMARY_METRIC = "mrr"
+MIN_QUERIES = 1  # evaluate every suite with a query; the gate weighs few queries (min_comparable_queries)
+# How metrics.json's skipped says a suite had fewer than min_queries (the gate reads it).
+TOO_FEW = "too few queries to evaluate"
 METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_@-]")  # KFP metric names: these characters, "." between parts
 
 
@@ -124,6 +133,11 @@ class EvaluateConfig:
     batch_size: int = field(64, "texts per encoder forward pass")
     max_length: int = field(0, "tokens per text at most (0 = the encoder's own limit)")
     max_queries: int = field(0, "evaluate at most this many queries per suite, a seeded sample (0 = all)")
+    min_queries: int = field(
+        MIN_QUERIES,
+        "a suite with fewer queries is too few to evaluate: not ranked, reported as such in metrics.json's "
+        "skipped and the report; the gate judges on the suites there are (e.g. 10 for a small repository)",
+    )
     benchmarks_dir: str = field(
         "", "folder with cosqa/ and polyglot/ ('' = $SEMCODE_BENCHMARKS_DIR, else ../shared/benchmarks)"
     )
@@ -176,7 +190,7 @@ class EvaluateConfig:
             raise ConfigError(f"suites={list(self.suites)}: each must be one of {list(SUITES)}")
         if not self.protocols or any(p not in PROTOCOLS for p in self.protocols):
             raise ConfigError(f"protocols={list(self.protocols)}: each must be one of {list(PROTOCOLS)}")
-        for name in ("n_distractors", "batch_size"):
+        for name in ("n_distractors", "batch_size", "min_queries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_length", "everyday_max_length", "max_queries", "fusion_valid_queries"):
@@ -217,9 +231,10 @@ def load_suites(config: EvaluateConfig, pairs_dir: str | Path | None) -> tuple[l
                 log(TAG, f"skipping {name}: {error}")
     suites: list[Suite] = []
     for suite in loaded:
-        if not suite.queries:
-            skipped[suite.name] = f"no queries in {suite.source}"
-            log(TAG, f"skipping {suite.name}: no queries in {suite.source}")
+        if len(suite.queries) < config.min_queries:
+            count = f"{len(suite.queries)} quer{'y' if len(suite.queries) == 1 else 'ies'}"
+            skipped[suite.name] = f"{TOO_FEW}: {count} in {suite.source}, min_queries {config.min_queries}"
+            log(TAG, f"not evaluating {suite.name}: {skipped[suite.name]}")
             continue
         suites.append(suite.subset(config.max_queries, seed=config.seed))
     return suites, skipped
@@ -323,6 +338,38 @@ def everyday_results(
         queries_sha256=hashlib.sha256(asked.encode()).hexdigest(),
     )
     return result
+
+
+def index_vectors(config: EvaluateConfig, index_dir: str | Path, encoder_dir: str | Path) -> EmbedFn | None:
+    """The vectors build_index's output ``index_dir`` holds, as an embedding cache for the everyday suite's
+    model pass (the index embedded the same stdlib rows as the same documents): None, and a line saying
+    why, unless the index was made by the same weights, runtime, document view and max length and keeps
+    its vectors exactly."""
+    from semcode.corpus import encoder_identity
+    from semcode.index_bundle import reusable_vectors
+
+    try:
+        made = json.loads((Path(index_dir) / "metrics.json").read_text())
+        runtime = json.loads((Path(index_dir) / cfg.RESOLVED_CONFIG_NAME).read_text())["config"]["runtime"]
+    except (OSError, ValueError, KeyError) as error:
+        log(TAG, f"not reusing the index's vectors: {index_dir} has no readable metrics/config ({error})")
+        return None
+    wanted = {
+        "encoder_id": encoder_identity(encoder_dir),
+        "runtime": config.runtime,
+        "document": config.document,
+        "document_max_length": config.everyday_max_length or config.max_length,
+    }
+    found = {**{key: made.get(key) for key in wanted}, "runtime": runtime}
+    differ = [f"{key} {found[key]!r} (not {value!r})" for key, value in wanted.items() if found[key] != value]
+    if differ:
+        log(TAG, f"not reusing the index's vectors: {index_dir} was made with {', '.join(differ)}")
+        return None
+    known = reusable_vectors(Path(index_dir), config.document)
+    if known is None:
+        return None
+    log(TAG, f"the everyday model pass takes what the index holds: {len(known[0])} vectors of {index_dir}")
+    return EmbeddingCache.known_vectors(*known)
 
 
 def valid_split_suite(pairs_dir: str | Path | None, max_queries: int, seed: int) -> tuple[Suite | None, str]:
@@ -560,10 +607,13 @@ def run(
     baseline_encoder: str | Path | None = None,
     onnx_dir: str | Path | None = None,
     corpus_dir: str | Path | None = None,
+    index_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate ``encoder_dir`` (and BM25, and ``baseline_encoder``) on the configured suites into ``out_dir``;
     ``onnx_dir``: export_onnx's output of ``encoder_dir``, whose files an onnx runtime runs as they are;
-    ``corpus_dir``: the ingest corpus, whose python:stdlib rows the everyday suite ranks (skipped without)."""
+    ``corpus_dir``: the ingest corpus, whose python:stdlib rows the everyday suite ranks (skipped without);
+    ``index_dir``: build_index's output over that corpus, whose vectors the everyday model pass reuses
+    (index_vectors) instead of embedding the rows again."""
     config.validate()
     started = time.perf_counter()
     # Check every input before loading models or embedding anything.
@@ -612,6 +662,13 @@ def run(
         }
         if baseline_encoder is not None:
             everyday_systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **index_settings)[0]
+    if everyday_suite is not None and index_dir is not None:
+        known = index_vectors(config, index_dir, encoder_dir)
+        if known is not None:
+            everyday_systems = {
+                **everyday_systems,
+                "model": cached_embed_fn(everyday_systems["model"], known),
+            }
     # 1. Hybrid's fusion spec, chosen on the mix (valid, CoSQA dev, ...) before any suite is ranked.
     extra = everyday_fusion_suite(everyday_suite, everyday_systems["model"])
     fusion = pick_fusion(config, pairs_dir, systems["model"], extra) if hybrid else None
@@ -701,6 +758,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="ingest corpus/ (or the ingest output folder): the everyday suite ranks its python:stdlib rows",
     )
+    parser.add_argument(
+        "--index",
+        default=None,
+        metavar="DIR",
+        help="build-index's output over that corpus: the everyday suite's model pass takes its vectors "
+        "(when the same encoder, runtime, document view and max length made them) instead of re-embedding",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory for metrics.json")
     parser.add_argument(
         "--baseline-encoder",
@@ -721,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline_encoder=args.baseline_encoder,
             onnx_dir=args.onnx,
             corpus_dir=args.corpus,
+            index_dir=args.index,
         )
     except cfg.BAD_INPUT_ERRORS as error:
         return cfg.bad_input("evaluate", error)
