@@ -16,7 +16,7 @@ LOCK_VENV := .venv-lock
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint lock clean
+.PHONY: setup run test lint lock clean image-local test-containers
 
 setup: $(STAMP)
 
@@ -56,6 +56,17 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet '.[test]'
 	$(LOCK_VENV)/bin/python tools/lock.py
 	rm -rf $(LOCK_VENV)
+
+# Containers (images/README.md), as root on a machine without a container registry: a Docker engine
+# (images/engine.sh: Debian's docker.io, started without iptables or a bridge), the CPU image built with
+# images/build.sh --local, then the tests that run it (the `container` marker: entrypoint, user, serve,
+# the tiny pipeline with --runner docker). Not part of `make test`, which needs no Docker.
+image-local:
+	images/engine.sh start
+	images/build.sh --local
+
+test-containers: setup image-local
+	$(PY) -m pytest -m container $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import http.client
 import http.server
@@ -2225,11 +2226,12 @@ def _(ctx: Context) -> tuple[bool, str]:
 # -- Issue 31: stage outputs are complete or absent ----------------------------------------------------------
 
 
-def _killed_at_open(args: list, path: Path, log: Path) -> int:
-    """``semcode ARGS`` under strace, sent SIGKILL (kill -9, no cleanup runs) the moment it opens ``path``:
-    an exact crash point. Returns the exit status (-9 when the kill came)."""
+def _killed_at_open(args: list, path: Path, log: Path, nth: int = 1) -> int:
+    """``semcode ARGS`` under strace, sent SIGKILL (kill -9, no cleanup runs) the moment it opens ``path`` for
+    the ``nth`` time (strace counts only the opens of ``path``): an exact crash point. Returns the exit status
+    (-9 when the kill came)."""
     command = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(path), "-e", "trace=open,openat"]
-    command += ["-e", "inject=open,openat:signal=SIGKILL", SEMCODE, *map(str, args)]
+    command += ["-e", f"inject=open,openat:signal=SIGKILL:when={nth}", SEMCODE, *map(str, args)]
     with open(log, "w") as output:
         return subprocess.run(
             command, stdout=output, stderr=subprocess.STDOUT, env=environment(None)
@@ -2337,6 +2339,100 @@ def _(ctx: Context) -> tuple[bool, str]:
         f"killed: exit {code}; --out {'unchanged' if after == before else 'CHANGED'}, left beside it {left}, "
         f"in /tmp {in_tmp}; again: exit {again.rc}, every .onnx file B's: "
         f"{all(renewed.get(n) != before[n] for n in before if n.endswith('.onnx'))}, left {clean}"
+    )
+
+
+def _retrain_killed(ctx: Context, model: str) -> tuple[bool, str]:
+    """train-``model`` first stopped by a tiny time budget after step 1 (a complete output), then continued to
+    step 8 with --resume into the same --out and killed the moment it opens the output's metrics.json to write
+    it (its second open there: the first is the copy --resume starts from); then the same command again."""
+    if model == "encoder":
+        stage = ["train-encoder", "--pairs", ctx.base.pairs, "--tokenizer", ctx.base.tokenizer]
+        flags = ["--eval-every", "4", "--max-valid-pairs", "16"]
+    else:
+        stage = ["train-decoder", "--encoder", ctx.base.encoder, "--pairs", ctx.base.pairs]
+        stage += ["--tokenizer", ctx.base.tokenizer, "--max-valid-pairs", "0", "--max-eval-pairs", "8"]
+        flags = ["--generate-samples", "2", "--generate-max-tokens", "8", "--rerank-candidates", "1"]
+    flags += ["--size", "tiny", "--max-length", "32", "--batch-size", "8", "--checkpoint-every", "4"]
+    work = ctx.dir(f"retrain-{model}")
+    out = work / "out"
+    partial = storage.partial_path(out)
+    first = semcode(*stage, "--out", out, *flags, "--max-steps", "8", "--time-budget-minutes", "1e-6")
+    if first.rc != 0:
+        return False, f"the first run failed: {first_error(first.text)}"
+    before = _tree(out)
+    again_args = [*stage, "--out", out, *flags, "--max-steps", "8", "--resume"]
+    code = _killed_at_open(again_args, partial / "metrics.json", work / "killed.log", nth=2)
+    after, left = _tree(out), [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    kept = (partial / "checkpoints" / "latest").read_text().strip() if partial.is_dir() else None
+    again = semcode(*again_args)
+    steps = json.loads((out / "metrics.json").read_text())["steps"] if again.rc == 0 else None
+    resumed = f"resumed from {partial / 'checkpoints' / 'step-000008'}" in again.text
+    clean = [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    ok = (
+        code == -9
+        and after == before
+        and kept == "step-000008"
+        and again.rc == 0
+        and steps == 8
+        and resumed
+        and not clean
+    )
+    return ok, (
+        f"killed: exit {code}; --out {'unchanged' if after == before else 'CHANGED'} (step-1 output, "
+        f"{len(after)} files), left beside it {left} holding checkpoint {kept}; again: exit {again.rc}, "
+        f"resumed from the partial's step-000008: {resumed}, {steps} steps at --out, left {clean}"
+    )
+
+
+for _model in ("encoder", "decoder"):  # one case per training stage, the same faults
+    case(
+        f"i31-retrain-{_model}-killed",
+        f"`semcode train-{_model}` stopped after step 1 (time budget: a complete output), then `--resume` to "
+        f"step 8 into the same --out, kill -9 when it opens metrics.json to write it ({_model}/, checkpoints, "
+        "history written); then the same command again",
+        "--out byte for byte the step-1 output; the partial beside it keeps checkpoint step-000008; the next "
+        "run resumes from it and puts the whole 8-step output at --out, no partial left",
+    )(functools.partial(_retrain_killed, model=_model))
+
+
+@case(
+    "i31-regate-killed",
+    "`semcode gate` of version v2 into an --out holding the gate output of v1, kill -9 when it opens "
+    "decision.json (v2's bundle written); then again",
+    "--out byte for byte v1's gate output; the next run removes the partial folder and writes v2's whole; "
+    "decision.json's bundle is --out/bundle, which holds v2",
+)
+def _(ctx: Context) -> tuple[bool, str]:
+    (artifacts,) = ctx.base.run_dir.glob("artifacts/*")
+    work = ctx.dir("regate")
+    out = work / "out"
+    inputs = ["--encoder", ctx.base.encoder, "--onnx", artifacts / "export-onnx" / "onnx"]
+    inputs += [
+        "--index",
+        artifacts / "build-index" / "index",
+        "--metrics",
+        artifacts / "evaluate" / "evaluation",
+    ]
+
+    def gate(version: str) -> list:
+        return ["gate", *inputs, "--out", out, "--version", version]
+
+    if (first := semcode(*gate("v1"))).rc not in (0, 3):
+        return False, f"the first gate failed: {first_error(first.text)}"
+    before = _tree(out)
+    code = _killed_at_open(gate("v2"), storage.partial_path(out) / "decision.json", work / "killed.log")
+    after, left = _tree(out), [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    again = semcode(*gate("v2"))
+    decision = json.loads((out / "decision.json").read_text()) if again.rc in (0, 3) else {}
+    bundle = Path(decision.get("bundle", out / "missing"))
+    version = json.loads((bundle / "bundle.json").read_text())["version"] if bundle.is_dir() else None
+    clean = [n for n in _siblings(out) if n.endswith((".partial", ".old"))]
+    ok = code == -9 and after == before and bundle == out / "bundle" and version == "v2" and not clean
+    return ok, (
+        f"killed: exit {code}; --out {'unchanged' if after == before else 'CHANGED'} ({len(after)} files), "
+        f"left beside it {left}; again: exit {again.rc}, decision.json's bundle {bundle} holds {version}, "
+        f"left {clean}"
     )
 
 

@@ -4,10 +4,15 @@
     .venv/bin/python bench/screenshots.py --out bench/screenshots --report runs/<run-id>/bundle/report.html
 
 1. Starts ``semcode run --preset tiny --tensorboard`` in a scratch --runs-dir, reads the TensorBoard address
-   it prints, waits until TensorBoard serves the encoder's ``train/loss`` with more than one point (while
+   it prints, waits until TensorBoard serves the encoder's ``encoder/train/loss`` with more than one point (while
    the run goes on), and screenshots TensorBoard's time-series dashboard filtered to it; then lets the
    run finish. Prints how many loss points TensorBoard had when the picture was taken.
 2. With ``--report``, screenshots that report.html (a local-preset run's, say) too.
+3. With ``--page BUNDLE`` (only that): starts ``semcode serve BUNDLE`` and screenshots its search page
+   empty, with the results of ``--page-query``, and filtered to ``--page-language``
+   (search-page-empty.png, search-page-results.png, search-page-filtered.png):
+
+       .venv/bin/python bench/screenshots.py --page ./myrepo-index --page-language go
 
 Chromium comes from Debian's ``chromium`` package (``apt-get install chromium``); ``--chromium`` names
 another binary. The PNG files go to ``--out``; look at them, they are the check.
@@ -19,6 +24,7 @@ import argparse
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 URL_LINE = re.compile(r"\[run\] tensorboard: (http://127\.0\.0\.1:\d+/)")
-LOSS_TAG = "train/loss"
+LOSS_TAG = "encoder/train/loss"
 
 
 def screenshot(chromium: str, url: str, out: Path, width: int = 1400, height: int = 1000) -> Path:
@@ -41,13 +47,13 @@ def screenshot(chromium: str, url: str, out: Path, width: int = 1400, height: in
 
 
 def loss_points(url: str) -> int:
-    """Points TensorBoard serves for the encoder's train/loss (0 while it has none)."""
+    """Points TensorBoard serves for the encoder's encoder/train/loss (0 while it has none)."""
     try:
         with urllib.request.urlopen(url + "data/plugin/scalars/tags", timeout=5) as response:
             tags = json.loads(response.read())
     except OSError:
         return 0
-    runs = [run for run, run_tags in tags.items() if LOSS_TAG in run_tags and "train-encoder" in run]
+    runs = [run for run, run_tags in tags.items() if LOSS_TAG in run_tags and run.startswith("encoder")]
     if not runs:
         return 0
     query = urllib.parse.urlencode({"run": runs[0], "tag": LOSS_TAG})
@@ -96,6 +102,42 @@ def tensorboard_during_a_tiny_run(chromium: str, out_dir: Path) -> tuple[Path, i
         shutil.rmtree(runs, ignore_errors=True)
 
 
+def search_page(chromium: str, bundle: str, query: str, language: str, out_dir: Path) -> list[Path]:
+    """``semcode serve bundle`` on a free port; the page empty, with results, and filtered to ``language``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    semcode = str(Path(sys.executable).parent / "semcode")
+    command = [semcode, "serve", bundle, "--port", str(port), "--threads", "1", "--log-level", "warning"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "readyz", timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise SystemExit(f"semcode serve {bundle} was not ready within 120 s")
+        pages = {  # name: (query string, height)
+            "search-page-empty.png": ("", 400),
+            "search-page-results.png": ("?" + urllib.parse.urlencode({"q": query}), 1400),
+            "search-page-filtered.png": (
+                "?" + urllib.parse.urlencode({"q": query, "language": language}),
+                1400,
+            ),
+        }
+        return [
+            screenshot(chromium, base + what, out_dir / name, 1200, height)
+            for name, (what, height) in pages.items()
+        ]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,8 +145,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/screenshots"))
     parser.add_argument("--report", type=Path, default=None, help="also screenshot this report.html")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    parser.add_argument("--page", default=None, metavar="BUNDLE", help="only the search page, serving BUNDLE")
+    parser.add_argument("--page-query", default="read a file line by line")
+    parser.add_argument("--page-language", default="go", help="the filtered screenshot's language")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.page:
+        shots = search_page(args.chromium, args.page, args.page_query, args.page_language, args.out)
+        print(json.dumps({"search_page": [str(shot) for shot in shots]}))
+        return 0
     shot, points = tensorboard_during_a_tiny_run(args.chromium, args.out)
     print(json.dumps({"tensorboard": str(shot), "train_loss_points_when_taken": points}))
     if args.report:

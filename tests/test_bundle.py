@@ -146,6 +146,65 @@ def test_model_card_and_report_are_self_contained(tiny_bundle: Path):
         assert external not in page
 
 
+def test_the_encoder_folder_has_a_model_hub_card_and_readable_files(tiny_bundle: Path):
+    import stat
+
+    import yaml
+
+    text = (tiny_bundle / "encoder" / "README.md").read_text()
+    assert text.startswith("---\n")
+    header, prose = text.removeprefix("---\n").split("\n---\n", 1)
+    meta = yaml.safe_load(header)
+    assert meta["library_name"] == "sentence-transformers" and meta["pipeline_tag"] == "sentence-similarity"
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["en", "code"]
+    assert {"sentence-transformers", "code-search", "python"} <= set(meta["tags"])
+    assert "base_model" not in meta  # trained from scratch: no hub model to name
+    (entry,) = meta["model-index"]
+    assert entry["name"] == "semcode-v1"
+    test_full = [r for r in entry["results"] if r["dataset"]["name"] == "test (full)"]
+    (result,) = test_full
+    assert result["task"]["type"] == "text-retrieval" and result["dataset"]["type"] == "semcode/test"
+    card_metrics = json.loads((tiny_bundle / "metrics.json").read_text())
+    mrr = card_metrics["evaluate"]["suites"]["test"]["full"]["model"]["mrr"]
+    assert {"type": "mrr", "value": round(mrr, 4), "name": "mrr (full)"} in result["metrics"]
+    assert prose.strip() == (tiny_bundle / "model_card.md").read_text().strip()  # one card, two layouts
+    for path in (tiny_bundle / "encoder").rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path  # group and others can read it
+
+
+def test_the_hub_card_names_a_hub_base_model_and_the_per_language_table():
+    from semcode import hub_card
+
+    part = {"n_queries": 5, "full": {"model": {"mrr": 0.5}, "bm25": {"mrr": 0.25}}}
+    metrics = {
+        "ingest": {"languages": {"go": {"pairs": 40}, "python": {"pairs": 60}}},
+        "evaluate": {
+            "suites": {
+                "test": {**part, "n_queries": 10, "by_language": {"python": part, "go": part}},
+                "polyglot-rust": {"n_queries": 7, "csn": {"model": {"mrr": 0.75}}},
+            }
+        },
+    }
+    bundle = {
+        "name": "semcode",
+        "version": "v9",
+        "source": {"stage_configs": {"TrainEncoderConfig": {"init_from": "minilm"}}},
+    }
+    meta = hub_card.front_matter(bundle, metrics)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["tags"][-2:] == ["go", "python"]
+    assert [row[:4] for row in report.language_rows(metrics)] == [
+        ["go", "40", "test", "5"],
+        ["python", "60", "test", "5"],
+        ["rust", "-", "polyglot-rust", "7"],
+    ]
+    card = report.model_card(bundle, metrics)
+    assert "### Per language" in card and "| python | 60 | test | 5 | 0.5000 | 0.2500 | - | - |" in card
+    page = report.report_html({**bundle, "default_mode": "hybrid"}, metrics)
+    assert "<h2>Evaluation: per language</h2>" in page and "Default search mode: <b>hybrid</b>" in page
+
+
 def test_bundle_json_and_the_model_card_say_what_the_index_covers(tiny_bundle: Path, tiny_run: TinyRun):
     coverage = json.loads((tiny_run.index / "metrics.json").read_text())["coverage"]
     meta = json.loads((tiny_bundle / "bundle.json").read_text())

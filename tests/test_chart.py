@@ -30,7 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "semcode"
 KUBERNETES_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "semcode", "ml-team"
-VALUES_FILES = ["values.yaml", "ci/gpu-values.yaml", "ci/no-serve-values.yaml", "ci/hpa-values.yaml"]
+VALUES_FILES = [
+    "values.yaml",
+    "ci/gpu-values.yaml",
+    "ci/no-serve-values.yaml",
+    "ci/hpa-values.yaml",
+    "ci/reindex-values.yaml",
+]
 IMAGE_USER = 1000  # USER 1000:1000 in images/Dockerfile.cpu and images/Dockerfile.gpu
 
 
@@ -67,6 +73,54 @@ def container(manifest: dict, name: str) -> dict:
     spec = pod_spec(manifest)
     (found,) = [c for c in spec["containers"] + spec.get("initContainers", []) if c["name"] == name]
     return found
+
+
+def run_cronjob_commands(cronjob: dict, tmp_path: Path, monkeypatch, script: list) -> dict:
+    """Run a CronJob's init container (`semcode compile`) and container (`semcode submit`) as rendered, the
+    paths moved to tmp_path and the host to a fake KFP API that plays ``script``; returns the package's
+    images, the started run's parameters and the experiment."""
+    compile_step = container(cronjob, "compile")
+    env = {e["name"]: e["value"] for e in compile_step["env"]}
+    package = str(tmp_path / Path(compile_step["args"][-1]).name)
+    args = [package if arg.startswith("/work/") else arg for arg in compile_step["args"]]
+    # A fresh process: src/semcode/components/images.py reads the variables when it is first imported.
+    subprocess.run(
+        [sys.executable, "-m", "semcode.cli", *args], env=os.environ | env, check=True, cwd=tmp_path
+    )
+    images = {  # the executors' `image:` keys (component source code in the YAML mentions images too)
+        line.split("image:")[1].strip()
+        for line in Path(package).read_text().splitlines()
+        if line.strip().startswith("image:")
+    }
+    submit = container(cronjob, "submit")
+    for name in (
+        "KFP_HOST",
+        "KFP_TOKEN",
+        "KFP_TOKEN_FILE",
+        "KF_PIPELINES_SA_TOKEN_PATH",
+        "GITHUB_SHA",
+        "CI_COMMIT_SHA",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    token = {e["name"]: e.get("value") for e in submit["env"]}.get("KFP_TOKEN_FILE")
+    if token:
+        (tmp_path / "token").write_text("projected-token\n")
+        monkeypatch.setenv("KFP_TOKEN_FILE", str(tmp_path / "token"))
+    from semcode import cli
+
+    with FakeKFP(token="projected-token" if token else None, script=script) as kfp:
+        args = list(submit["args"])
+        args[args.index("--host") + 1] = kfp.url
+        args[args.index("--package") + 1] = package
+        args[args.index("--timeout") + 1] = "30"
+        assert cli.main([*args, "--poll-interval", "0.01"]) == 0
+        (run,) = kfp.calls("POST", "/runs")
+        (experiment,) = kfp.experiments.values()
+    return {
+        "images": images,
+        "parameters": run.body["runtime_config"]["parameters"],
+        "experiment": experiment,
+    }
 
 
 def submit_params(cronjob: dict) -> dict[str, str]:
@@ -325,47 +379,19 @@ def test_the_cronjobs_commands_compile_and_submit_against_a_kfp_api(chart, tmp_p
     """The init container's `semcode compile` and the container's `semcode submit`, run as rendered (the
     paths moved to tmp_path, the host to a fake KFP API): the run gets the chart's images and parameters."""
     cronjob = render(chart, values_file("ci/gpu-values.yaml"))["CronJob", "semcode-retrain"]
-    package = tmp_path / "train_pipeline.yaml"
-
-    compile_step = container(cronjob, "compile")
-    env = {e["name"]: e["value"] for e in compile_step["env"]}
+    compile_env = {e["name"]: e["value"] for e in container(cronjob, "compile")["env"]}
     assert (
-        env["SEMCODE_IMAGE_REGISTRY"] == "registry.example.com/ml" and env["SEMCODE_IMAGE_TAG"] == "2024.10"
+        compile_env["SEMCODE_IMAGE_REGISTRY"] == "registry.example.com/ml"
+        and compile_env["SEMCODE_IMAGE_TAG"] == "2024.10"
     )
-    args = [str(package) if arg == "/work/train_pipeline.yaml" else arg for arg in compile_step["args"]]
-    # A fresh process: src/semcode/components/images.py reads the variables when it is first imported.
-    subprocess.run(
-        [sys.executable, "-m", "semcode.cli", *args], env=os.environ | env, check=True, cwd=tmp_path
-    )
-    images = {  # the executors' `image:` keys (component source code in the YAML mentions images too)
-        line.split("image:")[1].strip()
-        for line in package.read_text().splitlines()
-        if line.strip().startswith("image:")
-    }
-    assert images == {
+    submit_env = {e["name"]: e["value"] for e in container(cronjob, "submit")["env"]}
+    assert submit_env["KFP_TOKEN_FILE"] == "/var/run/secrets/kubeflow/pipelines/token"
+    done = run_cronjob_commands(cronjob, tmp_path, monkeypatch, passed())
+    assert done["images"] == {
         "registry.example.com/ml/semcode-cpu:2024.10",
         "registry.example.com/ml/semcode-gpu:2024.10",
     }
-
-    submit = container(cronjob, "submit")
-    token_file = tmp_path / "token"
-    token_file.write_text("projected-token\n")
-    env = {e["name"]: e["value"] for e in submit["env"]}
-    assert env["KFP_TOKEN_FILE"] == "/var/run/secrets/kubeflow/pipelines/token"
-    for name in ("KFP_HOST", "KFP_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "GITHUB_SHA", "CI_COMMIT_SHA"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KFP_TOKEN_FILE", str(token_file))
-    from semcode import cli
-
-    with FakeKFP(token="projected-token", script=passed()) as kfp:
-        args = list(submit["args"])
-        args[args.index("--host") + 1] = kfp.url
-        args[args.index("--package") + 1] = str(package)
-        args[args.index("--timeout") + 1] = "30"
-        assert cli.main([*args, "--poll-interval", "0.01"]) == 0
-        (run,) = kfp.calls("POST", "/runs")
-        (experiment,) = kfp.experiments.values()
-    parameters = run.body["runtime_config"]["parameters"]
+    parameters, experiment = done["parameters"], done["experiment"]
     assert parameters["gpu_count"] == 8
     assert parameters["gpu_node_selector"] == {
         "cloud.google.com/gke-accelerator": "nvidia-h100-80gb",
@@ -382,3 +408,67 @@ def test_the_cronjobs_commands_compile_and_submit_against_a_kfp_api(chart, tmp_p
     assert parameters["train_encoder_max_steps"] == 20000 and parameters["gate_version"] == "2024.10"
     assert parameters["ingest_sources"] == ["python:stdlib", "dir:s3://ml-models/code/monorepo"]
     assert experiment["display_name"] == "nightly"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Re-indexing: the index pipeline's CronJob
+
+
+def test_reindexing_is_off_by_default_and_needs_its_sources(chart) -> None:
+    assert ("CronJob", "semcode-reindex") not in render(chart)
+    with pytest.raises(Exception, match="reindex.sources is required"):
+        render(chart, {"reindex": {"enabled": True}})
+
+
+def test_the_reindex_cronjob_indexes_with_the_registrys_latest_model_and_updates_its_last_index(
+    chart,
+) -> None:
+    cronjob = render(chart, values_file("ci/reindex-values.yaml"))["CronJob", "semcode-reindex"]
+    assert cronjob["spec"]["schedule"] == "*/30 * * * *" and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cronjob["metadata"]["labels"]["app.kubernetes.io/component"] == "reindexing"
+    args = container(cronjob, "submit")["args"]
+    assert args[:5] == [
+        "submit",
+        "--host",
+        "http://ml-pipeline-ui.kubeflow.svc.cluster.local",
+        "--pipeline",
+        "index",
+    ]
+    assert "--no-cache" in args and args[args.index("--package") + 1] == "/work/index_pipeline.yaml"
+    assert container(cronjob, "compile")["args"] == [
+        "compile",
+        "--pipeline",
+        "index",
+        "--output",
+        "/work/index_pipeline.yaml",
+    ]
+    params = submit_params(cronjob)
+    assert params["index_encoder"] == "s3://semcode/registry/semcode/latest"  # the retraining's releases
+    assert yaml.safe_load(params["index_sources"]) == ["dir:s3://code/api", "dir:s3://code/web"]
+    assert params["publish_registry"] == "s3://semcode/indexes" and params["index_name"] == "team-code"
+    assert params["index_previous"] == "s3://semcode/indexes/team-code/latest"
+    assert yaml.safe_load(params["index_languages"]) == ["go", "typescript"]
+    # the search service serves the index
+    serve = container(
+        render(chart, values_file("ci/reindex-values.yaml"))["Deployment", "semcode-serve"], "serve"
+    )
+    assert "s3://semcode/indexes/team-code/latest" in serve["args"]
+
+    anew = {
+        "reindex": {"enabled": True, "sources": ["dir:s3://code/api"], "update": False, "encoder": "minilm"}
+    }
+    params = submit_params(render(chart, anew)["CronJob", "semcode-reindex"])
+    assert params["index_previous"] == "" and params["index_encoder"] == "minilm"
+
+
+def test_the_reindex_cronjobs_commands_compile_and_submit_the_index_pipeline(
+    chart, tmp_path, monkeypatch
+) -> None:
+    cronjob = render(chart, values_file("ci/reindex-values.yaml"))["CronJob", "semcode-reindex"]
+    script = [("SUCCEEDED", {"index": "SUCCEEDED", "condition-1": "SUCCEEDED", "publish": "SUCCEEDED"})]
+    done = run_cronjob_commands(cronjob, tmp_path, monkeypatch, script)
+    assert done["images"] == {f"ghcr.io/semcode/semcode-cpu:{semcode.__version__}"}  # no GPU task
+    parameters = done["parameters"]
+    assert parameters["index_sources"] == ["dir:s3://code/api", "dir:s3://code/web"]
+    assert parameters["index_languages"] == ["go", "typescript"]
+    assert parameters["index_previous"] == "s3://semcode/indexes/team-code/latest"

@@ -189,11 +189,13 @@ def embeddings() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def overfit(tokenizer, embeddings):
-    """A tiny decoder trained until it writes each function and its successor from the embedding."""
+    """A tiny decoder trained until it writes each function and its successor from the embedding and its
+    language token."""
     torch.manual_seed(0)
-    model = build_decoder("tiny", tokenizer.get_vocab_size(), DIM, prefix_tokens=4)
+    model = build_decoder("tiny", tokenizer.get_vocab_size(), DIM, prefix_tokens=4, languages=tuple(WRITTEN))
     texts = [FUNCTIONS[name] + NEXT[name] for name in WRITTEN]
-    batch = make_batch(code_token_ids(tokenizer, texts, max_length=128), embeddings, list(range(len(texts))))
+    token_ids = code_token_ids(tokenizer, texts, max_length=128)
+    batch = make_batch(token_ids, embeddings, list(range(len(texts))), np.arange(len(WRITTEN)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
     for _ in range(100):
@@ -210,13 +212,41 @@ def test_generation_stops_where_each_language_ends_its_function(overfit, tokeniz
         assert g.code == FUNCTIONS[name] and g.stopped_by == "function_end", (name, g)
         assert g.language == name and g.parses
     # With Python's rule nothing cuts the brace functions: they run on into the next one.
-    [go_as_python] = generate_code(overfit, tokenizer, embeddings[:1], max_new_tokens=120)
-    assert go_as_python.language == "python" and NEXT["go"].strip() in go_as_python.code
-    assert not go_as_python.parses
+    go_as_python = trim_function(FUNCTIONS["go"] + NEXT["go"], "python")
+    assert NEXT["go"].strip() in go_as_python and not parses(go_as_python, "python")
     with pytest.raises(ValueError, match="unknown language 'golang'; supported: python, go"):
         generate_code(overfit, tokenizer, embeddings[:1], language="golang")
     with pytest.raises(ValueError, match="2 languages for 1 embeddings"):
         generate_code(overfit, tokenizer, embeddings[:1], language=["go", "c"])
+    with pytest.raises(ValueError, match="not trained on php: it writes go, java, javascript, ruby, rust, c"):
+        generate_code(overfit, tokenizer, embeddings[:1], language="php")
+
+
+def test_prefix_mode_continues_the_code_given(overfit, tokenizer, embeddings):
+    """Given the start of a function, the decoder writes the rest of it; the code starts with the prompt
+    and is cut where the function (prompt included) ends."""
+    for i, name in enumerate(WRITTEN):
+        start = FUNCTIONS[name].split("\n")[0]  # its first line: `int add(int a, int b) {`, `@Override`
+        [g] = generate_code(overfit, tokenizer, embeddings[i : i + 1], 120, language=name, prompt=start)
+        assert g.code.startswith(start) and g.code == FUNCTIONS[name] and g.parses, (name, g)
+        assert g.tokens < len(tokenizer.encode(FUNCTIONS[name]).ids)  # only the continuation was written
+    torch.manual_seed(0)
+    [best] = generate_reranked(
+        overfit,
+        tokenizer,
+        embeddings[:1],
+        lambda codes: embeddings[:1].repeat(len(codes), 0),
+        3,
+        120,
+        language="go",
+        prompt="func ",
+    )
+    assert best.code.startswith("func ") and best.language == "go"
+
+
+def test_a_leading_comment_does_not_end_a_python_function():
+    code = "# Calculate the nth prime number\ndef nth_prime(n):\n    return n\n"
+    assert trim_function(code + "def next_one():\n    pass\n") == code
 
 
 def test_reranking_keeps_candidates_that_parse_in_the_language(overfit, tokenizer, embeddings):

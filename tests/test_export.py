@@ -340,6 +340,22 @@ def test_mrr_check_on_a_sample_embeds_only_the_sampled_pairs_codes(shared_export
     assert sample["mrr_loss"] == pytest.approx(sample["mrr"]["fp32"] - sample["mrr"]["int8"])
 
 
+def test_a_small_repositorys_empty_splits_skip_the_mrr_check_with_a_line(
+    rows: list[dict], tmp_path: Path, capsys
+):
+    """A test split without a query (a 4-file repository's, or files the user split) is no traceback: the
+    int8 MRR check is skipped, and parity takes the test split's texts when valid has none, else synthetic."""
+    for split, kept in (("train", rows), ("valid", []), ("test", rows[:5])):
+        write_shards(kept, tmp_path / split)
+    texts, source, synthetic = stage.parity_texts(tmp_path, 48)
+    assert not synthetic and source.startswith("5 rows of the test split") and len(texts["query"]) == 5
+    write_shards([], tmp_path / "test")
+    assert stage.parity_texts(tmp_path, 48)[2] is True
+    assert stage.measure_test_mrr({}, ("fp32", "int8"), tmp_path, 0) is None
+    assert "no int8 MRR check: the test split" in capsys.readouterr().err
+    assert "cosine parity only" in choose_default_encoder(None, None, 0.005)[1]
+
+
 def test_quantisation_drops_only_ort_per_tensor_info_lines(shared_export, tmp_path: Path, caplog) -> None:
     # quantize_dynamic logs one root INFO line per dynamically quantised tensor; kfp.local shows them all.
     out, _ = shared_export

@@ -98,7 +98,7 @@ def length_embed(texts: list[str], kind: str) -> np.ndarray:
 def test_choose_fusion_picks_the_best_valid_mrr_and_hybrid_when_it_beats_dense() -> None:
     suite = pairs_suite("valid", [q for q, _ in VALID_PAIRS], [c for _, c in VALID_PAIRS], source="hand")
     mix = [mix_suite(suite, "docstring")]
-    chosen = choose_fusion(mix, length_embed, weights=(0.0, 0.1, 0.5, 2.0), per_form=False)
+    chosen = choose_fusion(mix, length_embed, weights=(0.0, 0.1, 0.5, 2.0), per_form=False, penalties=())
     assert set(chosen["candidates"]) == {"convex@0", "convex@0.1", "convex@0.5", "convex@2", "rrf"}
     mrr = {name: row["mrr"]["valid"] for name, row in chosen["candidates"].items()}
     assert mrr["convex@0"] == chosen["suites"]["valid"]["dense_mrr"] < 1.0
@@ -119,7 +119,9 @@ def test_choose_fusion_picks_the_best_valid_mrr_and_hybrid_when_it_beats_dense()
     assert (chosen["rule"], chosen["weight"], chosen["name"]) == ("convex", 0.0, "convex@0")
     assert chosen["default_mode"] == "dense"
     # Dense is always a candidate, so there is always one to fall back to.
-    assert list(choose_fusion(mix, perfect, weights=(), rrf=False)["candidates"]) == ["convex@0"]
+    assert list(choose_fusion(mix, perfect, weights=(), rrf=False, penalties=())["candidates"]) == [
+        "convex@0"
+    ]
     with pytest.raises(ValueError, match="at least one suite"):
         choose_fusion([], perfect)
 
@@ -297,3 +299,76 @@ def test_mix_suites_rank_by_the_best_relevant_candidate() -> None:
         replace(suite, style="prose")
     with pytest.raises(ValueError, match="every query needs at least one relevant candidate"):
         replace(suite, relevant=np.array([[0, 0]]))
+
+
+# ---------------------------------------------------------------- internal definitions ranked lower
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        ("def _splithost(url):\n    ...", "_splithost"),
+        ("@cache\nasync def fetch(url):\n    ...", "fetch"),
+        ("class _Closer:\n    pass", "_Closer"),
+        ("func (c *Client) _retry() error {", "_retry"),
+        ("export function _debounce(fn) {}", "_debounce"),
+        ("pub fn parse(s: &str) {}", "parse"),
+        ("public static void main(String[] args) {}", ""),  # no keyword: no name, never internal
+    ],
+)
+def test_defined_name_reads_the_first_definition(code: str, name: str) -> None:
+    assert retrieval.defined_name(code) == name
+
+
+def test_internal_names_and_the_penalty_in_fusion() -> None:
+    names = ["mkdtemp", "_TemporaryFileCloser.__init__", "Path.__init__", "Path._parse", "__init__", ""]
+    assert retrieval.internal_definitions(names).tolist() == [False, True, False, True, False, False]
+    dense = np.array([[0.70, 0.72, 0.30]], dtype=np.float32)  # the helper (1) above the public function (0)
+    lexical = np.zeros((1, 3), dtype=np.float32)
+    internal = np.array([False, True, False])
+    spec = {"rule": "convex", "weight": 0.1, "internal_penalty": 0.05}
+    fused = retrieval.fuse_queries(dense, lexical, ["create temp directory"], spec, internal)
+    assert np.argmax(fused[0]) == 0 and fused[0, 1] == pytest.approx(0.67)
+    # Without a penalty the flags change nothing; with one they are required, one per candidate.
+    plain = {"rule": "convex", "weight": 0.1}
+    assert np.array_equal(retrieval.fuse_queries(dense, lexical, ["q"], plain, internal), dense)
+    with pytest.raises(ValueError, match="internal flag of each of the 3 candidates"):
+        retrieval.fuse_queries(dense, lexical, ["q"], spec)
+    assert retrieval.fusion_spec(spec) == spec and not retrieval.is_dense(
+        {**plain, "weight": 0, "internal_penalty": 0.05}
+    )
+    assert fusion_name("convex", 0.1, None, 0.05) == "convex@0.1,internal@0.05"
+    with pytest.raises(ValueError, match="internal_penalty must be a finite number >= 0"):
+        retrieval.fusion_spec({**spec, "internal_penalty": -1})
+    with pytest.raises(ValueError, match="convex rule only"):
+        retrieval.fusion_spec({"rule": "rrf", "weight": 0, "internal_penalty": 0.05})
+
+
+def test_choose_fusion_takes_a_penalty_only_where_it_helps_the_mix() -> None:
+    # Questions whose answers are public functions, each below a private helper that shares the words.
+    queries = ["make a temporary folder", "remove a folder tree"]
+    codes = [
+        "def mkdtemp():\n    ...",
+        "def _make_temporary_folder_name():\n    ...",
+        "def rmtree(path):\n    ...",
+        "def _remove_folder_tree_entry(path):\n    ...",
+    ]
+    vectors = {  # the helper scores 0.9, the answer 0.8, the other pair's texts 0
+        queries[0]: [1.0, 0.0],
+        queries[1]: [0.0, 1.0],
+        codes[0]: [0.8, 0.0],
+        codes[1]: [0.9, 0.0],
+        codes[2]: [0.0, 0.8],
+        codes[3]: [0.0, 0.9],
+    }
+
+    def embed(texts: list[str], kind: str) -> np.ndarray:
+        return np.array([vectors[text] for text in texts], dtype=np.float32)
+
+    relevant = np.array([[0, 0], [1, 2]])
+    mix = [MixSuite("everyday", "question", queries, codes, relevant, np.zeros((0, 2), np.int64))]
+    assert mix[0].internal.tolist() == [False, True, False, True]  # read off each code's def
+    chosen = choose_fusion(mix, embed, weights=(0.0,), rrf=False, per_form=False, penalties=(0.05, 0.2))
+    assert chosen["name"] == "convex@0,internal@0.2" and chosen["internal_penalty"] == 0.2
+    assert chosen["default_mode"] == "hybrid"  # the penalty is part of hybrid; dense ranks as it did
+    assert chosen["candidates"]["convex@0,internal@0.05"]["mrr"]["everyday"] == 0.5

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
 DOCKERFILES = {"cpu": IMAGES / "Dockerfile.cpu", "gpu": IMAGES / "Dockerfile.gpu"}
 BUILD_SCRIPT = IMAGES / "build.sh"
+ENGINE_SCRIPT = IMAGES / "engine.sh"
 TORCH_VERSION = "2.13.0"
 
 
@@ -94,16 +95,16 @@ def test_hadolint_finds_nothing(flavour: str) -> None:
     assert result.returncode == 0 and json.loads(result.stdout) == [], result.stdout + result.stderr
 
 
-def test_the_build_script_is_shellcheck_clean_and_strict() -> None:
+@pytest.mark.parametrize("script", [BUILD_SCRIPT, ENGINE_SCRIPT], ids=lambda path: path.name)
+def test_the_scripts_are_shellcheck_clean_and_strict(script: Path) -> None:
     result = subprocess.run(
-        [tool("shellcheck"), "--severity=style", str(BUILD_SCRIPT)], capture_output=True, text=True
+        [tool("shellcheck"), "--severity=style", str(script)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
     assert (
-        BUILD_SCRIPT.read_text().startswith("#!/usr/bin/env bash\n")
-        and "set -euo pipefail" in BUILD_SCRIPT.read_text()
+        script.read_text().startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script.read_text()
     )
-    assert os.access(BUILD_SCRIPT, os.X_OK)
+    assert os.access(script, os.X_OK)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,6 +172,61 @@ def test_the_build_script_takes_registry_and_tag_and_builds_each_with_its_docker
         [str(BUILD_SCRIPT), "tpu"], env=os.environ | {"DRY_RUN": "1"}, capture_output=True, text=True
     )
     assert refused.returncode == 2 and "unknown image 'tpu'" in refused.stderr
+
+
+def local_build(*arguments: str) -> subprocess.CompletedProcess:
+    """images/build.sh --local's commands (DRY_RUN=1), with the image environment of a clean shell."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SEMCODE_IMAGE_") and k not in ("REGISTRY", "TAG")
+    }
+    return subprocess.run(
+        [str(BUILD_SCRIPT), "--local", *arguments],
+        env=clean | {"DRY_RUN": "1"},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_local_build_makes_its_bases_and_builds_the_pipelines_cpu_image() -> None:
+    """--local: a debootstrap base and uv's PyPI wheel instead of pulled images, this machine's torch through
+    a loopback index, the CPU image under the very name the pipeline runs, and nothing pushed."""
+    result = local_build()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    uv_version = arg_defaults(DOCKERFILES["cpu"])["UV_IMAGE"].rpartition(":")[2]
+    assert lines[0].startswith("debootstrap --variant=minbase bookworm ")
+    assert f"uv=={uv_version}" in lines[1] and "pip download" in lines[1]
+    assert f"torch=={TORCH_VERSION}" in lines[2] and "pip download" in lines[2]
+    (build,) = [line for line in lines if " build " in line]
+    assert "--file " + str(DOCKERFILES["cpu"]) in build and "--network host" in build
+    for argument in (
+        "BASE_IMAGE=semcode-local/debian:bookworm",
+        f"UV_IMAGE=semcode-local/uv:{uv_version}",
+        "DEBIAN_PYTHON=python3.11",
+        "TORCH_INDEX_URL=http://127.0.0.1:",
+        "BUILD_CA_URL=http://127.0.0.1:",
+    ):
+        assert "--build-arg " + argument in build, argument
+    assert re.findall(r"--tag (\S+)", build) == [pipeline_images({})[0]]
+    assert not any("push" in line for line in lines)
+
+
+def test_the_local_build_refuses_the_gpu_image() -> None:
+    result = local_build("gpu")
+    assert result.returncode == 2 and "--local builds the CPU image only" in result.stderr
+
+
+def test_the_local_build_arguments_stay_in_the_builder() -> None:
+    """What only the build machine needs (its CA bundle, curl) never reaches the runtime stage; Debian's
+    Python, when taken, is in both (the venv's interpreter)."""
+    found = stages(DOCKERFILES["cpu"])
+    runtime = " ".join(rest for _, rest in found["runtime"])
+    builder = " ".join(rest for _, rest in found["builder"])
+    assert "BUILD_CA_URL" in builder and "BUILD_CA_URL" not in runtime and "curl" not in runtime
+    assert ("ARG", 'DEBIAN_PYTHON=""') in found["builder"] and ("ARG", 'DEBIAN_PYTHON=""') in found["runtime"]
+    assert '${DEBIAN_PYTHON:+"${DEBIAN_PYTHON}"}' in runtime
 
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))

@@ -34,12 +34,13 @@ LAYERS = [  # lowest first; the first part of a module's name below semcode deci
         "bundle_checks",
         "portable",
         "report",
+        "hub_card",
         "decoding",
     },  # fmt: skip
     {"stages", "cluster", "serve"},
     {"components"},
     {"pipeline"},
-    {"cli"},
+    {"cli", "completion"},
 ]
 
 

@@ -108,16 +108,24 @@ def test_model_card_says_how_to_use_it_how_it_was_trained_and_whose_code_it_hold
         "default_files": {"query": "encoder.int8.onnx", "code": "encoder.int8.onnx"},
         "source": {
             "stage_configs": {
-                "TrainEncoderConfig": {"init_from": "minilm", "lr": 5e-05, "batch_size": 32, "unlisted": 1},
+                "TrainEncoderConfig": {
+                    "init_from": "minilm",
+                    "lr": 5e-05,
+                    "precision": "auto",
+                    "unlisted": 1,
+                },
                 "TrainDecoderConfig": {"size": "tiny", "max_steps": 1500},
             }
         },
     }
-    card = model_card(bundle, METRICS)
+    metrics = {**METRICS, "train_encoder": {"steps": 10, "precision": "fp16"}}
+    card = model_card(bundle, metrics)
     hyperparameters = card.split("## Hyperparameters")[1].split("## ")[0]
     assert (
         "| encoder | lr | 5e-05 |" in hyperparameters and "| decoder | max_steps | 1500 |" in hyperparameters
     )
+    assert "| encoder | precision | auto |" in hyperparameters  # as asked; the Model table says what it was
+    assert "| training precision | fp16 |" in card.split("## Model")[1].split("## ")[0]
     assert "| encoder | init_from | minilm |" in hyperparameters and "unlisted" not in hyperparameters
     usage = card.split("## Usage")[1].split("## Intended use")[0]
     assert "semcode search ./bundle" in usage and 'SentenceTransformer("./bundle/encoder")' in usage
@@ -202,3 +210,11 @@ def test_model_card_and_report_show_the_everyday_suite_per_system_and_form() -> 
     assert "Everyday" not in model_card(BUNDLE, METRICS) and "everyday queries" not in report_html(
         BUNDLE, METRICS
     )
+
+
+def test_suites_evaluate_left_out_are_named_with_why() -> None:
+    why = "too few queries to evaluate: 0 queries in pairs/test, min_queries 1"
+    metrics = {"evaluate": {**METRICS["evaluate"], "skipped": {"test": why}}}
+    assert f"Not evaluated: test ({why})" in model_card(BUNDLE, metrics)
+    assert f"<p>Not evaluated: test ({why})</p>" in report_html(BUNDLE, metrics)
+    assert "Not evaluated" not in report_html(BUNDLE, METRICS)

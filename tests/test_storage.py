@@ -453,9 +453,16 @@ def test_a_kept_partial_survives_a_failure_and_resume_seeds_from_a_complete_outp
         (partial / keep).write_text("step-8")
         (partial / "metrics.json").write_text("{}")
     assert (out / keep).read_text() == "step-8" and not storage.partial_path(out).exists()
+    (out / "checkpoints" / "step-8").mkdir()
+    (out / "checkpoints" / "step-8" / "model.safetensors").write_text("weights at step 8")
     with storage.stage_output(out, keep=keep, resume=True) as partial:  # seeded from the complete output
-        assert (partial / keep).read_text() == "step-8" and not (partial / "metrics.json").exists()
-        (partial / "metrics.json").write_text("{}")
+        assert (partial / keep).read_text() == "step-8" and (partial / "metrics.json").read_text() == "{}"
+        weights = "checkpoints/step-8/model.safetensors"  # a checkpoint's files are never rewritten: linked
+        assert (partial / weights).stat().st_ino == (out / weights).stat().st_ino
+        assert (partial / "metrics.json").stat().st_ino != (out / "metrics.json").stat().st_ino  # copied
+        (partial / "metrics.json").write_text('{"resumed": true}')
+        assert (out / "metrics.json").read_text() == "{}"  # the earlier output stays whole until the swap
+    assert json.loads((out / "metrics.json").read_text()) == {"resumed": True}
     with storage.stage_output(out, keep=keep) as partial:  # a fresh run starts empty
         assert list(partial.iterdir()) == []
         (partial / "metrics.json").write_text("{}")

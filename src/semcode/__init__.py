@@ -10,7 +10,7 @@ The module map, lowest layer first. A module imports only from its own layer or 
    locks        an exclusive lock around a read-check-write, local (flock) or on S3 (a lease)
 1. library, importable and CPU-testable
    data/        sources/ (per kind), files (safe bounded reads), gitignore, refresh (what changed since an
-                index), extraction, cleaning, splits, Parquet shards;  tokenizer  the BPE tokenizer
+                index), extraction, cleaning, splits, licences, Parquet shards;  tokenizer  the BPE tokenizer
    models/      the encoder and the decoder;  losses  the contrastive loss
    train/       distributed (DeepSpeed set-up), checkpoints, history, loop (the step loop)
    embed        an encoder spec -> an embedding function, every runtime (torch, ONNX Runtime)
@@ -25,15 +25,17 @@ The module map, lowest layer first. A module imports only from its own layer or 
    decoding     code from embeddings, and its metrics;  bundle  assemble, validate, publish a bundle
    bundle_checks  the per-file checks of a bundle: ONNX signature and external data, index, tokenizer probe
    portable     bundle contents made portable: no folder of the build machine named
-   report       the model card and report.html
+   report       the model card and report.html;  hub_card  encoder/README.md, the card with a model hub's front matter
 2. what runs the library
-   stages/      one module per pipeline stage: run(config, inputs..., out_dir) and main(argv)
+   stages/      one module per pipeline stage: run(config, inputs..., out_dir) and main(argv) (ingest's
+                config beside it: ingest_config)
    cluster/     inside the training pod: a Kubeflow Trainer TrainJob for multi-node training
    serve/       the bundle's readers: semcode search, semcode serve, semcode generate
 3. components/  one thin KFP component per stage (wiring only)
 4. pipeline/    the KFP pipeline (train_pipeline.py, compiled train_pipeline.yaml beside it) and its
                 drivers: local (semcode run), compile, submit, params (preset <-> parameters)
-5. cli          the ``semcode`` command, importing each subcommand only when it runs
+5. cli          the ``semcode`` command, importing each subcommand only when it runs;  completion  its
+                bash and zsh completion scripts (shtab, from every command's own parser)
 """
 
 __version__ = "0.1.0"
@@ -49,7 +51,8 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # `semcode run` names itself in RUN_PID_ENV; a KFP task process (python -m kfp.dsl.executor_main) then
 # leads a process group of its own (its workers join it) and a daemon thread ends that group once the run
 # process is gone or the task was re-parented away from it. Ctrl-C reaches `semcode run`, which exits, so
-# the tasks follow within a second too.
+# the tasks follow within a second too. Such a task also exits with a code that says whether a retry can help
+# (_exit_by_failure).
 RUN_PID_ENV = "SEMCODE_RUN_PID"
 # `semcode run` also names its run's folder for durable checkpoints: <run-dir>/checkpoints/<task>
 # (semcode.train.checkpoints.durable_location), which `semcode run --resume` continues from.
@@ -83,6 +86,29 @@ def _end_with_the_run() -> None:
                 os.killpg(os.getpgrp(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="semcode-run-watch", daemon=True).start()
+    sys.excepthook = _exit_by_failure
+
+
+def _exit_by_failure(kind: type[BaseException], error: BaseException, traceback: object) -> None:
+    """How a task of `semcode run` ends on an exception: bad input in one line (no traceback: a retry would
+    print the same), anything else with its traceback; then the exit code config.exit_code_of gives, which
+    `semcode run` reads to decide whether a retry can help (semcode.pipeline.kfp_local)."""
+    import os
+    import sys
+
+    if not isinstance(error, Exception):  # KeyboardInterrupt: as Python ends on it
+        sys.__excepthook__(kind, error, traceback)
+        return
+    from semcode import config
+
+    code = config.exit_code_of(error)
+    if code == config.EXIT_BAD_INPUT:
+        print(f"error: {error}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, traceback)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the exception is reported; Python would exit 1 whatever it was
 
 
 def _alive(pid: int) -> bool:

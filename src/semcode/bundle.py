@@ -10,7 +10,8 @@ it cannot)::
                            [batch, dim], pooled and L2-normalised in the graph
       encoder.int8.onnx    the same inputs and output, int8 weights
                            (separate towers: query_encoder[.int8].onnx and code_encoder[.int8].onnx)
-      encoder/             safetensors weights + config: transformers and sentence-transformers load it
+      encoder/             safetensors weights + config: transformers and sentence-transformers load it;
+                           README.md, the model card with a model hub's front matter (semcode.hub_card)
       decoder/             safetensors weights + config (only when a decoder was trained)
       index.faiss          FAISS index over the corpus; FAISS id i = row i of index_meta.parquet
       index_meta.parquet   code, repo, path, func_name, url of every indexed function
@@ -34,7 +35,7 @@ int8 parity), ``source`` (stage configs and whatever the caller adds), ``files``
 Hybrid search (optional keys: bundles made before them lack them and still load, dense only):
 ``lexical`` ({"dir": "bm25", "tokenizer": "split_identifiers", "stopwords": false, "ntotal"}; only when
 the bundle has the lexical index), ``fusion`` ({"rule": "convex" or "rrf", "weight", "question_weight"
-(optional, convex only), "chosen_on", ...}: evaluate's choice on its mix of docstring- and question-style
+and "internal_penalty" (optional, convex only), "chosen_on", ...}: evaluate's choice on its mix of docstring- and question-style
 suites, semcode.retrieval.fusion_spec and fuse_queries) and ``default_mode`` (one of SEARCH_MODES:
 "hybrid" when the lexical index is there and the chosen fusion is not dense itself, else "dense").
 
@@ -64,6 +65,7 @@ from semcode.contract import (  # the bundle's names live in semcode.contract; i
     ENCODER_CONFIG_FILE,
     ENCODER_DIR,
     HISTORY_FILE,
+    HUB_CARD_FILE,
     INDEX_FILE,
     IVFDATA_FILE,
     KINDS,
@@ -321,8 +323,15 @@ def lexical_info(index_dir: Path, index_metrics: dict) -> dict | None:
 
 
 def _copy_dir(src: Path, dst: Path, skip: Iterable[str] = ()) -> None:
+    """Copy a folder; the copies get the usual file mode (0644 under umask 022), not the source's: safetensors
+    writes its files 0600, which a bundle published for others to read must not keep."""
     skipped = set(skip)
-    shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if n in skipped])
+    shutil.copytree(
+        src,
+        dst,
+        ignore=lambda folder, names: [n for n in names if n in skipped],
+        copy_function=shutil.copyfile,
+    )
 
 
 def assemble_bundle(
@@ -529,9 +538,10 @@ def write_card_and_report(
     """model_card.md and report.html in ``out``, with the training histories and the decoder's samples
     found in the encoder's and decoder's stage outputs (made ``portable`` with ``roots``, as ``bundle`` and
     ``all_metrics`` already are)."""
-    from semcode import report
+    from semcode import hub_card, report
 
     (out / MODEL_CARD_FILE).write_text(report.model_card(bundle, all_metrics))
+    (out / ENCODER_DIR / HUB_CARD_FILE).write_text(hub_card.hub_readme(bundle, all_metrics))
     histories = {
         stage: read_json(stage_dir / HISTORY_FILE, f"{stage} history")
         for stage, stage_dir in (("encoder", encoder_stage), ("decoder", decoder_stage))

@@ -1,7 +1,9 @@
 """The ``semcode`` command: one subcommand per stage plus the user-facing verbs.
 
 Subcommands are imported lazily so that, for example, ``semcode search`` never imports torch.
-Each subcommand's module has ``main(argv) -> int`` with its own parser, --help and an example.
+Each subcommand's module has ``main(argv) -> int`` with its own parser, --help and an example. A full disk,
+a read-only file system or a forbidden path that reaches ``main`` from any command is one line naming the
+path (semcode.storage.command_error_line), never a traceback.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "compile": (
         "semcode.pipeline.compile",
-        "compile the training pipeline to KFP YAML (src/semcode/pipeline/train_pipeline.yaml)",
+        "compile the training and index pipelines to KFP YAML (src/semcode/pipeline/*_pipeline.yaml)",
     ),
     "submit": (
         "semcode.pipeline.submit",
@@ -62,6 +64,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("semcode.serve.search", "search a release bundle's code with a natural-language query"),
     "serve": ("semcode.serve.app", "serve a bundle's code search as an HTTP JSON API"),
     "generate": ("semcode.serve.generate", "write code from a docstring or code with a bundle's decoder"),
+    "completion": (
+        "semcode.completion",
+        'print a bash or zsh completion script: eval "$(semcode completion bash)"',
+    ),
 }
 
 EPILOG = """examples:
@@ -89,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = dispatch(argv)
         sys.stdout.flush()  # inside the try: piped output is buffered and a closed pipe shows at the flush
@@ -99,10 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         # in Python's signal module docs).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except (OSError, RuntimeError) as error:
+        # A full disk, a read-only file system or a forbidden path, on any command and wherever it writes
+        # (a cache, an index, a registry): one line naming the path, exit 2 as a stage's own (config.bad_input).
+        # Any other error keeps its traceback: it is a bug to see.
+        from semcode import storage
+        from semcode.config import EXIT_BAD_INPUT
+
+        line = storage.command_error_line(error)
+        if line is None:
+            raise
+        command = f"semcode {argv[0]}" if argv and argv[0] in COMMANDS else "semcode"
+        print(f"{command}: error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
-def dispatch(argv: list[str] | None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)

@@ -33,6 +33,16 @@ class OutputError(OSError):
 
 # ConfigError is a ValueError; OutputError: the one line of a full disk or an unwritable --out
 BAD_INPUT_ERRORS = (FileNotFoundError, FileExistsError, ValueError, OutputError)
+EXIT_TRANSIENT = 75  # a failure a retry may not repeat: I/O, network, S3 (sysexits.h's EX_TEMPFAIL)
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code of a process that ``error`` ended: EXIT_BAD_INPUT for bad input (BAD_INPUT_ERRORS: a
+    retry fails the same way), EXIT_TRANSIENT for any other OSError (I/O, network, S3: a retry may pass),
+    1 for anything else (a bug, which a retry repeats). semcode run retries only EXIT_TRANSIENT tasks."""
+    if isinstance(error, BAD_INPUT_ERRORS):
+        return EXIT_BAD_INPUT
+    return EXIT_TRANSIENT if isinstance(error, OSError) else 1
 
 
 class ConfigError(ValueError):

@@ -11,6 +11,16 @@ from __future__ import annotations
 KINDS = ("query", "code")  # what a text is; a shared tower encodes both, separate towers one each
 TOWERS = ("shared", "separate")
 PRECISIONS = ("fp32", "int8")  # of the ONNX encoders
+TRAINING_PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # of the training stages (--precision)
+# The help of the training stages' (train_encoder, train_decoder) fields of the same names.
+PRECISION_HELP = (
+    f"training precision: {'|'.join(TRAINING_PRECISIONS)}; auto = bf16 on a GPU, fp32 on the CPU; fp16 "
+    "(dynamic loss scaling) for GPUs without bf16 (V100, T4); fp32 when half precision diverges"
+)
+RESUME_FROM_HELP = (
+    "start from this complete checkpoint (a checkpoints/step-NNNNNN folder of a run of the same shape): its "
+    "weights, optimizer, schedule, data position and history; out/checkpoints/latest wins with --resume"
+)
 RUNTIMES = ("torch", "onnx-int8", "onnx-fp32")  # how a stage that only embeds runs an encoder
 RUNTIME_HELP = (
     f"how the encoder runs: {'|'.join(RUNTIMES)}; onnx-*: exported as the bundle's is and run by ONNX "
@@ -40,6 +50,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"  # a training stage's per-step values and evaluations, beside its model
 SAMPLES_FILE = "samples.jsonl"  # the decoder stage's generated test samples, beside its history
 MODEL_CARD_FILE = "model_card.md"
+HUB_CARD_FILE = "README.md"  # encoder/README.md: the model card with the front matter model hubs read
 REPORT_FILE = "report.html"
 ENCODER_DIR = "encoder"
 DECODER_DIR = "decoder"
@@ -50,11 +61,24 @@ LEXICAL_DIR = "bm25"
 ENCODER_CONFIG_FILE = "semcode_encoder.json"  # beside config.json in a semcode encoder directory
 # index_meta.parquet, row i = FAISS id i: what a search result shows. start_line (int32, 1-based) comes
 # from the url's #L<start> fragment (null without one); signature is the function's header on one line
-# (``def f(x):``, ``func F(x int) error``) and doc the first paragraph of its doc comment ("" without).
-META_COLUMNS = ("code", "language", "repo", "path", "start_line", "func_name", "url", "signature", "doc")
+# (``def f(x):``, ``func F(x int) error``) and doc the first paragraph of its doc comment ("" without);
+# license the SPDX expression of the code's licence ("" when none was found; semcode.data.licenses).
+META_COLUMNS = (
+    "code",
+    "language",
+    "repo",
+    "path",
+    "start_line",
+    "func_name",
+    "url",
+    "signature",
+    "doc",
+    "license",
+)
 # The columns bundles built before them lack: such bundles still validate and load (the Searcher fills
-# language "python", repo "", start_line null, signature and doc ""); the other META_COLUMNS are required.
-META_COLUMNS_ADDED = ("language", "repo", "start_line", "signature", "doc")
+# language "python", repo "", start_line null, signature, doc and license ""); the other META_COLUMNS are
+# required.
+META_COLUMNS_ADDED = ("language", "repo", "start_line", "signature", "doc", "license")
 
 # The ONNX encoder's graph: int64 input_ids, attention_mask [batch, seq] -> float32 embedding [batch, dim]
 INPUT_NAMES = ("input_ids", "attention_mask")

@@ -68,6 +68,7 @@ START_LINE = "start_line"  # not a corpus column (yet): parsed from the url's #L
 SIGNATURE = "signature"  # a corpus column since signatures were extracted; "" for older corpora
 DOC = "doc"  # the corpus' query column: the doc comment's first paragraph, on one line
 SOURCE = "source"  # the source spec a row came from: what a max_corpus sample is spread over
+LICENSE = "license"  # a corpus column since licences were found; "" for older corpora
 META_SCHEMA = pa.schema(
     [
         pa.field(name, pa.int32() if name == START_LINE else pa.string())
@@ -77,7 +78,7 @@ META_SCHEMA = pa.schema(
     ]
 )
 # What a corpus shard must have; start_line, signature and source are read when a shard has them.
-CORPUS_COLUMNS = tuple(name for name in META_COLUMNS if name not in (START_LINE, SIGNATURE, DOC))
+CORPUS_COLUMNS = tuple(name for name in META_COLUMNS if name not in (START_LINE, SIGNATURE, DOC, LICENSE))
 URL_LINE = r"#L(?P<line>\d+)(?:-L\d+)?$"  # python://stdlib/json/decoder.py#L42, file:///src/a.go#L12-L30
 DOCUMENT_VIEWS = ("name+doc+code", "doc+code", "code")  # search_document's views; the first is the default
 CHUNK_BATCHES = 32  # rows per embedding call = encode_batch_size * CHUNK_BATCHES (sorted by length inside)
@@ -211,11 +212,12 @@ def start_lines(urls: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 def meta_table(table: pa.Table) -> pa.Table:
     """A corpus chunk's META_COLUMNS, cast to META_SCHEMA: start_line from the url unless the corpus has it,
-    signature "" where the corpus has none (older corpora), doc = the query column."""
+    signature and license "" where the corpus has none (older corpora), doc = the query column."""
     if START_LINE not in table.column_names:
         table = table.append_column(START_LINE, start_lines(table["url"]))
-    if SIGNATURE not in table.column_names:
-        table = table.append_column(SIGNATURE, pa.array([""] * table.num_rows, type=pa.string()))
+    for name in (SIGNATURE, LICENSE):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([""] * table.num_rows, type=pa.string()))
     table = table.append_column(DOC, pc.fill_null(table["query"], ""))
     return table.select(list(META_COLUMNS)).cast(META_SCHEMA)
 
@@ -479,7 +481,8 @@ def embed_selection(
     ):
         for shard, rows in zip(shards, selection.shard_rows, strict=True):
             names = pq.read_schema(shard).names
-            columns = [*CORPUS_COLUMNS, "query", *(c for c in (START_LINE, SIGNATURE, SOURCE) if c in names)]
+            optional = (START_LINE, SIGNATURE, SOURCE, LICENSE)
+            columns = [*CORPUS_COLUMNS, "query", *(c for c in optional if c in names)]
             for table in selected_batches(shard, rows, columns, chunk_rows):
                 done.rows_read += table.num_rows
                 table = table.filter(pc.not_equal(pc.fill_null(table["code"], ""), ""))

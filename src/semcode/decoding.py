@@ -1,12 +1,15 @@
 """Decoding code from embeddings, and measuring what comes out, in every language of
 semcode.data.languages.
 
-``generate_code`` runs transformers' ``generate`` on the decoder's prefix (greedy, or sampling with
-temperature and top-p) and stops a row at ``</s>``, at ``max_new_tokens``, or where the function ends
+``generate_code`` runs transformers' ``generate`` on the decoder's prefix and language token (greedy,
+or sampling with temperature and top-p), after ``<s>`` and, in prefix mode, the tokens of a literal code
+prompt (``prompt``: ``int main() {``, ``// Calculate the nth prime number``) that the code continues, and
+stops a row at ``</s>``, at ``max_new_tokens``, or where the function ends
 (``function_end``, one rule per language, ``STOP_RULES``):
 
 - Python: at the first non-blank line indented no deeper than the ``def`` once the text before that
-  line is a complete statement. Checking that the text before the line parses is what lets a
+  line is a complete statement (comment lines neither start nor end the function: a ``# ...`` prompt
+  may come before the ``def``). Checking that the text before the line parses is what lets a
   decorator, a multi-line signature (``) -> int:`` at the def's level) or a string with lines at
   column 0 continue.
 - Go, Java, JavaScript, TypeScript, PHP, Rust, C, C++: after the ``}`` (and a ``;`` right after it)
@@ -148,7 +151,7 @@ def _python_end(text: str, language: str = "python") -> int | None:
     def_indent: int | None = None
     offset = 0
     for line in text.split("\n"):
-        if line.strip():
+        if line.strip() and not line.lstrip().startswith("#"):
             if def_indent is None:
                 def_indent = _indent(line)
             elif _indent(line) <= def_indent and _python_module(text[:offset]) is not None:
@@ -281,9 +284,12 @@ class StopAtFunctionEnd(StoppingCriteria):
     """Stops each row of a ``generate`` call once its decoded text has a ``function_end`` in its
     row's language (``language``: one name for every row, or one per row)."""
 
-    def __init__(self, tokenizer: Any, language: str | Sequence[str] = "python") -> None:
+    def __init__(
+        self, tokenizer: Any, language: str | Sequence[str] = "python", prompt_ids: Sequence[int] = ()
+    ) -> None:
         self.tokenizer = tokenizer
         self.language = language
+        self.prompt_ids = list(prompt_ids)  # prefix mode: the code so far starts with the prompt
         self.languages: list[str] = []  # one per row, from the first call on
         self.ended: torch.Tensor | None = None  # [B] bool: which rows this criterion stopped
 
@@ -297,7 +303,7 @@ class StopAtFunctionEnd(StoppingCriteria):
             if EOS_ID in ids or self.ended[row]:
                 done[row] = True
                 continue
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = self.tokenizer.decode(self.prompt_ids + ids, skip_special_tokens=True)
             if function_end(text, self.languages[row]) is not None:
                 self.ended[row] = done[row] = True
         return done.to(input_ids.device)
@@ -372,12 +378,15 @@ def generate_code(
     repetition_penalty: float = 1.0,
     batch_size: int = 32,
     language: str | Sequence[str] = "python",
+    prompt: str = "",
 ) -> list[Generation]:
     """Code for each embedding [N, D]: greedy when ``temperature`` is 0, else sampling with top-p among the
     64 most likely tokens (NucleusWithinTopK).
 
-    ``language`` (one name for every row, or a list of one per row) picks the rule that stops a row
+    ``language`` (one name for every row, or a list of one per row) is the language token the decoder
+    is given (a language it was not trained on is refused, named) and picks the rule that stops a row
     where its function ends (``function_end``); each Generation carries it, and its parse check.
+    ``prompt`` (prefix mode, every row): literal code the decoder continues; each code starts with it.
 
     ``repetition_penalty`` > 1 divides the logits of tokens already generated (Keskar et al. 2019, as
     transformers implements it), which keeps a small decoder out of ``to_to_to...`` loops.
@@ -392,6 +401,8 @@ def generate_code(
         )
     embeddings = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
     languages = _row_languages(language, len(embeddings))
+    language_ids = model.language_ids(languages)  # [N], or None for a decoder without language tokens
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
     sampling = temperature > 0
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -414,11 +425,13 @@ def generate_code(
         with torch.no_grad():
             for start in range(0, len(embeddings), batch_size):
                 batch = embeddings[start : start + batch_size].to(device)
-                prefix = model.prefix_embeds(batch)  # [B, k, H]
-                bos = model.lm.get_input_embeddings()(torch.full((len(batch), 1), BOS_ID, device=device))
-                inputs = torch.cat([prefix.to(bos.dtype), bos], dim=1)  # [B, k+1, H]
+                ids_of_rows = None if language_ids is None else language_ids[start : start + batch_size]
+                conditioning = model.conditioning(batch, ids_of_rows)  # [B, k, H]
+                start_ids = torch.tensor([[BOS_ID, *prompt_ids]] * len(batch), device=device)  # [B, 1+P]
+                started = model.lm.get_input_embeddings()(start_ids)  # [B, 1+P, H]
+                inputs = torch.cat([conditioning.to(started.dtype), started], dim=1)  # [B, k+1+P, H]
                 rows = languages[start : start + batch_size]
-                stop = StopAtFunctionEnd(tokenizer, rows)
+                stop = StopAtFunctionEnd(tokenizer, rows, prompt_ids)
                 bias = model.logit_bias(batch)  # [B, V], or None without a token-bias head
                 processors = LogitsProcessorList([AddLogitBias(bias)] if bias is not None else [])
                 if sampling:  # after the bias: the nucleus is taken on the final logits
@@ -441,7 +454,7 @@ def generate_code(
                     else:
                         stopped_by = "max_tokens"
                     ids = ids[: len(ids) - _trailing_pads(ids)] if stopped_by != "eos" else ids
-                    text = tokenizer.decode(ids, skip_special_tokens=True)
+                    text = tokenizer.decode(prompt_ids + ids, skip_special_tokens=True)
                     code = trim_function(text, rows[row])
                     results.append(Generation(code, len(ids), stopped_by, rows[row]))
     finally:
@@ -480,6 +493,7 @@ def generate_reranked(
     batch_size: int = 32,
     greedy: list[Generation] | None = None,
     language: str | Sequence[str] = "python",
+    prompt: str = "",
 ) -> list[Generation]:
     """Best of ``candidates`` per embedding [N, D]: the greedy code plus ``candidates - 1`` samples,
     reranked by the encoder (``pick_by_embedding``: the candidate that parses in the row's language
@@ -490,7 +504,8 @@ def generate_reranked(
     the decoder proposes, the encoder that made the target judges. ``embed_codes`` embeds codes
     (code side, L2-normalised) with the encoder that made ``embeddings``; an empty code scores -1.
     ``greedy``: the greedy codes of these embeddings when the caller already has them (same settings).
-    ``language``: one name for every row, or one per row (as generate_code).
+    ``language``: one name for every row, or one per row; ``prompt``: code every row continues (as
+    generate_code).
     """
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -498,7 +513,16 @@ def generate_reranked(
     languages = _row_languages(language, len(embeddings))
     if greedy is None:
         greedy = generate_code(
-            model, tokenizer, embeddings, max_new_tokens, 0.0, 1.0, repetition_penalty, batch_size, languages
+            model,
+            tokenizer,
+            embeddings,
+            max_new_tokens,
+            0.0,
+            1.0,
+            repetition_penalty,
+            batch_size,
+            languages,
+            prompt,
         )
     elif len(greedy) != len(embeddings):
         raise ValueError(f"{len(greedy)} greedy codes for {len(embeddings)} embeddings")
@@ -517,6 +541,7 @@ def generate_reranked(
             repetition_penalty,
             batch_size,
             [name for name in languages for _ in range(candidates - 1)],
+            prompt,
         )
         for c in range(candidates - 1):
             proposals.append(sampled[c :: candidates - 1])
@@ -545,11 +570,16 @@ def _trailing_pads(ids: list[int]) -> int:
 
 
 def reconstruction_metrics(
-    model: CodeDecoder, token_ids: list[list[int]], embeddings: np.ndarray, batch_size: int = 32
+    model: CodeDecoder,
+    token_ids: list[list[int]],
+    embeddings: np.ndarray,
+    batch_size: int = 32,
+    language_ids: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Teacher-forced loss (mean over code tokens), perplexity (exp of it) and token accuracy.
 
-    ``token_ids[i]`` (``<s> code </s>``, from code_token_ids) is decoded from ``embeddings[i]``.
+    ``token_ids[i]`` (``<s> code </s>``, from code_token_ids) is decoded from ``embeddings[i]`` (and the
+    language token ``language_ids[i]``, for a decoder that has them).
     """
     if not token_ids:
         raise ValueError("no examples to measure")
@@ -561,7 +591,7 @@ def reconstruction_metrics(
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
-                batch = make_batch(token_ids, embeddings, order[start : start + batch_size])
+                batch = make_batch(token_ids, embeddings, order[start : start + batch_size], language_ids)
                 output = model(**{name: tensor.to(device) for name, tensor in batch.items()})
                 loss_sum += float(output.loss) * output.tokens
                 tokens += output.tokens

@@ -56,13 +56,18 @@ from semcode.embed import EmbedFn
 from semcode.progress import log
 from semcode.retrieval import (
     FUSION_WEIGHTS,
+    INTERNAL_PENALTIES,
     BM25Index,
     check_fusion,
+    check_penalty,
     convex_fusion,
+    defined_name,
     fuse_queries,
     fusion_name,
     fusion_spec,
+    internal_definitions,
     is_dense,
+    penalise_internal,
     query_form,
     query_weights,
     rrf_fusion,
@@ -505,8 +510,13 @@ def evaluate_suite(
         spec = fusion_spec(fusion)
         dense, lexical = score_blocks["model"], score_blocks["bm25"]
 
+        internal = (
+            internal_definitions(map(defined_name, suite.codes)) if "internal_penalty" in spec else None
+        )
+
         def hybrid_block(start: int, end: int) -> np.ndarray:
-            return fuse_queries(dense(start, end), lexical(start, end), suite.queries[start:end], spec)
+            queries = suite.queries[start:end]
+            return fuse_queries(dense(start, end), lexical(start, end), queries, spec, internal)
 
         record("hybrid", hybrid_block, started)
         result["fusion"] = spec
@@ -577,6 +587,9 @@ class MixSuite:
     # What ranks this suite when not choose_fusion's own embedding: the everyday suite is embedded as the
     # index embeds its rows (build_index's max length), the other suites at evaluate's.
     embed: EmbedFn | None = None
+    # [C] bool: the candidates that are internal definitions (semcode.retrieval.internal_definitions), for
+    # a fusion's internal_penalty; None: read off each candidate's code (defined_name).
+    internal: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.style not in QUERY_STYLES:
@@ -598,6 +611,12 @@ class MixSuite:
         object.__setattr__(self, "exclude", np.unique(self.exclude.astype(np.int64), axis=0))
         if len(np.unique(self.relevant[:, 0])) != len(self.queries):
             raise ValueError(f"suite {self.name}: every query needs at least one relevant candidate")
+        if self.internal is None:
+            object.__setattr__(self, "internal", internal_definitions(map(defined_name, self.codes)))
+        elif np.shape(self.internal) != (len(self.codes),):
+            raise ValueError(
+                f"suite {self.name}: internal must be [candidates] bool, got {np.shape(self.internal)}"
+            )
 
 
 def mix_suite(suite: Suite, style: str) -> MixSuite:
@@ -623,13 +642,26 @@ def best_relevant_ranks(
     return 1 + beaten_by.sum(axis=1, dtype=np.int64)
 
 
-def fusion_candidates(weights: Sequence[float], rrf: bool = True, per_form: bool = True) -> list[dict]:
-    """The fusion specs choose_fusion tries, dense first: ``convex`` at each weight, ``rrf``, and with
+def fusion_candidates(
+    weights: Sequence[float],
+    rrf: bool = True,
+    per_form: bool = True,
+    penalties: Sequence[float] = INTERNAL_PENALTIES,
+) -> list[dict]:
+    """The fusion specs choose_fusion tries, dense first: ``convex`` at each weight, and at each weight
+    with each internal ``penalties`` (internal definitions ranked that much lower), ``rrf``, and with
     ``per_form`` each pair of weights (w, question w') with w' < w (questions take less lexical help)."""
     for weight in weights:
         check_fusion("convex", weight)
+    for penalty in penalties:
+        check_penalty(penalty)
     weights = sorted({0.0, *map(float, weights)})
     candidates = [{"rule": "convex", "weight": weight} for weight in weights]
+    candidates += [
+        {"rule": "convex", "weight": weight, "internal_penalty": float(penalty)}
+        for weight in weights
+        for penalty in sorted(set(penalties) - {0})
+    ]
     candidates += [{"rule": "rrf", "weight": 0.0}] if rrf else []
     if per_form:
         candidates += [
@@ -643,7 +675,9 @@ def fusion_candidates(weights: Sequence[float], rrf: bool = True, per_form: bool
 
 def spec_name(spec: Mapping) -> str:
     """fusion_name of a fusion spec."""
-    return fusion_name(spec["rule"], spec["weight"], spec.get("question_weight"))
+    return fusion_name(
+        spec["rule"], spec["weight"], spec.get("question_weight"), spec.get("internal_penalty", 0.0)
+    )
 
 
 def choose_fusion(
@@ -652,13 +686,14 @@ def choose_fusion(
     weights: Sequence[float] = FUSION_WEIGHTS,
     rrf: bool = True,
     per_form: bool = True,
+    penalties: Sequence[float] = INTERNAL_PENALTIES,
     bm25_stopwords: bool = False,
     block_size: int = DEFAULT_BLOCK_SIZE,
     seed: int = 0,
 ) -> dict:
     """The fusion spec chosen on ``mix`` (never test or a held-out suite) by CHOICE_RULE.
 
-    Candidates: fusion_candidates(weights, rrf, per_form); each is ranked on every suite of the mix,
+    Candidates: fusion_candidates(weights, rrf, per_form, penalties); each is ranked on every suite of the mix,
     full-corpus, the model's cosine fused with BM25 over that suite's candidates (fuse_queries). Returns
     the chosen spec (``rule``, ``weight``, ``question_weight`` for a per-form one) with ``"name"``,
     ``"default_mode"`` ("dense" when the chosen spec is dense itself, else "hybrid"), ``"chosen_on"``
@@ -672,7 +707,7 @@ def choose_fusion(
     names = [suite.name for suite in mix]
     if len(set(names)) != len(names):
         raise ValueError(f"the suites of the mix must have distinct names, got {names}")
-    candidates = fusion_candidates(weights, rrf, per_form)
+    candidates = fusion_candidates(weights, rrf, per_form, penalties)
     started = time.perf_counter()
     mrr: dict[str, dict[str, float]] = {}  # suite -> {candidate or "bm25": MRR}
     ranks_of: dict[str, dict[str, np.ndarray]] = {}  # suite -> {candidate: [Q] ranks}
@@ -698,6 +733,7 @@ def choose_fusion(
                     fused = rrf_fusion(dense, lexical)
                 else:
                     fused = convex_fusion(dense, lexical, per_query[start:end])
+                    fused = penalise_internal(fused, suite.internal, spec.get("internal_penalty", 0.0))
                 ranks[spec_name(spec)][start:end] = best_relevant_ranks(fused, relevant, excluded)
         ranks_of[suite.name] = ranks
         mrr[suite.name] = {name: float(np.mean(1.0 / r)) for name, r in ranks.items()}

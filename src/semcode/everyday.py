@@ -47,6 +47,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from semcode.retrieval import internal_definitions
+
 if TYPE_CHECKING:
     from semcode.embed import EmbedFn
     from semcode.evaluation import MixSuite
@@ -278,7 +280,8 @@ def everyday_mix_suite(
         )
     relevant = np.array(pairs, dtype=np.int64)
     exclude = np.zeros((0, 2), np.int64)
-    return MixSuite(name, "question", kept, list(documents), relevant, exclude, source, embed)
+    internal = internal_definitions(func_name for _, func_name in rows)  # by name: Class._helper too
+    return MixSuite(name, "question", kept, list(documents), relevant, exclude, source, embed, internal)
 
 
 # ---------------------------------------------------------------- ranking a corpus' candidates (evaluate)
@@ -366,7 +369,8 @@ def evaluate_everyday(
     result: dict = {}
     if fusion is not None and "model" in scores and "bm25" in scores:
         spec = fusion_spec(fusion)
-        timed("hybrid", lambda: fuse_queries(scores["model"], scores["bm25"], texts, spec))
+        internal = internal_definitions(func_name for _, func_name in rows)
+        timed("hybrid", lambda: fuse_queries(scores["model"], scores["bm25"], texts, spec, internal))
         result["fusion"] = spec
     if naive is not None and whole_sources is not None:
         timed("naive", cosine(naive, whole_sources))

@@ -420,7 +420,10 @@ def choose_default_encoder(
     if not int8:
         return "fp32", "int8 quantisation is off"
     if mrr_fp32 is None or mrr_int8 is None:
-        return "int8", "no test split given: int8 chosen without an MRR check (cosine parity only)"
+        return (
+            "int8",
+            "no test queries (no test split, or none in it): int8 chosen without an MRR check (cosine parity only)",
+        )
     loss = mrr_fp32 - mrr_int8
     if loss > max_mrr_loss:
         return (

@@ -98,6 +98,36 @@ def metric_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+LANGUAGE_HEADER = ["language", "training pairs", "suite", "queries", *(SYSTEM_LABELS[s] for s in SYSTEMS)]
+LANGUAGE_NOTE = (
+    "MRR per programming language (full protocol where measured, else csn): each suite's per-language "
+    "breakdown, the held-out polyglot-<language> repositories and, for a one-language corpus, its test split."
+)
+
+
+def language_rows(metrics: dict) -> list[list[str]]:
+    """Per programming language and suite: [language, its training pairs (ingest), suite, queries, MRR per
+    system]; from the suites' ``by_language`` breakdowns, the ``polyglot-<language>`` suites and, when the
+    corpus holds one language only, the ``test`` suite under that language. Sorted by language."""
+    languages = (metrics.get("ingest") or {}).get("languages") or {}
+    only = next(iter(languages)) if len(languages) == 1 else None
+    rows = []
+    for label, part, language in _suite_parts(metrics):
+        suite = label.split(":", 1)[0]
+        if language is None and suite.startswith("polyglot-"):
+            language = suite.removeprefix("polyglot-")
+        elif language is None and suite == "test" and only is not None:  # the corpus's own held-out split
+            language = only
+        if language is None:
+            continue
+        protocol = "full" if isinstance(part.get("full"), dict) else "csn"
+        systems = part.get(protocol) or {}
+        mrr = [_number((systems.get(s) or {}).get("mrr")) for s in SYSTEMS]
+        pairs = (languages.get(language) or {}).get("pairs")
+        rows.append([language, _number(pairs), suite, _number(part.get("n_queries")), *mrr])
+    return sorted(rows, key=lambda row: (row[0], row[2]))
+
+
 GAP_HEADER = ["suite", "protocol", "model - baseline", "MRR difference", "95% interval"]
 EVERYDAY_METRICS = (*(f"success@{k}" for k in SUCCESS_AT), f"mrr@{MRR_AT}")
 EVERYDAY_HEADER = ["queries", "system", *(metric.replace("mrr", "MRR") for metric in EVERYDAY_METRICS)]
@@ -108,6 +138,14 @@ EVERYDAY_NOTE = (
     "naive: the zero-shot start model over each definition's whole source (docstring and code), cosine only. "
     "Its gaps (protocol stdlib, in the table above) are MRR@10 differences."
 )
+
+
+def not_evaluated(metrics: dict) -> str:
+    """The suites evaluate left out and why (too few queries, not present), one sentence; "" when none."""
+    skipped = (metrics.get("evaluate") or {}).get("skipped") or {}
+    if not skipped:
+        return ""
+    return "Not evaluated: " + "; ".join(f"{suite} ({why})" for suite, why in skipped.items())
 
 
 def gap_rows(metrics: dict) -> list[list[str]]:
@@ -172,20 +210,46 @@ DATA_LICENCE_NOTE = (
     "trained). That code's own licences apply to it, in the index and in what the decoder reproduces; "
     "check them before you redistribute the bundle or use its results."
 )
+LICENCE_TABLE_NOTE = (
+    "The licences of that code as ingest found them (a dir:'s licence file, a package's metadata, a row's "
+    "license field; unknown: none found), after deduplication; each search result names its own:"
+)
+
+
+def licence_rows(metrics: dict) -> list[list[str]]:
+    """[licence, training pairs, corpus rows] per licence of the ingest manifest, most training pairs first;
+    [] for a manifest made before licences were recorded."""
+    found = (metrics.get("ingest") or {}).get("licenses") or {}
+    pairs, corpus = found.get("train_pairs") or {}, found.get("corpus") or {}
+    names = sorted(
+        set(pairs) | set(corpus), key=lambda name: (-pairs.get(name, 0), -corpus.get(name, 0), name)
+    )
+    return [[name, _number(pairs.get(name, 0)), _number(corpus.get(name, 0))] for name in names]
+
+
 # The stage settings the model card lists (bundle.json source.stage_configs), in this order.
 HYPERPARAMETERS = {  # config class -> (the stage's name in the table, its settings)
     "TrainEncoderConfig": ("encoder", (
         "init_from", "size", "towers", "max_length", "inference_max_length", "epochs", "max_steps",
         "time_budget_minutes", "batch_size", "grad_accum", "lr", "warmup_ratio", "temperature",
         "learnable_temperature", "distill_weight", "hard_negative_weight", "teacher_filter_top_k",
-        "teacher_false_negatives", "docstring_share", "zero_stage", "seed",
+        "teacher_false_negatives", "docstring_share", "zero_stage", "precision", "seed",
     )),
-    "TrainDecoderConfig": ("decoder", ("size", "max_length", "max_steps", "time_budget_minutes", "batch_size", "lr", "seed")),
+    "TrainDecoderConfig": ("decoder", ("size", "max_length", "max_steps", "time_budget_minutes", "batch_size", "lr", "precision", "seed")),
 }  # fmt: skip
 
 
 REPORT_SAMPLES = 4  # decoder samples shown in report.html
 RANK_HEADER = ["rank", "steps", "items/s", "mean loss", "data wait", "all-reduce", "peak RSS (MiB)"]
+
+
+def training_precision(stage_metrics: dict) -> str:
+    """The precision a training stage ran in (its metrics.json), or "-" when it did not train."""
+    if "precision" in stage_metrics:
+        return str(stage_metrics["precision"])
+    if "bf16" in stage_metrics:  # recorded before --precision existed
+        return "bf16" if stage_metrics["bf16"] else "fp32"
+    return "-"
 
 
 def rank_rows(ranks: list[dict]) -> list[list[str]]:
@@ -268,6 +332,7 @@ def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
     if train:
         model += [
             ("training steps", _number(train.get("steps"))),
+            ("training precision", training_precision(train)),
             ("training pairs", _number(train.get("train_pairs"))),
             ("best validation MRR", _number(train.get("best_valid_mrr"))),
         ]
@@ -317,6 +382,10 @@ def _facts(bundle: dict, metrics: dict) -> dict[str, list[tuple[str, str]]]:
         ("index", f"{index_metrics.get('factory', '-')} ({index_metrics.get('index_type', '-')})"),
         ("recall@10 vs exact search", _number(index_metrics.get("recall@10"))),
         (
+            "default search mode",
+            str(bundle.get("default_mode", "dense")),
+        ),  # semcode search / serve without --mode
+        (
             "search latency p50 / p99 (ms)",
             f"{_number(latency.get('p50_ms'))} / {_number(latency.get('p99_ms'))}",
         ),
@@ -355,7 +424,8 @@ def _decoder_facts(decoder: dict) -> list[tuple[str, str]]:
         ),
         (
             "training",
-            f"{_number(decoder.get('steps'))} steps, {_number(decoder.get('tokens_per_second'))} tokens/s",
+            f"{_number(decoder.get('steps'))} steps, {_number(decoder.get('tokens_per_second'))} tokens/s, "
+            f"{training_precision(decoder)}",
         ),
     ]
     decodings = [("greedy", "")]
@@ -447,6 +517,7 @@ def model_card(bundle: dict, metrics: dict) -> str:
                 "",
                 _md_table(header, _metric_table_rows(rows, "mrr")) if rows else "No evaluation recorded.",
                 "",
+                *([_md(not_evaluated(metrics)), ""] if not_evaluated(metrics) else []),
                 "Recall@10:",
                 "",
                 _md_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
@@ -460,6 +531,16 @@ def model_card(bundle: dict, metrics: dict) -> str:
                     "",
                     _md_table(GAP_HEADER, gaps),
                 ]
+            languages = language_rows(metrics)
+            if languages:
+                parts += [
+                    "",
+                    "### Per language",
+                    "",
+                    LANGUAGE_NOTE,
+                    "",
+                    _md_table(LANGUAGE_HEADER, languages),
+                ]
             everyday = everyday_rows(metrics)
             if everyday:
                 parts += ["", "### Everyday queries", "", EVERYDAY_NOTE, everyday_summary(metrics)]
@@ -471,6 +552,14 @@ def model_card(bundle: dict, metrics: dict) -> str:
     parts += ["", "## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
     parts += [f"- {item}" for item in LIMITATIONS]
     parts += ["", "## Data and licences", "", DATA_LICENCE_NOTE]
+    licences = licence_rows(metrics)
+    if licences:
+        parts += [
+            "",
+            LICENCE_TABLE_NOTE,
+            "",
+            _md_table(["licence (SPDX)", "training pairs", "corpus rows"], licences),
+        ]
     parts += [
         "",
         "## Files",
@@ -671,7 +760,8 @@ def report_html(
         f"<h1>{_e(title)}</h1>",
         f"<p>Natural-language-to-code search encoder made by semcode {_e(bundle.get('semcode_version'))} "
         f"on {_e(bundle.get('created_at'))}. Primary metric: <b>{_e(primary.get('name'))} = "
-        f"{_e(_number(primary.get('value')))}</b></p>",
+        f"{_e(_number(primary.get('value')))}</b>. Default search mode: <b>{_e(bundle.get('default_mode', 'dense'))}</b> "
+        "(semcode search and serve without --mode).</p>",
     ]
     decision = gate_decision(bundle)
     if decision is not None:
@@ -687,6 +777,7 @@ def report_html(
         f"<p>{_e(SUITE_NOTE)}</p>",
         mrr_chart_svg([row for row in rows if row["language"] is None]),  # whole suites; languages below
         _html_table(header, _metric_table_rows(rows, "mrr")) if rows else "<p>No evaluation recorded.</p>",
+        f"<p>{_e(not_evaluated(metrics))}</p>" if not_evaluated(metrics) else "",
         "<h2>Evaluation: Recall@10</h2>",
         _html_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
     ]
@@ -697,6 +788,13 @@ def report_html(
             "<p>MRR difference on the same queries, with its 95% paired bootstrap interval (one that "
             "contains 0 is within the suite's noise).</p>",
             _html_table(GAP_HEADER, gaps),
+        ]
+    languages = language_rows(metrics)
+    if languages:
+        body += [
+            "<h2>Evaluation: per language</h2>",
+            f"<p>{_e(LANGUAGE_NOTE)}</p>",
+            _html_table(LANGUAGE_HEADER, languages),
         ]
     everyday = everyday_rows(metrics)
     if everyday:

@@ -30,6 +30,15 @@ take less lexical help than identifier-like and docstring-like queries (issue 30
 ``[Q, C] = cos + weights[Q, None] * bm25 / max_bm25`` (``query_weights``, ``fuse_queries``). A spec
 without ``question_weight`` (every bundle made before it) gives every query ``weight``, as it always did.
 
+A convex spec may also hold ``"internal_penalty"``: subtracted from the hybrid score of every candidate
+that is an internal definition (``internal_definitions``: a name part with a leading underscore,
+``_TemporaryFileCloser.__init__``, ``_splithost``; dunders are not internal). People search for what they
+can call; the private helper behind ``shutil.rmtree`` or ``tempfile.NamedTemporaryFile`` often shares more
+words with the query than the public function does, and outranks it (issue 30: an everyday query's
+accepted answer sat below such helpers in 58 of 191 queries' top 3 misses' first places). The penalty is
+a ranking prior, chosen like the weight (0 among the candidates), and applies to hybrid only: dense and
+lexical rank as they always did.
+
 evaluate chooses the spec on a mix of docstring-style and question-style suites (the valid split, CoSQA
 dev, the everyday suite; semcode.evaluation.choose_fusion), never on test or a held-out suite.
 """
@@ -139,6 +148,11 @@ RRF_K = 60
 FUSION_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 DEFAULT_FUSION = {"rule": "convex", "weight": 0.1}  # without a suite to choose on: the issue's probe
 DENSE_FUSION = {"rule": "convex", "weight": 0.0}  # the dense ranking itself
+INTERNAL_PENALTIES = (
+    0.02,
+    0.05,
+    0.1,
+)  # what choose_fusion tries beside 0 (cosine units: a cosine is 0.3-0.8)
 
 
 def check_fusion(rule: str, weight: float | np.ndarray) -> None:
@@ -149,6 +163,13 @@ def check_fusion(rule: str, weight: float | np.ndarray) -> None:
     weights = np.asarray(weight, dtype=np.float64)
     if not np.isfinite(weights).all() or (weights < 0).any():
         raise ValueError(f"fusion weight must be a finite number >= 0, got {weight}")
+
+
+def check_penalty(penalty: float) -> None:
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not np.isfinite(penalty):
+        raise ValueError(f"fusion internal_penalty must be a finite number >= 0, got {penalty!r}")
+    if penalty < 0:
+        raise ValueError(f"fusion internal_penalty must be a finite number >= 0, got {penalty}")
 
 
 def _number(spec: Mapping, key: str) -> float:
@@ -176,13 +197,53 @@ def fusion_spec(spec: Mapping) -> dict:
         question_weight = _number(spec, "question_weight")
         check_fusion(rule, question_weight)
         out["question_weight"] = question_weight
+    if spec.get("internal_penalty"):
+        if rule != "convex":
+            raise ValueError(f"internal_penalty applies to the convex rule only, not {rule!r}")
+        penalty = _number(spec, "internal_penalty")
+        check_penalty(penalty)
+        out["internal_penalty"] = penalty
     return out
 
 
 def is_dense(spec: Mapping) -> bool:
-    """Whether a fusion spec ranks as dense alone: convex with every weight 0."""
+    """Whether a fusion spec ranks as dense alone: convex with every weight 0 and no internal penalty."""
     spec = fusion_spec(spec)
-    return spec["rule"] == "convex" and spec["weight"] == 0 and spec.get("question_weight", 0.0) == 0
+    weights_zero = spec["weight"] == 0 and spec.get("question_weight", 0.0) == 0
+    return spec["rule"] == "convex" and weights_zero and not spec.get("internal_penalty")
+
+
+# ---------------------------------------------------------------- internal definitions
+
+# The name a code text defines first, when a keyword introduces it (def, class, func, function, fn, sub):
+# Python, Go, JavaScript/TypeScript, Rust, Ruby, Perl; a Go method's receiver is skipped. Java, C and C++
+# definitions have no such keyword and give "": never internal by name.
+_DEFINED_NAME = re.compile(
+    r"^[ \t]*(?:@[^\n]*\n[ \t]*)*(?:(?:async|export|default|pub|static)\s+)*"
+    r"(?:function|func|def|class|fn|sub)\b\s*(?:\([^)]*\)\s*)?\*?\s*([A-Za-z_$][\w$]*)",
+    re.M,
+)
+
+
+def defined_name(code: str) -> str:
+    """The name a code text defines first (``def _helper(x):`` -> ``_helper``), "" when none is found."""
+    match = _DEFINED_NAME.search(code)
+    return match.group(1) if match else ""
+
+
+def is_internal_name(name: str) -> bool:
+    """A dotted definition name with a part that starts with an underscore and is not a dunder:
+    ``_splithost``, ``_TemporaryFileCloser.__init__``, ``Path._parse``; not ``Path.__init__`` or ``mkdtemp``."""
+    return any(
+        part.startswith("_") and not (len(part) > 4 and part.startswith("__") and part.endswith("__"))
+        for part in name.split(".")
+    )
+
+
+def internal_definitions(names: Iterable[str]) -> np.ndarray:
+    """[C] bool: which candidates, by their definition names (func_name, or defined_name of the code), are
+    internal (is_internal_name)."""
+    return np.fromiter((is_internal_name(name or "") for name in names), dtype=bool)
 
 
 # ---------------------------------------------------------------- the form of a query
@@ -304,21 +365,45 @@ def fuse(dense: np.ndarray, lexical: np.ndarray, rule: str, weight: float | np.n
     return rrf_fusion(dense, lexical)
 
 
-def fuse_queries(dense: np.ndarray, lexical: np.ndarray, queries: Sequence[str], spec: Mapping) -> np.ndarray:
+def fuse_queries(
+    dense: np.ndarray,
+    lexical: np.ndarray,
+    queries: Sequence[str],
+    spec: Mapping,
+    internal: np.ndarray | None = None,
+) -> np.ndarray:
     """Hybrid scores [Q, C] of ``queries`` (their dense and lexical scores [Q, C]) by a fusion spec
-    (fusion_spec): each query its own weight (query_weights). What evaluate measures and search applies."""
+    (fusion_spec): each query its own weight (query_weights), less ``internal_penalty`` for the candidates
+    ``internal`` [C] marks (internal_definitions; needed when the spec has a penalty). What evaluate
+    measures and search applies."""
     spec = fusion_spec(spec)
     if len(queries) != np.shape(dense)[0]:
         raise ValueError(f"{len(queries)} queries for {np.shape(dense)[0]} rows of scores: one row per query")
     if spec["rule"] == "rrf":
         return rrf_fusion(dense, lexical)
-    return convex_fusion(dense, lexical, query_weights(queries, spec))
+    fused = convex_fusion(dense, lexical, query_weights(queries, spec))
+    return penalise_internal(fused, internal, spec.get("internal_penalty", 0.0))
 
 
-def fusion_name(rule: str, weight: float, question_weight: float | None = None) -> str:
+def penalise_internal(scores: np.ndarray, internal: np.ndarray | None, penalty: float) -> np.ndarray:
+    """scores [Q, C] less ``penalty`` where ``internal`` [C] bool is set; scores as they are at penalty 0."""
+    if not penalty:
+        return scores
+    if internal is None or np.shape(internal) != (scores.shape[1],):
+        raise ValueError(
+            f"an internal_penalty needs the internal flag of each of the {scores.shape[1]} candidates, got "
+            f"{None if internal is None else np.shape(internal)}"
+        )
+    return scores - np.float32(penalty) * np.asarray(internal, dtype=np.float32)[None, :]
+
+
+def fusion_name(
+    rule: str, weight: float, question_weight: float | None = None, internal_penalty: float = 0.0
+) -> str:
     """How a fusion candidate is named in metrics: ``convex@0.1``, ``convex@0.3,question@0`` (questions at
-    their own weight), ``rrf``."""
+    their own weight), ``convex@0.1,internal@0.05`` (internal definitions less 0.05), ``rrf``."""
     if rule == "rrf":
         return "rrf"
     name = f"convex@{weight:g}"
-    return name if question_weight is None else f"{name},question@{question_weight:g}"
+    name += "" if question_weight is None else f",question@{question_weight:g}"
+    return name + (f",internal@{internal_penalty:g}" if internal_penalty else "")

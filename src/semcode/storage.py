@@ -611,6 +611,54 @@ def _write_error(error: BaseException, path: Path) -> OutputError | None:
     return OutputError(code, f"{os.strerror(code)} while writing {os.fspath(path)}: {hint}")
 
 
+def command_error_line(error: BaseException) -> str | None:
+    """What a command prints instead of a traceback when it meets a full disk or quota, a read-only file system
+    or a forbidden path outside a stage output (a search cache download, an index, a publish): one line naming
+    the path and what to do; None for any other error (semcode.cli uses it for every command). An
+    OutputError is its own message. The path is the one the error names (a copy's destination for a full
+    disk), else that of a file open for writing in the frames the error came through: a failed ``write()``
+    names no file. EACCES may come from a read as well, so its line says "use another path", not "write"."""
+    if isinstance(error, OutputError):
+        return error.strerror
+    if _is_disk_full(error):
+        code = error.errno if isinstance(error, OSError) and error.errno else errno.ENOSPC
+        path = _failed_path(error, prefer_destination=True)
+        where = f"while writing {path}" if path else "(the system did not say which file)"
+        return f"{os.strerror(code)} {where}: free space there or write elsewhere"
+    if isinstance(error, OSError) and error.errno in NOT_WRITABLE_HINTS:
+        path = _failed_path(error) or "(the system did not say which file)"
+        hint = (
+            NOT_WRITABLE_HINTS[error.errno]
+            if error.errno == errno.EROFS
+            else "fix its permissions (or its folder's) or use another path"
+        )
+        return f"{os.strerror(error.errno)}: {path}: {hint}"
+    return None
+
+
+def _failed_path(error: BaseException, prefer_destination: bool = False) -> str | None:
+    """The file ``error`` is about: its filename (with ``prefer_destination``, a copy's filename2 first), else
+    the name of a file open for writing in the innermost frame of its traceback that has one."""
+    if isinstance(error, OSError):
+        names = (error.filename2, error.filename) if prefer_destination else (error.filename,)
+        for name in names:
+            if isinstance(name, str | bytes | os.PathLike):
+                return os.fsdecode(name)
+    frames = []
+    traceback = error.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if not isinstance(value, io.IOBase):  # a file object: open() gives one, closed or not
+                continue
+            mode, name = getattr(value, "mode", ""), getattr(value, "name", None)
+            if isinstance(mode, str) and any(c in mode for c in "wax+") and isinstance(name, str | bytes):
+                return os.fsdecode(name)
+    return None
+
+
 @contextlib.contextmanager
 def disk_space_errors(path: PathOrUri) -> Iterator[None]:
     """Re-raise a full disk or quota inside the block (OSError ENOSPC/EDQUOT, or FAISS's RuntimeError for
@@ -745,8 +793,8 @@ def stage_output(out_dir: PathOrUri, keep: str = "", resume: bool = False) -> It
 
     Training stages pass ``keep`` (their resumable state inside the output, ``checkpoints/latest``): a
     partial holding it survives a failure and is continued by the next run (whose own checks ask for
-    --resume), and with ``resume`` an earlier complete output's ``keep`` folder is copied into the fresh
-    partial, so that --resume continues the run it holds."""
+    --resume), and with ``resume`` an earlier complete output holding ``keep`` is copied whole into the fresh
+    partial (_copy_for_resume), so that --resume continues the run it holds, as it would in place."""
     text = os.fspath(out_dir)
     if is_s3(text):
         raise ValueError(
@@ -755,11 +803,27 @@ def stage_output(out_dir: PathOrUri, keep: str = "", resume: bool = False) -> It
     target = Path(text)
     _check_replaceable(target)
     with atomic_output(target, keep=keep) as partial:
-        seed = keep.split("/", 1)[0] if keep else ""
-        if resume and seed and not partial.exists() and (target / keep).exists():
-            shutil.copytree(target / seed, partial / seed, symlinks=True)
+        if resume and keep and not partial.exists() and (target / keep).exists():
+            _copy_for_resume(target, partial, linked=target / keep.split("/", 1)[0])
         partial.mkdir(parents=True, exist_ok=True)
         yield partial
+
+
+def _copy_for_resume(target: Path, partial: Path, linked: Path) -> None:
+    """Copy the complete output ``target`` into the fresh ``partial`` of a run that continues it. Files in the
+    folders under ``linked`` (the checkpoint folders: a run adds new ones, it never rewrites a file of one in
+    place) are hard links where the file system allows, so a resume costs no second copy of the optimizer
+    state; everything else (the ``latest`` pointer, best weights, logs, metrics) is copied, so the earlier
+    output stays as it was until the swap, whatever the run rewrites in place."""
+
+    def copy_file(source: str, destination: str) -> str:
+        if Path(source).is_relative_to(linked) and len(Path(source).relative_to(linked).parts) > 1:
+            with contextlib.suppress(OSError):  # another file system, or no links there: a copy
+                os.link(source, destination)
+                return destination
+        return shutil.copy2(source, destination)
+
+    shutil.copytree(target, partial, symlinks=True, copy_function=copy_file)
 
 
 def atomic_stage(function: Any) -> Any:

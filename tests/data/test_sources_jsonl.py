@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from semcode.data.sources import read_source
+from semcode.data.sources import listing, read_source
+from semcode.data.sources.jsonl import check_fields
 from semcode.data.sources.rows import ExtractOptions
-from semcode.data.sources.spec import parse_spec
+from semcode.data.sources.spec import SourceError, parse_spec
 
 DATA = Path(__file__).parent
 
@@ -351,3 +352,67 @@ def test_a_pairs_file_given_as_csn_and_a_csn_file_given_as_pairs_say_why():
         bare = Path(tmp) / "bare.jsonl"
         bare.write_text(json.dumps({"code": row["code"], "docstring": ""}) + "\n")
         assert read_source(parse_spec(f"csn:{bare}"), ExtractOptions()).pairs == []
+
+
+PAPERS = [
+    {
+        "title": f"Paper {index}: graph attention for link prediction",
+        "abstract": f"We predict links with method {index}." if index % 2 else None,
+        "repo": {"name": f"lab/model{index % 2}"},
+        "code": f"def predict_links_{index}(graph):\n    scores = graph.edges\n    return scores * {index}\n",
+    }
+    for index in range(6)
+]
+
+
+def test_a_json_array_with_mapped_fields_streams_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(listing, "PIECE_BYTES", 16)  # items span many refills of the buffer
+    path = tmp_path / "paper_code_pairs.json"
+    path.write_text(json.dumps(PAPERS, indent=2))
+    spec = parse_spec(f"pairs:{path}#query=title+abstract,repo=repo.name")
+    result = read_source(spec, ExtractOptions())
+    assert [row["query"] for row in result.pairs[:2]] == [
+        "Paper 0: graph attention for link prediction",
+        "Paper 1: graph attention for link prediction We predict links with method 1.",
+    ]
+    assert [row["repo"] for row in result.pairs[:2]] == ["lab/model0", "lab/model1"]
+    assert [row["url"].rsplit("#", 1)[1] for row in result.pairs] == [f"/{i}" for i in range(6)]
+    assert result.stats.records_seen == 6 and not result.stats.rejects
+
+    gzipped = tmp_path / "papers.json.gz"
+    gzipped.write_bytes(gzip.compress(json.dumps(PAPERS).encode()))
+    assert len(read_source(parse_spec(f"pairs:{gzipped}#query=title,test"), ExtractOptions()).pairs) == 6
+
+
+def test_a_broken_json_array_keeps_the_items_before_the_break(tmp_path: Path):
+    path = tmp_path / "cut.json"
+    path.write_text(json.dumps(PAPERS)[:-60])
+    result = read_source(parse_spec(f"pairs:{path}#query=title"), ExtractOptions())
+    assert len(result.pairs) == 5 and result.stats.rejects == {"malformed_json": 1}
+
+
+def test_split_fields_and_split_options(tmp_path: Path):
+    rows = [{"query": f"query number {i}", "code": f"def f{i}():\n    return {i}\n"} for i in range(4)]
+    path = tmp_path / "rows.jsonl"
+    names = ["train", "dev", "Test", ""]
+    path.write_text(
+        "".join(json.dumps(dict(row, part=name)) + "\n" for row, name in zip(rows, names, strict=True))
+    )
+    mapped = read_source(parse_spec(f"pairs:{path}#split=part"), ExtractOptions())
+    assert [row["split"] for row in mapped.pairs] == ["train", "valid", "test", ""]
+    assert [row["split"] for row in mapped.corpus] == ["train", "valid", "test", ""]
+    assert {row["split"] for row in read_source(parse_spec(f"pairs:{path}"), ExtractOptions()).pairs} == {""}
+    everything = read_source(parse_spec(f"pairs:{path}#split=part,eval"), ExtractOptions())
+    assert {row["split"] for row in everything.pairs} == {"valid"}  # the source's split wins
+
+
+def test_check_fields_names_the_file_and_the_field(tmp_path: Path):
+    path = tmp_path / "papers.json"
+    path.write_text(json.dumps(PAPERS))
+    check_fields(parse_spec(f"pairs:{path}#query=title+abstract,repo=repo.name"))  # abstract: in some records
+    with pytest.raises(SourceError, match=r"papers.json has no field 'summary' \(mapped to query\)"):
+        check_fields(parse_spec(f"pairs:{path}#query=title+summary"))
+    with pytest.raises(
+        SourceError, match=r"has no field 'repo.url' \(mapped to url\).*abstract, code, repo, title"
+    ):
+        check_fields(parse_spec(f"pairs:{path}#url=repo.url"))

@@ -30,3 +30,21 @@ def test_check_exists(tmp_path: Path):
         check_exists(parse_spec(f"dir:{tmp_path / 'file.jsonl'}"))
     check_exists(parse_spec(f"pairs:{tmp_path / 'file.jsonl'}"))
     check_exists(parse_spec("python:stdlib"))
+
+
+def test_spec_options_a_split_and_a_field_mapping():
+    spec = parse_spec("pairs:/data/papers.json#query=title+abstract,code=impl,Dev")
+    assert (spec.location, spec.split) == ("/data/papers.json", "valid")
+    assert spec.fields == (("query", ("title", "abstract")), ("code", ("impl",)))
+    assert parse_spec("csn:/data/#split=partition").fields == (("split", ("partition",)),)
+    assert parse_spec("dir:/code/#tag").location == "/code/#tag"  # only pairs: and csn: take options
+    for bad, message in [
+        ("pairs:/a#holdout", "is not a split"),
+        ("pairs:/a#valid,test", "one split per source"),
+        ("pairs:/a#qurey=title", "cannot map 'qurey'"),
+        ("pairs:/a#query=", "must be FIELD=NAME"),
+        ("pairs:/a#split=a+b", "split: one NAME"),
+        ("csn:/a#query=title", "it maps split"),
+    ]:
+        with pytest.raises(SourceError, match=message):
+            parse_spec(bad)

@@ -121,6 +121,27 @@ def test_text_jsonl_rows_become_functions_or_whole_texts(tmp_path: Path):
     assert only_go.stats.rejects["other_language"] == 3  # python, python (test path is not read), markdown
 
 
+def test_text_code_rows_are_bounded_by_max_code_chars_as_pairs_code_is(tmp_path: Path):
+    """Issue 31: a function over max_code_chars in a text: row of a known language (45 KB here, 105 MB in the
+    battery with max_file_bytes raised) is no pair and no corpus row either: max_code_chars bounds every row
+    of the source, as it bounds pairs:' code and this source's prose rows. A short function beside it stays;
+    max_file_bytes still bounds the row as a file."""
+    body = "".join(f"    x{i} = value + {i}\n" for i in range(2_000))
+    huge = 'def grow(value):\n    """Add many numbers to the value."""\n' + body + "    return value\n"
+    file = tmp_path / "huge.jsonl"
+    file.write_text(
+        json.dumps({"content": STACK_PY + "\n\n" + huge, "lang": "Python", "path": "big.py"}) + "\n"
+    )
+    spec = parse_spec(f"text:{file}")
+    result = read_source(spec, ExtractOptions())
+    assert [r["func_name"] for r in result.corpus] == ["slugify", "helper"]
+    assert [r["func_name"] for r in result.pairs] == ["slugify"]
+    assert result.stats.rejects["too_long"] == 1 and result.stats.functions_found == 2
+    unbounded = read_source(spec, ExtractOptions(max_code_chars=0))  # 0: no limit
+    assert [(r["func_name"], len(r["code"]) > 40_000) for r in unbounded.corpus][-1] == ("grow", True)
+    assert read_source(spec, ExtractOptions(max_file_bytes=40_000)).stats.rejects == {"too_large": 1}
+
+
 def test_text_parquet_is_read_like_jsonl_and_code_rag_bench_text_column(tmp_path: Path):
     valid = STACK_RECORDS
     jsonl = tmp_path / "a.jsonl"

@@ -11,7 +11,7 @@ from kfp.dsl import Dataset
 
 from semcode.data.pairs import SPLITS, read_split, read_table
 from semcode.pipeline import train_pipeline
-from semcode.pipeline.local import allow_oneof_artifacts
+from semcode.pipeline.kfp_local import allow_oneof_artifacts
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -24,7 +24,15 @@ class IngestOutputs(NamedTuple):
 @dsl.pipeline(name="ingest-step")
 def ingest_only(sources: list, shards: int) -> IngestOutputs:
     """The training pipeline's step 1 alone, wired by the same function."""
-    settings = dict(sources=sources, languages=[], max_files_per_source=0, corpus_near_dup=True, workers=1)
+    settings = dict(
+        sources=sources,
+        languages=[],
+        max_files_per_source=0,
+        corpus_near_dup=True,
+        workers=1,
+        allow_licenses=[],
+        deny_licenses=[],
+    )
     pairs, corpus = train_pipeline.ingest_step(settings, shards, "semcode-s3")
     return IngestOutputs(pairs=pairs, corpus=corpus)
 

@@ -66,15 +66,26 @@ def test_tiny_run_publishes_then_a_worse_run_is_refused(tmp_path, capsys):
         tmp_path / "worse.yaml", train_encoder={"max_steps": 1}, hard_negative={"rounds": 0}
     )
     argv = ["--preset", str(worse), "--runs-dir", str(runs), "--run-id", "second", "--cache", "--tensorboard"]
-    assert local_run.main(argv) == local_run.EXIT_REFUSED == 3
+    assert local_run.main([*argv, "--json"]) == local_run.EXIT_REFUSED == 3
     captured = capsys.readouterr()
-    out = captured.out
+    answer = json.loads(captured.out)  # --json: stdout is the summary alone, the progress on stderr
+    assert "[run] " in captured.err and "[encoder] epoch 1/" in captured.err
     assert "[run] tensorboard: http://127.0.0.1:" in captured.err
-    assert f"to view the curves again: tensorboard --logdir {(runs / 'second').resolve()}" in captured.err
+    assert (
+        f"to view the curves again: tensorboard --logdir {(runs / 'second').resolve() / 'tensorboard'}"
+        in captured.err
+    )
+    curve_runs = [p.name for p in (runs / "second" / "tensorboard").iterdir()]  # short run names
+    assert any(name.startswith("encoder") for name in curve_runs) and all(
+        len(name) < 12 for name in curve_runs
+    )
     second = read_summary(runs, "second")
+    assert answer == second and second["run_id"] == "second" and second["champion"] == first["version"]
+    assert first["published_version"] == first["version"] and second["published_version"] is None
+    assert second["stages"] and all(set(stage) == {"task", "seconds", "status"} for stage in second["stages"])
     assert second["primary"]["value"] < first["primary"]["value"]
     assert not second["passed"] and not second["published"]
-    assert "REFUSED" in out and "worse than the tolerance" in out
+    assert any("worse than the tolerance" in reason for reason in second["reasons"])
     assert bundles.resolve_latest(registry, "semcode") == champion
     # a refused candidate's bundle is whole, only not published
     bundles.validate_bundle(runs / "second" / "bundle")
@@ -109,9 +120,9 @@ def test_missing_source_fails_before_any_task(tmp_path, capsys):
 
 
 def test_stage_field_that_is_no_pipeline_parameter_fails_before_any_task(tmp_path, capsys):
-    preset = tiny_preset_with(tmp_path / "unexposed.yaml", train_encoder={"keep_checkpoints": 1})
+    preset = tiny_preset_with(tmp_path / "unexposed.yaml", train_encoder={"log_every": 5})
     assert local_run.main(["--preset", str(preset), "--runs-dir", str(tmp_path / "runs")]) == 2
-    assert "train_encoder_keep_checkpoints" in capsys.readouterr().err
+    assert "train_encoder_log_every" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -338,3 +338,39 @@ def test_resume_continues_an_earlier_runs_checkpoints_under_its_checkpoint_root(
             == submit.EXIT_BAD_INPUT
         )
         assert "--resume no-such-run: no such run" in capsys.readouterr().err
+
+
+def test_the_index_pipeline_is_submitted_with_its_own_parameters_and_no_gate(capsys):
+    from semcode.pipeline.compile import INDEX_OUTPUT
+
+    script = [("SUCCEEDED", {"index": "SUCCEEDED", "condition-1": "SUCCEEDED", "publish": "SUCCEEDED"})]
+    params = [
+        "--param",
+        "index_encoder=s3://models/registry/semcode/latest",
+        "--param",
+        "index_sources=[dir:s3://code/monorepo]",
+        "--param",
+        "index_previous=s3://models/indexes/code-index/latest",
+        "--param",
+        "publish_registry=s3://models/indexes",
+        "--param",
+        "index_recall_queries=50",
+    ]
+    with FakeKFP(script=script) as kfp:
+        assert submit.main(["--host", kfp.url, "--pipeline", "index", *FAST, *params]) == submit.EXIT_OK
+        (created,) = kfp.calls("POST", "/pipelines/upload")
+        (run,) = kfp.calls("POST", "/runs")
+    assert created.query["name"] == "semcode-index"
+    assert documents(created.upload) == documents(INDEX_OUTPUT.read_text())
+    parameters = run.body["runtime_config"]["parameters"]
+    assert parameters["index_sources"] == ["dir:s3://code/monorepo"]
+    assert parameters["index_recall_queries"] == 50
+    assert parameters["publish_registry"] == "s3://models/indexes"
+    assert "SUCCEEDED" in capsys.readouterr().out.splitlines()[0]
+
+    with FakeKFP() as kfp:  # checked before any request: the index stage's config, no preset
+        assert submit.main(["--host", kfp.url, "--pipeline", "index", "--param", "index_document=all"]) == 2
+        assert "document must be one of" in capsys.readouterr().err
+        assert submit.main(["--host", kfp.url, "--pipeline", "index", "--preset", "gpu"]) == 2
+        assert "no preset" in capsys.readouterr().err
+        assert kfp.requests == []

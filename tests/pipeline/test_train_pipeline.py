@@ -462,8 +462,8 @@ def test_preset_typos_and_unexposed_fields_are_refused(pipeline):
     with pytest.raises(ConfigError, match="lr must be > 0"):
         pipeline_params.resolve_configs({"train_encoder": {"lr": 0}}, "mine")
     # a real stage field that the pipeline does not expose
-    arguments = pipeline_params.preset_arguments({"train_encoder": {"keep_checkpoints": 1}}, "mine")
-    with pytest.raises(ConfigError, match="train_encoder_keep_checkpoints.*not pipeline parameters"):
+    arguments = pipeline_params.preset_arguments({"train_encoder": {"log_every": 1}}, "mine")
+    with pytest.raises(ConfigError, match="train_encoder_log_every.*not pipeline parameters"):
         pipeline_params.check_arguments(arguments, pipeline.component_spec.inputs, "preset mine")
 
 

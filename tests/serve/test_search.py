@@ -399,7 +399,10 @@ def test_cli_prints_ranked_hits_with_code(tiny_bundle: Path, corpus: list[dict],
     # The location: the path relative to its source root and the first line, never this machine's path.
     local = gold["path"]
     assert gold["url"].startswith(("python://stdlib/", "python://site-packages/")), gold["url"]
-    assert re.fullmatch(rf" 1\. {re.escape(local)}:{gold['start_line']}  python  \d\.\d{{4}}", lines[2])
+    licence = f"  {gold['license']}" if gold["license"] else ""  # the SPDX licence after the score
+    assert re.fullmatch(
+        rf" 1\. {re.escape(local)}:{gold['start_line']}  python  \d\.\d{{4}}{licence}", lines[2]
+    )
     assert gold["signature"].startswith("def ") and gold["doc"]  # a function with a docstring
     assert lines[3:5] == [f"    {gold['signature']}", f"    {gold['doc']}"]
     assert gold["code"].splitlines()[0] in out

@@ -121,3 +121,122 @@ def test_a_champion_evaluated_before_the_hash_is_not_comparable(tiny_run: TinyRu
     )
     assert "no comparable champion" in decision["reasons"][0]
     assert decision["passed"] is False  # the untrained tiny encoder is below BM25: refused by default
+
+
+def test_a_gate_run_again_into_its_out_replaces_it_whole_and_names_the_bundle_there(
+    tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Issue 31: the gate writes into a partial folder beside --out, swapped in whole; decision.json's bundle
+    is the path under --out (not the partial's), and a failed re-run leaves the earlier gate output whole."""
+    out = tmp_path / "gate"
+    evaluation = metrics_file(tmp_path / "eval", tiny_run.eval_metrics())
+    first = run_gate(tiny_run, out, evaluation, "", version="v1")
+    assert first["bundle"] == str(out / gate.BUNDLE_SUBDIR)
+    assert json.loads((out / "bundle" / "bundle.json").read_text())["version"] == "v1"
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    assemble = gate.bundles.assemble_bundle
+
+    def dies_midway(bundle_dir: Path, **kwargs) -> None:  # the bundle written, decision.json not yet
+        assemble(bundle_dir, **kwargs)
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(gate.bundles, "assemble_bundle", dies_midway)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        run_gate(tiny_run, out, evaluation, "", version="v2")
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # v1, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "gate"]  # the partial is gone
+
+    second = run_gate(tiny_run, out, evaluation, "", version="v2")
+    decision = json.loads((out / gate.DECISION_FILE).read_text())
+    assert decision["bundle"] == second["bundle"] == str(out / gate.BUNDLE_SUBDIR)
+    assert json.loads((Path(decision["bundle"]) / "bundle.json").read_text())["version"] == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "gate"]
+
+
+def test_a_primary_suite_too_few_to_evaluate_is_judged_on_the_suites_there_are(
+    tiny_run: TinyRun, tmp_path: Path
+):
+    """A small repository's test split gave evaluate too few queries: the gate judges on HumanEval, says so."""
+    metrics = tiny_run.eval_metrics()
+    del metrics["suites"]["test"]
+    metrics["skipped"] = {"test": "too few queries to evaluate: 0 queries in pairs/test, min_queries 1"}
+    metrics["primary"] = evaluate.primary_metric(metrics["suites"])  # as evaluate writes it
+    evaluation = metrics_file(tmp_path / "eval", metrics)
+    first = run_gate(tiny_run, tmp_path / "g1", evaluation, "")
+    assert first["passed"] is True and first["primary_metric"] == "humaneval/full/model/mrr"
+    assert first["reasons"][0] == (
+        f"{METRIC}: not evaluated (too few queries to evaluate: 0 queries in pairs/test, min_queries 1); "
+        "judged on humaneval/full/model/mrr instead"
+    )
+    assert (
+        first["reasons"][1].startswith("humaneval/full/model/mrr ") and "no champion" in first["reasons"][1]
+    )
+
+    registry = champion(tiny_run, tmp_path)  # evaluated on test and HumanEval: compared on HumanEval alone
+    decision = run_gate(tiny_run, tmp_path / "g2", evaluation, registry, version="v2")
+    assert decision["passed"] is True and decision["champion"]["comparable"] is True
+    assert [entry["suite"] for entry in decision["champion"]["suites"]] == ["humaneval"]
+
+    metrics["skipped"] = {}  # not skipped but missing: still bad input, named
+    with pytest.raises(ValueError, match="have no test/full/model/mrr"):
+        run_gate(tiny_run, tmp_path / "g3", metrics_file(tmp_path / "eval2", metrics), "")
+
+
+def test_the_gate_component_gives_kfp_metrics_and_the_model_card_as_markdown(
+    tiny_run: TinyRun, tmp_path: Path
+):
+    """The KFP component, called as the launcher calls it (artifacts with local URIs): its Metrics hold the
+    decision's comparisons with the champion, its Markdown artifact is the bundle's model card."""
+    from kfp import dsl
+
+    from semcode.components.gate import gate as gate_component
+
+    registry = champion(tiny_run, tmp_path)
+    metrics = tiny_run.eval_metrics()
+    metrics["suites"]["humaneval"]["full"]["model"]["mrr"] -= 0.05
+    evaluation = metrics_file(tmp_path / "worse", metrics)
+    encoder = tmp_path / "train-encoder"
+    metrics_file(encoder, {"steps": 3})
+    (encoder / "encoder").symlink_to(tiny_run.encoder)
+    tokenizer = metrics_file(tmp_path / "tokenizer", {"vocab_size": 512})
+
+    def artifact(kind, path):
+        return kind(uri=str(path))
+
+    outputs = {
+        "bundle": artifact(dsl.Model, tmp_path / "out" / "bundle"),
+        "report": artifact(dsl.HTML, tmp_path / "out" / "report.html"),
+        "decision": artifact(dsl.Artifact, tmp_path / "out" / "decision"),
+        "metrics": artifact(dsl.Metrics, tmp_path / "out" / "metrics.json"),
+        "model_card": artifact(dsl.Markdown, tmp_path / "out" / "model_card.md"),
+    }
+    (tmp_path / "out").mkdir()
+    passed = gate_component.python_func(
+        encoder=artifact(dsl.Model, encoder),
+        onnx=artifact(dsl.Model, tiny_run.onnx),
+        index=artifact(dsl.Artifact, tiny_run.index),
+        evaluation=artifact(dsl.Artifact, evaluation),
+        pairs=artifact(dsl.Dataset, tiny_run.ingest),
+        tokenizer=artifact(dsl.Model, tokenizer),
+        name="semcode",
+        registry=registry,
+        primary_metric=METRIC,
+        tolerance=0.01,
+        require_int8_parity=True,
+        version="v2",
+        guarded_suites=[],
+        zero_shot_regression="refuse",
+        **outputs,
+    )
+    assert passed is False
+    scalars = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert scalars == outputs["metrics"].metadata and scalars["passed"] == 0.0
+    assert scalars["humaneval.delta"] == pytest.approx(-0.05, abs=1e-6)
+    assert scalars["humaneval.candidate"] == pytest.approx(scalars["humaneval.champion"] - 0.05, abs=1e-6)
+    assert scalars["candidate"] == metrics["primary"]["value"] and "champion" in scalars
+    assert "int8_mrr_loss" in scalars
+    card = (tmp_path / "out" / "model_card.md").read_text()
+    assert card == (tmp_path / "out" / "bundle" / "model_card.md").read_text()
+    assert card.startswith("# semcode v2") and "The promotion gate **REFUSED** this bundle" in card

@@ -240,6 +240,19 @@ def test_a_run_on_undocumented_code_is_refused_in_one_line_offering_the_index(
     assert not (tmp_path / "runs").exists()  # refused before any work
 
 
+@pytest.mark.slow
+def test_a_run_on_undocumented_code_indexes_it_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """--when-untrainable index: the refusal's line, then the index pipeline with the zero-shot start (~1 min)."""
+    repo = make_repo(tmp_path / "myrepo")
+    runs = tmp_path / "runs"
+    argv = ["--preset", "tiny", "--source", f"dir:{repo}", "--runs-dir", str(runs), "--run-id", "try"]
+    assert local.main([*argv, "--when-untrainable", "index"]) == 0
+    assert "--when-untrainable index: indexing with minilm instead" in capsys.readouterr().err
+    summary = json.loads((runs / "try" / "summary.json").read_text())
+    assert summary["published"] and [stage["task"] for stage in summary["stages"]] == ["index", "publish"]
+    assert bundles.validate_bundle(runs / "try" / "bundle")["index_ntotal"] == len(INDEXED)
+
+
 def test_ingest_without_doc_comments_offers_the_index(tmp_path: Path):
     repo = make_repo(tmp_path / "myrepo")
     config = {"sources": [f"dir:{repo}"], "corpus_near_dup": False}

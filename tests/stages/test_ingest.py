@@ -19,6 +19,7 @@ from semcode.stages.ingest import IngestConfig, IngestError
 DATA = Path(__file__).parents[1] / "data"
 CSN = DATA / "csn"
 PAIRS = DATA / "pairs" / "pairs_example.jsonl"
+SMALL_REPO = DATA / "smallrepo"  # 4 files, 32 documented functions in Go and TypeScript
 FAST = {"num_perm": 64}  # fewer permutations: same behaviour on these tiny inputs, faster tests
 
 
@@ -149,14 +150,36 @@ def test_split_by_repository_is_stable_and_never_leaks(tmp_path: Path):
             assert row["split"] == split_of[row["repo"]]
 
 
-def test_one_repository_is_split_by_file(tmp_path: Path):
-    repo = make_toy_repo(tmp_path)
-    manifest = ingest.run(config(sources=[f"dir:{repo}"]), tmp_path / "auto")
-    assert manifest["split"]["unit"] == "file"
-    assert any("split by file" in warning for warning in manifest["warnings"])
-    assert manifest["split"]["sizes"]["train"] > 0
+def test_a_small_repository_is_split_by_function_and_fills_every_split(tmp_path: Path):
+    # 4 files, 32 documented functions in Go and TypeScript: too few repositories and files to split by,
+    # so by function; neither valid nor test is left empty (the hash alone leaves test empty here).
+    manifest = ingest.run(config(sources=[f"dir:{SMALL_REPO}"]), tmp_path / "auto")
+    split = manifest["split"]
+    assert split["unit"] == "function" and split["by_rank"]
+    assert split["sizes"] == {"train": 26, "valid": 3, "test": 3}
+    assert any("split by function (32 functions)" in warning for warning in manifest["warnings"])
+    pairs = read_all_pairs(tmp_path / "auto")
+    assert {row["language"] for row in pairs} == {"go", "typescript"}
+    corpus = read_table(tmp_path / "auto" / "corpus").to_pylist()
+    split_of = {(row["path"], row["func_name"]): row["split"] for row in pairs}
+    assert all(split_of.get((row["path"], row["func_name"]), row["split"]) == row["split"] for row in corpus)
 
-    # forced to split by repository: everything lands in the one split of "toyrepo"
+
+def test_a_repository_of_enough_files_is_split_by_file(tmp_path: Path):
+    repo = tmp_path / "files"
+    for index in range(12):
+        (repo / f"mod{index}.go").parent.mkdir(parents=True, exist_ok=True)
+        (repo / f"mod{index}.go").write_text(
+            f"package mod\n\n// Scale{index} multiplies a value by the factor of module {index}.\n"
+            f"func Scale{index}(value int) int {{\n\tfactor := {index} + 1\n\treturn value * factor\n}}\n"
+        )
+    manifest = ingest.run(config(sources=[f"dir:{repo}"]), tmp_path / "out")
+    assert manifest["split"]["unit"] == "file" and all(manifest["split"]["sizes"].values())
+    assert any("split by file (12 files)" in warning for warning in manifest["warnings"])
+
+
+def test_forced_repository_unit_can_leave_splits_empty(tmp_path: Path):
+    repo = make_toy_repo(tmp_path)
     only = assign_split("toyrepo", 0, (0.8, 0.1, 0.1))
     forced = config(sources=[f"dir:{repo}"], split_unit="repo")
     if only == "train":
@@ -166,6 +189,62 @@ def test_one_repository_is_split_by_file(tmp_path: Path):
     else:
         with pytest.raises(IngestError, match="train split is empty"):
             ingest.run(forced, tmp_path / "repo")
+
+
+def test_splits_the_files_give_are_kept(tmp_path: Path):
+    """A #valid file, rows with a split field, a JSON array with other field names: each as the user gave it."""
+    train = many_repo_pairs(tmp_path / "train.jsonl", repos=12)
+    val = many_repo_pairs(tmp_path / "val.jsonl", repos=3, offset=100)
+    rows = [
+        json.loads(line)
+        for line in many_repo_pairs(tmp_path / "t.jsonl", 2, offset=200).read_text().splitlines()
+    ]
+    fielded = [dict(row, split="test" if index % 2 else "Validation") for index, row in enumerate(rows)]
+    write_jsonl(tmp_path / "fielded.jsonl", fielded)
+    papers = [
+        {
+            "title": f"Paper {index} on sorting",
+            "abstract": f"Method {index} sorts in place.",
+            "impl": f"def sort_{index}(items):\n"
+            + "".join(f"    step_{index}_{k} = items[{k}]\n" for k in range(6)),
+        }
+        for index in range(6)
+    ]
+    (tmp_path / "papers.json").write_text(json.dumps(papers, indent=1))
+    sources = [
+        f"pairs:{train}",
+        f"pairs:{val}#valid",
+        f"pairs:{tmp_path / 'fielded.jsonl'}",
+        f"pairs:{tmp_path / 'papers.json'}#query=title+abstract,code=impl,train",
+    ]
+    out = tmp_path / "out"
+    manifest = ingest.run(config(sources=sources), out)
+    pairs = read_all_pairs(out)
+    by_source = {}
+    for row in pairs:
+        by_source.setdefault(row["source"], set()).add(row["split"])
+    assert by_source[sources[1]] == {"valid"} and by_source[sources[3]] == {"train"}
+    assert by_source[sources[2]] == {"valid", "test"}
+    assert by_source[sources[0]] <= {"train", "test"}  # valid is given by val.jsonl: no hashed row goes there
+    assert manifest["split"]["given"] == {"train": 6, "valid": 9 + 3, "test": 3}
+    paper = next(row for row in pairs if row["source"] == sources[3])
+    assert paper["query"].startswith("Paper ") and "sorts in place" in paper["query"]
+    assert paper["url"].endswith("papers.json#/0") and paper["code"].startswith("def sort_0(items):")
+
+
+def test_bad_field_mappings_and_splits_are_refused_before_work(tmp_path: Path):
+    (tmp_path / "papers.json").write_text(
+        json.dumps([{"title": "a paper", "code": "def f():\n    return 1\n"}])
+    )
+    with pytest.raises(IngestError, match=r"papers.json has no field 'abstrct' \(mapped to query\)"):
+        ingest.check_sources(config(sources=[f"pairs:{tmp_path / 'papers.json'}#query=title+abstrct"]))
+    with pytest.raises(ConfigError, match="cannot map 'qurey'"):
+        config(sources=[f"pairs:{tmp_path / 'papers.json'}#qurey=title"]).validate()
+    write_jsonl(
+        tmp_path / "odd.jsonl", [{"query": "a b c", "code": "def f():\n    return 1\n", "split": "holdout"}]
+    )
+    with pytest.raises(IngestError, match=r"odd.jsonl#L1: split 'holdout' is not one of"):
+        ingest.run(config(sources=[f"pairs:{tmp_path / 'odd.jsonl'}"]), tmp_path / "out")
 
 
 def test_near_duplicates_across_sources_keep_the_first(tmp_path: Path):
@@ -359,7 +438,9 @@ def test_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["sources"]) == {f"csn:{CSN}", f"dir:{repo}"}
-    assert f"{manifest['totals']['pairs']} pairs" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"{manifest['totals']['pairs']} pairs" in captured.out
+    assert "--sources is deprecated" in captured.err and "use --source KIND:LOCATION" in captured.err
     assert manifest["shards"]["corpus"] == len(list((out / "corpus").glob("part-*.parquet"))) > 1
 
     # a second run into the same directory replaces the shards instead of mixing with them

@@ -9,12 +9,14 @@ half from a checkpoint and must reproduce it exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -67,12 +69,16 @@ TRAIN_FLAGS = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def as_go(pair: dict) -> dict:
-    """The same function in Go: ``func VerbNoun7(arg string, strict bool) (string, error) {...}``."""
+def as_go(pair: dict, short: bool = False) -> dict:
+    """The same function in Go: ``func VerbNoun7(arg string, strict bool) (string, error) {...}``, or
+    ``short``: ``func VerbNoun7(arg string) string {...}`` (one that fits in 64 tokens, to train on)."""
     name = "".join(part.capitalize() for part in pair["func_name"].split("_"))
     header, body = pair["code"].split("\n", 1)
     arg = header.split("(")[1].split(",")[0]
     method = body.split(".")[1].split("(")[0]
+    if short:
+        code = f"func {name}({arg} string) string {{\n\treturn strings.{method.capitalize()}({arg})\n}}\n"
+        return {**pair, "code": code, "language": "go", "func_name": name, "path": "mod.go"}
     code = (
         f"func {name}({arg} string, strict bool) (string, error) {{\n"
         f"\tresult := strings.{method.capitalize()}({arg})\n"
@@ -87,7 +93,8 @@ def as_go(pair: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """pairs/ (train 96, valid 24, test 40), our BPE tokenizer and a tiny random encoder."""
+    """pairs/ (train 96, valid 24, test 40; a quarter of train in Go), our BPE tokenizer and a tiny random
+    encoder."""
     from semcode.models.encoder import build_encoder
     from semcode.tokenizer import save_tokenizer, train_bpe
 
@@ -99,6 +106,9 @@ def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
             pairs[i] = as_go(pairs[i])
         elif i % 8 == 0:
             pairs[i] = {**pairs[i], "language": ""}
+    for i in range(1, 120, 4):  # a quarter of train and valid in Go: the decoder learns both languages
+        pairs[i] = as_go(pairs[i], short=True)
+    pairs[98] = {**pairs[98], "language": "rust"}  # a valid row in a language the train split lacks
     for split, rows in (("train", pairs[:96]), ("valid", pairs[96:120]), ("test", pairs[120:])):
         write_shards(rows, root / "pairs" / split)
     tokenizer = train_bpe([p["query"] for p in pairs] + [p["code"] for p in pairs], vocab_size=500)
@@ -234,11 +244,88 @@ def test_saved_decoder_reproduces_the_test_loss(trained: Path, data_dirs):
     tokenizer = load_decoder_tokenizer(trained)
     test = load_pairs(pairs_dir, "test", 24, seed=3, unique_codes=True)
     embed, _ = load_embed_fn(str(encoder_dir), device="cpu")
+    language_of = train_decoder.code_languages(pairs_dir, "test")
+    language_ids = model.language_ids([language_of[code] for code in test.codes]).numpy()
     values = reconstruction_metrics(
-        model, code_token_ids(tokenizer, test.codes, 64), embed(test.codes, "code")
+        model, code_token_ids(tokenizer, test.codes, 64), embed(test.codes, "code"), language_ids=language_ids
     )
     metrics = json.loads((trained / "metrics.json").read_text())
     assert values["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+
+
+def test_the_decoder_shipped_is_the_best_validation_loss(trained: Path, data_dirs, tmp_path: Path):
+    """The best evaluation's weights are saved as they come (best/), and shipped instead of the last step's
+    when they differ; the last step's test loss is recorded beside."""
+    from semcode.models.decoder import load_decoder
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    evals = json.loads((trained / "history.json").read_text())["evals"]
+    best = min(evals, key=lambda e: e["loss"])
+    assert metrics["best_step"] == best["step"] and metrics["best_valid_loss"] == best["loss"]
+    assert json.loads((trained / "best" / "best.json").read_text())["step"] == best["step"]
+    shipped, _ = load_decoder(trained)
+    best_weights = load_file(trained / "best" / "model.safetensors")
+    for name, tensor in shipped.state_dict().items():
+        assert torch.equal(best_weights[name], tensor), name
+
+    # A run whose best is an earlier step than its last: pretend step 6 was the best and keep it.
+    out = Path(shutil.copytree(trained, tmp_path / "run"))
+    shutil.copyfile(
+        out / "checkpoints" / "step-000006" / "model.safetensors", out / "best" / "model.safetensors"
+    )
+    model, _ = load_decoder(trained)
+    pairs_dir, _, encoder_dir = data_dirs
+    config = TrainDecoderConfig(size="tiny", max_length=64)
+    test_set = train_decoder.Examples([[1, 40, 41, 2]], np.zeros((1, 64), np.float32), np.zeros(1, np.int64))
+    kept = train_decoder._keep_best(config, model, out, {**metrics, "best_step": 6}, test_set)
+    assert kept["final_model"] == "best" and kept["last_test_loss"] > 0
+    step_6 = load_file(out / "checkpoints" / "step-000006" / "model.safetensors")
+    assert all(torch.equal(step_6[name], tensor) for name, tensor in model.state_dict().items())
+    off = dataclasses.replace(config, keep_best=False)
+    assert train_decoder._keep_best(off, model, out, {**metrics, "best_step": 6}, test_set) == {
+        "final_model": "last"
+    }
+
+
+def test_every_train_language_is_a_token_and_generate_writes_only_those(trained: Path, data_dirs, capsys):
+    """Python and Go trained (a language token each); Rust, only in valid, left out; generate writes the
+    language asked for, continues a code prompt, refuses C naming what it knows, and marks unparsed code."""
+    from semcode.decoding import parses
+    from semcode.serve import generate
+
+    _, _, encoder_dir = data_dirs
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["languages"] == ["python", "go"]  # the most frequent first
+    assert metrics["train_functions_by_language"] == {"python": 72, "go": 24}
+    meta = json.loads((trained / "decoder" / "semcode_decoder.json").read_text())
+    assert meta["languages"] == ["python", "go"]
+    base = [str(trained), "--encoder", str(encoder_dir), "--greedy", "--max-tokens", "12"]
+
+    assert generate.main([*base, "Upper-case a name.", "--language", "go", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["language"] == "go" and answer["mode"] == "description"
+    assert answer["samples"][0]["parses"] == parses(answer["samples"][0]["code"], "go")
+
+    assert (
+        generate.main(
+            [*base, "--prefix", "func UpperName(name string) string {", "--language", "go", "--json"]
+        )
+        == 0
+    )
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["mode"] == "prefix" and answer["embedded_as"] == "code"
+    assert answer["samples"][0]["code"].startswith("func UpperName(name string) string {")
+
+    assert generate.main([*base, "--prefix", "def upper_name(name):"]) == 0  # default: Python, the most seen
+    printed = capsys.readouterr().out
+    code = printed.removeprefix("# semcode: this does not parse as a python function\n")
+    assert code.startswith("def upper_name(name):")
+    assert (code != printed) == (not parses(code, "python"))  # unparsed code is marked in the text output
+    assert generate.main([*base, "--prefix", "func F(", "--language", "go", "--max-tokens", "1"]) == 0
+    assert capsys.readouterr().out.startswith("// semcode: this does not parse as a go function\nfunc F(")
+
+    assert generate.main([*base, "Upper-case a name.", "--language", "c"]) == 2
+    assert "the decoder was not trained on c: it writes python, go" in capsys.readouterr().err
 
 
 def test_resume_replays_the_run_exactly(trained: Path, data_dirs, tmp_path: Path):
@@ -256,6 +343,49 @@ def test_resume_replays_the_run_exactly(trained: Path, data_dirs, tmp_path: Path
     for name, tensor in original_weights.items():
         assert torch.equal(resumed_weights[name], tensor), name
     assert json.loads((out / "metrics.json").read_text())["steps_this_run"] == 6
+
+
+def test_precision_is_recorded_and_resume_from_takes_a_chosen_checkpoint_of_the_same_shape(
+    trained: Path, data_dirs, tmp_path: Path, capfd
+):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["precision"] == ("bf16" if torch.cuda.is_available() else "fp32")  # auto
+    chosen = trained / "checkpoints" / "step-000006"
+    assert run_main(data_dirs, tmp_path / "b", "--resume-from", str(chosen)) == 0
+    resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert resumed["steps"] == metrics["steps"] and resumed["steps_this_run"] == 6
+    assert resumed["final_loss"] == metrics["final_loss"]  # the same run, continued from step 6
+    assert run_main(data_dirs, tmp_path / "c", "--resume-from", str(chosen), "--size", "small") == 2
+    assert "size: checkpoint 'tiny', this run 'small'" in capfd.readouterr().err
+    if not torch.cuda.is_available():
+        assert run_main(data_dirs, tmp_path / "d", "--precision", "fp16") == 2
+        assert "precision fp16 needs a CUDA GPU" in capfd.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.gpu
+def test_fp16_trains_the_decoder_with_loss_scaling(data_dirs, tmp_path: Path):
+    assert run_main(data_dirs, tmp_path / "fp16", "--precision", "fp16") == 0
+    metrics = json.loads((tmp_path / "fp16" / "metrics.json").read_text())
+    assert metrics["precision"] == "fp16" and metrics["skipped_steps"] < metrics["steps"]
+    assert json.loads((tmp_path / "fp16" / "deepspeed_config.json").read_text())["fp16"]["loss_scale"] == 0
+    steps = json.loads((tmp_path / "fp16" / "history.json").read_text())["steps"]
+    assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_a_small_repositorys_pairs_train_in_smaller_batches_scored_on_valid(data_dirs, tmp_path: Path):
+    """5 train functions and no test split (the user's files gave none): batches of 5, scored on valid."""
+    pairs_dir, tokenizer_dir, encoder_dir = data_dirs
+    small = tmp_path / "pairs"
+    write_shards(pq.read_table(pairs_dir / "train").to_pylist()[:5], small / "train")
+    shutil.copytree(pairs_dir / "valid", small / "valid")
+    write_shards([], small / "test")
+    out = tmp_path / "out"
+    assert run_main((small, tokenizer_dir, encoder_dir), out, "--batch-size", "8") == 0
+    assert json.loads((out / "config.json").read_text())["config"]["batch_size"] == 5
+    valid_codes = {row["code"] for row in pq.read_table(pairs_dir / "valid").to_pylist()}
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(sample["reference"] in valid_codes for sample in samples)
 
 
 def test_bad_inputs_fail_before_training(data_dirs, trained: Path, tmp_path: Path):

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 from two_ranks import run_two_ranks
 
+from semcode import storage
 from semcode.config import ConfigError
 from semcode.data.pairs import write_shards
 from semcode.stages import train_encoder
@@ -356,10 +357,14 @@ def test_time_budget_stops_with_a_final_checkpoint(data_dirs, tmp_path):
     assert (tmp_path / "budget" / "encoder" / "model.safetensors").is_file()
 
 
-def test_ctrl_c_checkpoints_exits_130_in_one_line_and_resume_continues(data_dirs, tmp_path):
-    """Ctrl-C at a terminal: SIGINT to the whole process group (the stage and its tokenizer worker) once
-    step 4 is checkpointed. The step under way ends with a checkpoint, one line says so, exit 130; the
-    same command with --resume restores it and finishes."""
+def test_sigusr1_saves_then_ctrl_c_checkpoints_exits_130_in_one_line_and_resume_continues(
+    data_dirs, tmp_path
+):
+    """ "Save now", then Ctrl-C at a terminal. Once step 4 is checkpointed, SIGUSR1 to the stage: a checkpoint
+    after the step under way, and training goes on. Then SIGINT to the whole process group (the stage and its
+    tokenizer worker): the step under way ends with a checkpoint, one line says so, exit 130. The output is
+    not swapped in: the checkpoints wait in the partial folder beside --out (issue 31), and the same command
+    with --resume continues from them and puts the complete output at --out."""
     pairs_dir, tokenizer_dir = data_dirs
     out, log = tmp_path / "run", tmp_path / "first.log"
     command = [sys.executable, "-m", "semcode.stages.train_encoder", "--pairs", str(pairs_dir)]
@@ -368,11 +373,20 @@ def test_ctrl_c_checkpoints_exits_130_in_one_line_and_resume_continues(data_dirs
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "SEMCODE_TENSORBOARD": "0"}
     with open(log, "w") as stderr:
         first = subprocess.Popen(command, env=environment, stderr=stderr, start_new_session=True)
-    latest = out / "checkpoints" / "latest"
-    deadline = time.monotonic() + 240
-    while not latest.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert latest.exists(), log.read_text()[-2000:]
+    checkpoints = storage.partial_path(out) / "checkpoints"
+    latest = checkpoints / "latest"
+
+    def wait_for(done) -> None:
+        deadline = time.monotonic() + 240
+        while not done() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done(), log.read_text()[-2000:]
+
+    wait_for(latest.exists)
+    os.kill(first.pid, signal.SIGUSR1)
+    wait_for(lambda: "(asked for by SIGUSR1; training goes on)" in log.read_text())
+    asked_at = latest.read_text().strip()
+    assert asked_at > "step-000004", asked_at
     os.killpg(first.pid, signal.SIGINT)
     assert first.wait(timeout=120) == 130, log.read_text()[-2000:]
     text = log.read_text()
@@ -380,12 +394,14 @@ def test_ctrl_c_checkpoints_exits_130_in_one_line_and_resume_continues(data_dirs
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
     assert f"stopped by SIGINT (Ctrl-C) after step {int(stopped_at.removeprefix('step-'))}: " in text
     assert "the same command with --resume continues from it" in text
-    assert stopped_at < "step-000024"  # 2 epochs of 12 steps: stopped early, not at the end
+    assert asked_at <= stopped_at < "step-000024"  # 2 epochs of 12 steps: stopped early, not at the end
+    assert not out.exists()
 
     resumed = subprocess.run([*command, "--resume"], env=environment, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from {out / 'checkpoints' / stopped_at} at step" in resumed.stderr
+    assert f"resumed from {checkpoints / stopped_at} at step" in resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["steps"] == 24
+    assert (out / "checkpoints" / "step-000024").is_dir() and not storage.partial_path(out).exists()
 
 
 def test_bad_inputs_fail_before_training(data_dirs, trained, tmp_path):
@@ -412,6 +428,206 @@ def test_bad_inputs_fail_before_training(data_dirs, trained, tmp_path):
         train_encoder.run(config, pairs_dir, tokenizer_dir, trained)  # would mix two runs
     assert not (tmp_path / "out").exists()
     assert train_encoder.main(["--pairs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_precision_auto_is_fp32_on_the_cpu_and_half_precision_is_refused_before_training(
+    trained, data_dirs, tmp_path
+):
+    pairs_dir, tokenizer_dir = data_dirs
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert json.loads((trained / "config.json").read_text())["config"]["precision"] == "auto"
+    assert metrics["precision"] == "fp32" and metrics["bf16"] is False and metrics["skipped_steps"] == 0
+    ds_config = json.loads((trained / "deepspeed_config.json").read_text())
+    assert ds_config["bf16"] == ds_config["fp16"] == {"enabled": False}
+    if not torch.cuda.is_available():
+        for half in ("fp16", "bf16"):
+            argv = [
+                "--pairs",
+                str(pairs_dir),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--out",
+                str(tmp_path / half),
+            ]
+            assert train_encoder.main([*argv, "--size", "tiny", "--precision", half]) == 2
+            assert not (tmp_path / half).exists()  # refused before anything was read or written
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        TrainEncoderConfig(precision="half").validate()
+
+
+def test_epoch_checkpoints_in_fp32_named_in_the_log(data_dirs, tmp_path, capfd):
+    """checkpoint_every_epochs beside the step setting: 200 pairs / 16 = 12 steps an epoch."""
+    pairs_dir, tokenizer_dir = data_dirs
+    config = TrainEncoderConfig(
+        size="tiny",
+        max_length=32,
+        batch_size=16,
+        epochs=3,
+        checkpoint_every=0,
+        checkpoint_every_epochs=2,
+        keep_checkpoints=0,
+        eval_every=0,
+        max_valid_pairs=16,
+        precision="fp32",
+    )
+    metrics = train_encoder.run(config, pairs_dir, tokenizer_dir, tmp_path / "epochs")
+    assert metrics["precision"] == "fp32" and metrics["steps"] == 36
+    checkpoints = sorted(p.name for p in (tmp_path / "epochs" / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-000024", "step-000036"]  # the end of epoch 2, and the end of the run
+    assert "step-000024 (end of epoch 2)" in capfd.readouterr().err
+
+
+def test_resume_from_a_chosen_checkpoint_replays_the_rest_in_a_new_folder(trained, data_dirs, tmp_path):
+    pairs_dir, tokenizer_dir = data_dirs
+    chosen = trained / "checkpoints" / "step-000012"
+    argv = ["--pairs", str(pairs_dir), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "b")]
+    assert train_encoder.main([*argv, *TRAIN_FLAGS, "--resume-from", str(chosen)]) == 0
+    original = json.loads((trained / "history.json").read_text())
+    resumed = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [e["loss"] for e in resumed["steps"]] == [e["loss"] for e in original["steps"]]
+    last = "checkpoints/step-000036/model.safetensors"
+    original_weights, resumed_weights = load_file(trained / last), load_file(tmp_path / "b" / last)
+    assert all(torch.equal(resumed_weights[name], tensor) for name, tensor in original_weights.items())
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps_this_run"] == 24
+
+
+def test_resume_from_refuses_another_run_shape_and_an_incomplete_or_unsafe_checkpoint(
+    trained, data_dirs, tmp_path, capfd
+):
+    from semcode.train.safe_load import UnsafeCheckpointError
+
+    pairs_dir, tokenizer_dir = data_dirs
+    chosen = trained / "checkpoints" / "step-000012"
+    argv = ["--pairs", str(pairs_dir), "--tokenizer", str(tokenizer_dir), *TRAIN_FLAGS]
+    assert (
+        train_encoder.main(
+            [*argv, "--out", str(tmp_path / "o1"), "--resume-from", str(chosen), "--size", "small"]
+        )
+        == 2
+    )
+    error = capfd.readouterr().err
+    assert f"cannot resume from {chosen}: it belongs to a run of another shape" in error
+    assert "size: checkpoint 'tiny', this run 'small'" in error and "hidden_size: checkpoint 64" in error
+
+    from semcode.tokenizer import save_tokenizer, train_bpe
+
+    other_tokenizer = train_bpe(["def other(): return 1", "Another vocabulary."] * 20, vocab_size=300)
+    save_tokenizer(other_tokenizer, tmp_path / "other_tokenizer", model_max_length=64)
+    config = TrainEncoderConfig(size="tiny", max_length=64, batch_size=16, seed=7, resume_from=str(chosen))
+    with pytest.raises(ConfigError, match="vocabulary: checkpoint '[0-9a-f]{16}', this run '[0-9a-f]{16}'"):
+        train_encoder.run(config, pairs_dir, tmp_path / "other_tokenizer", tmp_path / "o2")
+
+    incomplete = tmp_path / "step-000012"
+    shutil.copytree(chosen, incomplete)
+    (incomplete / "trainer_state.pt").unlink()
+    config = TrainEncoderConfig(size="tiny", resume_from=str(incomplete))
+    with pytest.raises(
+        FileNotFoundError, match=r"is not a complete training checkpoint: it lacks trainer_state\.pt"
+    ):
+        train_encoder.run(config, pairs_dir, tokenizer_dir, tmp_path / "o3")
+    with pytest.raises(FileNotFoundError, match=r"did you mean .*step-000036\?"):
+        train_encoder.run(
+            TrainEncoderConfig(size="tiny", resume_from=str(trained)),
+            pairs_dir,
+            tokenizer_dir,
+            tmp_path / "o4",
+        )
+    planted = tmp_path / "planted"
+    shutil.copytree(chosen, planted)
+    torch.save({"run": shutil.rmtree}, planted / "deepspeed" / "extra.pt")  # a global that could run code
+    with pytest.raises(UnsafeCheckpointError, match=r"extra\.pt references \['shutil\.rmtree'\]"):
+        train_encoder.run(
+            TrainEncoderConfig(size="tiny", resume_from=str(planted)),
+            pairs_dir,
+            tokenizer_dir,
+            tmp_path / "o5",
+        )
+    assert not any((tmp_path / name).exists() for name in ("o1", "o3", "o4", "o5"))
+
+
+def test_a_checkpoint_is_an_encoder_for_export_mining_and_the_index(trained, data_dirs, tmp_path):
+    from semcode.models.encoder import load_encoder
+    from semcode.stages import build_index, export_onnx, mine_hard_negatives
+    from semcode.train.checkpoints import encoder_from_checkpoint
+
+    pairs_dir, _ = data_dirs
+    best_step = json.loads((trained / "best" / "best.json").read_text())["step"]
+    chosen = trained / "checkpoints" / f"step-{best_step:06d}"  # kept: --keep-checkpoints 0
+    # The checkpoint's encoder is the shipped one (the best step's weights, at its inference length).
+    shipped, restored = load_encoder(trained / "encoder"), load_encoder(encoder_from_checkpoint(str(chosen)))
+    assert restored.max_length == shipped.max_length and restored.size == "tiny"
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(shipped.state_dict().values(), restored.state_dict().values(), strict=True)
+    )
+
+    mined = tmp_path / "mined"
+    assert (
+        mine_hard_negatives.main(["--encoder", str(chosen), "--pairs", str(pairs_dir), "--out", str(mined)])
+        == 0
+    )
+    assert json.loads((mined / "report.json").read_text())["encoder"] == str(chosen)
+    index = tmp_path / "index"
+    argv = [
+        "--encoder",
+        str(chosen),
+        "--corpus",
+        str(pairs_dir / "test"),
+        "--out",
+        str(index),
+        "--device",
+        "cpu",
+    ]
+    assert build_index.main(argv) == 0
+    exported = tmp_path / "onnx"
+    argv = ["--encoder", str(chosen), "--out", str(exported), "--no-int8", "--parity-texts", "8"]
+    assert export_onnx.main([*argv, "--latency-repeats", "1"]) == 0
+    assert json.loads((exported / "metrics.json").read_text())["encoder"] == str(chosen)
+
+    without = tmp_path / "step-000012"  # a checkpoint written before checkpoints carried the encoder
+    shutil.copytree(trained / "checkpoints" / "step-000012", without)
+    shutil.rmtree(without / "definition")
+    with pytest.raises(
+        FileNotFoundError, match="a training checkpoint without definition/semcode_encoder.json"
+    ):
+        encoder_from_checkpoint(str(without))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_trains_resumes_and_checkpoints_fp32_master_weights(data_dirs, tmp_path, precision):
+    pairs_dir, tokenizer_dir = data_dirs
+    argv = [
+        "--pairs",
+        str(pairs_dir),
+        "--tokenizer",
+        str(tokenizer_dir),
+        *TRAIN_FLAGS,
+        "--precision",
+        precision,
+    ]
+    out = tmp_path / precision
+    assert train_encoder.main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == precision and metrics["device"].startswith("cuda")
+    ds_config = json.loads((out / "deepspeed_config.json").read_text())
+    assert ds_config[precision]["enabled"] is True
+    if precision == "fp16":  # dynamic loss scaling: overflowing steps are skipped, not trained on
+        assert ds_config["fp16"]["loss_scale"] == 0 and metrics["skipped_steps"] < metrics["steps"] // 2
+    steps = json.loads((out / "history.json").read_text())["steps"]
+    assert steps[-1]["loss"] < steps[0]["loss"] and metrics["best_valid_mrr"] > 0.3
+    # The checkpoint holds the optimizer's fp32 master weights, not the half-precision module's copy.
+    weights = load_file(out / "checkpoints" / "step-000036" / "model.safetensors")
+    low = torch.float16 if precision == "fp16" else torch.bfloat16
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values())
+    assert any(not torch.equal(tensor, tensor.to(low).float()) for tensor in weights.values())
+    chosen = out / "checkpoints" / "step-000024"
+    assert train_encoder.main([*argv, "--out", str(tmp_path / "resumed"), "--resume-from", str(chosen)]) == 0
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["steps_this_run"] == 12
+    other = ["--precision", "bf16" if precision == "fp16" else "fp16"]
+    assert (
+        train_encoder.main([*argv, *other, "--out", str(tmp_path / "o"), "--resume-from", str(chosen)]) == 2
+    )
 
 
 @pytest.mark.slow

@@ -37,7 +37,9 @@ from semcode.train.checkpoints import (
     load_latest_checkpoint,
     load_weights,
     save_checkpoint,
+    save_requests_outside_steps,
     save_weights,
+    training_output,
     write_latest,
 )
 from semcode.train.distributed import (
@@ -302,3 +304,77 @@ def test_a_checkpoint_root_that_cannot_be_written_is_refused_before_training(tmp
     blocker.write_text("")
     with pytest.raises(storage.StorageError, match=f"checkpoint_root {blocker}/ckpt is not writable"):
         check_checkpoints_dir(tmp_path / "out" / "checkpoints", False, str(blocker / "ckpt"))
+
+
+def test_sigusr1_asks_for_one_checkpoint_and_outside_the_steps_is_one_line(capfd):
+    before = signal.getsignal(signal.SIGUSR1)
+    with save_requests_outside_steps():
+        os.kill(os.getpid(), signal.SIGUSR1)  # setting up: not the signal's default action (the end)
+        with StopRequest() as stop:
+            assert not stop.checkpoint_asked("cpu")
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert stop.checkpoint_asked("cpu") and not stop.checkpoint_asked("cpu")  # once per signal
+            assert not stop.agreed("cpu")  # training goes on
+        os.kill(os.getpid(), signal.SIGUSR1)  # evaluating or saving after the loop
+    assert signal.getsignal(signal.SIGUSR1) is before
+    assert capfd.readouterr().err.count("SIGUSR1: no training step under way") == 2
+
+
+# ------------------------------------------------------------------ a training stage's output (issue 31)
+
+
+def stage_run(out: Path, resume: bool, checkpoint: str, fail: bool = False) -> None:
+    """What a training stage writes through training_output: a checkpoint (and latest), best weights, the
+    metrics last; ``fail``: stopped after the checkpoint (SIGTERM, Ctrl-C, a crash)."""
+    with training_output(out, resume) as partial:
+        (partial / "checkpoints" / checkpoint).mkdir(parents=True)
+        (partial / "checkpoints" / checkpoint / WEIGHTS_FILE).write_text(f"weights of {checkpoint}")
+        (partial / "checkpoints" / LATEST_FILE).write_text(checkpoint + "\n")
+        (partial / "best.json").write_text(checkpoint)
+        if fail:
+            raise KeyboardInterrupt
+        (partial / "metrics.json").write_text(json.dumps({"at": checkpoint}))
+
+
+def test_a_training_output_is_swapped_in_whole_and_a_stopped_run_resumes_across_the_swap(tmp_path):
+    out = tmp_path / "encoder"
+    partial = storage.partial_path(out)
+    stage_run(out, resume=False, checkpoint="step-000004")
+    assert json.loads((out / "metrics.json").read_text()) == {"at": "step-000004"} and not partial.exists()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    with pytest.raises(ValueError, match="earlier run's checkpoints; pass --resume"):
+        stage_run(out, resume=False, checkpoint="step-000002")  # a fresh run would delete that run
+    # --resume over the complete output, stopped: the output is the earlier one, whole; the partial is kept
+    with pytest.raises(KeyboardInterrupt):
+        stage_run(out, resume=True, checkpoint="step-000008", fail=True)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert (partial / "checkpoints" / LATEST_FILE).read_text() == "step-000008\n"
+    assert (partial / "checkpoints" / "step-000004" / WEIGHTS_FILE).is_file()  # the copy it started from
+    with training_output(out, resume=True) as again:  # continues the stopped run, then swaps it in
+        assert again == partial and latest_checkpoint(again / "checkpoints").name == "step-000008"
+        (again / "metrics.json").write_text(json.dumps({"at": "step-000008"}))
+    assert json.loads((out / "metrics.json").read_text()) == {"at": "step-000008"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]
+
+    first = tmp_path / "first"  # a first run, stopped: nothing at --out, its checkpoints in the partial
+    with pytest.raises(KeyboardInterrupt):
+        stage_run(first, resume=False, checkpoint="step-000002", fail=True)
+    kept = storage.partial_path(first)
+    with pytest.raises(ValueError, match=f"{kept} holds the checkpoints of a run into {first} that stopped"):
+        stage_run(first, resume=False, checkpoint="step-000001")
+    assert latest_checkpoint(kept / "checkpoints").name == "step-000002" and not first.exists()
+    with training_output(first, resume=False, durable=True) as retry:  # a checkpoint_root's retry goes on
+        assert retry == kept and latest_checkpoint(retry / "checkpoints").name == "step-000002"
+        (retry / "metrics.json").write_text("{}")
+    assert (first / "checkpoints" / LATEST_FILE).is_file() and not kept.exists()
+
+
+def test_only_rank_0_prepares_and_swaps_a_training_output(tmp_path, monkeypatch):
+    out = tmp_path / "encoder"
+    monkeypatch.setenv("RANK", "1")
+    with training_output(out, resume=False) as partial:
+        assert partial == storage.partial_path(out) and not partial.exists()  # rank 0 makes it
+        partial.mkdir()
+        (partial / "metrics.json").write_text("{}")
+    assert not out.exists() and partial.is_dir()  # rank 1 never swaps, and never removes

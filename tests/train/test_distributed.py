@@ -9,8 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from semcode.config import ConfigError
 from semcode.train.distributed import (
+    FP16_LOSS_SCALE,
     deepspeed_config,
+    resolve_precision,
     save_deepspeed_config,
     warmup_cosine,
     warmup_cosine_schedule,
@@ -33,14 +36,37 @@ def test_warmup_cosine_shape():
 
 
 def test_deepspeed_config_is_plain_and_checked(tmp_path):
-    config = deepspeed_config(16, grad_accum=4, grad_clip=0.5, zero_stage=2, bf16=False)
+    config = deepspeed_config(16, grad_accum=4, grad_clip=0.5, zero_stage=2, precision="fp32")
     assert config["train_micro_batch_size_per_gpu"] == 16
     assert config["gradient_accumulation_steps"] == 4
     assert config["gradient_clipping"] == 0.5
     assert config["zero_optimization"]["stage"] == 2
-    assert config["bf16"] == {"enabled": False}
+    assert config["bf16"] == config["fp16"] == {"enabled": False}
     assert deepspeed_config(8)["bf16"]["enabled"] is torch.cuda.is_available()
     path = save_deepspeed_config(config, tmp_path)
     assert json.loads(path.read_text()) == config
     with pytest.raises(ValueError, match="zero_stage"):
         deepspeed_config(8, zero_stage=3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's choices")
+def test_precision_on_the_cpu_is_fp32_and_half_precision_is_refused_in_one_line():
+    assert resolve_precision("auto") == resolve_precision("fp32") == "fp32"  # what semcode always did here
+    for half in ("fp16", "bf16"):
+        with pytest.raises(ConfigError, match=f"precision {half} needs a CUDA GPU.*use --precision fp32"):
+            resolve_precision(half)
+    with pytest.raises(ConfigError, match=r"precision must be one of \('auto', 'bf16', 'fp16', 'fp32'\)"):
+        resolve_precision("fp8")
+    config = deepspeed_config(8)  # auto
+    assert config["bf16"] == config["fp16"] == {"enabled": False}
+
+
+@pytest.mark.gpu
+def test_precision_on_a_gpu_auto_is_bf16_and_fp16_scales_the_loss():
+    assert resolve_precision("auto") == "bf16"  # as before --precision existed
+    fp16 = deepspeed_config(8, precision="fp16")
+    assert fp16["fp16"] == {"enabled": True, **FP16_LOSS_SCALE} and fp16["fp16"]["loss_scale"] == 0  # dynamic
+    assert fp16["bf16"] == {"enabled": False}
+    bf16 = deepspeed_config(8, precision="bf16")
+    assert bf16["bf16"] == {"enabled": True} and bf16["fp16"] == {"enabled": False}
+    assert deepspeed_config(8, precision="fp32")["bf16"]["enabled"] is False

@@ -97,3 +97,52 @@ def test_a_failed_upload_is_said_once_and_retried(tmp_path, monkeypatch, capsys)
     mirror.close()  # the third try succeeds
     assert calls == ["s3://bucket/logs/events.out.tfevents.1"] * 3
     assert capsys.readouterr().err.count("endpoint unreachable") == 1
+
+
+def _train_a_little(log: TrainingLog, out_dir, losses: list[float]) -> None:
+    log.start_live(out_dir / "tensorboard", 0)
+    for step, loss in enumerate(losses, start=1):
+        log.step(step, 1, {"loss": loss}, lr=1e-3, items=8)
+    log.evaluate(len(losses), {"mrr": 0.5, "loss": losses[-1]})
+    log.close()
+
+
+def test_each_stage_is_its_own_short_run_with_its_own_tags_config_and_hparams(tmp_path, monkeypatch):
+    """The encoder (a hard-negative round's task folder) and the decoder under one SEMCODE_TENSORBOARD_DIR:
+    short run names, no tag in common, the config as text and the hparams plugin's record, read back
+    with TensorBoard's EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from semcode.train.history import run_name
+
+    monkeypatch.setenv(TENSORBOARD_PREFIX_ENV, str(tmp_path / "live"))
+    encoder_out = tmp_path / "artifacts" / "train-encoder-2" / "encoder"
+    decoder_out = tmp_path / "artifacts" / "train-decoder" / "decoder"
+    assert run_name("encoder", encoder_out) == "encoder-2" and run_name("decoder", decoder_out) == "decoder"
+    assert run_name("encoder", tmp_path / "runs" / "encoder") == "encoder"
+    config = {"lr": 5e-4, "size": "tiny", "suites": ["test", "cosqa"], "resume_from": None}
+    for tag, out, losses in (("encoder", encoder_out, [0.26, 0.08]), ("decoder", decoder_out, [9.0, 2.6])):
+        log = TrainingLog(tag, "items", 2, 1, force_plain=True, run=run_name(tag, out), config=config)
+        _train_a_little(log, out, losses)
+    assert sorted(p.name for p in (tmp_path / "live").iterdir()) == ["decoder", "encoder-2"]
+
+    tags = {}
+    for run in ("encoder-2", "decoder"):
+        events = EventAccumulator(str(tmp_path / "live" / run))
+        events.Reload()
+        stage = run.split("-")[0]
+        tags[stage] = set(events.Tags()["scalars"])
+        assert all(tag.startswith(f"{stage}/") for tag in tags[stage])
+        assert {f"{stage}/train/loss", f"{stage}/train/lr", f"{stage}/valid/mrr"} <= tags[stage]
+        assert events.Scalars(f"{stage}/final/best_mrr")[-1].value == 0.5
+        (config_text,) = events.Tensors(f"{stage}/config/text_summary")  # the text plugin's tag
+        assert "| lr | 0.0005 |" in config_text.tensor_proto.string_val[0].decode()
+        hparams = events.PluginTagToContent("hparams")
+        session = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+        assert session.session_start_info.hparams["size"].string_value == "tiny"
+        assert session.session_start_info.hparams["lr"].number_value == 5e-4
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"])
+        metric_tags = {info.name.tag for info in experiment.experiment.metric_infos}
+        assert f"{stage}/final/best_mrr" in metric_tags
+    assert not tags["encoder"] & tags["decoder"]  # no chart mixes the two scales

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 LOOP_ROWS = 32  # per rank: 8 micro-batches of 4, 4 optimizer steps per epoch, 2 epochs in TOTAL_STEPS
 
 
-def loop_run(out_dir, zero_stage: int = 0, evaluate_before: bool = True):
-    """The toy model through ``run_steps`` for 2 epochs: evaluations every 2 steps, checkpoints every 4."""
+def loop_run(
+    out_dir, zero_stage: int = 0, evaluate_before: bool = True, signal_at: tuple[int, int] | None = None
+):
+    """The toy model through ``run_steps`` for 2 epochs: evaluations every 2 steps, checkpoints every 4.
+    ``signal_at`` (micro-batch of the first epoch, signal): the signal is sent to this process before it."""
     setup_distributed()
     seed_everything(0)
     model = Toy()
@@ -51,6 +55,8 @@ def loop_run(out_dir, zero_stage: int = 0, evaluate_before: bool = True):
 
     def micro_batches(epoch, position, count):
         for index in range(position, min(plan.micro_per_epoch, position + count)):
+            if signal_at is not None and (epoch, index) == (0, signal_at[0]):
+                os.kill(os.getpid(), signal_at[1])
             rows = slice(index * MICRO_BATCH, (index + 1) * MICRO_BATCH)
             yield x[rows], y[rows]
 
@@ -82,17 +88,19 @@ def test_run_steps_writes_tensorboard_events_that_match_history(tmp_path, monkey
 
     for log_dir in (tmp_path / "out" / "tensorboard", tmp_path / "prefix" / "toy"):
         found = scalars(log_dir)
-        for tag, key in (("train/loss", "loss"), ("train/half", "half"), ("train/lr", "lr")):
+        for tag, key in (("toy/train/loss", "loss"), ("toy/train/half", "half"), ("toy/train/lr", "lr")):
             assert [s for s, _ in found[tag]] == steps, tag
             assert [v for _, v in found[tag]] == pytest.approx([e[key] for e in history["steps"]], rel=1e-6)
-        assert [v for _, v in found["train/grad_norm"]] == pytest.approx(
+        assert [v for _, v in found["toy/train/grad_norm"]] == pytest.approx(
             [e["grad_norm"] for e in history["steps"]], rel=1e-6
         )
-        assert all(v > 0 for _, v in found["train/grad_norm"])
-        assert [v for _, v in found["train/temperature"]] == pytest.approx([0.05] * TOTAL_STEPS)
+        assert all(v > 0 for _, v in found["toy/train/grad_norm"])
+        assert [v for _, v in found["toy/train/temperature"]] == pytest.approx([0.05] * TOTAL_STEPS)
         # evaluations, the one before the loop (step 0) included
-        assert [s for s, _ in found["valid/mrr"]] == [e["step"] for e in history["evals"]] == [0, 2, 4, 6, 8]
-        assert [v for _, v in found["valid/mrr"]] == pytest.approx([e["mrr"] for e in history["evals"]])
+        assert (
+            [s for s, _ in found["toy/valid/mrr"]] == [e["step"] for e in history["evals"]] == [0, 2, 4, 6, 8]
+        )
+        assert [v for _, v in found["toy/valid/mrr"]] == pytest.approx([e["mrr"] for e in history["evals"]])
         for tag in (
             "items_per_second",
             "step_seconds",
@@ -100,9 +108,9 @@ def test_run_steps_writes_tensorboard_events_that_match_history(tmp_path, monkey
             "allreduce_seconds",
             "peak_rss_mib",
         ):
-            values = [v for _, v in found[f"rank/{tag}"]]
+            values = [v for _, v in found[f"toy/rank/{tag}"]]
             assert len(values) == TOTAL_STEPS and all(v >= 0 for v in values), tag
-        assert min(v for _, v in found["rank/peak_rss_mib"]) > 10  # a Python process with torch in it
+        assert min(v for _, v in found["toy/rank/peak_rss_mib"]) > 10  # a Python process with torch in it
     assert "data_seconds" in history["steps"][0]
 
     err = capsys.readouterr().err
@@ -113,6 +121,24 @@ def test_run_steps_writes_tensorboard_events_that_match_history(tmp_path, monkey
     assert epoch_lines[1].startswith("[toy] epoch 2 complete | train loss ")
     assert len(epoch_lines) == 2
     assert "| best mrr 0.6000" in err.split("[toy] epoch 2/2 step 8/8")[1].splitlines()[0]
+
+
+def test_sigusr1_checkpoints_at_the_next_step_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    """ "Save now": SIGUSR1 during step 3 (micro-batches 4 and 5) gives a checkpoint after it, beside the
+    due ones (every 4 steps); the run goes on to its end exactly as without the signal."""
+    monkeypatch.setenv(TENSORBOARD_SWITCH_ENV, "0")
+    assert loop_run(tmp_path / "plain") == LoopResult(TOTAL_STEPS, "steps")
+    capsys.readouterr()
+    assert loop_run(tmp_path / "asked", signal_at=(5, signal.SIGUSR1)) == LoopResult(TOTAL_STEPS, "steps")
+    checkpoints = [line for line in capsys.readouterr().err.splitlines() if "] checkpoint " in line]
+    assert [line.split("checkpoints/")[1].split()[0] for line in checkpoints] == [
+        "step-000003",
+        "step-000004",
+        "step-000008",
+    ]
+    assert checkpoints[0].endswith("(asked for by SIGUSR1; training goes on)")
+    plain, asked = (json.loads((tmp_path / n / "history.json").read_text()) for n in ("plain", "asked"))
+    assert [e["loss"] for e in asked["steps"]] == [e["loss"] for e in plain["steps"]]
 
 
 def test_grad_norm_is_the_same_whether_deepspeed_or_the_loop_measures_it(tmp_path):
@@ -138,9 +164,9 @@ def test_two_ranks_each_write_their_own_scalars(tmp_path):
     """Two CPU processes (torchrun, gloo): rank 0 writes the run's curves, rank 1 its rank/* values."""
     run_two_ranks_script(__file__, str(tmp_path))
     rank0, rank1 = scalars(tmp_path / "tensorboard"), scalars(tmp_path / "tensorboard" / "rank-1")
-    assert "train/loss" in rank0 and "valid/mrr" in rank0
+    assert "toy/train/loss" in rank0 and "toy/valid/mrr" in rank0
     assert set(rank1) == {
-        f"rank/{t}"
+        f"toy/rank/{t}"
         for t in (
             "items_per_second",
             "step_seconds",
@@ -149,9 +175,9 @@ def test_two_ranks_each_write_their_own_scalars(tmp_path):
             "peak_rss_mib",
         )
     }
-    assert [s for s, _ in rank1["rank/items_per_second"]] == list(range(1, TOTAL_STEPS + 1))
+    assert [s for s, _ in rank1["toy/rank/items_per_second"]] == list(range(1, TOTAL_STEPS + 1))
     # Two ranks all-reduce their gradients: each rank's clock saw time in it at every step.
-    assert all(v > 0 for _, v in rank1["rank/allreduce_seconds"])
+    assert all(v > 0 for _, v in rank1["toy/rank/allreduce_seconds"])
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["steps"][0]["items"] == MICRO_BATCH * GRAD_ACCUM * 2  # both ranks' rows
     assert all(e["allreduce_seconds"] > 0 for e in history["steps"])

@@ -73,6 +73,15 @@ app.kubernetes.io/part-of: semcode
 {{- end }}
 {{- end }}
 
+{{/* The index registry the re-indexing CronJob publishes to; s3://<bucket>/indexes by default. */}}
+{{- define "semcode.indexRegistryUri" -}}
+{{- if .Values.reindex.registry }}
+{{- .Values.reindex.registry | trimSuffix "/" }}
+{{- else }}
+{{- printf "s3://%s/indexes" (required "s3.bucket (or reindex.registry) is required: where the index registry lives" .Values.s3.bucket) }}
+{{- end }}
+{{- end }}
+
 {{- define "semcode.bundle" -}}
 {{- .Values.serve.bundle | default (printf "%s/%s/latest" (include "semcode.registryUri" .) (required "model.name is required" .Values.model.name)) }}
 {{- end }}

@@ -1,7 +1,7 @@
 """Component gate: stage outputs -> release bundle, report, and the decision to publish (semcode.stages.gate)."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from semcode.components.images import CPU_IMAGE
 
@@ -17,6 +17,8 @@ def gate(
     bundle: Output[Model],
     report: Output[HTML],
     decision: Output[Artifact],
+    metrics: Output[Metrics],
+    model_card: Output[Markdown],
     name: str,
     registry: str,
     primary_metric: str,
@@ -43,6 +45,9 @@ def gate(
         bundle: the release bundle.
         report: the bundle's report.html.
         decision: decision.json (passed, reasons, candidate, champion) and config.json.
+        metrics: the decision's comparisons as numbers: candidate and champion per suite, their delta,
+            passed (1/0), the int8 MRR loss (KFP's run comparison shows them side by side).
+        model_card: the bundle's model_card.md (the KFP UI renders it as Markdown).
         name: model name: the registry folder <registry>/<name>/.
         registry: registry holding the champion: a local folder or s3://bucket/prefix ('' = none).
         primary_metric: metric compared with the champion, suite/protocol/system/metric.
@@ -57,6 +62,7 @@ def gate(
     import shutil
 
     from semcode import config
+    from semcode.components.scalars import save_metrics_file
     from semcode.stages import gate as stage
 
     stage_config = config.from_dict(
@@ -94,4 +100,8 @@ def gate(
     )
     shutil.move(os.path.join(decision.path, stage.BUNDLE_SUBDIR), bundle.path)
     shutil.copyfile(os.path.join(bundle.path, "report.html"), report.path)
+    shutil.copyfile(os.path.join(bundle.path, "model_card.md"), model_card.path)
+    for metric_name, value in stage.decision_scalars(result).items():
+        metrics.log_metric(metric_name, value)
+    save_metrics_file(metrics)
     return result["passed"]

@@ -22,6 +22,8 @@ def ingest(
     max_files_per_source: int,
     corpus_near_dup: bool,
     workers: int,
+    allow_licenses: list,
+    deny_licenses: list,
 ):
     """Extract, deduplicate and split (query, code) pairs and a code corpus from sources.
 
@@ -34,6 +36,8 @@ def ingest(
         max_files_per_source: read at most this many files per source (0 = all).
         corpus_near_dup: also remove near duplicates from the corpus.
         workers: processes that parse source files.
+        allow_licenses: keep only rows whose licence these SPDX ids meet ([] = all; unknown: none found).
+        deny_licenses: drop rows whose licence needs one of these SPDX ids.
     """
     import tempfile
 
@@ -49,6 +53,8 @@ def ingest(
             "max_files_per_source": max_files_per_source,
             "corpus_near_dup": corpus_near_dup,
             "workers": workers,
+            "allow_licenses": allow_licenses,
+            "deny_licenses": deny_licenses,
         },
         source="ingest component",
     )
@@ -79,6 +85,8 @@ def ingest_shard(
     max_files_per_source: int,
     corpus_near_dup: bool,
     workers: int,
+    allow_licenses: list,
+    deny_licenses: list,
 ):
     """Read one shard of every source: its rows (not yet deduplicated) and their MinHash signatures.
 
@@ -91,6 +99,8 @@ def ingest_shard(
         max_files_per_source: read at most this many files per source (0 = all), sampled before sharding.
         corpus_near_dup: also sign the corpus, for its near-duplicate removal in the merge.
         workers: processes that parse source files.
+        allow_licenses: keep only rows whose licence these SPDX ids meet ([] = all; unknown: none found).
+        deny_licenses: drop rows whose licence needs one of these SPDX ids.
     """
     from semcode import config
     from semcode.stages import ingest as stage
@@ -103,6 +113,8 @@ def ingest_shard(
             "max_files_per_source": max_files_per_source,
             "corpus_near_dup": corpus_near_dup,
             "workers": workers,
+            "allow_licenses": allow_licenses,
+            "deny_licenses": deny_licenses,
             "shards": shards,
         },
         source="ingest_shard component",
@@ -122,6 +134,8 @@ def ingest_merge(
     corpus_near_dup: bool,
     workers: int,
     shard_count: int,
+    allow_licenses: list,
+    deny_licenses: list,
 ):
     """Merge the ingest shards: one global exact + near-duplicate pass, the split, the manifest summed.
 
@@ -136,6 +150,8 @@ def ingest_merge(
         corpus_near_dup: also remove near duplicates from the corpus.
         workers: processes; 2 or more deduplicate the corpus beside the pairs.
         shard_count: how many shards there are (all must be present).
+        allow_licenses: the shards' licence allow list.
+        deny_licenses: the shards' licence deny list.
     """
     import tempfile
 
@@ -151,6 +167,8 @@ def ingest_merge(
             "max_files_per_source": max_files_per_source,
             "corpus_near_dup": corpus_near_dup,
             "workers": workers,
+            "allow_licenses": allow_licenses,
+            "deny_licenses": deny_licenses,
             "shards": shard_count,
         },
         source="ingest_merge component",

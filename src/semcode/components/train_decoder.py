@@ -28,9 +28,12 @@ def train_decoder(
     lr: float,
     warmup_ratio: float,
     zero_stage: int,
+    precision: str,
     seed: int,
     eval_every: int,
     checkpoint_every: int,
+    checkpoint_every_epochs: int,
+    keep_checkpoints: int,
     max_train_pairs: int,
     max_valid_pairs: int,
     max_eval_pairs: int,
@@ -69,9 +72,12 @@ def train_decoder(
         lr: peak learning rate.
         warmup_ratio: warmup as a fraction of the total steps.
         zero_stage: DeepSpeed ZeRO stage.
+        precision: auto (bf16 on a GPU, fp32 on the CPU), bf16, fp16 (dynamic loss scaling) or fp32.
         seed: seed for initialisation, the samples and the data order.
         eval_every: evaluate on the valid split every this many steps (0 = at the end).
         checkpoint_every: checkpoint every this many steps.
+        checkpoint_every_epochs: also checkpoint at the end of every this many epochs (0 = by steps only).
+        keep_checkpoints: keep the newest this many checkpoints, locally and under checkpoint_root (0 = all).
         max_train_pairs: train on a sample of this many functions (0 = all).
         max_valid_pairs: valid functions evaluated during training (0 = none).
         max_eval_pairs: test functions for the metrics and the round-trip corpus (0 = all).
@@ -112,9 +118,12 @@ def train_decoder(
             "lr": lr,
             "warmup_ratio": warmup_ratio,
             "zero_stage": zero_stage,
+            "precision": precision,
             "seed": seed,
             "eval_every": eval_every,
             "checkpoint_every": checkpoint_every,
+            "checkpoint_every_epochs": checkpoint_every_epochs,
+            "keep_checkpoints": keep_checkpoints,
             "max_train_pairs": max_train_pairs,
             "max_valid_pairs": max_valid_pairs,
             "max_eval_pairs": max_eval_pairs,

@@ -36,9 +36,12 @@ def train_encoder(
     teacher_filter_pool: int,
     docstring_share: float,
     zero_stage: int,
+    precision: str,
     seed: int,
     eval_every: int,
     checkpoint_every: int,
+    checkpoint_every_epochs: int,
+    keep_checkpoints: int,
     max_train_pairs: int,
     max_valid_pairs: int,
     time_budget_minutes: float,
@@ -91,9 +94,12 @@ def train_encoder(
         teacher_filter_pool: train pairs embedded for that filter (the others are dropped).
         docstring_share: share of train codes given their docstring back as first body line (seeded).
         zero_stage: DeepSpeed ZeRO stage.
+        precision: auto (bf16 on a GPU, fp32 on the CPU), bf16, fp16 (dynamic loss scaling) or fp32.
         seed: seed for initialisation, data order and dropout.
         eval_every: validate every this many steps.
         checkpoint_every: checkpoint every this many steps.
+        checkpoint_every_epochs: also checkpoint at the end of every this many epochs (0 = by steps only).
+        keep_checkpoints: keep the newest this many checkpoints, locally and under checkpoint_root (0 = all).
         max_train_pairs: train on a sample of this many pairs (0 = all).
         max_valid_pairs: validate on a sample of this many pairs (0 = all).
         time_budget_minutes: stop after this much training (0 = none).
@@ -152,9 +158,12 @@ def train_encoder(
             "teacher_filter_pool": teacher_filter_pool,
             "docstring_share": docstring_share,
             "zero_stage": zero_stage,
+            "precision": precision,
             "seed": seed,
             "eval_every": eval_every,
             "checkpoint_every": checkpoint_every,
+            "checkpoint_every_epochs": checkpoint_every_epochs,
+            "keep_checkpoints": keep_checkpoints,
             "max_train_pairs": max_train_pairs,
             "max_valid_pairs": max_valid_pairs,
             "time_budget_minutes": time_budget_minutes,

@@ -34,6 +34,9 @@ PAIR_SCHEMA = pa.schema(
         # The function's header on one line (``def f(x):``); added later: shards written before it lack
         # the column, so readers that need it check (semcode.corpus.meta_table fills "").
         ("signature", pa.string()),
+        # SPDX expression of the row's licence, "" when none was found (semcode.data.licenses); added later
+        # like signature (semcode.corpus.meta_table fills "" for shards without it).
+        ("license", pa.string()),
     ]
 )
 COLUMNS = tuple(PAIR_SCHEMA.names)

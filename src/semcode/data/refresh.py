@@ -105,7 +105,11 @@ def reread(
             for row in rows_before.get(file_url(task.url), []):
                 fragment = row["url"][len(row["url"].split("#", 1)[0]) :]
                 kept = {name: row[name] for name in ROW_FIELDS}
-                done.rows.append(new_row(spec.text, query=row["doc"], url=task.url + fragment, **kept))
+                done.rows.append(
+                    new_row(
+                        spec.text, query=row["doc"], url=task.url + fragment, license=task.license, **kept
+                    )
+                )
             continue
         outcome = code.process_file(task, spec.text, options)
         done.files_read += 1

@@ -11,6 +11,12 @@ tokens that precede the code, and the decoder learns to write the code after the
       -> the hidden state at <s>, c1, ... predicts c1, c2, ..., </s>   (the prefix and <pad> predict nothing)
     optional token bias: Linear(D, V)(embedding)                     [B, V]   added to every position's logits
 
+The language token (``languages=("python", "go", ...)``, the languages of the training pairs): one
+learned vector per language, placed after the prefix, so one decoder writes every language it was trained
+on and is told which to write (``[prefix ; language ; tokens]``, ``conditioning``). A language it has no
+vector for is refused by name (``language_ids``). A decoder saved before languages had no such token: it
+knows Python alone (``known_languages``).
+
 The token bias (``token_bias=True``) is a bag-of-tokens prior: one linear map from the embedding to the
 vocabulary, added to the logits at every step, so which identifiers and words the function uses comes
 straight from the embedding instead of through k virtual tokens and every layer. It starts at zero (a
@@ -29,8 +35,8 @@ Saved layout (``CodeDecoder.save``): the root is a plain transformers checkpoint
 (``AutoModelForCausalLM.from_pretrained(dir)`` loads the language model alone)::
 
     config.json, generation_config.json, model.safetensors    the LlamaForCausalLM
-    prefix.safetensors                                         the prefix MLP (and the token bias)
-    semcode_decoder.json                                       prefix_tokens, embedding_dim, size, ...
+    prefix.safetensors                                         the prefix MLP (the token bias, the language tokens)
+    semcode_decoder.json                                       prefix_tokens, embedding_dim, size, languages, ...
     tokenizer.json, tokenizer_config.json, special_tokens_map.json   our BPE: the directory is self-contained
 """
 
@@ -102,6 +108,7 @@ class CodeDecoder(nn.Module):
         *,
         size: str = "custom",
         token_bias: bool = False,
+        languages: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         if embedding_dim < 1 or prefix_tokens < 1:
@@ -116,6 +123,13 @@ class CodeDecoder(nn.Module):
         self.prefix = nn.Sequential(
             nn.Linear(embedding_dim, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, prefix_tokens * hidden)
         )
+        self.languages = tuple(languages)  # the language tokens' order; () = no language token
+        self.language_tokens: nn.Embedding | None = None
+        if self.languages:
+            if len(set(self.languages)) != len(self.languages):
+                raise ValueError(f"languages must be distinct, got {list(self.languages)}")
+            self.language_tokens = nn.Embedding(len(self.languages), hidden)
+            nn.init.normal_(self.language_tokens.weight, std=0.02)
         self.token_bias: nn.Linear | None = None
         if token_bias:
             self.token_bias = nn.Linear(embedding_dim, self.vocab_size)
@@ -140,6 +154,44 @@ class CodeDecoder(nn.Module):
         prefix = self.prefix(embeddings.to(device=weight.device, dtype=weight.dtype))  # [B, k*H]
         return prefix.view(len(embeddings), self.prefix_tokens, self.hidden_size)
 
+    @property
+    def known_languages(self) -> tuple[str, ...]:
+        """The languages this decoder can be asked for: its language tokens', or Python alone for a decoder
+        without them (saved before languages were tokens, trained on the Python presets)."""
+        return self.languages or ("python",)
+
+    @property
+    def conditioning_tokens(self) -> int:
+        """Positions ahead of ``<s>``: the prefix's virtual tokens and the language token when there is one."""
+        return self.prefix_tokens + (1 if self.language_tokens is not None else 0)
+
+    def language_ids(self, names: list[str]) -> Tensor | None:
+        """[B] indices of the language tokens of ``names`` (None without language tokens); ValueError names
+        a language the decoder never saw and the ones it knows."""
+        unknown = sorted(set(names) - set(self.known_languages))
+        if unknown:
+            raise ValueError(
+                f"the decoder was not trained on {', '.join(unknown)}: it writes "
+                f"{', '.join(self.known_languages)}"
+            )
+        if self.language_tokens is None:
+            return None
+        return torch.tensor([self.languages.index(name) for name in names], dtype=torch.long)
+
+    def conditioning(self, embeddings: Tensor, language_ids: Tensor | None = None) -> Tensor:
+        """[B, D] embeddings (and [B] language ids) -> [B, conditioning_tokens, H]: the virtual tokens, then
+        the language token when the decoder has them."""
+        prefix = self.prefix_embeds(embeddings)  # [B, k, H]
+        if self.language_tokens is None:
+            return prefix
+        if language_ids is None or language_ids.shape != (len(embeddings),):
+            raise ValueError(
+                f"this decoder writes {', '.join(self.languages)}: it needs one language id per embedding"
+            )
+        weight = self.language_tokens.weight
+        language = self.language_tokens(language_ids.to(weight.device))  # [B, H]
+        return torch.cat([prefix, language.to(prefix.dtype)[:, None]], dim=1)
+
     def logit_bias(self, embeddings: Tensor) -> Tensor | None:
         """[B, D] embeddings -> [B, V] float32 logit bias of the token-bias head (None without one)."""
         if self.token_bias is None:
@@ -147,16 +199,24 @@ class CodeDecoder(nn.Module):
         weight = self.token_bias.weight
         return self.token_bias(embeddings.to(device=weight.device, dtype=weight.dtype)).float()
 
-    def forward(self, embeddings: Tensor, input_ids: Tensor, attention_mask: Tensor) -> DecoderOutput:
-        """Teacher forcing: embeddings [B, D], input_ids/attention_mask [B, T] of ``<s> code </s> <pad>...``.
+    def forward(
+        self,
+        embeddings: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        language_ids: Tensor | None = None,
+    ) -> DecoderOutput:
+        """Teacher forcing: embeddings [B, D], input_ids/attention_mask [B, T] of ``<s> code </s> <pad>...``;
+        language_ids [B] when the decoder has language tokens.
 
         The loss covers the code tokens only: the prediction of c1 from <s> up to </s> from cn. The LM head
         runs on those positions alone (not on the prefix or padding), which with a 32k vocabulary is most
         of the compute saved on short functions.
         """
-        k = self.prefix_tokens
+        k = self.conditioning_tokens
         tokens = self.lm.get_input_embeddings()(input_ids)  # [B, T, H]
-        inputs = torch.cat([self.prefix_embeds(embeddings).to(tokens.dtype), tokens], dim=1)  # [B, k+T, H]
+        conditioning = self.conditioning(embeddings, language_ids).to(tokens.dtype)  # [B, k, H]
+        inputs = torch.cat([conditioning, tokens], dim=1)  # [B, k+T, H]
         mask = torch.cat([attention_mask.new_ones(len(input_ids), k), attention_mask], dim=1)  # [B, k+T]
         hidden = self.lm.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state  # [B, k+T, H]
         # Position k+j (token j of the code) predicts token j+1; a pad target predicts nothing.
@@ -181,6 +241,7 @@ class CodeDecoder(nn.Module):
             "prefix_tokens": self.prefix_tokens,
             "prefix_hidden": self.prefix[0].out_features,
             "token_bias": self.token_bias is not None,
+            "languages": list(self.languages),
             "hidden_size": self.hidden_size,
             "vocab_size": self.vocab_size,
             "special_ids": {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID},
@@ -200,6 +261,8 @@ class CodeDecoder(nn.Module):
         heads = {f"prefix.{name}": t for name, t in module.prefix.state_dict().items()}
         if module.token_bias is not None:
             heads.update({f"token_bias.{name}": t for name, t in module.token_bias.state_dict().items()})
+        if module.language_tokens is not None:
+            heads.update({f"language_tokens.{n}": t for n, t in module.language_tokens.state_dict().items()})
         prefix = {name: t.detach().float().cpu().contiguous() for name, t in heads.items()}
         safetensors.torch.save_file(prefix, str(out / PREFIX_WEIGHTS_FILE))
         source = Path(tokenizer_dir)
@@ -214,9 +277,15 @@ class CodeDecoder(nn.Module):
 
 
 def build_decoder(
-    size: str, vocab_size: int, embedding_dim: int, prefix_tokens: int, token_bias: bool = False
+    size: str,
+    vocab_size: int,
+    embedding_dim: int,
+    prefix_tokens: int,
+    token_bias: bool = False,
+    languages: tuple[str, ...] = (),
 ) -> CodeDecoder:
-    """A randomly initialised decoder of a named size (``DECODER_SIZES``); seed torch beforehand."""
+    """A randomly initialised decoder of a named size (``DECODER_SIZES``); seed torch beforehand.
+    ``languages``: one language token each (the training pairs' languages)."""
     if size not in DECODER_SIZES:
         raise ValueError(f"unknown decoder size {size!r}; choose one of {sorted(DECODER_SIZES)}")
     if vocab_size <= max(PAD_ID, BOS_ID, EOS_ID):
@@ -233,7 +302,12 @@ def build_decoder(
         **spec,
     )
     return CodeDecoder(
-        LlamaForCausalLM(config), embedding_dim, prefix_tokens, size=size, token_bias=token_bias
+        LlamaForCausalLM(config),
+        embedding_dim,
+        prefix_tokens,
+        size=size,
+        token_bias=token_bias,
+        languages=tuple(languages),
     )
 
 
@@ -264,11 +338,14 @@ def load_decoder(path: str | os.PathLike[str]) -> tuple[CodeDecoder, dict[str, A
         int(meta["prefix_tokens"]),
         size=meta.get("size", "custom"),
         token_bias=bool(meta.get("token_bias", False)),
+        languages=tuple(meta.get("languages") or ()),
     )
     heads = safetensors.torch.load_file(str(local / PREFIX_WEIGHTS_FILE))
     model.prefix.load_state_dict(_heads(heads, "prefix"))
     if model.token_bias is not None:
         model.token_bias.load_state_dict(_heads(heads, "token_bias"))
+    if model.language_tokens is not None:
+        model.language_tokens.load_state_dict(_heads(heads, "language_tokens"))
     return model.eval(), meta
 
 
@@ -298,10 +375,14 @@ def code_token_ids(tokenizer: Any, codes: list[str], max_length: int) -> list[li
 
 
 def make_batch(
-    token_ids: list[list[int]], embeddings: np.ndarray, rows: np.ndarray | list[int]
+    token_ids: list[list[int]],
+    embeddings: np.ndarray,
+    rows: np.ndarray | list[int],
+    language_ids: np.ndarray | None = None,
 ) -> dict[str, Tensor]:
     """The model's inputs for ``rows``: embeddings [B, D] float32, input_ids and attention_mask [B, T]
-    (right-padded with <pad> to the longest row)."""
+    (right-padded with <pad> to the longest row), and language_ids [B] when ``language_ids`` (one
+    language-token index per example) is given."""
     longest = max(len(token_ids[i]) for i in rows)
     input_ids = torch.full((len(rows), longest), PAD_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -309,8 +390,11 @@ def make_batch(
         ids = token_ids[i]
         input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[r, : len(ids)] = 1
-    return {
+    batch = {
         "embeddings": torch.from_numpy(np.ascontiguousarray(embeddings[np.asarray(rows)], dtype=np.float32)),
         "input_ids": input_ids,
         "attention_mask": attention_mask,
     }
+    if language_ids is not None:
+        batch["language_ids"] = torch.as_tensor(np.asarray(language_ids)[np.asarray(rows)], dtype=torch.long)
+    return batch

@@ -46,7 +46,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 from semcode import storage
 from semcode.contract import ENCODER_CONFIG_FILE, KINDS, MINILM_ALIAS, TOWERS
@@ -251,29 +251,36 @@ class CodeSearchEncoder(nn.Module):
             "hidden_size": self.tower.hidden_size,
         }
 
-    def save(self, out_dir: str | os.PathLike[str], tokenizer_dir_or_obj: Any = None) -> Path:
+    def save(
+        self, out_dir: str | os.PathLike[str], tokenizer_dir_or_obj: Any = None, weights: bool = True
+    ) -> Path:
         """Write a sentence-transformers directory (two, under query/ and code/, with separate towers).
 
         ``tokenizer_dir_or_obj``: a directory holding the tokenizer files, a transformers tokenizer
         (``save_pretrained``), or a ``tokenizers.Tokenizer`` (written with semcode.tokenizer.save_tokenizer).
         Without a tokenizer the directory loads with ``load_encoder`` but not with sentence-transformers.
-        Weights are written as float32 whatever dtype the module is in. Returns ``out_dir``.
+        Weights are written as float32 whatever dtype the module is in. ``weights=False``: every file but
+        the weights, the definition a training checkpoint carries (``load_encoder(..., weights=False)``
+        builds the module from it). Returns ``out_dir``.
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        settings = (self.max_length, self.query_prefix, self.code_prefix, weights)
         if self.code_tower is None:
-            _save_tower(self.tower, out, self.max_length, self.query_prefix, self.code_prefix)
+            _save_tower(self.tower, out, *settings)
             _save_tokenizer_files(tokenizer_dir_or_obj, out, self.max_length)
         else:
             for kind in KINDS:
                 tower_dir = out / kind
                 tower_dir.mkdir(exist_ok=True)
                 tower = self.tower_for(kind)
-                _save_tower(tower, tower_dir, self.max_length, self.query_prefix, self.code_prefix)
+                _save_tower(tower, tower_dir, *settings)
                 _save_tokenizer_files(tokenizer_dir_or_obj, tower_dir, self.max_length)
             # Also at the top, so AutoTokenizer.from_pretrained(out_dir) works for either layout.
             _save_tokenizer_files(tokenizer_dir_or_obj, out, self.max_length)
         (out / ENCODER_CONFIG_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+        for weights_file in out.rglob("*.safetensors"):  # safetensors writes 0600; others read these files
+            weights_file.chmod(0o644)
         return out
 
     @classmethod
@@ -501,8 +508,11 @@ def _checked_max_length(max_length: int, config: Any) -> int:
     return max_length
 
 
-def load_encoder(path: str | os.PathLike[str]) -> CodeSearchEncoder:
-    """Load a directory written by ``CodeSearchEncoder.save`` (local; use load_pretrained for s3://)."""
+def load_encoder(path: str | os.PathLike[str], weights: bool = True) -> CodeSearchEncoder:
+    """Load a directory written by ``CodeSearchEncoder.save`` (local; use load_pretrained for s3://).
+
+    ``weights=False``: the module as the directory defines it, freshly initialised (its weights are not
+    read, and need not be there), for a state dict from elsewhere (a training checkpoint)."""
     local = Path(path)
     config_file = local / ENCODER_CONFIG_FILE
     if not config_file.is_file():
@@ -510,9 +520,9 @@ def load_encoder(path: str | os.PathLike[str]) -> CodeSearchEncoder:
     meta = json.loads(config_file.read_text())
     _check_towers(meta.get("towers", ""))
     if meta["towers"] == "shared":
-        tower, code_tower = _load_tower(local), None
+        tower, code_tower = _load_tower(local, weights), None
     else:
-        tower, code_tower = _load_tower(local / "query"), _load_tower(local / "code")
+        tower, code_tower = _load_tower(local / "query", weights), _load_tower(local / "code", weights)
     if tower.embedding_dim != meta["embedding_dim"]:
         raise ValueError(
             f"{local}: {ENCODER_CONFIG_FILE} says embedding_dim {meta['embedding_dim']}, the weights have "
@@ -538,14 +548,19 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _save_tower(tower: EncoderTower, out: Path, max_length: int, query_prefix: str, code_prefix: str) -> None:
+def _save_tower(
+    tower: EncoderTower, out: Path, max_length: int, query_prefix: str, code_prefix: str, weights: bool = True
+) -> None:
     import sentence_transformers
     import transformers
 
     transformer = tower.transformer
-    if next(transformer.parameters()).dtype != torch.float32:
-        transformer = copy.deepcopy(transformer).float()  # the artifact contract is float32 weights
-    transformer.save_pretrained(str(out), safe_serialization=True)
+    if not weights:
+        transformer.config.save_pretrained(str(out))
+    else:
+        if next(transformer.parameters()).dtype != torch.float32:
+            transformer = copy.deepcopy(transformer).float()  # the artifact contract is float32 weights
+        transformer.save_pretrained(str(out), safe_serialization=True)
 
     # Classic module type names and config keys: every sentence-transformers release from 2.x to 6.x
     # reads them (newer ones map the old names onto their current classes).
@@ -595,13 +610,15 @@ def _save_tower(tower: EncoderTower, out: Path, max_length: int, query_prefix: s
             "activation_function": "torch.nn.modules.linear.Identity",
         },
     )
+    (out / "3_Normalize").mkdir(exist_ok=True)
+    if not weights:
+        return
     # sentence-transformers' Dense holds the layer as `linear`.
     dense_weights = {
         "linear.weight": tower.projection.weight.detach().float().cpu().contiguous(),
         "linear.bias": tower.projection.bias.detach().float().cpu().contiguous(),
     }
     safetensors.torch.save_file(dense_weights, str(out / "2_Dense" / "model.safetensors"))
-    (out / "3_Normalize").mkdir(exist_ok=True)
 
 
 def _save_tokenizer_files(tokenizer: Any, out: Path, max_length: int) -> None:
@@ -623,12 +640,16 @@ def _save_tokenizer_files(tokenizer: Any, out: Path, max_length: int) -> None:
         save_tokenizer(tokenizer, out, model_max_length=max_length)
 
 
-def _load_tower(tower_dir: Path) -> EncoderTower:
-    transformer = AutoModel.from_pretrained(str(tower_dir), dtype=torch.float32)
+def _load_tower(tower_dir: Path, weights: bool = True) -> EncoderTower:
+    if weights:
+        transformer = AutoModel.from_pretrained(str(tower_dir), dtype=torch.float32)
+    else:  # the architecture only (a definition): random weights, float32
+        transformer = AutoModel.from_config(AutoConfig.from_pretrained(str(tower_dir)), dtype=torch.float32)
     dense_config = json.loads((tower_dir / "2_Dense" / "config.json").read_text())
     tower = EncoderTower(transformer, int(dense_config["out_features"]))
-    weights = safetensors.torch.load_file(str(tower_dir / "2_Dense" / "model.safetensors"))
-    tower.projection.load_state_dict({"weight": weights["linear.weight"], "bias": weights["linear.bias"]})
+    if weights:
+        dense = safetensors.torch.load_file(str(tower_dir / "2_Dense" / "model.safetensors"))
+        tower.projection.load_state_dict({"weight": dense["linear.weight"], "bias": dense["linear.bias"]})
     return tower
 
 

@@ -1,6 +1,8 @@
-"""``semcode compile``: write the pipeline's KFP YAML (src/semcode/pipeline/train_pipeline.yaml), for the KFP UI and API.
+"""``semcode compile``: write the pipelines' KFP YAML, for the KFP UI and API: the training pipeline
+(src/semcode/pipeline/train_pipeline.yaml) and the index pipeline (index_pipeline.yaml beside it).
 
-The YAML is committed; a test fails when it is stale. Container images come from src/semcode/components/images.py
+``semcode compile`` writes both; ``--pipeline`` picks one (``--output`` writes the training pipeline unless
+``--pipeline index`` says otherwise). The YAML is committed; a test per pipeline fails when it is stale. Container images come from src/semcode/components/images.py
 (SEMCODE_IMAGE_REGISTRY / SEMCODE_IMAGE_TAG when set): compile with them unset for the committed file.
 
 "Stale" compares the parsed YAML, not the text: the KFP compiler writes a header comment that lists the
@@ -23,13 +25,20 @@ from typing import Any
 
 import yaml
 
-# The committed, compiled pipeline: package data beside the pipeline function, so an installed semcode
-# (`semcode submit`) has it too.
+# The committed, compiled pipelines: package data beside the pipeline functions, so an installed semcode
+# (`semcode submit`) has them too. <kind>: semcode/pipeline/<kind>_pipeline.py's <kind>_pipeline.
+PIPELINES = ("train", "index")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "train_pipeline.yaml"
+INDEX_OUTPUT = Path(__file__).resolve().parent / "index_pipeline.yaml"
+OUTPUTS = {"train": DEFAULT_OUTPUT, "index": INDEX_OUTPUT}
 
 
-def load_pipeline() -> Any:
-    """The pipeline function (semcode/pipeline/train_pipeline.py); imported late: it imports kfp."""
+def load_pipeline(kind: str = "train") -> Any:
+    """The pipeline function of ``kind`` (semcode/pipeline/<kind>_pipeline.py); imported late: it imports kfp."""
+    if kind == "index":
+        from semcode.pipeline.index_pipeline import index_pipeline
+
+        return index_pipeline
     from semcode.pipeline.train_pipeline import train_pipeline
 
     return train_pipeline
@@ -52,15 +61,16 @@ def same_pipeline(a: str | Path, b: str | Path) -> bool:
     return pipeline_documents(a) == pipeline_documents(b)
 
 
-def compile_pipeline(output: str | Path = DEFAULT_OUTPUT) -> bool:
-    """Compile the pipeline into ``output``; returns False when ``output`` already held it (left as is)."""
+def compile_pipeline(output: str | Path = DEFAULT_OUTPUT, kind: str = "train") -> bool:
+    """Compile the pipeline of ``kind`` into ``output``; returns False when ``output`` already held it (left
+    as is)."""
     from kfp import compiler
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="semcode-compile-") as scratch:
         fresh = Path(scratch) / output.name
-        compiler.Compiler().compile(load_pipeline(), str(fresh))
+        compiler.Compiler().compile(load_pipeline(kind), str(fresh))
         if output.is_file() and same_pipeline(fresh, output):
             return False
         shutil.move(fresh, output)
@@ -70,19 +80,30 @@ def compile_pipeline(output: str | Path = DEFAULT_OUTPUT) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="semcode compile",
-        description="Compile the training pipeline to KFP YAML (upload it in the KFP UI, or use semcode submit).",
-        epilog="examples:\n  semcode compile\n  semcode compile --output /tmp/train_pipeline.yaml",
+        description="Compile the training and index pipelines to KFP YAML (upload them in the KFP UI, or use "
+        "semcode submit).",
+        epilog="examples:\n  semcode compile\n  semcode compile --output /tmp/train_pipeline.yaml\n"
+        "  semcode compile --pipeline index --output /tmp/index_pipeline.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--pipeline",
+        choices=PIPELINES,
+        default=None,
+        help="compile only this one (default: both; with --output: train)",
+    )
+    parser.add_argument(
         "--output",
-        default=str(DEFAULT_OUTPUT),
+        default=None,
         metavar="YAML",
-        help=f"where to write it (default: {DEFAULT_OUTPUT})",
+        help=f"where to write it (default: {DEFAULT_OUTPUT.name}, {INDEX_OUTPUT.name} in {DEFAULT_OUTPUT.parent})",
     )
     args = parser.parse_args(argv)
-    written = compile_pipeline(args.output)
-    print(f"{args.output}: {'written' if written else 'up to date'}")
+    kinds = [args.pipeline] if args.pipeline else (["train"] if args.output else list(PIPELINES))
+    for kind in kinds:
+        output = args.output or OUTPUTS[kind]
+        written = compile_pipeline(output, kind)
+        print(f"{output}: {'written' if written else 'up to date'}")
     return 0
 
 

@@ -3,7 +3,16 @@
 It runs the very pipeline function the cluster runs (src/semcode/pipeline/train_pipeline.py) with KFP's local
 SubprocessRunner: every task is a fresh Python process in this environment (``use_venv=False``: nothing
 is installed), artifacts are folders under runs/<run-id>/artifacts/, and the Kubernetes settings (GPUs,
-node pool, Secret, resources) have no effect. Retries do: a failing task is tried three times.
+node pool, Secret, resources) have no effect. Retries do, where they can help: a task that failed on an
+I/O, network or S3 error or was killed is tried up to three times; bad input (one line from the task) and
+other errors are not tried again (semcode.pipeline.kfp_local, which also holds the console and the other
+changes to kfp.local). The run ends with one line naming the task that failed and why.
+
+``semcode run --pipeline index`` runs the index pipeline (src/semcode/pipeline/index_pipeline.py) the same
+way: ``--encoder`` (a bundle, a registry version or ``latest``, or minilm) indexes ``--source`` without
+training, updating ``--previous`` (default: the last index it published, ``<registry>/<index_name>/latest``;
+'' indexes anew), and publishes to ``--registry``; ``--param index_<key>=VALUE`` sets the index stage's
+settings. No preset, evaluation or gate: it prints what was embedded and the search line.
 
 Parameters come from a preset (src/semcode/configs/<name>.yaml, mapped by semcode.pipeline.params), ``--source``
 (replaces the ingest sources) and ``--registry`` (the gate compares with its champion and publish
@@ -28,25 +37,24 @@ The console (docs/observability.md): kfp.local relays each task's output to stdo
 executor input (JSON) and outputs (artifact reprs) around it; by default QuietConsole keeps semcode's own
 lines and warnings, errors and tracebacks, drops those dumps, says when each stage starts and how long it
 took, and the summary ends with a per-stage timing table. ``--verbose`` passes kfp.local's lines through.
-``--tensorboard`` serves the run's live training curves (the training stages' tensorboard/ event files)
-on 127.0.0.1 while the run lasts.
+``--tensorboard`` serves the run's live training curves on 127.0.0.1 while the run lasts: the training
+stages also write them to <run-dir>/tensorboard/<run> (CURVES_DIR; SEMCODE_TENSORBOARD_DIR), one short-named
+TensorBoard run per stage (encoder, encoder-2 for a hard-negative round, decoder) instead of their
+artifacts' long paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -58,9 +66,12 @@ import semcode
 from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import storage
+from semcode.contract import MINILM_ALIAS
 from semcode.embed import check_encoder_spec
+from semcode.pipeline import containers, kfp_local
 from semcode.pipeline import params as pipeline_params
 from semcode.pipeline.compile import load_pipeline
+from semcode.pipeline.kfp_local import quiet_stdout
 from semcode.progress import format_seconds, log
 from semcode.stages import evaluate, ingest
 
@@ -69,6 +80,7 @@ REGISTRY_DIR = "registry"  # default registry: <runs-dir>/registry
 CACHE_DIR = ".kfp-cache"  # kfp.local's cache: shared by the --cache runs of a --runs-dir, else one per run
 RUN_FILE = "run.json"  # <run-dir>/run.json: what --resume needs to run the same pipeline again
 CHECKPOINTS_DIR = "checkpoints"  # <run-dir>/checkpoints: the training tasks' durable checkpoints
+CURVES_DIR = "tensorboard"  # <run-dir>/tensorboard/<encoder|encoder-N|decoder>: the training curves
 SEARCH_EXAMPLE = "read a file line by line"
 # kfp.local warns about settings it cannot apply on one machine (accelerators) and about images
 # without "python" in their name; both are expected here.
@@ -76,105 +88,6 @@ EXPECTED_WARNINGS = (r".*have no effect in the current local runner.*", r".*non-
 
 DEFAULT_RUNS_DIR = "runs"
 EXIT_REFUSED = 3  # the gate refused the candidate (as semcode gate and semcode submit exit)
-
-# What kfp.local (2.17) writes to stdout: its own log records (logging_utils.local_logger_context) and,
-# indented, each task's merged stdout/stderr (subprocess_task_handler.run_local_subprocess).
-ANSI = re.compile(r"\x1b\[[0-9;]*m")  # kfp.local colours task names and statuses
-KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - (?P<level>[A-Z]+) - (?P<message>.*)$")
-TASK_STARTED = re.compile(r"^Executing task '(?P<task>[^']+)'$")
-TASK_FINISHED = re.compile(r"^Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)$")
-TASK_OUTPUTS = re.compile(r"^Task '[^']+' outputs:$")
-RULE = re.compile(r"^-{20,}$")  # the horizontal line after each task
-EXECUTOR_LINE = "[KFP Executor "  # the task's executor_main logging, e.g. "Got executor_input:" + JSON
-EXECUTOR_INPUT_END = re.compile(r"(    )?\}")  # json.dumps(indent=4)'s last line, (relay-)indented
-
-
-class QuietConsole(io.TextIOBase):
-    """Stands in for stdout while the pipeline runs: semcode's lines pass, kfp.local's dumps do not.
-
-    Dropped: kfp.local's INFO records (task start/finish become one ``[run]`` line each, with seconds),
-    the artifact reprs after "Task 'x' outputs:", the executor's ``[KFP Executor ...]`` lines with the
-    executor-input JSON that follows one, rules and blank lines. Everything else passes, with the relay's
-    indent removed: semcode's progress lines, warnings, errors and tracebacks. With ``verbose`` every
-    line passes as it is. Either way ``stages`` collects (task, seconds, status) per finished task.
-
-    kfp.local runs a ParallelFor's tasks in threads, each relaying its task line by line: the partial
-    line and the skipping state are per thread, whole lines are written under a lock.
-    """
-
-    RELAY_INDENT = "    "  # kfp.local's logging_utils.indented_print
-
-    def __init__(self, out: Any, verbose: bool = False) -> None:
-        self.out, self.verbose = out, verbose
-        self.stages: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._local = threading.local()
-
-    def writable(self) -> bool:
-        return True
-
-    @property
-    def encoding(self) -> str:  # what code that checks sys.stdout.encoding should see
-        return getattr(self.out, "encoding", None) or "utf-8"
-
-    def write(self, text: str) -> int:
-        state = self._state()
-        state.partial += text
-        *lines, state.partial = state.partial.split("\n")
-        for line in lines:
-            kept = self._filter(state, line)  # also when verbose: it times the stages
-            if self.verbose:
-                kept = line
-            if kept is not None:
-                with self._lock:
-                    self.out.write(kept + "\n")
-                    self.out.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        with self._lock:
-            self.out.flush()
-
-    def _state(self) -> Any:
-        state = self._local
-        if not hasattr(state, "partial"):
-            state.partial, state.skip_until, state.started = "", None, {}
-        return state
-
-    def _filter(self, state: Any, line: str) -> str | None:
-        """The line to show for ``line`` (None: drop it); records task starts and finishes."""
-        plain = ANSI.sub("", line)
-        if state.skip_until is not None:  # inside a JSON dump or an outputs block
-            if state.skip_until.fullmatch(plain):
-                state.skip_until = None
-            return None
-        record = KFP_RECORD.match(plain)
-        if record:
-            return self._kfp_record(state, record["level"], record["message"])
-        if RULE.match(plain) or not plain.strip():
-            return None
-        text = plain[len(self.RELAY_INDENT) :] if plain.startswith(self.RELAY_INDENT) else plain
-        if text.startswith(EXECUTOR_LINE):
-            if text.endswith("Got executor_input:"):
-                state.skip_until = EXECUTOR_INPUT_END
-            return None
-        return text
-
-    def _kfp_record(self, state: Any, level: str, message: str) -> str | None:
-        started, finished = TASK_STARTED.match(message), TASK_FINISHED.match(message)
-        if started:
-            state.started[started["task"]] = time.perf_counter()
-            return f"[{TAG}] {started['task']} started"
-        if finished:
-            task, status = finished["task"], finished["status"]
-            seconds = time.perf_counter() - state.started.pop(task, time.perf_counter())
-            self.stages.append({"task": task, "seconds": round(seconds, 1), "status": status.lower()})
-            done = "done" if status == "SUCCESS" else status.lower()
-            return f"[{TAG}] {task} {done} in {seconds:.1f}s"
-        if TASK_OUTPUTS.match(message):
-            state.skip_until = RULE  # the artifact reprs, up to the task's closing rule
-            return None
-        return None if level == "INFO" else f"[{TAG}] {level.lower()}: {message}"
 
 
 def resolve_location(location: str) -> str:
@@ -188,8 +101,6 @@ def parse_params(params: list[str] | None) -> dict[str, dict]:
     The name is a stage parameter of the pipeline (``<section>_<key>``, as for ``semcode submit``); the
     value is read as YAML and then checked against the field's type with the rest of the preset.
     """
-    import yaml
-
     overrides: dict[str, dict] = {}
     for item in params or []:
         name, sep, text = item.partition("=")
@@ -199,13 +110,20 @@ def parse_params(params: list[str] | None) -> dict[str, dict]:
                 f"--param {item}: expected <section>_<key>=VALUE with a section of "
                 f"{list(pipeline_params.STAGE_CONFIGS)} (cluster parameters have no effect locally)"
             )
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError as error:
-            raise cfg.ConfigError(f"--param {item}: not a YAML value ({error})") from None
         section, key = split
-        overrides.setdefault(section, {})[key] = text if isinstance(value, str) else value
+        overrides.setdefault(section, {})[key] = param_value(item, text)
     return overrides
+
+
+def param_value(item: str, text: str) -> Any:
+    """The value of ``--param NAME=TEXT``: TEXT read as YAML, a string kept as it was written."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as error:
+        raise cfg.ConfigError(f"--param {item}: not a YAML value ({error})") from None
+    return text if isinstance(value, str) else value
 
 
 def prepare(
@@ -248,111 +166,6 @@ def prepare(
     return configs, arguments
 
 
-def thread_safe_task_logging() -> None:
-    """Make kfp.local's (2.17) per-task print indent and logger set-up safe for a ParallelFor's threads.
-
-    ``logging_utils.indented_print`` swaps ``builtins.print`` for an indenting wrapper and puts back the
-    one it found; ``local_logger_context`` clears the root logger's handlers, adds its own and puts the
-    old ones back. Two iterations running at once undo both in the wrong order: print stayed indented
-    for the rest of the run, and a record logged while another thread had just cleared the handlers was
-    lost, so QuietConsole missed task lines (a 3-shard run's stage table lacked a shard, then ended at
-    build_index). Here one print wrapper stays installed and each thread has its own indent, and the
-    logger is set up by the first context to enter and put back by the last to leave.
-    """
-    import builtins
-
-    from kfp.local import logging_utils
-
-    if getattr(logging_utils, "_semcode_thread_safe", False):
-        return
-    original_print = builtins.print
-    indent = threading.local()
-
-    def indented(*args: Any, **kwargs: Any) -> None:
-        spaces = getattr(indent, "spaces", 0)
-        if spaces:
-            original_print(" " * spaces, end="", file=kwargs.get("file"))
-        original_print(*args, **kwargs)
-
-    @contextmanager
-    def indented_print(num_spaces: int = 4) -> Any:
-        indent.spaces = getattr(indent, "spaces", 0) + num_spaces
-        try:
-            yield
-        finally:
-            indent.spaces -= num_spaces
-
-    original_logger_context = logging_utils.local_logger_context
-    lock = threading.Lock()
-    users = {"count": 0, "context": None}  # threads inside; the context the first of them entered
-
-    @contextmanager
-    def local_logger_context() -> Any:
-        with lock:
-            if users["count"] == 0:
-                users["context"] = original_logger_context()
-                users["context"].__enter__()
-            users["count"] += 1
-        try:
-            yield
-        finally:
-            with lock:
-                users["count"] -= 1
-                if users["count"] == 0:
-                    users["context"].__exit__(None, None, None)
-
-    builtins.print = indented
-    logging_utils.indented_print = indented_print
-    logging_utils.local_logger_context = local_logger_context
-    logging_utils._semcode_thread_safe = True
-
-
-def allow_oneof_artifacts() -> None:
-    """Teach kfp.local (2.17) ``dsl.OneOf`` over artifacts, as the KFP backend runs it.
-
-    The pipeline picks the encoder of the last hard-negative round with ``dsl.OneOf`` over the
-    mutually exclusive round branches. kfp.local resolves OneOf for parameters (the branch that produced
-    a value wins) but its artifact twin, ``OrchestratorUtils.get_dag_output_artifacts``, insists on one
-    selector. This replaces it with the parameter rule: of the selectors, exactly one must have run.
-    """
-    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
-
-    if getattr(OrchestratorUtils, "_semcode_oneof", False):
-        return
-
-    def get_dag_output_artifacts(cls, dag_outputs_spec, io_store) -> dict[str, Any]:
-        outputs = {}
-        for key, selector_spec in dag_outputs_spec.artifacts.items():
-            found = []
-            for selector in selector_spec.artifact_selectors:
-                try:
-                    found.append(
-                        io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key)
-                    )
-                except (KeyError, ValueError):  # a branch that did not run
-                    continue
-            if len(found) != 1:
-                raise ValueError(f"dsl.OneOf output {key!r}: {len(found)} branches produced it, expected 1")
-            outputs[key] = found[0]
-        return outputs
-
-    OrchestratorUtils.get_dag_output_artifacts = classmethod(get_dag_output_artifacts)
-    OrchestratorUtils._semcode_oneof = True
-
-
-@contextmanager
-def quiet_stdout(verbose: bool) -> Any:
-    """Route stdout through a QuietConsole while the pipeline runs (kfp.local's handlers and its relay
-    of the task processes both write to whatever sys.stdout is when a task starts)."""
-    console = QuietConsole(sys.stdout, verbose)
-    original = sys.stdout
-    sys.stdout = console
-    try:
-        yield console
-    finally:
-        sys.stdout = original
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -364,8 +177,16 @@ def tensorboard_command(logdir: Path, port: int | None = None) -> list[str]:
     return command + (["--port", str(port)] if port else [])
 
 
+def curves_dir(run_dir: Path, runner: str) -> Path | None:
+    """Where this run's training tasks also write their curves (SEMCODE_TENSORBOARD_DIR): <run-dir>/tensorboard,
+    unless the variable names a place already or the tasks run in containers (which see the artifacts only)."""
+    if runner != "subprocess" or os.environ.get(semcode.TENSORBOARD_PREFIX_ENV):
+        return None
+    return run_dir / CURVES_DIR
+
+
 @contextmanager
-def serve_tensorboard(run_dir: Path, enabled: bool) -> Any:
+def serve_tensorboard(run_dir: Path, enabled: bool, logdir: Path | None = None) -> Any:
     """With ``enabled``, TensorBoard over ``run_dir`` on a free 127.0.0.1 port while the block runs;
     yields (its address, the process), else (None, None).
 
@@ -376,13 +197,15 @@ def serve_tensorboard(run_dir: Path, enabled: bool) -> Any:
         yield None, None
         return
     port = _free_port()
+    logdir = logdir or run_dir
+    logdir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "tensorboard.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
-            tensorboard_command(run_dir, port), stdout=log_file, stderr=subprocess.STDOUT
+            tensorboard_command(logdir, port), stdout=log_file, stderr=subprocess.STDOUT
         )
         url = f"http://127.0.0.1:{port}/"
-        log(TAG, f"tensorboard: {url} (logdir {run_dir}, its log {log_path})")
+        log(TAG, f"tensorboard: {url} (logdir {logdir}, its log {log_path})")
         try:
             yield url, process
         finally:
@@ -394,18 +217,25 @@ def serve_tensorboard(run_dir: Path, enabled: bool) -> Any:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            view = shlex.join(["tensorboard", "--logdir", str(run_dir)])
+            view = shlex.join(["tensorboard", "--logdir", str(logdir)])
             log(TAG, f"tensorboard stopped; to view the curves again: {view}")
 
 
-def run_pipeline(arguments: dict[str, Any], run_dir: Path, cache_dir: Path) -> dict[str, Any]:
-    """Run the pipeline through kfp.local; returns its outputs (bundle, evaluation, decision artifacts)."""
+def run_pipeline(
+    arguments: dict[str, Any],
+    run_dir: Path,
+    cache_dir: Path,
+    pipeline: Any = None,
+    runner: str = "subprocess",
+) -> dict[str, Any]:
+    """Run ``pipeline`` (a pipeline function; default the training pipeline) through kfp.local; returns its
+    outputs (the training pipeline's bundle, evaluation and decision artifacts). ``runner``: subprocess
+    (the tasks in this environment) or docker (in their images, semcode.pipeline.containers)."""
     from kfp import local
 
     import semcode
 
-    allow_oneof_artifacts()
-    thread_safe_task_logging()
+    kfp_local.install()
     # Idle OpenMP threads sleep instead of spinning: on a laptop (or a shared machine) the task's torch
     # threads otherwise burn the cores that ONNX Runtime, the tokenizer workers or anything else need.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -415,17 +245,24 @@ def run_pipeline(arguments: dict[str, Any], run_dir: Path, cache_dir: Path) -> d
         # task stays cached across --cache runs); --resume finds them there.
         semcode.RUN_CHECKPOINTS_ENV: str(run_dir / CHECKPOINTS_DIR),
     }
-    with environment(for_the_tasks):
+    curves = curves_dir(run_dir, runner)  # each training stage a short-named TensorBoard run in it
+    if curves is not None:
+        for_the_tasks[semcode.TENSORBOARD_PREFIX_ENV] = str(curves)
+    pipeline, pipeline_root = pipeline or load_pipeline(), run_dir / "artifacts"
+    with (
+        environment(for_the_tasks),
+        containers.task_runner(runner, pipeline, arguments, pipeline_root, for_the_tasks) as task_runner,
+    ):
         local.init(
-            runner=local.SubprocessRunner(use_venv=False),
-            pipeline_root=str(run_dir / "artifacts"),
+            runner=task_runner,
+            pipeline_root=str(pipeline_root),
             enable_caching=True,  # a run's own cache is what --resume reuses the finished tasks from
             cache_root=str(cache_dir),
         )
         with warnings.catch_warnings():
             for message in EXPECTED_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
-            task = load_pipeline()(**arguments)
+            task = pipeline(**arguments)
     return task.outputs
 
 
@@ -517,10 +354,13 @@ def run(
     verbose: bool = False,
     tensorboard: bool = False,
     resume: bool = False,
+    runner: str = "subprocess",
+    as_json: bool = False,
 ) -> dict:
     """Run the pipeline for a preset under ``runs_dir/run_id``; returns the summary (also summary.json).
 
-    ``verbose`` shows kfp.local's own output; ``tensorboard`` serves the live curves while it runs.
+    ``verbose`` shows kfp.local's own output; ``tensorboard`` serves the live curves while it runs;
+    ``as_json``: stdout carries only the summary, one JSON object at the end (the progress goes to stderr).
     ``resume``: continue the unfinished run ``run_id`` with its own settings (run.json): its finished
     tasks come from its cache, the training task that was cut off continues from its checkpoint.
     """
@@ -529,12 +369,14 @@ def run(
         run_dir, settings = resumable_run(runs_dir, run_id)
         preset_name, registry, cache = settings["preset"], settings["registry"], settings["cache"]
         arguments, gate_name = settings["arguments"], settings["gate_name"]
+        runner = settings.get("runner", "subprocess")
     else:
         registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
         configs, arguments = prepare(preset_name, sources, registry, params, languages)
         pipeline_params.check_arguments(
             arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}"
         )
+        containers.check(runner, load_pipeline())
         run_id = run_id or new_run_id()
         run_dir = runs_dir / run_id
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -544,19 +386,29 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=True)
         gate_name = configs["gate"].name
         settings = dict(
-            preset=preset_name, registry=registry, cache=cache, arguments=arguments, gate_name=gate_name
+            preset=preset_name,
+            registry=registry,
+            cache=cache,
+            arguments=arguments,
+            gate_name=gate_name,
+            runner=runner,
         )
         (run_dir / RUN_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     log(
         TAG,
-        f"{'resuming ' if resume else ''}preset {preset_name} -> {run_dir} (kfp.local, registry {registry}, "
+        f"{'resuming ' if resume else ''}preset {preset_name} -> {run_dir} (kfp.local {runner} runner, registry {registry}, "
         f"cache {'on' if cache else 'off'})",
     )
 
     started = time.perf_counter()
     cache_dir = runs_dir.resolve() / CACHE_DIR if cache else run_dir.resolve() / CACHE_DIR
-    with serve_tensorboard(run_dir.resolve(), tensorboard), quiet_stdout(verbose) as console:
-        outputs = run_pipeline(arguments, run_dir.resolve(), cache_dir)
+    curves = curves_dir(run_dir.resolve(), runner)
+    with (
+        contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout),
+        serve_tensorboard(run_dir.resolve(), tensorboard, curves),
+        quiet_stdout(verbose) as console,
+    ):
+        outputs = run_pipeline(arguments, run_dir.resolve(), cache_dir, runner=runner)
     seconds = time.perf_counter() - started
     shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)  # the run is done: nothing to resume
 
@@ -571,6 +423,7 @@ def run(
     published = bool(decision["passed"] and latest and latest["version"] == version)
 
     summary = {
+        "run_id": run_dir.name,
         "run_dir": str(run_dir),
         "preset": preset_name,
         "seconds": round(seconds, 1),
@@ -582,11 +435,16 @@ def run(
         "reasons": decision["reasons"],
         "registry": registry,
         "published": published,
+        "published_version": version if published else None,
         "latest": None if latest is None else latest["version"],
+        "champion": (decision.get("champion") or {}).get("version"),  # what the gate compared with
         "stages": console.stages,  # (task, seconds, status) per finished task, retries included
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print_summary(summary, metrics, name)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, metrics, name)
     return summary
 
 
@@ -640,6 +498,120 @@ def timing_table(stages: list[dict[str, Any]], total_seconds: float) -> str:
     return "\n".join(rows)
 
 
+# ---------------------------------------------------------------------------------------------
+# semcode run --pipeline index: index code with a model that exists, no training (the module doc)
+
+
+def prepare_index(
+    encoder: str,
+    sources: list[str] | None,
+    registry: str,
+    previous: str | None,
+    params: list[str] | None = None,
+    languages: list[str] | None = None,
+) -> dict[str, Any]:
+    """The index pipeline's arguments, every one checked before any task runs: the index stage's settings
+    (``--param index_<key>=VALUE``), the sources, the encoder, the index to update (None: the registry's
+    ``latest`` of the index's name) and the registry."""
+    from semcode.stages import index as index_stage
+
+    values: dict[str, Any] = {}
+    for item in params or []:
+        name, sep, text = item.partition("=")
+        key = name[len(pipeline_params.INDEX_PREFIX) :]
+        if (
+            not sep
+            or not name.startswith(pipeline_params.INDEX_PREFIX)
+            or key in pipeline_params.INDEX_INPUTS
+        ):
+            raise cfg.ConfigError(
+                f"--param {item}: expected index_<key>=VALUE with a key of the index stage (semcode index "
+                "--help); --encoder, --source, --previous and --registry set the others"
+            )
+        values[name] = param_value(item, text)
+    if languages:
+        values["index_languages"] = list(languages)
+    arguments = pipeline_params.index_arguments(values)
+    index_name = arguments.get("index_name") or "code-index"  # the pipeline's default: publish needs one
+    if previous is None:
+        previous = bundles.latest_uri(registry, index_name)
+    arguments.update(
+        index_encoder=encoder,
+        index_sources=list(sources or []),
+        index_previous=previous,
+        index_name=index_name,
+        publish_registry=registry,
+    )
+    index_stage.check_sources(arguments["index_sources"])
+    if encoder != MINILM_ALIAS:
+        index_stage.encoder_folder(encoder)
+    index_stage.previous_folder(previous)
+    storage.check_writable(registry, "registry (--registry)")
+    return arguments
+
+
+def run_index(
+    encoder: str,
+    sources: list[str] | None,
+    runs_dir: str | Path,
+    run_id: str | None,
+    registry: str | None = None,
+    previous: str | None = None,
+    cache: bool = False,
+    params: list[str] | None = None,
+    languages: list[str] | None = None,
+    verbose: bool = False,
+) -> dict:
+    """Run the index pipeline under ``runs_dir/run_id``; returns the summary (also summary.json)."""
+    from semcode.stages import index as index_stage
+
+    runs_dir = Path(runs_dir)
+    registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
+    arguments = prepare_index(encoder, sources, registry, previous, params, languages)
+    run_id = run_id or new_run_id()
+    run_dir = runs_dir / run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(
+        TAG,
+        f"index pipeline -> {run_dir} (kfp.local, encoder {encoder}, registry {registry}, updating "
+        f"{arguments['index_previous'] or 'nothing'})",
+    )
+    started = time.perf_counter()
+    cache_dir = runs_dir.resolve() / CACHE_DIR if cache else run_dir.resolve() / CACHE_DIR
+    with quiet_stdout(verbose) as console:
+        outputs = run_pipeline(arguments, run_dir.resolve(), cache_dir, load_pipeline("index"))
+    seconds = time.perf_counter() - started
+
+    bundle_dir = Path(outputs["Output"].path)
+    bundle_link = run_dir / "bundle"
+    bundle_link.symlink_to(os.path.relpath(bundle_dir, run_dir))
+    bundle = bundles.read_bundle_json(bundle_dir)
+    latest = bundles.read_latest(registry, bundle["name"])
+    summary = {
+        "run_dir": str(run_dir),
+        "pipeline": "index",
+        "seconds": round(seconds, 1),
+        "bundle": str(bundle_link),
+        "bundle_artifact": str(bundle_dir),
+        "name": bundle["name"],
+        "version": bundle["version"],
+        "update": bundle["source"]["update"],
+        "registry": registry,
+        "published": bool(latest and latest["version"] == bundle["version"]),
+        "stages": console.stages,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(index_stage.summary(bundle))
+    if summary["published"]:
+        print(f"published: {bundle['name']} {bundle['version']} -> {registry} (latest)")
+    print(f"\nrun {run_id} done in {format_seconds(seconds)}: {run_dir}\nbundle: {bundle_link}\nsearch it:")
+    print(f"  semcode search {shlex.quote(str(bundle_link))} {shlex.quote(SEARCH_EXAMPLE)}\n")
+    print(timing_table(summary["stages"], summary["seconds"]))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="semcode run",
@@ -649,11 +621,36 @@ def main(argv: list[str] | None = None) -> int:
         "  semcode run --preset tiny --source dir:./service --languages go,java\n"
         "  semcode run --preset tiny --registry s3://models/registry --cache\n"
         "  semcode run --preset tiny --tensorboard     # live training curves in the browser\n"
-        "  semcode run --preset with_hard_negatives --param train_encoder_init_from=runs/<run-id>/bundle/encoder",
+        "  semcode run --preset with_hard_negatives --param train_encoder_init_from=runs/<run-id>/bundle/encoder\n"
+        "  semcode run --pipeline index --encoder minilm --source dir:./myrepo     # no training\n"
+        "  semcode run --source dir:./myrepo --when-untrainable index   # too few doc comments: index instead\n"
+        "  semcode run --source pairs:train.jsonl --source 'pairs:val.jsonl#valid'   # your files, your splits\n"
+        "  semcode run --source 'pairs:papers.json#query=title+abstract,code=code'   # a JSON array, its names\n"
+        "  semcode run --pipeline index --encoder runs/registry/semcode/latest --source dir:./myrepo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--preset", default="local", help="preset name (semcode/configs/) or a YAML path (default: local)"
+        "--pipeline",
+        choices=("train", "index"),
+        default="train",
+        help="train (default): the training pipeline; index: index --source with --encoder, no training, "
+        "updating the last index published",
+    )
+    parser.add_argument(
+        "--preset", default=None, help="preset name (semcode/configs/) or a YAML path (default: local)"
+    )
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        metavar="SPEC",
+        help="--pipeline index: the model, a bundle, registry version or <registry>/<name>/latest, or minilm",
+    )
+    parser.add_argument(
+        "--previous",
+        default=None,
+        metavar="SPEC",
+        help="--pipeline index: the index to update (default: <registry>/<index_name>/latest, the last one "
+        "published; '' = index anew)",
     )
     parser.add_argument(
         "--source",
@@ -709,22 +706,56 @@ def main(argv: list[str] | None = None) -> int:
         help="show kfp.local's own output too: each task's executor input and outputs",
     )
     parser.add_argument(
+        "--runner",
+        choices=containers.RUNNER_NAMES,
+        default=None,
+        help="subprocess (default): each task a process in this environment; docker: each task in the image "
+        "the pipeline names, on this machine's Docker engine (images/README.md; the training pipeline)",
+    )
+    parser.add_argument(
         "--tensorboard",
         action="store_true",
         help="serve the live training curves with TensorBoard on 127.0.0.1 (a free port, printed) "
         "while the run lasts",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as one JSON object on stdout (run_id, stages, passed, reasons, bundle, "
+        "version, published_version, ...; as summary.json), the progress on stderr",
+    )
+    parser.add_argument(
+        "--when-untrainable",
+        choices=("refuse", "index"),
+        default="refuse",
+        help="when the sources (a local dir: of up to 5000 files) hold too few doc comments to train on: refuse "
+        "in one line naming the index command (default), or index them with the zero-shot start, as "
+        "--pipeline index --encoder minilm does",
+    )
     args = parser.parse_args(argv)
+    if args.pipeline == "index" and args.runner == "docker":
+        parser.error("--runner docker runs the training pipeline; the index pipeline runs as subprocesses")
+    if args.pipeline == "index" and args.json:
+        parser.error(
+            "--json summarises a training run; the index pipeline's summary is <run-dir>/summary.json"
+        )
+    if args.pipeline == "index":
+        return main_index(parser, args)
+    if args.encoder is not None or args.previous is not None:
+        parser.error(
+            "--encoder and --previous are for --pipeline index (training: --param train_encoder_init_from)"
+        )
     changed = [flag for flag, value in (("--source", args.source), ("--languages", args.languages),
                ("--registry", args.registry), ("--param", args.param), ("--run-id", args.run_id),
-               ("--cache", args.cache)) if value]  # fmt: skip
-    if args.resume and (changed or args.preset != "local"):
-        parser.error(f"--resume continues a run with its own settings: leave out {changed or ['--preset']}")
+               ("--cache", args.cache), ("--preset", args.preset), ("--runner", args.runner)) if value]  # fmt: skip
+    if args.resume and changed:
+        parser.error(f"--resume continues a run with its own settings: leave out {changed}")
     run_id = args.resume or args.run_id or new_run_id()
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGTERM, signal.SIGINT)}
+    untrainable = None
     try:
         summary = run(
-            args.preset,
+            args.preset or "local",
             args.source,
             args.runs_dir,
             run_id,
@@ -735,15 +766,21 @@ def main(argv: list[str] | None = None) -> int:
             verbose=args.verbose,
             tensorboard=args.tensorboard,
             resume=bool(args.resume),
+            runner=args.runner or "subprocess",
+            as_json=args.json,
         )
+    except ingest.TooFewPairs as error:  # found before any task ran
+        if args.when_untrainable != "index":
+            return cfg.bad_input("run", error)
+        untrainable = error
     except (*cfg.BAD_INPUT_ERRORS, storage.StorageError) as error:
         return cfg.bad_input("run", error)
     except RuntimeError as error:  # kfp.local: a task failed; its log is above
-        print(f"semcode run: error: {error}", file=sys.stderr)
-        return 1
+        return task_failed(error)
     except RunStopped as stop:
         print(f"[run] {stop}: asking the running task to checkpoint and stop", file=sys.stderr, flush=True)
         stop_tasks()
+        containers.stop_containers((Path(args.runs_dir) / run_id).resolve(), TASK_STOP_SECONDS)
         runs_dir = (
             "" if args.runs_dir == DEFAULT_RUNS_DIR else f"--runs-dir {shlex.quote(str(args.runs_dir))} "
         )
@@ -756,4 +793,53 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if untrainable is not None:  # --when-untrainable index: the index pipeline, with the zero-shot start
+        log(TAG, f"{untrainable}\n[run] --when-untrainable index: indexing with {MINILM_ALIAS} instead")
+        args.encoder, args.source, args.param, args.preset = MINILM_ALIAS, untrainable.sources, None, None
+        args.tensorboard = False  # no training to watch
+        return main_index(parser, args)
     return 0 if summary["passed"] else EXIT_REFUSED
+
+
+def task_failed(error: RuntimeError) -> int:
+    """How a run that kfp.local ended with ``error`` (a task failed) ends: one line naming the task and why
+    (its own lines are above); exit 2 when the task failed on bad input, else 1."""
+    if not kfp_local.FAILED_TASKS:
+        print(f"semcode run: error: {error}", file=sys.stderr)
+        return 1
+    failed = kfp_local.FAILED_TASKS[-1]
+    print(
+        f"semcode run: error: task {failed['task']} failed ({failed['why']}); its output is above",
+        file=sys.stderr,
+    )
+    return cfg.EXIT_BAD_INPUT if failed["exit_code"] == cfg.EXIT_BAD_INPUT else 1
+
+
+def main_index(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``semcode run --pipeline index``: the index pipeline with the flags that apply to it."""
+    unused = [flag for flag, value in (("--preset", args.preset), ("--resume", args.resume),
+              ("--tensorboard", args.tensorboard)) if value]  # fmt: skip
+    if unused:
+        parser.error(f"--pipeline index has no preset, resume or training curves: leave out {unused}")
+    if not args.encoder or not args.source:
+        parser.error(
+            "--pipeline index needs --encoder (a bundle, registry version or latest, or minilm) and --source"
+        )
+    try:
+        run_index(
+            args.encoder,
+            args.source,
+            args.runs_dir,
+            args.run_id,
+            registry=args.registry,
+            previous=args.previous,
+            cache=args.cache,
+            params=args.param,
+            languages=cfg.comma_list(args.languages),
+            verbose=args.verbose,
+        )
+    except (*cfg.BAD_INPUT_ERRORS, storage.StorageError) as error:
+        return cfg.bad_input("run", error)
+    except RuntimeError as error:
+        return task_failed(error)
+    return 0

@@ -1,5 +1,8 @@
 """Presets <-> pipeline parameters: one rule, ``<section>_<key>``.
 
+The index pipeline (src/semcode/pipeline/index_pipeline.py) has no presets: its parameters are the index
+stage's config fields as ``index_<key>`` beside its inputs, set one by one (``index_arguments`` checks them).
+
 A preset (src/semcode/configs/<name>.yaml) has one section per stage whose keys are fields of that stage's config;
 the pipeline (src/semcode/pipeline/train_pipeline.py) has one parameter per such field, named
 ``<section>_<key>``: ``train_encoder: {batch_size: 16}`` is the argument ``train_encoder_batch_size=16``.
@@ -33,6 +36,7 @@ from semcode.stages import (
     train_encoder,
     train_tokenizer,
 )
+from semcode.stages import index as index_stage
 
 MAX_HARD_NEGATIVE_ROUNDS = 2  # the pipeline unrolls this many rounds (a KFP DAG is static)
 
@@ -167,3 +171,20 @@ def check_arguments(arguments: Iterable[str], parameters: Iterable[str], where: 
             f"{where}: {missing} are stage config fields but not pipeline parameters; leave them out of "
             "the preset, or add them to src/semcode/pipeline/train_pipeline.py and its component"
         )
+
+
+INDEX_PREFIX = "index_"  # the index pipeline's stage parameters: index_<IndexConfig field>
+INDEX_INPUTS = ("encoder", "sources", "previous")  # index_<input>: the stage's inputs, not config fields
+
+
+def index_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The index pipeline's arguments from ``values``: each ``index_<field>`` checked and typed by the index
+    stage's config (YAML ``3`` for a float is 3.0, tuples are lists; ConfigError names a bad one), the
+    other parameters as they are."""
+    fields = {
+        name[len(INDEX_PREFIX) :]: value
+        for name, value in values.items()
+        if name.startswith(INDEX_PREFIX) and name[len(INDEX_PREFIX) :] not in INDEX_INPUTS
+    }
+    resolved = cfg.to_dict(cfg.from_dict(index_stage.IndexConfig, fields, source="index pipeline parameters"))
+    return {**values, **{INDEX_PREFIX + key: resolved[key] for key in fields}}

@@ -4,6 +4,12 @@ The cluster counterpart of ``semcode run``, made for CI and the retraining CronJ
 
     semcode submit --host https://kfp.example.com --preset gpu --param gate_registry=s3://models/registry
 
+``--pipeline index`` does the same with the index pipeline (index_pipeline.py: code indexed with a model
+that exists, the previous index updated, published to an index registry; the re-indexing CronJob): no
+preset, its parameters set with ``--param`` (``index_encoder``, ``index_sources``, ``index_previous``,
+``publish_registry``, ``index_<key>``: checked by the index stage's config first), no gate: exit 0 when the
+run succeeded, and the line says whether the index was published.
+
 1. Bad input fails first, before any request: the preset (src/semcode/configs/<name>.yaml) is resolved into pipeline
    arguments ``<section>_<key>`` and validated with the stage configs (semcode.pipeline.params);
    ``--param KEY=VALUE`` sets any parameter the package declares, cluster ones included (``gpu_count``).
@@ -68,13 +74,14 @@ import yaml
 
 from semcode import config as cfg
 from semcode.pipeline import params as pipeline_params
-from semcode.pipeline.compile import DEFAULT_OUTPUT, compile_pipeline
+from semcode.pipeline.compile import DEFAULT_OUTPUT, INDEX_OUTPUT, compile_pipeline
 from semcode.progress import format_seconds, log
 
 TAG = "submit"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
 
 DEFAULT_PIPELINE_NAME = "semcode-train"  # src/semcode/pipeline/train_pipeline.py PIPELINE_NAME
+INDEX_PIPELINE_NAME = "semcode-index"  # src/semcode/pipeline/index_pipeline.py PIPELINE_NAME
 DEFAULT_EXPERIMENT = "semcode"
 DEFAULT_PRESET = "gpu"
 DEFAULT_TIMEOUT_SECONDS = 6 * 3600.0  # a gpu-preset run takes hours; CI jobs usually allow 6 h or more
@@ -85,6 +92,7 @@ MAX_POLL_FAILURES = 5  # consecutive failed polls (network, API restarts) before
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
 GATE_TASK, PUBLISH_TASK = "gate", "publish"  # task names in the compiled spec, as the API reports them
 REGISTRY_PARAMETER = "gate_registry"
+INDEX_REGISTRY_PARAMETER = "publish_registry"  # the index pipeline's registry
 CHECKPOINT_ROOT_PARAMETER = "checkpoint_root"  # durable checkpoints of the training tasks
 RESUME_PARAMETER = "resume_run_id"  # continue that run's training tasks from their durable checkpoints
 
@@ -138,10 +146,13 @@ def spec_dags(spec: dict) -> list[dict]:
 @dataclass(frozen=True)
 class SubmitOptions:
     host: str
-    preset: str = DEFAULT_PRESET
+    preset: str | None = None  # None: DEFAULT_PRESET (the training pipeline; the index pipeline has none)
+    pipeline: str = "train"  # or "index"
     params: tuple[str, ...] = ()  # KEY=VALUE
     package: str | None = None  # None: the committed YAML (compiled when missing)
-    pipeline_name: str = DEFAULT_PIPELINE_NAME
+    pipeline_name: str | None = (
+        None  # None: DEFAULT_PIPELINE_NAME, INDEX_PIPELINE_NAME for the index pipeline
+    )
     version_name: str | None = None  # None: <UTC time>-<git short sha>
     experiment: str = DEFAULT_EXPERIMENT
     run_name: str | None = None  # None: <preset> <version name>
@@ -173,15 +184,17 @@ def read_package(path: str | Path) -> Package:
 
 
 @contextlib.contextmanager
-def package_to_upload(package: str | None, cache: bool) -> Iterator[Package]:
-    """The package to upload: as given, compiled from pipelines/ when the default is missing, and
-    rewritten with caching off in every task when ``cache`` is False (a temporary file either way)."""
+def package_to_upload(package: str | None, cache: bool, kind: str = "train") -> Iterator[Package]:
+    """The package to upload: as given (default: the committed YAML of the ``kind`` pipeline), compiled
+    when the default is missing, and rewritten with caching off in every task when ``cache`` is False (a
+    temporary file either way)."""
     with tempfile.TemporaryDirectory(prefix="semcode-submit-") as scratch:
-        path = Path(package) if package else DEFAULT_OUTPUT
+        default = INDEX_OUTPUT if kind == "index" else DEFAULT_OUTPUT
+        path = Path(package) if package else default
         if package is None and not path.is_file():
             log(TAG, f"{path} is missing: compiling the pipeline")
-            path = Path(scratch) / DEFAULT_OUTPUT.name
-            compile_pipeline(path)
+            path = Path(scratch) / default.name
+            compile_pipeline(path, kind)
         loaded = read_package(path)
         if not cache:
             uncached = Package(Path(scratch) / f"no-cache-{path.name}", without_caching(loaded.documents))
@@ -466,20 +479,33 @@ def submit(options: SubmitOptions) -> dict:
         raise SubmitError(f"--token-file {token_file}: not found")
     if options.token and token_file:
         raise SubmitError("give --token (KFP_TOKEN) or --token-file (KFP_TOKEN_FILE), not both")
-    with package_to_upload(options.package, options.cache) as package:
+    index = options.pipeline == "index"
+    if index and options.preset:
+        raise SubmitError(
+            "--pipeline index has no preset: set its parameters with --param (index_sources=...)"
+        )
+    preset = options.preset or DEFAULT_PRESET
+    pipeline_name = options.pipeline_name or (INDEX_PIPELINE_NAME if index else DEFAULT_PIPELINE_NAME)
+    registry_parameter = INDEX_REGISTRY_PARAMETER if index else REGISTRY_PARAMETER
+    with package_to_upload(options.package, options.cache, options.pipeline) as package:
         overrides = parse_params(options.params, package.parameters)
-        arguments = pipeline_arguments(options.preset, overrides, package.parameters)
-        default_registry = package.parameters.get(REGISTRY_PARAMETER, {}).get("defaultValue", "")
-        registry = arguments.get(REGISTRY_PARAMETER, default_registry)
+        if index:
+            arguments = pipeline_params.index_arguments(overrides)
+        else:
+            arguments = pipeline_arguments(preset, overrides, package.parameters)
+        default_registry = package.parameters.get(registry_parameter, {}).get("defaultValue", "")
+        registry = arguments.get(registry_parameter, default_registry)
         version_name = options.version_name or default_version_name()
-        run_name = options.run_name or f"{options.preset} {version_name}"
+        run_name = options.run_name or f"{'index' if index else preset} {version_name}"
         task_names = package.task_names()
-        log(TAG, f"preset {options.preset}: {len(arguments)} parameters set, overrides {overrides or 'none'}")
+        where = "index pipeline" if index else f"preset {preset}"
+        log(TAG, f"{where}: {len(arguments)} parameters set, overrides {overrides or 'none'}")
         if not registry:
+            verdict = "" if index else " and the gate's verdict cannot be read from the run"
             log(
                 TAG,
-                f"warning: no {REGISTRY_PARAMETER}: nothing will be published and the gate's verdict "
-                "cannot be read from the run (pass --param gate_registry=s3://...)",
+                f"warning: no {registry_parameter}: nothing will be published{verdict} (pass --param "
+                f"{registry_parameter}=s3://...)",
             )
 
         # kfp.Client prints links ("Pipeline details: ...") on stdout; stdout is for our result.
@@ -488,7 +514,7 @@ def submit(options: SubmitOptions) -> dict:
             if options.resume:
                 arguments = resume_arguments(client, options.resume, arguments)
             pipeline_id, version_id = upload(
-                client, package, options.pipeline_name, version_name, options.namespace, options.cache
+                client, package, pipeline_name, version_name, options.namespace, options.cache
             )
             experiment = client.create_experiment(options.experiment, namespace=options.namespace)
             run = client.run_pipeline(
@@ -508,6 +534,7 @@ def submit(options: SubmitOptions) -> dict:
         "passed": None,
         "error": None,
         "registry": registry,
+        "pipeline": options.pipeline,
         "pipeline_id": pipeline_id,
         "pipeline_version_id": version_id,
         "version_name": version_name,
@@ -527,7 +554,9 @@ def submit(options: SubmitOptions) -> dict:
         result["seconds"] = round(time.monotonic() - started, 1)
         if finished is not None:
             result["state"] = run_state(finished)
-            if result["state"] == "SUCCEEDED":
+            if result["state"] == "SUCCEEDED" and index:
+                result["published"] = task_states(finished).get(PUBLISH_TASK) == "SUCCEEDED"
+            elif result["state"] == "SUCCEEDED":
                 result["passed"] = gate_verdict(finished, registry)
             elif result["state"] in TERMINAL_STATES:
                 result["error"] = run_error(finished, task_names)
@@ -583,6 +612,11 @@ def print_result(result: dict) -> None:
     took = f" after {format_seconds(result['seconds'])}" if result["waited"] else ""
     if not result["waited"]:
         print(f"run {run_id} started ({state}); not waiting (--no-wait)")
+    elif state == "SUCCEEDED" and result.get("pipeline") == "index":
+        where = (
+            f"published to {result['registry']}" if result.get("published") else "not published (no registry)"
+        )
+        print(f"run {run_id} SUCCEEDED{took}: index {where}")
     elif state == "SUCCEEDED" and result["passed"] is True:
         print(f"run {run_id} SUCCEEDED{took}: gate PASSED, published to {result['registry']}")
     elif state == "SUCCEEDED" and result["passed"] is False:
@@ -612,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  semcode submit --host https://kfp.example.com --preset gpu --no-cache \\\n"
         "      --param gate_registry=s3://models/registry --param train_encoder_max_steps=20000 \\\n"
         "      --output-json submit.json\n"
+        "  semcode submit --host https://kfp.example.com --pipeline index --no-cache \\\n"
+        "      --param index_encoder=s3://models/registry/semcode/latest --param 'index_sources=[dir:s3://code/repo]' \\\n"
+        "      --param publish_registry=s3://models/indexes --param index_previous=s3://models/indexes/code-index/latest\n"
         "  KFP_HOST=https://kfp.example.com KFP_TOKEN=$(cat token) semcode submit --no-wait",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -622,9 +659,16 @@ def build_parser() -> argparse.ArgumentParser:
         "$KF_PIPELINES_ENDPOINT)",
     )
     parser.add_argument(
+        "--pipeline",
+        choices=("train", "index"),
+        default="train",
+        help="train (default): the training pipeline; index: the index pipeline (no training: --param "
+        "index_encoder=... --param index_sources=[...] --param publish_registry=...)",
+    )
+    parser.add_argument(
         "--preset",
-        default=DEFAULT_PRESET,
-        help=f"preset name in configs/ or a YAML path (default: {DEFAULT_PRESET})",
+        default=None,
+        help=f"training: preset name in configs/ or a YAML path (default: {DEFAULT_PRESET})",
     )
     parser.add_argument(
         "--param",
@@ -638,12 +682,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--package",
         default=None,
         metavar="YAML",
-        help=f"compiled pipeline to upload (default: {DEFAULT_OUTPUT}, compiled when missing)",
+        help=f"compiled pipeline to upload (default: {DEFAULT_OUTPUT.name}, or {INDEX_OUTPUT.name} for --pipeline "
+        f"index, in {DEFAULT_OUTPUT.parent}; compiled when missing)",
     )
     parser.add_argument(
         "--pipeline-name",
-        default=DEFAULT_PIPELINE_NAME,
-        help=f"pipeline to add the version to; created when missing (default: {DEFAULT_PIPELINE_NAME})",
+        default=None,
+        help=f"pipeline to add the version to; created when missing (default: {DEFAULT_PIPELINE_NAME}, "
+        f"{INDEX_PIPELINE_NAME} for --pipeline index)",
     )
     parser.add_argument(
         "--version-name", default=None, help="pipeline version name (default: <UTC time>-<git short sha>)"
@@ -653,7 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_EXPERIMENT,
         help=f"experiment the run goes in; created when missing (default: {DEFAULT_EXPERIMENT})",
     )
-    parser.add_argument("--run-name", default=None, help="run name (default: '<preset> <version name>')")
+    parser.add_argument(
+        "--run-name",
+        default=None,
+        help="run name (default: '<preset> <version name>', 'index <version name>')",
+    )
     parser.add_argument(
         "--namespace", default=None, help="Kubernetes namespace (profile) on a multi-user KFP (default: none)"
     )
@@ -726,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     options = SubmitOptions(
         host=args.host,
         preset=args.preset,
+        pipeline=args.pipeline,
         params=tuple(args.param),
         package=args.package,
         pipeline_name=args.pipeline_name,

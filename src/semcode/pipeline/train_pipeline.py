@@ -164,6 +164,8 @@ def train_pipeline(
     ingest_corpus_near_dup: bool = True,
     ingest_workers: int = 1,
     ingest_shards: int = 1,
+    ingest_allow_licenses: list = [],  # noqa: B006
+    ingest_deny_licenses: list = [],  # noqa: B006
     # train_tokenizer
     train_tokenizer_vocab_size: int = 32768,
     train_tokenizer_min_frequency: int = 2,
@@ -238,7 +240,7 @@ def train_pipeline(
     train_decoder_zero_stage: int = 0,
     train_decoder_precision: str = "auto",
     train_decoder_seed: int = 0,
-    train_decoder_eval_every: int = 0,
+    train_decoder_eval_every: int = 200,
     train_decoder_checkpoint_every: int = 200,
     train_decoder_checkpoint_every_epochs: int = 0,
     train_decoder_keep_checkpoints: int = 2,
@@ -300,6 +302,8 @@ def train_pipeline(
         ingest_corpus_near_dup: Also remove near duplicates from the corpus (exact ones always).
         ingest_workers: Processes that parse source files (1 = in the ingest process).
         ingest_shards: Split every source's files into this many shards by a stable hash of their path, ingested side by side (a ParallelFor, one pod each) and merged with one global deduplication: the same pairs and corpus as 1 (1 = one ingest task).
+        ingest_allow_licenses: Keep only rows whose licence (a dir:'s licence file, a package's metadata, a row's license field) these SPDX ids meet, e.g. ["MIT", "Apache-2.0"] ("unknown": rows without one); [] = all.
+        ingest_deny_licenses: Drop rows whose licence needs one of these SPDX ids, e.g. ["GPL-3.0-only"] ("unknown": rows without one).
         train_tokenizer_vocab_size: Vocabulary size, including the 256 byte symbols and 5 special tokens.
         train_tokenizer_min_frequency: A pair of tokens must occur at least this often to be merged.
         train_tokenizer_fertility_rows: At most this many rows (test pairs) for the fertility measurement.
@@ -369,7 +373,7 @@ def train_pipeline(
         train_decoder_warmup_ratio: Warmup as a fraction of the total steps when warmup_steps is 0.
         train_decoder_zero_stage: DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs).
         train_decoder_seed: Seed for initialisation, the samples and the data order.
-        train_decoder_eval_every: Evaluate on the valid split every this many steps (0 = only at the end).
+        train_decoder_eval_every: Evaluate on the valid split every this many steps (0 = only at the end); the decoder shipped has the best validation loss of these.
         train_decoder_precision: Training precision of the decoder: auto, bf16, fp16 or fp32 (as train_encoder_precision).
         train_decoder_checkpoint_every: Checkpoint every this many steps (0 = only at the end).
         train_decoder_checkpoint_every_epochs: Also checkpoint at the end of every this many epochs (0 = by steps only).
@@ -427,6 +431,8 @@ def train_pipeline(
         max_files_per_source=ingest_max_files_per_source,
         corpus_near_dup=ingest_corpus_near_dup,
         workers=ingest_workers,
+        allow_licenses=ingest_allow_licenses,
+        deny_licenses=ingest_deny_licenses,
     )
     pairs, corpus = ingest_step(ingest_settings, ingest_shards, s3_secret_name)
 

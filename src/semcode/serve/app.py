@@ -4,15 +4,26 @@ Endpoints::
 
     POST /search   {"query": "read a file line by line", "k": 5, "language": "go", "mode": "hybrid"}
                    (language optional: a name, "go,rust", or a list; only those languages' functions are
-                   ranked; mode optional: dense, lexical or hybrid, default the bundle's default_mode)
-    GET  /search?q=read+a+file+line+by+line&k=5&language=go&mode=lexical   (language repeatable)
+                   ranked; mode optional: dense, lexical or hybrid, default the bundle's default_mode;
+                   "path", "repo" optional shell patterns (a string or a list) and "min_score" filter the
+                   hits, as semcode search's --path, --repo and --min-score: semcode.serve.filters)
+    GET  /search?q=read+a+file+line+by+line&k=5&language=go&mode=lexical   (language, path, repo repeatable;
+                   &path=src/*&repo=org/*&min_score=0.3)
                    -> 200 {"query", "k", "language", "mode", "results": [{"rank", "score", "id", "language",
-                           "repo", "path", "start_line", "func_name", "url", "code", "signature", "doc",
+                           "repo", "path", "start_line", "func_name", "url", "code", "signature", "doc", "license",
                            "location"}], "took_ms"}
     GET  /healthz  200 while the process is alive (liveness)
     GET  /readyz   200 once the bundle is loaded and a warm-up query ran, 503 before (readiness)
     GET  /stats    requests, batches, mean batch size, encoder calls, the bundle's languages with counts, and
-                   its coverage: {"indexed", "corpus_rows", "sampled_by", "per_source"} (null: an older bundle)
+                   its coverage: {"indexed", "corpus_rows", "sampled_by", "per_source"} (null: an older bundle);
+                   "http": requests by status, errors by type, search latency per mode (/metrics' figures)
+    GET  /         the search page (semcode.serve.page): a form, highlighted results, no external assets
+    GET  /metrics  Prometheus text format (semcode.serve.ops): requests, errors by type, search latency
+                   histogram per mode, queue depth, readiness, the bundle's name and version
+    GET  /docs     the API's Swagger UI, from local files (semcode.serve.ops.add_local_docs)
+
+With ``link_base`` (``--link-base``, as in ``semcode search``) every result also has a ``link``. Each request
+writes one JSON line to the access log (``access_log_level``; semcode.serve.ops.Observe).
 
 Bad input is refused before any work, with the field named: a missing field, a wrong type or an unknown
 key -> 422 (FastAPI's validation); an empty query, a query over ``max_query_chars`` characters or k
@@ -85,11 +96,18 @@ from semcode import bundle_checks
 from semcode import config as cfg
 from semcode.config import ConfigError, field
 from semcode.progress import log
+from semcode.serve import ops, page
+from semcode.serve.filters import NO_FILTERS, Filters, filtered_search
 from semcode.serve.searcher import Hit, Searcher, check_text, resolve_bundle
 
 TAG = "serve"
 LANGUAGE_QUERY = Query(None, description="only these languages' functions (repeatable, or go,rust)")
 MODE_QUERY = Query(None, description="dense, lexical or hybrid (default: the bundle's default_mode)")
+PATH_QUERY = Query(None, description="only functions whose path matches this shell pattern (repeatable)")
+REPO_QUERY = Query(
+    None, description="only functions whose repository matches this shell pattern (repeatable)"
+)
+MIN_SCORE_QUERY = Query(None, description="only hits scored at least this (the mode's score)")
 WARM_UP_QUERY = "read a file line by line"
 
 
@@ -131,6 +149,14 @@ class ServeConfig:
         "map index.faiss instead of reading it into memory (replicas on one machine then share it; a file "
         "changed in place is still refused before each batch, but one shortened during a search can SIGBUS)",
     )
+    link_base: str = field(
+        "",
+        "a link per result: {path}, {line}, {repo}, {commit}, {func_name} filled in, e.g. "
+        "'https://github.com/org/repo/blob/{commit}/{path}#L{line}' ('' = none)",
+    )
+    access_log_level: str = field(
+        "info", "level of the access log's one JSON line per request: debug, info, warning or off"
+    )
 
     def validate(self) -> None:
         counts = ("max_query_chars", "max_k", "max_body_bytes", "default_k", "max_batch", "max_queue")
@@ -150,6 +176,15 @@ class ServeConfig:
             raise ConfigError(
                 f"precision must be int8, fp32 or '' (the bundle's default), got {self.precision!r}"
             )
+        if self.access_log_level not in ops.ACCESS_LEVELS:
+            raise ConfigError(
+                f"access_log_level must be one of {', '.join(ops.ACCESS_LEVELS)}, got {self.access_log_level!r}"
+            )
+        if self.link_base:
+            try:
+                Hit(0, 0.0, 0, None, "", "", None, "", "", "").link(self.link_base)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +198,7 @@ class Pending:
     future: Future
     language: tuple[str, ...] | None = None  # checked (Searcher.check_language); None: every language
     mode: str = "dense"  # checked (Searcher.check_mode)
+    filters: Filters = NO_FILTERS  # path / repo globs, minimum score (semcode.serve.filters)
 
 
 class Unavailable(RuntimeError):
@@ -224,12 +260,17 @@ class MicroBatcher:
         return self.thread.is_alive() and not self.error
 
     def submit(
-        self, query: str, k: int, language: tuple[str, ...] | None = None, mode: str = "dense"
+        self,
+        query: str,
+        k: int,
+        language: tuple[str, ...] | None = None,
+        mode: str = "dense",
+        filters: Filters = NO_FILTERS,
     ) -> Future:
         """Queue one query; the future resolves to its list of Hit (or the search's exception)."""
         if self.closing or not self.alive:
             raise Unavailable(self.error or "the server is shutting down")
-        pending = Pending(query, k, Future(), language, mode)
+        pending = Pending(query, k, Future(), language, mode, filters)
         try:
             self.queue.put_nowait(pending)
         except queue.Full:
@@ -308,11 +349,11 @@ class MicroBatcher:
         vectors, needs_vector = self._encode(needs_vector)
         live = [p for p in live if not p.future.done()]
         vector_row = {id(p): row for row, p in enumerate(needs_vector)}  # request -> its row of vectors
-        groups: dict[tuple[tuple[str, ...] | None, str], list[Pending]] = {}
+        groups: dict[tuple[tuple[str, ...] | None, str, Filters], list[Pending]] = {}
         for pending in live:
-            groups.setdefault((pending.language, pending.mode), []).append(pending)
-        for (language, mode), group in groups.items():  # then one search per language filter and mode
-            self._search(group, language, mode, vectors, vector_row)
+            groups.setdefault((pending.language, pending.mode, pending.filters), []).append(pending)
+        for (language, mode, filters), group in groups.items():  # one search per language, mode and filters
+            self._search(group, language, mode, vectors, vector_row, filters)
         self.batches += 1
         self.batched += len(live)
         self.max_batch_seen = max(self.max_batch_seen, len(live))
@@ -344,15 +385,15 @@ class MicroBatcher:
         mode: str,
         vectors: np.ndarray | None,
         vector_row: dict[int, int],
+        filters: Filters = NO_FILTERS,
     ) -> None:
-        """One search for ``group`` (same language filter and mode); if it fails, one per request, so that
-        only a request at fault hears of it (400 for a ValueError, else the error: 500)."""
+        """One search for ``group`` (same language filter, mode and filters); if it fails, one per request, so
+        that only a request at fault hears of it (400 for a ValueError, else the error: 500)."""
 
         def run(part: list[Pending]) -> None:
             part_vectors = None if mode == "lexical" else vectors[[vector_row[id(p)] for p in part]]
-            results = self.searcher.search_encoded(
-                [p.query for p in part], part_vectors, max(p.k for p in part), language, mode
-            )
+            queries, k = [p.query for p in part], max(p.k for p in part)
+            results = filtered_search(self.searcher, queries, part_vectors, k, language, mode, filters)
             for pending, hits in zip(part, results, strict=True):
                 pending.future.set_result(hits[: pending.k])
 
@@ -463,6 +504,16 @@ class Service:
         if self.tokenizer is not None:
             self.tokenizer.close()
 
+    def live(self) -> dict:
+        """What /metrics reads at scrape time (ops.Metrics)."""
+        ready = self.ready and self.searcher is not None and self.batcher is not None
+        return {
+            "ready": ready,
+            "queue_depth": self.batcher.queue.qsize() if self.batcher is not None else 0,
+            "batcher": self.batcher.stats() if self.batcher is not None else {},
+            "bundle": self.searcher.describe() if ready else None,
+        }
+
     def stats(self) -> dict:
         stats = {"state": self.state, "uptime_s": round(time.time() - self.started_at, 1)}
         if self.searcher is not None and self.batcher is not None:
@@ -485,6 +536,9 @@ class SearchRequest(BaseModel):
     k: int | None = None
     language: str | list[str] | None = None
     mode: str | None = None
+    path: str | list[str] | None = None  # shell patterns of the path (semcode.serve.filters)
+    repo: str | list[str] | None = None  # shell patterns of the repository
+    min_score: float | None = None
 
 
 def input_error(location: str, name: str, message: str) -> JSONResponse:
@@ -563,20 +617,33 @@ def create_app(
         title="semcode search",
         description="Natural-language code search over a semcode release bundle.",
         lifespan=lifespan,
+        docs_url=None,  # ops.add_local_docs: Swagger UI from local files, not a CDN
+        redoc_url=None,
     )
     app.state.service = service
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    metrics = ops.Metrics(service.live)
+    app.add_middleware(ops.Observe, metrics=metrics, level=config.access_log_level)  # outermost: sees 413s
+    ops.add_local_docs(app)
 
-    async def answer(
+    async def search(
         location: str,
         query_field: str,
         query: str,
         k: int | None,
         language: str | list[str] | None,
         mode: str | None,
+        path: str | list[str] | None = None,
+        repo: str | list[str] | None = None,
+        min_score: float | None = None,
     ) -> JSONResponse | dict:
         k = config.default_k if k is None else k
+        paths, repos = (
+            [path] if isinstance(path, str) else path or [],
+            [repo] if isinstance(repo, str) else repo or [],
+        )
+        filters = Filters(tuple(paths), tuple(repos), min_score)
         try:
             check_text(query, query_field)
         except ValueError as error:  # checked first: no later message may echo a string JSON cannot encode
@@ -605,7 +672,7 @@ def create_app(
             return input_error(location, "mode", str(error))
         started = time.perf_counter()
         try:
-            future = service.batcher.submit(query, k, languages, mode)
+            future = service.batcher.submit(query, k, languages, mode, filters)
         except Overloaded as error:
             return unavailable(f"overloaded: {error}; retry shortly")
         except Unavailable as error:
@@ -622,18 +689,27 @@ def create_app(
                 {"loc": ["service"], "msg": f"the search failed: {type(error).__name__}", "type": "error"}
             ]
             return JSONResponse(status_code=500, content={"detail": detail})
+        seconds = time.perf_counter() - started
+        metrics.latency.labels(mode=mode).observe(seconds)
+        results = [hit.to_dict() for hit in hits]
+        if config.link_base:
+            for row, hit in zip(results, hits, strict=True):
+                row["link"] = hit.link(config.link_base)
         return {
             "query": query,
             "k": k,
             "language": None if languages is None else list(languages),
             "mode": mode,
-            "results": [hit.to_dict() for hit in hits],
-            "took_ms": round((time.perf_counter() - started) * 1000, 3),
+            "path": paths or None,
+            "repo": repos or None,
+            "min_score": min_score,
+            "results": results,
+            "took_ms": round(seconds * 1000, 3),
         }
 
     @app.post("/search")
     async def search_post(request: SearchRequest):
-        return await answer("body", "query", request.query, request.k, request.language, request.mode)
+        return await search("body", "query", **request.model_dump())  # its fields are search's arguments
 
     @app.get("/search")
     async def search_get(
@@ -641,8 +717,11 @@ def create_app(
         k: int | None = Query(None, description="results"),
         language: list[str] | None = LANGUAGE_QUERY,
         mode: str | None = MODE_QUERY,
+        path: list[str] | None = PATH_QUERY,
+        repo: list[str] | None = REPO_QUERY,
+        min_score: float | None = MIN_SCORE_QUERY,
     ):
-        return await answer("query", "q", q, k, language, mode)
+        return await search("query", "q", q, k, language, mode, path, repo, min_score)
 
     @app.get("/healthz")
     async def healthz():
@@ -659,7 +738,10 @@ def create_app(
 
     @app.get("/stats")
     async def stats():
-        return service.stats()
+        return {**service.stats(), "http": metrics.summary()}
+
+    ops.add_metrics(app, metrics)
+    page.add_page(app, search, lambda: (service.live()["bundle"], service.state))
 
     return app
 
@@ -676,11 +758,13 @@ def bundle_loader(bundle: str, config: ServeConfig) -> Callable[[], Searcher]:
 
 
 EPILOG = """examples:
-  semcode serve runs/latest/gate/bundle --port 8080
+  semcode serve runs/registry/semcode/latest --port 8080      # what semcode run published (or runs/<run-id>/bundle)
   semcode serve s3://models/registry/semcode/latest --host 0.0.0.0 --port 8080 --max-batch 64
   curl -s localhost:8080/search -d '{"query": "read a file line by line", "k": 5}' -H 'content-type: application/json'
   curl -s 'localhost:8080/search?q=parse+a+date&k=3&language=go'
   curl -s 'localhost:8080/search?q=merge+two+dicts&mode=lexical'
+  curl -s 'localhost:8080/search?q=retry+a+request&path=src/*&repo=org/*&min_score=0.3'
+  curl -s localhost:8080/metrics       # Prometheus; the search page is http://localhost:8080/, API docs /docs
 
 BUNDLE is a bundle directory (local or s3://) or a registry pointer <registry>/<name>/latest.
 
@@ -697,8 +781,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="semcode serve",
-        description="Serve a release bundle's code search as an HTTP JSON API "
-        "(POST /search, GET /search?q=, /healthz, /readyz, /stats).",
+        description="Serve a release bundle's code search: a search page at /, an HTTP JSON API "
+        "(POST /search, GET /search?q=, /healthz, /readyz, /stats, /metrics) and its docs at /docs.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -725,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
             server.should_exit = True
 
     app = create_app(bundle_loader(args.bundle, config), config, on_failure=stop_server)
+    ops.configure_access_log(args.log_level)
     server = uvicorn.Server(uvicorn_config(app, config, args.host, args.port, args.log_level))
     log(TAG, f"loading {args.bundle} in the background; /readyz answers 200 once it is ready")
     server.run()
@@ -752,6 +837,7 @@ def uvicorn_config(app: FastAPI, config: ServeConfig, host: str, port: int, log_
         timeout_keep_alive=config.keep_alive_s,
         limit_concurrency=config.max_connections,
         timeout_graceful_shutdown=config.shutdown_timeout_s,
+        access_log=False,  # ops.Observe writes the access log: one JSON line per request
     )
 
 

@@ -1,11 +1,17 @@
-"""``semcode generate``: write a function from a docstring (or from code) with a trained decoder.
+"""``semcode generate``: write a function from a docstring (or from code) with a trained decoder, or
+continue the start of one (``--prefix``).
 
 The text is embedded by the search encoder, the decoder writes code from the embedding and stops at
-``</s>``, at ``--max-tokens`` or where the function ends in ``--language`` (default python; the stop
-rules and parse checks of semcode.decoding, one per language of semcode.data.languages). By default it
+``</s>``, at ``--max-tokens`` or where the function ends in ``--language`` (the stop rules and parse
+checks of semcode.decoding, one per language of semcode.data.languages). The language is also the
+decoder's language token: it writes the languages of its training pairs (default: the one it saw most)
+and refuses any other, naming the ones it knows. With ``--prefix`` TEXT is literal code (``int main()
+{``, ``// Calculate the nth prime number``): it is embedded as code and the decoder continues it, the
+printed function starting with it. By default it
 writes the best of the decoder's saved number of candidates (train_decoder's ``rerank_candidates``: the
 greedy code plus samples, the one that parses in the language whose embedding is closest to the text's
-kept; when none parses, the closest one, and ``parses`` says false); ``--greedy`` is plain greedy
+kept; when none parses, the closest one, and ``parses`` says false, and the text output says so in a
+comment line above the code); ``--greedy`` is plain greedy
 decoding, ``--temperature`` plain sampling with top-p. Two ways to name the models::
 
     semcode generate BUNDLE "docstring"                     a release bundle with decoder/; its ONNX
@@ -40,9 +46,15 @@ from semcode.embed import bundle_embed_fn
 EPILOG = """examples:
   semcode generate runs/<run-id>/bundle "Return the number of lines in a text file."
   semcode generate runs/<run-id>/bundle "Parse an ISO date." --temperature 0.8 --top-p 0.95 --num-samples 3
-  semcode generate runs/<run-id>/bundle "Reverse a slice in place." --language go
+  semcode generate runs/<run-id>/bundle --prefix "def count_lines(path):"    # continue the code given
+  semcode generate runs/<run-id>/bundle --prefix --language c "int main() {"  # a decoder trained on C
   semcode generate registry/semcode/latest --as-code "def area(r): return 3.14159 * r * r"
   semcode generate runs/decoder --encoder runs/encoder/encoder "Join two paths."   # before a bundle exists
+
+--language takes a language the decoder was trained on (the languages of its training pairs; a tiny or
+local run on the standard library writes Python only); another is refused, naming the ones it knows.
+Code that does not parse in the language is printed under a comment that says so ("parses": false in
+--json).
 """
 
 
@@ -58,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BUNDLE",
         help="a release bundle with decoder/ (or <registry>/<name>/latest), or a decoder with --encoder",
     )
-    parser.add_argument("text", nargs="+", metavar="TEXT", help="a docstring, or code with --as-code")
+    parser.add_argument(
+        "text",
+        nargs="+",
+        metavar="TEXT",
+        help="a docstring; code with --as-code; the code's start with --prefix",
+    )
     parser.add_argument(
         "--encoder",
         default=None,
@@ -67,11 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--as-code", action="store_true", help="embed TEXT as code, not as a docstring")
     parser.add_argument(
+        "--prefix",
+        action="store_true",
+        help="prefix mode: TEXT is the start of the code (embedded as code); the decoder continues it",
+    )
+    parser.add_argument(
         "--language",
-        default="python",
+        default=None,
         metavar="LANG",
-        help=f"the language to write: where a function ends, what parses ({', '.join(LANGUAGES)}; "
-        "default: python)",
+        help=f"the language to write, one the decoder was trained on ({', '.join(LANGUAGES)} exist; "
+        "default: the decoder's most frequent)",
     )
     parser.add_argument(
         "--greedy", action="store_true", help="plain greedy decoding, no candidates to rerank"
@@ -201,19 +223,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--candidates must be >= 1")
     if (args.candidates or 1) > 1 and (args.greedy or temperature > 0):
         parser.error("--candidates reranks its own samples: drop --greedy / --temperature, or --candidates")
-    try:
-        [language] = check_languages([args.language])
-    except ValueError as error:
-        parser.error(f"--language: {error}")
+    if args.prefix and args.as_code:
+        parser.error("--prefix embeds TEXT as code already: drop --as-code")
+    language = None
+    if args.language is not None:
+        try:
+            [language] = check_languages([args.language])
+        except ValueError as error:
+            parser.error(f"--language: {error}")
 
     import torch
 
     from semcode.decoding import generate_code, generate_reranked
 
-    kind = "code" if args.as_code else "query"
+    kind = "code" if args.as_code or args.prefix else "query"
+    prompt = text if args.prefix else ""
     try:
         started = time.perf_counter()
         decoder, tokenizer, embed, about, meta = load_models(args)
+        language = language or decoder.known_languages[0]
+        decoder.language_ids(
+            [language]
+        )  # a language the decoder never saw: refused, naming the ones it knows
         embedding = embed([text], kind)  # [1, D]
         if embedding.shape[1] != decoder.embedding_dim:
             raise ValueError(
@@ -243,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 top_p,
                 penalty,
                 language=language,
+                prompt=prompt,
             )
         else:
             samples = generate_code(
@@ -254,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.top_p,
                 penalty,
                 language=language,
+                prompt=prompt,
             )
         took_ms = (time.perf_counter() - started) * 1000
     except (bundles.BundleError, FileNotFoundError, ValueError) as error:
@@ -263,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         answer = {
             "text": text,
+            "mode": "prefix" if args.prefix else "description",
             "embedded_as": kind,
             "language": language,
             "models": about,
@@ -288,10 +322,19 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(answer, indent=2))
         return 0
+    comment = "#" if language in ("python", "ruby") else "//"
     for i, sample in enumerate(samples):
         if len(samples) > 1:
-            print(f"# sample {i + 1}/{len(samples)} ({sample.tokens} tokens, stopped by {sample.stopped_by})")
-        print(sample.code if sample.code else "# (the decoder wrote nothing)")
+            print(
+                f"{comment} sample {i + 1}/{len(samples)} ({sample.tokens} tokens, stopped by "
+                f"{sample.stopped_by})"
+            )
+        if not sample.code:
+            print(f"{comment} (the decoder wrote nothing)")
+            continue
+        if not sample.parses:
+            print(f"{comment} semcode: this does not parse as a {language} function")
+        print(sample.code, end="" if sample.code.endswith("\n") else "\n")
     return 0
 
 

@@ -1,11 +1,12 @@
 """``semcode search``: ask a release bundle for the functions that match a natural-language query.
 
 Prints how much of the corpus the index covers (``searching N of M functions (how they were chosen)``),
-then the ranked hits (a location to open (path:start_line; a ``file://`` url's local file), language, score;
-the signature and the doc line; the first lines of the code, syntax-highlighted on a terminal) or, with
+then the ranked hits (a location to open (path:start_line; a ``file://`` url's local file), language, score,
+the code's SPDX licence when known; the signature and the doc line; the first lines of the code, syntax-highlighted on a terminal) or, with
 ``--json``, one JSON object (``coverage``, and each result with language, path, start_line, location,
-signature, doc, url, code, ...). ``--language go`` (repeated, or ``go,rust``) searches
-only those languages' functions. ``--mode dense|lexical|hybrid`` picks how (semcode.serve.searcher:
+signature, doc, license, url, code, ...). ``--language go`` (repeated, or ``go,rust``) searches
+only those languages' functions; ``--path``/``--repo`` globs and ``--min-score`` filter the hits
+(semcode.serve.filters); a ``-k`` above the index's size is refused, naming the size. ``--mode dense|lexical|hybrid`` picks how (semcode.serve.searcher:
 the query vector, BM25, or both fused by the bundle's rule; default: the bundle's ``default_mode``); a
 bundle without a lexical index offers dense only and says so. Imports no torch: ONNX Runtime,
 tokenizers, bm25s and FAISS answer the query (semcode.serve.searcher).
@@ -24,8 +25,10 @@ import os
 import re
 import sys
 import time
+from typing import Any
 
 from semcode.bundle import BundleError
+from semcode.serve.filters import Filters, check_k, filtered_search
 from semcode.serve.searcher import (
     SEARCH_MODES,
     Hit,
@@ -46,11 +49,12 @@ CONTROL_SEQUENCES = re.compile(
 )
 
 EPILOG = """examples:
-  semcode search runs/latest/gate/bundle "read a file line by line" -k 5
-  semcode search s3://models/registry/semcode/latest "parse a date string" --json
-  semcode search ./registry/semcode/latest "open a zip archive" --max-lines 40 --no-color
-  semcode search runs/latest/gate/bundle "parse a date string" --language go --language rust
-  semcode search runs/latest/gate/bundle "merge two dicts" --mode lexical
+  semcode search runs/registry/semcode/latest "read a file line by line" -k 5   # what semcode run published
+  semcode search runs/<run-id>/bundle "parse a date string" --json              # one run's bundle
+  semcode search s3://models/registry/semcode/latest "open a zip archive" --max-lines 40 --no-color
+  semcode search runs/<run-id>/bundle "parse a date string" --language go --language rust
+  semcode search runs/<run-id>/bundle "merge two dicts" --mode lexical --min-score 5
+  semcode search runs/<run-id>/bundle "retry a request" --path 'src/*' --repo 'org/*'
 
 BUNDLE is a bundle directory (local or s3://) or a registry pointer <registry>/<name>/latest.
 S3 bundles are downloaded once to --cache-dir/<name>/<version>/; the AWS_* variables configure S3.
@@ -84,6 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dense: the encoder; lexical: BM25; hybrid: both fused by the bundle's rule "
         "(default: the bundle's default_mode)",
+    )
+    parser.add_argument(
+        "--path",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="only functions whose path matches the shell pattern, e.g. 'src/*' (repeat it: any of them)",
+    )
+    parser.add_argument(
+        "--repo",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="only functions whose repository matches the shell pattern, e.g. 'org/*' (repeat it: any of them)",
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        metavar="S",
+        help="only hits scored at least S (the mode's score: cosine, BM25 or the fused one)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-color", action="store_true", help="no syntax highlighting (also: NO_COLOR set)")
@@ -133,8 +158,9 @@ def shown_lines(code: str, max_lines: int) -> tuple[str, int]:
     return "\n".join(lines[:max_lines]), len(lines) - max_lines
 
 
-def highlight(code: str, path: str) -> str:
-    """``code`` with terminal colour codes, lexed by its file name (Python when pygments cannot tell)."""
+def highlight(code: str, path: str, formatter: Any = None) -> str:
+    """``code`` lexed by its file name (Python when pygments cannot tell) and formatted by ``formatter``
+    (default: terminal colour codes; the search page passes an HTML formatter)."""
     from pygments import highlight as pygments_highlight
     from pygments.formatters import TerminalFormatter
     from pygments.lexers import PythonLexer, get_lexer_for_filename
@@ -144,7 +170,7 @@ def highlight(code: str, path: str) -> str:
         lexer = get_lexer_for_filename(path or "code.py", stripnl=False)
     except ClassNotFound:
         lexer = PythonLexer(stripnl=False)
-    return pygments_highlight(code, lexer, TerminalFormatter()).rstrip("\n")
+    return pygments_highlight(code, lexer, formatter or TerminalFormatter()).rstrip("\n")
 
 
 def coverage_line(searcher: Searcher) -> str:
@@ -161,10 +187,11 @@ def coverage_line(searcher: Searcher) -> str:
 
 
 def format_hit(hit: Hit, max_lines: int, color: bool, link_base: str | None = None) -> str:
-    """``rank. path:line  language  score``, the signature, the doc line, then the first lines of the code
-    (and the link ``link_base`` makes, or the url when it is remote: s3://, http)."""
+    """``rank. path:line  language  score  licence``, the signature, the doc line, then the first lines of the
+    code (and the link ``link_base`` makes, or the url when it is remote: s3://, http)."""
     code, hidden = shown_lines(printable(hit.code), max_lines)
-    header = printable(f"{hit.rank:>2}. {hit.location()}  {hit.language or '?'}  {hit.score:.4f}")
+    licence = f"  {hit.license}" if hit.license else ""
+    header = printable(f"{hit.rank:>2}. {hit.location()}  {hit.language or '?'}  {hit.score:.4f}{licence}")
     signature, doc = printable(hit.signature), printable(hit.doc)
     if color:
         code = highlight(code, hit.path)
@@ -194,6 +221,8 @@ def mode_words(searcher: Searcher, mode: str) -> str:
         rule = "rrf" if fusion["rule"] == "rrf" else f"cos + {fusion['weight']:g} x BM25 / max BM25"
         if "question_weight" in fusion:
             rule += f" ({fusion['question_weight']:g} x for a question)"
+        if fusion.get("internal_penalty"):
+            rule += f", internal definitions -{fusion['internal_penalty']:g}"
         return f"hybrid: {searcher.encoder_file} + BM25, {rule}"
     only = "" if len(searcher.modes) > 1 else "; dense only: the bundle has no lexical index"
     return f"dense: {searcher.encoder_file}{only}"
@@ -225,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             resolve_bundle(args.bundle, args.cache_dir, args.precision), args.precision, args.threads
         )
         load_ms = (time.perf_counter() - started) * 1000
+        check_k(args.k, searcher)
         languages = searcher.check_language(args.language)  # None: every language
         mode = searcher.check_mode(args.mode)
+        filters = Filters(tuple(args.path or ()), tuple(args.repo or ()), args.min_score)
         started = time.perf_counter()
-        hits = searcher.search(query, args.k, languages, mode)
+        vectors = None if mode == "lexical" else searcher.encode([query])
+        hits = filtered_search(searcher, [query], vectors, args.k, languages, mode, filters)[0]
         took_ms = (time.perf_counter() - started) * 1000
     except (BundleError, FileNotFoundError, ValueError, StorageError) as error:
         print(f"semcode search: error: {error}", file=sys.stderr)
@@ -240,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             "k": args.k,
             "language": None if languages is None else list(languages),
             "mode": mode,
+            "path": args.path,
+            "repo": args.repo,
+            "min_score": args.min_score,
             "bundle": searcher.describe(),
             "coverage": (searcher.bundle.get("index") or {}).get("coverage"),
             "results": [

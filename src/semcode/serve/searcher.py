@@ -38,7 +38,8 @@ without one):
   scores of every function; the cosine of a function only BM25 found is its stored vector, FAISS
   reconstruct, times the query vector), then the union is ranked by bundle.json ``fusion``
   (semcode.retrieval.fuse_queries: the spec evaluate chose on its mix of suites; a question-form query
-  gets the spec's ``question_weight`` when it has one, as in evaluate); the score is the fused one.
+  gets the spec's ``question_weight`` when it has one, as in evaluate; an internal definition, by its
+  func_name, is ranked lower by the spec's ``internal_penalty`` when it has one); the score is the fused one.
 
 The language filter applies to every mode. A bundle without a lexical index (made before it) offers
 dense only, and says so (``modes``, and the error for another mode).
@@ -65,7 +66,7 @@ from semcode.contract import META_COLUMNS
 from semcode.embed import OnnxEncoder
 from semcode.index import id_selector, load_index, omp_threads, restricted_search, union_selector
 from semcode.progress import log
-from semcode.retrieval import DEFAULT_FUSION, BM25Index, fuse_queries, fusion_spec
+from semcode.retrieval import DEFAULT_FUSION, BM25Index, fuse_queries, fusion_spec, internal_definitions
 
 TAG = "search"
 CACHE_ENV = "SEMCODE_CACHE_DIR"  # overrides the default cache root (~/.cache/semcode)
@@ -76,6 +77,7 @@ OLD_BUNDLE_DEFAULTS = {
     "start_line": (None, pa.int32()),
     "signature": ("", pa.string()),
     "doc": ("", pa.string()),
+    "license": ("", pa.string()),
 }
 OVERFETCH_GROWTH = 4  # the fallback for an index that takes no selector: k * 4, * 16, ... candidates
 # bundle.json keys the query path reads; validate_bundle checks the whole contract, this only what we use.
@@ -104,6 +106,7 @@ class Hit:
     code: str
     signature: str = ""  # the header on one line ("def f(x):"); "" in bundles made before it
     doc: str = ""  # the doc comment's first paragraph; "" without one (or in bundles made before it)
+    license: str = ""  # SPDX expression of the code's licence; "" when none was found (or older bundles)
 
     def location(self) -> str:
         """Where to open it, relative to its source root: ``path:start_line`` (``json/decoder.py:42``); no
@@ -415,7 +418,12 @@ class Searcher:
         self.lexical = load_lexical(self.bundle_dir, self.bundle, self.size)
         self.fusion = fusion_spec(
             self.bundle.get("fusion") or DEFAULT_FUSION
-        )  # rule, weight[, question_weight]
+        )  # rule, weight[, question_weight][, internal_penalty]
+        self.internal = (  # [C] bool, the rows hybrid ranks lower by the spec's internal_penalty
+            internal_definitions(self.meta["func_name"].to_pylist())
+            if "internal_penalty" in self.fusion
+            else None
+        )
         self.modes = SEARCH_MODES if self.lexical is not None else ("dense",)
         self.default_mode = self.bundle.get("default_mode", "dense") if self.lexical is not None else "dense"
         self.encode_calls = 0
@@ -567,7 +575,8 @@ class Searcher:
             found = dense_ids[row] >= 0
             ids = np.union1d(dense_ids[row][found], lexical_ids)  # [U] ascending
             cosines = self._cosines(vectors[row], ids, dense_ids[row][found], dense_scores[row][found])
-            fused = fuse_queries(cosines[None], bm25[ids][None], [query], self.fusion)[0]  # its own weight
+            internal = None if self.internal is None else self.internal[ids]
+            fused = fuse_queries(cosines[None], bm25[ids][None], [query], self.fusion, internal)[0]
             order = np.argsort(-fused, kind="stable")[:k]  # ties: the smaller id first
             top_scores.append(fused[order])
             top_ids.append(ids[order])
@@ -786,4 +795,5 @@ def _hit(rank: int, score: float, faiss_id: int, row: dict) -> Hit:
         code=row["code"] or "",
         signature=row["signature"] or "",
         doc=row["doc"] or "",
+        license=row["license"] or "",
     )

@@ -13,8 +13,9 @@ queries, a seeded sample, their gold codes as the candidates; docstring-style), 
 when cosqa is among the evaluated ``suites`` and present: all 500 queries, the model's vectors of its
 candidates shared with the suite's own evaluation) and the suites a caller hands pick_fusion (``extra``,
 e.g. the everyday suite over index rows, semcode.everyday.everyday_mix_suite). The model fused with
-BM25 at each of ``fusion_weights`` (convex), by RRF and, with ``fusion_per_form``, with a smaller weight
-for question-form queries, is ranked on each; the best mean MRR gain over dense wins among the
+BM25 at each of ``fusion_weights`` (convex; each also with each of ``fusion_internal_penalties``: internal
+definitions, ``_helper``, ranked that much lower, semcode.retrieval), by RRF and, with ``fusion_per_form``,
+with a smaller weight for question-form queries, is ranked on each; the best mean MRR gain over dense wins among the
 candidates that are not below dense on any question-style suite (semcode.evaluation.choose_fusion,
 CHOICE_RULE), and that one spec is the "hybrid" of every suite. It is ``metrics.json`` ``fusion``
 (``{rule, weight, question_weight?, name, chosen_on: [suites], candidates: {name: {mrr: {suite: MRR},
@@ -92,7 +93,7 @@ from semcode.evaluation import (
 )
 from semcode.everyday import NAIVE_MAX_LENGTH, everyday_mix_suite
 from semcode.progress import log
-from semcode.retrieval import DEFAULT_FUSION, FUSION_WEIGHTS, check_fusion
+from semcode.retrieval import DEFAULT_FUSION, FUSION_WEIGHTS, INTERNAL_PENALTIES, check_fusion, check_penalty
 from semcode.suites import (
     SUITES,
     Suite,
@@ -151,6 +152,11 @@ class EvaluateConfig:
     fusion_per_form: bool = field(
         True, "also try each convex weight with a smaller one for question-form queries"
     )
+    fusion_internal_penalties: tuple[float, ...] = field(
+        INTERNAL_PENALTIES,
+        "also try each convex weight with internal definitions (a leading underscore: _helper, "
+        "_Closer.close) ranked this much lower (cosine units; none: never)",
+    )
     fusion_suites: tuple[str, ...] = field(
         FUSION_MIX,
         f"suites the fusion and the default search mode are chosen on, of {list(FUSION_MIX)}: valid "
@@ -201,6 +207,13 @@ class EvaluateConfig:
                 check_fusion("convex", weight)
             except ValueError as error:
                 raise ConfigError(f"fusion_weights={list(self.fusion_weights)}: {error}") from None
+        for penalty in self.fusion_internal_penalties:
+            try:
+                check_penalty(penalty)
+            except ValueError as error:
+                raise ConfigError(
+                    f"fusion_internal_penalties={list(self.fusion_internal_penalties)}: {error}"
+                ) from None
         if any(name not in FUSION_MIX for name in self.fusion_suites):
             raise ConfigError(
                 f"fusion_suites={list(self.fusion_suites)}: each must be one of {list(FUSION_MIX)}"
@@ -445,7 +458,8 @@ def pick_fusion(
         config.fusion_weights,
         config.fusion_rrf,
         config.fusion_per_form,
-        config.bm25_stopwords,
+        penalties=config.fusion_internal_penalties,
+        bm25_stopwords=config.bm25_stopwords,
         seed=config.seed,
     )
     return {**chosen, "skipped": skipped}

@@ -13,7 +13,9 @@ metric. The candidate passes when
    an MRR on 2 queries of a 32-function repository says nothing against one on 2,811 stdlib queries. When
    no suite is comparable (other data, too few queries, or a champion evaluated before semcode recorded the
    hash), the decision says "no comparable champion" and why, and rests on the baselines: a candidate that
-   BM25 beats on its primary metric's suite is refused, unless ``allow_below_bm25``; and
+   BM25 beats on its primary metric's suite is refused, unless ``allow_below_bm25``. When evaluate skipped
+   the primary metric's suite (too few queries to evaluate: a small repository's empty test split), the
+   same protocol, system and metric of the first suite evaluated stands in for it, and the reasons say so; and
 2. int8 parity held in the export (export_onnx kept int8 as the default encoder), unless
    ``require_int8_parity`` is off, in which case a bundle that serves the fp32 encoder may pass too; and
 3. on no guarded suite (``guarded_suites``: names or shell patterns of the suites evaluate ran) is the
@@ -29,6 +31,10 @@ Writes, whether it passed or not (a refused candidate can still be inspected)::
     out/decision.json   {passed, reasons[], candidate, champion, primary_metric, tolerance, ...}
     out/config.json     the resolved config
 
+all of it into a partial folder beside ``out`` that replaces ``out`` whole when complete
+(semcode.storage.stage_output): a gate run again into the same ``--out`` leaves the earlier decision and
+bundle or the new ones, never a mix, and decision.json's ``bundle`` is ``out/bundle``, where the bundle is.
+
 ``semcode gate`` prints the decision and exits 0 when the candidate passed, 3 when it was refused and 2
 on bad input; the pipeline reads ``passed`` from decision.json (or from ``run``'s return value).
 """
@@ -36,6 +42,7 @@ on bad input; the pipeline reads ``passed`` from decision.json (or from ``run``'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import sys
@@ -224,6 +231,21 @@ def compare(
     return all(entry["passed"] for entry in compared), lines, True
 
 
+def on_the_suites_there_are(config: GateConfig, metrics: dict) -> tuple[GateConfig, str | None]:
+    """When evaluate skipped the primary metric's suite (too few queries: a small repository's test split;
+    not present), the config judging on the same protocol, system and metric of the first suite evaluated,
+    and the sentence that says so; else the config as it is and None."""
+    suite, rest = config.primary_metric.split("/", 1)
+    why = (metrics.get("skipped") or {}).get(suite)
+    if bundles.metric_value(metrics, config.primary_metric) is not None or not why:
+        return config, None
+    for other in evaluated_suites(metrics):
+        if bundles.metric_value(metrics, f"{other}/{rest}") is not None:
+            judged = dataclasses.replace(config, primary_metric=f"{other}/{rest}")
+            return judged, f"{config.primary_metric}: not evaluated ({why}); judged on {other}/{rest} instead"
+    return config, None
+
+
 def bm25_reason(config: GateConfig, metrics: dict) -> tuple[bool, str]:
     """(passed, the reason) of the baseline check made when no champion is comparable: BM25 may not beat the
     candidate on its primary metric's suite (same protocol and metric), unless allow_below_bm25."""
@@ -326,12 +348,11 @@ def run(
     config.validate()
     started = time.perf_counter()
     out = Path(out_dir)
-    bundle_dir = out / BUNDLE_SUBDIR
-    if bundle_dir.exists() and any(bundle_dir.iterdir()):
-        raise FileExistsError(f"{bundle_dir} already holds a bundle; gate into a new --out directory")
+    bundle_dir = out / BUNDLE_SUBDIR  # where the bundle is once the output is swapped in (step 4)
 
     # 1. The candidate's metrics and its int8 parity, checked before anything is copied.
     candidate_metrics = read_metrics_file(eval_metrics, "evaluation metrics (evaluate output)")
+    config, not_evaluated = on_the_suites_there_are(config, candidate_metrics)
     candidate_value = bundles.metric_value(candidate_metrics, config.primary_metric)
     if candidate_value is None:
         known = sorted(bundles.flat_metrics(candidate_metrics.get("suites") or {}))
@@ -366,9 +387,10 @@ def run(
     version = config.version or bundles.default_version(
         bundles.model_dir(encoder_dir, bundles.ENCODER_DIR, bundles.ENCODER_CONFIG_FILE)
     )
+    reasons = [metric_why[0], parity_why, *zero_shot_why, *metric_why[1:]]
     decision = {
         "passed": passed,
-        "reasons": [metric_why[0], parity_why, *zero_shot_why, *metric_why[1:]],
+        "reasons": [not_evaluated, *reasons] if not_evaluated else reasons,
         "name": config.name,
         "primary_metric": config.primary_metric,
         "tolerance": config.tolerance,
@@ -391,31 +413,59 @@ def run(
         "bundle": str(bundle_dir),
     }
 
-    # 4. The bundle, passed or not.
+    # 4. The bundle, passed or not, and decision.json (last): written into a partial folder beside out_dir
+    #    that replaces it whole when complete (an earlier gate's output there is never mixed with this one).
     gate_summary = {
         key: decision[key]
         for key in ("passed", "reasons", "champion", "primary_metric", "tolerance", "zero_shot_comparisons")
     }
-    bundles.assemble_bundle(
-        bundle_dir,
-        name=config.name,
-        version=version,
-        encoder_dir=encoder_dir,
-        onnx_dir=onnx_dir,
-        index_dir=index_dir,
-        metrics=candidate_metrics,
-        decoder_dir=decoder_dir,
-        extra={"gate": gate_summary},
-        stage_metrics=extra_metrics,
-    )
-    decision["seconds"] = round(time.perf_counter() - started, 3)
-    (out / DECISION_FILE).write_text(json.dumps(decision, indent=2) + "\n")
-    cfg.save_resolved(config, out)
+    with storage.stage_output(out) as partial:
+        bundles.assemble_bundle(
+            partial / BUNDLE_SUBDIR,
+            name=config.name,
+            version=version,
+            encoder_dir=encoder_dir,
+            onnx_dir=onnx_dir,
+            index_dir=index_dir,
+            metrics=candidate_metrics,
+            decoder_dir=decoder_dir,
+            extra={"gate": gate_summary},
+            stage_metrics=extra_metrics,
+        )
+        cfg.save_resolved(config, partial)
+        decision["seconds"] = round(time.perf_counter() - started, 3)
+        (partial / DECISION_FILE).write_text(json.dumps(decision, indent=2) + "\n")
     verdict = "PASSED" if passed else "REFUSED"
     for reason in decision["reasons"]:
         log(TAG, reason)
     log(TAG, f"{verdict}: {config.name} {version} -> {bundle_dir}")
     return decision
+
+
+def decision_scalars(decision: dict) -> dict[str, float]:
+    """decision.json as flat numbers for KFP's Metrics (the run comparison view puts candidate and champion
+    side by side): ``passed`` (1 or 0), the candidate's and champion's primary metric, and per compared suite
+    ``<suite>.candidate``, ``<suite>.champion`` and ``<suite>.delta``; the int8 MRR loss; per guarded suite
+    and protocol the zero-shot gap's upper interval end (``<suite>.<protocol>.zero_shot_gap_high``)."""
+    scalars = {"passed": 1.0 if decision["passed"] else 0.0}
+    candidate = decision.get("candidate") or {}
+    if isinstance(candidate.get("value"), int | float):
+        scalars["candidate"] = float(candidate["value"])
+    champion = decision.get("champion") or {}
+    if isinstance(champion.get("value"), int | float):
+        scalars["champion"] = float(champion["value"])
+    for entry in champion.get("suites") or []:
+        if entry.get("comparable"):
+            for key in ("candidate", "champion", "delta"):
+                scalars[f"{entry['suite']}.{key}"] = float(entry[key])
+    parity = candidate.get("int8_parity") or {}
+    if isinstance(parity.get("mrr_loss"), int | float):
+        scalars["int8_mrr_loss"] = float(parity["mrr_loss"])
+    for item in decision.get("zero_shot_comparisons") or []:
+        gap = item.get("gap") or {}
+        if isinstance(gap.get("ci95_high"), int | float):
+            scalars[f"{item['suite']}.{item['protocol']}.zero_shot_gap_high"] = float(gap["ci95_high"])
+    return scalars
 
 
 def parse_stage_metrics(specs: list[str] | None) -> dict[str, dict]:

@@ -35,6 +35,10 @@ as a rebuild of the code gives) and the new bundle replaces DIR in one rename (t
 first and removed after: a reader sees the old or the new one), one update at a time (a lock file
 ``.DIR.lock`` beside it).
 
+``refresh`` (the index pipeline's task, src/semcode/pipeline/index_pipeline.py): a copy of the previous
+index (a folder, a registry version or ``<registry>/<name>/latest``, local or s3://) updated as above when it
+was made with the same encoder and settings, else a new index (also the first run, nothing published yet).
+
 Writes the release bundle contract's files but decoder/ (``semcode generate`` refuses the bundle in one
 line). bundle.json ``source``: ``kind`` "index", ``encoder`` (spec, name, version, sha256 of its weights
 and of each ONNX file), ``sources`` (each spec with its root, its git commit when it is a checkout, files,
@@ -80,6 +84,7 @@ from semcode.embedding_cache import EmbeddingCache, cached_embed_fn, text_keys
 from semcode.index_bundle import (
     KIND,
     SOURCE_FILES,
+    ZERO_SHOT_VERSION,
     assemble_index_bundle,
     bundled_spec,
     copy_encoder,
@@ -513,6 +518,66 @@ def update(
             )
     log(TAG, f"{folder}: {summary(bundle)}")
     return bundle
+
+
+def refresh(
+    config: IndexConfig, encoder: str, sources: Sequence[str], out_dir: str | Path, previous: str = ""
+) -> dict:
+    """What the index pipeline runs: ``previous`` (an index-only bundle: a folder, a registry version or
+    ``<registry>/<name>/latest``, local or s3://) copied into the new folder ``out_dir`` and updated from
+    ``sources``, when it was made with ``encoder`` and with ``config``'s settings (UPDATE_SETTINGS aside);
+    otherwise, and when ``previous`` is '' or a ``latest`` with nothing published yet (the first run), a new
+    index as ``run`` makes one. Returns the new bundle.json."""
+    config.validate()
+    folder = previous_folder(previous)
+    reason = "" if folder is None else why_not_update(config, encoder, folder)
+    if folder is None or reason:
+        if reason:
+            log(TAG, f"{previous}: {reason}: indexing anew")
+        return run(config, encoder, sources, out_dir)
+    out = check_out(out_dir)
+    check_sources(sources)
+    storage.copy_tree(folder, out)  # update() swaps in a fresh folder: the registry's marker does not stay
+    return update(out, sources, {name: getattr(config, name) for name in UPDATE_SETTINGS})
+
+
+def previous_folder(previous: str) -> str | None:
+    """The bundle folder ``previous`` names; None for '' and for a ``latest`` pointer not published yet."""
+    if not previous:
+        return None
+    if previous.rstrip("/").endswith("/" + bundles.LATEST) and not storage.exists(previous.rstrip("/")):
+        log(TAG, f"{previous}: nothing published yet: a new index")
+        return None
+    from semcode.serve.searcher import resolve_pointer
+
+    folder = resolve_pointer(previous)
+    if not storage.exists(storage.join(folder, bundles.BUNDLE_JSON)):
+        raise FileNotFoundError(f"previous index {previous}: {folder} has no {bundles.BUNDLE_JSON}")
+    return folder
+
+
+def why_not_update(config: IndexConfig, encoder: str, folder: str) -> str:
+    """'' when the index-only bundle in ``folder`` can be updated into what ``config`` and ``encoder`` make
+    (the same encoder name and version, the same settings but UPDATE_SETTINGS), else why not; ValueError
+    when it is no index-only bundle."""
+    recorded = bundles.read_bundle_json(folder).get("source") or {}
+    if not isinstance(recorded, dict) or recorded.get("kind") != KIND:
+        raise ValueError(f"{folder} was not made by semcode index: give an index-only bundle to update")
+    wanted = (MINILM_ALIAS, ZERO_SHOT_VERSION)
+    if encoder != MINILM_ALIAS:
+        made = bundles.read_bundle_json(encoder_folder(encoder))
+        wanted = (made["name"], made["version"])
+    used = recorded.get("encoder") or {}
+    if (used.get("name"), used.get("version")) != wanted:
+        return f"made with encoder {used.get('name')} {used.get('version')}, not {wanted[0]} {wanted[1]}"
+    configs = recorded.get("stage_configs") or {}
+    old = cfg.from_dict(IndexConfig, configs.get("IndexConfig") or {}, source=f"{folder}/bundle.json")
+    differ = [
+        f"{item.name} {getattr(old, item.name)!r} (now {getattr(config, item.name)!r})"
+        for item in dataclasses.fields(IndexConfig)
+        if item.name not in UPDATE_SETTINGS and getattr(old, item.name) != getattr(config, item.name)
+    ]
+    return f"made with other settings: {', '.join(differ)}" if differ else ""
 
 
 def check_unchanged(folder: Path, bundle: dict, names: Sequence[str]) -> None:

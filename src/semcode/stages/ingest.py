@@ -3,7 +3,8 @@
 Sources are spec strings (see :mod:`semcode.data.sources`): ``python:stdlib`` and
 ``python:site-packages`` (the embedded default: this interpreter's own code), ``dir:PATH`` (local or
 ``s3://``; code in Python, Go, Java, JavaScript, TypeScript, Ruby, PHP, Rust, C and C++, or only
-the ``languages`` asked for), ``csn:PATH`` (CodeSearchNet/CodeXGLUE JSONL), ``pairs:PATH`` (query/code JSONL) and
+the ``languages`` asked for), ``csn:PATH`` (CodeSearchNet/CodeXGLUE JSONL), ``pairs:PATH`` (query/code JSONL
+or a JSON array; ``#valid`` puts a file in one split, ``#query=title+abstract`` maps other field names) and
 ``text:PATH`` (raw JSONL/Parquet rows with a ``text`` or ``content`` column: The Stack, code-rag-bench) and
 ``humaneval:`` (evaluation only). Every spec and path, and the layout of every text: file, is checked
 before any work starts.
@@ -11,7 +12,8 @@ before any work starts.
 Steps: read every source (counting rejects by reason) -> fail on a source that yields nothing
 or whose error share exceeds ``max_reject_share`` -> remove exact and near-duplicate code from the
 pairs (across all sources, before splitting, never removing evaluation rows) and from the corpus ->
-split the pairs by repository with a stable hash -> write. Writes::
+split the pairs (semcode.data.split: rows whose data gives a split keep it; the rest by repository, file
+or function, with a stable hash) -> write. Writes::
 
     out/pairs/{train,valid,test}/part-*.parquet   PAIR_SCHEMA rows (semcode.data.pairs)
     out/corpus/part-*.parquet                     every extracted function, same columns
@@ -33,6 +35,10 @@ Choices:
 - The error share that fails a source counts input errors only (unparsable files, bad JSON lines),
   over non-test files for code sources and over lines for JSONL: the CodeSearchNet rules reject
   most functions of a package on purpose, and that is not a sign of bad input.
+- Licences (semcode.data.licenses): every row carries its SPDX ``license``; ``allow_licenses`` /
+  ``deny_licenses`` drop what they refuse as it is read (the reject ``license``: a rule, not bad input; a
+  source whose every row is refused is a warning), and the manifest's ``licenses`` counts the training
+  pairs and corpus rows per licence after deduplication (the model card's table).
 - ``max_files_per_source`` picks files by a stable hash of their path, so a small sample still
   spreads over many packages (and the split by package still has units to split).
 
@@ -70,17 +76,17 @@ import pyarrow.parquet as pq
 
 from semcode import config as cfg
 from semcode import storage
-from semcode.config import ConfigError, field
-from semcode.data import clean
-from semcode.data.languages import LANGUAGES, check_languages
+from semcode.data import clean, licenses
 from semcode.data.pairs import COLUMNS, PAIR_SCHEMA, SPLITS, normalise_row, write_shards
 from semcode.data.sources import read_source
+from semcode.data.sources.jsonl import check_fields
 from semcode.data.sources.listing import walk_files
-from semcode.data.sources.rows import WHOLE, ExtractOptions, Shard, SourceResult, SourceStats
+from semcode.data.sources.rows import WHOLE, Shard, SourceResult, SourceStats
 from semcode.data.sources.spec import SourceError, SourceSpec, check_exists, parse_spec
 from semcode.data.sources.text import check_layout
-from semcode.data.split import SPLIT_UNITS, SplitResult, assign_split, split_rows, unit_of
+from semcode.data.split import SplitResult, assign_split, split_rows, unit_of
 from semcode.progress import log
+from semcode.stages.ingest_config import IngestConfig
 
 TAG = "ingest"
 MANIFEST_NAME = "manifest.json"
@@ -93,138 +99,13 @@ class IngestError(ValueError):
     """The sources gave nothing usable, or too much bad input; the message names the source."""
 
 
-@dataclass(frozen=True)
-class IngestConfig:
-    sources: tuple[str, ...] = field(
-        ("python:stdlib", "python:site-packages"),
-        "sources as KIND:LOCATION: python:stdlib, python:site-packages, dir:PATH, csn:PATH, "
-        "pairs:PATH, humaneval: (PATH local or s3://)",
-    )
-    train_ratio: float = field(0.8, "share of repositories in the train split")
-    valid_ratio: float = field(0.1, "share of repositories in the valid split")
-    test_ratio: float = field(0.1, "share of repositories in the test split")
-    seed: int = field(0, "seed of the repository hash that assigns splits")
-    split_unit: str = field(
-        "auto", "split by 'repo', by 'file', or 'auto' (repo; file if a split would be empty)"
-    )
-    min_docstring_tokens: int = field(3, "a pair needs at least this many word tokens in its query")
-    min_code_lines: int = field(
-        3, "no pair from a function with fewer non-blank lines (from def, docstring removed); still indexed"
-    )
-    index_all: bool = field(
-        True,
-        "every definition becomes a corpus (index) row, documented or not, one line or a thousand, dunders "
-        "and test-named helpers too; only pairs keep the name and size rules (false: the corpus keeps them too)",
-    )
-    max_code_chars: int = field(8000, "skip functions longer than this many characters (0 = no limit)")
-    max_file_bytes: int = field(1_000_000, "skip source files bigger than this (generated code)")
-    max_line_chars: int = field(
-        10_000, "skip source files with a longer line (minified or data): parsing one costs memory unbounded"
-    )
-    parse_memory_mb: int = field(
-        1024,
-        "memory each file-parsing worker process may take (MB); a file whose parse tree needs more is skipped "
-        "as parse_crash, named in the manifest (a 1 MB file takes at most ~200 MB)",
-    )
-    languages: tuple[str, ...] = field(
-        (),
-        f"read only these languages from dir: and JSONL sources (empty = all: {', '.join(LANGUAGES)}); "
-        "python: sources stay Python; on the command line also comma-separated: --languages go,java",
-    )
-    near_dup_threshold: float = field(
-        0.8, "Jaccard similarity (MinHash LSH) at which code is a near duplicate"
-    )
-    num_perm: int = field(128, "MinHash permutations for near-duplicate detection")
-    corpus_near_dup: bool = field(True, "also remove near duplicates from the corpus (exact ones always)")
-    max_reject_share: float = field(
-        0.5, "fail a source whose share of bad input (files or lines) is above this"
-    )
-    max_files_per_source: int = field(
-        0, "read at most this many files per source, sampled by path hash (0 = all)"
-    )
-    min_pairs: int = field(
-        2,
-        "fail when fewer pairs are left after deduplication (contrastive training needs other pairs); 0 = "
-        "corpus only: sources without doc comments are fine (an index without training, semcode index)",
-    )
-    rows_per_shard: int = field(50_000, "rows per Parquet shard")
-    shards: int = field(
-        1,
-        "split every source's files into this many shards by a stable hash of their path; each shard is read "
-        "apart (the pipeline: side by side, a dsl.ParallelFor) and one merge deduplicates across all of them: "
-        "the output is the same as with 1",
-    )
-    workers: int = field(
-        1,
-        "processes that read and parse files (each crash-isolated: a file that kills its worker is skipped, "
-        "named); 2 or more also deduplicate the corpus beside the pairs",
-    )
+class TooFewPairs(IngestError):
+    """The sources hold fewer doc-commented functions than min_pairs: searchable (semcode index), not trainable.
+    ``sources``: the ones to index instead (evaluation suites left out)."""
 
-    @property
-    def ratios(self) -> tuple[float, float, float]:
-        return (self.train_ratio, self.valid_ratio, self.test_ratio)
-
-    def validate(self) -> None:
-        if not self.sources:
-            raise ConfigError("sources is empty: give at least one, e.g. --source python:stdlib")
-        for spec in self.sources:
-            try:
-                parse_spec(spec)
-            except SourceError as error:
-                raise ConfigError(str(error)) from None
-        if any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1.0) > 1e-6 or self.train_ratio <= 0:
-            raise ConfigError(
-                f"train/valid/test ratios must be >= 0, sum to 1 and train > 0; got {self.ratios}"
-            )
-        if self.split_unit not in SPLIT_UNITS:
-            raise ConfigError(f"split_unit must be one of {list(SPLIT_UNITS)}, got {self.split_unit!r}")
-        for name in (
-            "min_docstring_tokens",
-            "min_code_lines",
-            "max_code_chars",
-            "max_files_per_source",
-            "min_pairs",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in (
-            "max_file_bytes",
-            "max_line_chars",
-            "rows_per_shard",
-            "workers",
-            "shards",
-            "parse_memory_mb",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        try:
-            check_languages(self.languages)
-        except ValueError as error:
-            raise ConfigError(f"languages: {error}") from None
-        if not 0.0 < self.near_dup_threshold <= 1.0:
-            raise ConfigError(f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
-        if self.num_perm < 16:
-            raise ConfigError(f"num_perm must be >= 16, got {self.num_perm}")
-        try:
-            clean.make_lsh(self.near_dup_threshold, self.num_perm)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        if not 0.0 <= self.max_reject_share <= 1.0:
-            raise ConfigError(f"max_reject_share must be in [0, 1], got {self.max_reject_share}")
-
-    def extract_options(self) -> ExtractOptions:
-        return ExtractOptions(
-            min_docstring_tokens=self.min_docstring_tokens,
-            min_code_lines=self.min_code_lines,
-            max_code_chars=self.max_code_chars,
-            index_all=self.index_all,
-            max_file_bytes=self.max_file_bytes,
-            max_line_chars=self.max_line_chars,
-            max_files=self.max_files_per_source,
-            languages=check_languages(self.languages),
-            workers=self.workers,
-            parse_memory_mb=self.parse_memory_mb,
-        )
+    def __init__(self, message: str, sources: tuple[str, ...] | list[str]) -> None:
+        super().__init__(message)
+        self.sources = [spec for spec in sources if not parse_spec(spec).eval_only]
 
 
 def check_sources(config: IngestConfig, shard: Shard = WHOLE) -> list[SourceSpec]:
@@ -236,6 +117,7 @@ def check_sources(config: IngestConfig, shard: Shard = WHOLE) -> list[SourceSpec
             spec = parse_spec(text)
             check_exists(spec)
             check_layout(spec, shard)
+            check_fields(spec, shard)  # the fields a pairs: mapping names, in every file
         except SourceError as error:
             raise IngestError(str(error)) from None
         specs.append(spec)
@@ -262,16 +144,22 @@ def check_trainable(config: IngestConfig) -> None:
     except SourceError:  # e.g. no file of the selected languages: ingest says so, by name
         return
     if pairs < config.min_pairs:
-        raise IngestError(
+        raise TooFewPairs(
             f"{' '.join(spec.text for spec in training)}: {pairs} function{'s' if pairs != 1 else ''} with a "
             f"doc comment, training needs at least min_pairs={config.min_pairs}; search this code without "
-            f"training: {index_command(config.sources)}"
+            f"training: {index_command(config.sources)}",
+            config.sources,
         )
 
 
 def check_result(stats: SourceStats, max_reject_share: float) -> list[str]:
     """Raise IngestError for a source that gave nothing or too much bad input; return warnings."""
     seen = f"{stats.files_seen} files" + (f", {stats.records_seen} records" if stats.records_seen else "")
+    refused = stats.rejects["license"]
+    if refused and not stats.pairs and not stats.corpus_rows and not stats.eval_rows:
+        return [
+            f"source '{stats.spec}': every row's licence is refused by allow/deny_licenses ({refused} rejects)"
+        ]
     if not stats.pairs and not stats.corpus_rows and not stats.eval_rows:
         raise IngestError(
             f"source '{stats.spec}' yielded no pairs: {seen}, rejected ({stats.rejects_text()})"
@@ -437,11 +325,12 @@ def _deduplicate(
     corpus = [row for row, keep in zip(corpus, corpus_dedup.keep, strict=True) if keep]
     if len(pairs) < config.min_pairs:
         removed = len(pair_dedup.keep) - len(pairs)
-        raise IngestError(
+        raise TooFewPairs(
             f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''} left after deduplication of sources "
             f"{list(config.sources)} ({removed} of {len(pair_dedup.keep)} were duplicates); training needs at "
             f"least min_pairs={config.min_pairs} (functions with doc comments): give more or other code, or "
-            f"search this code without training: {index_command(config.sources)}"
+            f"search this code without training: {index_command(config.sources)}",
+            config.sources,
         )
     return pairs, corpus, {"pairs": pair_dedup.summary(), "corpus": corpus_dedup.summary()}
 
@@ -453,15 +342,18 @@ def index_command(sources: tuple[str, ...] | list[str]) -> str:
 
 
 def _split(config: IngestConfig, pairs: list[dict], corpus: list[dict]) -> SplitResult:
-    """Step 3: split the pairs by repository (or file); corpus rows carry their unit's split too."""
+    """Step 3: split the pairs (semcode.data.split); corpus rows carry their unit's split too."""
     try:
         split = split_rows(pairs, ratios=config.ratios, seed=config.seed, unit=config.split_unit)
     except ValueError as error:
         raise IngestError(str(error)) from None
     assigned = {unit_of(row, split.unit): row["split"] for row in pairs}
-    for row in corpus:
+    for row in corpus:  # a row whose source gave its split (pairs:, csn:) has it already
         key = unit_of(row, split.unit)
-        row["split"] = assigned.get(key) or assign_split(key, config.seed, config.ratios)
+        row["split"] = row.get("split") or assigned.get(key) or assign_split(key, config.seed, config.ratios)
+    if any(split.given.values()):
+        given = ", ".join(f"{name} {count}" for name, count in split.given.items() if count)
+        log(TAG, f"pairs in the split their data gives (a split field, a #SPLIT source): {given}")
     return split
 
 
@@ -473,6 +365,8 @@ def _split_manifest(config: IngestConfig, split: SplitResult, corpus: list[dict]
         "ratios": dict(zip(SPLITS, config.ratios, strict=True)),
         "sizes": split.sizes,
         "units": split.units,
+        "given": split.given,  # pairs whose split their data gave (a split field, a #SPLIT source)
+        "by_rank": split.by_rank,  # the hash left a split empty: units split by the rank of their hash
         "repos": {name: len(names) for name, names in split.repos.items()},
         "repo_names": {name: names[:MAX_REPO_NAMES] for name, names in split.repos.items()},
         "corpus_sizes": {name: sum(1 for r in corpus if r["split"] == name) for name in SPLITS},
@@ -535,6 +429,12 @@ def finish(
             "eval_rows": len(gathered.eval_rows),
         },
         "languages": _language_totals(source_stats),
+        "licenses": {  # rows per licence after deduplication ("unknown": none found), what the model card lists
+            "train_pairs": licenses.counts(row for row in pairs if row["split"] == "train"),
+            "corpus": licenses.counts(corpus),
+            "allow": list(config.allow_licenses),
+            "deny": list(config.deny_licenses),
+        },
         "dedup": dedup,
         "split": _split_manifest(config, split, corpus),
         "eval": eval_manifest,
@@ -803,12 +703,17 @@ def main(argv: list[str] | None = None) -> int:
             "sources (repeat --source):\n"
             "  python:stdlib  python:site-packages  dir:PATH  csn:PATH  pairs:PATH  text:PATH  humaneval:\n"
             "  PATH may be local or s3://bucket/prefix; text: reads JSONL/Parquet rows with a text or content\n"
-            "  column (The Stack, code-rag-bench)\n\n"
+            "  column (The Stack, code-rag-bench); pairs: reads JSONL or a JSON array (a .json file named)\n\n"
+            "your own files and splits (pairs: and csn:; a row's split field is honoured too):\n"
+            "  --source pairs:train.jsonl --source pairs:val.jsonl#valid    # every row of val.jsonl in valid\n"
+            "  --source 'pairs:papers.json#query=title+abstract,code=code'  # other field names; joined\n\n"
             "example:\n"
             "  semcode ingest --source python:stdlib --source python:site-packages --out runs/ingest\n"
             "  semcode ingest --source dir:~/src/myrepo --source humaneval: --out runs/ingest\n"
             "  semcode ingest --source dir:~/src/services --languages go,java --out runs/ingest\n"
-            "  semcode ingest --source text:s3://data/the-stack-sample/ --out runs/ingest\n\n"
+            "  semcode ingest --source text:s3://data/the-stack-sample/ --out runs/ingest\n"
+            "  semcode ingest --source python:site-packages --deny-licenses GPL-3.0-only,AGPL-3.0-only "
+            "--out runs/ingest\n\n"
             "sharded (the pipeline's ingest_shards: shards side by side, then one merge):\n"
             "  semcode ingest --source python:stdlib --shards 3 --shard 0 --out runs/shard-0   # ... 1, 2\n"
             "  semcode ingest --source python:stdlib --shards 3 --merge runs/shard-0 runs/shard-1 runs/shard-2 "
@@ -838,11 +743,21 @@ def main(argv: list[str] | None = None) -> int:
         help="merge the --out directories of shards 0..N-1 (same sources and --shards N) into --out",
     )
     cfg.add_arguments(parser, IngestConfig)
+    for action in parser._actions:  # the config field's own flag: still read, no longer shown
+        if "--sources" in action.option_strings:
+            action.help = argparse.SUPPRESS
     args = parser.parse_args(argv)
+    if args.sources:
+        print(
+            "semcode ingest: warning: --sources is deprecated and will be removed; use --source KIND:LOCATION "
+            "(repeatable), the spelling of every semcode command",
+            file=sys.stderr,
+        )
     if args.source:  # --source is the documented spelling of the config field `sources`
         args.sources = (args.sources or []) + args.source
-    if args.languages:  # --languages go,java as well as --languages go --languages java
-        args.languages = cfg.comma_list(args.languages)
+    for name in ("languages", "allow_licenses", "deny_licenses"):  # --languages go,java or repeated
+        if getattr(args, name):
+            setattr(args, name, cfg.comma_list(getattr(args, name)))
     try:
         config = cfg.from_args(IngestConfig, args, section="ingest")
         if args.shard is not None:

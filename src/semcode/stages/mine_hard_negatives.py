@@ -305,9 +305,14 @@ def summarise(
 def run(
     config: MineHardNegativesConfig, encoder_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path
 ) -> dict:
-    """Mine hard negatives for the train split of ``pairs_dir`` with ``encoder_dir``; returns the report."""
+    """Mine hard negatives for the train split of ``pairs_dir`` with ``encoder_dir`` (or a train-encoder
+    checkpoint); returns the report."""
+    from semcode.train.checkpoints import encoder_from_checkpoint
+
     config.validate()
     started = time.perf_counter()
+    encoder_spec = str(encoder_dir)  # as given: recorded as the encoder
+    encoder_dir = encoder_from_checkpoint(encoder_spec)
     pairs_dir, out = Path(pairs_dir), Path(out_dir)
     check_inputs(encoder_dir, pairs_dir)
     table = read_split(pairs_dir, "train")
@@ -344,7 +349,7 @@ def run(
     metrics, scores, seconds = summarise(config, mined, positive, len(pool_codes), seconds)
     per_row = mined.per_row()  # [n]
     report = {
-        "encoder": str(encoder_dir),
+        "encoder": encoder_spec,
         "pairs": str(pairs_dir),
         "dim": dim,
         "train_rows": len(queries),
@@ -393,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         "--encoder",
         required=True,
         metavar="DIR",
-        help="encoder directory (train-encoder's encoder/) or minilm",
+        help="encoder directory (train-encoder's encoder/), one of its checkpoints (checkpoints/step-NNNNNN) "
+        "or minilm",
     )
     parser.add_argument("--pairs", required=True, metavar="DIR", help="pairs/ directory with a train split")
     parser.add_argument(

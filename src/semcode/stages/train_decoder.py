@@ -7,10 +7,15 @@ output; the decoder's vocabulary). Writes::
     out/decoder/                 the decoder (semcode.models.decoder: transformers checkpoint + prefix MLP +
                                  semcode_decoder.json + tokenizer), what the release bundle carries
     out/checkpoints/step-NNNNNN/ resumable checkpoints (semcode.train.checkpoints), and `latest`
+    out/best/model.safetensors   the weights of the best validation loss so far (+ best.json)
     out/history.json             per step: loss, lr, tokens; evaluations on the valid split
     out/metrics.json             test metrics (below), training throughput, seconds per phase
     out/samples.jsonl            the generated test samples beside their references
     out/config.json, out/deepspeed_config.json
+
+The output appears whole or not at all: it grows in ``.OUT.partial`` beside ``out`` (checkpoints and
+TensorBoard logs included) and replaces ``out`` when complete; a run stopped before its end keeps that
+partial, and the same command with ``--resume`` continues it (semcode.train.checkpoints.training_output).
 
 How it trains: every training function is embedded once, up front, by the frozen encoder (code side);
 a seeded ``query_share`` of the functions is embedded from its docstring (query side) instead, so the
@@ -18,8 +23,15 @@ decoder also learns to write code for a description (``semcode generate BUNDLE "
 decoder turns the embedding into ``prefix_tokens`` virtual tokens and learns to write the function's
 tokens after them (teacher forcing, loss on the code tokens only). With ``skip_long_functions`` it trains
 only on functions that fit in ``max_length`` tokens, so every example ends with ``</s>`` and the
-decoder learns to finish what it starts. The loop is the encoder's (semcode.train.loop): DeepSpeed,
-warmup + cosine LR, checkpoints, ``--resume``, a time budget, progress lines.
+decoder learns to finish what it starts. Every language of the train split is trained on, each function
+with its language's token after the embedding's virtual tokens (semcode.models.decoder), so that
+``semcode generate --language go`` writes Go; test and valid rows of a language the train split lacks are
+left out (counted in ``test_functions_untrained_language``). The loop is the encoder's (semcode.train.loop): DeepSpeed,
+warmup + cosine LR, checkpoints (by steps and by epochs), ``--resume`` and ``--resume-from`` a checkpoint
+of a run of the same shape, ``--precision`` (auto: bf16 on a GPU, fp32 on the CPU; fp16 with loss
+scaling), a time budget, progress lines. The decoder shipped is the one of the best validation loss (``eval_every``
+and the end; ``keep_best``), not the last step's: ``best_step``, ``best_valid_loss`` and, when they
+differ, ``last_test_loss`` (the last step's test loss) say which and by how much.
 
 Metrics on the test split (up to ``max_eval_pairs`` distinct functions, a seeded sample), each decoded
 from its own code embedding: reconstruction loss, perplexity and token accuracy (teacher forcing); for
@@ -40,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import shutil
 import sys
@@ -53,7 +66,15 @@ import numpy as np
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.contract import DECODER_SIZE_NAMES, ONNX_HELP, RUNTIME_HELP, SAMPLES_FILE
+from semcode.contract import (
+    DECODER_SIZE_NAMES,
+    ONNX_HELP,
+    PRECISION_HELP,
+    RESUME_FROM_HELP,
+    RUNTIME_HELP,
+    SAMPLES_FILE,
+    TRAINING_PRECISIONS,
+)
 from semcode.embed import check_runtime
 from semcode.progress import log
 
@@ -89,10 +110,22 @@ class TrainDecoderConfig:
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0 = no clipping)")
     zero_stage: int = field(0, "DeepSpeed ZeRO stage: 0, 1 or 2 (1/2 partition optimizer state over GPUs)")
     seed: int = field(0, "seed for initialisation, the samples and the data order")
-    eval_every: int = field(0, "evaluate on the valid split every this many steps (0 = only at the end)")
+    eval_every: int = field(
+        200, "evaluate on the valid split every this many steps (0 = only at the end); see keep_best"
+    )
+    keep_best: bool = field(
+        True, "ship the weights of the best validation loss (evaluations: eval_every, the end), not the last"
+    )
     checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
-    keep_checkpoints: int = field(2, "keep the newest this many checkpoints (0 = all)")
+    checkpoint_every_epochs: int = field(
+        0, "also checkpoint at the end of every this many epochs (0 = by steps only)"
+    )
+    keep_checkpoints: int = field(
+        2, "keep the newest this many checkpoints, here and under checkpoint_root (0 = all)"
+    )
     resume: bool = field(False, "continue from out/checkpoints/latest when it exists")
+    resume_from: str = field("", RESUME_FROM_HELP)
+    precision: str = field("auto", PRECISION_HELP)
     checkpoint_root: str = field(
         "",
         "a durable copy of the checkpoints: an s3:// prefix or a folder that outlives this process; each "
@@ -131,6 +164,8 @@ class TrainDecoderConfig:
         check_runtime(self.runtime)
         if self.zero_stage not in (0, 1, 2):
             raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
         if self.max_length < 8:
             raise ConfigError(f"max_length must be >= 8, got {self.max_length}")
         if self.rerank_temperature <= 0 or not 0 < self.rerank_top_p <= 1:
@@ -168,6 +203,7 @@ class TrainDecoderConfig:
             "grad_clip",
             "eval_every",
             "checkpoint_every",
+            "checkpoint_every_epochs",
             "threads",
             "keep_checkpoints",
             "max_train_pairs",
@@ -186,39 +222,55 @@ class Examples:
 
     token_ids: list[list[int]]
     embeddings: np.ndarray  # float32 [N, D]
+    language_ids: np.ndarray  # int64 [N]: each function's language token (the decoder's ``languages``)
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
 
 def train(
-    config: TrainDecoderConfig, model: Any, train_set: Examples, valid_set: Examples, out_dir: Path
+    config: TrainDecoderConfig,
+    model: Any,
+    train_set: Examples,
+    valid_set: Examples,
+    out_dir: Path,
+    vocabulary: str = "",
 ) -> dict:
     """The training loop: DeepSpeed set-up, optional resume, steps, evaluations, checkpoints.
 
-    Leaves the last step's weights in ``model`` (float32) and returns the run's metrics.
+    ``vocabulary``: the tokenizer's digest (semcode.train.checkpoints.vocabulary_digest), part of the run's
+    shape. Leaves the last step's weights in ``model`` (float32), the best validation loss's in
+    ``out_dir/best`` (``keep_best``), and returns the run's metrics.
     """
     import torch
 
     from semcode.decoding import reconstruction_metrics
     from semcode.models.decoder import make_batch
-    from semcode.train.checkpoints import full_state_dict, restore_durable, resume_state
+    from semcode.train.checkpoints import (
+        WEIGHTS_FILE,
+        full_state_dict,
+        restore_durable,
+        resume_state,
+        save_weights,
+    )
     from semcode.train.data import epoch_batches
     from semcode.train.distributed import (
         adamw,
         deepspeed_config,
         initialize,
         is_main_process,
+        resolve_precision,
         save_deepspeed_config,
         setup_distributed,
         warmup_cosine_schedule,
     )
-    from semcode.train.history import TrainingLog
+    from semcode.train.history import TrainingLog, run_name
     from semcode.train.loop import LoopSchedule, StepOutput, plan_steps, run_steps
 
-    checkpoints_dir = out_dir / "checkpoints"
+    checkpoints_dir, best_dir = out_dir / "checkpoints", out_dir / "best"
     setup_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    precision = resolve_precision(config.precision)
     plan = plan_steps(
         len(train_set),
         config.batch_size,
@@ -242,19 +294,26 @@ def train(
         "prefix_tokens": config.prefix_tokens,
         "max_length": config.max_length,
         "query_share": config.query_share,
+        "token_bias": config.token_bias,
+        "embedding_dim": int(train_set.embeddings.shape[1]),
+        "vocabulary": vocabulary,
+        "precision": precision,
+        "languages": list(model.languages),
     }
 
     optimizer = adamw(model, config.lr, config.weight_decay)
     scheduler = warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps, config.min_lr_ratio)
-    ds_config = deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
+    ds_config = deepspeed_config(
+        config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage, precision
+    )
     if is_main_process():
         save_deepspeed_config(ds_config, out_dir)
     started = time.perf_counter()
     engine = initialize(model, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
 
-    durable, resume = restore_durable(config, checkpoints_dir)
-    state = resume_state(checkpoints_dir, engine, resume, run_shape)
+    durable, resume = restore_durable(config, checkpoints_dir, (best_dir,))
+    state = resume_state(checkpoints_dir, engine, resume, run_shape, config.resume_from)
     step = state["step"] if state else 0
     log_ = TrainingLog(
         "decoder",
@@ -262,8 +321,11 @@ def train(
         plan.total_steps,
         plan.epochs,
         config.log_every,
-        metric="token_accuracy",
+        metric="loss",
+        lower_is_better=True,
         history=state["history"] if state else None,
+        run=run_name("decoder", out_dir),
+        config=cfg.to_dict(config),  # TensorBoard's config text and hparams
     )
     log_.announce_start(state, resume, checkpoints_dir)
     log_.message(
@@ -276,13 +338,19 @@ def train(
         if len(valid_set) == 0:
             return
         eval_started = time.perf_counter()
-        metrics = reconstruction_metrics(engine.module, valid_set.token_ids, valid_set.embeddings)
-        log_.evaluate(at_step, metrics, time.perf_counter() - eval_started)
+        metrics = reconstruction_metrics(
+            engine.module, valid_set.token_ids, valid_set.embeddings, language_ids=valid_set.language_ids
+        )
+        if log_.evaluate(at_step, metrics, time.perf_counter() - eval_started) and config.keep_best:
+            save_weights(engine, best_dir / WEIGHTS_FILE)  # every rank calls: a collective under ZeRO
+            if is_main_process():
+                (best_dir / "best.json").write_text(json.dumps({"step": at_step, **metrics}, indent=2) + "\n")
 
     def micro_batches(epoch: int, position: int, count: int) -> Any:
         batches = epoch_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size)
         return (
-            make_batch(train_set.token_ids, train_set.embeddings, rows) for rows in batches[position:][:count]
+            make_batch(train_set.token_ids, train_set.embeddings, rows, train_set.language_ids)
+            for rows in batches[position:][:count]
         )
 
     def forward(batch: dict[str, torch.Tensor]) -> StepOutput:
@@ -311,6 +379,7 @@ def train(
     model.float()
     model.load_state_dict(final_state)
     evals = log_.history["evals"]
+    best = log_.history["best"]
     return {
         "steps": step,
         "total_steps": plan.total_steps,
@@ -323,11 +392,15 @@ def train(
         "deepspeed_init_seconds": round(init_seconds, 3),
         "world_size": world_size,
         "device": str(engine.device),
+        "precision": precision,
         "bf16": bool(ds_config["bf16"]["enabled"]),
+        "skipped_steps": int(getattr(engine, "skipped_steps", 0)),  # fp16: steps whose gradients overflowed
         "warmup_steps": plan.warmup_steps,
         "final_loss": log_.history["steps"][-1]["loss"] if log_.history["steps"] else None,
         "valid_loss": evals[-1]["loss"] if evals else None,
         "valid_token_accuracy": evals[-1]["token_accuracy"] if evals else None,
+        "best_step": best["step"] if best else None,
+        "best_valid_loss": best["loss"] if best else None,
     }
 
 
@@ -348,7 +421,9 @@ def measure_on_test(
 
     started = time.perf_counter()
     metrics: dict[str, Any] = {"eval_functions": len(test_set)}
-    teacher_forced = reconstruction_metrics(model, test_set.token_ids, test_set.embeddings)
+    teacher_forced = reconstruction_metrics(
+        model, test_set.token_ids, test_set.embeddings, language_ids=test_set.language_ids
+    )
     metrics.update({f"test_{name}": value for name, value in teacher_forced.items()})
     count = min(config.generate_samples, len(test_set))
     samples: list[dict[str, Any]] = []
@@ -419,6 +494,7 @@ def _check_inputs(
     """Fail fast, before any model is loaded, on inputs that cannot work."""
     from semcode.embed import check_encoder_spec
     from semcode.train.checkpoints import check_checkpoints_dir
+    from semcode.train.distributed import resolve_precision
     from semcode.train.history import check_live_log_prefix
 
     for split in ("train", "test"):
@@ -431,7 +507,8 @@ def _check_inputs(
 
     load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named
     check_encoder_spec(str(encoder_dir))
-    check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root)
+    resolve_precision(config.precision)  # fp16 or bf16 where there is no GPU for it, named
+    check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root, config.resume_from)
     check_live_log_prefix("decoder")
 
 
@@ -457,6 +534,49 @@ def code_languages(pairs_dir: Path, split: str) -> dict[str, str]:
     return languages
 
 
+def _trained_languages_only(
+    pairs_dir: Path, split: str, pairs: Any, languages: tuple[str, ...]
+) -> tuple[Any, list[str], dict[str, int]]:
+    """``pairs`` of ``split`` without the rows of a language the train split lacks (the decoder has no
+    token for it): the rows kept, their languages, and how many of each other language were left out."""
+    language_of = code_languages(pairs_dir, split)
+    names = [language_of[code] for code in pairs.codes]
+    kept = [i for i, name in enumerate(names) if name in languages]
+    untrained = dict(Counter(name for name in names if name not in languages))
+    if untrained:
+        log(TAG, f"{pairs_dir}/{split}: left out {untrained}: no such language in the train split")
+    return pairs.subset(kept), [names[i] for i in kept], untrained
+
+
+def _indices(names: list[str], languages: tuple[str, ...]) -> np.ndarray:
+    """Each name's language-token index (int64 [N])."""
+    return np.array([languages.index(name) for name in names], dtype=np.int64)
+
+
+def _keep_best(
+    config: TrainDecoderConfig, model: Any, out: Path, metrics: dict[str, Any], test_set: Examples
+) -> dict[str, Any]:
+    """Load the best validation loss's weights (``out/best``) into ``model``, which holds the last step's,
+    unless ``keep_best`` is off or the best is the last; the last step's test loss goes beside."""
+    from semcode.decoding import reconstruction_metrics
+    from semcode.train.checkpoints import WEIGHTS_FILE, load_weights
+
+    best_file = out / "best" / WEIGHTS_FILE
+    if not config.keep_best or metrics["best_step"] in (None, metrics["steps"]) or not best_file.exists():
+        return {"final_model": "last"}
+    last = reconstruction_metrics(
+        model, test_set.token_ids, test_set.embeddings, language_ids=test_set.language_ids
+    )
+    load_weights(model, best_file)
+    best_loss, steps = metrics["best_valid_loss"], metrics["steps"]
+    log(TAG, f"shipping step {metrics['best_step']} (best valid loss {best_loss:.4f}), not step {steps}")
+    return {
+        "final_model": "best",
+        "last_test_loss": last["loss"],
+        "last_test_token_accuracy": last["token_accuracy"],
+    }
+
+
 def _sample(count: int, limit: int, seed: int) -> np.ndarray:
     """Sorted positions of a seeded sample of ``limit`` out of ``count`` (all when limit is 0 or more)."""
     if 0 < limit < count:
@@ -473,20 +593,41 @@ def run(
     onnx_dir: str | Path | None = None,
 ) -> dict:
     """Train a decoder against the frozen ``encoder_dir``: decoder/, metrics and history in ``out_dir``;
-    ``onnx_dir``: export_onnx's output of ``encoder_dir``, whose files an onnx runtime runs as they are."""
-    from semcode.embed import check_exported, load_embed_fn, resolve_device
+    ``onnx_dir``: export_onnx's output of ``encoder_dir``, whose files an onnx runtime runs as they are. The
+    output is written into a partial folder beside ``out_dir`` that replaces it whole when complete; a stopped
+    run's partial keeps its checkpoints for ``--resume`` (semcode.train.checkpoints.training_output)."""
+    from semcode.embed import check_exported
+    from semcode.train.checkpoints import save_requests_outside_steps, training_output
+
+    config.validate()
+    _check_inputs(config, encoder_dir, Path(pairs_dir), Path(tokenizer_dir), Path(out_dir))
+    if onnx_dir is not None and config.runtime != "torch":
+        check_exported(onnx_dir, config.runtime.removeprefix("onnx-"), encoder_dir)
+    with (
+        training_output(out_dir, config.resume, durable=bool(config.checkpoint_root)) as partial,
+        save_requests_outside_steps(),
+    ):
+        return _train_into(config, encoder_dir, Path(pairs_dir), Path(tokenizer_dir), partial, onnx_dir)
+
+
+def _train_into(
+    config: TrainDecoderConfig,
+    encoder_dir: str | Path,
+    pairs_dir: Path,
+    tokenizer_dir: Path,
+    out: Path,
+    onnx_dir: str | Path | None,
+) -> dict:
+    """``run`` once its inputs are checked: everything it writes goes to ``out`` (the partial folder)."""
+    from semcode.embed import load_embed_fn, resolve_device
     from semcode.export import torch_threads
     from semcode.models.decoder import EOS_ID, build_decoder, code_token_ids
     from semcode.tokenizer import load_tokenizer
+    from semcode.train.checkpoints import launched_rank, vocabulary_digest
     from semcode.train.data import load_pairs
     from semcode.train.distributed import is_main_process, seed_everything
 
-    config.validate()
     started = time.perf_counter()
-    pairs_dir, tokenizer_dir, out = Path(pairs_dir), Path(tokenizer_dir), Path(out_dir)
-    _check_inputs(config, encoder_dir, pairs_dir, tokenizer_dir, out)
-    if onnx_dir is not None and config.runtime != "torch":
-        check_exported(onnx_dir, config.runtime.removeprefix("onnx-"), encoder_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
 
     # 1. The functions. Train: those that fit, a seeded sample. Test: distinct codes, shuffled, so the first
@@ -496,26 +637,46 @@ def run(
     train_tokens = code_token_ids(tokenizer, train_pairs.codes, config.max_length)
     fitting = [i for i, ids in enumerate(train_tokens) if not config.skip_long_functions or ids[-1] == EOS_ID]
     chosen = [fitting[i] for i in _sample(len(fitting), config.max_train_pairs, config.seed)]
-    if len(chosen) < config.batch_size:
-        raise ValueError(
+    if len(chosen) < config.batch_size:  # a small repository's: batches of what there is, down to 2
+        usable = (
             f"{pairs_dir}/train has {len(chosen)} usable functions (non-empty docstring and code"
             + (f", at most {config.max_length} tokens" if config.skip_long_functions else "")
             + f"), fewer than batch_size {config.batch_size}"
         )
+        if len(chosen) < 2:
+            raise ValueError(usable)
+        log(TAG, f"{usable}: batches of {len(chosen)}")
+        config = dataclasses.replace(config, batch_size=len(chosen))
     train_pairs = train_pairs.subset(chosen)
     train_tokens = [train_tokens[i] for i in chosen]
+    # Every language of the train split, the most frequent first: one language token each.
+    train_language_of = code_languages(pairs_dir, "train")
+    train_languages = [train_language_of[code] for code in train_pairs.codes]
+    train_counts = Counter(train_languages)
+    languages = tuple(sorted(train_counts, key=lambda name: (-train_counts[name], name)))
+    test_split = "test"  # what the generations are made and scored on: the valid split when test is empty
     test_pairs = load_pairs(pairs_dir, "test", config.max_eval_pairs, config.seed, unique_codes=True)
     if len(test_pairs) == 0:
-        raise ValueError(f"{pairs_dir}/test has no usable pairs (non-empty docstring and code)")
+        log(TAG, f"{pairs_dir}/test has no usable pairs: the decoder is scored on the valid split instead")
+        test_split = "valid"
+        test_pairs = load_pairs(pairs_dir, "valid", config.max_eval_pairs, config.seed, unique_codes=True)
+    if len(test_pairs) == 0:
+        raise ValueError(f"{pairs_dir}/test and valid have no usable pairs (non-empty docstring and code)")
     test_pairs = test_pairs.subset(np.random.default_rng(config.seed).permutation(len(test_pairs)))
-    languages_by_code = code_languages(pairs_dir, "test")
-    test_languages = [languages_by_code[code] for code in test_pairs.codes]
-    valid_pairs = test_pairs.subset([])
+    test_pairs, test_languages, untrained = _trained_languages_only(
+        pairs_dir, test_split, test_pairs, languages
+    )
+    if len(test_pairs) == 0:
+        raise ValueError(
+            f"{pairs_dir}/{test_split} has no functions in the languages of the train split ({', '.join(languages)})"
+        )
+    valid_pairs, valid_languages = test_pairs.subset([]), []
     if config.max_valid_pairs > 0 and sorted((pairs_dir / "valid").glob("part-*.parquet")):
         valid_pairs = load_pairs(pairs_dir, "valid", config.max_valid_pairs, config.seed, unique_codes=True)
+        valid_pairs, valid_languages, _ = _trained_languages_only(pairs_dir, "valid", valid_pairs, languages)
 
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_resolved(config, out)
+    if launched_rank() == 0:  # the other ranks write only once the process group is up (training_output)
+        cfg.save_resolved(config, out)
     # torch's CPU threads for everything below (the ONNX runtime takes the same number).
     with torch_threads(config.threads) if config.threads else contextlib.nullcontext():
         # 2. Embed everything once with the frozen encoder; a seeded query_share of the train functions from
@@ -545,18 +706,23 @@ def run(
         if len(query_rows):
             train_embeddings[query_rows] = embed([train_pairs.queries[i] for i in query_rows], "query")
         test_tokens = code_token_ids(tokenizer, test_pairs.codes, config.max_length)
-        test_set = Examples(test_tokens, embed(test_pairs.codes, "code"))
+        test_set = Examples(test_tokens, embed(test_pairs.codes, "code"), _indices(test_languages, languages))
         valid_tokens = code_token_ids(tokenizer, valid_pairs.codes, config.max_length)
         valid_embeddings = (
             embed(valid_pairs.codes, "code") if len(valid_pairs) else np.zeros((0, dim), np.float32)
         )
-        valid_set = Examples(valid_tokens, valid_embeddings)
+        valid_set = Examples(valid_tokens, valid_embeddings, _indices(valid_languages, languages))
         embed_seconds = time.perf_counter() - embed_started
 
         # 3. Train.
         seed_everything(config.seed)
         model = build_decoder(
-            config.size, tokenizer.get_vocab_size(), dim, config.prefix_tokens, token_bias=config.token_bias
+            config.size,
+            tokenizer.get_vocab_size(),
+            dim,
+            config.prefix_tokens,
+            token_bias=config.token_bias,
+            languages=languages,
         )
         metrics: dict[str, Any] = {
             "train_functions": len(train_pairs),
@@ -566,15 +732,21 @@ def run(
                 fitting
             ),  # of which fit in max_length (all: skip_long_functions off)
             "valid_functions": len(valid_set),
+            "languages": list(languages),
+            "train_functions_by_language": {name: train_counts[name] for name in languages},
+            "test_functions_untrained_language": untrained,
             "parameters": sum(p.numel() for p in model.parameters()),
             "embed_seconds": round(embed_seconds, 3),
         }
-        metrics.update(train(config, model, Examples(train_tokens, train_embeddings), valid_set, out))
+        train_set = Examples(train_tokens, train_embeddings, _indices(train_languages, languages))
+        metrics.update(train(config, model, train_set, valid_set, out, vocabulary_digest(tokenizer)))
         if not is_main_process():  # with several ranks, rank 0 measures and writes the outputs
             return metrics
 
-        # 4. Measure on the test split, write the decoder.
+        # 4. Keep the best validation loss's weights (the last step's test loss beside), measure on the test
+        #    split, write the decoder.
         model.to(device)
+        metrics.update(_keep_best(config, model, out, metrics, test_set))
         values, samples = measure_on_test(
             config, model, tokenizer, embed, test_pairs, test_set, test_languages
         )
@@ -637,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
             "  semcode train-decoder --encoder runs/encoder/encoder --pairs runs/ingest/pairs \\\n"
             "      --tokenizer runs/tokenizer --out runs/decoder --size tiny --max-train-pairs 2000\n"
             "  semcode train-decoder ... --out runs/decoder --resume   # go on from the latest checkpoint\n"
+            "  semcode train-decoder ... --out runs/decoder-b --resume-from runs/decoder/checkpoints/step-000200\n"
+            "  semcode train-decoder ... --precision fp32 --checkpoint-every-epochs 1\n"
             '  semcode generate runs/decoder --encoder runs/encoder/encoder "parse an ISO date"'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

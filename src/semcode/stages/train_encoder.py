@@ -5,11 +5,16 @@ checkpoint (``init_from``: a saved semcode encoder, any transformers / sentence-
 an s3:// prefix, or ``minilm`` for all-MiniLM-L6-v2; its tokenizer then replaces ours). Writes::
 
     out/encoder/                 the final encoder (CodeSearchEncoder.save: sentence-transformers loadable)
-    out/checkpoints/step-NNNNNN/ resumable checkpoints (see semcode.train.checkpoints), and `latest`
+    out/checkpoints/step-NNNNNN/ resumable checkpoints (see semcode.train.checkpoints), and `latest`; each
+                                 is an encoder too: --encoder of export-onnx, mine-hard-negatives, build-index
     out/best/model.safetensors   weights at the best validation MRR so far (+ best.json)
     out/history.json             per step: loss, contrastive (+ hard, temperature when used), lr; evaluations
     out/metrics.json             steps, seconds, pairs/s, best / final / zero-shot validation MRR
     out/config.json, out/deepspeed_config.json
+
+The output appears whole or not at all: it grows in ``.OUT.partial`` beside ``out`` (checkpoints and
+TensorBoard logs included) and replaces ``out`` when complete; a run stopped before its end keeps that
+partial, and the same command with ``--resume`` continues it (semcode.train.checkpoints.training_output).
 
 The final encoder is the one with the best validation MRR (full-corpus protocol on up to
 ``max_valid_pairs`` valid pairs, evaluated every ``eval_every`` steps and at the end), not simply the
@@ -29,7 +34,10 @@ term for rows whose ``hard_negatives`` column is filled, when ``hard_negative_we
 ``init_from``), DeepSpeed does backward, accumulation, clipping and the update, and the LR follows linear
 warmup then cosine decay. With gradient accumulation the in-batch negatives are those of each
 micro-batch. Everything is seeded, and the data order is a function of (seed, epoch), so ``--resume``
-continues exactly where the last checkpoint left off.
+continues exactly where the last checkpoint left off; ``--resume-from PATH`` starts a new output folder
+from any complete checkpoint of a run of the same shape (model, tokenizer, data, batch, schedule,
+precision). ``--precision`` (semcode.train.distributed.resolve_precision): auto is bf16 on a GPU and fp32
+on the CPU; fp16 (DeepSpeed's loss scaling) for GPUs without bf16; fp32 when half precision diverges.
 """
 
 from __future__ import annotations
@@ -47,7 +55,14 @@ from typing import Any
 
 from semcode import config as cfg
 from semcode.config import ConfigError, field
-from semcode.contract import ENCODER_SIZE_NAMES, MAX_LENGTH_LIMIT, TOWERS
+from semcode.contract import (
+    ENCODER_SIZE_NAMES,
+    MAX_LENGTH_LIMIT,
+    PRECISION_HELP,
+    RESUME_FROM_HELP,
+    TOWERS,
+    TRAINING_PRECISIONS,
+)
 from semcode.progress import log
 
 TAG = "train-encoder"
@@ -117,8 +132,15 @@ class TrainEncoderConfig:
     seed: int = field(0, "seed for initialisation, data order and dropout")
     eval_every: int = field(100, "validate every this many steps (0 = only at the end)")
     checkpoint_every: int = field(200, "checkpoint every this many steps (0 = only at the end)")
-    keep_checkpoints: int = field(2, "keep the newest this many checkpoints (0 = all)")
+    checkpoint_every_epochs: int = field(
+        0, "also checkpoint at the end of every this many epochs (0 = by steps only)"
+    )
+    keep_checkpoints: int = field(
+        2, "keep the newest this many checkpoints, here and under checkpoint_root (0 = all)"
+    )
     resume: bool = field(False, "continue from out/checkpoints/latest when it exists")
+    resume_from: str = field("", RESUME_FROM_HELP)
+    precision: str = field("auto", PRECISION_HELP)
     checkpoint_root: str = field(
         "",
         "a durable copy of the checkpoints: an s3:// prefix or a folder that outlives this process; each "
@@ -150,6 +172,8 @@ class TrainEncoderConfig:
             raise ConfigError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
         if self.zero_stage not in (0, 1, 2):
             raise ConfigError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
         if not 8 <= self.max_length <= MAX_LENGTH_LIMIT:
             raise ConfigError(
                 f"max_length must be in 8..{MAX_LENGTH_LIMIT} tokens (attention grows with its square), "
@@ -209,6 +233,7 @@ class TrainEncoderConfig:
             "max_hard_negatives",
             "eval_every",
             "checkpoint_every",
+            "checkpoint_every_epochs",
             "keep_checkpoints",
             "max_train_pairs",
             "teacher_filter_top_k",
@@ -223,57 +248,6 @@ class TrainEncoderConfig:
 def inference_length(config: TrainEncoderConfig) -> int:
     """Tokens per text of the saved encoder: ``inference_max_length``, else the training ``max_length``."""
     return config.inference_max_length or config.max_length
-
-
-def filter_by_teacher(config: TrainEncoderConfig, model: Any, tokenizer: Any, pairs: Any) -> tuple[Any, dict]:
-    """The pairs whose code the starting model already ranks in its top ``teacher_filter_top_k`` for their
-    query, among a seeded pool of ``teacher_filter_pool`` train pairs (CodeSage v2 / CoRNStack's
-    consistency filtering): a docstring that does not describe its function, or a code no query could find,
-    teaches the encoder to forget what it knew. Returns the kept pairs and what the filter did."""
-    import random
-
-    import numpy as np
-
-    from semcode.embed import resolve_device
-    from semcode.models.encoder import encode_texts
-    from semcode.train.data import PairSet
-
-    started = time.perf_counter()
-    pool = sorted(
-        random.Random(config.seed).sample(range(len(pairs)), min(config.teacher_filter_pool, len(pairs)))
-    )
-    queries = [pairs.queries[i] for i in pool]
-    codes = [pairs.codes[i] for i in pool]
-    device = resolve_device("auto")
-    settings = dict(batch_size=config.eval_batch_size, device=device, max_length=inference_length(config))
-    query_emb = encode_texts(model, tokenizer, queries, "query", **settings)  # [P, D]
-    code_emb = encode_texts(model, tokenizer, codes, "code", **settings)  # [P, D]
-    scores = query_emb @ code_emb.T  # [P, P]
-    gold = np.diag(scores)  # [P]
-    ranks = 1 + (scores > gold[:, None]).sum(axis=1)  # [P], 1 = the code is the query's best match
-    kept = [index for index, rank in zip(pool, ranks, strict=True) if rank <= config.teacher_filter_top_k]
-    if len(kept) < config.batch_size:
-        raise ValueError(
-            f"teacher_filter_top_k {config.teacher_filter_top_k} kept {len(kept)} of {len(pool)} pairs, fewer "
-            f"than batch_size {config.batch_size}: raise teacher_filter_top_k or teacher_filter_pool"
-        )
-    filtered = PairSet(
-        [pairs.queries[i] for i in kept],
-        [pairs.codes[i] for i in kept],
-        [pairs.hard_negatives[i] for i in kept],
-    )
-    report = {
-        "pool": len(pool),
-        "kept": len(kept),
-        "top_k": config.teacher_filter_top_k,
-        "teacher_mrr_on_pool": round(float(np.mean(1.0 / ranks)), 4),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    log(
-        TAG,
-        f"teacher filter: kept {len(kept)} of {len(pool)} pool pairs (rank <= {config.teacher_filter_top_k})",
-    )
-    return filtered, report
 
 
 def validation_metrics(
@@ -317,29 +291,43 @@ def train(
     import torch
 
     from semcode.losses import EncoderWithLoss
-    from semcode.train.checkpoints import restore_durable, resume_state
-    from semcode.train.distributed import setup_distributed
-    from semcode.train.history import TrainingLog
+    from semcode.train.checkpoints import DEFINITION_DIR, restore_durable, resume_state
+    from semcode.train.distributed import resolve_precision, setup_distributed
+    from semcode.train.history import TrainingLog, run_name
     from semcode.train.loop import LoopSchedule, run_steps
 
     checkpoints_dir, best_dir = out_dir / "checkpoints", out_dir / "best"
     # 1. The plan: optimizer steps over the train pairs on every rank, and the shape a resume must match.
     setup_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    precision = resolve_precision(config.precision)
     plan, run_shape = _plan(config, len(train_pairs), world_size)
+    run_shape.update(_model_shape(config, model, tokenizer, precision))
 
-    # 2. The loss (and its frozen teacher), AdamW with warmup + cosine, the DeepSpeed engine.
+    # 2. The loss (and its frozen teacher), AdamW with warmup + cosine, the DeepSpeed engine; what every
+    #    checkpoint carries to be an encoder as well (the encoder without its weights).
     loss_fn, teacher = _loss(config, model)
     net = EncoderWithLoss(model, loss_fn)
-    engine, ds_config, init_seconds = _initialize(config, net, teacher, plan, out_dir)
+    engine, ds_config, init_seconds = _initialize(config, net, teacher, plan, out_dir, precision)
+    definition = checkpoints_dir / DEFINITION_DIR
+    _write_definition(config, model, tokenizer, definition)
 
-    # 3. Resume (from the durable copy when this disk has none) or start at step 0.
+    # 3. Resume (this run's latest, from the durable copy when this disk has none; or --resume-from) or
+    #    start at step 0.
     durable, resume = restore_durable(config, checkpoints_dir, (best_dir,))
-    state = resume_state(checkpoints_dir, engine, resume, run_shape)
+    state = resume_state(checkpoints_dir, engine, resume, run_shape, config.resume_from)
     step = state["step"] if state else 0
     history = state["history"] if state else None
     log_ = TrainingLog(
-        "encoder", "pairs", plan.total_steps, plan.epochs, config.log_every, metric="mrr", history=history
+        "encoder",
+        "pairs",
+        plan.total_steps,
+        plan.epochs,
+        config.log_every,
+        metric="mrr",
+        history=history,
+        run=run_name("encoder", out_dir),  # encoder, or encoder-N for a pipeline's hard-negative round
+        config=cfg.to_dict(config),  # TensorBoard's config text and hparams
     )
     log_.announce_start(state, resume, checkpoints_dir)
     log_.message(
@@ -367,6 +355,7 @@ def train(
         forward,
         evaluate,
         durable=durable,
+        definition=definition,
     )
     rank_table = log_.rank_table()  # a collective: every rank takes part
     log_.close()
@@ -391,7 +380,9 @@ def train(
         "valid_pairs": len(valid_pairs),
         "world_size": world_size,
         "device": str(engine.device),
+        "precision": precision,
         "bf16": bool(ds_config["bf16"]["enabled"]),
+        "skipped_steps": int(getattr(engine, "skipped_steps", 0)),  # fp16: steps whose gradients overflowed
         "warmup_steps": plan.warmup_steps,
         "final_loss": log_.history["steps"][-1]["loss"] if log_.history["steps"] else None,
         "zero_shot_valid_mrr": zero_shot,
@@ -431,6 +422,39 @@ def _plan(config: TrainEncoderConfig, num_pairs: int, world_size: int) -> tuple[
     return plan, run_shape
 
 
+def _model_shape(config: TrainEncoderConfig, model: Any, tokenizer: Any, precision: str) -> dict[str, Any]:
+    """The rest of the run's shape: the model a checkpoint's weights and optimizer state fit, its tokenizer
+    (the vocabulary's digest) and the precision (DeepSpeed keeps other optimizer state in each)."""
+    from semcode.train.checkpoints import vocabulary_digest
+
+    return {
+        "init_from": config.init_from,
+        "size": model.size,
+        "towers": model.towers,
+        "hidden_size": model.tower.hidden_size,
+        "layers": int(model.tower.transformer.config.num_hidden_layers),
+        "embedding_dim": model.embedding_dim,
+        "max_length": config.max_length,
+        "vocabulary": vocabulary_digest(tokenizer),
+        "precision": precision,
+    }
+
+
+def _write_definition(config: TrainEncoderConfig, model: Any, tokenizer: Any, folder: Path) -> None:
+    """The encoder without its weights, as the shipped one will be (at its inference length), in
+    ``folder``: every checkpoint carries a copy, so that a checkpoint is an encoder too."""
+    from semcode.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    training_length, model.max_length = model.max_length, inference_length(config)
+    try:
+        model.save(folder, tokenizer, weights=False)
+    finally:
+        model.max_length = training_length
+
+
 def _loss(config: TrainEncoderConfig, model: Any) -> tuple[Any, Any]:
     """Step 2 of ``train``: the contrastive loss, and the frozen teacher (a copy of the starting model,
     taken before DeepSpeed moves it) when distilling or hiding the teacher's false negatives (else None)."""
@@ -454,34 +478,33 @@ def _loss(config: TrainEncoderConfig, model: Any) -> tuple[Any, Any]:
 
 
 def _initialize(
-    config: TrainEncoderConfig, net: Any, teacher: Any, plan: Any, out_dir: Path
+    config: TrainEncoderConfig, net: Any, teacher: Any, plan: Any, out_dir: Path, precision: str
 ) -> tuple[Any, dict, float]:
-    """Step 2 of ``train``: AdamW, warmup + cosine and the DeepSpeed engine over ``net`` (its config saved
-    in ``out_dir``), then the teacher (if any) on the engine's device and dtype; returns the engine, its
-    DeepSpeed config and the seconds ``initialize`` took."""
-    import torch
-
+    """Step 2 of ``train``: AdamW, warmup + cosine and the DeepSpeed engine over ``net`` at ``precision``
+    (its config saved in ``out_dir``), then the teacher (if any) on the engine's device and dtype; returns
+    the engine, its DeepSpeed config and the seconds ``initialize`` took."""
     from semcode.train.distributed import (
         adamw,
         deepspeed_config,
         initialize,
         is_main_process,
+        precision_dtype,
         save_deepspeed_config,
         warmup_cosine_schedule,
     )
 
     optimizer = adamw(net, config.lr, config.weight_decay)
     scheduler = warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps, config.min_lr_ratio)
-    ds_config = deepspeed_config(config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage)
+    ds_config = deepspeed_config(
+        config.batch_size, config.grad_accum, config.grad_clip, config.zero_stage, precision
+    )
     if is_main_process():
         save_deepspeed_config(ds_config, out_dir)
     started = time.perf_counter()
     engine = initialize(net, optimizer, scheduler, ds_config)
     init_seconds = time.perf_counter() - started
     if teacher is not None:
-        teacher.to(
-            device=engine.device, dtype=torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
-        )
+        teacher.to(device=engine.device, dtype=precision_dtype(precision))
     return engine, ds_config, init_seconds
 
 
@@ -643,9 +666,11 @@ def _check_inputs(
 
         load_tokenizer(tokenizer_dir)  # a corrupt file fails here, named, not after the data is read
     from semcode.train.checkpoints import check_checkpoints_dir
+    from semcode.train.distributed import resolve_precision
     from semcode.train.history import check_live_log_prefix
 
-    check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root)
+    resolve_precision(config.precision)  # fp16 or bf16 where there is no GPU for it, named
+    check_checkpoints_dir(out_dir / "checkpoints", config.resume, config.checkpoint_root, config.resume_from)
     check_live_log_prefix("encoder")
 
 
@@ -658,18 +683,33 @@ def run(
     """Train an encoder on ``pairs_dir`` and write encoder/, checkpoints/, history and metrics to ``out_dir``.
 
     ``tokenizer_dir`` may be None when ``config.init_from`` is set (the checkpoint's tokenizer is used).
+    The output is written into a partial folder beside ``out_dir`` that replaces it whole when complete; a
+    stopped run's partial keeps its checkpoints for ``--resume`` (semcode.train.checkpoints.training_output).
     """
+    from semcode.train.checkpoints import save_requests_outside_steps, training_output
+
+    config.validate()
+    _check_inputs(config, Path(pairs_dir), tokenizer_dir, Path(out_dir))  # before anything is written
+    with (
+        training_output(out_dir, config.resume, durable=bool(config.checkpoint_root)) as partial,
+        save_requests_outside_steps(),
+    ):
+        return _train_into(config, Path(pairs_dir), tokenizer_dir, partial)
+
+
+def _train_into(
+    config: TrainEncoderConfig, pairs_dir: Path, tokenizer_dir: str | Path | None, out: Path
+) -> dict:
+    """``run`` once its inputs are checked: everything it writes goes to ``out`` (the partial folder)."""
     from transformers import AutoTokenizer
 
     from semcode.models.encoder import build_encoder, load_pretrained, resolve_checkpoint
     from semcode.train.augment import augment_pairs
-    from semcode.train.data import PairSet, load_pairs
+    from semcode.train.checkpoints import launched_rank
+    from semcode.train.data import PairSet, consistency_filter, load_pairs
     from semcode.train.distributed import is_main_process, seed_everything
 
-    config.validate()
-    pairs_dir, out = Path(pairs_dir), Path(out_dir)
-    # 1. Every input checked, the pairs read (and augmented) before any model loads.
-    _check_inputs(config, pairs_dir, tokenizer_dir, out)
+    # 1. The pairs read (and augmented) before any model loads.
     train_pairs = load_pairs(pairs_dir, "train", config.max_train_pairs, config.seed)
     augmented: dict[str, int] = {}
     if config.web_query_share > 0 or config.docstring_share > 0:
@@ -693,8 +733,8 @@ def run(
         log(TAG, f"warning: {pairs_dir}/valid has no pairs: no validation, the last step is shipped")
 
     # 2. The starting model: a checkpoint (init_from) or a new encoder of the configured size.
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_resolved(config, out)
+    if launched_rank() == 0:  # the other ranks write only once the process group is up (training_output)
+        cfg.save_resolved(config, out)
     seed_everything(config.seed)
     with tempfile.TemporaryDirectory(prefix="semcode-init-") as download_dir:
         if config.init_from:
@@ -737,7 +777,22 @@ def run(
         # 3. Optionally keep the pairs the starting model agrees with, then train (or pass through).
         teacher_filter: dict[str, Any] = {}
         if config.teacher_filter_top_k:  # the texts as they will be trained on (after augmentation)
-            train_pairs, teacher_filter = filter_by_teacher(config, model, tokenizer, train_pairs)
+            train_pairs, teacher_filter = consistency_filter(
+                model,
+                tokenizer,
+                train_pairs,
+                pool_size=config.teacher_filter_pool,
+                top_k=config.teacher_filter_top_k,
+                seed=config.seed,
+                batch_size=config.eval_batch_size,
+                max_length=inference_length(config),
+                min_kept=config.batch_size,
+            )
+            log(
+                TAG,
+                f"teacher filter: kept {teacher_filter['kept']} of {teacher_filter['pool']} pool pairs "
+                f"(rank <= {config.teacher_filter_top_k})",
+            )
         if config.epochs == 0 and config.max_steps == 0:
             metrics = pass_through(config, model, tokenizer, valid_pairs, out)
         else:
@@ -772,7 +827,9 @@ def main(argv: list[str] | None = None) -> int:
             "  semcode train-encoder --pairs runs/ingest/pairs --tokenizer runs/tokenizer --out runs/encoder \\\n"
             "      --size small --epochs 3 --batch-size 32 --lr 5e-4\n"
             "  semcode train-encoder --pairs runs/ingest/pairs --init-from minilm --lr 3e-5 --out runs/encoder\n"
-            "  semcode train-encoder ... --out runs/encoder --resume     # continue from the latest checkpoint"
+            "  semcode train-encoder ... --out runs/encoder --resume     # continue from the latest checkpoint\n"
+            "  semcode train-encoder ... --out runs/encoder-b --resume-from runs/encoder/checkpoints/step-000400\n"
+            "  semcode train-encoder ... --precision fp16 --checkpoint-every-epochs 1   # a V100/T4; per epoch"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

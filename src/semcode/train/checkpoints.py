@@ -4,29 +4,40 @@ Checkpoint layout (one directory per optimizer step)::
 
     checkpoints/
       step-000120/
-        model.safetensors   full fp32 weights, loadable without DeepSpeed (load_weights). Under ZeRO 1/2
-                            or bf16 they come from the optimizer's fp32 master copy, gathered across ranks
-        trainer_state.pt    the caller's state (step, data position, history, ...)
+        model.safetensors   full fp32 weights, loadable without DeepSpeed (load_weights). Under ZeRO 1/2,
+                            bf16 or fp16 they come from the optimizer's fp32 master copy, gathered across ranks
+        trainer_state.pt    the caller's state (step, data position, history, the run's shape, ...)
         rng_state_rank0.pt  python, numpy and torch RNG states, one file per rank
         deepspeed/          engine.save_checkpoint: module, optimizer and LR scheduler state; DeepSpeed
                             partitions the optimizer per rank under ZeRO, so any stage resumes the same way
+        definition/         train_encoder's: the encoder's configuration and tokenizer, no weights, so the
+                            checkpoint is an encoder too (encoder_from_checkpoint: --encoder of export-onnx,
+                            mine-hard-negatives, build-index)
       latest                the name of the newest complete checkpoint, written only after it is complete
 
 A checkpoint is written to ``step-000120.partial/`` and renamed when complete, so a crash mid-write never
 leaves a directory that ``latest`` could point to. A stage resumes with ``resume_state`` (after
 ``restore_durable``, which first brings back the newest durable copy, DurableCheckpoints, when the pod's
-disk is new). SIGTERM or Ctrl-C (StopRequest) ends the loop after the step under way with a checkpoint, then
+disk is new), or with ``--resume-from PATH`` from any complete checkpoint (check_complete verifies it first,
+the unsafe-pickle scan included; a run of another shape is refused, naming what differs). SIGTERM or Ctrl-C
+(StopRequest) ends the loop after the step under way with a checkpoint, then
 Preempted: the stage exits 128 + the signal's number (PREEMPTED_EXIT_CODE for SIGTERM, 130 for SIGINT) and
 a retry, or the same command with ``--resume``, continues from it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import hashlib
+import json
 import os
 import random
 import shutil
 import signal
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +61,7 @@ LATEST_FILE = "latest"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"
 DEEPSPEED_TAG = "deepspeed"
+DEFINITION_DIR = "definition"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,15 +76,19 @@ def unwrap(model: Any) -> torch.nn.Module:
 def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """A CPU state dict with full fp32 weights, every key present (tied weights as separate copies).
 
-    Under ZeRO 1/2 and bf16 the module holds low-precision or partitioned weights; DeepSpeed's
-    ``safe_get_full_fp32_param`` returns the fp32 master copy (a collective: every rank must call this).
+    Under ZeRO 1/2, bf16 and fp16 the module holds low-precision or partitioned weights; DeepSpeed's
+    ``safe_get_full_fp32_param`` returns the fp32 master copy (a collective: every rank must call this),
+    and with ZeRO 0 the unfused optimizer's ``fp32_groups`` hold it.
     """
     from deepspeed.utils import safe_get_full_fp32_param
 
     module = unwrap(model)
+    unfused = _unfused_masters(model)
     masters: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters(remove_duplicate=False):
         master = safe_get_full_fp32_param(param)
+        if master is None:
+            master = unfused.get(id(param))
         masters[name] = master if master is not None else param.detach()
     out: dict[str, torch.Tensor] = {}
     for name, tensor in module.state_dict().items():
@@ -81,6 +97,21 @@ def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
             value = value.float()
         out[name] = value.detach().to("cpu").contiguous().clone()  # clone: safetensors refuses shared storage
     return out
+
+
+def _unfused_masters(model: Any) -> dict[int, torch.Tensor]:
+    """{id(low-precision param): its fp32 master} of DeepSpeed's unfused fp16/bf16 optimizer (ZeRO 0 with a
+    torch optimizer), whose params carry no ``_hp_mapping``; {} for any other optimizer."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(optimizer, FP16_UnfusedOptimizer):
+        return {}
+    return {
+        id(low): high.detach()
+        for low_group, high_group in zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True)
+        for low, high in zip(low_group, high_group, strict=True)
+    }
 
 
 def save_weights(model: Any, path: str | Path) -> Path:
@@ -150,12 +181,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    checkpoints_dir: str | Path, engine: Any, step: int, state: dict[str, Any], keep: int = 3
+    checkpoints_dir: str | Path,
+    engine: Any,
+    step: int,
+    state: dict[str, Any],
+    keep: int = 3,
+    definition: Path | None = None,
 ) -> Path:
     """Write ``checkpoints_dir/step-NNNNNN/`` (weights, DeepSpeed state, ``state`` + RNG), then ``latest``.
 
     ``state`` is the caller's resumable state: plain Python values and tensors (step, data position,
-    history, best metric). Keeps the newest ``keep`` checkpoints (0 keeps all). Every rank must call.
+    history, best metric). Keeps the newest ``keep`` checkpoints (0 keeps all). ``definition``: a folder
+    copied in as ``definition/`` (the model without its weights). Every rank must call.
     """
     root = Path(checkpoints_dir)
     final = root / checkpoint_name(step)
@@ -169,6 +206,8 @@ def save_checkpoint(
     torch.save(_rng_state(), partial / rng_state_file(rank()))  # each rank draws its own dropout masks
     if is_main_process():
         torch.save({**state, "step": step}, partial / TRAINER_STATE_FILE)
+        if definition is not None:
+            shutil.copytree(definition, partial / DEFINITION_DIR)
     barrier()
     if is_main_process():
         shutil.rmtree(final, ignore_errors=True)
@@ -196,14 +235,81 @@ def load_latest_checkpoint(checkpoints_dir: str | Path, engine: Any) -> dict[str
     engine built exactly as before (same model, optimizer, schedule and DeepSpeed config).
     """
     path = latest_checkpoint(checkpoints_dir)
-    if path is None:
-        return None
+    return None if path is None else load_checkpoint(path, engine, within=checkpoints_dir)
+
+
+def check_complete(path: str | Path, what: str = "checkpoint") -> Path:
+    """The checkpoint folder ``path`` names (itself, or the ``checkpoint/`` of a durable upload), once it
+    holds every part of a complete checkpoint, readable weights, and no file that would run code when
+    DeepSpeed unpickles it (safe_load.check_checkpoint). Raises FileNotFoundError or ValueError naming
+    ``path`` and what is wrong; costs milliseconds (the weights' header is read, not the weights)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(path)
+    if (folder / DURABLE_CHECKPOINT_DIR / TRAINER_STATE_FILE).is_file():
+        folder = folder / DURABLE_CHECKPOINT_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {path}: not a directory")
+    if folder.name.endswith(".partial"):
+        raise ValueError(f"{what} {path}: a checkpoint whose writing never finished (.partial); pick another")
+    needed = (WEIGHTS_FILE, TRAINER_STATE_FILE, rng_state_file(0), DEEPSPEED_TAG)
+    missing = [name for name in needed if not (folder / name).exists()]
+    if missing:
+        inner = list_checkpoints(folder) or list_checkpoints(folder / "checkpoints")
+        hint = f"; did you mean {inner[-1]}?" if inner else ""
+        raise FileNotFoundError(
+            f"{what} {path} is not a complete training checkpoint: it lacks {', '.join(missing)} (expected a "
+            f"checkpoints/step-NNNNNN folder of train-encoder or train-decoder){hint}"
+        )
+    try:
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as opened:
+            opened.keys()
+    except SafetensorError as error:
+        raise ValueError(
+            f"{what} {folder / WEIGHTS_FILE}: unreadable weights, truncated or corrupt ({error})"
+        ) from None
     # DeepSpeed unpickles without weights_only: nothing planted (nor linked from outside) gets that far
-    check_checkpoint(path, within=checkpoints_dir)
+    check_checkpoint(folder)
+    return folder
+
+
+def check_run_shape(path: str | Path, saved: dict[str, Any], run_shape: dict[str, Any]) -> None:
+    """Raise ConfigError when a checkpoint's run (``saved``, its ``state["run"]``) differs from this one,
+    naming each setting that differs and both values: resuming a run of another shape (model size,
+    tokenizer, data, batch, schedule) would not continue that run, or would not load at all."""
+    differ = sorted(key for key in saved.keys() | run_shape.keys() if saved.get(key) != run_shape.get(key))
+    if differ:
+        details = "; ".join(
+            f"{key}: checkpoint {saved.get(key, 'not recorded')!r}, this run {run_shape.get(key, 'not recorded')!r}"
+            for key in differ
+        )
+        raise ConfigError(
+            f"cannot resume from {path}: it belongs to a run of another shape ({details}); use the settings "
+            "and inputs it was trained with, or train without resuming"
+        )
+
+
+def vocabulary_digest(tokenizer: Any) -> str:
+    """A short sha256 of a tokenizer's vocabulary (transformers or tokenizers): part of a run's shape, as
+    a checkpoint's token ids mean nothing under another vocabulary."""
+    vocabulary = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocabulary).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(
+    path: Path, engine: Any, run_shape: dict[str, Any] | None = None, within: str | Path | None = None
+) -> dict[str, Any]:
+    """Restore module, optimizer, LR scheduler and RNG states from the checkpoint ``path``; returns its
+    state (with ``path``). With ``run_shape``, the checkpoint's must equal it, checked before DeepSpeed
+    loads anything; ``within``: the checkpoints folder ``path`` must not leave (a link planted there)."""
+    # DeepSpeed unpickles without weights_only: nothing planted (nor linked from outside) gets that far
+    check_checkpoint(path, within=within)
+    state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+    if run_shape is not None:
+        check_run_shape(path, state.get("run", {}), run_shape)
     load_path, _ = engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / DEEPSPEED_TAG}")
-    state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
     rng_file = path / rng_state_file(rank())
     if not rng_file.is_file():
         raise FileNotFoundError(f"{rng_file} is missing: was {path.name} written with fewer ranks?")
@@ -212,14 +318,19 @@ def load_latest_checkpoint(checkpoints_dir: str | Path, engine: Any) -> dict[str
     return state
 
 
-def check_checkpoints_dir(checkpoints_dir: str | Path, resume: bool, checkpoint_root: str = "") -> None:
-    """Refuse to start a fresh run over an earlier run's checkpoints, or with a ``checkpoint_root`` that
-    cannot be written (call before any expensive work).
+def check_checkpoints_dir(
+    checkpoints_dir: str | Path, resume: bool, checkpoint_root: str = "", resume_from: str = ""
+) -> None:
+    """Refuse to start a fresh run over an earlier run's checkpoints, with a ``checkpoint_root`` that
+    cannot be written, or from a ``resume_from`` that is not a complete, safe checkpoint (call before any
+    expensive work).
 
     Never mix two runs' checkpoints (pruning would then delete the new ones), never delete a run.
     """
     if checkpoint_root:
         storage.check_writable(checkpoint_root, "checkpoint_root")
+    if resume_from:
+        check_complete(resume_from, "resume_from")
     if not resume and (Path(checkpoints_dir) / LATEST_FILE).exists():
         raise ValueError(
             f"{checkpoints_dir} holds an earlier run's checkpoints; pass --resume to continue it, "
@@ -228,19 +339,117 @@ def check_checkpoints_dir(checkpoints_dir: str | Path, resume: bool, checkpoint_
 
 
 def resume_state(
-    checkpoints_dir: str | Path, engine: Any, resume: bool, run_shape: dict[str, Any]
+    checkpoints_dir: str | Path,
+    engine: Any,
+    resume: bool,
+    run_shape: dict[str, Any],
+    resume_from: str = "",
 ) -> dict[str, Any] | None:
-    """With ``resume``, restore the latest checkpoint and return its state (None when there is none yet).
+    """Restore a checkpoint and return its state, or None (a fresh run): with ``resume`` this run's latest
+    one; without one (or without ``resume``), the checkpoint ``resume_from`` names, if any. This run's own
+    latest wins: after ``--resume-from`` a stopped run goes on with the same command and ``--resume``.
 
-    ``run_shape`` (total steps, batch size, seed, data size, ...) must equal the one the checkpoint was
-    saved with (``state["run"]``): a run of another shape would not continue the same run.
+    ``run_shape`` (model, tokenizer, total steps, batch size, seed, data size, ...) must equal the one the
+    checkpoint was saved with (``state["run"]``): a run of another shape would not continue the same run.
     """
-    state = load_latest_checkpoint(checkpoints_dir, engine) if resume else None
-    if state is not None and state["run"] != run_shape:
-        raise ConfigError(
-            f"cannot resume from {state['path']}: it was trained with {state['run']}, this run has {run_shape}"
+    latest = latest_checkpoint(checkpoints_dir) if resume else None
+    if latest is not None:
+        if resume_from and is_main_process():
+            log(
+                "train",
+                f"--resume: {latest} (this run's latest) is where it goes on, not --resume-from {resume_from}",
+            )
+        return load_checkpoint(latest, engine, run_shape, within=checkpoints_dir)
+    if resume_from:
+        return load_checkpoint(check_complete(resume_from, "resume_from"), engine, run_shape)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A checkpoint as an encoder
+
+ENCODER_KEY_PREFIX = "encoder."  # train_encoder checkpoints EncoderWithLoss, which holds it as .encoder
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a local training checkpoint folder (or a durable upload of one): what it holds
+    is a trainer_state.pt, which no encoder directory has."""
+    folder = Path(path)
+    return (folder / TRAINER_STATE_FILE).is_file() or (
+        folder / DURABLE_CHECKPOINT_DIR / TRAINER_STATE_FILE
+    ).is_file()
+
+
+def encoder_from_checkpoint(spec: str) -> str:
+    """``spec`` as an encoder directory: as it is, unless it names a train-encoder checkpoint. That one is
+    checked first (check_complete: every part there, readable weights, the unsafe-pickle scan of resume),
+    then its ``definition/`` and weights are written out as an encoder directory (CodeSearchEncoder.save) in
+    a temporary folder, removed when the process exits; returns that folder."""
+    if storage.is_s3(spec) or not is_checkpoint(spec):
+        return spec
+    from semcode.contract import ENCODER_CONFIG_FILE
+    from semcode.models.encoder import load_encoder
+
+    folder = check_complete(spec, "encoder")
+    definition = folder / DEFINITION_DIR
+    if not (definition / ENCODER_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"encoder {spec} is a training checkpoint without {DEFINITION_DIR}/{ENCODER_CONFIG_FILE}: a "
+            "train-decoder checkpoint, or a train-encoder one written before checkpoints carried it; give "
+            "the run's encoder/ instead"
         )
-    return state
+    model = load_encoder(definition, weights=False)
+    weights = load_file(str(folder / WEIGHTS_FILE))
+    prefix = ENCODER_KEY_PREFIX
+    model.load_state_dict({name[len(prefix) :]: t for name, t in weights.items() if name.startswith(prefix)})
+    out = Path(tempfile.mkdtemp(prefix="semcode-checkpoint-encoder-"))
+    atexit.register(shutil.rmtree, out, True)
+    model.save(out, definition)
+    log("encoder", f"{spec} is a training checkpoint: using the encoder it holds (written to {out})")
+    return str(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A training stage's output: complete or absent, and resumable across the swap
+
+CHECKPOINTS_DIR = "checkpoints"  # a training stage's checkpoints, inside its output folder
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher (torchrun, the deepspeed launcher) set ``RANK``: known before the
+    process group exists, unlike ``rank()``. 0 for a plain process."""
+    return int(os.environ.get("RANK") or 0)
+
+
+@contextlib.contextmanager
+def training_output(out_dir: str | Path, resume: bool, durable: bool = False) -> Iterator[Path]:
+    """The folder a training stage writes its output into: storage.stage_output of ``out_dir``, a partial
+    folder beside it that replaces it whole once the run is complete. What ``--resume`` needs survives:
+
+    - a run stopped before its end (SIGTERM, Ctrl-C, a crash, kill -9) leaves its partial, which holds
+      ``checkpoints/latest``; the same command with ``--resume`` continues in it (without, it is refused
+      here, by name, unless ``durable``: a stage with a checkpoint_root, whose retry resumes on its own);
+    - ``--resume`` over a complete earlier output starts from a copy of it (its checkpoints hard-linked), so
+      the earlier output stays whole until the new one replaces it;
+    - a fresh run over an earlier run's checkpoints is refused here, before anything is written: replacing
+      the output would delete that run.
+
+    With several ranks only rank 0 (``launched_rank``) prepares, fills the outputs of, and swaps the
+    partial; the others get its path and write into it only after the process group is set up, which
+    waits for rank 0."""
+    target = Path(os.fspath(out_dir))
+    partial = storage.partial_path(target)
+    check_checkpoints_dir(target / CHECKPOINTS_DIR, resume)
+    if not (resume or durable) and (partial / CHECKPOINTS_DIR / LATEST_FILE).exists():
+        raise ValueError(
+            f"{partial} holds the checkpoints of a run into {target} that stopped before its end; pass --resume "
+            f"to continue it, or remove {partial} to start afresh"
+        )
+    if launched_rank() != 0:
+        yield partial
+        return
+    with storage.stage_output(target, keep=f"{CHECKPOINTS_DIR}/{LATEST_FILE}", resume=resume) as partial:
+        yield partial
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -389,23 +598,28 @@ def _mirror(folder: Path, destination: str) -> None:
 class StopRequest:
     """SIGTERM (Kubernetes' notice, a grace period before SIGKILL) and SIGINT (Ctrl-C at a terminal) as a
     flag the loop reads between steps. A second Ctrl-C stops at once (KeyboardInterrupt, no checkpoint).
+    SIGUSR1 (``kill -USR1 PID``: "save now") asks for a checkpoint at the next step boundary, after which
+    training goes on (``checkpoint_asked``).
 
     Installed only in the main thread (Python delivers signals there); elsewhere it never fires. With
-    several ranks ``agreed`` all-reduces the flag, so every rank stops at the same step even when only
-    one was signalled.
+    several ranks ``agreed`` and ``checkpoint_asked`` all-reduce their flag, so every rank stops, or
+    checkpoints, at the same step even when only one was signalled.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SAVE_SIGNAL = signal.SIGUSR1
 
     def __init__(self) -> None:
         self.received = False
         self.signal_number = signal.SIGTERM  # the first signal received (SIGTERM on a rank told by another)
+        self.save_asked = False  # SIGUSR1 since the last checkpoint_asked
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            self._previous[self.SAVE_SIGNAL] = signal.signal(self.SAVE_SIGNAL, self._handle_save)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -419,6 +633,9 @@ class StopRequest:
             self.signal_number = signum
         self.received = True
 
+    def _handle_save(self, signum: int, frame: Any) -> None:
+        self.save_asked = True
+
     @property
     def name(self) -> str:
         """The signal as a user knows it: "SIGTERM", "SIGINT (Ctrl-C)"."""
@@ -430,8 +647,41 @@ class StopRequest:
         return 128 + int(self.signal_number)
 
     def agreed(self, device: Any) -> bool:
-        if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
-            return self.received
-        flag = torch.tensor([float(self.received)], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        """Whether any rank was told to stop."""
+        return _on_any_rank(self.received, device)
+
+    def checkpoint_asked(self, device: Any) -> bool:
+        """Whether any rank got SIGUSR1 since the last call: checkpoint after this step, then go on. Every
+        rank calls it after every step (a collective with several ranks)."""
+        asked, self.save_asked = self.save_asked, False
+        return _on_any_rank(asked, device)
+
+
+def _on_any_rank(flag: bool, device: Any) -> bool:
+    """``flag`` or-ed over the ranks (a collective; the flag itself in a world of one)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+@contextlib.contextmanager
+def save_requests_outside_steps() -> Iterator[None]:
+    """Around a whole training stage: SIGUSR1 while it sets up, evaluates or saves (outside run_steps, whose
+    StopRequest answers it with a checkpoint) is one line, not the signal's default action, which ends the
+    process and the run with it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    line = b"[train] SIGUSR1: no training step under way (setting up, evaluating, saving): no checkpoint\n"
+
+    def answer(signum: int, frame: Any) -> None:
+        os.write(2, line)  # not print: a handler may interrupt a print to stderr (a reentrant call)
+
+    previous = signal.signal(signal.SIGUSR1, answer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)

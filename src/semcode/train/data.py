@@ -177,3 +177,56 @@ def batch_loader(dataset: PairBatches, num_workers: int = 0, seed: int = 0) -> D
 
 def _ignore_ctrl_c(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def consistency_filter(
+    model: Any,
+    tokenizer: Any,
+    pairs: PairSet,
+    pool_size: int,
+    top_k: int,
+    seed: int,
+    batch_size: int,
+    max_length: int,
+    min_kept: int,
+) -> tuple[PairSet, dict]:
+    """The pairs whose code the starting model already ranks in its top ``top_k`` for their query, among a
+    seeded pool of ``pool_size`` pairs (CodeSage v2 / CoRNStack's consistency filtering): a docstring that
+    does not describe its function, or a code no query could find, teaches the encoder to forget what it
+    knew. Returns the kept pairs and what the filter did; ValueError when fewer than ``min_kept`` (a
+    batch) are kept."""
+    import random
+    import time
+
+    from semcode.embed import resolve_device
+    from semcode.models.encoder import encode_texts
+
+    started = time.perf_counter()
+    pool = sorted(random.Random(seed).sample(range(len(pairs)), min(pool_size, len(pairs))))
+    queries = [pairs.queries[i] for i in pool]
+    codes = [pairs.codes[i] for i in pool]
+    settings = dict(batch_size=batch_size, device=resolve_device("auto"), max_length=max_length)
+    query_emb = encode_texts(model, tokenizer, queries, "query", **settings)  # [P, D]
+    code_emb = encode_texts(model, tokenizer, codes, "code", **settings)  # [P, D]
+    scores = query_emb @ code_emb.T  # [P, P]
+    gold = np.diag(scores)  # [P]
+    ranks = 1 + (scores > gold[:, None]).sum(axis=1)  # [P], 1 = the code is the query's best match
+    kept = [index for index, rank in zip(pool, ranks, strict=True) if rank <= top_k]
+    if len(kept) < min_kept:
+        raise ValueError(
+            f"teacher_filter_top_k {top_k} kept {len(kept)} of {len(pool)} pairs, fewer than batch_size "
+            f"{min_kept}: raise teacher_filter_top_k or teacher_filter_pool"
+        )
+    filtered = PairSet(
+        [pairs.queries[i] for i in kept],
+        [pairs.codes[i] for i in kept],
+        [pairs.hard_negatives[i] for i in kept],
+    )
+    report = {
+        "pool": len(pool),
+        "kept": len(kept),
+        "top_k": top_k,
+        "teacher_mrr_on_pool": round(float(np.mean(1.0 / ranks)), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return filtered, report

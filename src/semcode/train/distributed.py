@@ -5,6 +5,13 @@ Every run goes through ``deepspeed.initialize``, on a laptop CPU (gloo, one proc
 (NCCL, bf16, ZeRO stage 1 or 2) alike; semcode.train.loop's docstring shows the order a stage calls
 these functions in.
 
+Precision (``--precision``, ``resolve_precision``): ``auto`` is bf16 whenever CUDA is there and fp32 on
+the CPU; ``fp16`` is for GPUs without bf16 (V100, T4), with DeepSpeed's dynamic loss scaling: the loss is
+multiplied by a scale before backward, a step whose gradients overflow is skipped (and, from the
+``hysteresis``-th overflow on, halves the scale), and ``loss_scale_window`` clean steps double it
+(FP16_LOSS_SCALE). ``fp32`` is the switch for a run that diverges in half precision. In every mode the
+optimizer keeps fp32 master weights.
+
 On CPU with two or more ranks the first ``deepspeed.init_distributed`` in a fresh environment compiles
 DeepSpeed's shared-memory communication op (about 40 s on 2 cores); it is cached under
 ``TORCH_EXTENSIONS_DIR`` (torch's default: ``~/.cache/torch_extensions``), after which set-up takes well
@@ -25,11 +32,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from semcode.config import ConfigError
+from semcode.contract import TRAINING_PRECISIONS
+
 DEEPSPEED_CONFIG_FILE = "deepspeed_config.json"
 ZERO_STAGES = (0, 1, 2)
 SHM_COMM_OP = (
     "deepspeed_shm_comm"  # deepspeed.ops.__compatible_ops__ name of the CPU shared-memory all-reduce
 )
+# DeepSpeed's fp16 section beside "enabled": loss_scale 0 = dynamic, starting at 2**initial_scale_power;
+# an overflow skips the step (and from the hysteresis-th overflow on halves the scale, never below
+# min_loss_scale), and loss_scale_window steps without one double it.
+FP16_LOSS_SCALE = {
+    "loss_scale": 0,
+    "initial_scale_power": 16,
+    "loss_scale_window": 1000,
+    "hysteresis": 2,
+    "min_loss_scale": 1,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,14 +114,41 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def resolve_precision(precision: str) -> str:
+    """``--precision`` as the run will train: ``auto`` is bf16 with CUDA and fp32 without (what semcode
+    always did); bf16 and fp16 need a CUDA GPU, and bf16 one that has it (compute capability 8.0+).
+    Raises ConfigError naming the choice and what to use instead."""
+    if precision not in TRAINING_PRECISIONS:
+        raise ConfigError(f"precision must be one of {TRAINING_PRECISIONS}, got {precision!r}")
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda else "fp32"
+    if precision != "fp32" and not cuda:
+        raise ConfigError(
+            f"precision {precision} needs a CUDA GPU and none is visible: use --precision fp32 (or auto) here"
+        )
+    if precision == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+        raise ConfigError(
+            f"precision bf16: {torch.cuda.get_device_name()} has no bf16 (compute capability "
+            f"{'.'.join(map(str, torch.cuda.get_device_capability()))} < 8.0): use --precision fp16 or fp32"
+        )
+    return precision
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype the engine runs the module in at a resolved precision (bf16, fp16 or fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def deepspeed_config(
     micro_batch_size: int,
     grad_accum: int = 1,
     grad_clip: float = 1.0,
     zero_stage: int = 0,
-    bf16: bool | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    """The DeepSpeed config for one run; ``bf16`` defaults to on with CUDA, off on CPU.
+    """The DeepSpeed config for one run at ``precision`` (``resolve_precision``: auto is bf16 with CUDA,
+    fp32 on the CPU; fp16 adds dynamic loss scaling, FP16_LOSS_SCALE).
 
     No optimizer or scheduler section: both are passed to ``initialize`` as torch objects.
     """
@@ -111,12 +158,13 @@ def deepspeed_config(
         raise ValueError(
             f"micro_batch_size and grad_accum must be >= 1, got {micro_batch_size}, {grad_accum}"
         )
-    use_bf16 = torch.cuda.is_available() if bf16 is None else bf16
+    precision = resolve_precision(precision)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip,
-        "bf16": {"enabled": use_bf16},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": True, **FP16_LOSS_SCALE} if precision == "fp16" else {"enabled": False},
         "zero_optimization": {"stage": zero_stage},
         "steps_per_print": 10**9,  # our TrainingLog prints progress; DeepSpeed's own lines stay silent
         "wall_clock_breakdown": False,
@@ -141,7 +189,7 @@ def initialize(
 ) -> Any:
     """``deepspeed.initialize`` with our torch optimizer and scheduler; returns the DeepSpeedEngine.
 
-    The engine moves the model to the device, casts it to bf16 when configured, steps the scheduler
+    The engine moves the model to the device, casts it to bf16 or fp16 when configured, steps the scheduler
     at each gradient-accumulation boundary and clips gradients. Call ``setup_distributed()`` first.
     """
     import deepspeed

@@ -4,13 +4,20 @@ TensorBoard curves.
 Live metrics (docs/observability.md): the loop (semcode.train.loop.run_steps) writes TensorBoard event
 files as it trains, with torch.utils.tensorboard, into the stage's output directory::
 
-    tensorboard/            rank 0: train/* (loss and its parts, lr, grad_norm, items_per_second, as-is
-                            values such as the temperature), valid/* (each evaluation), rank/* (its own)
-    tensorboard/rank-1/     rank 1: its rank/* only (items_per_second, step_seconds, data_wait_seconds,
+    tensorboard/            rank 0: <tag>/train/* (loss and its parts, lr, grad_norm, items_per_second,
+                            as-is values such as the temperature), <tag>/valid/* (each evaluation),
+                            <tag>/rank/* (its own), the resolved config as text (<tag>/config) and, at the
+                            end, the hparams plugin's record: the config against the final metrics
+                            (<tag>/final/*)
+    tensorboard/rank-1/     rank 1: its <tag>/rank/* only (items_per_second, step_seconds, data_wait_seconds,
                             peak_rss_mib, cuda_max_allocated_mib), and so on per rank
 
-``SEMCODE_TENSORBOARD_DIR=/some/dir`` also writes the same files to ``/some/dir/<tag>/`` (a local or mounted
-path); with ``s3://bucket/prefix`` each rank uploads its event files to ``<prefix>/<tag>/[rank-<r>/]`` every
+Every tag starts with the stage's tag (``encoder``, ``decoder``): the two stages' losses are on very
+different scales and never share a chart, while a stage's hard-negative rounds (runs ``encoder-2``,
+``encoder-3``) do, so they compare at a glance. ``SEMCODE_TENSORBOARD_DIR=/some/dir`` also writes the same
+files to ``/some/dir/<run name>/`` (a local or mounted path; the run name is short: ``encoder``,
+``encoder-2``, ``decoder``, see ``run_name``); with ``s3://bucket/prefix`` each rank uploads its event files
+to ``<prefix>/<run name>/[rank-<r>/]`` every
 ``TENSORBOARD_UPLOAD_SECONDS`` while it trains and once more at the end (EventFileMirror), so
 ``tensorboard --logdir s3://bucket/prefix`` shows the curves live. ``SEMCODE_TENSORBOARD=0`` writes none
 (for benchmarks).
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import sys
 import threading
@@ -51,8 +59,32 @@ def _format_value(value: float) -> str:
     return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
 
 
+def run_name(tag: str, out_dir: str | Path) -> str:
+    """The stage's short TensorBoard run name: ``tag``, or ``tag-N`` when its output lies in a pipeline task's
+    folder ``train-<tag>-N`` (the N-th training task of the stage in a KFP run: a hard-negative round)."""
+    task = Path(out_dir).resolve().parent.name
+    found = re.fullmatch(rf"train-{re.escape(tag)}-(\d+)", task)
+    return f"{tag}-{found.group(1)}" if found else tag
+
+
+def hparam_value(value: Any) -> float | int | str | bool:
+    """A config value as the hparams plugin takes it (a number, a string or a bool)."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
+
+
+def config_markdown(config: dict[str, Any]) -> str:
+    """The resolved config as a markdown table (TensorBoard's text plugin renders markdown)."""
+    rows = [
+        f"| {name} | {json.dumps(value) if not isinstance(value, str) else value} |"
+        for name, value in config.items()
+    ]
+    return "\n".join(["| setting | value |", "|---|---|", *rows])
+
+
 def live_log_dirs(tag: str, tensorboard_dir: str | Path) -> list[Path]:
-    """Where rank 0's event files are written: ``tensorboard_dir``, and ``$SEMCODE_TENSORBOARD_DIR/<tag>``
+    """Where rank 0's event files are written: ``tensorboard_dir``, and ``$SEMCODE_TENSORBOARD_DIR/<tag>`` (the run name)
     when that is a local (or mounted) path. Empty with ``SEMCODE_TENSORBOARD=0``. An ``s3://`` prefix is
     not written to directly: see ``live_log_upload``."""
     if os.environ.get(TENSORBOARD_SWITCH_ENV, "1") == "0":
@@ -149,6 +181,12 @@ class LiveMetrics:
             destination = upload_to if rank_ == 0 else storage.join(upload_to, f"rank-{rank_}")
             self.mirror = EventFileMirror(self.dirs[0], destination)
 
+    def add_summaries(self, summaries: list[Any], step: int = 0) -> None:
+        """Write ready-made ``Summary`` protos (text, hparams) at ``step`` into every directory."""
+        for writer in self.writers:
+            for summary in summaries:
+                writer.file_writer.add_summary(summary, step)
+
     def add(self, values: dict[str, float], step: int) -> None:
         """Write ``values`` (tag -> value) as scalars at ``step``: one event for all of them.
 
@@ -200,9 +238,15 @@ class TrainingLog:
         metric: str = "mrr",
         history: dict[str, Any] | None = None,
         force_plain: bool | None = None,
+        lower_is_better: bool = False,
+        run: str | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.tag, self.unit, self.total_steps, self.epochs = tag, unit, total_steps, epochs
+        self.run = run or tag  # the TensorBoard run's name (run_name)
+        self.config = config  # the resolved config: TensorBoard's text and hparams
         self.log_every, self.metric = max(1, log_every), metric
+        self.lower_is_better = lower_is_better  # e.g. a validation loss: the best is the lowest
         self.history: dict[str, Any] = history or {"steps": [], "evals": [], "best": None}
         self.steps_this_run = 0
         self.items_this_run = 0
@@ -236,14 +280,18 @@ class TrainingLog:
         """
         self._epoch_clock = time.perf_counter()
         self._epoch_evals_from = len(self.history["evals"])
-        dirs = live_log_dirs(self.tag, tensorboard_dir)
+        dirs = live_log_dirs(self.run, tensorboard_dir)
         if not dirs or self.live is not None:
             return
-        upload_to = live_log_upload(self.tag)
+        upload_to = live_log_upload(self.run)
         self.live = LiveMetrics(
             dirs, rank(), purge_step=start_step + 1 if start_step else None, upload_to=upload_to
         )
         if start_step == 0 and not self.quiet:
+            if self.config is not None:
+                from torch.utils.tensorboard.summary import text
+
+                self.live.add_summaries([text(f"{self.tag}/config", config_markdown(self.config))])
             for entry in self.history["evals"]:
                 self._write_eval(entry)
         shown = [str(d) for d in self.live.dirs] + ([upload_to] if upload_to else [])
@@ -254,7 +302,7 @@ class TrainingLog:
             self.live.flush()
 
     def _write_eval(self, entry: dict[str, Any]) -> None:
-        values = {f"valid/{k}": v for k, v in entry.items() if k not in ("step", "seconds")}
+        values = {f"{self.tag}/valid/{k}": v for k, v in entry.items() if k not in ("step", "seconds")}
         self.live.add(values, entry["step"])
 
     def restart_clock(self) -> None:
@@ -325,21 +373,54 @@ class TrainingLog:
         seconds: float,
     ) -> None:
         per_second = 1.0 / seconds if seconds > 0 else 0.0
-        scalars = {
-            "rank/items_per_second": (items if rank_items is None else rank_items) * per_second,
-            "rank/step_seconds": seconds,
-            "rank/data_wait_seconds": data_seconds,
-            "rank/allreduce_seconds": allreduce_seconds,
-            "rank/peak_rss_mib": peak_rss_mib(),
+        rank_values = {
+            "items_per_second": (items if rank_items is None else rank_items) * per_second,
+            "step_seconds": seconds,
+            "data_wait_seconds": data_seconds,
+            "allreduce_seconds": allreduce_seconds,
+            "peak_rss_mib": peak_rss_mib(),
         }
         if torch.cuda.is_available():
-            scalars["rank/cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            rank_values["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        scalars = {f"{self.tag}/rank/{name}": value for name, value in rank_values.items()}
         if not self.quiet:  # rank 0 writes the run's values too; another rank only its own
-            scalars.update({f"train/{name}": value for name, value in values.items()})
-            scalars.update({"train/lr": lr, "train/items_per_second": items * per_second})
+            train = {**values, "lr": lr, "items_per_second": items * per_second}
             if grad_norm is not None:
-                scalars["train/grad_norm"] = grad_norm
+                train["grad_norm"] = grad_norm
+            scalars.update({f"{self.tag}/train/{name}": value for name, value in train.items()})
         self.live.add(scalars, step)
+
+    def final_metrics(self) -> dict[str, float]:
+        """The run's end as the hparams plugin compares runs: the last step's loss, the last evaluation's
+        metrics and the best one (``<tag>/final/*`` tags)."""
+        final: dict[str, float] = {}
+        if self.history["steps"]:
+            last = self.history["steps"][-1]
+            final[f"{self.tag}/final/{self.loss_name}"] = float(last.get(self.loss_name, 0.0))
+        if self.history["evals"]:
+            last_eval = self.history["evals"][-1]
+            final.update(
+                {
+                    f"{self.tag}/final/valid_{k}": float(v)
+                    for k, v in last_eval.items()
+                    if k not in ("step", "seconds")
+                }
+            )
+        best = self.history["best"]
+        if best is not None and self.metric in best:
+            final[f"{self.tag}/final/best_{self.metric}"] = float(best[self.metric])
+        return final
+
+    def _write_hparams(self) -> None:
+        """The hparams plugin's record of this run (its config against its final metrics), in the run's own
+        directory, so the run keeps its name (SummaryWriter.add_hparams would make a sub-run)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        final = self.final_metrics()
+        step = self.history["steps"][-1]["step"] if self.history["steps"] else 0
+        self.live.add(final, step)  # the plugin reads each metric's last scalar
+        config = {name: hparam_value(value) for name, value in (self.config or {}).items()}
+        self.live.add_summaries(list(hparams(config, final)), step)
 
     def rank_table(self) -> dict[str, Any]:
         """Every rank's share of this run, gathered (a collective: every rank calls it): ``{"ranks":
@@ -391,10 +472,13 @@ class TrainingLog:
         )
 
     def evaluate(self, step: int, metrics: dict[str, float], seconds: float = 0.0) -> bool:
-        """Record an evaluation; returns True when ``metrics[metric]`` is the best so far (higher wins)."""
+        """Record an evaluation; returns True when ``metrics[metric]`` is the best so far (higher wins, or
+        lower with ``lower_is_better``)."""
         value = float(metrics[self.metric])
         best = self.history["best"]
-        is_best = best is None or value > best[self.metric]
+        is_best = best is None or (
+            value < best[self.metric] if self.lower_is_better else value > best[self.metric]
+        )
         entry = {"step": step, **{k: float(v) for k, v in metrics.items()}, "seconds": round(seconds, 3)}
         self.history["evals"].append(entry)
         if self.live is not None and not self.quiet:
@@ -423,7 +507,7 @@ class TrainingLog:
             parts.append(f"train {self.loss_name} {_format_value(sum(losses) / len(losses))}")
         if evals and "loss" in evals[-1]:
             parts.append(f"valid loss {_format_value(evals[-1]['loss'])}")
-        if evals:
+        if evals and self.metric != "loss":
             parts.append(f"valid {self.metric} {evals[-1][self.metric]:.4f}")
         parts.append(f"time {format_seconds(seconds)}")
         text = " | ".join(parts)
@@ -463,5 +547,7 @@ class TrainingLog:
             self._bar.close()
             self._bar = None
         if self.live is not None:
+            if self.config is not None and not self.quiet:
+                self._write_hparams()
             self.live.close()
             self.live = None

@@ -14,7 +14,8 @@ A stage sets up (semcode.train.distributed), resumes (semcode.train.checkpoints)
     log = TrainingLog("encoder", "pairs", plan.total_steps, plan.epochs)  # history.json and progress lines
     step, stopped_by = run_steps(engine, plan, log, schedule, micro_batches, forward, evaluate, ...)
         # per micro-batch: forward, engine.backward(loss), engine.step() (steps LR, clips, accumulates);
-        # after each optimizer step: the time budget, evaluate when due, save_checkpoint when due
+        # after each optimizer step: the time budget, evaluate when due, save_checkpoint when due (every
+        # checkpoint_every steps, and at the end of every checkpoint_every_epochs epochs)
 """
 
 from __future__ import annotations
@@ -106,16 +107,18 @@ class LoopSchedule:
     checkpoint_every: int
     keep_checkpoints: int
     time_budget_minutes: float
+    checkpoint_every_epochs: int = 0
 
     @classmethod
     def from_config(cls, config: Any) -> LoopSchedule:
-        """From a stage config that has the five fields of the same names (both training stages do)."""
+        """From a stage config that has the six fields of the same names (both training stages do)."""
         return cls(
             config.grad_accum,
             config.eval_every,
             config.checkpoint_every,
             config.keep_checkpoints,
             config.time_budget_minutes,
+            config.checkpoint_every_epochs,
         )
 
 
@@ -148,6 +151,7 @@ def run_steps(
     evaluate: Callable[[int], None],
     tensorboard_dir: Path | None = None,
     durable: DurableCheckpoints | None = None,
+    definition: Path | None = None,
 ) -> LoopResult:
     """The training loop of both stages, from optimizer step ``start_step`` to the plan's end or the budget.
 
@@ -158,11 +162,13 @@ def run_steps(
     as they are, e.g. a learnable temperature). ``evaluate(step)`` runs when due and at the end.
     ``tensorboard_dir`` (default: ``checkpoints_dir``'s parent, the stage's output directory, /
     tensorboard) receives the live metrics. ``durable``: each checkpoint is also uploaded there.
+    ``definition``: a folder every checkpoint carries as ``definition/`` (the model without its weights).
     Returns the last optimizer step and what stopped the run ("steps" or "time_budget").
 
     SIGTERM (a preempted or evicted pod) or Ctrl-C ends the run after the optimizer step under way: a
     checkpoint (made durable), an evaluation only if one was due anyway (so the history matches an
-    uninterrupted run's), then Preempted is raised with the exit code the signal calls for.
+    uninterrupted run's), then Preempted is raised with the exit code the signal calls for. SIGUSR1 asks for
+    a checkpoint after the step under way, and the run goes on (a resume from it replays the same steps).
     """
     ranks = world_size()
     step = start_step
@@ -236,16 +242,24 @@ def run_steps(
                     final = last or stopped_by != "steps"
                     if is_due(step, schedule.eval_every) or (final and stopped_by != "preempted"):
                         evaluate(step)
-                    if final or is_due(step, schedule.checkpoint_every):
+                    epochs_now = micro_step // plan.micro_per_epoch  # complete epochs after this step
+                    epoch_due = schedule.checkpoint_every_epochs > 0 and (
+                        epochs_now // schedule.checkpoint_every_epochs
+                        > epochs_done // schedule.checkpoint_every_epochs
+                    )
+                    asked = stop_request.checkpoint_asked(engine.device)  # SIGUSR1: save now, then go on
+                    if final or epoch_due or asked or is_due(step, schedule.checkpoint_every):
                         train_state = {"run": run_shape, "micro_step": micro_step, "history": log_.history}
                         checkpoint = save_checkpoint(
-                            checkpoints_dir, engine, step, train_state, schedule.keep_checkpoints
+                            checkpoints_dir, engine, step, train_state, schedule.keep_checkpoints, definition
                         )
                         if durable is not None:
                             if is_main_process():
                                 checkpoint = durable.push(checkpoint)
                             barrier()
-                        log_.message(f"checkpoint {checkpoint}")
+                        ended = f" (end of epoch {epochs_now})" if epochs_now > epochs_done else ""
+                        ended += " (asked for by SIGUSR1; training goes on)" if asked and not final else ""
+                        log_.message(f"checkpoint {checkpoint}{ended}")
                         log_.restart_clock()
                     while epochs_done < micro_step // plan.micro_per_epoch:
                         epochs_done += 1

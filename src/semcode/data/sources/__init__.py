@@ -6,8 +6,9 @@ A source is a spec string ``KIND:LOCATION`` (``~`` in local paths is expanded), 
 - ``code``     ``python:stdlib``, ``python:site-packages`` (the running interpreter's own code) and
                ``dir:PATH`` (a directory or git checkout of code in any supported language, local or
                ``s3://``): files through the extractor, file by file
-- ``jsonl``    ``csn:PATH`` (CodeSearchNet/CodeXGLUE), ``pairs:PATH`` (query/code) and ``humaneval:`` or
-               ``humaneval:PATH`` (HumanEval, an evaluation-only suite, never trained on), line by line
+- ``jsonl``    ``csn:PATH`` (CodeSearchNet/CodeXGLUE), ``pairs:PATH`` (query/code; JSONL or a JSON array,
+               ``#SPLIT`` and field mappings: spec) and ``humaneval:`` or ``humaneval:PATH`` (HumanEval, an
+               evaluation-only suite, never trained on), record by record
 - ``text``     ``text:PATH``: raw text or code rows, JSONL or Parquet with a ``text`` or ``content``
                column (The Stack, code-rag-bench), streamed; check_layout checks every file first
 - ``listing``  the files of a location, local or ``s3://``, streamed lines, a shard's files

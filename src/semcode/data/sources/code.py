@@ -39,6 +39,9 @@ rejects per language too. ``url`` is where the function is, never the build mach
 ``python://stdlib/json/decoder.py``, ``python://site-packages/requests/api.py``, ``dir://<repo>/<path>``
 for a local directory (its name, then the path inside it), or the file's ``s3://`` URI, with
 ``#L<start>-L<end>``; ``path`` is relative to the package or directory root (``json/decoder.py``).
+Every row carries its file's ``license`` (semcode.data.licenses: ``PSF-2.0`` for the stdlib, the
+package's metadata for site-packages, the nearest licence file for a ``dir:``); a file whose licence
+``ExtractOptions.licenses`` refuses is skipped before it is read (the reject ``license``).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from semcode import storage
-from semcode.data import extract, languages
+from semcode.data import extract, languages, licenses
 from semcode.data.files import FileRefused, is_utf8, read_source_file, shown_name
 from semcode.data.gitignore import GitIgnore
 from semcode.data.sources import listing
@@ -88,6 +91,7 @@ class FileTask:
     url: str  # url-like location without the #L fragment
     language: str = "python"
     root: str = ""  # the source's root folder, resolved: nothing outside it is read ("" for S3)
+    license: str = ""  # SPDX expression of the file's licence ("" = none found)
 
 
 @dataclass
@@ -190,6 +194,7 @@ def extract_text(
             func_name=function.func_name,
             url=_line_url(task.url, function.start_line, function.end_line),
             signature=function.signature,
+            license=task.license,
         )
         outcome.corpus.append(row)
         if function.pair_reject:
@@ -251,7 +256,10 @@ def _stdlib_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
         if "/" in rel and not os.path.exists(os.path.join(root, top, "__init__.py")):
             continue  # a top-level directory that is not a package (data, scripts)
         repo = top.removesuffix(".py")
-        tasks.append(FileTask(os.path.join(root, rel), repo, rel, f"python://stdlib/{rel}", root=real_root))
+        url = f"python://stdlib/{rel}"
+        tasks.append(
+            FileTask(os.path.join(root, rel), repo, rel, url, root=real_root, license=licenses.STDLIB_LICENSE)
+        )
     return tasks
 
 
@@ -271,6 +279,7 @@ def site_packages_dirs() -> list[str]:
 
 def _site_packages_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
     tasks = []
+    package_licenses = licenses.package_licenses()
     for root in site_packages_dirs():
         for rel in _walk_py_files(root, on_error):
             top = rel.split("/")[0]
@@ -278,7 +287,9 @@ def _site_packages_tasks(on_error: Callable[[OSError], None]) -> list[FileTask]:
                 continue
             repo = top.removesuffix(".py")
             url = f"python://site-packages/{rel}"
-            tasks.append(FileTask(os.path.join(root, rel), repo, rel, url, root=os.path.realpath(root)))
+            where, real_root = os.path.join(root, rel), os.path.realpath(root)
+            licence = package_licenses.get(repo, "")
+            tasks.append(FileTask(where, repo, rel, url, root=real_root, license=licence))
     return tasks
 
 
@@ -290,11 +301,13 @@ def _dir_tasks(
     location = spec.location
     repo, listed = listing.dir_files(location, on_error, ignore)
     root = "" if storage.is_s3(location) else os.path.realpath(location)
+    places = {rel: where for rel, where, _ in listed}
+    licence_of = licenses.dir_licenses(places, lambda rel: _licence_file(places[rel], root))
     tasks, other_extensions = [], Counter()
     for rel, where, url in listed:
         language = languages.language_of_path(rel)
         if language is not None and options.wants(language):
-            tasks.append(FileTask(where, repo, rel, url, language, root))
+            tasks.append(FileTask(where, repo, rel, url, language, root, licence_of(rel)))
         else:
             other_extensions[os.path.splitext(rel)[1].lower() or "(none)"] += 1
     if not tasks:
@@ -305,6 +318,15 @@ def _dir_tasks(
             f"(extensions {', '.join(languages.extensions_of(options.languages))}); it holds: {found}"
         )
     return tasks
+
+
+def _licence_file(where: str, root: str) -> bytes:
+    """A licence file's bytes, read as source files are: a FIFO, a link out of the root or a file over
+    MAX_LICENSE_BYTES gives none."""
+    try:
+        return read_source_file(where, root, licenses.MAX_LICENSE_BYTES)
+    except FileRefused:
+        return b""
 
 
 def path_reject(task: FileTask) -> str | None:
@@ -361,7 +383,7 @@ def read_code_files(
         if mine:
             stats.files_seen += 1
             stats.language(task.language).files += 1
-        reason = path_reject(task)
+        reason = path_reject(task) or (None if options.licenses.permits(task.license) else "license")
         if not reason:
             kept.append(task)
         elif mine:

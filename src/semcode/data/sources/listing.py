@@ -7,6 +7,7 @@ in a ``dir:`` source also what its ``.gitignore`` files exclude (semcode.data.gi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -120,7 +121,8 @@ def _files_ending(location: str, suffixes: tuple[str, ...]) -> list[str]:
 
 
 def jsonl_files(location: str) -> list[str]:
-    """The JSONL files of a file or directory location (``.jsonl``/``.jsonl.gz`` in directories)."""
+    """The JSONL files of a file or directory location: a file as it is (a ``.json`` array too), in a
+    directory its ``.jsonl``/``.jsonl.gz`` files."""
     return _files_ending(location, JSONL_SUFFIXES)
 
 
@@ -137,26 +139,38 @@ def read_lines(location: str, max_line_bytes: int = 0) -> Iterator[bytes | None]
     is read past in bounded chunks and given as None (the caller counts it, ``long_line``), so the line
     numbers stay right.
     """
-    max_line_bytes = max_line_bytes or MAX_LINE_BYTES
+    with open_stream(location) as stream:
+        yield from stream_lines(stream, max_line_bytes)
+
+
+@contextlib.contextmanager
+def open_stream(location: str) -> Iterator[io.BufferedIOBase]:
+    """A (maybe gzipped: detected by its magic bytes) local file or S3 object as a buffered binary stream,
+    read in STREAM_BYTES pieces (S3: ranged reads); raises OSError when unreadable."""
     with io.BufferedReader(storage.open_input_file(location), STREAM_BYTES) as raw:
         magic = raw.peek(2)[:2]
-        stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
-        while piece := stream.readline(PIECE_BYTES):
-            if piece.endswith(b"\n") or len(piece) < PIECE_BYTES:  # the whole line (most lines)
-                yield piece
-                continue
-            line = bytearray(piece)  # a long line: gathered piece by piece, up to the limit
-            while len(line) <= max_line_bytes and not line.endswith(b"\n"):
-                if not (piece := stream.readline(PIECE_BYTES)):
-                    break
-                line += piece
-            if len(line) <= max_line_bytes:
-                yield bytes(line)
-                continue
-            del line
-            while not piece.endswith(b"\n") and (piece := stream.readline(PIECE_BYTES)):
-                pass  # the rest of the line, read past
-            yield None
+        yield gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+
+
+def stream_lines(stream: io.BufferedIOBase, max_line_bytes: int = 0) -> Iterator[bytes | None]:
+    """The lines of a binary stream, as :func:`read_lines` gives them (a line over the limit as None)."""
+    max_line_bytes = max_line_bytes or MAX_LINE_BYTES
+    while piece := stream.readline(PIECE_BYTES):
+        if piece.endswith(b"\n") or len(piece) < PIECE_BYTES:  # the whole line (most lines)
+            yield piece
+            continue
+        line = bytearray(piece)  # a long line: gathered piece by piece, up to the limit
+        while len(line) <= max_line_bytes and not line.endswith(b"\n"):
+            if not (piece := stream.readline(PIECE_BYTES)):
+                break
+            line += piece
+        if len(line) <= max_line_bytes:
+            yield bytes(line)
+            continue
+        del line
+        while not piece.endswith(b"\n") and (piece := stream.readline(PIECE_BYTES)):
+            pass  # the rest of the line, read past
+        yield None
 
 
 def file_label(location: str) -> tuple[str, str]:

@@ -10,8 +10,9 @@ Reject reasons counted per source. Errors (bad input, counted toward ``max_rejec
 ``binary``, ``decode_error``, ``syntax_error``, ``unreadable`` (per file), ``malformed_json``,
 ``missing_field``, ``wrong_type`` (a required field that is not a string: ``"code": 42``; per JSONL line). Everything else is a rule doing its job (``test_path``,
 ``test_name``, ``dunder``, ``too_short``, ``too_long``, ``too_large``, ``long_line``, ``empty_body``,
-``no_docstring``, ``short_docstring``, ``other_language``, ``vendored``, ``generated``, ``gitignored``) and is never an error: a package can
-legitimately lose most functions to the rules.
+``no_docstring``, ``short_docstring``, ``other_language``, ``vendored``, ``generated``, ``gitignored``,
+``license``: a licence that ingest's allow/deny lists refuse, semcode.data.licenses) and is never an error:
+a package can legitimately lose most functions to the rules.
 
 Files refused before they are read or parsed are also named in ``rejected_files`` (``path: reason (why)``,
 sorted, the first MAX_NAMED_REJECTS): ``bad_file_name`` (not UTF-8; shown with ``\\xNN`` escapes),
@@ -27,6 +28,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+from semcode.data.licenses import LicenseFilter
 from semcode.data.sources.spec import SourceSpec
 from semcode.progress import Progress, log
 
@@ -51,7 +53,15 @@ COUNT_FIELDS = (  # the SourceStats counters, summed over shards
     "eval_rows",
 )
 # Decided by the path (or a header, or what the path names), not errors.
-PATH_RULE_REASONS = ("test_path", "vendored", "generated", "bad_file_name", "outside_root", "not_regular")
+PATH_RULE_REASONS = (
+    "test_path",
+    "vendored",
+    "generated",
+    "bad_file_name",
+    "outside_root",
+    "not_regular",
+    "license",
+)
 NAMED_REASONS = ("bad_file_name", "outside_root", "not_regular", "too_deep", "parse_crash")
 MAX_NAMED_REJECTS = 100  # files named in the manifest per source; the counts are always complete
 
@@ -70,6 +80,7 @@ class ExtractOptions:
     languages: tuple[str, ...] = ()  # names from languages.LANGUAGES; empty = all
     workers: int = 1
     parse_memory_mb: int = 1024  # each parsing worker's cap (semcode.data.sources.workers)
+    licenses: LicenseFilter = LicenseFilter()  # the licences kept (default: all)
 
     def wants(self, language: str) -> bool:
         return not self.languages or language in self.languages
@@ -244,6 +255,7 @@ def new_row(spec_text: str, **values: object) -> dict:
         "split": "",
         "source": spec_text,
         "signature": "",
+        "license": "",  # SPDX expression, "" when none was found (semcode.data.licenses)
     }
     row.update(values)
     return row

@@ -9,10 +9,13 @@ text: rows (column names in any case; the first present of each list wins): the 
 ``content``; the language ``language`` or ``lang`` (lower-cased, ``C++`` -> ``cpp``), else from the
 extension of the row's path; repo ``repo``/``repo_name``/``max_stars_repo_name`` (else the file's name,
 as for JSONL pairs), path ``path``/``max_stars_repo_path``/``file_path``, url ``url`` (else the file's URI
-with ``#row=N``, N counting from 1: the JSONL line or the Parquet row). A row in one of the extractor's
+with ``#row=N``, N counting from 1: the JSONL line or the Parquet row), licence ``license``/``licenses``/
+``max_stars_repo_licenses`` (semcode.data.licenses; a refused one is the reject ``license``). A row in one of the extractor's
 languages is treated as the file it is (a Stack row is a file of a repository): the path rules, the
 size, header and line-length rules and the extractor apply as for ``dir:``, so it gives its functions as
-corpus rows and, with a doc comment, pairs (urls ``...#row=N&L<start>-L<end>``). Any other row (prose,
+corpus rows and, with a doc comment, pairs (urls ``...#row=N&L<start>-L<end>``), except that a function
+over ``max_code_chars`` is no corpus row either (``dir:`` indexes it; here every row is bounded as ``pairs:``
+bounds its code: a 105 MB row in a known language could otherwise be one corpus row). Any other row (prose,
 documentation, a language without an extractor) is one corpus row, the text as it is (``func_name`` and
 ``query`` empty, ``language`` its own name or ``text``), under the code rules (``min_code_lines``,
 ``max_code_chars``: raise it, or 0, to keep long documents whole; a JSONL line over
@@ -31,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from semcode import storage
-from semcode.data import extract, languages
+from semcode.data import extract, languages, licenses
 from semcode.data.sources import listing, rows
 from semcode.data.sources.code import FileOutcome, FileTask, crashed_outcome, extract_text, path_reject
 from semcode.data.sources.rows import WHOLE, ExtractOptions, Shard, SourceResult, SourceStats
@@ -160,17 +163,23 @@ def text_row(
         outcome.rejects[reason] += 1
         return outcome
     (text,) = texts
+    licence = licenses.record_license(row)
+    if not options.licenses.permits(licence):
+        outcome.rejects["license"] += 1
+        return outcome
     repo = rows.as_text(rows.pick(row, *REPO_FIELDS)) or repo_default
     url = rows.as_text(rows.pick(row, *URL_FIELDS)) or url_default
     if language in languages.RULES:
-        task = FileTask(url, repo, path, url, language)
+        task = FileTask(url, repo, path, url, language, license=licence)
         reason = "other_language" if not options.wants(language) else path_reject(task) if path else None
         if not reason and len(text.encode("utf-8", "surrogatepass")) > options.max_file_bytes:
             reason = "too_large"
         if reason:
             outcome.rejects[reason] += 1
             return outcome
-        return extract_text(text, task, spec_text, options, outcome)
+        return _without_long_code(
+            extract_text(text, task, spec_text, options, outcome), options.max_code_chars
+        )
     if options.languages:  # only some languages asked for: text in another (or none) is not one of them
         outcome.rejects["other_language"] += 1
         return outcome
@@ -182,8 +191,28 @@ def text_row(
         return outcome
     outcome.parsed, outcome.functions = True, 1
     outcome.corpus.append(
-        rows.new_row(spec_text, code=text, language=language or TEXT_LANGUAGE, repo=repo, path=path, url=url)
+        rows.new_row(
+            spec_text,
+            code=text,
+            language=language or TEXT_LANGUAGE,
+            repo=repo,
+            path=path,
+            url=url,
+            license=licence,
+        )
     )
+    return outcome
+
+
+def _without_long_code(outcome: FileOutcome, max_code_chars: int) -> FileOutcome:
+    """``outcome`` without the corpus rows whose code is over ``max_code_chars`` (0: no limit): the long
+    definitions ``index_all`` keeps as index rows of a file. A text: row's code is bounded as pairs: bounds
+    its ``code`` and as this source bounds prose rows (a 105 MB row of one function is no search document);
+    extract_functions counted them ``too_long`` already, and no pair is ever that long."""
+    if max_code_chars:
+        kept = [row for row in outcome.corpus if len(row["code"]) <= max_code_chars]
+        outcome.functions -= len(outcome.corpus) - len(kept)
+        outcome.corpus = kept
     return outcome
 
 
@@ -201,7 +230,9 @@ def _text_batches(file: str) -> Iterator[list[tuple[int, dict | str]]]:
 
         with storage.open_input_file(file) as handle:
             parquet = pq.ParquetFile(handle)
-            wanted = set(TEXT_FIELDS + LANGUAGE_FIELDS + REPO_FIELDS + PATH_FIELDS + URL_FIELDS)
+            wanted = set(
+                TEXT_FIELDS + LANGUAGE_FIELDS + REPO_FIELDS + PATH_FIELDS + URL_FIELDS + licenses.ROW_FIELDS
+            )
             columns = [name for name in parquet.schema_arrow.names if name.lower() in wanted]
             number = 0
             for batch in parquet.iter_batches(batch_size=TEXT_BATCH_ROWS, columns=columns):
