@@ -89,14 +89,21 @@ def generate(model, tokenizer, embed, embeddings, languages, prompt_texts, candi
     return out
 
 
-def score(codes, prompt_embeddings, gold_embeddings, languages, embed) -> list[dict]:
+def score(codes, prompt_embeddings, gold_embeddings, languages, embed, prompt_texts) -> list[dict]:
+    """Per code: parses, prompt and gold similarity, and in prefix mode the gold similarity of what was
+    written after the prompt alone (``new_gold_similarity``: the prompt's own words do not count)."""
     code_embeddings = embed([c or " " for c in codes], "code")
+    rests = [c[len(p) :] if p and c.startswith(p) else c for c, p in zip(codes, prompt_texts, strict=True)]
+    rest_embeddings = embed([r.strip() or " " for r in rests], "code")
     return [
         {
             "language": language,
             "parses": parses(code, language),
             "prompt_similarity": float(code_embeddings[i] @ prompt_embeddings[i]) if code else -1.0,
             "gold_similarity": float(code_embeddings[i] @ gold_embeddings[i]) if code else -1.0,
+            "new_gold_similarity": float(rest_embeddings[i] @ gold_embeddings[i])
+            if rests[i].strip()
+            else -1.0,
         }
         for i, (code, language) in enumerate(zip(codes, languages, strict=True))
     ]
@@ -192,7 +199,11 @@ def main() -> None:
         for i, row in enumerate(rows):
             allowed = corpus_languages == row["language"]
             retrieved.append(corpus_codes[int(np.argmax(np.where(allowed, scores[i], -np.inf)))])
-        entry = {"retrieval": summary(score(retrieved, prompt_embeddings, gold, languages, embed))}
+        entry = {
+            "retrieval": summary(
+                score(retrieved, prompt_embeddings, gold, languages, embed, [""] * len(rows))
+            )
+        }
         for name, path in weights.items():
             if path is not None:
                 load_weights(model, path)
@@ -208,7 +219,8 @@ def main() -> None:
                 args.max_tokens,
                 settings,
             )
-            entry[f"decoder_{name}"] = summary(score(codes, prompt_embeddings, gold, languages, embed))
+            scored = score(codes, prompt_embeddings, gold, languages, embed, prompt_texts)
+            entry[f"decoder_{name}"] = summary(scored)
             entry[f"decoder_{name}"]["seconds"] = round(time.perf_counter() - started, 1)
             entry[f"examples_{name}"] = [
                 {"prompt": t, "generated": c, "retrieved": r}

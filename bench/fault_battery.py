@@ -44,6 +44,7 @@ import conftest  # noqa: E402  (the S3 tests' rclone launcher helpers and creden
 
 from semcode import bundle as bundles  # noqa: E402
 from semcode import storage  # noqa: E402
+from semcode.registry import read_latest  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------
 # Running things and describing what happened
@@ -1987,7 +1988,7 @@ def _(ctx: Context) -> tuple[bool, str]:
             thread.join()
         codes = {v: r.rc for v, r in outcomes.items()}
         with environ(ctx.s3.env()):
-            pointer = bundles.read_latest(registry, "semcode")
+            pointer = read_latest(registry, "semcode")
             winner = [v for v, rc in codes.items() if rc == 0]
             loser = [v for v, rc in codes.items() if rc == 3]
             left = loser and storage.exists(storage.join(registry, "semcode", loser[0]))

@@ -196,10 +196,11 @@ def test_the_tiny_pipeline_runs_in_the_image_to_a_published_searchable_bundle(
     code = local_run.main(
         ["--preset", "tiny", "--runner", "docker", "--runs-dir", str(runs), "--run-id", "c"]
     )
-    out = capsys.readouterr().out
+    shown = capsys.readouterr()
     summary = json.loads((runs / "c" / "summary.json").read_text())
     assert code == 0 and summary["passed"] and summary["published"], summary["reasons"]
-    assert "docker: every task runs in " + CPU_IMAGE in out
+    assert "docker: every task runs in " + CPU_IMAGE in shown.out + shown.err
+    assert f"tasks of {CPU_IMAGE.replace('-cpu', '-gpu')} run in {CPU_IMAGE} here" in shown.out + shown.err
     tasks = [stage["task"] for stage in summary["stages"]]
     assert tasks[0] == "ingest" and {"train-encoder", "evaluate", "gate", "publish"} <= set(tasks)
     # written by the image's user inside the containers, not by this process

@@ -242,6 +242,12 @@ def test_prefix_mode_continues_the_code_given(overfit, tokenizer, embeddings):
         prompt="func ",
     )
     assert best.code.startswith("func ") and best.language == "go"
+    # A prompt that ends in a line comment is continued on the next line, not inside the comment.
+    c = WRITTEN.index("c")
+    [g] = generate_code(
+        overfit, tokenizer, embeddings[c : c + 1], 120, language="c", prompt="// Add two ints"
+    )
+    assert g.code.startswith("// Add two ints\n") and g.code.split("\n")[1].strip(), g
 
 
 def test_a_leading_comment_does_not_end_a_python_function():

@@ -32,6 +32,7 @@ LAYERS = [  # lowest first; the first part of a module's name below semcode deci
         "retrieval",
         "bundle",
         "bundle_checks",
+        "registry",
         "portable",
         "report",
         "hub_card",

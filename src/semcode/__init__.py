@@ -24,6 +24,7 @@ The module map, lowest layer first. A module imports only from its own layer or 
    retrieval    search-time scoring: the BM25 index, the fusion of dense and BM25 scores (hybrid)
    decoding     code from embeddings, and its metrics;  bundle  assemble, validate, publish a bundle
    bundle_checks  the per-file checks of a bundle: ONNX signature and external data, index, tokenizer probe
+   registry     the model registry's layout: <name>/<version>/ and the latest pointer
    portable     bundle contents made portable: no folder of the build machine named
    report       the model card and report.html;  hub_card  encoder/README.md, the card with a model hub's front matter
 2. what runs the library

@@ -540,8 +540,12 @@ def write_card_and_report(
     ``all_metrics`` already are)."""
     from semcode import hub_card, report
 
-    (out / MODEL_CARD_FILE).write_text(report.model_card(bundle, all_metrics))
-    (out / ENCODER_DIR / HUB_CARD_FILE).write_text(hub_card.hub_readme(bundle, all_metrics))
+    # Written as new files (atomic_output renames them into place), never through an existing one: an index
+    # bundle's encoder/ files are hard links to the bundle it borrowed them from (semcode.index_bundle).
+    with storage.atomic_output(out / MODEL_CARD_FILE) as card:
+        card.write_text(report.model_card(bundle, all_metrics))
+    with storage.atomic_output(out / ENCODER_DIR / HUB_CARD_FILE) as hub:
+        hub.write_text(hub_card.hub_readme(bundle, all_metrics))
     histories = {
         stage: read_json(stage_dir / HISTORY_FILE, f"{stage} history")
         for stage, stage_dir in (("encoder", encoder_stage), ("decoder", decoder_stage))
@@ -553,7 +557,8 @@ def write_card_and_report(
         samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
     roots = path_roots({"<bundle>": out}) if roots is None else roots
     histories, samples = portable(histories, roots), portable(samples, roots)
-    (out / REPORT_FILE).write_text(report.report_html(bundle, all_metrics, histories, samples))
+    with storage.atomic_output(out / REPORT_FILE) as page:
+        page.write_text(report.report_html(bundle, all_metrics, histories, samples))
 
 
 def file_checksums(bundle_dir: Path) -> dict[str, dict[str, Any]]:
@@ -842,64 +847,3 @@ def validate_bundle(bundle_dir: str | os.PathLike[str]) -> dict:
         "lexical": bundle.get("lexical") is not None,
         "default_mode": bundle.get("default_mode", "dense"),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# The registry: <registry>/<name>/<version>/ and the <registry>/<name>/latest pointer
-
-
-def version_uri(registry: str, name: str, version: str) -> str:
-    return storage.join(registry, name, check_version(version))
-
-
-def latest_uri(registry: str, name: str) -> str:
-    return storage.join(registry, name, LATEST)
-
-
-def read_latest(registry: str, name: str) -> dict | None:
-    """The ``latest`` pointer of ``name`` in ``registry``, or None when nothing was published yet.
-
-    A missing S3 bucket or unreachable endpoint raises StorageError: it is not "no champion".
-    """
-    uri = latest_uri(registry, name)
-    if not storage.exists(uri):
-        return None
-    pointer = read_json(uri, f"registry pointer {name}/{LATEST}")
-    if not isinstance(pointer.get("version"), str):
-        raise ValueError(f"registry pointer {uri} has no version: {pointer}")
-    return pointer
-
-
-def resolve_latest(registry: str, name: str) -> str | None:
-    """The folder (path or s3:// URI) of the latest published version of ``name``, or None.
-
-    The folder is rebuilt from ``registry`` and the pointer's version (the pointer's ``path`` is only
-    informative), so a registry copied elsewhere still resolves.
-    """
-    pointer = read_latest(registry, name)
-    if pointer is None:
-        return None
-    folder = version_uri(registry, name, pointer["version"])
-    if not storage.exists(storage.join(folder, COMPLETE_MARKER)):
-        raise ValueError(
-            f"registry pointer {latest_uri(registry, name)} names version {pointer['version']}, but "
-            f"{folder} has no {COMPLETE_MARKER}: the registry is damaged"
-        )
-    return folder
-
-
-def write_latest(registry: str, name: str, pointer: dict) -> None:
-    """Replace the ``latest`` pointer in one atomic step: one PUT on S3, os.replace on local disk. Its
-    ``path`` is made relative to the registry ("<name>/<version>"), whatever the caller gave, and nothing
-    in it names a local folder (``portable``)."""
-    uri = latest_uri(registry, name)
-    pointer = {**portable(pointer, path_roots()), "path": f"{name}/{pointer['version']}"}
-    data = json.dumps(pointer, indent=2) + "\n"
-    if storage.is_s3(uri):
-        storage.write_text(uri, data)  # a small object is one PutObject: readers see old or new, whole
-        return
-    target = Path(uri)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{LATEST}.{os.getpid()}.partial")
-    partial.write_text(data)
-    os.replace(partial, target)

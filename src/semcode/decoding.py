@@ -386,7 +386,8 @@ def generate_code(
     ``language`` (one name for every row, or a list of one per row) is the language token the decoder
     is given (a language it was not trained on is refused, named) and picks the rule that stops a row
     where its function ends (``function_end``); each Generation carries it, and its parse check.
-    ``prompt`` (prefix mode, every row): literal code the decoder continues; each code starts with it.
+    ``prompt`` (prefix mode, every row): literal code the decoder continues; each code starts with it (and
+    a newline when its last line is a line comment, ``// Calculate the nth prime number``).
 
     ``repetition_penalty`` > 1 divides the logits of tokens already generated (Keskar et al. 2019, as
     transformers implements it), which keeps a small decoder out of ``to_to_to...`` loops.
@@ -402,6 +403,8 @@ def generate_code(
     embeddings = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
     languages = _row_languages(language, len(embeddings))
     language_ids = model.language_ids(languages)  # [N], or None for a decoder without language tokens
+    if prompt.rsplit("\n", 1)[-1].lstrip().startswith(("//", "#")):
+        prompt += "\n"  # a line comment (or #include): the code comes on the next line, not inside it
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
     sampling = temperature > 0
     config = GenerationConfig(

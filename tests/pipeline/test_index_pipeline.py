@@ -19,6 +19,7 @@ from semcode import bundle as bundles
 from semcode.pipeline import local as local_run
 from semcode.pipeline import params as pipeline_params
 from semcode.pipeline.compile import INDEX_OUTPUT, load_pipeline, same_pipeline
+from semcode.registry import read_latest
 from semcode.stages import index as index_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -147,7 +148,7 @@ def test_runs_locally_publishes_then_updates_the_published_index(tmp_path_factor
     second = json.loads((runs / "second" / "summary.json").read_text())
     assert (second["update"]["embedded"], second["update"]["unchanged"]) == (1, 1)
     assert second["update"]["from_version"] == first["version"] and second["published"]
-    assert bundles.read_latest(str(runs / "registry"), "code-index")["version"] == second["version"]
+    assert read_latest(str(runs / "registry"), "code-index")["version"] == second["version"]
     bundles.validate_bundle(runs / "second" / "bundle")
 
     # checked before any task: an encoder that is not there

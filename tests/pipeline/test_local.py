@@ -14,6 +14,7 @@ import yaml
 from semcode import bundle as bundles
 from semcode.config import CONFIGS_DIR, ConfigError
 from semcode.pipeline import local as local_run
+from semcode.registry import resolve_latest
 
 
 def tiny_preset_with(path: Path, **sections: dict) -> Path:
@@ -56,7 +57,7 @@ def test_tiny_run_publishes_then_a_worse_run_is_refused(tmp_path, capsys):
     assert list(
         (runs / "first" / "artifacts").glob("*/train-encoder*/encoder/tensorboard/events.out.tfevents.*")
     )
-    champion = bundles.resolve_latest(registry, "semcode")
+    champion = resolve_latest(registry, "semcode")
     assert champion is not None and champion.endswith(first["version"])
 
     # 2. The same data, one training step: worse, so the gate refuses (exit 3, as semcode gate and submit)
@@ -86,7 +87,7 @@ def test_tiny_run_publishes_then_a_worse_run_is_refused(tmp_path, capsys):
     assert second["primary"]["value"] < first["primary"]["value"]
     assert not second["passed"] and not second["published"]
     assert any("worse than the tolerance" in reason for reason in second["reasons"])
-    assert bundles.resolve_latest(registry, "semcode") == champion
+    assert resolve_latest(registry, "semcode") == champion
     # a refused candidate's bundle is whole, only not published
     bundles.validate_bundle(runs / "second" / "bundle")
     # ingest and the tokenizer had the same inputs: reused from the first run (--cache, kfp.local's cache)

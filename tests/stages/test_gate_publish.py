@@ -18,6 +18,7 @@ from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import storage
 from semcode.bundle import BundleError
+from semcode.registry import resolve_latest, write_latest
 from semcode.stages import gate, publish
 
 METRIC = "test/full/model/mrr"
@@ -241,7 +242,7 @@ def test_gate_rejects_bad_input_before_work(tiny_run: TinyRun, tmp_path: Path, c
 
 
 def check_published(registry: str, version: str) -> None:
-    folder = bundles.resolve_latest(registry, "semcode")
+    folder = resolve_latest(registry, "semcode")
     assert folder == storage.join(registry, "semcode", version)
     assert storage.exists(storage.join(folder, bundles.COMPLETE_MARKER))
     pointer = latest_pointer(registry)
@@ -253,13 +254,13 @@ def check_published(registry: str, version: str) -> None:
 
 def test_publish_to_a_local_registry(tiny_run: TinyRun, tmp_path: Path):
     registry = str(tmp_path / "registry")
-    assert bundles.resolve_latest(registry, "semcode") is None
+    assert resolve_latest(registry, "semcode") is None
     manifest = published(tiny_run, tmp_path, registry, "v1", 0.5)
     check_published(registry, "v1")
     assert manifest["previous_latest"] is None and manifest["files"][-1]["file"] == "bundle.json"
     assert json.loads((tmp_path / "publish-v1" / "manifest.json").read_text())["version"] == "v1"
     assert bundles.validate_bundle(Path(registry) / "semcode" / "v1")["version"] == "v1"  # the copy is whole
-    assert publish.resolve_latest is bundles.resolve_latest
+    assert publish.resolve_latest is resolve_latest
 
     manifest = published(tiny_run, tmp_path, registry, "v2", 0.51)
     check_published(registry, "v2")
@@ -340,6 +341,6 @@ def test_publish_needs_a_registry_and_a_matching_name(tiny_run: TinyRun, tmp_pat
 
 def test_a_latest_pointer_to_an_incomplete_version_is_an_error(tmp_path: Path):
     registry = str(tmp_path / "registry")
-    bundles.write_latest(registry, "semcode", {"version": "v9", "path": "x"})
+    write_latest(registry, "semcode", {"version": "v9", "path": "x"})
     with pytest.raises(ValueError, match="has no _COMPLETE.json: the registry is damaged"):
-        bundles.resolve_latest(registry, "semcode")
+        resolve_latest(registry, "semcode")

@@ -11,6 +11,7 @@ from bundle_fixture import assemble_tiny_bundle, cached_tiny_run
 
 from semcode import bundle as bundles
 from semcode import config as cfg
+from semcode.registry import latest_uri, resolve_latest
 from semcode.stages import index as stage
 from semcode.stages import publish
 
@@ -33,7 +34,7 @@ def test_refresh_updates_the_published_index_or_makes_a_new_one(encoder_bundle: 
     for name, text in FILES.items():
         (repo / name).write_text(text)
     registry = str(tmp_path / "registry")
-    latest = bundles.latest_uri(registry, "team-code")
+    latest = latest_uri(registry, "team-code")
     config = stage.IndexConfig(name="team-code", recall_queries=2)
     sources = [f"dir:{repo}"]
 
@@ -45,7 +46,7 @@ def test_refresh_updates_the_published_index_or_makes_a_new_one(encoder_bundle: 
         tmp_path / "first",
         tmp_path / "p1",
     )
-    published = bundles.resolve_latest(registry, "team-code")
+    published = resolve_latest(registry, "team-code")
     before = {path.name: path.stat().st_mtime_ns for path in Path(published).iterdir()}
 
     (repo / "text.py").write_text("def slugify(title):\n    return '_'.join(title.split())\n")

@@ -18,6 +18,7 @@ from bundle_fixture import TinyRun, cached_tiny_run
 from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import storage
+from semcode.registry import read_latest
 from semcode.stages import gate, publish
 
 
@@ -48,7 +49,7 @@ def publish_to(bundle_dir: Path, registry: str, out: Path) -> dict:
 
 
 def latest_version(registry: str) -> str | None:
-    pointer = bundles.read_latest(registry, "semcode")
+    pointer = read_latest(registry, "semcode")
     return None if pointer is None else pointer["version"]
 
 

@@ -39,7 +39,7 @@ lines and warnings, errors and tracebacks, drops those dumps, says when each sta
 took, and the summary ends with a per-stage timing table. ``--verbose`` passes kfp.local's lines through.
 ``--tensorboard`` serves the run's live training curves on 127.0.0.1 while the run lasts: the training
 stages also write them to <run-dir>/tensorboard/<run> (CURVES_DIR; SEMCODE_TENSORBOARD_DIR), one short-named
-TensorBoard run per stage (encoder, encoder-2 for a hard-negative round, decoder) instead of their
+TensorBoard run per training (encoder, encoder-N for the task train-encoder-N, decoder) instead of their
 artifacts' long paths.
 """
 
@@ -73,6 +73,7 @@ from semcode.pipeline import params as pipeline_params
 from semcode.pipeline.compile import load_pipeline
 from semcode.pipeline.kfp_local import quiet_stdout
 from semcode.progress import format_seconds, log
+from semcode.registry import latest_uri, read_latest
 from semcode.stages import evaluate, ingest
 
 TAG = "run"
@@ -419,7 +420,7 @@ def run(
     bundle_link.unlink(missing_ok=True)  # a resumed run's bundle replaces the link
     bundle_link.symlink_to(os.path.relpath(bundle_dir, run_dir))
     name, version = gate_name, decision["candidate"]["version"]
-    latest = bundles.read_latest(registry, name)
+    latest = read_latest(registry, name)
     published = bool(decision["passed"] and latest and latest["version"] == version)
 
     summary = {
@@ -534,7 +535,7 @@ def prepare_index(
     arguments = pipeline_params.index_arguments(values)
     index_name = arguments.get("index_name") or "code-index"  # the pipeline's default: publish needs one
     if previous is None:
-        previous = bundles.latest_uri(registry, index_name)
+        previous = latest_uri(registry, index_name)
     arguments.update(
         index_encoder=encoder,
         index_sources=list(sources or []),
@@ -588,7 +589,7 @@ def run_index(
     bundle_link = run_dir / "bundle"
     bundle_link.symlink_to(os.path.relpath(bundle_dir, run_dir))
     bundle = bundles.read_bundle_json(bundle_dir)
-    latest = bundles.read_latest(registry, bundle["name"])
+    latest = read_latest(registry, bundle["name"])
     summary = {
         "run_dir": str(run_dir),
         "pipeline": "index",

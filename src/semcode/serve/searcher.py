@@ -66,6 +66,7 @@ from semcode.contract import META_COLUMNS
 from semcode.embed import OnnxEncoder
 from semcode.index import id_selector, load_index, omp_threads, restricted_search, union_selector
 from semcode.progress import log
+from semcode.registry import resolve_latest
 from semcode.retrieval import DEFAULT_FUSION, BM25Index, fuse_queries, fusion_spec, internal_definitions
 
 TAG = "search"
@@ -166,7 +167,7 @@ def resolve_pointer(spec: str) -> str:
         raise ValueError(f"{spec}: a registry pointer looks like <registry>/<name>/latest")
     if storage.is_s3(spec) and not registry.startswith(storage.S3_PREFIX):
         raise ValueError(f"{spec}: a registry pointer looks like s3://bucket/[prefix/]<name>/latest")
-    folder = bundles.resolve_latest(registry or ".", name)
+    folder = resolve_latest(registry or ".", name)
     if folder is None:
         raise FileNotFoundError(
             f"no registry pointer {spec}: nothing named {name!r} is published in {registry}"

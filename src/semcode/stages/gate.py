@@ -55,6 +55,7 @@ from semcode import config as cfg
 from semcode import storage
 from semcode.config import ConfigError, field
 from semcode.progress import log
+from semcode.registry import resolve_latest
 
 TAG = "gate"
 EXIT_PASSED, EXIT_REFUSED = 0, 3  # and cfg.EXIT_BAD_INPUT (2)
@@ -136,7 +137,7 @@ def champion_metrics(registry: str, name: str) -> tuple[str, dict] | None:
     """(version folder, metrics) of the published champion, or None when there is none."""
     if not registry:
         return None
-    folder = bundles.resolve_latest(registry, name)
+    folder = resolve_latest(registry, name)
     if folder is None:
         return None
     metrics_uri = storage.join(folder, bundles.METRICS_FILE)

@@ -43,9 +43,10 @@ from semcode import bundle as bundles
 from semcode import config as cfg
 from semcode import locks, storage
 from semcode.bundle import BundleError
-from semcode.bundle import resolve_latest as resolve_latest  # re-exported: publish.resolve_latest
 from semcode.config import ConfigError, field
 from semcode.progress import Progress, log
+from semcode.registry import latest_uri, read_latest, version_uri, write_latest
+from semcode.registry import resolve_latest as resolve_latest  # re-exported: publish.resolve_latest
 
 TAG = "publish"
 EXIT_REFUSED = 3  # latest no longer names the champion the gate compared with (as semcode gate's refusal)
@@ -132,7 +133,7 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
                 "gate and publish must use the same name"
             )
         version = bundle["version"]
-        target = bundles.version_uri(config.registry, config.name, version)
+        target = version_uri(config.registry, config.name, version)
         marker = storage.join(target, bundles.COMPLETE_MARKER)
 
         # 2. Versions are immutable.
@@ -145,7 +146,7 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
                 TAG,
                 f"{target} holds an incomplete earlier attempt (no {bundles.COMPLETE_MARKER}); copying over it",
             )
-        previous = bundles.read_latest(config.registry, config.name)
+        previous = read_latest(config.registry, config.name)
         expected = gated_champion(bundle)
         check_champion(expected, previous, config, version)  # stale already: refused before any copy
         if expected is UNKNOWN:
@@ -178,7 +179,7 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
 
     # 4. Only now does latest move: compare-and-swap, under the registry's lock.
     with locks.exclusive_lock(storage.join(config.registry, config.name, LATEST_LOCK)):
-        previous = bundles.read_latest(config.registry, config.name)
+        previous = read_latest(config.registry, config.name)
         try:
             check_champion(expected, previous, config, version)
         except ChampionChanged:
@@ -191,14 +192,14 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
             "primary_metric": bundle["metrics"].get("primary"),
             "previous_version": None if previous is None else previous.get("version"),
         }
-        bundles.write_latest(config.registry, config.name, pointer)
+        write_latest(config.registry, config.name, pointer)
 
     manifest = {
         "registry": config.registry,
         "name": config.name,
         "version": version,
         "destination": target,
-        "latest": bundles.latest_uri(config.registry, config.name),
+        "latest": latest_uri(config.registry, config.name),
         "pointer": pointer,
         "previous_latest": previous,
         "files": copied,

@@ -326,7 +326,7 @@ def train(
         config.log_every,
         metric="mrr",
         history=history,
-        run=run_name("encoder", out_dir),  # encoder, or encoder-N for a pipeline's hard-negative round
+        run=run_name("encoder", out_dir),  # encoder, or encoder-N in the pipeline task train-encoder-N
         config=cfg.to_dict(config),  # TensorBoard's config text and hparams
     )
     log_.announce_start(state, resume, checkpoints_dir)

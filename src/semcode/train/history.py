@@ -13,8 +13,8 @@ files as it trains, with torch.utils.tensorboard, into the stage's output direct
                             peak_rss_mib, cuda_max_allocated_mib), and so on per rank
 
 Every tag starts with the stage's tag (``encoder``, ``decoder``): the two stages' losses are on very
-different scales and never share a chart, while a stage's hard-negative rounds (runs ``encoder-2``,
-``encoder-3``) do, so they compare at a glance. ``SEMCODE_TENSORBOARD_DIR=/some/dir`` also writes the same
+different scales and never share a chart, while a stage's trainings in one pipeline run (runs ``encoder``,
+``encoder-3`` for a hard-negative round, ...) do, so they compare at a glance. ``SEMCODE_TENSORBOARD_DIR=/some/dir`` also writes the same
 files to ``/some/dir/<run name>/`` (a local or mounted path; the run name is short: ``encoder``,
 ``encoder-2``, ``decoder``, see ``run_name``); with ``s3://bucket/prefix`` each rank uploads its event files
 to ``<prefix>/<run name>/[rank-<r>/]`` every
@@ -61,7 +61,8 @@ def _format_value(value: float) -> str:
 
 def run_name(tag: str, out_dir: str | Path) -> str:
     """The stage's short TensorBoard run name: ``tag``, or ``tag-N`` when its output lies in a pipeline task's
-    folder ``train-<tag>-N`` (the N-th training task of the stage in a KFP run: a hard-negative round)."""
+    folder ``train-<tag>-N`` (KFP numbers a component's further tasks in a pipeline: the hard-negative rounds'
+    trainings, a branch's), so each training of a run is a run of its own."""
     task = Path(out_dir).resolve().parent.name
     found = re.fullmatch(rf"train-{re.escape(tag)}-(\d+)", task)
     return f"{tag}-{found.group(1)}" if found else tag
@@ -162,7 +163,7 @@ class LiveMetrics:
     """One rank's TensorBoard writers (torch.utils.tensorboard), one per log directory.
 
     Rank 0 writes into each directory itself, rank r into ``<dir>/rank-<r>/``: TensorBoard shows one run
-    per rank and draws the ranks' values of one per-rank tag (``rank/items_per_second``) in one chart.
+    per rank and draws the ranks' values of one per-rank tag (``encoder/rank/items_per_second``) in one chart.
     ``purge_step`` (a resumed run's first step) hides what a crashed run logged past its checkpoint.
     """
 
