@@ -117,17 +117,13 @@ def summary(rows: list[dict]) -> dict:
     def mean(items: list[dict], name: str) -> float:
         return round(float(np.mean([r[name] for r in items])), 3)
 
+    names = ("parses", "prompt_similarity", "gold_similarity", "new_gold_similarity")
     return {
         "n": len(rows),
-        "parse_rate": mean(rows, "parses"),
-        "prompt_similarity": mean(rows, "prompt_similarity"),
-        "gold_similarity": mean(rows, "gold_similarity"),
+        **{name: mean(rows, name) for name in names},
         "by_language": {
-            name: {
-                "n": len(items),
-                **{k: mean(items, k) for k in ("parses", "prompt_similarity", "gold_similarity")},
-            }
-            for name, items in by_language.items()
+            language: {"n": len(items), **{name: mean(items, name) for name in names}}
+            for language, items in by_language.items()
         },
     }
 

@@ -546,7 +546,8 @@ def _resume_refused(args: list, marker: Path, *must: str) -> tuple[bool, str]:
 )
 def _(ctx: Context) -> tuple[bool, str]:
     planted, args, marker = _train_then_plant(ctx, "decoder")
-    return _resume_refused(args, marker, str(planted))
+    # The resume runs in a copy of the output (its partial folder): the file is named there.
+    return _resume_refused(args, marker, "/".join(planted.parts[-3:]))
 
 
 @case(
@@ -576,7 +577,8 @@ def _(ctx: Context) -> tuple[bool, str]:
     for stage in ("encoder", "decoder"):
         work = ctx.dir(f"ctrl-c-{stage}")
         args = [*_training_args(ctx, stage, work / "out"), "--max-steps", "60", "--checkpoint-every", "2"]
-        latest = work / "out" / "checkpoints" / "latest"
+        # A training stage grows its output in a partial folder beside --out, swapped in when complete.
+        latest = storage.partial_path(work / "out") / "checkpoints" / "latest"
         with open(work / "first.log", "w") as log:
             first = subprocess.Popen(
                 [SEMCODE, *map(str, args)],

@@ -202,7 +202,8 @@ def test_the_tiny_pipeline_runs_in_the_image_to_a_published_searchable_bundle(
     assert "docker: every task runs in " + CPU_IMAGE in shown.out + shown.err
     assert f"tasks of {CPU_IMAGE.replace('-cpu', '-gpu')} run in {CPU_IMAGE} here" in shown.out + shown.err
     tasks = [stage["task"] for stage in summary["stages"]]
-    assert tasks[0] == "ingest" and {"train-encoder", "evaluate", "gate", "publish"} <= set(tasks)
+    assert tasks[0] == "ingest" and {"evaluate", "gate", "publish"} <= set(tasks)
+    assert any(task.startswith("train-encoder") for task in tasks)
     # written by the image's user inside the containers, not by this process
     artifacts = next((runs / "c" / "artifacts").glob("*/ingest/pairs"))
     assert artifacts.stat().st_uid in (1000, Path.home().stat().st_uid)

@@ -22,6 +22,17 @@ def test_quota_counts_give_every_split_one_at_least():
     assert quota_counts(32, RATIOS) == {"train": 26, "valid": 3, "test": 3}
     assert quota_counts(12, (0.7, 0.3, 0.0)) == {"train": 8, "valid": 4, "test": 0}
     assert quota_counts(100, RATIOS) == {"train": 80, "valid": 10, "test": 10}
+    # Fewer units than splits: train first, then valid (one function is a training pair, never all valid).
+    assert quota_counts(1, RATIOS) == {"train": 1, "valid": 0, "test": 0}
+    assert quota_counts(2, RATIOS) == {"train": 1, "valid": 1, "test": 0}
+    assert quota_counts(1, (0.5, 0.0, 0.5)) == {"train": 1, "valid": 0, "test": 0}
+
+
+def test_a_single_function_goes_to_train_whatever_its_hash():
+    for seed in range(20):
+        rows = [{"repo": "r", "path": "a.py", "func_name": "f", "code": "def f(): ..."}]
+        result = split_rows(rows, ratios=RATIOS, seed=seed)
+        assert rows[0]["split"] == "train" and result.sizes == {"train": 1, "valid": 0, "test": 0}
 
 
 def test_few_files_split_by_function_by_rank_whatever_the_seed():
@@ -53,7 +64,8 @@ def test_many_repositories_split_by_the_hash_alone():
 def test_too_few_units_leave_a_split_empty_with_a_warning():
     rows = functions(files=1, per_file=2)
     result = split_rows(rows, ratios=RATIOS, seed=0, unit="function")
-    assert not result.by_rank and any("split is empty" in warning for warning in result.warnings)
+    assert result.sizes == {"train": 1, "valid": 1, "test": 0}  # train first, then valid
+    assert any("split is empty" in warning for warning in result.warnings)
 
 
 def test_given_splits_are_kept_and_the_rest_fill_the_others():

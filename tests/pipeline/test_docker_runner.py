@@ -111,7 +111,7 @@ def test_without_an_engine_the_run_stops_in_one_line_before_its_folder_exists(
     assert containers.stop_containers(runs / "r", 1) == []  # a stopped run without an engine: nothing to stop
 
 
-def test_resume_keeps_the_runner_of_the_run(tmp_path: Path) -> None:
+def test_resume_keeps_the_runner_of_the_run_and_the_index_pipeline_refuses_docker(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         local_run.main(["--resume", "r", "--runner", "docker", "--runs-dir", str(tmp_path)])
     with pytest.raises(SystemExit):

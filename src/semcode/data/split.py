@@ -148,7 +148,11 @@ def choose_unit(
 
 def quota_counts(units: int, ratios: Sequence[float]) -> dict[str, int]:
     """How many of ``units`` each split gets: its ratio's share, rounded by largest remainder, at least one
-    for every split with a non-zero ratio (taken from the largest)."""
+    for every split with a non-zero ratio (taken from the largest); with fewer units than such splits, one
+    each in order, train first (a single function trains; it is never all valid)."""
+    nonzero = [name for name, ratio in zip(SPLITS, ratios, strict=True) if ratio > 0]
+    if units < len(nonzero):
+        return {name: int(name in nonzero[:units]) for name in SPLITS}
     exact = {name: ratio * units for name, ratio in zip(SPLITS, ratios, strict=True)}
     counts = {name: max(1, math.floor(share)) if share > 0 else 0 for name, share in exact.items()}
     while sum(counts.values()) > units:
@@ -159,11 +163,10 @@ def quota_counts(units: int, ratios: Sequence[float]) -> dict[str, int]:
 
 
 def split_by_rank(assignment: dict[str, str], seed: int, ratios: Sequence[float]) -> dict[str, int]:
-    """Reassign every unit by rank, when there are at least as many units as splits with a non-zero ratio:
-    units in order of their hash fraction, the first ``quota_counts`` of them to train, the next to valid,
-    the rest to test (the hash's thresholds moved to its quantiles). Changes ``assignment``; returns the
-    units per split, or {} when there are too few units (the hash's assignment stays)."""
-    if len(assignment) < sum(1 for ratio in ratios if ratio > 0):
+    """Reassign every unit by rank: units in order of their hash fraction, the first ``quota_counts`` of them
+    to train, the next to valid, the rest to test (the hash's thresholds moved to its quantiles; with fewer
+    units than splits, train first). Changes ``assignment``; returns the units per split ({} for none)."""
+    if not assignment:
         return {}
     counts = quota_counts(len(assignment), ratios)
     ranked = sorted(assignment, key=lambda key: (unit_fraction(key, seed), key))

@@ -48,8 +48,7 @@ PASSED_ENVIRONMENT = (
     "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
+    *storage.ENDPOINT_VARIABLES,
     semcode.TENSORBOARD_PREFIX_ENV,
 )
 BUILD_HINT = "build it with images/build.sh --local (images/README.md)"
