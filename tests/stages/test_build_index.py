@@ -229,6 +229,7 @@ def test_minilm_index_finds_the_function_a_query_describes(minilm_run: Path) -> 
         "url",
         "signature",
         "doc",
+        "license",
     ]
     assert tuple(meta.column_names) == META_COLUMNS
     assert meta.num_rows == N_WITH_CODE
