@@ -517,7 +517,7 @@ def model_card(bundle: dict, metrics: dict) -> str:
                 "",
                 _md_table(header, _metric_table_rows(rows, "mrr")) if rows else "No evaluation recorded.",
                 "",
-                *([_md(not_evaluated(metrics)), ""] if not_evaluated(metrics) else []),
+                *([_md(skipped), ""] if (skipped := not_evaluated(metrics)) else []),
                 "Recall@10:",
                 "",
                 _md_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
@@ -777,7 +777,7 @@ def report_html(
         f"<p>{_e(SUITE_NOTE)}</p>",
         mrr_chart_svg([row for row in rows if row["language"] is None]),  # whole suites; languages below
         _html_table(header, _metric_table_rows(rows, "mrr")) if rows else "<p>No evaluation recorded.</p>",
-        f"<p>{_e(not_evaluated(metrics))}</p>" if not_evaluated(metrics) else "",
+        f"<p>{_e(skipped)}</p>" if (skipped := not_evaluated(metrics)) else "",
         "<h2>Evaluation: Recall@10</h2>",
         _html_table(header, _metric_table_rows(rows, "recall@10")) if rows else "",
     ]
