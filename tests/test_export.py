@@ -28,6 +28,7 @@ from semcode.embed import (
     OnnxEncoder,
     create_session,
     load_embed_fn,
+    load_embed_fns,
     load_padded_tokenizer,
     quantizes_dynamically,
 )
@@ -523,6 +524,32 @@ def test_small_helpers() -> None:
     assert "| 16x128 | 30.0 | 10.0 | 3.00x |" in table
     a = np.eye(3, dtype=np.float32)
     assert cosine_stats(a, a)["min"] == pytest.approx(1.0)
+
+
+def test_one_export_serves_every_max_length(
+    shared_encoder: Path, rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import semcode.export
+
+    exported: list[Path] = []
+    export_tower = semcode.export.export_tower
+
+    def counting(tower, path):
+        exported.append(Path(path).name)
+        return export_tower(tower, path)
+
+    texts = [row["code"] for row in rows[:8]]
+    with torch_threads(1):
+        singles = [
+            load_embed_fn(str(shared_encoder), max_length=length, runtime="onnx-int8")[0]
+            for length in (6, None)
+        ]
+        monkeypatch.setattr(semcode.export, "export_tower", counting)
+        fns, dim = load_embed_fns(str(shared_encoder), [6, None], runtime="onnx-int8")
+    assert exported == ["encoder.onnx"] and len(fns) == 2 and dim == singles[0](texts, "code").shape[1]
+    for fn, single in zip(fns, singles, strict=True):
+        np.testing.assert_array_equal(fn(texts, "code"), single(texts, "code"))
+    assert not np.allclose(fns[0](texts, "code"), fns[1](texts, "code"))  # 6 tokens cut these codes short
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -7,7 +7,7 @@ generate):
 - ``runtime`` (``torch``, ``onnx-int8``, ``onnx-fp32``: semcode.contract; ``check_runtime`` for the stage
   configs) and ``load_embed_fn``: a semcode encoder directory or a checkpoint alias (``minilm``) run by
   torch on a device, or exported as the release bundle's encoder is and run by ONNX Runtime
-  (``onnx_embed_fn``);
+  (``onnx_embed_fns``);
 - ``OnnxEncoder``: one exported tower run by ``tokenizers`` + ONNX Runtime, no torch; ``bundle_embed_fn``
   over a release bundle's files.
 
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
 EmbedFn = Callable[[list[str], str], np.ndarray]  # (texts, "query" | "code") -> float32 [N, D]
 PROGRESS_CHUNK = 1024  # texts per encode call when progress is shown (each call sorts its texts by length)
+TOKENIZE_BLOCK = 256  # texts tokenised at once for one-text-per-call encoding (OnnxEncoder.encode_one_by_one)
 # ONNX Runtime graph rewrites left off in every session. SkipLayerNormFusion turns residual Add +
 # LayerNormalization into SkipLayerNormalization, whose CPU kernel (onnxruntime 1.31) took 3.9 ms where
 # Add + LayerNormalization took 0.52 ms on [16, 128, 384]: ~15% of the int8 encoder's time.
@@ -213,17 +214,32 @@ class OnnxEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), D] unit rows; an empty list gives [0, D]."""
         texts = list(texts)
-        if self.batch_size == 1 and self.callers > 1 and len(texts) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(self.callers) as pool:
-                rows = list(pool.map(lambda text: self.run(*self.tokenize([text]))[0], texts))
-            return np.stack(rows).astype(np.float32, copy=False)
+        if self.batch_size == 1:
+            return self.encode_one_by_one(texts)
         embeddings = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             embeddings[batch] = self.run(*self.tokenize([texts[i] for i in batch]))
+        return embeddings
+
+    def encode_one_by_one(self, texts: list[str]) -> np.ndarray:
+        """``encode`` with one text per call, on ``callers`` threads. Texts are tokenised
+        ``TOKENIZE_BLOCK`` at a time (one call into the tokenizer's Rust threads rather than one Python
+        call per text, which holds the GIL the callers share: ~6% more texts/s on 2 cores) and each is
+        cut back to its own tokens: right padding makes those the ids it has when tokenised alone."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        embeddings = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with ThreadPoolExecutor(self.callers) as pool:
+            for start in range(0, len(texts), TOKENIZE_BLOCK):
+                input_ids, attention_mask = self.tokenize(texts[start : start + TOKENIZE_BLOCK])
+                alone = [
+                    (input_ids[row : row + 1, :length], attention_mask[row : row + 1, :length])
+                    for row, length in enumerate(attention_mask.sum(axis=1))
+                ]
+                for row, vector in enumerate(pool.map(lambda feeds: self.run(*feeds), alone)):
+                    embeddings[start + row] = vector[0]
         return embeddings
 
 
@@ -315,51 +331,74 @@ def load_embed_fn(
     A semcode encoder directory loads as saved (prefixes included); another checkpoint (``minilm``)
     loads as its normalised mean pooling, the sentence-transformers recipe. ``runtime``: ``torch`` on
     ``device``, or ``onnx-int8`` / ``onnx-fp32``: exported as the release bundle's encoder is and run by
-    ONNX Runtime on the CPU (``onnx_embed_fn``). ``exported``: export_onnx's output for this encoder;
+    ONNX Runtime on the CPU (``onnx_embed_fns``). ``exported``: export_onnx's output for this encoder;
     with an onnx runtime its files are run as they are (``exported_embed_fn``) instead of exporting the
     encoder again, which costs about 20 s per stage on 2 cores and would measure a copy of the shipped
     file rather than the file itself.
     """
+    fns, dim = load_embed_fns(spec, [max_length], batch_size, device, show_progress, runtime, exported)
+    return fns[0], dim
+
+
+def load_embed_fns(
+    spec: str,
+    max_lengths: Sequence[int | None],
+    batch_size: int = 64,
+    device: str = "auto",
+    show_progress: bool = False,
+    runtime: str = "torch",
+    exported: str | os.PathLike[str] | None = None,
+) -> tuple[list[EmbedFn], int]:
+    """``load_embed_fn`` at several max lengths (None: the encoder's own), one EmbedFn per entry of
+    ``max_lengths``, and D: the encoder is loaded, and exported for an onnx runtime, once for all of them
+    (evaluate runs the start model at three lengths: one export instead of three, ~12 s each on 2 cores)."""
     from semcode.models.encoder import encode_texts, load_hf_tokenizer, load_pretrained
 
     check_runtime(runtime)  # a ValueError (ConfigError) naming the choices
     if runtime != "torch" and exported is not None:
-        return exported_embed_fn(
-            exported, runtime.removeprefix("onnx-"), batch_size, max_length, show_progress, encoder_dir=spec
-        )
+        precision = runtime.removeprefix("onnx-")
+        fns = [
+            exported_embed_fn(exported, precision, batch_size, length, show_progress, encoder_dir=spec)
+            for length in max_lengths
+        ]
+        return [fn for fn, _ in fns], fns[0][1]
     model = load_pretrained(spec).eval()
     tokenizer = load_hf_tokenizer(spec)
     if runtime != "torch":
-        return onnx_embed_fn(
-            model, tokenizer, runtime.removeprefix("onnx-"), batch_size, max_length, show_progress
-        )
+        precision = runtime.removeprefix("onnx-")
+        fns = onnx_embed_fns(model, tokenizer, precision, batch_size, max_lengths, show_progress)
+        return fns, model.embedding_dim
     device = resolve_device(device)
     model.to(device)
 
-    def embed(texts: list[str], kind: str) -> np.ndarray:
-        return encode_texts(
-            model,
-            tokenizer,
-            texts,
-            kind,
-            batch_size=batch_size,
-            max_length=max_length,
-            device=device,
-            show_progress=show_progress,
-        )
+    def embed_at(max_length: int | None) -> EmbedFn:
+        def embed(texts: list[str], kind: str) -> np.ndarray:
+            return encode_texts(
+                model,
+                tokenizer,
+                texts,
+                kind,
+                batch_size=batch_size,
+                max_length=max_length,
+                device=device,
+                show_progress=show_progress,
+            )
 
-    return embed, model.embedding_dim
+        return embed
+
+    return [embed_at(length) for length in max_lengths], model.embedding_dim
 
 
-def onnx_embed_fn(
+def onnx_embed_fns(
     model: Any,
     hf_tokenizer: Any,
     precision: str = "int8",
     batch_size: int = 64,
-    max_length: int | None = None,
+    max_lengths: Sequence[int | None] = (None,),
     show_progress: bool = False,
-) -> tuple[EmbedFn, int]:
-    """``(texts, kind) -> float32 unit vectors [N, D]`` through ONNX Runtime, exported here, and D.
+) -> list[EmbedFn]:
+    """One ``(texts, kind) -> float32 unit vectors [N, D]`` per entry of ``max_lengths`` (None: the
+    model's own) through ONNX Runtime, exported here once for all of them.
 
     Each tower is exported (and quantised for ``int8``) into a temporary directory with the settings of
     the export_onnx stage, so the vectors are those the release bundle's encoder gives; ONNX Runtime
@@ -375,9 +414,8 @@ def onnx_embed_fn(
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    max_length = max_length or model.max_length
     threads = torch.get_num_threads()
-    encoders: dict[str, OnnxEncoder] = {}
+    encoders: list[dict[str, OnnxEncoder]] = [{} for _ in max_lengths]
     with tempfile.TemporaryDirectory(prefix="semcode-onnx-embed-") as tmp:
         hf_tokenizer.save_pretrained(tmp)  # tokenizer.json, as OnnxEncoder reads it
         for export in tower_exports(model.towers):
@@ -387,16 +425,17 @@ def onnx_embed_fn(
                 path = Path(tmp) / export.int8_name
                 quantize_int8(fp32_path, path)
             for kind in export.kinds:
-                encoders[kind] = OnnxEncoder(
-                    path,
-                    Path(tmp) / TOKENIZER_FILE,
-                    max_length,
-                    model.prefix_for(kind),
-                    threads=threads,
-                    batch_size=batch_size,
-                )
+                for at_length, max_length in zip(encoders, max_lengths, strict=True):
+                    at_length[kind] = OnnxEncoder(
+                        path,
+                        Path(tmp) / TOKENIZER_FILE,
+                        max_length or model.max_length,
+                        model.prefix_for(kind),
+                        threads=threads,
+                        batch_size=batch_size,
+                    )
     log(TAG, f"encoding with ONNX Runtime ({precision}, {threads} threads)")
-    return encoders_embed_fn(encoders, show_progress), model.embedding_dim
+    return [encoders_embed_fn(at_length, show_progress) for at_length in encoders]
 
 
 def exported_embed_fn(

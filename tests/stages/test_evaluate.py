@@ -496,7 +496,11 @@ def everyday_inputs(tmp_path: Path, monkeypatch) -> dict:
 
         return embed, 3
 
+    def load_embed_fns(spec: str, max_lengths: list[int | None], **_) -> tuple:
+        return [load_embed_fn(spec, length)[0] for length in max_lengths], 3
+
     monkeypatch.setattr("semcode.embed.load_embed_fn", load_embed_fn)
+    monkeypatch.setattr("semcode.embed.load_embed_fns", load_embed_fns)
     return {"suite": suite, "corpus": tmp_path / "ingest", "calls": calls, **encoders}
 
 

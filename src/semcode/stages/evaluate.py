@@ -631,7 +631,13 @@ def run(
     config.validate()
     started = time.perf_counter()
     # Check every input before loading models or embedding anything.
-    from semcode.embed import check_encoder_spec, check_exported, load_embed_fn, resolve_device
+    from semcode.embed import (
+        check_encoder_spec,
+        check_exported,
+        load_embed_fn,
+        load_embed_fns,
+        resolve_device,
+    )
 
     check_encoder_spec(str(encoder_dir), "encoder")
     if onnx_dir is not None and config.runtime != "torch":
@@ -658,8 +664,18 @@ def run(
         runtime=config.runtime,
     )
     systems = {"model": remembering(load_embed_fn(str(encoder_dir), **settings, exported=onnx_dir)[0])}
+    # The start model runs at three lengths (the suites', the index's for the everyday suite, the naive
+    # baseline's): loaded, and exported for an onnx runtime, once.
+    everyday_length = config.everyday_max_length or config.max_length or None
+    baseline_at: dict[int | None, EmbedFn] = {}
     if baseline_encoder is not None:
-        systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **settings)[0]
+        lengths = [config.max_length or None]
+        if everyday_suite is not None:
+            lengths = list(dict.fromkeys([*lengths, everyday_length, config.naive_max_length]))
+        start_settings = {key: value for key, value in settings.items() if key != "max_length"}
+        fns = load_embed_fns(str(baseline_encoder), lengths, **start_settings)[0]
+        baseline_at = dict(zip(lengths, fns, strict=True))
+        systems["zero_shot"] = baseline_at[config.max_length or None]
     hybrid = config.hybrid and config.bm25
     log(
         TAG,
@@ -675,7 +691,7 @@ def run(
             "model": remembering(load_embed_fn(str(encoder_dir), **index_settings, exported=onnx_dir)[0])
         }
         if baseline_encoder is not None:
-            everyday_systems["zero_shot"] = load_embed_fn(str(baseline_encoder), **index_settings)[0]
+            everyday_systems["zero_shot"] = baseline_at[everyday_length]
     if everyday_suite is not None and index_dir is not None:
         known = index_vectors(config, index_dir, encoder_dir)
         if known is not None:
@@ -707,10 +723,8 @@ def run(
         results[suite.name]["source"] = suite.source
         results[suite.name]["queries_sha256"] = query_set_sha256(suite)  # the gate compares like with like
     if everyday_suite is not None:
-        naive = None  # the naive baseline: the zero-shot model over whole sources, at naive_max_length
-        if baseline_encoder is not None:
-            naive_settings = {**settings, "max_length": config.naive_max_length}
-            naive = load_embed_fn(str(baseline_encoder), **naive_settings)[0]
+        # the naive baseline: the zero-shot model over whole sources, at naive_max_length
+        naive = baseline_at.get(config.naive_max_length)
         results[everyday.SUITE_NAME] = everyday_results(
             config, everyday_suite, everyday_systems, naive, fusion
         )
