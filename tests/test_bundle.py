@@ -193,6 +193,21 @@ def test_the_hub_card_names_a_hub_base_model_and_the_per_language_table():
     }
     meta = hub_card.front_matter(bundle, metrics)
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    # After a hard-negative round the training started from the previous round's folder: the encoder's
+    # own lineage still names the hub model.
+    continued = {
+        **bundle,
+        "source": {
+            "encoder_config": {"base": "minilm", "source": "/runs/x/train-encoder/encoder"},
+            "stage_configs": {"TrainEncoderConfig": {"init_from": "/runs/x/train-encoder/encoder"}},
+        },
+    }
+    assert hub_card.front_matter(continued, metrics)["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    scratch = {
+        **bundle,
+        "source": {"encoder_config": {"base": None, "source": "scratch"}, "stage_configs": {}},
+    }
+    assert "base_model" not in hub_card.front_matter(scratch, metrics)
     assert meta["tags"][-2:] == ["go", "python"]
     assert [row[:4] for row in report.language_rows(metrics)] == [
         ["go", "40", "test", "5"],

@@ -242,6 +242,12 @@ def test_minilm_identity_init_reproduces_the_checkpoint(tmp_path: Path, minilm_r
     model.save(tmp_path / "encoder", resolve_checkpoint("minilm"))
     saved = SentenceTransformer(str(tmp_path / "encoder"), device="cpu").encode(texts, convert_to_numpy=True)
     assert (saved * reference).sum(axis=1).min() >= 0.999
+    # A continuation (a hard-negative round starts from the saved folder) keeps the hub model it descends
+    # from, and so does the continuation of a continuation.
+    again = load_pretrained(tmp_path / "encoder")
+    assert (again.source, again.base) == (str(tmp_path / "encoder"), "minilm")
+    again.save(tmp_path / "round-2", resolve_checkpoint("minilm"))
+    assert load_pretrained(tmp_path / "round-2").base == "minilm"
 
 
 def test_minilm_with_another_dimension_gets_a_new_projection() -> None:
@@ -258,6 +264,7 @@ def test_continue_from_a_saved_encoder(tmp_path: Path, tokenizer, tokenizer_dir,
     again = load_pretrained(tmp_path / "encoder")
     np.testing.assert_allclose(encode_texts(again, tokenizer, functions[:4], "code"), expected, atol=1e-6)
     assert again.size == "tiny" and again.code_prefix == "# code\n"
+    assert again.base is None  # trained from scratch: no published checkpoint behind it
 
     split = load_pretrained(tmp_path / "encoder", towers="separate")  # shared -> separate: copies
     assert split.towers == "separate"

@@ -27,12 +27,17 @@ METRICS = ("mrr", "recall@1", "recall@10", "ndcg@10")
 
 
 def base_model(bundle: dict) -> str | None:
-    """The hub id the encoder was initialised from (``minilm`` -> its hub id), None when trained from
-    scratch or from a local or s3:// checkpoint (a hub reads base_model as a hub id only)."""
-    configs = (bundle.get("source") or {}).get("stage_configs") or {}
+    """The hub id the encoder's weights descend from (``minilm`` -> its hub id), None when trained from
+    scratch or from a local or s3:// checkpoint of unknown descent (a hub reads base_model as a hub id
+    only). The encoder's own ``base`` (semcode_encoder.json) first: it survives hard-negative rounds, whose
+    init_from is the previous round's folder; then the training config's init_from (older encoders)."""
+    source = bundle.get("source") or {}
+    base = str((source.get("encoder_config") or {}).get("base") or "")
+    configs = source.get("stage_configs") or {}
     init_from = str((configs.get("TrainEncoderConfig") or {}).get("init_from") or "")
-    if init_from in HUB_ALIASES:
-        return HUB_ALIASES[init_from]
+    for alias in (base, init_from):
+        if alias in HUB_ALIASES:
+            return HUB_ALIASES[alias]
     return None
 
 

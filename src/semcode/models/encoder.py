@@ -173,6 +173,7 @@ class CodeSearchEncoder(nn.Module):
         query_prefix: str = "",
         code_prefix: str = "",
         source: str = "scratch",
+        base: str | None = None,
     ) -> None:
         super().__init__()
         if code_tower is not None and code_tower.embedding_dim != tower.embedding_dim:
@@ -189,6 +190,9 @@ class CodeSearchEncoder(nn.Module):
         self.query_prefix = query_prefix
         self.code_prefix = code_prefix
         self.source = source  # where the weights came from: "scratch", "minilm", a checkpoint path
+        # the published checkpoint (an alias such as "minilm") the weights descend from, kept through every
+        # continuation (hard-negative rounds start from a path); None for weights trained from scratch
+        self.base = base
 
     @property
     def towers(self) -> str:
@@ -246,6 +250,7 @@ class CodeSearchEncoder(nn.Module):
             "max_length": self.max_length,
             "size": self.size,
             "source": self.source,
+            "base": self.base,
             "query_prefix": self.query_prefix,
             "code_prefix": self.code_prefix,
             "hidden_size": self.tower.hidden_size,
@@ -424,6 +429,7 @@ def load_pretrained(
     else:
         model = _from_foreign_checkpoint(local, towers, embedding_dim, max_length)
         model.source = path if path == MINILM_ALIAS else str(local)
+        model.base = MINILM_ALIAS if path == MINILM_ALIAS else None
     if max_length is not None:
         model.max_length = _checked_max_length(max_length, model.tower.transformer.config)
     if query_prefix is not None:
@@ -536,6 +542,8 @@ def load_encoder(path: str | os.PathLike[str], weights: bool = True) -> CodeSear
         query_prefix=meta.get("query_prefix", ""),
         code_prefix=meta.get("code_prefix", ""),
         source=meta.get("source", str(local)),
+        # encoders saved before "base" existed: their source names the alias when they started from it
+        base=meta.get("base") or (MINILM_ALIAS if meta.get("source") == MINILM_ALIAS else None),
     )
 
 
