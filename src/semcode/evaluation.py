@@ -451,8 +451,8 @@ def evaluate_suite(
     paired_mrr_difference}}}``; the BM25 system is named "bm25"; model_vs compares the system named
     "model" with each other one (empty without a "model"). With ``fusion`` (a fusion spec, see
     ``fuse_queries``), a "model" and BM25, the system "hybrid" fuses the two on every candidate (block by block,
-    before a protocol picks its candidates), and ``"hybrid_vs": {protocol: {"model": paired interval of
-    hybrid - model}}``. A suite whose queries are in two or more languages also gets ``"by_language":
+    before a protocol picks its candidates), and ``"hybrid_vs": {protocol: {"model" / "zero_shot": paired
+    interval of hybrid - that system}}``. A suite whose queries are in two or more languages also gets ``"by_language":
     language_breakdown(...)`` (each language's queries among all the suite's candidates).
     """
     n_queries, n_codes = len(suite.queries), len(suite.codes)
@@ -530,23 +530,25 @@ def evaluate_suite(
         for protocol in protocols
         if "model" in result[protocol]
     }
-    # Hybrid against the model alone: does fusing BM25 in help beyond this suite's noise?
+    # Hybrid against the model alone (does fusing BM25 in help beyond this suite's noise?) and against the
+    # zero-shot start (the shipped default against what a user starts from), on the same queries.
     result["hybrid_vs"] = {
         protocol: {
-            "model": paired_mrr_difference(
-                ranks_of[protocol, "hybrid"], ranks_of[protocol, "model"], seed=seed
-            )
+            system: paired_mrr_difference(ranks_of[protocol, "hybrid"], ranks_of[protocol, system], seed=seed)
+            for system in ("model", "zero_shot")
+            if system in result[protocol]
         }
         for protocol in protocols
         if "hybrid" in result[protocol]
     }
-    for protocol, baselines in result["model_vs"].items():
-        for system, gap in baselines.items():
-            log(
-                "evaluate",
-                f"{suite.name} {protocol}: model - {system} MRR {gap['mrr_difference']:+.4f} "
-                f"(95% CI {gap['ci95_low']:+.4f} .. {gap['ci95_high']:+.4f}, paired bootstrap)",
-            )
+    for which, gaps in (("model", result["model_vs"]), ("hybrid", result["hybrid_vs"])):
+        for protocol, baselines in gaps.items():
+            for system, gap in baselines.items():
+                log(
+                    "evaluate",
+                    f"{suite.name} {protocol}: {which} - {system} MRR {gap['mrr_difference']:+.4f} "
+                    f"(95% CI {gap['ci95_low']:+.4f} .. {gap['ci95_high']:+.4f}, paired bootstrap)",
+                )
     if suite.languages is not None and len(set(suite.languages)) > 1 and ranks_of:
         result["by_language"] = language_breakdown(ranks_of, candidates_of, suite.languages, seed=seed)
         shown = "full" if "full" in protocols else protocols[0]

@@ -341,7 +341,7 @@ def evaluate_everyday(
 
     -> ``{PROTOCOL: {system: success_metrics}, "by_form" and "by_topic": {value: {"n_queries", PROTOCOL:
     {system: ...}}}, "model_vs": {PROTOCOL: {"zero_shot" / "naive": paired_difference}}, "hybrid_vs":
-    {PROTOCOL: {"model": hybrid - model}}, "coverage", "n_queries", "n_candidates",
+    {PROTOCOL: {"model" / "zero_shot" / "naive": hybrid - that system}}, "coverage", "n_queries", "n_candidates",
     "candidates_per_query", "per_query": {"ids", "ranks": {system: [Q]}}, "seconds", "fusion"}``.
     """
     from semcode.progress import log
@@ -399,7 +399,7 @@ def evaluate_everyday(
             "by_form": part("by_form"),
             "by_topic": part("by_topic"),
             "model_vs": gaps("model", ("zero_shot", "naive")),
-            "hybrid_vs": gaps("hybrid", ("model",)),
+            "hybrid_vs": gaps("hybrid", ("model", "zero_shot", "naive")),
             "coverage": coverage(keys, queries),
             "n_queries": len(queries),
             "n_candidates": len(keys),

@@ -100,7 +100,7 @@ def test_minilm_with_our_encoder_as_baseline_on_the_test_split(
         assert set(test[protocol]) == {"model", "bm25", "hybrid", "zero_shot"}
         for system_metrics in test[protocol].values():
             assert set(system_metrics) == METRIC_NAMES
-        assert set(test["hybrid_vs"][protocol]) == {"model"}  # hybrid - model, a paired interval
+        assert set(test["hybrid_vs"][protocol]) == {"model", "zero_shot"}  # hybrid - each, paired intervals
     assert test["full"]["model"]["mrr"] > 0.8  # MiniLM on plain docstrings
     assert test["full"]["model"]["mrr"] > test["full"]["zero_shot"]["mrr"]  # beats a random tiny encoder
 
@@ -571,7 +571,11 @@ def test_the_everyday_suite_ranks_the_corpus_stdlib_rows(
     same = {"mrr_difference": 0.75, "ci95_low": 0.75, "ci95_high": 0.75}
     assert suite["model_vs"] == {"stdlib": {"zero_shot": same, "naive": same}}
     assert suite["hybrid_vs"] == {
-        "stdlib": {"model": {"mrr_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0}}
+        "stdlib": {
+            "model": {"mrr_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0},
+            "zero_shot": same,
+            "naive": same,
+        }
     }
     assert suite["fusion"] == fusion_spec(metrics["fusion"]) and "everyday" in metrics["fusion"]["chosen_on"]
     # The model and the zero-shot start embed the search documents, the naive baseline the whole sources

@@ -29,7 +29,7 @@ index selects rows), as its search document in build_index's view (``document``)
 ``stdlib``; the top 10 count: success@1/@3/@10 and MRR@10, per form (keyword, question) and topic. Systems:
 the model, BM25, hybrid, zero-shot, and "naive" (the zero-shot model over each row's whole source, doc and
 code, at ``naive_max_length`` tokens, cosine only: the afternoon baseline); ``model_vs`` holds the paired
-MRR@10 intervals of model - zero-shot and model - naive, ``hybrid_vs`` hybrid - model. The gate guards it
+MRR@10 intervals of model - zero-shot and model - naive, ``hybrid_vs`` hybrid - model / zero-shot / naive. The gate guards it
 like every suite (model - zero-shot). Without a corpus, or with no stdlib rows in it, it is skipped.
 
 Per language: a suite whose queries are in two or more languages (the test split of a multi-language
@@ -40,7 +40,7 @@ same metrics, systems and paired intervals. Writes::
     out/metrics.json   {"suites": {suite: {protocol: {system: {mrr, recall@1/5/10, ndcg@10,
                         median_rank, n_queries}}, "n_queries", "n_candidates", "queries_sha256", ...,
                         "by_language": {language: {"n_queries", protocol: {system: ...}, ...}},
-                        "hybrid_vs": {protocol: {"model": hybrid - model, paired interval}}},
+                        "hybrid_vs": {protocol: {"model" / "zero_shot": hybrid - it, paired}}},
                         "everyday": {"stdlib": {system: {success@1/3/10, mrr@10, n_queries}},
                         "by_form" / "by_topic": {value: {"n_queries", "stdlib": {system: ...}}},
                         "model_vs": {"stdlib": {"zero_shot", "naive"}}, "hybrid_vs", "coverage",
