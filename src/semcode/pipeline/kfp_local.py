@@ -15,7 +15,9 @@ once per process (they patch kfp.local's own functions, so a kfp upgrade is chec
   preempted training stage). Bad input (EXIT_BAD_INPUT: ValueError, FileNotFoundError, ... printed in one
   line by the task) and any other error (a bug: exit 1, one traceback) end the task at the first failure.
   Each failure is one ``[run]`` line naming the task, what the exit code means and what happens next. The
-  cluster pipeline keeps its retry policy as compiled (a lost node, a preempted pod).
+  cluster pipeline keeps its retry policy as compiled (a lost node, a preempted pod). It also starts each
+  task process with the task's name in its environment (TASK_ENV), which semcode.pipeline.save_now reads
+  to pass SIGUSR1 ("save now") on to a training stage only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from semcode import config as cfg
 from semcode.progress import log
 
 TAG = "run"
+TASK_ENV = "SEMCODE_RUN_TASK"  # a task process's task name, inherited by its children (save_now)
 
 # What kfp.local (2.17) writes to stdout: its own log records (logging_utils.local_logger_context) and,
 # indented, each task's merged stdout/stderr (subprocess_task_handler.run_local_subprocess).
@@ -267,7 +270,8 @@ def exit_meaning(exit_code: int | None) -> str:
 
 
 def retry_only_transient_failures() -> None:
-    """Make kfp.local retry a failed task only when ``retryable`` says its failure can pass (module doc)."""
+    """Make kfp.local retry a failed task only when ``retryable`` says its failure can pass, and name each
+    task process's task in its environment (TASK_ENV; module doc)."""
     from kfp.local import status, subprocess_task_handler
     from kfp.local.orchestrator import task_executor
 
@@ -275,10 +279,11 @@ def retry_only_transient_failures() -> None:
         return
     run_subprocess = subprocess_task_handler.run_local_subprocess
     execute = task_executor.execute_single_task
-    last = threading.local()  # the exit code of the task process this thread ran last
+    last = threading.local()  # the task this thread runs, the exit code of the task process it ran last
 
-    def run_local_subprocess(*args: Any, **kwargs: Any) -> int:
-        last.exit_code = run_subprocess(*args, **kwargs)
+    def run_local_subprocess(*args: Any, env_vars: dict[str, str] | None = None, **kwargs: Any) -> int:
+        env_vars = {**(env_vars or {}), TASK_ENV: getattr(last, "task", "")}
+        last.exit_code = run_subprocess(*args, env_vars=env_vars, **kwargs)
         return last.exit_code
 
     try:  # the docker runner's task containers (semcode.pipeline.containers), when docker is installed
@@ -303,6 +308,7 @@ def retry_only_transient_failures() -> None:
         once = type(task_spec)()
         once.CopyFrom(task_spec)
         once.ClearField("retry_policy")  # kfp.local tries it once; the tries are counted here
+        last.task = task_name
         for attempt in range(1, tries + 1):
             last.exit_code = None
             outputs, task_status = execute(task_name=task_name, task_spec=once, **kwargs)

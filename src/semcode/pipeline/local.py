@@ -68,7 +68,7 @@ from semcode import config as cfg
 from semcode import storage
 from semcode.contract import MINILM_ALIAS
 from semcode.embed import check_encoder_spec
-from semcode.pipeline import containers, kfp_local
+from semcode.pipeline import containers, kfp_local, save_now
 from semcode.pipeline import params as pipeline_params
 from semcode.pipeline.compile import load_pipeline
 from semcode.pipeline.kfp_local import quiet_stdout
@@ -253,6 +253,7 @@ def run_pipeline(
     with (
         environment(for_the_tasks),
         containers.task_runner(runner, pipeline, arguments, pipeline_root, for_the_tasks) as task_runner,
+        save_now.forward_save_requests(runner),  # SIGUSR1: a checkpoint of the training stage running
     ):
         local.init(
             runner=task_runner,
@@ -292,6 +293,7 @@ def new_run_id() -> str:
 # training stages save on SIGTERM, semcode.train.checkpoints), waits for it, and names the --resume command.
 # The tasks lead process groups of their own (semcode._end_with_the_run), so a terminal's Ctrl-C reaches only
 # this process; without this they would be killed with it, losing everything since their last checkpoint.
+# SIGUSR1, a checkpoint without stopping, goes to the training stage only (semcode.pipeline.save_now).
 TASK_STOP_SECONDS = 120.0  # how long a task may take to write its checkpoint and exit
 
 
@@ -307,18 +309,7 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 def task_processes() -> list[int]:
     """The pids of this process's children (kfp.local's task processes), from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # state, ppid, ...: after the command name
-        if fields[1] == str(os.getpid()) and fields[0] != "Z":
-            children.append(int(entry.name))
-    return children
+    return save_now.children_by_parent().get(os.getpid(), [])
 
 
 def stop_tasks(seconds: float = TASK_STOP_SECONDS) -> list[int]:
