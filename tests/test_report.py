@@ -191,6 +191,7 @@ def test_model_card_and_report_show_the_everyday_suite_per_system_and_form() -> 
     metrics = {"evaluate": {"suites": {**METRICS["evaluate"]["suites"], "everyday": everyday}}}
     assert metric_rows(metrics) == metric_rows(METRICS)  # no csn or full protocol: not in the MRR tables
     assert ["everyday", "stdlib", "model - naive", "+0.0500", "+0.0100 .. +0.0900"] in gap_rows(metrics)
+    assert ["everyday", "stdlib", "hybrid - model", "-0.0100", "-0.0300 .. +0.0000"] in gap_rows(metrics)
 
     card = model_card(BUNDLE, metrics)
     section = card.split("### Everyday queries")[1].split("## ")[0]
