@@ -447,6 +447,7 @@ def test_the_reindex_cronjob_indexes_with_the_registrys_latest_model_and_updates
     assert yaml.safe_load(params["index_sources"]) == ["dir:s3://code/api", "dir:s3://code/web"]
     assert params["publish_registry"] == "s3://semcode/indexes" and params["index_name"] == "team-code"
     assert params["index_previous"] == "s3://semcode/indexes/team-code/latest"
+    assert params["publish_keep_versions"] == "24"  # a day of hourly indexes; older ones are removed
     assert yaml.safe_load(params["index_languages"]) == ["go", "typescript"]
     # the search service serves the index
     serve = container(

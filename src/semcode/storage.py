@@ -538,6 +538,18 @@ def copy_tree(src_prefix: PathOrUri, dst_prefix: PathOrUri) -> list[str]:
     return destinations
 
 
+def remove_file(uri: PathOrUri) -> None:
+    """Delete one file or S3 object; nothing there is not an error (idempotent, as remove_tree)."""
+    uri = os.fspath(uri)
+    if not is_s3(uri):
+        Path(uri).unlink(missing_ok=True)
+        return
+    bucket, key = _object_key(uri)
+    settings = s3_settings()
+    with _s3_errors(uri, settings):
+        s3_client(settings).delete_object(Bucket=bucket, Key=key)
+
+
 def remove_tree(prefix: PathOrUri) -> int:
     """Delete every file under a local folder or an S3 prefix (the folder too, locally); returns how
     many files went. Nothing there is not an error: deleting is idempotent."""

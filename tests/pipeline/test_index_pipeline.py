@@ -67,6 +67,7 @@ def test_parameters_are_the_index_stage_fields_with_its_defaults(compiled):
     inputs = {f"index_{name}" for name in pipeline_params.INDEX_INPUTS}
     assert set(parameters) == {f"index_{name}" for name in fields} | inputs | {
         "publish_registry",
+        "publish_keep_versions",
         "s3_secret_name",
     }
     for name, default in fields.items():

@@ -112,6 +112,32 @@ def test_two_writers_move_latest_once(tiny_run: TinyRun, tmp_path: Path, where: 
     bundles.validate_bundle(storage.join(registry, "semcode", winner))
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_keep_versions_removes_the_oldest_releases_and_nothing_in_flight(
+    tiny_run: TinyRun, tmp_path: Path, where: str, request
+):
+    """A scheduled re-index publishes a version an hour: with keep_versions the registry keeps the newest
+    N complete versions (latest and the one it replaced always), never a folder another publish is still
+    copying (no completion marker)."""
+    registry = str(tmp_path / "registry") if where == "local" else f"{request.getfixturevalue('s3_env')}/reg"
+    in_flight = storage.join(registry, "semcode", "v9-copying", "bundle.json")
+    storage.write_text(in_flight, "{}")  # another publish's copy, not complete yet
+    removed = {}
+    for number, version in enumerate(("v1", "v2", "v3", "v4")):
+        config = publish.PublishConfig(registry=registry, keep_versions=2)
+        bundle = gated(tiny_run, tmp_path, registry, version, 0.40 + number / 100)
+        removed[version] = publish.run(config, bundle, tmp_path / f"publish-{version}")["removed_versions"]
+    assert removed == {"v1": [], "v2": [], "v3": ["v1"], "v4": ["v2"]}
+    assert [version for _, version in publish.published_versions(registry, "semcode")] == ["v4", "v3"]
+    assert latest_version(registry) == "v4"
+    for version in ("v1", "v2"):
+        assert not storage.exists(storage.join(registry, "semcode", version, "bundle.json"))
+    bundles.validate_bundle(storage.join(registry, "semcode", "v3"))  # the rollback target, whole
+    assert storage.exists(in_flight)
+    with pytest.raises(cfg.ConfigError, match="keep_versions must be 0 .* or at least 2"):
+        publish.PublishConfig(registry=registry, keep_versions=1).validate()
+
+
 def test_a_copy_that_fills_the_disk_is_removed(tiny_run: TinyRun, tmp_path: Path, monkeypatch):
     registry = str(tmp_path / "registry")
     bundle = gated(tiny_run, tmp_path, registry, "v1", 0.40)

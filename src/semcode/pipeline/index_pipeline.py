@@ -54,6 +54,7 @@ def index_pipeline(
     index_threads: int = 0,
     index_seed: int = 0,
     publish_registry: str = "",
+    publish_keep_versions: int = 0,
     s3_secret_name: str = "semcode-s3",
 ) -> Model:
     """Index code with a model that exists (no training) and publish the index.
@@ -76,6 +77,7 @@ def index_pipeline(
         index_threads: Threads running the ONNX encoder (0 = every core of the node).
         index_seed: Seed of the recall sample and of any index training.
         publish_registry: Index registry to publish to, a local folder or s3://bucket/prefix ('' = not published).
+        publish_keep_versions: Keep the N most recently published versions of the index in the registry, removing older ones (at least 2: latest and the one it replaced; 0 = keep all): a scheduled re-index publishes one a run.
         s3_secret_name: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for s3:// paths.
     """
     # 1. index: the previous index updated (only changed definitions embedded), or a new one
@@ -103,7 +105,10 @@ def index_pipeline(
     # 2. publish: to the index registry, when one is given
     with dsl.If(publish_registry != "", name="registry-given"):
         publish_task = publish(
-            bundle=index_task.outputs["bundle"], registry=publish_registry, name=index_name
+            bundle=index_task.outputs["bundle"],
+            registry=publish_registry,
+            name=index_name,
+            keep_versions=publish_keep_versions,
         )
         on_cluster(publish_task, LIGHT_STAGE, s3_secret_name)
         publish_task.set_caching_options(False)  # publishing is a side effect

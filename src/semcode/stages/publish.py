@@ -25,8 +25,16 @@ The steps, in this order, so that ``latest`` never names a partial copy:
    is refused at once. A bundle assembled without the gate (no ``source.gate``) has no champion to check:
    it is published as before, and the log says so.
 
-A failure anywhere before step 4 leaves ``latest`` where it was. Writes out/manifest.json (what was
-copied where, the previous and new pointers, seconds) and out/config.json.
+A failure anywhere before step 4 leaves ``latest`` where it was.
+
+5. with ``keep_versions`` N (0 = keep every version), still under the lock: the complete versions of this
+   name beyond the N most recently published are removed (``prune_versions``), marker first, so that a
+   scheduled re-index or retraining does not grow the registry without end. The new ``latest`` and the
+   version it replaced (the rollback target) are always kept, so N is at least 2; a folder without the
+   marker (another publish still copying, or a failed one) is never touched.
+
+Writes out/manifest.json (what was copied where, the previous and new pointers, the versions removed,
+seconds) and out/config.json.
 """
 
 from __future__ import annotations
@@ -89,12 +97,22 @@ def check_champion(expected: object, current: dict | None, config: PublishConfig
 class PublishConfig:
     registry: str = field("", "registry to publish into: a local folder or s3://bucket/prefix (required)")
     name: str = field("semcode", "model name: the registry folder <registry>/<name>/; must match bundle.json")
+    keep_versions: int = field(
+        0,
+        "after publishing, remove the complete versions of this name beyond the N most recently published "
+        "(latest and the version it replaced are always kept, so N >= 2; 0 = keep every version)",
+    )
 
     def validate(self) -> None:
         if not self.registry:
             raise ConfigError("registry is required: a local folder or s3://bucket/prefix")
         if not bundles.VERSION_PATTERN.fullmatch(self.name) or self.name == bundles.LATEST:
             raise ConfigError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (a folder name)")
+        if self.keep_versions < 0 or self.keep_versions == 1:
+            raise ConfigError(
+                f"keep_versions must be 0 (keep every version) or at least 2 (latest and the version it "
+                f"replaced, the rollback target), got {self.keep_versions}"
+            )
 
 
 def utc_now() -> str:
@@ -117,6 +135,48 @@ def copy_bundle(local_bundle: Path, target: str) -> list[dict]:
     if missing:
         raise OSError(f"publishing to {target}: {len(missing)} file(s) missing after the copy: {missing[:5]}")
     return copied
+
+
+def published_versions(registry: str, name: str) -> list[tuple[str, str]]:
+    """(published_at, version) of every complete version of ``name`` in ``registry`` (a folder with the
+    completion marker), newest first; a marker that cannot be read sorts as the oldest."""
+    root = storage.join(registry, name)
+    if not storage.is_s3(root) and not Path(root).is_dir():
+        return []
+    versions = []
+    for path in storage.list_files(root, recursive=True):
+        relative = path[len(root) :].strip("/")
+        version, _, file_name = relative.partition("/")
+        if file_name != bundles.COMPLETE_MARKER:
+            continue
+        try:
+            published_at = str(json.loads(storage.read_text(path)).get("published_at") or "")
+        except (OSError, ValueError, AttributeError):
+            published_at = ""
+        versions.append((published_at, version))
+    return sorted(versions, reverse=True)
+
+
+def prune_versions(config: PublishConfig, keep: set[str]) -> list[str]:
+    """Step 5 (module doc): remove the complete versions beyond the ``config.keep_versions`` newest, never
+    one in ``keep``; returns the versions removed, oldest last. Call it under the registry's lock."""
+    if not config.keep_versions:
+        return []
+    removed = []
+    for _, version in published_versions(config.registry, config.name)[config.keep_versions :]:
+        if version in keep:
+            continue
+        target = version_uri(config.registry, config.name, version)
+        # the marker first: a half-removed version reads as an incomplete one, never as a release
+        storage.remove_file(storage.join(target, bundles.COMPLETE_MARKER))
+        storage.remove_tree(target)
+        removed.append(version)
+    if removed:
+        log(
+            TAG,
+            f"keep_versions {config.keep_versions}: removed {len(removed)} older version(s): {', '.join(removed)}",
+        )
+    return removed
 
 
 def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> dict:
@@ -193,6 +253,7 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
             "previous_version": None if previous is None else previous.get("version"),
         }
         write_latest(config.registry, config.name, pointer)
+        removed = prune_versions(config, keep={version, pointer["previous_version"]})
 
     manifest = {
         "registry": config.registry,
@@ -203,6 +264,7 @@ def run(config: PublishConfig, bundle_dir: str | Path, out_dir: str | Path) -> d
         "pointer": pointer,
         "previous_latest": previous,
         "files": copied,
+        "removed_versions": removed,
         "bytes": completion["bytes"],
         "copy_seconds": round(copy_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
