@@ -148,11 +148,8 @@ RRF_K = 60
 FUSION_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 DEFAULT_FUSION = {"rule": "convex", "weight": 0.1}  # without a suite to choose on: the issue's probe
 DENSE_FUSION = {"rule": "convex", "weight": 0.0}  # the dense ranking itself
-INTERNAL_PENALTIES = (
-    0.02,
-    0.05,
-    0.1,
-)  # what choose_fusion tries beside 0 (cosine units: a cosine is 0.3-0.8)
+# the internal penalties choose_fusion tries beside 0 (cosine units: a cosine is 0.3-0.8)
+INTERNAL_PENALTIES = (0.02, 0.05, 0.1)
 
 
 def check_fusion(rule: str, weight: float | np.ndarray) -> None:
@@ -166,10 +163,10 @@ def check_fusion(rule: str, weight: float | np.ndarray) -> None:
 
 
 def check_penalty(penalty: float) -> None:
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not np.isfinite(penalty):
+    """ValueError unless ``penalty`` is a finite number >= 0 (a bool is no number here)."""
+    number = not isinstance(penalty, bool) and isinstance(penalty, (int, float))
+    if not number or not np.isfinite(penalty) or penalty < 0:
         raise ValueError(f"fusion internal_penalty must be a finite number >= 0, got {penalty!r}")
-    if penalty < 0:
-        raise ValueError(f"fusion internal_penalty must be a finite number >= 0, got {penalty}")
 
 
 def _number(spec: Mapping, key: str) -> float:

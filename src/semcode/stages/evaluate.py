@@ -656,26 +656,21 @@ def run(
         raise ValueError(f"nothing to evaluate: every suite was skipped ({skipped})")
 
     device = resolve_device(config.device)
-    settings = dict(
-        batch_size=config.batch_size,
-        max_length=config.max_length or None,
-        device=device,
-        show_progress=True,
-        runtime=config.runtime,
-    )
+    suite_length = config.max_length or None  # None: the encoder's own
+    everyday_length = config.everyday_max_length or suite_length
+    common = dict(batch_size=config.batch_size, device=device, show_progress=True, runtime=config.runtime)
+    settings = dict(common, max_length=suite_length)
     systems = {"model": remembering(load_embed_fn(str(encoder_dir), **settings, exported=onnx_dir)[0])}
     # The start model runs at three lengths (the suites', the index's for the everyday suite, the naive
     # baseline's): loaded, and exported for an onnx runtime, once.
-    everyday_length = config.everyday_max_length or config.max_length or None
     baseline_at: dict[int | None, EmbedFn] = {}
     if baseline_encoder is not None:
-        lengths = [config.max_length or None]
+        lengths = [suite_length]
         if everyday_suite is not None:
             lengths = list(dict.fromkeys([*lengths, everyday_length, config.naive_max_length]))
-        start_settings = {key: value for key, value in settings.items() if key != "max_length"}
-        fns = load_embed_fns(str(baseline_encoder), lengths, **start_settings)[0]
+        fns = load_embed_fns(str(baseline_encoder), lengths, **common)[0]
         baseline_at = dict(zip(lengths, fns, strict=True))
-        systems["zero_shot"] = baseline_at[config.max_length or None]
+        systems["zero_shot"] = baseline_at[suite_length]
     hybrid = config.hybrid and config.bm25
     log(
         TAG,
