@@ -147,8 +147,8 @@ def published_versions(registry: str, name: str) -> list[tuple[str, str]]:
     for path in storage.list_files(root, recursive=True):
         relative = path[len(root) :].strip("/")
         version, _, file_name = relative.partition("/")
-        if file_name != bundles.COMPLETE_MARKER:
-            continue
+        if file_name != bundles.COMPLETE_MARKER or not bundles.VERSION_PATTERN.fullmatch(version):
+            continue  # not a release: another file, or a folder (an S3 key's part) no version is named
         try:
             published_at = str(json.loads(storage.read_text(path)).get("published_at") or "")
         except (OSError, ValueError, AttributeError):
