@@ -98,7 +98,7 @@ from semcode.config import ConfigError, field
 from semcode.progress import log
 from semcode.serve import ops, page
 from semcode.serve.filters import NO_FILTERS, Filters, filtered_search
-from semcode.serve.searcher import Hit, Searcher, check_text, resolve_bundle
+from semcode.serve.searcher import Hit, Searcher, check_link_template, check_text, resolve_bundle
 
 TAG = "serve"
 LANGUAGE_QUERY = Query(None, description="only these languages' functions (repeatable, or go,rust)")
@@ -182,7 +182,7 @@ class ServeConfig:
             )
         if self.link_base:
             try:
-                Hit(0, 0.0, 0, None, "", "", None, "", "", "").link(self.link_base)
+                check_link_template(self.link_base)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
 

@@ -44,9 +44,7 @@ NO_FILTERS = Filters()
 
 
 def check_k(k: int, searcher: Searcher) -> None:
-    """ValueError, in one line, for a ``k`` the index cannot give: below 1 or above the functions it holds."""
-    if k < 1:
-        raise ValueError(f"-k must be >= 1, got {k}")
+    """ValueError, in one line, for a ``k`` above the functions the index holds (``k`` >= 1 is the caller's)."""
     if k > searcher.size:
         raise ValueError(
             f"-k {k:,} is more than the {searcher.size:,} functions in the index; ask for at most that"

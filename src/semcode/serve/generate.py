@@ -242,9 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         decoder, tokenizer, embed, about, meta = load_models(args)
         language = language or decoder.known_languages[0]
-        decoder.language_ids(
-            [language]
-        )  # a language the decoder never saw: refused, naming the ones it knows
+        # A language the decoder never saw: refused, naming the ones it knows, before anything is embedded.
+        decoder.language_ids([language])
         embedding = embed([text], kind)  # [1, D]
         if embedding.shape[1] != decoder.embedding_dim:
             raise ValueError(

@@ -33,6 +33,7 @@ from semcode.serve.searcher import (
     SEARCH_MODES,
     Hit,
     Searcher,
+    check_link_template,
     check_text,
     default_cache_dir,
     resolve_bundle,
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-lines must be >= 0, got {args.max_lines}")
     if args.link_base:
         try:
-            Hit(0, 0.0, 0, None, "", "", None, "", "", "").link(args.link_base)
+            check_link_template(args.link_base)
         except ValueError as error:
             parser.error(str(error))
     try:

@@ -138,6 +138,11 @@ class Hit:
         return {**asdict(self), "location": self.location()}
 
 
+def check_link_template(template: str) -> None:
+    """ValueError (Hit.link's, naming the field) for a ``--link-base`` template Hit.link cannot fill."""
+    Hit(0, 0.0, 0, None, "", "", None, "", "", "").link(template)
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding the bundle: local, s3://, or a registry's latest pointer
 
