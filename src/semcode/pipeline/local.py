@@ -288,6 +288,17 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
+def new_run_dir(runs_dir: Path, run_id: str | None, resumable: bool = False) -> Path:
+    """A new run's directory, ``runs_dir/run_id`` (default id: new_run_id), made; FileExistsError when it
+    already holds a run (naming --resume for a ``resumable`` pipeline's run)."""
+    run_dir = runs_dir / (run_id or new_run_id())
+    if run_dir.exists() and any(run_dir.iterdir()):
+        resume = f" (or continue it: --resume {run_dir.name})" if resumable else ""
+        raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id{resume}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
 # ---------------------------------------------------------------------------------------------
 # A stop that saves: SIGTERM or Ctrl-C on `semcode run` asks its running task to checkpoint and stop (the
 # training stages save on SIGTERM, semcode.train.checkpoints), waits for it, and names the --resume command.
@@ -369,13 +380,7 @@ def run(
             arguments, load_pipeline().component_spec.inputs, f"preset {preset_name}"
         )
         containers.check(runner, load_pipeline())
-        run_id = run_id or new_run_id()
-        run_dir = runs_dir / run_id
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise FileExistsError(
-                f"{run_dir} already holds a run; pick another --run-id (or continue it: --resume {run_id})"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = new_run_dir(runs_dir, run_id, resumable=True)
         gate_name = configs["gate"].name
         settings = dict(
             preset=preset_name,
@@ -560,11 +565,7 @@ def run_index(
     runs_dir = Path(runs_dir)
     registry = resolve_location(registry or str(runs_dir / REGISTRY_DIR))
     arguments = prepare_index(encoder, sources, registry, previous, params, languages)
-    run_id = run_id or new_run_id()
-    run_dir = runs_dir / run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(runs_dir, run_id)
     log(
         TAG,
         f"index pipeline -> {run_dir} (kfp.local, encoder {encoder}, registry {registry}, updating "
@@ -598,7 +599,9 @@ def run_index(
     print(index_stage.summary(bundle))
     if summary["published"]:
         print(f"published: {bundle['name']} {bundle['version']} -> {registry} (latest)")
-    print(f"\nrun {run_id} done in {format_seconds(seconds)}: {run_dir}\nbundle: {bundle_link}\nsearch it:")
+    print(
+        f"\nrun {run_dir.name} done in {format_seconds(seconds)}: {run_dir}\nbundle: {bundle_link}\nsearch it:"
+    )
     print(f"  semcode search {shlex.quote(str(bundle_link))} {shlex.quote(SEARCH_EXAMPLE)}\n")
     print(timing_table(summary["stages"], summary["seconds"]))
     return summary
