@@ -226,7 +226,7 @@ class OnnxEncoder:
     def encode_one_by_one(self, texts: list[str]) -> np.ndarray:
         """``encode`` with one text per call, on ``callers`` threads. Texts are tokenised
         ``TOKENIZE_BLOCK`` at a time (one call into the tokenizer's Rust threads rather than one Python
-        call per text, which holds the GIL the callers share: 3% more texts/s on 2 cores) and each is
+        call per text, which holds the GIL the callers share; on 2 cores within the noise, -6%..+6%) and each is
         cut back to its own tokens: right padding makes those the ids it has when tokenised alone."""
         from concurrent.futures import ThreadPoolExecutor
 
