@@ -226,8 +226,9 @@ class OnnxEncoder:
     def encode_one_by_one(self, texts: list[str]) -> np.ndarray:
         """``encode`` with one text per call, on ``callers`` threads. Texts are tokenised
         ``TOKENIZE_BLOCK`` at a time (one call into the tokenizer's Rust threads rather than one Python
-        call per text, which holds the GIL the callers share; on 2 cores within the noise, -6%..+6%) and each is
-        cut back to its own tokens: right padding makes those the ids it has when tokenised alone."""
+        call per text, which holds the GIL the callers share; on 2 cores within the noise, -6%..+6%,
+        bench/int8_encoder_profile.py) and each is cut back to its own tokens: right padding makes those
+        the ids it has when tokenised alone."""
         from concurrent.futures import ThreadPoolExecutor
 
         embeddings = np.zeros((len(texts), self.dim), dtype=np.float32)
